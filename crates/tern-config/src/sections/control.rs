@@ -1,0 +1,9 @@
+//! `[control]`. Its keys arrive with the capability that uses them; until then the section takes no keys, and any
+//! key given is reported as unknown.
+
+use serde::{Deserialize, Serialize};
+
+/// The `[control]` section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {}

@@ -1,0 +1,9 @@
+//! `[delivery]`. Its keys arrive with the capability that uses them; until then the section takes no keys, and any
+//! key given is reported as unknown.
+
+use serde::{Deserialize, Serialize};
+
+/// The `[delivery]` section.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {}

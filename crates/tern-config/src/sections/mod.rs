@@ -1,0 +1,14 @@
+//! One module per section of the configuration file. Each section's struct lists its keys with their defaults;
+//! `docs/configuration.md` mirrors them.
+
+mod control;
+mod delivery;
+mod ingest;
+mod queue;
+mod telemetry;
+
+pub use control::ControlConfig;
+pub use delivery::DeliveryConfig;
+pub use ingest::IngestConfig;
+pub use queue::QueueConfig;
+pub use telemetry::{LogFormat, TelemetryConfig};

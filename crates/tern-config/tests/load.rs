@@ -1,0 +1,104 @@
+//! Loading configuration from files and the environment, and the errors a bad one gets.
+
+use std::io::Write;
+
+use tern_config::{Config, ConfigError, sections::LogFormat};
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn env(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn empty_file_gives_every_default() {
+    let c = Config::from_toml_str("", "t.toml", no_env()).unwrap();
+    assert_eq!(c, Config::default());
+    assert_eq!(c.telemetry.log_level, "info");
+}
+
+#[test]
+fn the_shipped_example_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/tern.toml");
+    let c = Config::load_with_env(std::path::Path::new(path), no_env()).unwrap();
+    c.validate().unwrap();
+}
+
+#[test]
+fn unknown_key_names_the_key_and_the_file() {
+    let err = Config::from_toml_str("[telemetry]\nlog_levle = \"info\"\n", "tern.toml", no_env()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(&err, ConfigError::Key { key, .. } if key == "telemetry.log_levle"), "{msg}");
+    assert!(msg.contains("tern.toml") && msg.contains("telemetry.log_levle"), "{msg}");
+}
+
+#[test]
+fn unknown_section_names_the_section() {
+    let err = Config::from_toml_str("[deliveyr]\n", "tern.toml", no_env()).unwrap_err();
+    assert!(matches!(&err, ConfigError::Key { key, .. } if key == "deliveyr"), "{err}");
+}
+
+#[test]
+fn bad_value_names_the_key() {
+    let err = Config::from_toml_str("[telemetry]\nlog_format = \"xml\"\n", "a/b.toml", no_env()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("a/b.toml") && msg.contains("telemetry.log_format"), "{msg}");
+    let err = Config::from_toml_str("[telemetry]\nlog_level = \"loud\"\n", "a/b.toml", no_env()).unwrap_err();
+    assert!(err.to_string().contains("telemetry.log_level"), "{err}");
+}
+
+#[test]
+fn toml_syntax_error_names_the_file_and_line() {
+    let err = Config::from_toml_str("[telemetry\n", "broken.toml", no_env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("broken.toml") && msg.contains("line 1"), "{msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let text = "[telemetry]\nlog_level = \"info\"\n";
+    let c = Config::from_toml_str(
+        text,
+        "t.toml",
+        env(&[("TERN_TELEMETRY__LOG_LEVEL", "debug"), ("TERN_TELEMETRY__LOG_FORMAT", "json")]),
+    )
+    .unwrap();
+    assert_eq!(c.telemetry.log_level, "debug");
+    assert_eq!(c.telemetry.log_format, LogFormat::Json);
+}
+
+#[test]
+fn environment_error_names_the_variable() {
+    let err = Config::from_toml_str("", "t.toml", env(&[("TERN_TELEMETRY__LOG_FORMAT", "xml")])).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("TERN_TELEMETRY__LOG_FORMAT") && msg.contains("telemetry.log_format"), "{msg}");
+    let err = Config::from_toml_str("", "t.toml", env(&[("TERN_TELEMETRY__NOPE", "1")])).unwrap_err();
+    assert!(err.to_string().contains("TERN_TELEMETRY__NOPE"), "{err}");
+    let err = Config::from_toml_str("", "t.toml", env(&[("TERN___X", "1")])).unwrap_err();
+    assert!(err.to_string().contains("TERN___X"), "{err}");
+}
+
+#[test]
+fn variables_without_double_underscore_are_ignored() {
+    let c = Config::from_toml_str("", "t.toml", env(&[("TERN_SERVER", "http://x"), ("TERN_TOKEN", "t")])).unwrap();
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn missing_file_is_a_read_error_naming_it() {
+    let err = Config::load_with_env(std::path::Path::new("/nonexistent/tern.toml"), no_env()).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("/nonexistent/tern.toml"));
+}
+
+#[test]
+fn file_on_disk_loads() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "[telemetry]\nlog_format = \"json\"").unwrap();
+    let c = Config::load_with_env(f.path(), no_env()).unwrap();
+    assert_eq!(c.telemetry.log_format, LogFormat::Json);
+}

@@ -1,0 +1,31 @@
+//! The command line: subcommands and their flags. Each subcommand exists only once it works.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// tern: a cluster-scale outbound email delivery engine.
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about, propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    /// The configuration file (TOML). Without it, the built-in defaults apply, still overridable by
+    /// TERN_<SECTION>__<KEY> environment variables.
+    #[arg(long, short = 'c', global = true, env = "TERN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// tern's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration and print it, with secrets redacted. Exits 1 with the reason when it is
+    /// invalid.
+    CheckConfig,
+    /// Read a password from standard input and print its argon2id hash, for the SMTP users file.
+    Passwd,
+    /// Print the version.
+    Version,
+}

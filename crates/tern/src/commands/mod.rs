@@ -1,0 +1,28 @@
+//! One module per subcommand.
+
+mod check_config;
+mod passwd;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckConfig => check_config::run(cli.config.as_deref()),
+        Command::Passwd => passwd::run(),
+        Command::Version => {
+            println!("tern {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads the configuration named on the command line, or the defaults with environment overrides.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<tern_config::Config, tern_config::ConfigError> {
+    match path {
+        Some(p) => tern_config::Config::load(p),
+        None => tern_config::Config::from_toml_str("", "<defaults>", std::env::vars()),
+    }
+}

@@ -1,0 +1,101 @@
+//! The `tern` binary as an operator meets it: exit codes, output, and one-line errors.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn tern(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A developer's own TERN_* variables must not leak into what the test checks.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERN_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn tern");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn example() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/tern.toml").to_string()
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let out = tern(&["check-config", "--config", &example()], None, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for section in ["[queue]", "[ingest]", "[delivery]", "[control]", "[telemetry]"] {
+        assert!(stdout.contains(section), "missing {section} in:\n{stdout}");
+    }
+    assert!(stdout.contains("log_level = \"info\""), "{stdout}");
+    // What it prints is itself a valid configuration.
+    let body: String = stdout.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    tern_config::Config::from_toml_str(&body, "printed", Vec::new()).unwrap();
+}
+
+#[test]
+fn check_config_applies_environment_overrides() {
+    let out = tern(&["check-config", "--config", &example()], None, &[("TERN_TELEMETRY__LOG_FORMAT", "json")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("log_format = \"json\""));
+}
+
+#[test]
+fn invalid_configuration_exits_1_with_a_one_line_reason_naming_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[telemetry]\nlog_levle = \"debug\"\n").unwrap();
+    let out = tern(&["check-config", "--config", path.to_str().unwrap()], None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("telemetry.log_levle") && err.contains("bad.toml"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn missing_config_file_exits_1() {
+    let out = tern(&["check-config", "--config", "/nonexistent/tern.toml"], None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/tern.toml"));
+}
+
+#[test]
+fn passwd_prints_an_argon2id_hash_of_stdin() {
+    let out = tern(&["passwd"], Some("secret\n"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = text(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let parsed = PasswordHash::new(&hash).unwrap();
+    assert!(argon2::Argon2::default().verify_password(b"secret", &parsed).is_ok(), "newline must not be hashed");
+}
+
+#[test]
+fn passwd_with_empty_input_exits_1() {
+    let out = tern(&["passwd"], Some(""), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("empty password"));
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let out = tern(&["version"], None, &[]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), format!("tern {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    let out = tern(&["frobnicate"], None, &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
