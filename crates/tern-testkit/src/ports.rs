@@ -1,0 +1,197 @@
+//! Free loopback ports and readiness waits.
+//!
+//! Ports come from the kernel (bind `127.0.0.1:0` and read the port back). A process-wide set remembers every
+//! port handed out, so two tests in the same test binary never get the same one even though the probe socket is
+//! closed before the peer binds it. Another process can still take the port in that short window; peers that fail
+//! to bind say so in their logs.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How many kernel-chosen ports to try before giving up.
+const ATTEMPTS: usize = 200;
+
+fn handed_out() -> &'static Mutex<HashSet<u16>> {
+    static PORTS: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    PORTS.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Records `port` as handed out; false if it already was.
+fn claim(port: u16) -> bool {
+    match handed_out().lock() {
+        Ok(mut set) => set.insert(port),
+        Err(poisoned) => poisoned.into_inner().insert(port),
+    }
+}
+
+fn kernel_tcp_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0 to find a free TCP port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn tcp_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+fn udp_free(port: u16) -> bool {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+/// A TCP port that is free on 127.0.0.1 and that this process has not handed out before.
+///
+/// The same port is free on every address of 127.0.0.0/8 unless something bound that exact address, so it also
+/// serves the per-behaviour addresses such as `127.0.0.22`.
+pub fn free_port() -> Result<u16> {
+    for _ in 0..ATTEMPTS {
+        let port = kernel_tcp_port()?;
+        if claim(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port on 127.0.0.1 after {ATTEMPTS} attempts")
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 (for DNS servers, which answer on both).
+pub fn free_udp_tcp_port() -> Result<u16> {
+    for _ in 0..ATTEMPTS {
+        let port = kernel_tcp_port()?;
+        if udp_free(port) && claim(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no port free for both UDP and TCP on 127.0.0.1 after {ATTEMPTS} attempts")
+}
+
+/// A TCP port `p` such that `p + offset` is free as well and fits in a `u16`; both are marked as handed out.
+///
+/// Redis Cluster uses `p + 10000` for its cluster bus, so [`crate::RedisCluster`] asks for `offset = 10000`.
+pub fn free_port_pair(offset: u16) -> Result<u16> {
+    for _ in 0..ATTEMPTS {
+        let port = kernel_tcp_port()?;
+        let Some(other) = port.checked_add(offset) else {
+            continue;
+        };
+        // If `other` was handed out earlier, `port` stays claimed (harmless) and the loop tries again.
+        if tcp_free(other) && claim(port) && claim(other) {
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port pair (p, p+{offset}) on 127.0.0.1 after {ATTEMPTS} attempts")
+}
+
+/// Waits until a TCP connection to `addr` succeeds, polling every 25 ms for at most `timeout`.
+///
+/// The error names the address and how long it waited, and carries the last connection error.
+pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let err = match TcpStream::connect_timeout(&addr, Duration::from_millis(250)) {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        if Instant::now() >= deadline {
+            bail!("waited {timeout:?} for a TCP listener on {addr}; last error: {err}");
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Whether some socket on this machine is listening on TCP `addr` (or on the wildcard address at its port), read
+/// from `/proc/net/tcp` and `/proc/net/tcp6`.
+///
+/// Unlike a probe connection this leaves no trace in the peer (no extra SMTP session in `smtp-sink`'s counters).
+pub fn is_listening(addr: SocketAddr) -> Result<bool> {
+    let (table, wanted, any) = match addr {
+        SocketAddr::V4(a) => (
+            "/proc/net/tcp",
+            format!("{:08X}:{:04X}", u32::from_le_bytes(a.ip().octets()), a.port()),
+            format!("00000000:{:04X}", a.port()),
+        ),
+        SocketAddr::V6(a) => {
+            let o = a.ip().octets();
+            let words: String = o
+                .chunks_exact(4)
+                .map(|w| format!("{:08X}", u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            (
+                "/proc/net/tcp6",
+                format!("{words}:{:04X}", a.port()),
+                format!("{}:{:04X}", "0".repeat(32), a.port()),
+            )
+        }
+    };
+    let text = std::fs::read_to_string(table).with_context(|| format!("reading {table}"))?;
+    // Columns: sl local_address rem_address st ...; st 0A is LISTEN.
+    Ok(text.lines().skip(1).any(|line| {
+        let mut cols = line.split_whitespace().skip(1);
+        let local = cols.next().unwrap_or_default();
+        let state = cols.nth(1).unwrap_or_default();
+        state == "0A" && (local == wanted || local == any)
+    }))
+}
+
+/// Polls `probe` every `interval` until it returns `Ok(true)`, for at most `timeout`.
+///
+/// `Ok(false)` means "not yet". An `Err` from the probe is fatal and returned at once (for example "the process
+/// exited"), with `what` as context. On time-out the error says `what` was awaited and for how long.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if probe().with_context(|| format!("while waiting for {what}"))? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("waited {timeout:?} for {what}; it did not happen");
+        }
+        thread::sleep(interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_bindable() {
+        let a = free_port().unwrap();
+        let b = free_port().unwrap();
+        assert_ne!(a, b);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, a)).unwrap();
+        let u = free_udp_tcp_port().unwrap();
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, u)).unwrap();
+        TcpListener::bind((Ipv4Addr::LOCALHOST, u)).unwrap();
+        let p = free_port_pair(10000).unwrap();
+        assert!(u32::from(p) + 10000 <= 65535);
+        TcpListener::bind((Ipv4Addr::LOCALHOST, p + 10000)).unwrap();
+    }
+
+    #[test]
+    fn is_listening_reads_proc_net_tcp() {
+        let listener = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 23), 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(is_listening(addr).unwrap());
+        drop(listener);
+        assert!(!is_listening(addr).unwrap());
+        let v6 = TcpListener::bind("[::1]:0").unwrap();
+        assert!(is_listening(v6.local_addr().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn wait_for_tcp_times_out_with_the_address() {
+        let port = free_port().unwrap();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let err = wait_for_tcp(addr, Duration::from_millis(100)).unwrap_err();
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+}
