@@ -32,7 +32,11 @@ pub fn overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Overri
                 return None;
             }
             let path = rest.split("__").map(str::to_ascii_lowercase).collect();
-            Some(Override { path, value: parse_value(&raw), var })
+            Some(Override {
+                path,
+                value: parse_value(&raw),
+                var,
+            })
         })
         .collect();
     out.sort_by(|a, b| a.var.cmp(&b.var));
@@ -43,9 +47,9 @@ pub fn overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Overri
 pub fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
     match doc.parse::<toml::Table>() {
-        Ok(mut t) if raw.trim() == raw && !raw.contains('\n') => {
-            t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string()))
-        }
+        Ok(mut t) if raw.trim() == raw && !raw.contains('\n') => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         _ => toml::Value::String(raw.to_string()),
     }
 }
@@ -60,7 +64,11 @@ mod tests {
 
     #[test]
     fn only_double_underscore_names_are_overrides() {
-        let o = overrides(vars(&[("TERN_SERVER", "x"), ("PATH", "/bin"), ("TERN_INGEST__MAX_RECIPIENTS", "5")]));
+        let o = overrides(vars(&[
+            ("TERN_SERVER", "x"),
+            ("PATH", "/bin"),
+            ("TERN_INGEST__MAX_RECIPIENTS", "5"),
+        ]));
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].path, vec!["ingest", "max_recipients"]);
         assert_eq!(o[0].value, toml::Value::Integer(5));
@@ -70,11 +78,17 @@ mod tests {
     fn values_read_as_toml_or_fall_back_to_strings() {
         assert_eq!(parse_value("true"), toml::Value::Boolean(true));
         assert_eq!(parse_value("\"true\""), toml::Value::String("true".into()));
-        assert_eq!(parse_value("redis://h:1/0"), toml::Value::String("redis://h:1/0".into()));
+        assert_eq!(
+            parse_value("redis://h:1/0"),
+            toml::Value::String("redis://h:1/0".into())
+        );
         assert_eq!(parse_value("5m"), toml::Value::String("5m".into()));
         assert_eq!(
             parse_value(r#"["a","b"]"#),
-            toml::Value::Array(vec![toml::Value::String("a".into()), toml::Value::String("b".into())])
+            toml::Value::Array(vec![
+                toml::Value::String("a".into()),
+                toml::Value::String("b".into())
+            ])
         );
         assert_eq!(parse_value("x = 1"), toml::Value::String("x = 1".into()));
     }

@@ -60,8 +60,12 @@ impl Config {
 
     /// Checks the rules that serde's types cannot express (ranges, consistency between keys).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        self.queue.validate().map_err(|(k, m)| (format!("queue.{k}"), m))?;
-        self.telemetry.validate().map_err(|(k, m)| (format!("telemetry.{k}"), m))?;
+        self.queue
+            .validate()
+            .map_err(|(k, m)| (format!("queue.{k}"), m))?;
+        self.telemetry
+            .validate()
+            .map_err(|(k, m)| (format!("telemetry.{k}"), m))?;
         Ok(())
     }
 }

@@ -10,7 +10,10 @@ pub(crate) fn load_file(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: origin.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: origin.clone(),
+        source,
+    })?;
     load_str(&text, &origin, vars)
 }
 
@@ -19,9 +22,10 @@ pub(crate) fn load_str(
     origin: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax { path: origin.to_string(), message: one_line(&e) })?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: one_line(&e),
+    })?;
     let mut set_by: HashMap<String, String> = HashMap::new();
     for o in env::overrides(vars) {
         apply(&mut table, &o)?;
@@ -31,10 +35,17 @@ pub(crate) fn load_str(
     let key_error = |key: String, message: String| {
         let env_var = set_by
             .iter()
-            .filter(|(k, _)| key == **k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}.")))
+            .filter(|(k, _)| {
+                key == **k || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+            })
             .map(|(_, v)| v.clone())
             .next();
-        ConfigError::Key { path: origin.to_string(), key, env_var, message }
+        ConfigError::Key {
+            path: origin.to_string(),
+            key,
+            env_var,
+            message,
+        }
     };
 
     let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
@@ -57,13 +68,18 @@ pub(crate) fn load_str(
         }
         key_error(key, one_line(&message))
     })?;
-    config.validate().map_err(|(key, message)| key_error(key, message))?;
+    config
+        .validate()
+        .map_err(|(key, message)| key_error(key, message))?;
     Ok(config)
 }
 
 fn apply(table: &mut toml::Table, o: &env::Override) -> Result<(), ConfigError> {
     let Some((last, parents)) = o.path.split_last() else {
-        return Err(ConfigError::Env { var: o.var.clone(), message: "names no key".into() });
+        return Err(ConfigError::Env {
+            var: o.var.clone(),
+            message: "names no key".into(),
+        });
     };
     if o.path.iter().any(String::is_empty) {
         return Err(ConfigError::Env {
@@ -73,7 +89,9 @@ fn apply(table: &mut toml::Table, o: &env::Override) -> Result<(), ConfigError> 
     }
     let mut here = table;
     for part in parents {
-        let entry = here.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = here
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         here = match entry {
             toml::Value::Table(t) => t,
             _ => {

@@ -37,13 +37,24 @@ pub fn redact_url_passwords(s: &str) -> String {
 }
 
 fn redact_one_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
     let userinfo = &rest[..at];
-    let Some(colon) = userinfo.find(':') else { return url.to_string() };
-    format!("{}{}:{REDACTED}{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..])
+    let Some(colon) = userinfo.find(':') else {
+        return url.to_string();
+    };
+    format!(
+        "{}{}:{REDACTED}{}",
+        &url[..scheme_end + 3],
+        &userinfo[..colon],
+        &rest[at..]
+    )
 }
 
 #[cfg(test)]
@@ -52,11 +63,17 @@ mod tests {
 
     #[test]
     fn url_passwords_are_redacted_and_the_rest_kept() {
-        assert_eq!(redact_url_passwords("redis://u:p@h:6379/0"), "redis://u:<redacted>@h:6379/0");
+        assert_eq!(
+            redact_url_passwords("redis://u:p@h:6379/0"),
+            "redis://u:<redacted>@h:6379/0"
+        );
         assert_eq!(redact_url_passwords("rediss://:p@h"), "rediss://:<redacted>@h");
         assert_eq!(redact_url_passwords("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url_passwords("redis://u@h"), "redis://u@h");
-        assert_eq!(redact_url_passwords("redis://a:x@h1,redis://b:y@h2"), "redis://a:<redacted>@h1,redis://b:<redacted>@h2");
+        assert_eq!(
+            redact_url_passwords("redis://a:x@h1,redis://b:y@h2"),
+            "redis://a:<redacted>@h1,redis://b:<redacted>@h2"
+        );
         assert_eq!(redact_url_passwords("not a url"), "not a url");
     }
 

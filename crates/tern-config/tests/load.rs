@@ -1,4 +1,5 @@
 //! Loading configuration from files and the environment, and the errors a bad one gets.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 use std::io::Write;
 
@@ -28,23 +29,36 @@ fn the_shipped_example_loads() {
 
 #[test]
 fn unknown_key_names_the_key_and_the_file() {
-    let err = Config::from_toml_str("[telemetry]\nlog_levle = \"info\"\n", "tern.toml", no_env()).unwrap_err();
+    let err =
+        Config::from_toml_str("[telemetry]\nlog_levle = \"info\"\n", "tern.toml", no_env()).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(&err, ConfigError::Key { key, .. } if key == "telemetry.log_levle"), "{msg}");
-    assert!(msg.contains("tern.toml") && msg.contains("telemetry.log_levle"), "{msg}");
+    assert!(
+        matches!(&err, ConfigError::Key { key, .. } if key == "telemetry.log_levle"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("tern.toml") && msg.contains("telemetry.log_levle"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn unknown_section_names_the_section() {
     let err = Config::from_toml_str("[deliveyr]\n", "tern.toml", no_env()).unwrap_err();
-    assert!(matches!(&err, ConfigError::Key { key, .. } if key == "deliveyr"), "{err}");
+    assert!(
+        matches!(&err, ConfigError::Key { key, .. } if key == "deliveyr"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_value_names_the_key() {
     let err = Config::from_toml_str("[telemetry]\nlog_format = \"xml\"\n", "a/b.toml", no_env()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("a/b.toml") && msg.contains("telemetry.log_format"), "{msg}");
+    assert!(
+        msg.contains("a/b.toml") && msg.contains("telemetry.log_format"),
+        "{msg}"
+    );
     let err = Config::from_toml_str("[telemetry]\nlog_level = \"loud\"\n", "a/b.toml", no_env()).unwrap_err();
     assert!(err.to_string().contains("telemetry.log_level"), "{err}");
 }
@@ -64,7 +78,10 @@ fn environment_overrides_the_file() {
     let c = Config::from_toml_str(
         text,
         "t.toml",
-        env(&[("TERN_TELEMETRY__LOG_LEVEL", "debug"), ("TERN_TELEMETRY__LOG_FORMAT", "json")]),
+        env(&[
+            ("TERN_TELEMETRY__LOG_LEVEL", "debug"),
+            ("TERN_TELEMETRY__LOG_FORMAT", "json"),
+        ]),
     )
     .unwrap();
     assert_eq!(c.telemetry.log_level, "debug");
@@ -75,7 +92,10 @@ fn environment_overrides_the_file() {
 fn environment_error_names_the_variable() {
     let err = Config::from_toml_str("", "t.toml", env(&[("TERN_TELEMETRY__LOG_FORMAT", "xml")])).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("TERN_TELEMETRY__LOG_FORMAT") && msg.contains("telemetry.log_format"), "{msg}");
+    assert!(
+        msg.contains("TERN_TELEMETRY__LOG_FORMAT") && msg.contains("telemetry.log_format"),
+        "{msg}"
+    );
     let err = Config::from_toml_str("", "t.toml", env(&[("TERN_TELEMETRY__NOPE", "1")])).unwrap_err();
     assert!(err.to_string().contains("TERN_TELEMETRY__NOPE"), "{err}");
     let err = Config::from_toml_str("", "t.toml", env(&[("TERN___X", "1")])).unwrap_err();
@@ -84,7 +104,12 @@ fn environment_error_names_the_variable() {
 
 #[test]
 fn variables_without_double_underscore_are_ignored() {
-    let c = Config::from_toml_str("", "t.toml", env(&[("TERN_SERVER", "http://x"), ("TERN_TOKEN", "t")])).unwrap();
+    let c = Config::from_toml_str(
+        "",
+        "t.toml",
+        env(&[("TERN_SERVER", "http://x"), ("TERN_TOKEN", "t")]),
+    )
+    .unwrap();
     assert_eq!(c, Config::default());
 }
 
@@ -101,4 +126,52 @@ fn file_on_disk_loads() {
     writeln!(f, "[telemetry]\nlog_format = \"json\"").unwrap();
     let c = Config::load_with_env(f.path(), no_env()).unwrap();
     assert_eq!(c.telemetry.log_format, LogFormat::Json);
+}
+
+#[test]
+fn queue_defaults_match_the_documentation() {
+    let q = Config::default().queue;
+    assert_eq!(q.url, "redis://127.0.0.1:6379");
+    assert!(!q.cluster);
+    assert_eq!(q.shards, 16);
+    assert_eq!(q.lease.to_string(), "5m");
+    assert_eq!(q.key_prefix, "tern");
+    assert_eq!(q.wait_replicas, 0);
+}
+
+#[test]
+fn queue_values_out_of_range_name_the_key() {
+    for (text, key) in [
+        ("[queue]\nshards = 0\n", "queue.shards"),
+        ("[queue]\nlease = \"0s\"\n", "queue.lease"),
+        ("[queue]\nlease = \"soon\"\n", "queue.lease"),
+        ("[queue]\nurl = \"http://x\"\n", "queue.url"),
+        ("[queue]\nurl = \"redis://a:1,redis://b:2\"\n", "queue.url"),
+        ("[queue]\nkey_prefix = \"{x}\"\n", "queue.key_prefix"),
+    ] {
+        let err = Config::from_toml_str(text, "q.toml", no_env()).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Key { key: k, .. } if k == key),
+            "{text}: {err}"
+        );
+    }
+    let ok = "[queue]\ncluster = true\nurl = \"redis://a:1,redis://b:2\"\n";
+    assert!(Config::from_toml_str(ok, "q.toml", no_env()).is_ok());
+}
+
+#[test]
+fn redis_url_from_the_environment_is_a_string_and_its_password_is_redacted() {
+    let c = Config::from_toml_str(
+        "",
+        "t.toml",
+        env(&[("TERN_QUEUE__URL", "redis://u:hunter2@127.0.0.1:7000/2")]),
+    )
+    .unwrap();
+    assert_eq!(c.queue.url, "redis://u:hunter2@127.0.0.1:7000/2");
+    let printed = tern_config::redact::to_redacted_toml(&c).unwrap();
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("redis://u:<redacted>@127.0.0.1:7000/2"),
+        "{printed}"
+    );
 }

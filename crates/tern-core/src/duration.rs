@@ -86,7 +86,9 @@ impl FromStr for HumanDuration {
             if i == num_start {
                 return Err(DurationError::Syntax(text.to_string()));
             }
-            let number: u64 = s[num_start..i].parse().map_err(|_| DurationError::Overflow(text.to_string()))?;
+            let number: u64 = s[num_start..i]
+                .parse()
+                .map_err(|_| DurationError::Overflow(text.to_string()))?;
             let unit_start = i;
             while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
                 i += 1;
@@ -99,7 +101,10 @@ impl FromStr for HumanDuration {
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(unit))
                 .map(|(_, ms)| *ms)
-                .ok_or_else(|| DurationError::UnknownUnit { text: text.to_string(), unit: unit.to_string() })?;
+                .ok_or_else(|| DurationError::UnknownUnit {
+                    text: text.to_string(),
+                    unit: unit.to_string(),
+                })?;
             total_ms = number
                 .checked_mul(unit_ms)
                 .and_then(|v| total_ms.checked_add(v))
@@ -175,17 +180,38 @@ mod tests {
     #[test]
     fn rejects_missing_unit_number_and_unknown_unit() {
         assert_eq!("".parse::<HumanDuration>(), Err(DurationError::Empty));
-        assert!(matches!("90".parse::<HumanDuration>(), Err(DurationError::Syntax(_))));
-        assert!(matches!("m".parse::<HumanDuration>(), Err(DurationError::Syntax(_))));
-        assert!(matches!("5y".parse::<HumanDuration>(), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!("-5m".parse::<HumanDuration>(), Err(DurationError::Syntax(_))));
-        assert!(matches!("5 m".parse::<HumanDuration>(), Err(DurationError::Syntax(_))));
+        assert!(matches!(
+            "90".parse::<HumanDuration>(),
+            Err(DurationError::Syntax(_))
+        ));
+        assert!(matches!(
+            "m".parse::<HumanDuration>(),
+            Err(DurationError::Syntax(_))
+        ));
+        assert!(matches!(
+            "5y".parse::<HumanDuration>(),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            "-5m".parse::<HumanDuration>(),
+            Err(DurationError::Syntax(_))
+        ));
+        assert!(matches!(
+            "5 m".parse::<HumanDuration>(),
+            Err(DurationError::Syntax(_))
+        ));
     }
 
     #[test]
     fn rejects_overflow_without_panicking() {
-        assert!(matches!("99999999999999999999w".parse::<HumanDuration>(), Err(DurationError::Overflow(_))));
-        assert!(matches!("9999999999999999w".parse::<HumanDuration>(), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            "99999999999999999999w".parse::<HumanDuration>(),
+            Err(DurationError::Overflow(_))
+        ));
+        assert!(matches!(
+            "9999999999999999w".parse::<HumanDuration>(),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     proptest::proptest! {

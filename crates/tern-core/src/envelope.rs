@@ -32,7 +32,11 @@ pub struct Recipient {
 impl Recipient {
     /// A recipient with no DSN parameters.
     pub fn new(address: Mailbox) -> Self {
-        Recipient { address, notify: None, orcpt: None }
+        Recipient {
+            address,
+            notify: None,
+            orcpt: None,
+        }
     }
 
     /// The domain that mail for this recipient is routed by (lower-cased).
@@ -84,7 +88,15 @@ pub struct Envelope {
 impl Envelope {
     /// An envelope from `sender` to `recipients`, with no DSN parameters.
     pub fn new(sender: ReversePath, recipients: Vec<Recipient>) -> Self {
-        Envelope { sender, recipients, envid: None, ret: None, body: None, smtputf8: false, requiretls: false }
+        Envelope {
+            sender,
+            recipients,
+            envid: None,
+            ret: None,
+            body: None,
+            smtputf8: false,
+            requiretls: false,
+        }
     }
 
     /// Checks that the envelope can be queued: at least one recipient, none twice.
@@ -129,7 +141,12 @@ mod tests {
     fn recipients_group_by_lowercased_domain() {
         let env = Envelope::new(
             ReversePath::Null,
-            vec![rcpt("a@B.test"), rcpt("c@a.test"), rcpt("d@b.test"), rcpt("e@[192.0.2.1]")],
+            vec![
+                rcpt("a@B.test"),
+                rcpt("c@a.test"),
+                rcpt("d@b.test"),
+                rcpt("e@[192.0.2.1]"),
+            ],
         );
         let groups = env.by_domain();
         let names: Vec<_> = groups.iter().map(|(d, r)| (d.as_str(), r.len())).collect();
@@ -142,7 +159,10 @@ mod tests {
         let env = Envelope::new(ReversePath::Null, vec![]);
         assert_eq!(env.validate(), Err(EnvelopeError::NoRecipients));
         let env = Envelope::new(ReversePath::Null, vec![rcpt("a@b.test"), rcpt("A@B.test")]);
-        assert!(matches!(env.validate(), Err(EnvelopeError::DuplicateRecipient(_))));
+        assert!(matches!(
+            env.validate(),
+            Err(EnvelopeError::DuplicateRecipient(_))
+        ));
         let env = Envelope::new(ReversePath::Null, vec![rcpt("a@b.test")]);
         assert_eq!(env.validate(), Ok(()));
         assert!(env.is_bounce());
@@ -154,16 +174,27 @@ mod tests {
         assert!(r.wants_failure_notice() && r.wants_delay_notice() && !r.wants_success_notice());
         r.notify = Some(Notify::NEVER);
         assert!(!r.wants_failure_notice() && !r.wants_delay_notice() && !r.wants_success_notice());
-        r.notify = Some(Notify { success: true, failure: false, delay: false });
+        r.notify = Some(Notify {
+            success: true,
+            failure: false,
+            delay: false,
+        });
         assert!(r.wants_success_notice() && !r.wants_failure_notice());
     }
 
     #[test]
     fn envelope_round_trips_through_json() {
-        let mut env = Envelope::new(ReversePath::Mailbox("s@a.test".parse().unwrap()), vec![rcpt("x@b.test")]);
+        let mut env = Envelope::new(
+            ReversePath::Mailbox("s@a.test".parse().unwrap()),
+            vec![rcpt("x@b.test")],
+        );
         env.envid = Some("abc+123".into());
         env.ret = Some(Ret::Hdrs);
-        env.recipients[0].notify = Some(Notify { success: true, failure: true, delay: false });
+        env.recipients[0].notify = Some(Notify {
+            success: true,
+            failure: true,
+            delay: false,
+        });
         let json = serde_json::to_string(&env).unwrap();
         assert_eq!(serde_json::from_str::<Envelope>(&json).unwrap(), env);
     }

@@ -58,7 +58,9 @@ impl FromStr for MessageId {
     type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ulid::from_string(s).map(MessageId).map_err(|_| IdError::Message(s.to_string()))
+        Ulid::from_string(s)
+            .map(MessageId)
+            .map_err(|_| IdError::Message(s.to_string()))
     }
 }
 

@@ -41,7 +41,10 @@ pub enum RetryDecision {
 impl RetrySchedule {
     /// tern's default: 5m, 10m, 30m, 1h, 2h, then every 4h; ±10% jitter; expire after 5 days.
     pub fn default_steps() -> Vec<HumanDuration> {
-        [5 * 60, 10 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600].into_iter().map(HumanDuration::from_secs).collect()
+        [5 * 60, 10 * 60, 30 * 60, 3600, 2 * 3600, 4 * 3600]
+            .into_iter()
+            .map(HumanDuration::from_secs)
+            .collect()
     }
 
     /// A schedule from its steps, jitter fraction and maximum age.
@@ -55,7 +58,11 @@ impl RetrySchedule {
         if !(0.0..1.0).contains(&jitter) {
             return Err(RetryScheduleError::Jitter(jitter));
         }
-        Ok(RetrySchedule { steps, jitter, max_age })
+        Ok(RetrySchedule {
+            steps,
+            jitter,
+            max_age,
+        })
     }
 
     /// The maximum age of a job.
@@ -74,7 +81,13 @@ impl RetrySchedule {
     /// `spread` in `-1.0..=1.0` picks the point within the jitter band (use [`RetrySchedule::decide_now`] for
     /// a random one). The next attempt is never later than the expiry time, so a job gets one last try at its
     /// maximum age before it expires.
-    pub fn decide(&self, failed_attempts: u32, first_queued_ms: u64, now_ms: u64, spread: f64) -> RetryDecision {
+    pub fn decide(
+        &self,
+        failed_attempts: u32,
+        first_queued_ms: u64,
+        now_ms: u64,
+        spread: f64,
+    ) -> RetryDecision {
         let expires_ms = first_queued_ms.saturating_add(duration_ms(self.max_age));
         if now_ms >= expires_ms {
             return RetryDecision::Expire;
@@ -124,11 +137,19 @@ mod tests {
     fn jitter_stays_within_ten_percent() {
         let s = RetrySchedule::default();
         let now = 1_000 * MIN;
-        assert_eq!(s.decide(1, now, now, -1.0), RetryDecision::RetryAt(now + 5 * MIN - 30_000));
-        assert_eq!(s.decide(1, now, now, 1.0), RetryDecision::RetryAt(now + 5 * MIN + 30_000));
+        assert_eq!(
+            s.decide(1, now, now, -1.0),
+            RetryDecision::RetryAt(now + 5 * MIN - 30_000)
+        );
+        assert_eq!(
+            s.decide(1, now, now, 1.0),
+            RetryDecision::RetryAt(now + 5 * MIN + 30_000)
+        );
         assert_eq!(s.decide(1, now, now, 0.0), RetryDecision::RetryAt(now + 5 * MIN));
         for _ in 0..1000 {
-            let RetryDecision::RetryAt(at) = s.decide_now(2, now, now) else { panic!("expired early") };
+            let RetryDecision::RetryAt(at) = s.decide_now(2, now, now) else {
+                panic!("expired early")
+            };
             assert!((now + 9 * MIN..=now + 11 * MIN).contains(&at), "{at}");
         }
     }
@@ -148,9 +169,16 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_rejected() {
-        assert_eq!(RetrySchedule::new(vec![], 0.1, Duration::from_secs(1)), Err(RetryScheduleError::Empty));
         assert_eq!(
-            RetrySchedule::new(vec![Duration::from_secs(1), Duration::ZERO], 0.1, Duration::from_secs(1)),
+            RetrySchedule::new(vec![], 0.1, Duration::from_secs(1)),
+            Err(RetryScheduleError::Empty)
+        );
+        assert_eq!(
+            RetrySchedule::new(
+                vec![Duration::from_secs(1), Duration::ZERO],
+                0.1,
+                Duration::from_secs(1)
+            ),
             Err(RetryScheduleError::ZeroStep(1))
         );
         assert!(matches!(

@@ -6,7 +6,13 @@ use clap::{Parser, Subcommand};
 
 /// tern: a cluster-scale outbound email delivery engine.
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about, propagate_version = true, arg_required_else_help = true)]
+#[command(
+    name = "tern",
+    version,
+    about,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
 pub struct Cli {
     /// The configuration file (TOML). Without it, the built-in defaults apply, still overridable by
     /// TERN_<SECTION>__<KEY> environment variables.

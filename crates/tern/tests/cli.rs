@@ -1,11 +1,15 @@
 //! The `tern` binary as an operator meets it: exit codes, output, and one-line errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn tern(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // A developer's own TERN_* variables must not leak into what the test checks.
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERN_")) {
         cmd.env_remove(k);
@@ -38,13 +42,21 @@ fn check_config_prints_the_effective_configuration() {
     }
     assert!(stdout.contains("log_level = \"info\""), "{stdout}");
     // What it prints is itself a valid configuration.
-    let body: String = stdout.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let body: String = stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
     tern_config::Config::from_toml_str(&body, "printed", Vec::new()).unwrap();
 }
 
 #[test]
 fn check_config_applies_environment_overrides() {
-    let out = tern(&["check-config", "--config", &example()], None, &[("TERN_TELEMETRY__LOG_FORMAT", "json")]);
+    let out = tern(
+        &["check-config", "--config", &example()],
+        None,
+        &[("TERN_TELEMETRY__LOG_FORMAT", "json")],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("log_format = \"json\""));
 }
@@ -58,7 +70,10 @@ fn invalid_configuration_exits_1_with_a_one_line_reason_naming_key_and_file() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("telemetry.log_levle") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("telemetry.log_levle") && err.contains("bad.toml"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -75,9 +90,14 @@ fn passwd_prints_an_argon2id_hash_of_stdin() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let hash = text(&out.stdout).trim().to_string();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    use argon2::password_hash::{PasswordVerifier, phc::PasswordHash};
     let parsed = PasswordHash::new(&hash).unwrap();
-    assert!(argon2::Argon2::default().verify_password(b"secret", &parsed).is_ok(), "newline must not be hashed");
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"secret", &parsed)
+            .is_ok(),
+        "newline must not be hashed"
+    );
 }
 
 #[test]
@@ -91,7 +111,10 @@ fn passwd_with_empty_input_exits_1() {
 fn version_prints_the_package_version() {
     let out = tern(&["version"], None, &[]);
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout).trim(), format!("tern {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("tern {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

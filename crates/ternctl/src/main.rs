@@ -13,11 +13,23 @@ use clap::{CommandFactory, Parser};
 #[command(name = "ternctl", version, about)]
 struct Cli {
     /// The control-plane address.
-    #[arg(long, global = true, env = "TERN_SERVER", default_value = "http://127.0.0.1:7070", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "TERN_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        value_name = "URL"
+    )]
     server: String,
 
     /// The admin API key, sent as `authorization: Bearer <key>`.
-    #[arg(long, global = true, env = "TERN_TOKEN", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        global = true,
+        env = "TERN_TOKEN",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     token: Option<String>,
 
     /// Print one JSON document (JSON lines for streams) instead of tables.

@@ -1,9 +1,14 @@
 //! `ternctl`'s global flags, fixed now so that scripts can rely on them.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 use std::process::Command;
 
 fn ternctl(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ternctl")).args(args).env_remove("TERN_SERVER").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_ternctl"))
+        .args(args)
+        .env_remove("TERN_SERVER")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -11,7 +16,14 @@ fn without_a_command_it_prints_help_with_the_global_flags() {
     let out = ternctl(&[]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--server", "--token", "--json", "TERN_SERVER", "TERN_TOKEN", "http://127.0.0.1:7070"] {
+    for flag in [
+        "--server",
+        "--token",
+        "--json",
+        "TERN_SERVER",
+        "TERN_TOKEN",
+        "http://127.0.0.1:7070",
+    ] {
         assert!(help.contains(flag), "missing {flag} in:\n{help}");
     }
 }

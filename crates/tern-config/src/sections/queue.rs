@@ -1,16 +1,73 @@
-//! `[queue]`. Its keys arrive with the capability that uses them; until then the section takes no keys, and any
-//! key given is reported as unknown.
+//! `[queue]`: where the queue lives and how its keys are laid out.
 
 use serde::{Deserialize, Serialize};
+use tern_core::HumanDuration;
 
 /// The `[queue]` section.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QueueConfig {}
+pub struct QueueConfig {
+    /// One Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS), or with `cluster = true` a
+    /// comma-separated list of cluster seed URLs.
+    pub url: String,
+    /// Whether `url` names Redis Cluster seeds.
+    pub cluster: bool,
+    /// How many shards destination domains are spread over (by a stable hash). Each shard's keys share one
+    /// hash tag, so in a cluster the shards spread over the masters. Changing it re-homes domains: drain first.
+    pub shards: u16,
+    /// How long a claimed job stays owned without a heartbeat before the reaper gives it to another worker.
+    pub lease: HumanDuration,
+    /// Prefix of every Redis key, so several tern installations can share one Redis.
+    pub key_prefix: String,
+    /// Replicas that must acknowledge an enqueue (Redis WAIT) before it is acknowledged to the client.
+    pub wait_replicas: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            shards: 16,
+            lease: HumanDuration::from_secs(300),
+            key_prefix: "tern".into(),
+            wait_replicas: 0,
+        }
+    }
+}
 
 impl QueueConfig {
     /// Checks ranges serde cannot express; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.url.trim().is_empty() {
+            return Err(("url".into(), "must name a Redis server".into()));
+        }
+        for url in self.url.split(',').map(str::trim) {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err((
+                    "url".into(),
+                    format!("{url:?} must start with redis:// or rediss://"),
+                ));
+            }
+        }
+        if !self.cluster && self.url.contains(',') {
+            return Err((
+                "url".into(),
+                "a comma list of seeds needs `cluster = true`".into(),
+            ));
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(("shards".into(), format!("{} is outside 1..=1024", self.shards)));
+        }
+        if self.lease.get() < std::time::Duration::from_secs(1) {
+            return Err(("lease".into(), format!("{} is shorter than 1s", self.lease)));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
+            return Err((
+                "key_prefix".into(),
+                "must be non-empty, without braces or spaces".into(),
+            ));
+        }
         Ok(())
     }
 }

@@ -25,7 +25,10 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { log_level: "info".into(), log_format: LogFormat::Text }
+        TelemetryConfig {
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+        }
     }
 }
 
@@ -39,7 +42,10 @@ impl TelemetryConfig {
             if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level)) {
                 return Err((
                     "log_level".into(),
-                    format!("{directive:?} is not a level; use one of {} or target=level", LEVELS.join(", ")),
+                    format!(
+                        "{directive:?} is not a level; use one of {} or target=level",
+                        LEVELS.join(", ")
+                    ),
                 ));
             }
         }

@@ -11,7 +11,10 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let text = tern_config::redact::to_redacted_toml(&config).context("cannot print the configuration")?;
     match path {
-        Some(p) => println!("# effective configuration from {} (secrets redacted)", p.display()),
+        Some(p) => println!(
+            "# effective configuration from {} (secrets redacted)",
+            p.display()
+        ),
         None => println!("# effective configuration: built-in defaults (secrets redacted)"),
     }
     print!("{text}");
