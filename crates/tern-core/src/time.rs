@@ -18,9 +18,58 @@ pub fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `t` as an RFC 5322 date-time in UTC, e.g. `Sat, 28 Nov 2026 13:26:49 +0000`, for Date headers, Received
+/// headers and DSN fields. Times before 1970 print as the epoch.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    // Both indexes are in range by construction (days % 7 < 7, 1 <= m <= 12).
+    let weekday = WEEKDAYS[(days % 7) as usize];
+    let month = MONTHS[(m - 1) as usize];
+    format!(
+        "{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Year, month (1..=12) and day (1..=31) of the `days`th day after 1970-01-01 (Howard Hinnant's
+/// days-to-civil algorithm, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(m <= 2), m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_print_in_rfc5322_form() {
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc5322_date(at(0)), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(rfc5322_date(at(1_795_872_409)), "Sat, 28 Nov 2026 13:26:49 +0000");
+        assert_eq!(rfc5322_date(at(4_102_444_799)), "Thu, 31 Dec 2099 23:59:59 +0000");
+        assert_eq!(
+            rfc5322_date(UNIX_EPOCH - Duration::from_secs(5)),
+            "Thu, 1 Jan 1970 00:00:00 +0000"
+        );
+    }
 
     #[test]
     fn unix_ms_round_trips() {
