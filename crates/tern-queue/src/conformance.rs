@@ -1,0 +1,1016 @@
+//! The conformance suite every [`Queue`] backend must pass (feature `conformance`).
+//!
+//! Each case gets a fresh, empty queue from the caller's factory (for Redis: a new key prefix on a shared
+//! server), with default options: default domain concurrency 10, at least 2 shards. Cases use short leases
+//! (a few hundred milliseconds) to test expiry.
+//!
+//! ```ignore
+//! tern_queue::conformance::run_all(Arc::new(|name: String| Box::pin(async move { make_queue(&name).await })))
+//!     .await;
+//! ```
+// This module is a test suite shipped as library code: a failed expectation is a test failure.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tern_core::time::now_ms;
+use tern_core::{Envelope, Recipient, ReversePath};
+
+use crate::model::*;
+use crate::{Queue, QueueError};
+
+/// Makes a fresh, empty queue for the named case.
+pub type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn Queue>> + Send + Sync>;
+
+/// One case.
+pub type Case = fn(Arc<dyn Queue>) -> BoxFuture<'static, ()>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case, by name.
+        pub fn cases() -> Vec<(&'static str, Case)> {
+            vec![$((stringify!($name), (|q| Box::pin($name(q))) as Case)),*]
+        }
+    };
+}
+
+cases!(
+    enqueue_and_get,
+    invalid_message_is_refused,
+    idempotency_key_dedupes,
+    multi_domain_message_splits_into_jobs,
+    claim_takes_one_domain_batch,
+    claim_honours_max_batch,
+    claim_follows_due_time,
+    concurrency_limit_holds_and_frees,
+    domains_take_turns,
+    complete_delivered_removes_job,
+    complete_deferred_keeps_pending_recipients,
+    complete_failed_with_per_recipient_results,
+    stale_owner_is_refused,
+    repeated_calls_are_idempotent,
+    extend_keeps_the_lease,
+    release_gives_the_job_back,
+    reap_returns_expired_leases,
+    admin_get_list_count,
+    admin_retry_and_delete,
+    admin_bounce_bypasses_suspension,
+    suspend_and_resume,
+    suspension_expires,
+    events_follow_from_a_position,
+    stats_count_changes,
+    enqueue_batch_pipelines,
+);
+
+/// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
+pub async fn run_all(factory: Factory) {
+    run_some(factory, |_| true).await;
+}
+
+/// Runs the cases whose name `select` accepts.
+pub async fn run_some(factory: Factory, select: impl Fn(&str) -> bool) {
+    let selected: Vec<_> = cases().into_iter().filter(|(n, _)| select(n)).collect();
+    let failures: Vec<String> = futures::stream::iter(selected)
+        .map(|(name, case)| {
+            let factory = factory.clone();
+            async move {
+                let q = factory(name.to_string()).await;
+                let started = std::time::Instant::now();
+                let r = AssertUnwindSafe(tokio::time::timeout(Duration::from_secs(30), case(q)))
+                    .catch_unwind()
+                    .await;
+                match r {
+                    Ok(Ok(())) => {
+                        eprintln!("conformance {name}: ok ({:?})", started.elapsed());
+                        None
+                    }
+                    Ok(Err(_)) => Some(format!("{name}: timed out")),
+                    Err(p) => {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        Some(format!("{name}: {msg}"))
+                    }
+                }
+            }
+        })
+        .buffer_unordered(4)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------- helpers
+
+const BODY: &[u8] = b"Subject: conformance\r\n\r\nhello\r\n";
+
+fn rcpt(addr: &str) -> Recipient {
+    Recipient::new(addr.parse().expect("test address"))
+}
+
+/// A message from `sender@origin.test` to `rcpts`.
+pub fn message(rcpts: &[&str]) -> NewMessage {
+    let env = Envelope::new(
+        ReversePath::Mailbox("sender@origin.test".parse().expect("test address")),
+        rcpts.iter().map(|r| rcpt(r)).collect(),
+    );
+    NewMessage::new(env, BODY.to_vec())
+}
+
+async fn enqueue(q: &Arc<dyn Queue>, rcpts: &[&str]) -> EnqueueReceipt {
+    q.enqueue(message(rcpts)).await.expect("enqueue")
+}
+
+async fn claim(q: &Arc<dyn Queue>, owner: &str, max: usize) -> Option<Claim> {
+    q.claim(owner, max, Duration::from_secs(60)).await.expect("claim")
+}
+
+async fn claim_lease(q: &Arc<dyn Queue>, owner: &str, max: usize, lease: Duration) -> Option<Claim> {
+    q.claim(owner, max, lease).await.expect("claim")
+}
+
+async fn all_events(q: &Arc<dyn Queue>) -> Vec<Event> {
+    let mut out = Vec::new();
+    let mut pos = None;
+    loop {
+        let (evs, next) = q
+            .read_events(pos.as_ref(), 1000, None)
+            .await
+            .expect("read_events");
+        if evs.is_empty() {
+            return out;
+        }
+        out.extend(evs);
+        pos = Some(next);
+    }
+}
+
+fn kinds_for(events: &[Event], job: tern_core::JobId) -> Vec<EventKind> {
+    events
+        .iter()
+        .filter(|e| e.job == Some(job))
+        .map(|e| e.kind)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------- cases
+
+async fn enqueue_and_get(q: Arc<dyn Queue>) {
+    let msg = message(&["rcpt@dest.test"]).with_tag("tenant", "t1");
+    let r = q.enqueue(msg).await.expect("enqueue");
+    assert!(!r.duplicate);
+    assert_eq!(r.jobs.len(), 1);
+    assert_eq!(r.jobs[0].1, "dest.test");
+    let info = q
+        .get_message(r.message)
+        .await
+        .expect("get")
+        .expect("message exists");
+    assert_eq!(info.id, r.message);
+    assert_eq!(info.body_size, BODY.len() as u64);
+    assert_eq!(info.jobs.len(), 1);
+    let job = &info.jobs[0];
+    assert_eq!(job.id, r.jobs[0].0);
+    assert_eq!(job.domain, "dest.test");
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.attempts, 0);
+    assert_eq!(job.recipients.len(), 1);
+    assert_eq!(job.recipients[0].status, RecipientStatus::Pending);
+    assert_eq!(job.tags.get("tenant").map(String::as_str), Some("t1"));
+    assert!(job.next_attempt_ms <= now_ms());
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.queued, c.deferred, c.in_flight, c.total), (1, 0, 0, 1));
+    assert!(c.oldest_due_ms.is_some());
+    let events = all_events(&q).await;
+    assert_eq!(kinds_for(&events, job.id), vec![EventKind::Queued]);
+    assert_eq!(events[0].tags.get("tenant").map(String::as_str), Some("t1"));
+    assert_eq!(events[0].recipients, vec!["rcpt@dest.test".to_string()]);
+}
+
+async fn invalid_message_is_refused(q: Arc<dyn Queue>) {
+    let err = q.enqueue(message(&[])).await.expect_err("no recipients");
+    assert!(matches!(err, QueueError::InvalidMessage(_)), "{err:?}");
+    assert_eq!(q.counts().await.expect("counts").total, 0);
+}
+
+async fn idempotency_key_dedupes(q: Arc<dyn Queue>) {
+    let first = q
+        .enqueue(message(&["a@one.test"]).with_idempotency_key("key-1"))
+        .await
+        .expect("enqueue");
+    assert!(!first.duplicate);
+    let again = q
+        .enqueue(message(&["b@two.test", "c@three.test"]).with_idempotency_key("key-1"))
+        .await
+        .expect("again");
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    assert!(again.jobs.is_empty());
+    let other = q
+        .enqueue(message(&["a@one.test"]).with_idempotency_key("key-2"))
+        .await
+        .expect("other key");
+    assert!(!other.duplicate);
+    assert_ne!(other.message, first.message);
+    assert_eq!(q.counts().await.expect("counts").total, 2);
+}
+
+async fn multi_domain_message_splits_into_jobs(q: Arc<dyn Queue>) {
+    let r = enqueue(&q, &["a@x.test", "b@y.test", "c@z.test", "d@X.test"]).await;
+    assert_eq!(r.jobs.len(), 3);
+    let domains: Vec<_> = r.jobs.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(domains, vec!["x.test", "y.test", "z.test"]);
+    for (i, (id, _)) in r.jobs.iter().enumerate() {
+        assert_eq!(id.message, r.message);
+        assert_eq!(id.index as usize, i);
+    }
+    let info = q.get_message(r.message).await.expect("get").expect("exists");
+    assert_eq!(info.jobs.len(), 3);
+    assert_eq!(info.jobs[0].recipients.len(), 2);
+    assert_eq!(info.jobs[0].envelope.recipients.len(), 2);
+    // Every job can be claimed with the body; the body outlives all but the last job.
+    let mut seen = BTreeSet::new();
+    while let Some(c) = claim(&q, "w", 10).await {
+        for j in c.jobs {
+            assert_eq!(&j.body[..], BODY);
+            seen.insert(j.job.domain.clone());
+            q.complete("w", &j.lease, Outcome::delivered())
+                .await
+                .expect("complete");
+        }
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(q.get_message(r.message).await.expect("get").is_none());
+}
+
+async fn claim_takes_one_domain_batch(q: Arc<dyn Queue>) {
+    for i in 0..5 {
+        enqueue(&q, &[&format!("r{i}@a.test")]).await;
+        enqueue(&q, &[&format!("r{i}@b.test")]).await;
+    }
+    let c = claim(&q, "w1", 10).await.expect("work");
+    assert_eq!(c.jobs.len(), 5);
+    assert!(c.jobs.iter().all(|j| j.job.domain == c.domain));
+    assert!(
+        c.jobs
+            .iter()
+            .all(|j| j.job.state == JobState::InFlight && j.job.owner.as_deref() == Some("w1"))
+    );
+    assert!(c.lease_until_ms > now_ms());
+    let c2 = claim(&q, "w2", 10).await.expect("other domain");
+    assert_ne!(c2.domain, c.domain);
+    assert_eq!(c2.jobs.len(), 5);
+    assert!(claim(&q, "w3", 10).await.is_none());
+    let counts = q.counts().await.expect("counts");
+    assert_eq!(counts.in_flight, 10);
+}
+
+async fn claim_honours_max_batch(q: Arc<dyn Queue>) {
+    for i in 0..7 {
+        enqueue(&q, &[&format!("r{i}@a.test")]).await;
+    }
+    let c = claim(&q, "w", 3).await.expect("work");
+    assert_eq!(c.jobs.len(), 3);
+    let c = claim(&q, "w", 3).await.expect("work");
+    assert_eq!(c.jobs.len(), 3);
+    let c = claim(&q, "w", 3).await.expect("work");
+    assert_eq!(c.jobs.len(), 1);
+}
+
+async fn claim_follows_due_time(q: Arc<dyn Queue>) {
+    let now = now_ms();
+    let m1 = q
+        .enqueue(message(&["1@a.test"]).not_before(now - 3000))
+        .await
+        .expect("e")
+        .message;
+    let m2 = q
+        .enqueue(message(&["2@a.test"]).not_before(now - 1000))
+        .await
+        .expect("e")
+        .message;
+    let m3 = q
+        .enqueue(message(&["3@a.test"]).not_before(now - 2000))
+        .await
+        .expect("e")
+        .message;
+    let later = q
+        .enqueue(message(&["4@a.test"]).not_before(now + 600))
+        .await
+        .expect("e")
+        .message;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let got: Vec<_> = c.jobs.iter().map(|j| j.job.id.message).collect();
+    assert_eq!(got, vec![m1, m3, m2]);
+    assert!(
+        claim(&q, "w", 10).await.is_none(),
+        "the future job is not due yet"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let c = claim(&q, "w", 10).await.expect("now due");
+    assert_eq!(c.jobs[0].job.id.message, later);
+}
+
+async fn concurrency_limit_holds_and_frees(q: Arc<dyn Queue>) {
+    q.set_domain_concurrency("a.test", Some(2)).await.expect("limit");
+    for i in 0..6 {
+        enqueue(&q, &[&format!("r{i}@a.test")]).await;
+    }
+    let c1 = claim(&q, "w1", 1).await.expect("slot 1");
+    let _c2 = claim(&q, "w2", 1).await.expect("slot 2");
+    assert!(claim(&q, "w3", 1).await.is_none(), "limit of 2 reached");
+    let depth = q.domain_depth("a.test").await.expect("depth");
+    assert_eq!(depth.active_claims, 2);
+    assert_eq!(depth.concurrency_limit, Some(2));
+    assert_eq!(depth.waiting, 4);
+    assert_eq!(depth.total, 6);
+    // Completing the only job of a claim frees its slot.
+    q.complete("w1", &c1.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    let c3 = claim(&q, "w3", 1).await.expect("slot freed");
+    assert!(claim(&q, "w4", 1).await.is_none());
+    // Releasing frees it too.
+    q.release("w3", &c3.jobs[0].lease).await.expect("release");
+    assert!(claim(&q, "w4", 1).await.is_some());
+    // A slot whose lease expired comes back by itself.
+    q.set_domain_concurrency("a.test", Some(3)).await.expect("limit");
+    let _short = claim_lease(&q, "w5", 1, Duration::from_millis(200))
+        .await
+        .expect("third slot");
+    assert!(claim(&q, "w6", 1).await.is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(claim(&q, "w6", 1).await.is_some(), "expired slot is free again");
+    q.set_domain_concurrency("a.test", None).await.expect("clear");
+    assert_eq!(
+        q.domain_depth("a.test").await.expect("depth").concurrency_limit,
+        None
+    );
+}
+
+async fn domains_take_turns(q: Arc<dyn Queue>) {
+    let now = now_ms();
+    // A deep domain whose jobs are all older than the small domains' jobs.
+    let deep: Vec<NewMessage> = (0..60)
+        .map(|i| message(&[&format!("r{i}@deep.test")]).not_before(now - 10_000))
+        .collect();
+    for r in q.enqueue_batch(deep).await {
+        r.expect("enqueue");
+    }
+    for d in 0..5 {
+        enqueue(&q, &[&format!("x@small{d}.test")]).await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let c = claim(&q, "w", 5).await.expect("work");
+        order.push(c.domain.clone());
+        for j in &c.jobs {
+            q.complete("w", &j.lease, Outcome::delivered())
+                .await
+                .expect("complete");
+        }
+    }
+    let smalls: HashSet<_> = order.iter().filter(|d| d.starts_with("small")).collect();
+    assert_eq!(
+        smalls.len(),
+        5,
+        "every small domain is served among the first 6 claims: {order:?}"
+    );
+    assert!(
+        order.iter().filter(|d| *d == "deep.test").count() <= 2,
+        "{order:?}"
+    );
+}
+
+async fn complete_delivered_removes_job(q: Arc<dyn Queue>) {
+    let r = enqueue(&q, &["a@d.test", "b@d.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let j = &c.jobs[0];
+    let attempt = DeliveryAttempt {
+        remote_mx: Some("mx.d.test".into()),
+        remote_ip: Some("192.0.2.1".into()),
+        tls: Some("TLSv1.3".into()),
+    };
+    let done = q
+        .complete(
+            "w",
+            &j.lease,
+            Outcome::delivered()
+                .with_reply("250 2.0.0 ok")
+                .with_attempt(attempt),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(done, Completion::Finished);
+    assert!(q.get_message(r.message).await.expect("get").is_none());
+    assert_eq!(q.counts().await.expect("counts").total, 0);
+    let events = all_events(&q).await;
+    let delivered: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Delivered).collect();
+    assert_eq!(delivered.len(), 1);
+    let e = delivered[0];
+    assert_eq!(e.recipients.len(), 2);
+    assert_eq!(e.attempt, 1);
+    assert_eq!(e.remote_mx.as_deref(), Some("mx.d.test"));
+    assert_eq!(e.remote_ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(e.tls.as_deref(), Some("TLSv1.3"));
+    assert_eq!(e.reply.as_deref(), Some("250 2.0.0 ok"));
+    assert_eq!(e.message, Some(r.message));
+}
+
+async fn complete_deferred_keeps_pending_recipients(q: Arc<dyn Queue>) {
+    let r = enqueue(&q, &["a@d.test", "b@d.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let j = &c.jobs[0];
+    let until = now_ms() + 60_000;
+    let out = Outcome::defer(until, "451 4.7.1 try later").with_result(
+        0,
+        RecipientStatus::Delivered,
+        Some("250 ok".into()),
+    );
+    let done = q.complete("w", &j.lease, out).await.expect("complete");
+    assert_eq!(
+        done,
+        Completion::Deferred {
+            next_attempt_ms: until
+        }
+    );
+    let info = q.get_message(r.message).await.expect("get").expect("still there");
+    let job = &info.jobs[0];
+    assert_eq!(job.state, JobState::Deferred);
+    assert_eq!(job.attempts, 1);
+    assert_eq!(job.next_attempt_ms, until);
+    assert_eq!(job.last_error.as_deref(), Some("451 4.7.1 try later"));
+    assert_eq!(job.recipients[0].status, RecipientStatus::Delivered);
+    assert_eq!(job.recipients[0].reply.as_deref(), Some("250 ok"));
+    assert_eq!(job.recipients[1].status, RecipientStatus::Pending);
+    assert_eq!(job.recipients[1].reply.as_deref(), Some("451 4.7.1 try later"));
+    assert!(job.owner.is_none());
+    assert!(claim(&q, "w", 10).await.is_none(), "not due until the retry time");
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.queued, c.deferred, c.in_flight), (0, 1, 0));
+    // Retry now, then fail: only the pending recipient fails.
+    assert_eq!(q.retry_now(&Target::Job(job.id)).await.expect("retry"), 1);
+    let c = claim(&q, "w", 10).await.expect("due again");
+    assert_eq!(c.jobs[0].job.attempts, 1);
+    assert_eq!(c.jobs[0].job.pending().count(), 1);
+    let done = q
+        .complete("w", &c.jobs[0].lease, Outcome::fail("550 5.1.1 no such user"))
+        .await
+        .expect("complete");
+    assert_eq!(done, Completion::Finished);
+    let events = all_events(&q).await;
+    let kinds = kinds_for(&events, job.id);
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Queued,
+            EventKind::Delivered,
+            EventKind::Deferred,
+            EventKind::Retried,
+            EventKind::Failed
+        ]
+    );
+    let failed = events
+        .iter()
+        .find(|e| e.kind == EventKind::Failed)
+        .expect("failed event");
+    assert_eq!(failed.recipients, vec!["b@d.test".to_string()]);
+    assert_eq!(failed.attempt, 2);
+}
+
+async fn complete_failed_with_per_recipient_results(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@d.test", "b@d.test", "c@d.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let out =
+        Outcome::fail("550 5.7.1 rejected").with_result(1, RecipientStatus::Delivered, Some("250 ok".into()));
+    assert_eq!(
+        q.complete("w", &c.jobs[0].lease, out).await.expect("complete"),
+        Completion::Finished
+    );
+    let events = all_events(&q).await;
+    let delivered = events
+        .iter()
+        .find(|e| e.kind == EventKind::Delivered)
+        .expect("delivered");
+    assert_eq!(delivered.recipients, vec!["b@d.test".to_string()]);
+    let failed = events
+        .iter()
+        .find(|e| e.kind == EventKind::Failed)
+        .expect("failed");
+    assert_eq!(
+        failed.recipients,
+        vec!["a@d.test".to_string(), "c@d.test".to_string()]
+    );
+    // Leaving a recipient pending needs a retry time.
+    enqueue(&q, &["x@e.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let bad = Outcome::delivered().with_result(0, RecipientStatus::Pending, None);
+    let err = q
+        .complete("w", &c.jobs[0].lease, bad)
+        .await
+        .expect_err("pending without retry time");
+    assert!(matches!(err, QueueError::InvalidOutcome(_)), "{err:?}");
+    // Expired: reported as such.
+    assert_eq!(
+        q.complete("w", &c.jobs[0].lease, Outcome::expire("4.4.7 too old"))
+            .await
+            .expect("expire"),
+        Completion::Finished
+    );
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.delivered, s.failed, s.expired), (1, 2, 1));
+}
+
+async fn stale_owner_is_refused(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@d.test"]).await;
+    let a = claim_lease(&q, "worker-a", 10, Duration::from_millis(200))
+        .await
+        .expect("work");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.reap(now_ms()).await.expect("reap"), 1);
+    let b = claim(&q, "worker-b", 10).await.expect("reclaimed");
+    assert_eq!(b.jobs[0].job.id, a.jobs[0].job.id);
+    let lease_a = &a.jobs[0].lease;
+    let err = q
+        .complete("worker-a", lease_a, Outcome::delivered())
+        .await
+        .expect_err("stale owner");
+    assert_eq!(err, QueueError::NotOwner { job: lease_a.job });
+    let err = q
+        .extend("worker-a", lease_a, Duration::from_secs(10))
+        .await
+        .expect_err("stale extend");
+    assert!(matches!(err, QueueError::NotOwner { .. }));
+    let err = q.release("worker-a", lease_a).await.expect_err("stale release");
+    assert!(matches!(err, QueueError::NotOwner { .. }));
+    // The wrong owner name with the right token is refused too.
+    let err = q
+        .complete("worker-x", &b.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect_err("wrong owner");
+    assert!(matches!(err, QueueError::NotOwner { .. }));
+    let info = q
+        .get_message(a.jobs[0].job.id.message)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(info.jobs[0].state, JobState::InFlight);
+    assert_eq!(info.jobs[0].owner.as_deref(), Some("worker-b"));
+    assert_eq!(
+        q.complete("worker-b", &b.jobs[0].lease, Outcome::delivered())
+            .await
+            .expect("ok"),
+        Completion::Finished
+    );
+}
+
+async fn repeated_calls_are_idempotent(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@d.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let lease = &c.jobs[0].lease;
+    let until = now_ms() + 60_000;
+    let first = q
+        .complete("w", lease, Outcome::defer(until, "451 later"))
+        .await
+        .expect("defer");
+    assert!(matches!(first, Completion::Deferred { .. }));
+    let again = q
+        .complete("w", lease, Outcome::defer(until, "451 later"))
+        .await
+        .expect("repeat");
+    assert_eq!(again, Completion::AlreadyDone);
+    let info = q
+        .get_message(lease.job.message)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(info.jobs[0].attempts, 1, "a repeat does not count twice");
+    assert_eq!(q.stats().await.expect("stats").deferred, 1);
+    q.retry_now(&Target::Job(lease.job)).await.expect("retry");
+    let c = claim(&q, "w", 10).await.expect("work");
+    let lease = &c.jobs[0].lease;
+    assert_eq!(
+        q.complete("w", lease, Outcome::delivered()).await.expect("done"),
+        Completion::Finished
+    );
+    assert_eq!(
+        q.complete("w", lease, Outcome::delivered())
+            .await
+            .expect("repeat"),
+        Completion::Gone
+    );
+    assert_eq!(q.stats().await.expect("stats").delivered, 1);
+}
+
+async fn extend_keeps_the_lease(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@d.test"]).await;
+    let c = claim_lease(&q, "w", 10, Duration::from_millis(300))
+        .await
+        .expect("work");
+    let deadline = q
+        .extend("w", &c.jobs[0].lease, Duration::from_secs(30))
+        .await
+        .expect("extend");
+    assert!(deadline > c.lease_until_ms);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(q.reap(now_ms()).await.expect("reap"), 0);
+    assert!(claim(&q, "other", 10).await.is_none());
+    assert_eq!(
+        q.complete("w", &c.jobs[0].lease, Outcome::delivered())
+            .await
+            .expect("ok"),
+        Completion::Finished
+    );
+}
+
+async fn release_gives_the_job_back(q: Arc<dyn Queue>) {
+    let r = enqueue(&q, &["a@d.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    q.release("w", &c.jobs[0].lease).await.expect("release");
+    q.release("w", &c.jobs[0].lease)
+        .await
+        .expect("a repeated release is fine");
+    let info = q.get_message(r.message).await.expect("get").expect("exists");
+    assert_eq!(info.jobs[0].state, JobState::Queued);
+    assert_eq!(info.jobs[0].attempts, 0);
+    let c2 = claim(&q, "w2", 10).await.expect("claimable again");
+    assert_eq!(c2.jobs[0].job.id, c.jobs[0].job.id);
+    let err = q
+        .complete("w", &c.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect_err("released");
+    assert!(matches!(err, QueueError::NotOwner { .. }));
+    let events = all_events(&q).await;
+    assert!(events.iter().any(|e| e.kind == EventKind::Released));
+}
+
+async fn reap_returns_expired_leases(q: Arc<dyn Queue>) {
+    for i in 0..3 {
+        enqueue(&q, &[&format!("r{i}@d.test")]).await;
+    }
+    let c = claim_lease(&q, "dead", 10, Duration::from_millis(150))
+        .await
+        .expect("work");
+    assert_eq!(c.jobs.len(), 3);
+    assert_eq!(q.reap(now_ms()).await.expect("reap"), 0, "not expired yet");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(q.reap(now_ms()).await.expect("reap"), 3);
+    assert_eq!(q.reap(now_ms()).await.expect("reap again"), 0);
+    let counts = q.counts().await.expect("counts");
+    assert_eq!((counts.queued, counts.in_flight), (3, 0));
+    assert_eq!(q.domain_depth("d.test").await.expect("depth").active_claims, 0);
+    let events = all_events(&q).await;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::LeaseExpired)
+            .count(),
+        3
+    );
+    assert_eq!(q.stats().await.expect("stats").lease_expired, 3);
+    let c = claim(&q, "alive", 10).await.expect("claimable again");
+    assert_eq!(c.jobs.len(), 3);
+}
+
+async fn admin_get_list_count(q: Arc<dyn Queue>) {
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(enqueue(&q, &[&format!("user{i}@a.test")]).await.message);
+    }
+    for i in 0..3 {
+        ids.push(
+            enqueue(&q, &[&format!("user{i}@b.test"), "shared@c.test"])
+                .await
+                .message,
+        );
+    }
+    let c = q.counts().await.expect("counts");
+    assert_eq!(c.total, 11);
+    let all = q.list(&ListFilter::default(), None, 100).await.expect("list");
+    assert_eq!(all.items.len(), 11);
+    assert!(all.next.is_none());
+    let by_domain = q
+        .list(
+            &ListFilter {
+                domain: Some("A.test".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(by_domain.items.len(), 5);
+    let by_rcpt = q
+        .list(
+            &ListFilter {
+                recipient: Some("Shared@c.test".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(by_rcpt.items.len(), 3);
+    let by_sender = q
+        .list(
+            &ListFilter {
+                sender: Some("SENDER@origin.test".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(by_sender.items.len(), 11);
+    let nobody = q
+        .list(
+            &ListFilter {
+                sender: Some("other@origin.test".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .expect("list");
+    assert!(nobody.items.is_empty());
+    // Paging visits every job once.
+    let mut seen = HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = q.list(&ListFilter::default(), cursor, 3).await.expect("page");
+        assert!(page.items.len() <= 3);
+        for j in page.items {
+            assert!(seen.insert(j.id), "job {} listed twice", j.id);
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 11);
+    // State filter and depths.
+    let claimed = claim(&q, "w", 10).await.expect("work");
+    let inflight = q
+        .list(
+            &ListFilter {
+                state: Some(JobState::InFlight),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(inflight.items.len(), claimed.jobs.len());
+    let depths = q.domain_depths().await.expect("depths");
+    let names: Vec<_> = depths.iter().map(|d| d.domain.as_str()).collect();
+    assert_eq!(names, vec!["a.test", "b.test", "c.test"]);
+    let total: u64 = depths.iter().map(|d| d.total).sum();
+    assert_eq!(total, 11);
+    let c = q.counts().await.expect("counts");
+    assert_eq!(c.in_flight, claimed.jobs.len() as u64);
+    assert_eq!(c.queued + c.in_flight, 11);
+    // get_message of an unknown id.
+    assert!(
+        q.get_message(tern_core::MessageId::new())
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+async fn admin_retry_and_delete(q: Arc<dyn Queue>) {
+    let later = now_ms() + 3_600_000;
+    for i in 0..4 {
+        q.enqueue(message(&[&format!("r{i}@slow.test")]).not_before(later))
+            .await
+            .expect("enqueue");
+    }
+    let keep = enqueue(&q, &["x@keep.test"]).await;
+    assert!(claim(&q, "w", 10).await.is_some_and(|c| c.domain == "keep.test"));
+    assert!(claim(&q, "w", 10).await.is_none());
+    assert_eq!(
+        q.retry_now(&Target::Domain("slow.test".into()))
+            .await
+            .expect("retry"),
+        4
+    );
+    let d = q.domain_depth("slow.test").await.expect("depth");
+    assert_eq!(d.due, 4);
+    assert_eq!(
+        q.delete(&Target::Domain("slow.test".into()))
+            .await
+            .expect("delete"),
+        4
+    );
+    assert_eq!(q.domain_depth("slow.test").await.expect("depth").total, 0);
+    assert!(claim(&q, "w", 10).await.is_none());
+    // Delete by message, including an in-flight job.
+    assert_eq!(q.delete(&Target::Message(keep.message)).await.expect("delete"), 1);
+    assert!(q.get_message(keep.message).await.expect("get").is_none());
+    assert_eq!(q.counts().await.expect("counts").total, 0);
+    let events = all_events(&q).await;
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::Deleted).count(), 5);
+    assert_eq!(q.stats().await.expect("stats").deleted, 5);
+}
+
+async fn admin_bounce_bypasses_suspension(q: Arc<dyn Queue>) {
+    q.suspend("stuck.test", None, "blocklisted us")
+        .await
+        .expect("suspend");
+    let r = enqueue(&q, &["a@stuck.test", "b@stuck.test"]).await;
+    let other = enqueue(&q, &["c@stuck.test"]).await;
+    assert!(claim(&q, "w", 10).await.is_none(), "suspended");
+    assert_eq!(q.bounce(&Target::Job(r.jobs[0].0)).await.expect("bounce"), 1);
+    let c = claim(&q, "w", 10)
+        .await
+        .expect("bounce is claimable despite the suspension");
+    assert_eq!(c.domain, BOUNCE_SCHEDULE);
+    assert_eq!(c.jobs.len(), 1);
+    let j = &c.jobs[0];
+    assert!(j.job.admin_bounce);
+    assert_eq!(j.job.domain, "stuck.test");
+    assert_eq!(&j.body[..], BODY);
+    assert_eq!(
+        q.complete("w", &j.lease, Outcome::fail("5.0.0 bounced by operator"))
+            .await
+            .expect("ok"),
+        Completion::Finished
+    );
+    assert!(
+        claim(&q, "w", 10).await.is_none(),
+        "the other job stays suspended"
+    );
+    assert_eq!(
+        q.bounce(&Target::Domain("stuck.test".into()))
+            .await
+            .expect("bounce domain"),
+        1
+    );
+    let c = claim(&q, "w", 10).await.expect("claimable");
+    assert_eq!(c.jobs[0].job.id, other.jobs[0].0);
+    assert!(c.jobs[0].job.admin_bounce);
+    let events = all_events(&q).await;
+    assert_eq!(events.iter().filter(|e| e.kind == EventKind::Bounced).count(), 2);
+}
+
+async fn suspend_and_resume(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@s.test"]).await;
+    enqueue(&q, &["a@free.test"]).await;
+    q.suspend("S.test", None, "maintenance").await.expect("suspend");
+    let c = claim(&q, "w", 10).await.expect("the other domain");
+    assert_eq!(c.domain, "free.test");
+    assert!(claim(&q, "w", 10).await.is_none());
+    let s = q.suspensions().await.expect("list");
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].domain, "s.test");
+    assert_eq!(s[0].reason, "maintenance");
+    assert_eq!(s[0].until_ms, None);
+    let d = q.domain_depth("s.test").await.expect("depth");
+    assert!(d.suspension.is_some());
+    assert_eq!(d.waiting, 1);
+    assert_eq!(q.counts().await.expect("counts").suspended_domains, 1);
+    // New work for a suspended domain stays suspended.
+    enqueue(&q, &["b@s.test"]).await;
+    assert!(claim(&q, "w", 10).await.is_none());
+    assert!(q.resume("s.test").await.expect("resume"));
+    assert!(!q.resume("s.test").await.expect("resume again"));
+    let c = claim(&q, "w", 10).await.expect("resumed");
+    assert_eq!(c.domain, "s.test");
+    assert_eq!(c.jobs.len(), 2);
+    let events = all_events(&q).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Suspended && e.domain == "s.test")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Resumed && e.domain == "s.test")
+    );
+}
+
+async fn suspension_expires(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@s.test"]).await;
+    q.suspend("s.test", Some(now_ms() + 200), "short")
+        .await
+        .expect("suspend");
+    assert!(claim(&q, "w", 10).await.is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.reap(now_ms()).await.expect("reap");
+    assert!(q.suspensions().await.expect("list").is_empty());
+    assert!(claim(&q, "w", 10).await.is_some());
+}
+
+async fn events_follow_from_a_position(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@one.test"]).await;
+    enqueue(&q, &["b@two.test"]).await;
+    let (first, pos) = q.read_events(None, 1, None).await.expect("read");
+    assert_eq!(first.len(), 1);
+    let (rest, pos) = q.read_events(Some(&pos), 100, None).await.expect("read");
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].id, first[0].id);
+    let (none, pos) = q.read_events(Some(&pos), 100, None).await.expect("read");
+    assert!(none.is_empty());
+    // The position survives its text form.
+    let pos: EventPos = pos.to_string().parse().expect("parse");
+    // A blocking read wakes up for a new event.
+    let q2 = q.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        enqueue(&q2, &["c@three.test"]).await
+    });
+    let (live, _) = q
+        .read_events(Some(&pos), 100, Some(Duration::from_secs(5)))
+        .await
+        .expect("block");
+    let r = writer.await.expect("writer");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].kind, EventKind::Queued);
+    assert_eq!(live[0].message, Some(r.message));
+    // A blocking read with nothing new returns empty after the wait.
+    let end = q.events_end().await.expect("end");
+    let t = std::time::Instant::now();
+    let (none, _) = q
+        .read_events(Some(&end), 100, Some(Duration::from_millis(200)))
+        .await
+        .expect("block");
+    assert!(none.is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(150));
+}
+
+async fn stats_count_changes(q: Arc<dyn Queue>) {
+    enqueue(&q, &["a@d.test", "b@d.test"]).await;
+    enqueue(&q, &["c@e.test"]).await;
+    while let Some(c) = claim(&q, "w", 10).await {
+        for j in c.jobs {
+            let out = if j.job.domain == "d.test" {
+                Outcome::delivered()
+            } else {
+                Outcome::defer(now_ms() + 60_000, "421 busy")
+            };
+            q.complete("w", &j.lease, out).await.expect("complete");
+        }
+    }
+    let s = q.stats().await.expect("stats");
+    assert_eq!(s.messages, 2);
+    assert_eq!(s.enqueued, 3);
+    assert_eq!(s.delivered, 2);
+    assert_eq!(s.deferred, 1);
+    let recent = q.recent_stats(Duration::from_secs(300)).await.expect("recent");
+    assert_eq!(recent.delivered, 2);
+    assert_eq!(recent.deferred, 1);
+}
+
+async fn enqueue_batch_pipelines(q: Arc<dyn Queue>) {
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        let m = match i % 4 {
+            0 => message(&[&format!("a{i}@one.test")]),
+            1 => message(&[
+                &format!("a{i}@one.test"),
+                &format!("b{i}@two.test"),
+                &format!("c{i}@three.test"),
+            ]),
+            2 => message(&[&format!("a{i}@two.test")]).with_idempotency_key(format!("k{i}")),
+            _ => message(&[]),
+        };
+        batch.push(m);
+    }
+    batch.push(message(&["dup@one.test"]).with_idempotency_key("k2"));
+    let results = q.enqueue_batch(batch).await;
+    assert_eq!(results.len(), 101);
+    let mut jobs = 0;
+    for (i, r) in results.iter().enumerate().take(100) {
+        match i % 4 {
+            3 => assert!(matches!(r, Err(QueueError::InvalidMessage(_))), "{i}: {r:?}"),
+            _ => {
+                let r = r.as_ref().expect("enqueued");
+                assert!(!r.duplicate);
+                jobs += r.jobs.len();
+            }
+        }
+    }
+    let dup = results[100].as_ref().expect("dup");
+    assert!(dup.duplicate);
+    assert_eq!(Some(&dup.message), results[2].as_ref().ok().map(|r| &r.message));
+    assert_eq!(jobs, 25 + 75 + 25);
+    assert_eq!(q.counts().await.expect("counts").total, jobs as u64);
+}

@@ -1,0 +1,141 @@
+//! tern's durable delivery queue.
+//!
+//! Stateless ingest nodes enqueue messages; any number of delivery workers on any number of machines claim
+//! work, deliver it and report the outcome. The queue never loses an acknowledged message and never lets two
+//! workers own the same job at once.
+//!
+//! - A **message** is split into one **job** per destination domain ([`tern_core::Envelope::by_domain`]); job
+//!   `n` of message `M` is `M.n`.
+//! - Jobs wait on per-domain schedules ordered by due time, and a domain index orders the domains by their
+//!   earliest due job. [`Queue::claim`] takes a batch of due jobs of ONE domain (one SMTP connection's
+//!   worth) under a lease, honouring a cluster-wide per-domain concurrency limit; domains take turns.
+//! - The worker reports with [`Queue::complete`], heartbeats with [`Queue::extend`] or gives the job back
+//!   with [`Queue::release`]. A call from a stale owner fails with [`QueueError::NotOwner`] and changes
+//!   nothing. [`Queue::reap`] (run by [`reaper::spawn_reaper`] on any number of nodes) returns jobs whose
+//!   lease ran out.
+//! - Every change is appended to an event stream ([`Queue::read_events`]) and counted ([`Queue::stats`]).
+//!
+//! The Redis backend ([`RedisQueue`]) works against one Redis server or a Redis Cluster with the same code;
+//! `src/redis/mod.rs` documents its key layout and protocols. The conformance suite that every backend must
+//! pass is public behind the `conformance` feature.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tern_core::MessageId;
+
+pub mod error;
+pub mod model;
+pub mod reaper;
+pub mod redis;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use error::QueueError;
+pub use model::*;
+pub use redis::{RedisQueue, RedisQueueOptions};
+
+/// A durable delivery queue. Every method is safe to call concurrently from many tasks and many nodes, and
+/// safe to repeat after [`QueueError::Unavailable`] (the call may or may not have taken effect).
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Stores a message as one job per destination domain, all or none, and returns its receipt once it is
+    /// durable. A repeated idempotency key (within 24 h) returns the first message's id and enqueues
+    /// nothing.
+    async fn enqueue(&self, message: NewMessage) -> Result<EnqueueReceipt, QueueError>;
+
+    /// [`Queue::enqueue`] for many messages, pipelined; one result per message, in order.
+    async fn enqueue_batch(&self, messages: Vec<NewMessage>) -> Vec<Result<EnqueueReceipt, QueueError>>;
+
+    /// Atomically takes up to `max_batch` due jobs of ONE domain for `owner`, until now + `lease`.
+    /// `None` when nothing is due (or every due domain is at its concurrency limit or suspended).
+    async fn claim(
+        &self,
+        owner: &str,
+        max_batch: usize,
+        lease: Duration,
+    ) -> Result<Option<Claim>, QueueError>;
+
+    /// Records the outcome of an attempt. Only the current owner's call succeeds: a stale owner gets
+    /// [`QueueError::NotOwner`] and nothing changes. Repeating a call that succeeded returns
+    /// [`Completion::AlreadyDone`] or [`Completion::Gone`] and changes nothing.
+    async fn complete(&self, owner: &str, job: &JobLease, outcome: Outcome)
+    -> Result<Completion, QueueError>;
+
+    /// Pushes the lease out to now + `lease` (a heartbeat); returns the new deadline (Unix ms).
+    async fn extend(&self, owner: &str, job: &JobLease, lease: Duration) -> Result<u64, QueueError>;
+
+    /// Gives the job back unchanged, due now (as on shutdown).
+    async fn release(&self, owner: &str, job: &JobLease) -> Result<(), QueueError>;
+
+    /// Returns every job whose lease expired before `now_ms` to its schedule (with a `lease-expired`
+    /// event), ends expired suspensions, and finishes interrupted enqueues. Returns the number of jobs
+    /// returned. Safe to run on many nodes at once.
+    async fn reap(&self, now_ms: u64) -> Result<u64, QueueError>;
+
+    /// A message and its remaining jobs.
+    async fn get_message(&self, id: MessageId) -> Result<Option<MessageInfo>, QueueError>;
+
+    /// Jobs matching `filter`, a page of at most `limit` at a time, from `cursor` (`None`: the start).
+    async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page<Job>, QueueError>;
+
+    /// Jobs by state, and the oldest due time.
+    async fn counts(&self) -> Result<QueueCounts, QueueError>;
+
+    /// Depth of every domain with jobs (or suspended).
+    async fn domain_depths(&self) -> Result<Vec<DomainDepth>, QueueError>;
+
+    /// Depth of one domain.
+    async fn domain_depth(&self, domain: &str) -> Result<DomainDepth, QueueError>;
+
+    /// Makes waiting jobs due now; returns how many.
+    async fn retry_now(&self, target: &Target) -> Result<u64, QueueError>;
+
+    /// Deletes jobs (no DSN); returns how many.
+    async fn delete(&self, target: &Target) -> Result<u64, QueueError>;
+
+    /// Admin bounce: flags jobs `admin_bounce` and makes them claimable at once, even if their domain is
+    /// suspended (they move to the reserved [`BOUNCE_SCHEDULE`], which is never suspended and has no
+    /// concurrency limit). The claimer sees [`Job::admin_bounce`], sends the DSN for the pending
+    /// recipients (the delivery crate composes it) and completes the job with [`Outcome::fail`]. A job in
+    /// flight is flagged and moves there when its current attempt ends without finishing it. Returns how
+    /// many jobs were flagged.
+    async fn bounce(&self, target: &Target) -> Result<u64, QueueError>;
+
+    /// Suspends a domain cluster-wide (optionally until `until_ms`): no claim takes its jobs until resumed.
+    async fn suspend(&self, domain: &str, until_ms: Option<u64>, reason: &str) -> Result<(), QueueError>;
+
+    /// Ends a suspension; returns whether the domain was suspended.
+    async fn resume(&self, domain: &str) -> Result<bool, QueueError>;
+
+    /// Every suspension in force.
+    async fn suspensions(&self) -> Result<Vec<Suspension>, QueueError>;
+
+    /// Sets (or with `None` clears) the concurrency limit (claims at once, cluster-wide) of one domain.
+    async fn set_domain_concurrency(&self, domain: &str, limit: Option<u32>) -> Result<(), QueueError>;
+
+    /// Up to `max` events after `after` (`None`: from the oldest kept), oldest first, with the position to
+    /// continue from. With `block`, waits up to that long for an event when there is none yet.
+    async fn read_events(
+        &self,
+        after: Option<&EventPos>,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<(Vec<Event>, EventPos), QueueError>;
+
+    /// The position of the newest event: reading from it follows only new events (a live tail).
+    async fn events_end(&self) -> Result<EventPos, QueueError>;
+
+    /// Counters since the queue was created.
+    async fn stats(&self) -> Result<Stats, QueueError>;
+
+    /// Counters over the last `window` (whole minutes, at most two hours).
+    async fn recent_stats(&self, window: Duration) -> Result<Stats, QueueError>;
+}

@@ -1,0 +1,320 @@
+//! How jobs, intake records and events are stored, and how Redis replies are read back.
+//!
+//! A job is a hash `job:<job id>` with these fields (all text):
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `id`, `msg`, `idx` | job id, message id, index |
+//! | `dom` | destination domain (lower-cased) |
+//! | `sched` | the schedule it waits on: `dom`, or `#bounce` after an admin bounce |
+//! | `env` | JSON [`Envelope`] with this job's recipients and the DSN parameters |
+//! | `n`, `ra:<i>`, `rs:<i>`, `rr:<i>` | recipient count; per recipient: address, state `p`/`d`/`f`, last reply |
+//! | `tags`, `trace` | JSON tags; opaque trace context |
+//! | `state` | `queued`, `deferred` or `inflight` |
+//! | `att`, `first`, `next`, `err` | finished attempts, first queued ms, due ms, last error |
+//! | `sender` | lower-cased sender address, for listing |
+//! | `bounce` | `1` after an admin bounce |
+//! | `owner`, `tok`, `lease`, `claim`, `cdom` | while in flight: owner, claim token, lease deadline ms, claim id, claimed schedule |
+//! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (makes repeats recognisable) |
+
+use std::collections::{BTreeMap, HashMap};
+
+use redis::Value;
+use serde::{Deserialize, Serialize};
+use tern_core::{Envelope, JobId, MessageId};
+
+use crate::QueueError;
+use crate::model::{Event, EventKind, Job, JobState, RecipientState, RecipientStatus};
+
+/// The intake record of a message: everything needed to (re)build its jobs, without the body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct IntakePayload {
+    pub id: MessageId,
+    pub created_ms: u64,
+    pub due_ms: u64,
+    pub envelope: Envelope,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub trace: Option<String>,
+}
+
+/// One job to create: its id, domain, due time, recipient count and hash fields.
+#[derive(Clone, Debug)]
+pub(crate) struct JobSpec {
+    pub id: JobId,
+    pub domain: String,
+    pub due_ms: u64,
+    pub recipients: usize,
+    /// The recipients' addresses, newline-separated (for the `queued` event).
+    pub rcpt_list: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// Splits a message into its jobs, one per destination domain (in [`Envelope::by_domain`] order, so a
+/// re-drive rebuilds the same job ids).
+pub(crate) fn job_specs(p: &IntakePayload) -> Result<Vec<JobSpec>, QueueError> {
+    let tags = serde_json::to_string(&p.tags).map_err(|e| QueueError::InvalidMessage(e.to_string()))?;
+    let sender = p
+        .envelope
+        .sender
+        .mailbox()
+        .map(|m| m.to_string().to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (i, (domain, recipients)) in p.envelope.by_domain().into_iter().enumerate() {
+        let index = u32::try_from(i).map_err(|_| QueueError::InvalidMessage("too many domains".into()))?;
+        let id = JobId::new(p.id, index);
+        let mut env = p.envelope.clone();
+        env.recipients = recipients;
+        let env_json = serde_json::to_string(&env).map_err(|e| QueueError::InvalidMessage(e.to_string()))?;
+        let mut fields = vec![
+            ("id".to_string(), id.to_string()),
+            ("msg".to_string(), p.id.to_string()),
+            ("idx".to_string(), index.to_string()),
+            ("dom".to_string(), domain.clone()),
+            ("sched".to_string(), domain.clone()),
+            ("env".to_string(), env_json),
+            ("n".to_string(), env.recipients.len().to_string()),
+            ("tags".to_string(), tags.clone()),
+            ("att".to_string(), "0".to_string()),
+            ("first".to_string(), p.created_ms.to_string()),
+            ("next".to_string(), p.due_ms.to_string()),
+            ("sender".to_string(), sender.clone()),
+            ("bounce".to_string(), "0".to_string()),
+            ("state".to_string(), "queued".to_string()),
+        ];
+        if let Some(t) = &p.trace {
+            fields.push(("trace".to_string(), t.clone()));
+        }
+        for (r, rcpt) in env.recipients.iter().enumerate() {
+            fields.push((format!("ra:{r}"), rcpt.address.to_string()));
+            fields.push((format!("rs:{r}"), "p".to_string()));
+        }
+        let rcpt_list = env
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push(JobSpec {
+            id,
+            domain,
+            due_ms: p.due_ms,
+            recipients: env.recipients.len(),
+            rcpt_list,
+            fields,
+        });
+    }
+    Ok(out)
+}
+
+/// The text of a reply value (bulk or simple string, or a number).
+pub(crate) fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// The bytes of a bulk string reply.
+pub(crate) fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+/// A reply as an integer.
+pub(crate) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => text(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+/// The items of an array reply (empty for nil).
+pub(crate) fn items(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => &[],
+    }
+}
+
+/// A flat field/value array (or map) as a map.
+pub(crate) fn fields(v: &Value) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    match v {
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    out.insert(k, v);
+                }
+            }
+        }
+        other => {
+            for pair in items(other).chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (text(k), text(v))
+                {
+                    out.insert(k, v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn corrupt(what: &str, id: &str) -> QueueError {
+    QueueError::Corrupt(format!("job {id}: bad or missing {what}"))
+}
+
+fn num<T: std::str::FromStr>(f: &HashMap<String, String>, name: &str, id: &str) -> Result<T, QueueError> {
+    f.get(name)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt(name, id))
+}
+
+/// A job from its hash fields.
+pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueError> {
+    let raw_id = f.get("id").map(String::as_str).unwrap_or("?");
+    let id: JobId = raw_id.parse().map_err(|_| corrupt("id", raw_id))?;
+    let envelope: Envelope = serde_json::from_str(f.get("env").map(String::as_str).unwrap_or(""))
+        .map_err(|_| corrupt("env", raw_id))?;
+    let n: usize = num(f, "n", raw_id)?;
+    let mut recipients = Vec::with_capacity(n);
+    for (i, rcpt) in envelope.recipients.iter().enumerate().take(n) {
+        let status = match f.get(&format!("rs:{i}")).map(String::as_str) {
+            Some("d") => RecipientStatus::Delivered,
+            Some("f") => RecipientStatus::Failed,
+            _ => RecipientStatus::Pending,
+        };
+        recipients.push(RecipientState {
+            recipient: rcpt.clone(),
+            status,
+            reply: f.get(&format!("rr:{i}")).cloned(),
+        });
+    }
+    let state = f
+        .get("state")
+        .and_then(|s| s.parse::<JobState>().ok())
+        .unwrap_or(JobState::Queued);
+    let tags = match f.get("tags") {
+        Some(t) if !t.is_empty() => serde_json::from_str(t).map_err(|_| corrupt("tags", raw_id))?,
+        _ => BTreeMap::new(),
+    };
+    let nonempty = |name: &str| f.get(name).filter(|s| !s.is_empty()).cloned();
+    Ok(Job {
+        id,
+        domain: f.get("dom").cloned().ok_or_else(|| corrupt("dom", raw_id))?,
+        envelope,
+        recipients,
+        state,
+        attempts: num(f, "att", raw_id)?,
+        first_queued_ms: num(f, "first", raw_id)?,
+        next_attempt_ms: num(f, "next", raw_id)?,
+        last_error: nonempty("err"),
+        tags,
+        trace: nonempty("trace"),
+        admin_bounce: f.get("bounce").is_some_and(|b| b == "1"),
+        owner: if state == JobState::InFlight {
+            nonempty("owner")
+        } else {
+            None
+        },
+        lease_until_ms: if state == JobState::InFlight {
+            f.get("lease").and_then(|s| s.parse().ok())
+        } else {
+            None
+        },
+    })
+}
+
+/// An event from its stream entry.
+pub(crate) fn event_from_fields(shard: u16, stream_id: &str, f: &HashMap<String, String>) -> Option<Event> {
+    let kind: EventKind = f.get("kind")?.parse().ok()?;
+    let nonempty = |name: &str| f.get(name).filter(|s| !s.is_empty()).cloned();
+    Some(Event {
+        kind,
+        time_ms: f.get("ts").and_then(|s| s.parse().ok()).unwrap_or(0),
+        message: f.get("msg").and_then(|s| s.parse().ok()),
+        job: f.get("job").and_then(|s| s.parse().ok()),
+        domain: f.get("dom").cloned().unwrap_or_default(),
+        recipients: f
+            .get("rcpts")
+            .map(|r| {
+                r.split('\n')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        reply: nonempty("reply"),
+        attempt: f.get("att").and_then(|s| s.parse().ok()).unwrap_or(0),
+        tags: f
+            .get("tags")
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default(),
+        remote_mx: nonempty("mx"),
+        remote_ip: nonempty("ip"),
+        tls: nonempty("tls"),
+        id: format!("s{shard:02}/{stream_id}"),
+    })
+}
+
+/// Orders stream ids (`<ms>-<seq>`) numerically.
+pub(crate) fn stream_id_key(id: &str) -> (u64, u64) {
+    let (a, b) = id.split_once('-').unwrap_or((id, "0"));
+    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_core::{Recipient, ReversePath};
+
+    #[test]
+    fn a_message_splits_into_one_job_per_domain_and_round_trips() {
+        let env = Envelope::new(
+            ReversePath::Mailbox("S@a.test".parse().unwrap()),
+            vec![
+                Recipient::new("x@b.test".parse().unwrap()),
+                Recipient::new("y@c.test".parse().unwrap()),
+                Recipient::new("z@B.test".parse().unwrap()),
+            ],
+        );
+        let p = IntakePayload {
+            id: MessageId::new(),
+            created_ms: 10,
+            due_ms: 20,
+            envelope: env,
+            tags: [("t".to_string(), "1".to_string())].into(),
+            trace: Some("tp".into()),
+        };
+        let specs = job_specs(&p).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].domain, "b.test");
+        assert_eq!(specs[0].recipients, 2);
+        assert_eq!(specs[1].id, JobId::new(p.id, 1));
+        let map: HashMap<String, String> = specs[0].fields.iter().cloned().collect();
+        assert_eq!(specs[0].rcpt_list, "x@b.test\nz@B.test");
+        let job = job_from_fields(&map).unwrap();
+        assert_eq!(job.id, specs[0].id);
+        assert_eq!(job.recipients.len(), 2);
+        assert_eq!(job.tags.get("t").map(String::as_str), Some("1"));
+        assert_eq!(job.trace.as_deref(), Some("tp"));
+        assert_eq!(job.next_attempt_ms, 20);
+        assert!(!job.admin_bounce);
+    }
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(stream_id_key("9-1") < stream_id_key("10-0"));
+        assert!(stream_id_key("10-2") > stream_id_key("10-1"));
+    }
+}

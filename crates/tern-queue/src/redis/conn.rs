@@ -1,0 +1,240 @@
+//! Connections: a deadpool pool for one Redis server, or a cluster connection for Redis Cluster, behind one
+//! type that implements [`redis::aio::ConnectionLike`]; and the mapping of Redis errors to [`QueueError`].
+//!
+//! Single server: deadpool makes the connections (with its create timeout), but the queue keeps `pool_size`
+//! of them checked out and shares them round-robin. Each is a multiplexed connection that serves many
+//! concurrent calls (pipelining them on the socket), and keeping them out of the pool spares the PING that
+//! deadpool sends on every checkout (one extra round trip per queue call). A connection that fails with an
+//! I/O error, a timeout or a dropped connection is marked broken and replaced on next use.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::{Pool, PoolError, Runtime};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value,
+};
+use tokio::sync::Mutex;
+
+use crate::QueueError;
+
+/// Where connections come from.
+pub(crate) enum Backend {
+    /// One server: multiplexed connections made by a deadpool pool and shared round-robin.
+    Single {
+        pool: Pool,
+        slots: Vec<Mutex<Option<Shared>>>,
+        next: AtomicUsize,
+    },
+    /// A cluster: one multiplexed cluster connection (it routes by key and reconnects by itself), made on
+    /// first use so that a queue can be built while the cluster is down.
+    Cluster {
+        client: Box<redis::cluster::ClusterClient>,
+        conn: Mutex<Option<ClusterConnection>>,
+    },
+}
+
+/// A shared multiplexed connection and whether it broke.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    conn: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+/// One connection, single-server or cluster.
+pub(crate) enum Conn {
+    Single(Shared),
+    Cluster(ClusterConnection),
+}
+
+fn breaks_connection(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => {
+                let broken = c.broken.clone();
+                let fut = c.conn.req_packed_command(cmd);
+                Box::pin(async move {
+                    let r = fut.await;
+                    if let Err(e) = &r
+                        && breaks_connection(e)
+                    {
+                        broken.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            }
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => {
+                let broken = c.broken.clone();
+                let fut = c.conn.req_packed_commands(cmd, offset, count);
+                Box::pin(async move {
+                    let r = fut.await;
+                    if let Err(e) = &r
+                        && breaks_connection(e)
+                    {
+                        broken.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+            }
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.conn.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Backend {
+    /// Builds the backend; nothing is connected yet.
+    pub(crate) fn new(
+        url: &str,
+        cluster: bool,
+        pool_size: usize,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Backend, QueueError> {
+        if cluster {
+            let seeds: Vec<String> = url
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if seeds.is_empty() {
+                return Err(QueueError::Config("queue url has no cluster seed".into()));
+            }
+            let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                .connection_timeout(connect_timeout)
+                .response_timeout(response_timeout)
+                .retries(2)
+                .build()
+                .map_err(|e| QueueError::Config(format!("queue url: {e}")))?;
+            Ok(Backend::Cluster {
+                client: Box::new(client),
+                conn: Mutex::new(None),
+            })
+        } else {
+            if url.contains(',') {
+                return Err(QueueError::Config(
+                    "queue url lists several nodes but cluster = false".into(),
+                ));
+            }
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout));
+            let manager = deadpool_redis::Manager::new_with_config(url, config)
+                .map_err(|e| QueueError::Config(format!("queue url: {e}")))?;
+            let pool = Pool::builder(manager)
+                .max_size(pool_size.max(1))
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(connect_timeout + response_timeout))
+                .create_timeout(Some(connect_timeout))
+                .recycle_timeout(Some(response_timeout))
+                .build()
+                .map_err(|e| QueueError::Config(format!("queue pool: {e}")))?;
+            let slots = (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect();
+            Ok(Backend::Single {
+                pool,
+                slots,
+                next: AtomicUsize::new(0),
+            })
+        }
+    }
+
+    /// A connection.
+    pub(crate) async fn get(&self) -> Result<Conn, QueueError> {
+        match self {
+            Backend::Single { pool, slots, next } => {
+                let slot = &slots[next.fetch_add(1, Ordering::Relaxed) % slots.len()];
+                let mut guard = slot.lock().await;
+                if let Some(s) = guard.as_ref()
+                    && !s.broken.load(Ordering::Relaxed)
+                {
+                    return Ok(Conn::Single(s.clone()));
+                }
+                *guard = None;
+                let obj = pool.get().await.map_err(pool_error)?;
+                let shared = Shared {
+                    conn: deadpool_redis::Connection::take(obj),
+                    broken: Arc::new(AtomicBool::new(false)),
+                };
+                *guard = Some(shared.clone());
+                Ok(Conn::Single(shared))
+            }
+            Backend::Cluster { client, conn } => {
+                let mut guard = conn.lock().await;
+                if let Some(c) = guard.as_ref() {
+                    return Ok(Conn::Cluster(c.clone()));
+                }
+                let c = client.get_async_connection().await.map_err(redis_error)?;
+                *guard = Some(c.clone());
+                Ok(Conn::Cluster(c))
+            }
+        }
+    }
+}
+
+fn pool_error(e: PoolError) -> QueueError {
+    match e {
+        PoolError::Backend(e) => redis_error(e),
+        PoolError::Timeout(t) => QueueError::Unavailable(format!("redis: no connection ({t:?} timeout)")),
+        other => QueueError::Unavailable(format!("redis pool: {other}")),
+    }
+}
+
+/// Maps a Redis error: outages (I/O, timeouts, refused or dropped connections, cluster down, loading,
+/// read-only replica after failover) are [`QueueError::Unavailable`]; anything else is a backend error.
+pub(crate) fn redis_error(e: RedisError) -> QueueError {
+    let outage = e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Io
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        );
+    if outage {
+        QueueError::Unavailable(format!("redis: {e}"))
+    } else {
+        QueueError::Backend(format!("redis: {e}"))
+    }
+}
+
+/// Whether a pipeline entry failed because the server did not know the script.
+pub(crate) fn is_noscript(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => e.kind() == Some(ServerErrorKind::NoScript),
+        _ => false,
+    }
+}

@@ -1,0 +1,69 @@
+-- Takes up to MAX due jobs of ONE schedule (domain) of this shard, in due order.
+-- ARGV[4] owner, [5] max batch, [6] lease ms, [7] default domain concurrency, [8] claim id (the token),
+-- [9] how many due domains to look at, [10] how long (ms) a domain at its limit is pushed back.
+-- Domains are visited in the order of the domain index (earliest due first). After a claim the domain is
+-- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
+-- A domain at its concurrency limit (live claims = slots, each with a lease) is skipped and pushed back.
+-- Suspended domains are not in the index; one found there (a race) is dropped from it.
+-- Returns false, or {domain, claim id, deadline, job1 fields, body1, job2 fields, body2, ...}.
+local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
+local cands = redis.call('ZRANGEBYSCORE', k('domains'), '-inf', NOW, 'LIMIT', 0, SCAN)
+for _, d in ipairs(cands) do
+  local ok = true
+  if d ~= BOUNCE then
+    if suspended(d) then
+      redis.call('ZREM', k('domains'), d)
+      ok = false
+    else
+      local sk = k('slots:' .. d)
+      redis.call('ZREMRANGEBYSCORE', sk, '-inf', NOW)
+      local lim = tonumber(redis.call('HGET', k('conc'), d) or DEFLIM)
+      if redis.call('ZCARD', sk) >= lim then
+        redis.call('ZADD', k('domains'), NOW + PUSHBACK, d)
+        ok = false
+      end
+    end
+  end
+  if ok then
+    local dk = k('due:' .. d)
+    local ids = redis.call('ZRANGEBYSCORE', dk, '-inf', NOW, 'LIMIT', 0, MAX)
+    if #ids == 0 then
+      reindex(d, nil)
+    else
+      local deadline = NOW + LEASE
+      local dl = string.format('%d', deadline)
+      local out = {d, CLAIM, dl}
+      local taken = 0
+      local moved = {}
+      local inflight = {}
+      redis.call('ZREM', dk, unpack(ids))
+      for _, id in ipairs(ids) do
+        local jkey = jk(id)
+        local st = redis.call('HMGET', jkey, 'state', 'msg')
+        if st[1] then
+          moved[st[1]] = (moved[st[1]] or 0) + 1
+          redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'claim', CLAIM,
+                     'cdom', d)
+          inflight[#inflight + 1] = deadline
+          inflight[#inflight + 1] = id
+          out[#out + 1] = redis.call('HGETALL', jkey)
+          out[#out + 1] = redis.call('GET', k('body:' .. st[2])) or ''
+          taken = taken + 1
+        end
+      end
+      for from, n in pairs(moved) do redis.call('HINCRBY', k('cnt'), from, -n) end
+      if taken > 0 then
+        redis.call('HINCRBY', k('cnt'), 'inflight', taken)
+        redis.call('ZADD', k('inflight'), unpack(inflight))
+      end
+      reindex(d, NOW + 1)
+      if taken > 0 then
+        redis.call('ZADD', k('slots:' .. d), deadline, CLAIM)
+        redis.call('HSET', k('claims'), CLAIM, taken)
+        return out
+      end
+    end
+  end
+end
+return false
