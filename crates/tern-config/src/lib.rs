@@ -63,6 +63,9 @@ impl Config {
         self.queue
             .validate()
             .map_err(|(k, m)| (format!("queue.{k}"), m))?;
+        self.ingest
+            .validate()
+            .map_err(|(k, m)| (format!("ingest.{k}"), m))?;
         self.telemetry
             .validate()
             .map_err(|(k, m)| (format!("telemetry.{k}"), m))?;

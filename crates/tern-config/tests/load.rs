@@ -175,3 +175,27 @@ fn redis_url_from_the_environment_is_a_string_and_its_password_is_redacted() {
         "{printed}"
     );
 }
+
+#[test]
+fn ingest_keys_load_from_file_and_environment_and_are_validated() {
+    let text = "[ingest]\nsmtp_listen = [\"0.0.0.0:587\"]\nrelay_networks = [\"10.0.0.0/8\"]\nidle_timeout = \"90s\"\n";
+    let c = Config::from_toml_str(text, "t.toml", env(&[("TERN_INGEST__MAX_RECIPIENTS", "5")])).unwrap();
+    assert_eq!(c.ingest.smtp_listen[0].to_string(), "0.0.0.0:587");
+    assert_eq!(c.ingest.relay_networks[0].to_string(), "10.0.0.0/8");
+    assert_eq!(c.ingest.idle_timeout.get(), std::time::Duration::from_secs(90));
+    assert_eq!(c.ingest.max_recipients, 5);
+    c.validate().unwrap();
+    let err = Config::from_toml_str(
+        "[ingest]\nsmtps_listen = [\"127.0.0.1:465\"]\n",
+        "t.toml",
+        no_env(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Key { key, .. } if key == "ingest.smtps_listen"),
+        "{err}"
+    );
+    let err =
+        Config::from_toml_str("[ingest]\nrelay_networks = [\"nope\"]\n", "t.toml", no_env()).unwrap_err();
+    assert!(err.to_string().contains("ingest.relay_networks"), "{err}");
+}

@@ -8,7 +8,10 @@
 //! * `RCPT`: `NOTIFY=...` and `ORCPT=addr-type;xtext` (RFC 3461).
 //!
 //! Keywords and the enumerated values are case-insensitive. A parameter
-//! given twice is a syntax error ([`ParamError::Duplicate`], `501`); an
+//! given twice with different values is a syntax error
+//! ([`ParamError::Duplicate`], `501`); repeated word for word it is taken
+//! once (Python's `smtplib.send_message` adds `SMTPUTF8` itself, so a caller
+//! passing it too sends it twice, and nothing is ambiguous about that); an
 //! unknown or unsupported keyword is [`ParamError::Unknown`] (`555`, RFC
 //! 5321 section 4.1.1.11).
 
@@ -335,18 +338,19 @@ fn no_value(keyword: &'static str, v: Option<&str>) -> Result<(), ParamError> {
     }
 }
 
-fn set_once<T>(slot: &mut Option<T>, kw: &str, v: T) -> Result<(), ParamError> {
-    if slot.is_some() {
-        return Err(ParamError::Duplicate(kw.to_ascii_uppercase()));
+fn set_once<T: PartialEq>(slot: &mut Option<T>, kw: &str, v: T) -> Result<(), ParamError> {
+    match slot {
+        Some(existing) if *existing == v => Ok(()),
+        Some(_) => Err(ParamError::Duplicate(kw.to_ascii_uppercase())),
+        None => {
+            *slot = Some(v);
+            Ok(())
+        }
     }
-    *slot = Some(v);
-    Ok(())
 }
 
-fn set_flag(flag: &mut bool, kw: &str) -> Result<(), ParamError> {
-    if *flag {
-        return Err(ParamError::Duplicate(kw.to_ascii_uppercase()));
-    }
+/// A flag parameter repeated says nothing new, so it is taken once.
+fn set_flag(flag: &mut bool, _kw: &str) -> Result<(), ParamError> {
     *flag = true;
     Ok(())
 }
@@ -571,15 +575,22 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_mail_parameter_is_reported_as_duplicate() {
+    fn conflicting_repeated_mail_parameter_is_reported_as_duplicate() {
         assert_eq!(
             MailParams::parse("SIZE=1 size=2"),
             Err(ParamError::Duplicate("SIZE".into()))
         );
         assert_eq!(
-            MailParams::parse("SMTPUTF8 SMTPUTF8"),
-            Err(ParamError::Duplicate("SMTPUTF8".into()))
+            MailParams::parse("BODY=7BIT BODY=8BITMIME"),
+            Err(ParamError::Duplicate("BODY".into()))
         );
+    }
+
+    #[test]
+    fn parameter_repeated_word_for_word_is_taken_once() {
+        let p = MailParams::parse("SMTPUTF8 SMTPUTF8 SIZE=10 SIZE=10").unwrap();
+        assert!(p.smtputf8);
+        assert_eq!(p.size, Some(10));
     }
 
     #[test]

@@ -30,8 +30,19 @@ pub enum Command {
     /// Check the configuration and print it, with secrets redacted. Exits 1 with the reason when it is
     /// invalid.
     CheckConfig,
+    /// Run the ingest role: SMTP submission (and STARTTLS, implicit TLS, AUTH) into the queue, until SIGTERM.
+    Ingest,
     /// Read a password from standard input and print its argon2id hash, for the SMTP users file.
     Passwd,
+    /// Make an API key for the gRPC Send API. Prints two lines: the key (32 random bytes, unpadded
+    /// base64url; shown only now) and the line to add to the API keys file (`NAME:<sha256 hex of the key>`).
+    Apikey {
+        /// The key's name (letters, digits, '.', '_', '-'), shown in logs.
+        name: String,
+        /// Limit the key to these sender domains (comma-separated or repeated).
+        #[arg(long, value_name = "DOMAIN")]
+        domains: Vec<String>,
+    },
     /// Print the version.
     Version,
 }

@@ -4,6 +4,9 @@
 
 mod cli;
 mod commands;
+mod queue;
+mod signals;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+mod apikey;
 mod check_config;
+mod ingest;
 mod passwd;
 
 use std::process::ExitCode;
@@ -11,7 +13,9 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
+        Command::Ingest => ingest::run(cli.config.as_deref()),
         Command::Passwd => passwd::run(),
+        Command::Apikey { name, domains } => apikey::run(&name, &domains),
         Command::Version => {
             println!("tern {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,324 @@
+//! API keys: the keys file, the `authorization: Bearer <key>` check, and per-key sender domains.
+//!
+//! The keys file (`ingest.api_keys_file`) has one key per line:
+//!
+//! ```text
+//! # name:sha256-of-the-key[:allowed,sender,domains]
+//! billing:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08:billing.example.com
+//! newsletter:60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
+//! ```
+//!
+//! The hash is the lowercase hex SHA-256 of the key exactly as the client sends it after `Bearer ` (the
+//! text that `tern apikey` prints, not the bytes it encodes). Blank lines and lines starting with `#` are
+//! skipped. Without the third field a key may send from any domain.
+//!
+//! A presented key is hashed and its digest compared with every listed digest in constant time, so neither
+//! the comparison nor the position of a match in the file shows in the response time.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use tern_core::ReversePath;
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use super::GrpcError;
+
+/// One key of the keys file.
+#[derive(Clone, Debug)]
+struct KeyEntry {
+    name: String,
+    digest: [u8; 32],
+    domains: Option<Vec<String>>,
+}
+
+/// The caller a request was authenticated as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's name from the keys file; `None` for an unauthenticated caller on a loopback listener
+    /// without a keys file.
+    pub name: Option<String>,
+    /// The sender domains allowed (lower-case); `None`: any.
+    pub domains: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// Whether this caller may use `sender` as the envelope sender: always without a domain list; with one,
+    /// only a mailbox whose domain is listed (the null sender is refused).
+    pub fn may_send_from(&self, sender: &ReversePath) -> bool {
+        let Some(domains) = &self.domains else {
+            return true;
+        };
+        sender
+            .mailbox()
+            .is_some_and(|m| domains.contains(&m.domain_for_routing()))
+    }
+}
+
+/// How callers are authenticated.
+#[derive(Clone, Debug)]
+pub enum Authenticator {
+    /// No keys file and a loopback listener: every call is allowed.
+    Open,
+    /// Calls must carry one of these keys.
+    Keys(ApiKeys),
+}
+
+impl Authenticator {
+    /// The authenticator for a listener on `listen` with the keys file `keys_file`: the keys when there is a
+    /// file; [`Authenticator::Open`] without one only on a loopback address, otherwise an error (a public
+    /// listener must not accept mail from anyone).
+    pub fn for_listener(listen: SocketAddr, keys_file: Option<&Path>) -> Result<Authenticator, GrpcError> {
+        match keys_file {
+            Some(path) => ApiKeys::load(path).map(Authenticator::Keys),
+            None if listen.ip().is_loopback() => Ok(Authenticator::Open),
+            None => Err(GrpcError::NoKeysOnPublicListener(listen)),
+        }
+    }
+
+    /// Checks the request's `authorization` metadata: `UNAUTHENTICATED` when a key is needed and missing or
+    /// unknown.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Principal, Status> {
+        let keys = match self {
+            Authenticator::Open => {
+                return Ok(Principal {
+                    name: None,
+                    domains: None,
+                });
+            }
+            Authenticator::Keys(keys) => keys,
+        };
+        let Some(value) = metadata.get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing API key: send the metadata `authorization: Bearer <key>`",
+            ));
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                Status::unauthenticated("malformed authorization metadata: expected `Bearer <key>`")
+            })?;
+        keys.find(key)
+            .ok_or_else(|| Status::unauthenticated("invalid API key"))
+    }
+}
+
+/// The parsed keys file.
+#[derive(Clone, Debug, Default)]
+pub struct ApiKeys {
+    keys: Vec<KeyEntry>,
+}
+
+impl ApiKeys {
+    /// Reads and parses the keys file.
+    pub fn load(path: &Path) -> Result<ApiKeys, GrpcError> {
+        let text = std::fs::read_to_string(path).map_err(|e| GrpcError::KeysFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        ApiKeys::parse(&text).map_err(|message| GrpcError::KeysFile {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses the keys file's text; the error names the line.
+    pub fn parse(text: &str) -> Result<ApiKeys, String> {
+        let mut keys: Vec<KeyEntry> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let n = n + 1;
+            let mut parts = line.split(':');
+            let (Some(name), Some(hash)) = (parts.next(), parts.next()) else {
+                return Err(format!("line {n}: expected name:sha256hex[:domains]"));
+            };
+            let domains = parts.next().map(|d| {
+                d.split(',')
+                    .map(|s| s.trim().trim_end_matches('.').to_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+            });
+            if parts.next().is_some() || name.is_empty() {
+                return Err(format!("line {n}: expected name:sha256hex[:domains]"));
+            }
+            let digest = parse_digest(hash).ok_or_else(|| {
+                format!("line {n}: the hash of {name:?} is not 64 lowercase hex digits (a SHA-256)")
+            })?;
+            if keys.iter().any(|k| k.name == name) {
+                return Err(format!("line {n}: key {name:?} is listed twice"));
+            }
+            keys.push(KeyEntry {
+                name: name.to_owned(),
+                digest,
+                domains,
+            });
+        }
+        Ok(ApiKeys { keys })
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the file lists no key (then every call is refused).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The entry whose digest is SHA-256(`key`). Every entry is compared, in constant time each.
+    fn find(&self, key: &str) -> Option<Principal> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = None;
+        for entry in &self.keys {
+            if constant_time_eq(&entry.digest, &digest) && found.is_none() {
+                found = Some(Principal {
+                    name: Some(entry.name.clone()),
+                    domains: entry.domains.clone(),
+                });
+            }
+        }
+        found
+    }
+}
+
+/// The 32 bytes of a lowercase hex SHA-256.
+fn parse_digest(hash: &str) -> Option<[u8; 32]> {
+    if hash.len() != 64
+        || !hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hash, &mut out).ok()?;
+    Some(out)
+}
+
+/// Compares two digests without an early exit.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The keys-file line for a key named `name`: `name:<lowercase hex SHA-256 of key>`.
+pub fn key_line(name: &str, key: &str) -> String {
+    format!("{name}:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(key: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert("authorization", format!("Bearer {key}").parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn keys_file_parses_names_hashes_and_domains() {
+        let text = format!(
+            "# comment\n\n{}\n{}:Example.COM., other.test\n",
+            key_line("a", "k1"),
+            key_line("b", "k2")
+        );
+        let keys = ApiKeys::parse(&text).unwrap();
+        assert_eq!(keys.len(), 2);
+        let auth = Authenticator::Keys(keys);
+        let a = auth.authenticate(&bearer("k1")).unwrap();
+        assert_eq!(
+            a,
+            Principal {
+                name: Some("a".into()),
+                domains: None
+            }
+        );
+        let b = auth.authenticate(&bearer("k2")).unwrap();
+        assert_eq!(b.domains, Some(vec!["example.com".into(), "other.test".into()]));
+        assert!(b.may_send_from(&ReversePath::Mailbox("x@EXAMPLE.com".parse().unwrap())));
+        assert!(!b.may_send_from(&ReversePath::Mailbox("x@evil.test".parse().unwrap())));
+        assert!(!b.may_send_from(&ReversePath::Null));
+        assert!(a.may_send_from(&ReversePath::Null));
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        for (text, want) in [
+            ("justname\n", "line 1: expected"),
+            ("a:ABCDEF\n", "line 1: the hash"),
+            (
+                &*format!("{}\n{}\n", key_line("a", "x"), key_line("a", "y")),
+                "line 2: key \"a\" is listed twice",
+            ),
+            (&*format!("{}:d:extra\n", key_line("a", "x")), "line 1: expected"),
+            (
+                &*key_line("a", "x").to_uppercase().replace("A:", "a:"),
+                "line 1: the hash",
+            ),
+        ] {
+            let err = ApiKeys::parse(text).unwrap_err();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_malformed_and_wrong_keys_are_unauthenticated() {
+        let auth = Authenticator::Keys(ApiKeys::parse(&key_line("a", "right")).unwrap());
+        for md in [MetadataMap::new(), bearer("wrong"), bearer("")] {
+            assert_eq!(
+                auth.authenticate(&md).unwrap_err().code(),
+                tonic::Code::Unauthenticated
+            );
+        }
+        let mut basic = MetadataMap::new();
+        basic.insert("authorization", "Basic right".parse().unwrap());
+        assert_eq!(
+            auth.authenticate(&basic).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let mut lower = MetadataMap::new();
+        lower.insert("authorization", "bearer right".parse().unwrap());
+        assert!(auth.authenticate(&lower).is_ok());
+    }
+
+    #[test]
+    fn open_only_on_loopback() {
+        let lo: SocketAddr = "127.0.0.1:7071".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:7071".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7071".parse().unwrap();
+        assert!(matches!(
+            Authenticator::for_listener(lo, None),
+            Ok(Authenticator::Open)
+        ));
+        assert!(matches!(
+            Authenticator::for_listener(lo6, None),
+            Ok(Authenticator::Open)
+        ));
+        assert!(matches!(
+            Authenticator::for_listener(any, None),
+            Err(GrpcError::NoKeysOnPublicListener(_))
+        ));
+        let open = Authenticator::Open.authenticate(&MetadataMap::new()).unwrap();
+        assert_eq!(open.name, None);
+    }
+
+    #[test]
+    fn sha256_hex_is_lowercase_and_known() {
+        assert_eq!(
+            key_line("t", "test"),
+            "t:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
+    }
+}

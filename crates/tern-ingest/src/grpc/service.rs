@@ -1,0 +1,351 @@
+//! The `tern.v1.Submission` service: authenticate, check and build each message, enqueue, and answer only
+//! once the queue has acknowledged.
+//!
+//! | outcome | status |
+//! |---|---|
+//! | queued (or a repeated idempotency key) | OK, with the message id |
+//! | no key, or an unknown one | `UNAUTHENTICATED` |
+//! | the envelope sender's domain is not among the key's domains | `PERMISSION_DENIED` |
+//! | a bad field, no recipients, an empty or oversized message | `INVALID_ARGUMENT`, naming the field |
+//! | the queue cannot be reached | `UNAVAILABLE`: nothing was acknowledged, the call is safe to repeat |
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tern_core::{Envelope, MessageId, Recipient, ReversePath};
+use tern_proto::v1::submission_server::Submission;
+use tern_proto::v1::{
+    RejectedRecipient, SendBatchRequest, SendBatchResponse, SendError, SendRequest, SendResponse, SendResult,
+    send_request::Content, send_result,
+};
+use tern_queue::{EnqueueReceipt, NewMessage, Queue, QueueError};
+use tonic::{Request, Response, Status};
+
+use super::auth::{Authenticator, Principal};
+use super::compose::{self, Built};
+use super::validate::{self, FieldError, MAX_BATCH};
+
+/// What the service needs besides the queue.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The largest message (as queued, after MIME encoding), in bytes.
+    pub max_message_size: usize,
+    /// Recipients per message; the rest are returned as rejected.
+    pub max_recipients: usize,
+    /// The host name in generated Message-IDs (`<id@hostname>`).
+    pub hostname: String,
+}
+
+/// The Submission service.
+#[derive(Clone)]
+pub struct SubmissionService {
+    queue: Arc<dyn Queue>,
+    auth: Arc<Authenticator>,
+    limits: Arc<Limits>,
+}
+
+impl std::fmt::Debug for SubmissionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmissionService")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A checked message, ready to enqueue, and what to answer once it is.
+#[derive(Debug)]
+struct Prepared {
+    message: NewMessage,
+    accepted: Vec<String>,
+    rejected: Vec<RejectedRecipient>,
+}
+
+impl Prepared {
+    fn response(self, receipt: EnqueueReceipt) -> SendResponse {
+        SendResponse {
+            message_id: receipt.message.to_string(),
+            accepted: self.accepted,
+            rejected: self.rejected,
+            duplicate: receipt.duplicate,
+        }
+    }
+}
+
+impl SubmissionService {
+    /// A service that enqueues into `queue`, authenticating with `auth`.
+    pub fn new(queue: Arc<dyn Queue>, auth: Authenticator, limits: Limits) -> Self {
+        SubmissionService {
+            queue,
+            auth: Arc::new(auth),
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// Checks one request and builds its message; nothing is enqueued here.
+    fn prepare(
+        &self,
+        req: &SendRequest,
+        principal: &Principal,
+        trace: Option<&str>,
+    ) -> Result<Prepared, Status> {
+        let idempotency_key = validate::idempotency_key("idempotency_key", &req.idempotency_key)?;
+        let tags = validate::tags("tags", &req.tags)?;
+        let dsn = validate::dsn(&req.envid, req.ret, &req.notify)?;
+        let id = MessageId::new();
+        let hostname = &self.limits.hostname;
+        let max = self.limits.max_message_size;
+        let from_headers = req.envelope.is_none();
+        let (field, built) = match &req.content {
+            None => return Err(FieldError::new("content", "required: set raw or composed").into()),
+            Some(Content::Raw(raw)) => {
+                too_large("raw", raw.len(), max)?;
+                (
+                    "raw",
+                    compose::raw(raw, from_headers, &id.to_string(), hostname, SystemTime::now())?,
+                )
+            }
+            Some(Content::Composed(c)) => {
+                let parts: usize = c.attachments.iter().map(|a| a.content.len()).sum::<usize>()
+                    + c.text_body.len()
+                    + c.html_body.len();
+                too_large("composed", parts, max)?;
+                ("composed", compose::compose(c, &format!("{id}@{hostname}"))?)
+            }
+        };
+        too_large(field, built.body.len(), max)?;
+
+        let (sender, candidates) = match &req.envelope {
+            Some(env) => {
+                let sender = validate::envelope_sender("envelope.mail_from", &env.mail_from)?;
+                let mut rcpts = Vec::with_capacity(env.rcpt_to.len());
+                for (i, r) in env.rcpt_to.iter().enumerate() {
+                    let path = format!("envelope.rcpt_to[{i}]");
+                    let mailbox = validate::envelope_recipient(&path, r)?;
+                    rcpts.push((path, mailbox));
+                }
+                if rcpts.is_empty() {
+                    return Err(FieldError::new("envelope.rcpt_to", "no recipients").into());
+                }
+                (sender, rcpts)
+            }
+            None => envelope_from_headers(field, built.clone())?,
+        };
+
+        if !principal.may_send_from(&sender) {
+            let who = principal.name.as_deref().unwrap_or("this caller");
+            let domain = sender
+                .mailbox()
+                .map_or_else(|| "<>".to_owned(), |m| m.domain_for_routing());
+            return Err(Status::permission_denied(format!(
+                "API key {who:?} may not send from {domain} (sender {sender})"
+            )));
+        }
+
+        // Duplicates are queued once. A duplicate in the explicit envelope is reported; the same person in
+        // To and Cc is ordinary and is not.
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut recipients = Vec::new();
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        for (path, mailbox) in candidates {
+            let address = mailbox.to_string();
+            if !seen.insert(address.to_ascii_lowercase()) {
+                if !from_headers {
+                    rejected.push(RejectedRecipient {
+                        address,
+                        reason: format!("{path}: listed twice; queued once"),
+                    });
+                }
+                continue;
+            }
+            if recipients.len() >= self.limits.max_recipients {
+                rejected.push(RejectedRecipient {
+                    address,
+                    reason: format!(
+                        "{path}: too many recipients (at most {} per message)",
+                        self.limits.max_recipients
+                    ),
+                });
+                continue;
+            }
+            let mut r = Recipient::new(mailbox);
+            r.notify = dsn.notify;
+            recipients.push(r);
+            accepted.push(address);
+        }
+
+        let smtputf8 = sender.mailbox().is_some_and(|m| !m.is_ascii())
+            || recipients.iter().any(|r| !r.address.is_ascii());
+        let mut envelope = Envelope::new(sender, recipients);
+        envelope.envid = dsn.envid;
+        envelope.ret = dsn.ret;
+        envelope.smtputf8 = smtputf8;
+        if built.body.iter().any(|b| *b >= 0x80) {
+            envelope.body = Some(tern_core::Body::EightBitMime);
+        }
+        let message = NewMessage {
+            id: Some(id),
+            envelope,
+            body: built.body.into(),
+            tags,
+            trace: trace.map(str::to_owned),
+            idempotency_key,
+            not_before_ms: None,
+        };
+        Ok(Prepared {
+            message,
+            accepted,
+            rejected,
+        })
+    }
+}
+
+/// `INVALID_ARGUMENT` when `size` is over `max`.
+fn too_large(field: &str, size: usize, max: usize) -> Result<(), FieldError> {
+    if size > max {
+        return Err(FieldError::new(
+            field,
+            format!("message too large: {size} bytes, the limit is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The envelope taken from the headers: the From address and every To, Cc and Bcc address.
+fn envelope_from_headers(
+    field: &str,
+    built: Built,
+) -> Result<(ReversePath, Vec<(String, tern_core::Mailbox)>), FieldError> {
+    let sender = built.from.ok_or_else(|| {
+        FieldError::new(
+            field,
+            "no From address to take the envelope sender from (add one, or set envelope)",
+        )
+    })?;
+    if built.recipients.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "no recipients: To, Cc and Bcc are empty (or set envelope)",
+        ));
+    }
+    Ok((ReversePath::Mailbox(sender), built.recipients))
+}
+
+/// The status for a failed enqueue.
+fn queue_status(e: &QueueError) -> Status {
+    match e {
+        QueueError::Unavailable(m) => Status::unavailable(format!(
+            "the queue is unavailable, nothing was queued; retry later ({m})"
+        )),
+        QueueError::InvalidMessage(m) => Status::invalid_argument(m.clone()),
+        other => Status::internal(format!("queue error: {other}")),
+    }
+}
+
+/// The W3C `traceparent` metadata, if any, carried with the jobs.
+fn trace_of<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256)
+        .map(str::to_owned)
+}
+
+#[tonic::async_trait]
+impl Submission for SubmissionService {
+    async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let principal = self.auth.authenticate(request.metadata())?;
+        let trace = trace_of(&request);
+        let prepared = self.prepare(request.get_ref(), &principal, trace.as_deref())?;
+        let receipt = self
+            .queue
+            .enqueue(prepared.message.clone())
+            .await
+            .map_err(|e| queue_status(&e))?;
+        tracing::info!(
+            message = %receipt.message,
+            key = principal.name.as_deref().unwrap_or("-"),
+            recipients = prepared.accepted.len(),
+            duplicate = receipt.duplicate,
+            "queued via gRPC"
+        );
+        Ok(Response::new(prepared.response(receipt)))
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<SendBatchRequest>,
+    ) -> Result<Response<SendBatchResponse>, Status> {
+        let principal = self.auth.authenticate(request.metadata())?;
+        let trace = trace_of(&request);
+        let messages = &request.get_ref().messages;
+        if messages.len() > MAX_BATCH {
+            return Err(FieldError::new(
+                "messages",
+                format!("{} messages; at most {MAX_BATCH} per call", messages.len()),
+            )
+            .into());
+        }
+        let mut results: Vec<Option<send_result::Result>> = Vec::with_capacity(messages.len());
+        let mut ready: Vec<(usize, Prepared)> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            match self.prepare(m, &principal, trace.as_deref()) {
+                Ok(p) => {
+                    ready.push((i, p));
+                    results.push(None);
+                }
+                Err(status) => results.push(Some(error_result(&status))),
+            }
+        }
+        let outcomes = if ready.is_empty() {
+            Vec::new()
+        } else {
+            self.queue
+                .enqueue_batch(ready.iter().map(|(_, p)| p.message.clone()).collect())
+                .await
+        };
+        if !ready.is_empty()
+            && outcomes
+                .iter()
+                .all(|o| matches!(o, Err(QueueError::Unavailable(_))))
+        {
+            let first = outcomes.into_iter().find_map(Result::err);
+            return Err(first.map_or_else(
+                || Status::unavailable("the queue is unavailable"),
+                |e| queue_status(&e),
+            ));
+        }
+        let mut queued = 0usize;
+        for ((i, prepared), outcome) in ready.into_iter().zip(outcomes) {
+            results[i] = Some(match outcome {
+                Ok(receipt) => {
+                    queued += 1;
+                    send_result::Result::Ok(prepared.response(receipt))
+                }
+                Err(e) => error_result(&queue_status(&e)),
+            });
+        }
+        tracing::info!(
+            key = principal.name.as_deref().unwrap_or("-"),
+            messages = messages.len(),
+            queued,
+            "batch queued via gRPC"
+        );
+        let results = results
+            .into_iter()
+            .map(|r| SendResult {
+                result: Some(r.unwrap_or_else(|| error_result(&Status::internal("no result")))),
+            })
+            .collect();
+        Ok(Response::new(SendBatchResponse { results }))
+    }
+}
+
+/// A per-message error of a batch.
+fn error_result(status: &Status) -> send_result::Result {
+    send_result::Result::Error(SendError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    })
+}

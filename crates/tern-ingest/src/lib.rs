@@ -1,0 +1,39 @@
+//! tern's ingest role: accepting mail from applications and storing it in the queue.
+//!
+//! This crate holds the SMTP submission half (RFC 6409): plain listeners with STARTTLS (RFC 3207), implicit-TLS
+//! listeners (RFC 8314), AUTH PLAIN and LOGIN (RFC 4954) against a users file, PIPELINING, SIZE, 8BITMIME,
+//! BINARYMIME and CHUNKING (RFC 3030), SMTPUTF8, DSN parameters (RFC 3461) and ENHANCEDSTATUSCODES. Ingest
+//! nodes are stateless: a message is acknowledged (`250 2.0.0 Ok: queued as <id>`) only once
+//! [`tern_queue::Queue::enqueue`] has returned, and nothing else is kept between sessions except the
+//! per-process AUTH lockout table and connection counters.
+//!
+//! ```no_run
+//! # async fn demo(cfg: tern_config::IngestConfig, queue: std::sync::Arc<dyn tern_queue::Queue>)
+//! # -> Result<(), tern_ingest::IngestError> {
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let server = tern_ingest::SmtpServer::new(&cfg, queue)?.bind().await?;
+//! println!("listening on {:?}", server.smtp_addrs());
+//! server.run(shutdown).await
+//! # }
+//! ```
+//!
+//! | module | what |
+//! |---|---|
+//! | [`smtp`] | the server: listeners, connection limits, shutdown |
+//! | `smtp::session` | one SMTP session: framing and one function per verb |
+//! | [`smtp::auth`] | the users file, SASL PLAIN/LOGIN decoding, the failure lockout |
+//! | [`smtp::received`] | Received, Message-ID and Date headers (pure) |
+//! | [`smtp::body`] | line checks of BDAT chunks (pure) |
+//! | [`smtp::limits`] | connection counting |
+//! | [`smtp::tls`] | the rustls server configuration from PEM files |
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod grpc;
+pub mod smtp;
+
+pub use error::IngestError;
+pub use smtp::{BoundSmtpServer, SmtpServer};
+
+/// Re-exported so that callers can make the shutdown signal without naming tokio-util themselves.
+pub use tokio_util::sync::CancellationToken;

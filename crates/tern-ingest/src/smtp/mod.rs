@@ -1,0 +1,303 @@
+//! The SMTP submission server: listeners, connection limits and graceful shutdown. One
+//! [`session`](self::session) per connection does the protocol.
+//!
+//! Shutdown ([`BoundSmtpServer::run`]'s token is cancelled): the listeners close at once; sessions waiting for a
+//! command get `421 4.3.2` and are closed; sessions in the middle of DATA or BDAT may finish their message
+//! (and get its reply) for up to `ingest.shutdown_grace`, after which whatever is left is dropped.
+
+pub mod auth;
+pub mod body;
+pub mod limits;
+pub mod received;
+mod session;
+mod stream;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tern_config::IngestConfig;
+use tern_queue::Queue;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::IngestError;
+use auth::{Lockout, UserDb};
+use limits::ConnLimiter;
+
+/// How long a TLS handshake may take.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every session shares: settings from the configuration, the queue, TLS, users and counters.
+pub(crate) struct Shared {
+    pub(crate) hostname: String,
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) users: Option<Arc<UserDb>>,
+    pub(crate) lockout: Lockout,
+    pub(crate) allow_plaintext_auth: bool,
+    pub(crate) relay_networks: Vec<IpNet>,
+    pub(crate) max_message_size: u64,
+    pub(crate) max_recipients: usize,
+    pub(crate) max_errors: u32,
+    pub(crate) idle_timeout: Duration,
+    limiter: Arc<ConnLimiter>,
+}
+
+impl Shared {
+    /// Whether `ip` may submit without authenticating.
+    pub(crate) fn is_relay_client(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// An SMTP submission server, configured but not yet listening. [`SmtpServer::bind`] opens the listeners.
+pub struct SmtpServer {
+    shared: Arc<Shared>,
+    smtp_listen: Vec<SocketAddr>,
+    smtps_listen: Vec<SocketAddr>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for SmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("hostname", &self.shared.hostname)
+            .field("smtp_listen", &self.smtp_listen)
+            .field("smtps_listen", &self.smtps_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The system host name (`/proc/sys/kernel/hostname`, then `/etc/hostname`), or `localhost`.
+pub fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+impl SmtpServer {
+    /// Builds the server from the `[ingest]` section: validates it, loads the TLS certificate and the users
+    /// file. Nothing listens yet.
+    pub fn new(config: &IngestConfig, queue: Arc<dyn Queue>) -> Result<SmtpServer, IngestError> {
+        config.validate().map_err(|(key, message)| IngestError::Config {
+            key: format!("ingest.{key}"),
+            message,
+        })?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+            _ => None,
+        };
+        let users = match &config.users_file {
+            Some(path) => Some(Arc::new(UserDb::load(path)?)),
+            None => None,
+        };
+        let limiter = ConnLimiter::new(
+            usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+            usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),
+        );
+        let shared = Shared {
+            hostname: config.hostname.clone().unwrap_or_else(system_hostname),
+            queue,
+            tls,
+            users: users.filter(|u| !u.is_empty()),
+            lockout: Lockout::new(config.auth_max_failures),
+            allow_plaintext_auth: config.allow_plaintext_auth,
+            relay_networks: config.relay_networks.clone(),
+            max_message_size: config.max_message_size,
+            max_recipients: usize::try_from(config.max_recipients).unwrap_or(usize::MAX),
+            max_errors: config.max_errors,
+            idle_timeout: config.idle_timeout.get(),
+            limiter,
+        };
+        Ok(SmtpServer {
+            shared: Arc::new(shared),
+            smtp_listen: config.smtp_listen.clone(),
+            smtps_listen: config.smtps_listen.clone(),
+            grace: config.shutdown_grace.get(),
+        })
+    }
+
+    /// Binds every listener (port 0 picks a free port; see [`BoundSmtpServer::smtp_addrs`]).
+    pub async fn bind(self) -> Result<BoundSmtpServer, IngestError> {
+        let mut listeners = Vec::new();
+        let mut smtp_addrs = Vec::new();
+        let mut smtps_addrs = Vec::new();
+        for (addrs, implicit, out) in [
+            (&self.smtp_listen, false, &mut smtp_addrs),
+            (&self.smtps_listen, true, &mut smtps_addrs),
+        ] {
+            for addr in addrs {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| IngestError::Bind { addr: *addr, source })?;
+                let local = l
+                    .local_addr()
+                    .map_err(|source| IngestError::Bind { addr: *addr, source })?;
+                out.push(local);
+                listeners.push((l, implicit));
+            }
+        }
+        Ok(BoundSmtpServer {
+            shared: self.shared,
+            listeners,
+            smtp_addrs,
+            smtps_addrs,
+            grace: self.grace,
+        })
+    }
+
+    /// [`SmtpServer::bind`] then [`BoundSmtpServer::run`].
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        self.bind().await?.run(shutdown).await
+    }
+}
+
+/// An SMTP submission server with its listeners bound.
+pub struct BoundSmtpServer {
+    shared: Arc<Shared>,
+    listeners: Vec<(TcpListener, bool)>,
+    smtp_addrs: Vec<SocketAddr>,
+    smtps_addrs: Vec<SocketAddr>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for BoundSmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundSmtpServer")
+            .field("smtp_addrs", &self.smtp_addrs)
+            .field("smtps_addrs", &self.smtps_addrs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BoundSmtpServer {
+    /// The bound addresses of the plain (STARTTLS) listeners, in configuration order.
+    pub fn smtp_addrs(&self) -> &[SocketAddr] {
+        &self.smtp_addrs
+    }
+
+    /// The bound addresses of the implicit-TLS listeners, in configuration order.
+    pub fn smtps_addrs(&self) -> &[SocketAddr] {
+        &self.smtps_addrs
+    }
+
+    /// Serves every listener until `shutdown` is cancelled, then shuts down gracefully (see the module docs)
+    /// and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+        let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, bool)>(64);
+        let mut accept_tasks = JoinSet::new();
+        for (listener, implicit) in self.listeners {
+            let tx = tx.clone();
+            accept_tasks.spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            if tx.send((stream, peer, implicit)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: do not spin.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        drop(tx);
+        info!(smtp = ?self.smtp_addrs, smtps = ?self.smtps_addrs, hostname = %self.shared.hostname, "SMTP submission listening");
+
+        let mut sessions = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                accepted = rx.recv() => {
+                    let Some((stream, peer, implicit)) = accepted else { break };
+                    let shared = Arc::clone(&self.shared);
+                    let token = shutdown.clone();
+                    sessions.spawn(handle_connection(shared, stream, peer, implicit, token));
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        accept_tasks.abort_all();
+        drop(rx);
+        info!(open = sessions.len(), grace = ?self.grace, "SMTP submission shutting down");
+        let drained = tokio::time::timeout(self.grace, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                left = sessions.len(),
+                "shutdown grace over: dropping the remaining SMTP sessions"
+            );
+            sessions.abort_all();
+            while sessions.join_next().await.is_some() {}
+        }
+        Ok(())
+    }
+}
+
+/// Takes one accepted connection: counts it, does the implicit TLS handshake, runs the session.
+async fn handle_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let permit = shared.limiter.try_acquire(peer.ip());
+    let mut stream = if implicit_tls {
+        let Some(acceptor) = shared.tls.clone() else {
+            return;
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => stream::Stream::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                info!(peer = %peer.ip(), error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                info!(peer = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        }
+    } else {
+        stream::Stream::Plain(tcp)
+    };
+    let permit = match permit {
+        Ok(p) => p,
+        Err(which) => {
+            info!(peer = %peer.ip(), limit = ?which, "connection refused: too many connections");
+            let _ = stream
+                .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    session::Session::new(shared, stream, peer, implicit_tls, shutdown)
+        .run()
+        .await;
+    drop(permit);
+}

@@ -1,0 +1,804 @@
+//! One SMTP submission session: it owns its connection and framing, reads commands with
+//! [`tern_smtp::LineFramer`], parses them with [`tern_smtp::parse_command_with`] and applies each verb with
+//! one function (`ehlo`, `mail`, `rcpt`, `data`, `bdat`, `starttls`, `auth`, ...).
+//!
+//! Replies are queued and written when the session needs more input, so pipelined commands (RFC 2920) get
+//! their replies in one write. Replies carry enhanced status codes (RFC 2034) except the greeting, the EHLO
+//! and HELO replies, 334 SASL challenges and the 354 go-ahead, which RFC 2034 and RFC 4954 leave without.
+//!
+//! Reply choices that are not fixed by an RFC:
+//!
+//! | situation | reply |
+//! |---|---|
+//! | MAIL before EHLO/HELO, nested MAIL, RCPT before MAIL, AUTH twice or inside a transaction | `503 5.5.1` |
+//! | MAIL from a client neither authenticated nor in `relay_networks` | `530 5.7.0` |
+//! | MAIL with `SIZE=` over `max_message_size` | `552 5.3.4` |
+//! | sender outside the user's allowed domains | `553 5.7.1` |
+//! | RCPT beyond `max_recipients` | `452 4.5.3` |
+//! | DATA without recipients | `554 5.5.1` |
+//! | message over `max_message_size` (after the data is drained) | `552 5.3.4` |
+//! | message with bare CR, bare LF, NUL or a line over 998 octets (SMTP smuggling; BINARYMIME by BDAT exempt) | `554 5.6.0` |
+//! | more than 100 Received fields | `554 5.4.6` |
+//! | the queue failed | `451 4.3.0` |
+//! | AUTH without TLS (and `allow_plaintext_auth` off) | `538 5.7.11` |
+//! | AUTH while the client address is locked out | `454 4.7.0` (the session stays open) |
+//! | wrong credentials | `535 5.7.8` after a delay; the third in one session is followed by `421 4.7.0` and close |
+//! | `*` to a SASL challenge / undecodable response | `501 5.7.0` / `501 5.5.2` |
+//! | `max_errors` 5xx replies in one session | `421 4.7.0` and close |
+//! | idle for `idle_timeout` | `421 4.4.2` and close |
+//! | shutdown while waiting for a command | `421 4.3.2` and close |
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tern_core::{Envelope, MessageId, Recipient};
+use tern_queue::NewMessage;
+use tern_smtp::command::MAX_AUTH_LINE;
+use tern_smtp::{
+    AuthMechanism, Body, Capabilities, Command, DataDecoder, DataStatus, LineError, LineFramer, MailParams,
+    Mailbox, ParseContext, RcptParams, Reply, ReversePath, Violations, parse_command_with,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::auth::{self, AuthedUser, SaslError};
+use super::body::LineChecker;
+use super::received::{self, MAX_RECEIVED, Protocol, ReceivedInfo};
+use super::stream::Stream;
+use super::{HANDSHAKE_TIMEOUT, Shared};
+
+/// Size of the read buffer.
+const READ_BUF: usize = 64 * 1024;
+/// Failed AUTH attempts after which a session is closed.
+const MAX_SESSION_AUTH_FAILURES: u32 = 3;
+
+/// Whether the session goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// What waiting for input gave.
+enum Input {
+    /// This many bytes are in the read buffer.
+    Data(usize),
+    /// The connection ended (EOF, error, idle timeout or shutdown; any 421 is already sent).
+    Closed,
+}
+
+/// The client's EHLO or HELO.
+struct Helo {
+    name: String,
+    esmtp: bool,
+}
+
+/// A mail transaction, from MAIL to the end of the message.
+struct Transaction {
+    id: MessageId,
+    from: ReversePath,
+    params: MailParams,
+    rcpts: Vec<Recipient>,
+    /// BDAT chunks so far; `Some` once the first chunk that is not LAST arrived.
+    bdat: Option<Chunks>,
+}
+
+/// The message received so far by BDAT.
+#[derive(Default)]
+struct Chunks {
+    body: Vec<u8>,
+    total: u64,
+    overflow: bool,
+    checker: LineChecker,
+}
+
+impl Chunks {
+    fn push(&mut self, data: &[u8], max: u64, binary: bool) {
+        self.total = self.total.saturating_add(data.len() as u64);
+        if self.total > max {
+            if !self.overflow {
+                self.overflow = true;
+                self.body = Vec::new();
+            }
+            return;
+        }
+        self.body.extend_from_slice(data);
+        if !binary {
+            self.checker.feed(data);
+        }
+    }
+}
+
+/// One SMTP session. See the module docs.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    stream: Stream,
+    ip: IpAddr,
+    shutdown: CancellationToken,
+    framer: LineFramer,
+    rbuf: Vec<u8>,
+    out: Vec<u8>,
+    tls: bool,
+    helo: Option<Helo>,
+    user: Option<AuthedUser>,
+    tx: Option<Transaction>,
+    errors: u32,
+    auth_failures: u32,
+}
+
+fn bad_sequence(text: &str) -> Reply {
+    Reply::new(503, "5.5.1", text)
+}
+
+fn describe(v: Violations) -> &'static str {
+    if v.bare_lf || v.bare_cr {
+        "Message rejected: bare CR or LF in the data (only CRLF may end a line)"
+    } else if v.nul {
+        "Message rejected: NUL octet in the data"
+    } else {
+        "Message rejected: line longer than 998 octets"
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        stream: Stream,
+        peer: SocketAddr,
+        tls: bool,
+        shutdown: CancellationToken,
+    ) -> Session {
+        Session {
+            shared,
+            stream,
+            ip: peer.ip().to_canonical(),
+            shutdown,
+            framer: LineFramer::new(),
+            rbuf: vec![0; READ_BUF],
+            out: Vec::with_capacity(1024),
+            tls,
+            helo: None,
+            user: None,
+            tx: None,
+            errors: 0,
+            auth_failures: 0,
+        }
+    }
+
+    /// Runs the session to its end.
+    pub(crate) async fn run(self) {
+        let span = info_span!("smtp", peer = %self.ip);
+        self.run_inner().instrument(span).await;
+    }
+
+    async fn run_inner(mut self) {
+        debug!(tls = self.tls, "connected");
+        self.out.extend_from_slice(
+            &Reply::new(220, None, format!("{} ESMTP tern", self.shared.hostname)).to_bytes(),
+        );
+        loop {
+            // After a shutdown, no new transaction starts, even from commands already pipelined.
+            if self.shutdown.is_cancelled() && self.tx.is_none() {
+                self.shutting_down();
+                break;
+            }
+            let line = match self.framer.next_line() {
+                Some(Ok(line)) => line,
+                Some(Err(LineError::TooLong)) => {
+                    if self.reply(Reply::new(500, "5.5.2", "Line too long")) == Flow::Close {
+                        break;
+                    }
+                    continue;
+                }
+                None => match self.read_input(true).await {
+                    Input::Data(n) => {
+                        self.framer.push(&self.rbuf[..n]);
+                        continue;
+                    }
+                    Input::Closed => break,
+                },
+            };
+            let ctx = ParseContext {
+                smtputf8: self.tx.as_ref().is_some_and(|t| t.params.smtputf8),
+                postmaster_domain: Some(self.shared.hostname.clone()),
+            };
+            let flow = match parse_command_with(&line, &ctx) {
+                Ok(cmd) => self.dispatch(cmd).await,
+                Err(e) => self.reply(e.reply()),
+            };
+            if flow == Flow::Close {
+                break;
+            }
+        }
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+        debug!("closed");
+    }
+
+    /// Queues a reply. A 5xx counts against the error budget; when it is spent, `421 4.7.0` follows and the
+    /// session ends.
+    fn reply(&mut self, r: Reply) -> Flow {
+        self.out.extend_from_slice(&r.to_bytes());
+        if r.code >= 500 {
+            self.errors += 1;
+            if self.errors >= self.shared.max_errors {
+                info!(errors = self.errors, "closing: too many errors");
+                self.out.extend_from_slice(
+                    &Reply::new(421, "4.7.0", "Too many errors, closing connection").to_bytes(),
+                );
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Queues the `421 4.3.2` sent when the server shuts down.
+    fn shutting_down(&mut self) {
+        let text = format!("{} Service shutting down, try again later", self.shared.hostname);
+        self.out
+            .extend_from_slice(&Reply::new(421, "4.3.2", text).to_bytes());
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        // A client that stops reading is treated like one that stops writing.
+        let idle = self.shared.idle_timeout;
+        let (stream, out) = (&mut self.stream, &self.out);
+        let r = tokio::time::timeout(idle, async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        })
+        .await;
+        self.out.clear();
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            )),
+        }
+    }
+
+    /// Writes the queued replies, then waits for input. `between_commands`: a shutdown ends the wait with
+    /// `421 4.3.2` (inside a message it does not: the message may finish within the grace period).
+    async fn read_input(&mut self, between_commands: bool) -> Input {
+        if self.flush().await.is_err() {
+            return Input::Closed;
+        }
+        enum Waited {
+            Read(Result<std::io::Result<usize>, tokio::time::error::Elapsed>),
+            Shutdown,
+        }
+        let idle = self.shared.idle_timeout;
+        let token = self.shutdown.clone();
+        let read = tokio::time::timeout(idle, self.stream.read(&mut self.rbuf));
+        let waited = if between_commands {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => Waited::Shutdown,
+                r = read => Waited::Read(r),
+            }
+        } else {
+            Waited::Read(read.await)
+        };
+        match waited {
+            Waited::Read(Ok(Ok(0))) => Input::Closed,
+            Waited::Read(Ok(Ok(n))) => Input::Data(n),
+            Waited::Read(Ok(Err(e))) => {
+                debug!(error = %e, "read failed");
+                Input::Closed
+            }
+            Waited::Read(Err(_)) => {
+                info!("idle timeout");
+                self.out.extend_from_slice(
+                    &Reply::new(421, "4.4.2", "Idle timeout, closing connection").to_bytes(),
+                );
+                let _ = self.flush().await;
+                Input::Closed
+            }
+            Waited::Shutdown => {
+                self.shutting_down();
+                let _ = self.flush().await;
+                Input::Closed
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, cmd: Command) -> Flow {
+        let in_bdat = self.tx.as_ref().is_some_and(|t| t.bdat.is_some());
+        if in_bdat
+            && !matches!(
+                cmd,
+                Command::Bdat { .. } | Command::Rset | Command::Quit | Command::Noop
+            )
+        {
+            return self.reply(bad_sequence(
+                "Only BDAT, RSET, NOOP or QUIT during a BDAT transfer",
+            ));
+        }
+        match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Data => self.data().await,
+            Command::Bdat { size, last } => self.bdat(size, last).await,
+            Command::Rset => {
+                self.tx = None;
+                self.reply(Reply::new(250, "2.0.0", "Ok"))
+            }
+            Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => {
+                self.reply(Reply::new(221, "2.0.0", "Bye"));
+                Flow::Close
+            }
+            Command::Vrfy(_) => self.reply(Reply::new(252, "2.5.0", "Cannot VRFY user")),
+            Command::Help(_) => self.reply(Reply::new(214, "2.0.0", "See RFC 5321 and RFC 6409")),
+            Command::StartTls => self.starttls().await,
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
+        }
+    }
+
+    /// Whether AUTH is offered on this connection now.
+    fn auth_offered(&self) -> bool {
+        self.shared.users.is_some() && (self.tls || self.shared.allow_plaintext_auth)
+    }
+
+    /// EHLO / HELO: greets, resets the transaction, lists the extensions (EHLO only).
+    fn ehlo(&mut self, name: String, esmtp: bool) -> Flow {
+        self.tx = None;
+        let greeting = format!("{} Hello {} [{}]", self.shared.hostname, name, self.ip);
+        self.helo = Some(Helo { name, esmtp });
+        if !esmtp {
+            return self.reply(Reply::new(250, None, greeting));
+        }
+        let caps = Capabilities {
+            size: Some(self.shared.max_message_size),
+            pipelining: true,
+            starttls: self.shared.tls.is_some() && !self.tls,
+            auth: if self.auth_offered() {
+                vec!["PLAIN".into(), "LOGIN".into()]
+            } else {
+                Vec::new()
+            },
+            eight_bit_mime: true,
+            smtputf8: true,
+            chunking: true,
+            binarymime: true,
+            dsn: true,
+            enhanced_status_codes: true,
+            requiretls: false,
+            other: Vec::new(),
+        };
+        self.reply(caps.to_ehlo_reply(&greeting))
+    }
+
+    /// MAIL FROM: starts a transaction, for authenticated clients and relay networks only.
+    fn mail(&mut self, from: ReversePath, params: MailParams) -> Flow {
+        if self.helo.is_none() {
+            return self.reply(bad_sequence("Send EHLO first"));
+        }
+        if self.tx.is_some() {
+            return self.reply(bad_sequence("Nested MAIL command"));
+        }
+        if self.user.is_none() && !self.shared.is_relay_client(self.ip) {
+            info!(sender = %from, "MAIL refused: not authenticated");
+            return self.reply(Reply::new(530, "5.7.0", "Authentication required"));
+        }
+        if params.requiretls {
+            return self.reply(Reply::new(555, "5.5.4", "REQUIRETLS is not supported"));
+        }
+        if params.size.is_some_and(|s| s > self.shared.max_message_size) {
+            return self.reply(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        if let Some(user) = &self.user
+            && !user.may_send_from(&from)
+        {
+            info!(user = %user.name, sender = %from, "MAIL refused: sender not allowed for user");
+            return self.reply(Reply::new(
+                553,
+                "5.7.1",
+                "Sender address not allowed for this user",
+            ));
+        }
+        self.tx = Some(Transaction {
+            id: MessageId::new(),
+            from,
+            params,
+            rcpts: Vec::new(),
+            bdat: None,
+        });
+        self.reply(Reply::new(250, "2.1.0", "Ok"))
+    }
+
+    /// RCPT TO: adds a recipient with its DSN parameters.
+    fn rcpt(&mut self, to: Mailbox, params: RcptParams) -> Flow {
+        let max = self.shared.max_recipients;
+        let Some(tx) = &mut self.tx else {
+            return self.reply(bad_sequence("Need MAIL before RCPT"));
+        };
+        let key = to.to_string().to_lowercase();
+        if tx
+            .rcpts
+            .iter()
+            .any(|r| r.address.to_string().to_lowercase() == key)
+        {
+            return self.reply(Reply::new(250, "2.1.5", "Ok (duplicate recipient)"));
+        }
+        if tx.rcpts.len() >= max {
+            return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+        }
+        tx.rcpts.push(Recipient {
+            address: to,
+            notify: params.notify,
+            orcpt: params.orcpt,
+        });
+        self.reply(Reply::new(250, "2.1.5", "Ok"))
+    }
+
+    /// DATA: reads the message up to `CRLF.CRLF` (the only end marker), then checks and queues it.
+    async fn data(&mut self) -> Flow {
+        let Some(tx) = &self.tx else {
+            return self.reply(bad_sequence("Need MAIL before DATA"));
+        };
+        if tx.rcpts.is_empty() {
+            return self.reply(Reply::new(554, "5.5.1", "No valid recipients"));
+        }
+        if tx.params.body == Some(Body::BinaryMime) {
+            return self.reply(bad_sequence("BODY=BINARYMIME requires BDAT"));
+        }
+        self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+        let mut decoder = DataDecoder::with_max_size(self.shared.max_message_size);
+        let mut body = Vec::new();
+        let first = self.framer.take_buffered();
+        let mut done = match decoder.feed(&first, &mut body) {
+            DataStatus::Done { consumed } => {
+                self.framer.push(&first[consumed..]);
+                true
+            }
+            DataStatus::NeedMore => false,
+        };
+        while !done {
+            let n = match self.read_input(false).await {
+                Input::Data(n) => n,
+                Input::Closed => return Flow::Close,
+            };
+            if let DataStatus::Done { consumed } = decoder.feed(&self.rbuf[..n], &mut body) {
+                self.framer.push(&self.rbuf[consumed..n]);
+                done = true;
+            }
+        }
+        let Some(tx) = self.tx.take() else {
+            return Flow::Close;
+        };
+        if decoder.overflowed() {
+            info!(id = %tx.id, size = decoder.total_len(), "message refused: too big");
+            return self.reply(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        let v = decoder.violations();
+        if v.any() {
+            warn!(id = %tx.id, violations = ?v, "message refused: malformed line endings (smuggling attempt?)");
+            return self.reply(Reply::new(554, "5.6.0", describe(v)));
+        }
+        self.submit(tx, body).await
+    }
+
+    /// Reads `size` octets of a BDAT chunk (from what is buffered, then the socket) into `sink`, if any.
+    async fn read_chunk(&mut self, size: u64, mut sink: Option<&mut Chunks>, binary: bool) -> Flow {
+        let max = self.shared.max_message_size;
+        let buffered = self.framer.buffered();
+        let k = usize::try_from(size).unwrap_or(usize::MAX).min(buffered.len());
+        if let Some(s) = sink.as_deref_mut() {
+            s.push(&buffered[..k], max, binary);
+        }
+        self.framer.consume(k);
+        let mut left = size - k as u64;
+        while left > 0 {
+            let n = match self.read_input(false).await {
+                Input::Data(n) => n,
+                Input::Closed => return Flow::Close,
+            };
+            let k = usize::try_from(left).unwrap_or(usize::MAX).min(n);
+            if let Some(s) = sink.as_deref_mut() {
+                s.push(&self.rbuf[..k], max, binary);
+            }
+            left -= k as u64;
+            if k < n {
+                self.framer.push(&self.rbuf[k..n]);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// BDAT (RFC 3030): the chunk is always read, whatever the reply, so that its octets are never taken for
+    /// commands.
+    async fn bdat(&mut self, size: u64, last: bool) -> Flow {
+        let refusal = match &self.tx {
+            None => Some(bad_sequence("Need MAIL before BDAT")),
+            Some(tx) if tx.rcpts.is_empty() => Some(Reply::new(554, "5.5.1", "No valid recipients")),
+            Some(_) => None,
+        };
+        let binary = self
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.params.body == Some(Body::BinaryMime));
+        let mut chunks = self.tx.as_mut().and_then(|t| t.bdat.take()).unwrap_or_default();
+        let sink = if refusal.is_none() {
+            Some(&mut chunks)
+        } else {
+            None
+        };
+        if self.read_chunk(size, sink, binary).await == Flow::Close {
+            return Flow::Close;
+        }
+        if let Some(r) = refusal {
+            return self.reply(r);
+        }
+        if !last {
+            let overflow = chunks.overflow;
+            if let Some(tx) = &mut self.tx {
+                tx.bdat = Some(chunks);
+            }
+            if overflow {
+                return self.reply(Reply::new(
+                    552,
+                    "5.3.4",
+                    "Message size exceeds fixed maximum message size",
+                ));
+            }
+            return self.reply(Reply::new(250, "2.0.0", format!("{size} octets received")));
+        }
+        let Some(tx) = self.tx.take() else {
+            return Flow::Close;
+        };
+        if chunks.overflow {
+            info!(id = %tx.id, size = chunks.total, "message refused: too big");
+            return self.reply(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+        }
+        let v = chunks.checker.finish();
+        if !binary && v.any() {
+            warn!(id = %tx.id, violations = ?v, "message refused: malformed line endings");
+            return self.reply(Reply::new(554, "5.6.0", describe(v)));
+        }
+        self.submit(tx, chunks.body).await
+    }
+
+    /// Adds the trace and missing headers and queues the message; `250` only once the queue has it.
+    async fn submit(&mut self, tx: Transaction, body: Vec<u8>) -> Flow {
+        let scan = received::scan_headers(&body);
+        if scan.received > MAX_RECEIVED {
+            warn!(id = %tx.id, received = scan.received, "message refused: mail loop");
+            return self.reply(Reply::new(554, "5.4.6", "Too many Received headers: mail loop"));
+        }
+        let id = tx.id.to_string();
+        let now = SystemTime::now();
+        let single = match tx.rcpts.as_slice() {
+            [only] => Some(only.address.to_string()),
+            _ => None,
+        };
+        let protocol = Protocol {
+            esmtp: self.helo.as_ref().is_some_and(|h| h.esmtp),
+            tls: self.tls,
+            auth: self.user.is_some(),
+            utf8: tx.params.smtputf8,
+        };
+        let header = received::received_header(&ReceivedInfo {
+            helo: self.helo.as_ref().map_or("unknown", |h| h.name.as_str()),
+            peer: self.ip,
+            hostname: &self.shared.hostname,
+            protocol,
+            id: &id,
+            single_recipient: single.as_deref(),
+            time: now,
+        });
+        let message = received::prepare_message(&body, &scan, &header, &id, &self.shared.hostname, now);
+        drop(body);
+        let size = message.len();
+        let recipients = tx.rcpts.len();
+        let mut envelope = Envelope::new(tx.from, tx.rcpts);
+        envelope.envid = tx.params.envid;
+        envelope.ret = tx.params.ret;
+        envelope.body = tx.params.body;
+        envelope.smtputf8 = tx.params.smtputf8;
+        let mut new = NewMessage::new(envelope, message);
+        new.id = Some(tx.id);
+        if let Some(user) = &self.user {
+            new = new.with_tag("auth_user", user.name.clone());
+        }
+        let user = self.user.as_ref().map(|u| u.name.clone());
+        match self.shared.queue.enqueue(new).await {
+            Ok(receipt) => {
+                info!(message_id = %receipt.message, user = ?user, recipients, size, "message queued");
+                self.reply(Reply::new(
+                    250,
+                    "2.0.0",
+                    format!("Ok: queued as {}", receipt.message),
+                ))
+            }
+            Err(e) => {
+                warn!(message_id = %id, error = %e, "queue refused the message");
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Temporary queue failure, try again later",
+                ))
+            }
+        }
+    }
+
+    /// STARTTLS (RFC 3207): everything the client sent after the command line is discarded (CVE-2011-0411),
+    /// and after the handshake the session starts over (EHLO again, no AUTH, no transaction).
+    async fn starttls(&mut self) -> Flow {
+        if self.tls {
+            return self.reply(bad_sequence("TLS already active"));
+        }
+        let Some(acceptor) = self.shared.tls.clone() else {
+            return self.reply(Reply::new(502, "5.5.1", "STARTTLS not available"));
+        };
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let discarded = self.framer.buffered().len();
+        self.framer.clear();
+        if discarded > 0 {
+            warn!(discarded, "discarded bytes pipelined after STARTTLS");
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Flow::Close;
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => self.stream = Stream::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                info!(error = %e, "STARTTLS handshake failed");
+                return Flow::Close;
+            }
+            Err(_) => {
+                info!("STARTTLS handshake timed out");
+                return Flow::Close;
+            }
+        }
+        self.tls = true;
+        self.helo = None;
+        self.tx = None;
+        self.user = None;
+        Flow::Continue
+    }
+
+    /// Sends a 334 challenge and reads the response line. `None`: the connection ended.
+    async fn challenge(&mut self, text: &str) -> Option<Result<String, SaslError>> {
+        self.reply(Reply::new(334, None, auth::encode(text)));
+        loop {
+            match self.framer.next_line_with_limit(MAX_AUTH_LINE) {
+                Some(Ok(line)) => {
+                    return Some(String::from_utf8(line).map_err(|_| SaslError::Malformed));
+                }
+                Some(Err(_)) => return Some(Err(SaslError::Malformed)),
+                None => match self.read_input(true).await {
+                    Input::Data(n) => self.framer.push(&self.rbuf[..n]),
+                    Input::Closed => return None,
+                },
+            }
+        }
+    }
+
+    /// Reads the credentials of a PLAIN or LOGIN exchange. `None`: the connection ended.
+    async fn credentials(
+        &mut self,
+        mechanism: AuthMechanism,
+        initial: Option<String>,
+    ) -> Option<Result<(String, String), SaslError>> {
+        let first = match initial {
+            Some(r) => r,
+            None => {
+                let text = if mechanism == AuthMechanism::Login {
+                    "Username:"
+                } else {
+                    ""
+                };
+                match self.challenge(text).await? {
+                    Ok(line) => line,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        };
+        match mechanism {
+            AuthMechanism::Plain => Some(auth::decode_response(&first).and_then(|m| auth::split_plain(&m))),
+            AuthMechanism::Login => {
+                let user = match auth::decode_response(&first) {
+                    Ok(u) if !u.is_empty() => u,
+                    Ok(_) => return Some(Err(SaslError::Malformed)),
+                    Err(e) => return Some(Err(e)),
+                };
+                let password = match self.challenge("Password:").await? {
+                    Ok(line) => auth::decode_response(&line),
+                    Err(e) => Err(e),
+                };
+                Some(password.map(|p| (user, p)))
+            }
+        }
+    }
+
+    /// AUTH PLAIN / LOGIN (RFC 4954).
+    async fn auth(&mut self, mechanism: AuthMechanism, initial: Option<String>) -> Flow {
+        if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+            return self.reply(bad_sequence("Send EHLO first"));
+        }
+        if self.user.is_some() {
+            return self.reply(bad_sequence("Already authenticated"));
+        }
+        if self.tx.is_some() {
+            return self.reply(bad_sequence("AUTH not allowed during a mail transaction"));
+        }
+        let Some(users) = self.shared.users.clone() else {
+            return self.reply(Reply::new(502, "5.5.1", "AUTH not available"));
+        };
+        if !self.auth_offered() {
+            return self.reply(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ));
+        }
+        if self.shared.lockout.is_locked(self.ip, Instant::now()) {
+            info!("AUTH refused: address locked out");
+            return self.reply(Reply::new(
+                454,
+                "4.7.0",
+                "Too many authentication failures, try again later",
+            ));
+        }
+        let (user, password) = match self.credentials(mechanism, initial).await {
+            None => return Flow::Close,
+            Some(Ok(c)) => c,
+            Some(Err(SaslError::Cancelled)) => {
+                return self.reply(Reply::new(501, "5.7.0", "Authentication cancelled"));
+            }
+            Some(Err(SaslError::Malformed)) => {
+                return self.reply(Reply::new(501, "5.5.2", "Invalid authentication response"));
+            }
+        };
+        if let Some(authed) = users.verify(&user, &password).await {
+            self.shared.lockout.record_success(self.ip);
+            info!(user = %authed.name, mechanism = %mechanism, "authenticated");
+            self.user = Some(authed);
+            return self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+        }
+        let delay = self.shared.lockout.record_failure(self.ip, Instant::now());
+        self.auth_failures += 1;
+        warn!(user = %user, failures = self.auth_failures, "authentication failed");
+        tokio::time::sleep(delay).await;
+        let flow = self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
+        if flow == Flow::Continue && self.auth_failures >= MAX_SESSION_AUTH_FAILURES {
+            self.out.extend_from_slice(
+                &Reply::new(
+                    421,
+                    "4.7.0",
+                    "Too many authentication failures, closing connection",
+                )
+                .to_bytes(),
+            );
+            return Flow::Close;
+        }
+        flow
+    }
+}

@@ -1,0 +1,34 @@
+//! `tern ingest`: SMTP submission into the queue.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// How often an ingest node runs the reaper, which among other things finishes enqueues interrupted between
+/// their durable intake record and their jobs.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs the ingest role until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(path)?;
+    crate::telemetry::init(&config.telemetry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    runtime.block_on(async move {
+        let shutdown = crate::signals::shutdown_on_signals()?;
+        let queue = crate::queue::open(&config.queue).await?;
+        let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
+        let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_rx);
+
+        let smtp = tern_ingest::SmtpServer::new(&config.ingest, queue)?.bind().await?;
+        tracing::info!(smtp = ?smtp.smtp_addrs(), smtps = ?smtp.smtps_addrs(), "ingest listening");
+        let served = smtp.run(shutdown).await;
+
+        let _ = reaper_stop.send(true);
+        let _ = reaper.await;
+        served?;
+        tracing::info!("ingest stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}

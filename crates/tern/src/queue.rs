@@ -1,0 +1,56 @@
+//! Opening the queue named by `[queue]`.
+
+use std::sync::Arc;
+
+use tern_config::QueueConfig;
+use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
+
+/// The Redis backend's options for a `[queue]` section; what the section does not name keeps the backend's
+/// default.
+pub fn redis_options(cfg: &QueueConfig) -> RedisQueueOptions {
+    RedisQueueOptions {
+        url: cfg.url.clone(),
+        cluster: cfg.cluster,
+        shards: cfg.shards,
+        lease: cfg.lease.get(),
+        key_prefix: cfg.key_prefix.clone(),
+        wait_replicas: cfg.wait_replicas,
+        ..RedisQueueOptions::default()
+    }
+}
+
+/// Opens the queue. Redis being down is not an error here: a stateless role starts anyway, answers clients
+/// with a temporary failure, and recovers by itself when Redis returns. A bad URL is an error.
+pub async fn open(cfg: &QueueConfig) -> anyhow::Result<Arc<dyn Queue>> {
+    let queue = RedisQueue::new(redis_options(cfg))
+        .map_err(|e| anyhow::anyhow!("queue.url {}: {e}", tern_config::redact::redact_url_passwords(&cfg.url)))?;
+    match queue.ping().await {
+        Ok(()) => tracing::info!(cluster = cfg.cluster, shards = cfg.shards, "queue reachable"),
+        Err(e) => tracing::warn!(error = %e, "queue unreachable at startup; will keep trying"),
+    }
+    Ok(Arc::new(queue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_queue_key_reaches_the_backend() {
+        let cfg = QueueConfig {
+            url: "redis://h:1/2".into(),
+            cluster: false,
+            shards: 4,
+            lease: tern_core::HumanDuration::from_secs(90),
+            key_prefix: "x".into(),
+            wait_replicas: 1,
+        };
+        let o = redis_options(&cfg);
+        assert_eq!(o.url, "redis://h:1/2");
+        assert_eq!(o.shards, 4);
+        assert_eq!(o.lease, std::time::Duration::from_secs(90));
+        assert_eq!(o.key_prefix, "x");
+        assert_eq!(o.wait_replicas, 1);
+        assert!(!o.cluster);
+    }
+}
