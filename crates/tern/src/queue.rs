@@ -22,8 +22,12 @@ pub fn redis_options(cfg: &QueueConfig) -> RedisQueueOptions {
 /// Opens the queue. Redis being down is not an error here: a stateless role starts anyway, answers clients
 /// with a temporary failure, and recovers by itself when Redis returns. A bad URL is an error.
 pub async fn open(cfg: &QueueConfig) -> anyhow::Result<Arc<dyn Queue>> {
-    let queue = RedisQueue::new(redis_options(cfg))
-        .map_err(|e| anyhow::anyhow!("queue.url {}: {e}", tern_config::redact::redact_url_passwords(&cfg.url)))?;
+    let queue = RedisQueue::new(redis_options(cfg)).map_err(|e| {
+        anyhow::anyhow!(
+            "queue.url {}: {e}",
+            tern_config::redact::redact_url_passwords(&cfg.url)
+        )
+    })?;
     match queue.ping().await {
         Ok(()) => tracing::info!(cluster = cfg.cluster, shards = cfg.shards, "queue reachable"),
         Err(e) => tracing::warn!(error = %e, "queue unreachable at startup; will keep trying"),

@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("telemetry.log_level {:?} is not a valid filter", cfg.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let installed = match cfg.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -27,26 +27,31 @@ fn say(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, line: &str) ->
 }
 
 #[test]
-fn ingest_queues_mail_from_a_relay_network_and_stops_on_sigterm() {
+fn ingest_serves_smtp_and_grpc_queues_mail_and_stops_on_sigterm() {
     let redis = RedisServer::start().unwrap();
     let port = free_port().unwrap();
+    let grpc_port = free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tern.toml");
     std::fs::write(
         &config,
         format!(
             "[queue]\nurl = \"{}\"\nkey_prefix = \"e2e\"\n\n[ingest]\nsmtp_listen = [\"127.0.0.1:{port}\"]\n\
-             relay_networks = [\"127.0.0.1/32\"]\nhostname = \"ingest.test\"\n",
+             relay_networks = [\"127.0.0.1/32\"]\nhostname = \"ingest.test\"\n\
+             grpc_listen = \"127.0.0.1:{grpc_port}\"\n",
             redis.url()
         ),
     )
     .unwrap();
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
-    cmd.args(["ingest", "--config", config.to_str().unwrap()]).stdin(Stdio::null());
+    cmd.args(["ingest", "--config", config.to_str().unwrap()])
+        .stdin(Stdio::null());
     let mut tern = ChildGuard::spawn("tern ingest", cmd).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for_tcp(addr, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", tern.logs()));
+    let grpc: SocketAddr = format!("127.0.0.1:{grpc_port}").parse().unwrap();
+    wait_for_tcp(grpc, Duration::from_secs(20)).unwrap_or_else(|e| panic!("gRPC: {e}\n{}", tern.logs()));
 
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -67,7 +72,11 @@ fn ingest_queues_mail_from_a_relay_network_and_stops_on_sigterm() {
     let started = Instant::now();
     let status = tern.terminate(Duration::from_secs(15)).unwrap();
     assert!(status.success(), "exit {status:?}\n{}", tern.logs());
-    assert!(started.elapsed() < Duration::from_secs(10), "slow shutdown: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "slow shutdown: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

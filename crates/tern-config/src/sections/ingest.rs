@@ -1,6 +1,4 @@
-//! `[ingest]`: SMTP submission (RFC 6409) from applications into the queue.
-//!
-//! The gRPC Send API adds its own keys here when it lands.
+//! `[ingest]`: SMTP submission (RFC 6409) and the gRPC Send API, from applications into the queue.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +51,13 @@ pub struct IngestConfig {
     pub max_errors: u32,
     /// On shutdown, how long sessions in the middle of a message may take to finish it.
     pub shutdown_grace: HumanDuration,
+    /// Where the gRPC Send API (`tern.v1.Submission`) listens.
+    pub grpc_listen: SocketAddr,
+    /// The API keys file of the gRPC Send API: one `name:<lowercase hex SHA-256 of the key>` per line (made by
+    /// `tern apikey`), optionally followed by `:domain,domain`. Unset: calls need no key, which is allowed
+    /// only when `grpc_listen` is a loopback address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for IngestConfig {
@@ -74,6 +79,8 @@ impl Default for IngestConfig {
             idle_timeout: HumanDuration::from_secs(300),
             max_errors: 10,
             shutdown_grace: HumanDuration::from_secs(30),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            api_keys_file: None,
         }
     }
 }

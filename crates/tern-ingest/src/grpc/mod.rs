@@ -64,6 +64,20 @@ pub struct GrpcSettings {
     pub hostname: Option<String>,
 }
 
+impl GrpcSettings {
+    /// The settings named by an `[ingest]` section: its gRPC keys, and the limits and host name it shares
+    /// with SMTP submission.
+    pub fn from_config(cfg: &tern_config::IngestConfig) -> Self {
+        GrpcSettings {
+            listen: cfg.grpc_listen,
+            api_keys_file: cfg.api_keys_file.clone(),
+            max_message_size: usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX),
+            max_recipients: cfg.max_recipients as usize,
+            hostname: cfg.hostname.clone(),
+        }
+    }
+}
+
 impl Default for GrpcSettings {
     fn default() -> Self {
         GrpcSettings {

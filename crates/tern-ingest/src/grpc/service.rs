@@ -96,7 +96,7 @@ impl SubmissionService {
         let hostname = &self.limits.hostname;
         let max = self.limits.max_message_size;
         let from_headers = req.envelope.is_none();
-        let (field, built) = match &req.content {
+        let (field, mut built) = match &req.content {
             None => return Err(FieldError::new("content", "required: set raw or composed").into()),
             Some(Content::Raw(raw)) => {
                 too_large("raw", raw.len(), max)?;
@@ -129,7 +129,7 @@ impl SubmissionService {
                 }
                 (sender, rcpts)
             }
-            None => envelope_from_headers(field, built.clone())?,
+            None => envelope_from_headers(field, &mut built)?,
         };
 
         if !principal.may_send_from(&sender) {
@@ -215,9 +215,9 @@ fn too_large(field: &str, size: usize, max: usize) -> Result<(), FieldError> {
 /// The envelope taken from the headers: the From address and every To, Cc and Bcc address.
 fn envelope_from_headers(
     field: &str,
-    built: Built,
+    built: &mut Built,
 ) -> Result<(ReversePath, Vec<(String, tern_core::Mailbox)>), FieldError> {
-    let sender = built.from.ok_or_else(|| {
+    let sender = built.from.take().ok_or_else(|| {
         FieldError::new(
             field,
             "no From address to take the envelope sender from (add one, or set envelope)",
@@ -229,7 +229,10 @@ fn envelope_from_headers(
             "no recipients: To, Cc and Bcc are empty (or set envelope)",
         ));
     }
-    Ok((ReversePath::Mailbox(sender), built.recipients))
+    Ok((
+        ReversePath::Mailbox(sender),
+        std::mem::take(&mut built.recipients),
+    ))
 }
 
 /// The status for a failed enqueue.

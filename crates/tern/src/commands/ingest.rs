@@ -1,4 +1,4 @@
-//! `tern ingest`: SMTP submission into the queue.
+//! `tern ingest`: SMTP submission and the gRPC Send API, into the queue.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,20 +14,30 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     crate::telemetry::init(&config.telemetry)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start tokio")?;
     runtime.block_on(async move {
         let shutdown = crate::signals::shutdown_on_signals()?;
         let queue = crate::queue::open(&config.queue).await?;
         let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
         let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_rx);
 
+        let grpc_settings = tern_ingest::grpc::GrpcSettings::from_config(&config.ingest);
+        let grpc = tern_ingest::grpc::GrpcServer::bind(&grpc_settings, queue.clone()).await?;
         let smtp = tern_ingest::SmtpServer::new(&config.ingest, queue)?.bind().await?;
-        tracing::info!(smtp = ?smtp.smtp_addrs(), smtps = ?smtp.smtps_addrs(), "ingest listening");
+        tracing::info!(
+            smtp = ?smtp.smtp_addrs(), smtps = ?smtp.smtps_addrs(), grpc = %grpc.local_addr(), "ingest listening"
+        );
+        let grpc_task = tokio::spawn(grpc.run(shutdown.clone()));
         let served = smtp.run(shutdown).await;
+        let grpc_served = grpc_task.await.context("the gRPC server task failed")?;
 
         let _ = reaper_stop.send(true);
         let _ = reaper.await;
         served?;
+        grpc_served?;
         tracing::info!("ingest stopped");
         Ok(ExitCode::SUCCESS)
     })
