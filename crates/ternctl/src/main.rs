@@ -1,50 +1,39 @@
 //! `ternctl`: the admin CLI for a tern cluster.
 //!
-//! It talks to the control plane's gRPC API. The global flags are fixed now so that scripts can rely on them;
-//! the commands arrive with the control-plane capability, and until then `ternctl` prints its help.
+//! Exit codes: 0 on success; 1 on a failure, with a one-line reason on stderr (unreachable server, refused
+//! key, invalid message); 2 on a usage error.
 #![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod grpc;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-/// ternctl: inspect and repair a tern cluster's queue.
-#[derive(Debug, Parser)]
-#[command(name = "ternctl", version, about)]
-struct Cli {
-    /// The control-plane address.
-    #[arg(
-        long,
-        global = true,
-        env = "TERN_SERVER",
-        default_value = "http://127.0.0.1:7070",
-        value_name = "URL"
-    )]
-    server: String,
-
-    /// The admin API key, sent as `authorization: Bearer <key>`.
-    #[arg(
-        long,
-        global = true,
-        env = "TERN_TOKEN",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    token: Option<String>,
-
-    /// Print one JSON document (JSON lines for streams) instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let Some(command) = cli.command else {
+        // Asking for nothing is asking for help; it is not an error.
+        let mut cmd = cli::Cli::command();
+        if let Err(e) = cmd.print_help() {
+            eprintln!("ternctl: error: cannot print help: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!();
+        return ExitCode::SUCCESS;
+    };
+    match commands::run(&cli.global, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ternctl: error: {}", one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    // No command has landed yet: show what there is, and succeed, since asking for help is not an error.
-    let mut cmd = Cli::command();
-    if let Err(e) = cmd.print_help() {
-        eprintln!("ternctl: error: cannot print help: {e}");
-        return ExitCode::FAILURE;
-    }
-    println!();
-    ExitCode::SUCCESS
+/// Error chains may hold newlines (a server's message, a transport error); the contract is one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -1,0 +1,212 @@
+//! `ternctl send` against a real ingest gRPC server in front of a real redis-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::Arc;
+
+use tern_ingest::CancellationToken;
+use tern_ingest::grpc::{GrpcServer, GrpcSettings};
+use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
+use tern_testkit::redis::RedisServer;
+
+struct Ingest {
+    _redis: RedisServer,
+    queue: Arc<dyn Queue>,
+    url: String,
+    stop: CancellationToken,
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn ingest(keys_file: Option<std::path::PathBuf>) -> Ingest {
+    let redis = RedisServer::start().unwrap();
+    let queue: Arc<dyn Queue> = Arc::new(
+        RedisQueue::connect(RedisQueueOptions {
+            url: redis.url(),
+            ..RedisQueueOptions::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let settings = GrpcSettings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_keys_file: keys_file,
+        ..GrpcSettings::default()
+    };
+    let server = GrpcServer::bind(&settings, queue.clone()).await.unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let stop = CancellationToken::new();
+    tokio::spawn(server.run(stop.clone()));
+    Ingest {
+        _redis: redis,
+        queue,
+        url,
+        stop,
+    }
+}
+
+async fn ternctl(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
+        .args(args)
+        .env_remove("TERN_TOKEN")
+        .env_remove("TERN_INGEST")
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn send_composed_prints_the_message_id_and_queues_it_with_tags() {
+    let ing = ingest(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let attachment = dir.path().join("report.csv");
+    std::fs::write(&attachment, "a,b\n1,2\n").unwrap();
+    let out = ternctl(&[
+        "send",
+        "--ingest",
+        &ing.url,
+        "--from",
+        "app@sender.test",
+        "--to",
+        "one@a.test",
+        "--to",
+        "two@b.test",
+        "--subject",
+        "Receipt",
+        "--text",
+        "Thanks",
+        "--attach",
+        attachment.to_str().unwrap(),
+        "--tag",
+        "tenant=acme",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(id.len(), 26, "{id}");
+    let info = ing
+        .queue
+        .get_message(id.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("queued");
+    assert_eq!(info.jobs.len(), 2, "one job per domain");
+    assert_eq!(info.jobs[0].tags.get("tenant").map(String::as_str), Some("acme"));
+}
+
+#[tokio::test]
+async fn send_with_json_prints_one_json_document() {
+    let ing = ingest(None).await;
+    let out = ternctl(&[
+        "--json", "send", "--ingest", &ing.url, "--from", "a@s.test", "--to", "r@d.test", "--text", "hi",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(doc["message_id"].as_str().unwrap().len(), 26);
+    assert_eq!(doc["accepted"], serde_json::json!(["r@d.test"]));
+}
+
+#[tokio::test]
+async fn send_raw_file_takes_the_envelope_from_the_headers() {
+    let ing = ingest(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("m.eml");
+    std::fs::write(
+        &raw,
+        "From: a@s.test\r\nTo: r@d.test\r\nSubject: raw\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    let out = ternctl(&["send", "--ingest", &ing.url, "--raw-file", raw.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = ing
+        .queue
+        .get_message(stdout(&out).trim().parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.jobs[0].domain, "d.test");
+}
+
+#[tokio::test]
+async fn invalid_address_exits_1_with_a_one_line_reason() {
+    let ing = ingest(None).await;
+    let out = ternctl(&[
+        "send",
+        "--ingest",
+        &ing.url,
+        "--from",
+        "a@s.test",
+        "--to",
+        "not an address",
+        "--text",
+        "x",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("invalid") && err.contains("not an address"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_server_exits_1_promptly() {
+    let port = tern_testkit::free_port().unwrap();
+    let started = std::time::Instant::now();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = ternctl(&[
+        "send", "--ingest", &url, "--from", "a@s.test", "--to", "r@d.test", "--text", "x",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn wrong_key_exits_1_saying_the_key_was_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    // Some key's hash; "wrong-key" is not that key.
+    std::fs::write(
+        &keys,
+        "app:7d1d8e1bc5d1c32b05ef1ff4bd2f6e0d2abb4e5e7d4e1e6fd61e4b1b48b9e2c4\n",
+    )
+    .unwrap();
+    let ing = ingest(Some(keys)).await;
+    let out = ternctl(&[
+        "--token",
+        "wrong-key",
+        "send",
+        "--ingest",
+        &ing.url,
+        "--from",
+        "a@s.test",
+        "--to",
+        "r@d.test",
+        "--text",
+        "x",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("refused the key"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn missing_content_is_a_usage_error() {
+    let out = ternctl(&["send", "--from", "a@s.test", "--to", "r@d.test"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}
