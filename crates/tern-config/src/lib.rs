@@ -66,9 +66,15 @@ impl Config {
         self.ingest
             .validate()
             .map_err(|(k, m)| (format!("ingest.{k}"), m))?;
+        self.delivery
+            .validate()
+            .map_err(|(k, m)| (format!("delivery.{k}"), m))?;
         self.telemetry
             .validate()
             .map_err(|(k, m)| (format!("telemetry.{k}"), m))?;
+        self.control
+            .validate()
+            .map_err(|(k, m)| (format!("control.{k}"), m))?;
         Ok(())
     }
 }

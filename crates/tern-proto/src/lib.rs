@@ -1,8 +1,9 @@
 //! tern's gRPC API, generated from the `.proto` files in `proto/` at the workspace root.
 //!
 //! Every file of `proto/tern/v1/` is compiled by `build.rs` into the [`v1`] module (the protobuf package
-//! `tern.v1`): today `submission.proto` (the `tern.v1.Submission` service, used by the ingest role). A new
-//! file in that directory, such as `admin.proto`, is picked up without touching this crate.
+//! `tern.v1`): `submission.proto` (the `tern.v1.Submission` service, used by the ingest role) and `admin.proto`
+//! (the `tern.v1.QueueAdmin` and `tern.v1.Events` services of the control plane). A new file in that
+//! directory is picked up without touching this crate.
 //!
 //! Each service comes with a client (`v1::submission_client::SubmissionClient`) and a server trait with its
 //! wrapper (`v1::submission_server::{Submission, SubmissionServer}`). [`v1::FILE_DESCRIPTOR_SET`] describes
@@ -42,6 +43,12 @@ pub mod v1 {
 
     /// The fully qualified name of the Submission service.
     pub const SUBMISSION_SERVICE: &str = "tern.v1.Submission";
+
+    /// The fully qualified name of the control plane's queue administration service.
+    pub const QUEUE_ADMIN_SERVICE: &str = "tern.v1.QueueAdmin";
+
+    /// The fully qualified name of the control plane's event stream service.
+    pub const EVENTS_SERVICE: &str = "tern.v1.Events";
 }
 
 #[cfg(test)]
@@ -54,6 +61,7 @@ mod tests {
     fn descriptor_set_describes_the_submission_service() {
         let fds = prost_types_lite::decode(v1::FILE_DESCRIPTOR_SET);
         assert!(fds.iter().any(|f| f == "tern/v1/submission.proto"), "{fds:?}");
+        assert!(fds.iter().any(|f| f == "tern/v1/admin.proto"), "{fds:?}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum Command {
     /// Check the configuration and print it, with secrets redacted. Exits 1 with the reason when it is
     /// invalid.
     CheckConfig,
+    /// Run the control plane: the admin gRPC API that `ternctl` talks to, until SIGTERM.
+    Control,
     /// Run the ingest role: SMTP submission and the gRPC Send API, into the queue, until SIGTERM.
     Ingest,
     /// Read a password from standard input and print its argon2id hash, for the SMTP users file.

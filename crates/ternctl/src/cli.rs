@@ -51,6 +51,171 @@ pub struct Global {
 pub enum Command {
     /// Send a message through the gRPC Send API of an ingest node; prints its message id.
     Send(SendArgs),
+    /// Look at the queue: totals, shape by age, listings, a live view.
+    Queue {
+        /// What to show.
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// One message: show it, retry it now, bounce it (with a DSN) or delete it (without).
+    Msg {
+        /// What to do.
+        #[command(subcommand)]
+        command: MsgCommand,
+    },
+    /// Suspend and resume deliveries to a domain, cluster-wide.
+    Domain {
+        /// What to do.
+        #[command(subcommand)]
+        command: DomainCommand,
+    },
+    /// Print the queue's events as JSON lines.
+    Events(EventsArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `ternctl queue ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Totals by state, the oldest message's age, the deepest domains and recent rates.
+    Status {
+        /// How many domains to show.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        top: u32,
+    },
+    /// Jobs by domain and age (like qshape): 0-5m ... 320m+ and a total row.
+    Shape {
+        /// How many domains to show.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        top: u32,
+    },
+    /// Jobs matching the filters, one per message and destination domain.
+    List(ListArgs),
+    /// A live view refreshed every second: rates, depth, top domains. Ctrl-C to stop.
+    Top {
+        /// How many domains to show.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        top: u32,
+        /// Stop after this many refreshes (0: never).
+        #[arg(long, default_value_t = 0, value_name = "N", hide = true)]
+        iterations: u64,
+    },
+}
+
+/// `ternctl queue list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Destination domain.
+    #[arg(long, value_name = "D")]
+    pub domain: Option<String>,
+    /// Envelope sender.
+    #[arg(long, value_name = "S")]
+    pub sender: Option<String>,
+    /// A recipient.
+    #[arg(long, value_name = "R")]
+    pub rcpt: Option<String>,
+    /// queued, deferred or inflight.
+    #[arg(long, value_name = "S")]
+    pub state: Option<String>,
+    /// Only jobs first queued at least this long ago (`90s`, `30m`, `1h`).
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    /// Only jobs with at least this many attempts.
+    #[arg(long, value_name = "N")]
+    pub min_attempts: Option<u32>,
+    /// A tag, `key=value` or `key`.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub limit: u32,
+    /// Continue from the cursor a previous listing printed.
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
+}
+
+/// `ternctl msg ...`.
+#[derive(Debug, Subcommand)]
+pub enum MsgCommand {
+    /// Envelope, jobs, per-recipient state and attempt history of one message.
+    Show {
+        /// A message id (or a job id).
+        id: String,
+        /// Print the message content too.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Make messages due now.
+    Retry(ActionArgs),
+    /// Fail messages with a DSN to the sender.
+    Bounce(ActionArgs),
+    /// Delete messages without a DSN.
+    Delete(ActionArgs),
+}
+
+/// The messages an action applies to: ids, or every waiting message of a domain.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["ids", "domain"])))]
+pub struct ActionArgs {
+    /// Message ids (or job ids).
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Every message of this destination domain.
+    #[arg(long, value_name = "D", conflicts_with = "ids")]
+    pub domain: Option<String>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `ternctl domain ...`.
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// Stop deliveries to a domain (until resumed, or for a time).
+    Suspend {
+        /// The domain.
+        domain: String,
+        /// How long (`30m`, `1h`); without it, until resumed.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Why (shown in listings).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// End a domain's suspension.
+    Resume {
+        /// The domain.
+        domain: String,
+    },
+    /// Every suspension in force.
+    List,
+}
+
+/// `ternctl events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep waiting for new events (without it: print the retained events and stop).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only this event type (queued, delivered, deferred, failed, expired, deleted, bounced, ...); repeat
+    /// for more.
+    #[arg(long = "type", value_name = "T")]
+    pub types: Vec<String>,
+    /// Only this domain.
+    #[arg(long, value_name = "D")]
+    pub domain: Option<String>,
+    /// Only this tag, `key=value` or `key`.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// Start here: `start` (the oldest retained), `now`, or a `position` printed with an event. Default:
+    /// `start`, or `now` with --follow.
+    #[arg(long, value_name = "POS")]
+    pub from: Option<String>,
 }
 
 /// `ternctl send`.

@@ -1,9 +1,382 @@
-//! `[delivery]`. Its keys arrive with the capability that uses them; until then the section takes no keys, and any
-//! key given is reported as unknown.
+//! `[delivery]`: the delivery workers (`tern worker`): routing, the SMTP client, retries and DSNs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tern_core::{HumanDuration, RetrySchedule};
+
+/// Which address families the worker connects over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpVersion {
+    /// IPv4 and IPv6 (IPv6 addresses first for each host).
+    #[default]
+    Any,
+    /// IPv4 only.
+    V4,
+    /// IPv6 only.
+    V6,
+}
+
+/// How STARTTLS is used towards remote mail exchangers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS when offered; the certificate is not required to verify; a failed handshake moves on to the
+    /// next host.
+    #[default]
+    Opportunistic,
+    /// Verified TLS or no delivery (the message is deferred).
+    Required,
+    /// Never STARTTLS.
+    Disabled,
+}
+
+/// How the connection to `relay_host` is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Follow `tls` (STARTTLS when offered, as for any host).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (RFC 8314, port 465 style), always verified.
+    Implicit,
+}
+
+/// One `[[delivery.routes]]` entry: mail for `domain` goes to `host` instead of the domain's MX hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The destination domain (case-insensitive).
+    pub domain: String,
+    /// `host`, `host:port`, `[host]:port` or `[ip]:port`; the host's A/AAAA records are used (no MX lookup),
+    /// the port defaults to `smtp_port`.
+    pub host: String,
+}
 
 /// The `[delivery]` section.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct DeliveryConfig {}
+pub struct DeliveryConfig {
+    /// Connections (claims) per destination domain at once, cluster-wide; enforced by the queue as the
+    /// domain's default concurrency.
+    pub connections_per_domain: u32,
+    /// Messages sent over one SMTP connection before it is closed with QUIT (also the claim batch size).
+    pub messages_per_connection: u32,
+    /// SMTP connections (busy or idle) one worker process holds at once.
+    pub max_connections: u32,
+    /// An idle connection kept for reuse is closed after this long without a message.
+    pub idle_connection_time: HumanDuration,
+    /// The name sent in EHLO/HELO and used as Reporting-MTA in DSNs. Unset: the system host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
+    /// DNS servers (`ip:port`) to ask. Empty: the system's resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    /// Address families to connect over: `any`, `v4` or `v6`.
+    pub ip_version: IpVersion,
+    /// The port of remote mail exchangers.
+    pub smtp_port: u16,
+    /// A smart host (`"[host]:port"` or `"host:port"`) that takes all mail, bypassing MX lookup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_host: Option<String>,
+    /// AUTH user name for `relay_host` (AUTH PLAIN, only over TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_username: Option<String>,
+    /// AUTH password for `relay_host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_password: Option<String>,
+    /// How the relay connection is secured: `starttls` (as `tls` says) or `implicit`. TLS to the relay is
+    /// always verified (trust a private CA with `extra_ca_file`), and credentials are only sent over TLS.
+    pub relay_tls: RelayTls,
+    /// Fixed routes: `[[delivery.routes]]` with `domain` and `host`.
+    pub routes: Vec<RouteConfig>,
+    /// STARTTLS policy: `opportunistic`, `required` or `disabled`.
+    pub tls: TlsMode,
+    /// PEM file of extra trusted root certificates, added to the built-in web PKI roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca_file: Option<PathBuf>,
+    /// Longest TLS handshake.
+    pub tls_handshake_timeout: HumanDuration,
+    /// Longest TCP connect to one address.
+    pub connect_timeout: HumanDuration,
+    /// Wait for the 220 greeting (RFC 5321 4.5.3.2: 5 min).
+    pub greeting_timeout: HumanDuration,
+    /// Wait for the reply to EHLO, HELO, STARTTLS, AUTH, RSET and QUIT.
+    pub command_timeout: HumanDuration,
+    /// Wait for the reply to MAIL (5 min).
+    pub mail_timeout: HumanDuration,
+    /// Wait for the reply to each RCPT (5 min).
+    pub rcpt_timeout: HumanDuration,
+    /// Wait for the 354 reply to DATA (2 min).
+    pub data_timeout: HumanDuration,
+    /// Longest write of one block of message data (3 min).
+    pub data_block_timeout: HumanDuration,
+    /// Wait for the reply after the final dot (10 min).
+    pub data_done_timeout: HumanDuration,
+    /// Waits between attempts of a deferred message; the last step repeats; each wait gets ±10% jitter.
+    pub retry_schedule: Vec<HumanDuration>,
+    /// A recipient still undelivered this long after the message was queued expires (DSN, status 4.4.7).
+    pub max_age: HumanDuration,
+    /// Send a delay notice (`Action: delayed`) once a message has waited this long. Unset: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_notice_after: Option<HumanDuration>,
+    /// On shutdown, how long transactions under way may take to finish before their claims are released.
+    pub shutdown_grace: HumanDuration,
+    /// How long an idle worker waits before asking the queue for work again.
+    pub poll_interval: HumanDuration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            connections_per_domain: 10,
+            messages_per_connection: 100,
+            max_connections: 512,
+            idle_connection_time: HumanDuration::from_secs(30),
+            helo_name: None,
+            dns_servers: Vec::new(),
+            ip_version: IpVersion::Any,
+            smtp_port: 25,
+            relay_host: None,
+            relay_username: None,
+            relay_password: None,
+            relay_tls: RelayTls::Starttls,
+            routes: Vec::new(),
+            tls: TlsMode::Opportunistic,
+            extra_ca_file: None,
+            tls_handshake_timeout: HumanDuration::from_secs(60),
+            connect_timeout: HumanDuration::from_secs(30),
+            greeting_timeout: HumanDuration::from_secs(300),
+            command_timeout: HumanDuration::from_secs(300),
+            mail_timeout: HumanDuration::from_secs(300),
+            rcpt_timeout: HumanDuration::from_secs(300),
+            data_timeout: HumanDuration::from_secs(120),
+            data_block_timeout: HumanDuration::from_secs(180),
+            data_done_timeout: HumanDuration::from_secs(600),
+            retry_schedule: RetrySchedule::default_steps(),
+            max_age: HumanDuration::from_secs(5 * 86400),
+            delay_notice_after: None,
+            shutdown_grace: HumanDuration::from_secs(30),
+            poll_interval: HumanDuration::from_secs(1),
+        }
+    }
+}
+
+/// The jitter applied to every retry wait (±10%).
+pub const RETRY_JITTER: f64 = 0.1;
+
+impl DeliveryConfig {
+    /// The retry schedule made of `retry_schedule`, `max_age` and ±10% jitter.
+    pub fn retry(&self) -> Result<RetrySchedule, (String, String)> {
+        RetrySchedule::new(
+            self.retry_schedule.iter().map(|d| d.get()).collect(),
+            RETRY_JITTER,
+            self.max_age.get(),
+        )
+        .map_err(|e| ("retry_schedule".to_string(), e.to_string()))
+    }
+
+    /// Checks ranges and consistency serde cannot express; returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        if self.connections_per_domain == 0 {
+            return err("connections_per_domain", "must be at least 1".into());
+        }
+        if self.messages_per_connection == 0 {
+            return err("messages_per_connection", "must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return err("max_connections", "must be at least 1".into());
+        }
+        if let Some(h) = &self.helo_name
+            && (h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b)))
+        {
+            return err("helo_name", format!("{h:?} is not a host name"));
+        }
+        if self.smtp_port == 0 {
+            return err("smtp_port", "must not be 0".into());
+        }
+        if let Some(r) = &self.relay_host
+            && split_host_port(r).is_none()
+        {
+            return err("relay_host", format!("{r:?} is not \"[host]:port\""));
+        }
+        if self.relay_username.is_some() != self.relay_password.is_some() {
+            return err(
+                "relay_username",
+                "relay_username and relay_password go together".into(),
+            );
+        }
+        if self.relay_username.is_some() && self.relay_host.is_none() {
+            return err("relay_username", "needs relay_host".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.domain.trim().is_empty() {
+                return err(&format!("routes[{i}].domain"), "must not be empty".into());
+            }
+            if split_host_port(&r.host).is_none() {
+                return err(
+                    &format!("routes[{i}].host"),
+                    format!("{:?} is not a host", r.host),
+                );
+            }
+        }
+        for (key, d) in [
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("greeting_timeout", self.greeting_timeout),
+            ("command_timeout", self.command_timeout),
+            ("mail_timeout", self.mail_timeout),
+            ("rcpt_timeout", self.rcpt_timeout),
+            ("data_timeout", self.data_timeout),
+            ("data_block_timeout", self.data_block_timeout),
+            ("data_done_timeout", self.data_done_timeout),
+            ("idle_connection_time", self.idle_connection_time),
+            ("poll_interval", self.poll_interval),
+        ] {
+            if d.get() < Duration::from_millis(10) {
+                return err(key, format!("{d} is shorter than 10ms"));
+            }
+        }
+        if self.max_age.get().is_zero() {
+            return err("max_age", "must not be 0".into());
+        }
+        self.retry()?;
+        Ok(())
+    }
+}
+
+/// Splits `host`, `host:port`, `[host]:port` or `[host]` into the host and an optional port.
+pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        if host.is_empty() {
+            return None;
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.parse().ok().filter(|p| *p != 0)?),
+        };
+        return Some((host.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && !h.is_empty() => {
+            Some((h.to_string(), Some(p.parse().ok().filter(|p| *p != 0)?)))
+        }
+        Some(_) => None,
+        None => Some((s.to_string(), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_as_documented() {
+        let c = DeliveryConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.connections_per_domain, 10);
+        assert_eq!(c.messages_per_connection, 100);
+        assert_eq!(c.max_connections, 512);
+        assert_eq!(c.smtp_port, 25);
+        assert_eq!(c.tls, TlsMode::Opportunistic);
+        assert_eq!(c.retry().unwrap(), RetrySchedule::default());
+        assert_eq!(c.delay_notice_after, None);
+    }
+
+    #[test]
+    fn keys_parse_from_toml() {
+        let c: DeliveryConfig = toml::from_str(
+            r#"
+            smtp_port = 2525
+            dns_servers = ["127.0.0.1:5353"]
+            ip_version = "v4"
+            tls = "required"
+            retry_schedule = ["1s", "2s"]
+            max_age = "1h"
+            relay_host = "[smart.example]:587"
+            [[routes]]
+            domain = "b.test"
+            host = "[127.0.0.9]:25"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.smtp_port, 2525);
+        assert_eq!(c.ip_version, IpVersion::V4);
+        assert_eq!(c.tls, TlsMode::Required);
+        assert_eq!(c.routes[0].domain, "b.test");
+        assert!(toml::from_str::<DeliveryConfig>("nope = 1").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let c = DeliveryConfig {
+            relay_host: Some("[x".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "relay_host");
+        let c = DeliveryConfig {
+            retry_schedule: vec![],
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "retry_schedule");
+        let c = DeliveryConfig {
+            connections_per_domain: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "connections_per_domain");
+    }
+
+    #[test]
+    fn printed_configuration_reads_back() {
+        let c = DeliveryConfig {
+            routes: vec![RouteConfig {
+                domain: "b.test".into(),
+                host: "[127.0.0.9]:25".into(),
+            }],
+            dns_servers: vec!["127.0.0.1:53".parse().unwrap()],
+            delay_notice_after: Some(HumanDuration::from_secs(3600)),
+            ..Default::default()
+        };
+        #[derive(Serialize, Deserialize)]
+        struct Wrap {
+            delivery: DeliveryConfig,
+        }
+        let text = toml::to_string(&Wrap { delivery: c.clone() }).unwrap();
+        let back: Wrap = toml::from_str(&text).unwrap();
+        assert_eq!(back.delivery, c, "{text}");
+        let text = toml::to_string(&Wrap {
+            delivery: DeliveryConfig::default(),
+        })
+        .unwrap();
+        assert!(text.contains("retry_schedule = [\"5m\""), "{text}");
+        assert_eq!(
+            toml::from_str::<Wrap>(&text).unwrap().delivery,
+            DeliveryConfig::default()
+        );
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("[a.test]:587"),
+            Some(("a.test".into(), Some(587)))
+        );
+        assert_eq!(split_host_port("a.test:25"), Some(("a.test".into(), Some(25))));
+        assert_eq!(split_host_port("a.test"), Some(("a.test".into(), None)));
+        assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), Some(25))));
+        assert_eq!(split_host_port("[a.test]x"), None);
+        assert_eq!(split_host_port("a.test:0"), None);
+    }
+}

@@ -8,7 +8,9 @@ mod queue;
 mod telemetry;
 
 pub use control::ControlConfig;
-pub use delivery::DeliveryConfig;
+pub use delivery::{
+    DeliveryConfig, IpVersion, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, split_host_port,
+};
 pub use ingest::IngestConfig;
 pub use queue::QueueConfig;
 pub use telemetry::{LogFormat, TelemetryConfig};

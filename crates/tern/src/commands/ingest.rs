@@ -10,6 +10,10 @@ use anyhow::Context;
 /// their durable intake record and their jobs.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 
+/// How long open gRPC connections may delay shutdown once SMTP has stopped. A call in progress has already
+/// been answered or failed by then; what remains are idle client channels.
+const GRPC_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs the ingest role until SIGTERM or SIGINT, then shuts down gracefully.
 pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
@@ -32,7 +36,8 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
         let grpc_task = tokio::spawn(grpc.run(shutdown.clone()));
         let served = smtp.run(shutdown).await;
-        let grpc_served = grpc_task.await.context("the gRPC server task failed")?;
+        // SMTP has drained its sessions by now (within shutdown_grace); gRPC clients get a little longer.
+        let grpc_served = crate::signals::join_within("gRPC Send API", grpc_task, GRPC_GRACE).await;
 
         let _ = reaper_stop.send(true);
         let _ = reaper.await;

@@ -2,6 +2,7 @@
 
 mod apikey;
 mod check_config;
+mod control;
 mod ingest;
 mod passwd;
 
@@ -13,6 +14,7 @@ use crate::cli::{Cli, Command};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
+        Command::Control => control::run(cli.config.as_deref()),
         Command::Ingest => ingest::run(cli.config.as_deref()),
         Command::Passwd => passwd::run(),
         Command::Apikey { name, domains } => apikey::run(&name, &domains),

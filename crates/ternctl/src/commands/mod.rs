@@ -1,5 +1,11 @@
 //! One module per command.
 
+mod completions;
+mod domain;
+mod events;
+mod msg;
+mod output;
+mod queue;
 mod send;
 
 use crate::cli::{Command, Global};
@@ -12,6 +18,11 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             Command::Send(args) => send::run(global, args).await,
+            Command::Queue { command } => queue::run(global, command).await,
+            Command::Msg { command } => msg::run(global, command).await,
+            Command::Domain { command } => domain::run(global, command).await,
+            Command::Events(args) => events::run(global, args).await,
+            Command::Completions { shell } => completions::run(shell),
         }
     })
 }

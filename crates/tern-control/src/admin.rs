@@ -1,0 +1,486 @@
+//! `tern.v1.QueueAdmin`: status, shape, listing, one message, and the repair actions.
+//!
+//! Listing filters the queue offers (domain, state, sender, recipient) are applied by the queue; the rest
+//! (minimum attempts, age, tag) here, page by page. The status's oldest age, the shape and filter-based
+//! actions with more than a domain walk the job list; they stop after [`SCAN_BUDGET`] jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_core::time::now_ms;
+use tern_proto::v1 as pb;
+use tern_proto::v1::queue_admin_server::QueueAdmin;
+use tern_queue::{BOUNCE_SCHEDULE, Cursor, EventKind, Job, JobState, ListFilter, Queue, QueueError, Target};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, AnyId, Filter, invalid, queue_status};
+use crate::shape::{self, Shape};
+
+/// The most jobs one call walks (shape, filtered actions).
+pub const SCAN_BUDGET: usize = 1_000_000;
+/// The most jobs GetStatus walks for the oldest message's age (`ternctl queue top` calls it every second).
+pub const STATUS_SCAN_BUDGET: usize = 100_000;
+/// The most events GetMessage reads looking for a message's history.
+pub const HISTORY_BUDGET: usize = 200_000;
+/// Jobs per page when walking the list.
+const PAGE: usize = 1000;
+/// The default and largest page of ListMessages.
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+/// The default number of domains in status and shape.
+const DEFAULT_TOP: usize = 10;
+
+/// The QueueAdmin service over a queue. Authentication is done by the server's interceptor.
+#[derive(Clone)]
+pub struct AdminService {
+    queue: Arc<dyn Queue>,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminService").finish_non_exhaustive()
+    }
+}
+
+impl AdminService {
+    /// The service over `queue`.
+    pub fn new(queue: Arc<dyn Queue>) -> Self {
+        AdminService { queue }
+    }
+
+    /// Calls `each` for every job passing `filter`, up to `budget` jobs looked at. Returns whether the walk
+    /// reached the end.
+    async fn walk(&self, filter: &Filter, budget: usize, mut each: impl FnMut(Job)) -> Result<bool, Status> {
+        let now = now_ms();
+        let mut cursor = None;
+        let mut seen = 0usize;
+        loop {
+            let page = self
+                .queue
+                .list(&filter.list, cursor, PAGE)
+                .await
+                .map_err(queue_status)?;
+            seen += page.items.len();
+            for job in page.items {
+                if filter.matches_rest(&job, now) {
+                    each(job);
+                }
+            }
+            match page.next {
+                Some(next) if seen < budget => cursor = Some(next),
+                Some(_) => return Ok(false),
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// The targets an action applies to: the ids (each checked to exist), or the filter (a domain as a
+    /// whole, or else every matching job).
+    async fn targets(&self, req: &pb::ActionRequest) -> Result<Vec<Target>, Status> {
+        if !req.ids.is_empty() {
+            let mut targets = Vec::with_capacity(req.ids.len());
+            for raw in &req.ids {
+                let id = AnyId::parse("ids", raw)?;
+                let info = self.queue.get_message(id.message()).await.map_err(queue_status)?;
+                let exists = match (&info, id) {
+                    (None, _) => false,
+                    (Some(_), AnyId::Message(_)) => true,
+                    (Some(info), AnyId::Job(j)) => info.jobs.iter().any(|job| job.id == j),
+                };
+                if !exists {
+                    if req.skip_missing {
+                        continue;
+                    }
+                    return Err(Status::not_found(match id {
+                        AnyId::Message(m) => format!("no message {m} in the queue"),
+                        AnyId::Job(j) => format!("no job {j} in the queue"),
+                    }));
+                }
+                targets.push(match id {
+                    AnyId::Message(m) => Target::Message(m),
+                    AnyId::Job(j) => Target::Job(j),
+                });
+            }
+            return Ok(targets);
+        }
+        let filter = Filter::from_proto(req.filter.as_ref())?;
+        if filter.is_empty() {
+            return Err(invalid(
+                "filter",
+                "give message ids or a filter (acting on the whole queue is refused)",
+            ));
+        }
+        if filter.is_domain_only()
+            && let Some(d) = &filter.list.domain
+        {
+            return Ok(vec![Target::Domain(d.clone())]);
+        }
+        let mut targets = Vec::new();
+        self.walk(&filter, SCAN_BUDGET, |job| targets.push(Target::Job(job.id)))
+            .await?;
+        Ok(targets)
+    }
+
+    /// How many jobs `target` would touch.
+    async fn count(&self, target: &Target) -> Result<u64, Status> {
+        match target {
+            Target::Job(_) => Ok(1),
+            Target::Message(m) => Ok(self
+                .queue
+                .get_message(*m)
+                .await
+                .map_err(queue_status)?
+                .map_or(0, |i| i.jobs.len() as u64)),
+            Target::Domain(d) => Ok(self.queue.domain_depth(d).await.map_err(queue_status)?.waiting),
+        }
+    }
+
+    /// Runs one action over the request's targets; returns the count.
+    async fn act(
+        &self,
+        req: pb::ActionRequest,
+        action: Action,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let targets = self.targets(&req).await?;
+        let mut count = 0u64;
+        for target in &targets {
+            let n = if req.dry_run {
+                self.count(target).await?
+            } else {
+                let r = match action {
+                    Action::Retry => self.queue.retry_now(target).await,
+                    Action::Bounce => self.queue.bounce(target).await,
+                    Action::Delete => self.queue.delete(target).await,
+                };
+                match r {
+                    Ok(n) => n,
+                    // A job that finished between the listing and the action is simply not counted.
+                    Err(QueueError::NotFound(_)) => 0,
+                    Err(e) => return Err(queue_status(e)),
+                }
+            };
+            count = count.saturating_add(n);
+        }
+        if !req.dry_run {
+            tracing::info!(action = ?action, count, "control: queue action");
+        }
+        Ok(Response::new(pb::ActionResponse { count }))
+    }
+
+    /// The last error of one of `domain`'s deferred jobs.
+    async fn last_error(&self, domain: &str) -> Result<String, Status> {
+        let filter = ListFilter {
+            domain: Some(domain.to_string()),
+            state: Some(JobState::Deferred),
+            ..Default::default()
+        };
+        let page = self.queue.list(&filter, None, 50).await.map_err(queue_status)?;
+        Ok(page
+            .items
+            .iter()
+            .filter(|j| j.last_error.is_some())
+            .max_by_key(|j| j.next_attempt_ms)
+            .and_then(|j| j.last_error.clone())
+            .unwrap_or_default())
+    }
+}
+
+/// The three repair actions.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Retry,
+    Bounce,
+    Delete,
+}
+
+fn top_n(n: u32) -> usize {
+    if n == 0 { DEFAULT_TOP } else { n as usize }
+}
+
+fn check_domain(field: &str, d: &str) -> Result<String, Status> {
+    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.contains(['@', ' ', '#', '/', ':']) {
+        return Err(invalid(field, format!("{d:?} is not a domain")));
+    }
+    Ok(d)
+}
+
+#[tonic::async_trait]
+impl QueueAdmin for AdminService {
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let top = top_n(request.get_ref().top_domains);
+        let counts = self.queue.counts().await.map_err(queue_status)?;
+        let mut depths = self.queue.domain_depths().await.map_err(queue_status)?;
+        let due_now: u64 = depths.iter().map(|d| d.due).sum();
+        let suspended: u64 = depths
+            .iter()
+            .filter(|d| d.suspension.is_some())
+            .map(|d| d.total)
+            .sum();
+        let now = now_ms();
+        let mut oldest: Option<u64> = None;
+        let oldest_age_exact = self
+            .walk(&Filter::default(), STATUS_SCAN_BUDGET, |job| {
+                oldest = Some(oldest.map_or(job.first_queued_ms, |o| o.min(job.first_queued_ms)));
+            })
+            .await?;
+        depths.retain(|d| d.domain != BOUNCE_SCHEDULE && (d.total > 0 || d.suspension.is_some()));
+        depths.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.domain.cmp(&b.domain)));
+        depths.truncate(top);
+        let mut domains = Vec::with_capacity(depths.len());
+        for d in depths {
+            domains.push(pb::DomainStatus {
+                last_error: self.last_error(&d.domain).await?,
+                in_flight: d.total.saturating_sub(d.waiting),
+                depth: d.total,
+                due: d.due,
+                active_claims: d.active_claims,
+                suspension: d.suspension.as_ref().map(convert::suspension),
+                domain: d.domain,
+            });
+        }
+        let mut recent = Vec::new();
+        for secs in [60u64, 300, 3600] {
+            let s = self
+                .queue
+                .recent_stats(Duration::from_secs(secs))
+                .await
+                .map_err(queue_status)?;
+            recent.push(pb::RecentStats {
+                window_seconds: secs,
+                delivered: s.delivered,
+                deferred: s.deferred,
+                failed: s.failed,
+                expired: s.expired,
+            });
+        }
+        Ok(Response::new(pb::GetStatusResponse {
+            totals: Some(pb::QueueTotals {
+                total: counts.total,
+                scheduled: counts.queued + counts.deferred,
+                due_now,
+                in_flight: counts.in_flight,
+                deferred: counts.deferred,
+                suspended,
+                suspended_domains: counts.suspended_domains,
+                bounce_pending: counts.bounce_pending,
+                queued: counts.queued,
+            }),
+            oldest_age_ms: oldest.map_or(0, |o| now.saturating_sub(o)),
+            domains,
+            recent,
+            oldest_age_exact,
+        }))
+    }
+
+    async fn get_shape(
+        &self,
+        request: Request<pb::GetShapeRequest>,
+    ) -> Result<Response<pb::GetShapeResponse>, Status> {
+        let top = top_n(request.get_ref().top_domains);
+        let now = now_ms();
+        let mut shape = Shape::new();
+        let complete = self
+            .walk(&Filter::default(), SCAN_BUDGET, |job| {
+                shape.add(&job.domain, job.first_queued_ms, now);
+            })
+            .await?;
+        let (rows, total) = shape.finish(top);
+        let row = |r: shape::Row| pb::ShapeRow {
+            domain: r.domain,
+            total: r.total,
+            counts: r.counts.to_vec(),
+        };
+        Ok(Response::new(pb::GetShapeResponse {
+            buckets: shape::labels(),
+            rows: rows.into_iter().map(row).collect(),
+            total: Some(row(total)),
+            complete,
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let req = request.into_inner();
+        let filter = Filter::from_proto(req.filter.as_ref())?;
+        let limit = match req.limit as usize {
+            0 => DEFAULT_LIMIT,
+            n if n > MAX_LIMIT => return Err(invalid("limit", format!("{n} is more than {MAX_LIMIT}"))),
+            n => n,
+        };
+        let mut cursor = (!req.cursor.is_empty()).then(|| Cursor(req.cursor.clone()));
+        let now = now_ms();
+        let mut jobs = Vec::new();
+        let mut seen = 0usize;
+        let budget = limit.saturating_mul(10).max(10_000);
+        loop {
+            // Never ask for more than fits, so that no job of a page is dropped.
+            let page = self
+                .queue
+                .list(&filter.list, cursor.clone(), limit - jobs.len())
+                .await
+                .map_err(|e| match e {
+                    QueueError::InvalidMessage(m) => invalid("cursor", m),
+                    other => queue_status(other),
+                })?;
+            seen += page.items.len();
+            jobs.extend(
+                page.items
+                    .iter()
+                    .filter(|j| filter.matches_rest(j, now))
+                    .map(convert::job_summary),
+            );
+            cursor = page.next;
+            if cursor.is_none() || jobs.len() >= limit || seen >= budget {
+                break;
+            }
+        }
+        Ok(Response::new(pb::ListMessagesResponse {
+            jobs,
+            next_cursor: cursor.map(|c| c.0).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let req = request.into_inner();
+        if req.id.trim().is_empty() {
+            return Err(invalid("id", "is empty"));
+        }
+        let id = AnyId::parse("id", &req.id)?.message();
+        let info = self
+            .queue
+            .get_message(id)
+            .await
+            .map_err(queue_status)?
+            .ok_or_else(|| Status::not_found(format!("no message {id} in the queue")))?;
+        // The job record keeps only the attempt count and the last error: the history comes from the
+        // event streams (the events still retained), filtered by message id.
+        let mut attempts = Vec::new();
+        let mut pos = None;
+        let mut read = 0usize;
+        while read < HISTORY_BUDGET {
+            let (events, next) = self
+                .queue
+                .read_events(pos.as_ref(), PAGE, None)
+                .await
+                .map_err(queue_status)?;
+            if events.is_empty() {
+                break;
+            }
+            read += events.len();
+            attempts.extend(
+                events
+                    .iter()
+                    .filter(|e| {
+                        e.message == Some(id) && !matches!(e.kind, EventKind::Suspended | EventKind::Resumed)
+                    })
+                    .map(convert::attempt),
+            );
+            pos = Some(next);
+        }
+        let first = info.jobs.first();
+        Ok(Response::new(pb::GetMessageResponse {
+            message_id: id.to_string(),
+            size: info.body_size,
+            sender: first.map(|j| j.envelope.sender.to_string()).unwrap_or_default(),
+            tags: first
+                .map(|j| j.tags.clone().into_iter().collect())
+                .unwrap_or_default(),
+            jobs: info.jobs.iter().map(convert::job_detail).collect(),
+            attempts,
+            headers: String::new(),
+            body: Vec::new(),
+            content_available: false,
+            content_note: "the queue interface offers no read of the stored message; only its size is shown"
+                .to_string(),
+        }))
+    }
+
+    async fn retry_now(
+        &self,
+        request: Request<pb::ActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        self.act(request.into_inner(), Action::Retry).await
+    }
+
+    async fn bounce(
+        &self,
+        request: Request<pb::ActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        self.act(request.into_inner(), Action::Bounce).await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::ActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        self.act(request.into_inner(), Action::Delete).await
+    }
+
+    async fn suspend_domain(
+        &self,
+        request: Request<pb::SuspendDomainRequest>,
+    ) -> Result<Response<pb::SuspendDomainResponse>, Status> {
+        let req = request.into_inner();
+        let domain = check_domain("domain", &req.domain)?;
+        let now = now_ms();
+        let until =
+            (req.duration_seconds > 0).then(|| now.saturating_add(req.duration_seconds.saturating_mul(1000)));
+        let reason = if req.reason.trim().is_empty() {
+            "suspended by an operator".to_string()
+        } else {
+            req.reason.trim().to_string()
+        };
+        self.queue
+            .suspend(&domain, until, &reason)
+            .await
+            .map_err(queue_status)?;
+        tracing::info!(%domain, ?until, %reason, "control: domain suspended");
+        let suspension = self
+            .queue
+            .suspensions()
+            .await
+            .map_err(queue_status)?
+            .into_iter()
+            .find(|s| s.domain == domain)
+            .map(|s| convert::suspension(&s))
+            .unwrap_or(pb::Suspension {
+                domain,
+                reason,
+                since_ms: now,
+                until_ms: until.unwrap_or(0),
+            });
+        Ok(Response::new(pb::SuspendDomainResponse {
+            suspension: Some(suspension),
+        }))
+    }
+
+    async fn resume_domain(
+        &self,
+        request: Request<pb::ResumeDomainRequest>,
+    ) -> Result<Response<pb::ResumeDomainResponse>, Status> {
+        let domain = check_domain("domain", &request.get_ref().domain)?;
+        let was_suspended = self.queue.resume(&domain).await.map_err(queue_status)?;
+        tracing::info!(%domain, was_suspended, "control: domain resumed");
+        Ok(Response::new(pb::ResumeDomainResponse { was_suspended }))
+    }
+
+    async fn list_suspensions(
+        &self,
+        _request: Request<pb::ListSuspensionsRequest>,
+    ) -> Result<Response<pb::ListSuspensionsResponse>, Status> {
+        let mut list = self.queue.suspensions().await.map_err(queue_status)?;
+        list.sort_by(|a, b| a.domain.cmp(&b.domain));
+        Ok(Response::new(pb::ListSuspensionsResponse {
+            suspensions: list.iter().map(convert::suspension).collect(),
+        }))
+    }
+}
