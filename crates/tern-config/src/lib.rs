@@ -1,7 +1,7 @@
 //! tern's configuration.
 //!
 //! One TOML file, given with `--config FILE`, with one table per role: `[queue]`, `[ingest]`, `[delivery]`,
-//! `[control]` and `[telemetry]`. Every key can be overridden by an environment variable (see [`env`] for the
+//! `[control]` and `[telemetry]`. Every key can be overridden by an environment variable (see [`mod@env`] for the
 //! exact rule). Unknown keys and bad values are errors that name the key and the file, so that a typo never
 //! silently falls back to a default.
 //!

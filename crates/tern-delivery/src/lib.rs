@@ -1,10 +1,19 @@
 //! tern's delivery side: what a worker does with a claimed batch.
 //!
-//! Today this crate holds the delivery status notifications ([`dsn`]) that every ending of a message other
-//! than plain delivery produces. The worker loop, MX routing and the SMTP client arrive with the delivery
-//! capability.
+//! A [`Worker`] claims a batch of one domain's due jobs from the queue, routes it ([`route`]: relay, fixed
+//! routes, MX records), delivers it over an SMTP session ([`smtp`]) that is reused across the batch and
+//! across batches, and completes each job with its per-recipient outcome ([`outcome`]). Failures and
+//! expiries produce delivery status notifications ([`dsn`]), queued like any other message before the job
+//! is completed.
 #![forbid(unsafe_code)]
 
 pub mod dsn;
+pub mod error;
+pub mod outcome;
+pub mod route;
+pub mod smtp;
+pub mod worker;
 
 pub use dsn::{Dsn, DsnAction, DsnContext, DsnRecipient, build_dsn};
+pub use error::DeliveryError;
+pub use worker::Worker;

@@ -30,10 +30,15 @@ pub enum Command {
     /// Check the configuration and print it, with secrets redacted. Exits 1 with the reason when it is
     /// invalid.
     CheckConfig,
+    /// Run every role in one process (ingest, worker and control), until SIGTERM: a whole single-node tern.
+    All,
     /// Run the control plane: the admin gRPC API that `ternctl` talks to, until SIGTERM.
     Control,
     /// Run the ingest role: SMTP submission and the gRPC Send API, into the queue, until SIGTERM.
     Ingest,
+    /// Run a delivery worker: claim due mail from the queue and deliver it to the recipients' MX hosts, until
+    /// SIGTERM.
+    Worker,
     /// Read a password from standard input and print its argon2id hash, for the SMTP users file.
     Passwd,
     /// Make an API key for the gRPC Send API. Prints two lines: the key (32 random bytes, unpadded

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod queue;
+mod roles;
 mod signals;
 mod telemetry;
 

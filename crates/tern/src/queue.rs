@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use tern_config::QueueConfig;
+use tern_config::{Config, QueueConfig};
 use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
 
-/// The Redis backend's options for a `[queue]` section; what the section does not name keeps the backend's
-/// default.
-pub fn redis_options(cfg: &QueueConfig) -> RedisQueueOptions {
+/// The Redis backend's options for a configuration: the `[queue]` section, and the cluster-wide per-domain
+/// connection limit of `[delivery]`, which the queue enforces. What neither names keeps the backend's default.
+pub fn redis_options(config: &Config) -> RedisQueueOptions {
+    let cfg = &config.queue;
     RedisQueueOptions {
+        default_domain_concurrency: config.delivery.connections_per_domain,
         url: cfg.url.clone(),
         cluster: cfg.cluster,
         shards: cfg.shards,
@@ -21,8 +23,9 @@ pub fn redis_options(cfg: &QueueConfig) -> RedisQueueOptions {
 
 /// Opens the queue. Redis being down is not an error here: a stateless role starts anyway, answers clients
 /// with a temporary failure, and recovers by itself when Redis returns. A bad URL is an error.
-pub async fn open(cfg: &QueueConfig) -> anyhow::Result<Arc<dyn Queue>> {
-    let queue = RedisQueue::new(redis_options(cfg)).map_err(|e| {
+pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
+    let cfg: &QueueConfig = &config.queue;
+    let queue = RedisQueue::new(redis_options(config)).map_err(|e| {
         anyhow::anyhow!(
             "queue.url {}: {e}",
             tern_config::redact::redact_url_passwords(&cfg.url)
@@ -41,7 +44,9 @@ mod tests {
 
     #[test]
     fn every_queue_key_reaches_the_backend() {
-        let cfg = QueueConfig {
+        let mut config = Config::default();
+        config.delivery.connections_per_domain = 3;
+        config.queue = QueueConfig {
             url: "redis://h:1/2".into(),
             cluster: false,
             shards: 4,
@@ -49,7 +54,8 @@ mod tests {
             key_prefix: "x".into(),
             wait_replicas: 1,
         };
-        let o = redis_options(&cfg);
+        let o = redis_options(&config);
+        assert_eq!(o.default_domain_concurrency, 3);
         assert_eq!(o.url, "redis://h:1/2");
         assert_eq!(o.shards, 4);
         assert_eq!(o.lease, std::time::Duration::from_secs(90));

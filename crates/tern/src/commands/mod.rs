@@ -2,20 +2,24 @@
 
 mod apikey;
 mod check_config;
-mod control;
-mod ingest;
 mod passwd;
 
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+use crate::roles::{self, Role};
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => check_config::run(cli.config.as_deref()),
-        Command::Control => control::run(cli.config.as_deref()),
-        Command::Ingest => ingest::run(cli.config.as_deref()),
+        Command::Ingest => roles::run(cli.config.as_deref(), &[Role::Ingest]),
+        Command::Worker => roles::run(cli.config.as_deref(), &[Role::Worker]),
+        Command::Control => roles::run(cli.config.as_deref(), &[Role::Control]),
+        Command::All => roles::run(
+            cli.config.as_deref(),
+            &[Role::Ingest, Role::Worker, Role::Control],
+        ),
         Command::Passwd => passwd::run(),
         Command::Apikey { name, domains } => apikey::run(&name, &domains),
         Command::Version => {

@@ -1,0 +1,347 @@
+//! From per-recipient replies to the queue's [`Outcome`] and the DSNs due, pure.
+//!
+//! 2xx: delivered. 4xx (and every network failure, which arrives here as a 451): deferred on the retry
+//! schedule, unless the message is older than `max_age`, in which case the recipient expires (a failure
+//! DSN with status 4.4.7). 5xx: failed, with a DSN. A delay notice is due once, on the first deferral after
+//! `delay_notice_after`.
+
+use std::time::Duration;
+
+use tern_core::time::from_unix_ms;
+use tern_core::{ReplyClass, RetryDecision, RetrySchedule};
+use tern_queue::{DeliveryAttempt, Job, Outcome, OutcomeKind, RecipientResult, RecipientStatus};
+use tern_smtp::{EnhancedCode, Reply};
+
+use crate::dsn::{DsnAction, DsnRecipient};
+use crate::smtp::reply_line;
+
+/// The outcome of one job's attempt and the DSN recipients it produces, grouped by event.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// What to complete the job with.
+    pub outcome: Outcome,
+    /// Recipients that failed or expired (one failure DSN).
+    pub failed: Vec<DsnRecipient>,
+    /// Recipients delivered (a success DSN, for those that asked with NOTIFY=SUCCESS).
+    pub delivered: Vec<DsnRecipient>,
+    /// Recipients deferred, when a delay notice is due.
+    pub delayed: Vec<DsnRecipient>,
+}
+
+/// What [`decide`] needs besides the job and the replies.
+#[derive(Clone, Debug)]
+pub struct DecideContext<'a> {
+    /// The retry schedule (with max age).
+    pub retry: &'a RetrySchedule,
+    /// Now (Unix ms).
+    pub now_ms: u64,
+    /// Jitter draw in -1.0..=1.0.
+    pub spread: f64,
+    /// Send a delay notice once the message has waited this long.
+    pub delay_notice_after: Option<Duration>,
+    /// Where the attempt went, for events and DSNs.
+    pub attempt: Option<DeliveryAttempt>,
+}
+
+/// The enhanced status of a reply: its own, or `class.0.0` from the code.
+pub fn status_of(r: &Reply) -> EnhancedCode {
+    r.enhanced.unwrap_or_else(|| {
+        let class = match r.code / 100 {
+            2 => 2,
+            5 => 5,
+            _ => 4,
+        };
+        EnhancedCode::new(class, 0, 0)
+    })
+}
+
+/// Decides the outcome of `job` from one reply per attempted recipient (`(index, reply)`).
+pub fn decide(job: &Job, results: &[(u32, Reply)], ctx: &DecideContext<'_>) -> Decision {
+    let now = from_unix_ms(ctx.now_ms);
+    let remote_mta = ctx.attempt.as_ref().and_then(|a| a.remote_mx.clone());
+    let mut out = Decision {
+        outcome: Outcome::delivered(),
+        failed: Vec::new(),
+        delivered: Vec::new(),
+        delayed: Vec::new(),
+    };
+    let transient = results
+        .iter()
+        .any(|(_, r)| ReplyClass::from_code(r.code) == ReplyClass::Transient);
+    let retry = if transient {
+        Some(ctx.retry.decide(
+            job.attempts.saturating_add(1),
+            job.first_queued_ms,
+            ctx.now_ms,
+            ctx.spread,
+        ))
+    } else {
+        None
+    };
+    let expires = from_unix_ms(
+        job.first_queued_ms
+            .saturating_add(u64::try_from(ctx.retry.max_age().as_millis()).unwrap_or(u64::MAX)),
+    );
+    let delay_due = delay_notice_due(job, ctx);
+
+    let (mut any_pending, mut any_expired, mut any_failed) = (false, false, false);
+    let mut first_bad: Option<String> = None;
+    let mut last: Option<String> = None;
+    for (index, reply) in results {
+        let Some(state) = job.recipients.get(*index as usize) else {
+            continue;
+        };
+        let line = reply_line(reply);
+        last = Some(line.clone());
+        let dsn = |action, status| DsnRecipient {
+            recipient: state.recipient.clone(),
+            action,
+            status,
+            remote_mta: remote_mta.clone(),
+            diagnostic: Some(line.clone()),
+            last_attempt: Some(now),
+            will_retry_until: None,
+        };
+        let status = match ReplyClass::from_code(reply.code) {
+            ReplyClass::Success => {
+                out.delivered.push(dsn(DsnAction::Delivered, status_of(reply)));
+                RecipientStatus::Delivered
+            }
+            ReplyClass::Permanent => {
+                first_bad.get_or_insert_with(|| line.clone());
+                any_failed = true;
+                out.failed.push(dsn(DsnAction::Failed, status_of(reply)));
+                RecipientStatus::Failed
+            }
+            ReplyClass::Transient => {
+                first_bad.get_or_insert_with(|| line.clone());
+                match retry {
+                    Some(RetryDecision::Expire) => {
+                        any_expired = true;
+                        out.failed
+                            .push(dsn(DsnAction::Failed, EnhancedCode::new(4, 4, 7)));
+                        RecipientStatus::Failed
+                    }
+                    _ => {
+                        any_pending = true;
+                        if delay_due {
+                            let mut d = dsn(DsnAction::Delayed, status_of(reply));
+                            d.will_retry_until = Some(expires);
+                            out.delayed.push(d);
+                        }
+                        RecipientStatus::Pending
+                    }
+                }
+            }
+        };
+        out.outcome.recipients.push(RecipientResult {
+            index: *index,
+            status,
+            reply: Some(line),
+        });
+    }
+    out.outcome.kind = if any_pending {
+        match retry {
+            Some(RetryDecision::RetryAt(at)) => OutcomeKind::Deferred { until_ms: at },
+            _ => OutcomeKind::Deferred {
+                until_ms: ctx.now_ms + 60_000,
+            },
+        }
+    } else if any_expired {
+        OutcomeKind::Expired
+    } else if any_failed {
+        OutcomeKind::Failed
+    } else {
+        OutcomeKind::Delivered
+    };
+    out.outcome.reply = first_bad.or(last);
+    out.outcome.attempt = ctx.attempt.clone();
+    out
+}
+
+/// A delay notice is due on the first deferral after `delay_notice_after`: the message has waited that
+/// long now, and had not at the previous attempt (estimated from the due time and the schedule's step).
+fn delay_notice_due(job: &Job, ctx: &DecideContext<'_>) -> bool {
+    let Some(after) = ctx.delay_notice_after else {
+        return false;
+    };
+    let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    let waited = ctx.now_ms.saturating_sub(job.first_queued_ms);
+    if waited < after_ms {
+        return false;
+    }
+    if job.attempts == 0 {
+        return true;
+    }
+    let step = u64::try_from(ctx.retry.base_delay(job.attempts).as_millis()).unwrap_or(0);
+    let previous = job.next_attempt_ms.saturating_sub(step);
+    previous.saturating_sub(job.first_queued_ms) < after_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tern_core::{Envelope, JobId, MessageId, Recipient, ReversePath};
+    use tern_queue::{JobState, RecipientState};
+
+    const MIN: u64 = 60_000;
+
+    fn job(n: usize, attempts: u32, first_queued_ms: u64) -> Job {
+        let rcpts: Vec<Recipient> = (0..n)
+            .map(|i| Recipient::new(format!("r{i}@b.test").parse().unwrap()))
+            .collect();
+        Job {
+            id: JobId::new(MessageId::new(), 0),
+            domain: "b.test".into(),
+            envelope: Envelope::new(ReversePath::Mailbox("s@a.test".parse().unwrap()), rcpts.clone()),
+            recipients: rcpts
+                .into_iter()
+                .map(|recipient| RecipientState {
+                    recipient,
+                    status: RecipientStatus::Pending,
+                    reply: None,
+                })
+                .collect(),
+            state: JobState::InFlight,
+            attempts,
+            first_queued_ms,
+            next_attempt_ms: first_queued_ms,
+            last_error: None,
+            tags: BTreeMap::new(),
+            trace: None,
+            admin_bounce: false,
+            owner: None,
+            lease_until_ms: None,
+        }
+    }
+
+    fn ctx(retry: &RetrySchedule, now_ms: u64) -> DecideContext<'_> {
+        DecideContext {
+            retry,
+            now_ms,
+            spread: 0.0,
+            delay_notice_after: None,
+            attempt: Some(DeliveryAttempt {
+                remote_mx: Some("mx1.b.test".into()),
+                remote_ip: Some("127.0.0.1".into()),
+                tls: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn all_2xx_is_delivered() {
+        let s = RetrySchedule::default();
+        let d = decide(
+            &job(2, 0, 0),
+            &[
+                (0, Reply::new(250, "2.0.0", "ok")),
+                (1, Reply::new(250, None, "ok")),
+            ],
+            &ctx(&s, MIN),
+        );
+        assert_eq!(d.outcome.kind, OutcomeKind::Delivered);
+        assert!(d.failed.is_empty());
+        assert_eq!(d.outcome.recipients.len(), 2);
+        assert_eq!(
+            d.outcome.attempt.unwrap().remote_mx.as_deref(),
+            Some("mx1.b.test")
+        );
+    }
+
+    #[test]
+    fn one_5xx_one_2xx_fails_one_with_a_dsn() {
+        let s = RetrySchedule::default();
+        let d = decide(
+            &job(2, 0, 0),
+            &[
+                (0, Reply::new(250, None, "ok")),
+                (1, Reply::new(550, "5.1.1", "User unknown")),
+            ],
+            &ctx(&s, MIN),
+        );
+        assert_eq!(d.outcome.kind, OutcomeKind::Failed);
+        assert_eq!(d.outcome.recipients[0].status, RecipientStatus::Delivered);
+        assert_eq!(d.outcome.recipients[1].status, RecipientStatus::Failed);
+        assert_eq!(d.failed.len(), 1);
+        assert_eq!(d.failed[0].status.to_string(), "5.1.1");
+        assert_eq!(d.failed[0].diagnostic.as_deref(), Some("550 5.1.1 User unknown"));
+        assert_eq!(d.outcome.reply.as_deref(), Some("550 5.1.1 User unknown"));
+    }
+
+    #[test]
+    fn transient_defers_on_the_schedule() {
+        let s = RetrySchedule::default();
+        let d = decide(
+            &job(1, 0, 0),
+            &[(0, Reply::new(450, "4.2.1", "later"))],
+            &ctx(&s, MIN),
+        );
+        assert_eq!(d.outcome.kind, OutcomeKind::Deferred { until_ms: 6 * MIN });
+        assert_eq!(d.outcome.recipients[0].status, RecipientStatus::Pending);
+        assert!(d.failed.is_empty() && d.delayed.is_empty());
+    }
+
+    #[test]
+    fn transient_past_max_age_expires_with_4_4_7() {
+        let s = RetrySchedule::new(vec![Duration::from_secs(60)], 0.1, Duration::from_secs(600)).unwrap();
+        let d = decide(
+            &job(1, 3, 0),
+            &[(0, Reply::new(451, "4.4.1", "no answer"))],
+            &ctx(&s, 11 * MIN),
+        );
+        assert_eq!(d.outcome.kind, OutcomeKind::Expired);
+        assert_eq!(d.outcome.recipients[0].status, RecipientStatus::Failed);
+        assert_eq!(d.failed[0].status.to_string(), "4.4.7");
+        assert_eq!(d.failed[0].action, DsnAction::Failed);
+    }
+
+    #[test]
+    fn mixed_pending_and_failed_defers_the_job() {
+        let s = RetrySchedule::default();
+        let d = decide(
+            &job(2, 0, 0),
+            &[
+                (0, Reply::new(450, None, "later")),
+                (1, Reply::new(550, None, "no")),
+            ],
+            &ctx(&s, MIN),
+        );
+        assert!(matches!(d.outcome.kind, OutcomeKind::Deferred { .. }));
+        assert_eq!(d.failed.len(), 1);
+        assert_eq!(d.failed[0].status.to_string(), "5.0.0");
+    }
+
+    #[test]
+    fn delay_notice_is_due_once_after_the_threshold() {
+        let s = RetrySchedule::new(vec![Duration::from_secs(600)], 0.0, Duration::from_secs(86400)).unwrap();
+        let mut c = ctx(&s, 0);
+        c.delay_notice_after = Some(Duration::from_secs(900));
+        let mut j = job(1, 1, 0);
+        // Attempt 2 at 10 min: not yet waited 15 min.
+        j.next_attempt_ms = 10 * MIN;
+        c.now_ms = 10 * MIN;
+        assert!(
+            decide(&j, &[(0, Reply::new(450, None, "x"))], &c)
+                .delayed
+                .is_empty()
+        );
+        // Attempt 3 at 20 min: crossed 15 min since the previous attempt.
+        j.attempts = 2;
+        j.next_attempt_ms = 20 * MIN;
+        c.now_ms = 20 * MIN;
+        let d = decide(&j, &[(0, Reply::new(450, None, "x"))], &c);
+        assert_eq!(d.delayed.len(), 1);
+        assert!(d.delayed[0].will_retry_until.is_some());
+        // Attempt 4 at 30 min: already notified.
+        j.attempts = 3;
+        j.next_attempt_ms = 30 * MIN;
+        c.now_ms = 30 * MIN;
+        assert!(
+            decide(&j, &[(0, Reply::new(450, None, "x"))], &c)
+                .delayed
+                .is_empty()
+        );
+    }
+}

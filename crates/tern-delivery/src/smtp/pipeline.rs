@@ -1,0 +1,121 @@
+//! Matching the replies of a MAIL, RCPT..., DATA group (RFC 2920), pure.
+//!
+//! Replies come back in the order the commands were sent, so they are matched by count. RFC 2920 3.1: the
+//! client must check every reply; when no RCPT was accepted it must still look at the DATA reply, and if
+//! DATA was accepted anyway (354) it sends the terminating dot alone, so that no content goes out and the
+//! server ends the (empty, failing) transaction.
+
+use tern_smtp::Reply;
+
+/// What became of one RCPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptVerdict {
+    /// Accepted: the final reply after the data decides.
+    Accepted,
+    /// Refused (or the transaction failed for it): this is its reply.
+    Final(Reply),
+    /// 452 (too many recipients): try it again in a new transaction.
+    Retry(Reply),
+}
+
+/// What the client does after reading the group's replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// DATA got 354 and recipients were accepted: send the message.
+    SendBody,
+    /// DATA got 354 but no recipient was accepted: send `.` alone, and ignore its reply.
+    SendDotOnly,
+    /// Nothing to send; the transaction is over.
+    Done,
+}
+
+/// Matches the MAIL reply, one reply per RCPT, and the DATA reply (`None` when DATA was not sent, as in
+/// a group sent without pipelining that stopped before DATA).
+pub fn match_replies(mail: &Reply, rcpts: &[Reply], data: Option<&Reply>) -> (Vec<RcptVerdict>, Next) {
+    let data_open = data.is_some_and(|d| d.code == 354);
+    if !mail.is_positive() {
+        let v = rcpts.iter().map(|_| RcptVerdict::Final(mail.clone())).collect();
+        return (v, if data_open { Next::SendDotOnly } else { Next::Done });
+    }
+    let mut verdicts: Vec<RcptVerdict> = rcpts
+        .iter()
+        .map(|r| {
+            if r.is_positive() {
+                RcptVerdict::Accepted
+            } else if r.code == 452 {
+                RcptVerdict::Retry(r.clone())
+            } else {
+                RcptVerdict::Final(r.clone())
+            }
+        })
+        .collect();
+    let any_accepted = verdicts.contains(&RcptVerdict::Accepted);
+    if !any_accepted {
+        return (verdicts, if data_open { Next::SendDotOnly } else { Next::Done });
+    }
+    if data_open {
+        return (verdicts, Next::SendBody);
+    }
+    if let Some(d) = data {
+        for v in &mut verdicts {
+            if *v == RcptVerdict::Accepted {
+                *v = RcptVerdict::Final(d.clone());
+            }
+        }
+    }
+    (verdicts, Next::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(code: u16) -> Reply {
+        Reply::new(code, None, "x")
+    }
+
+    #[test]
+    fn all_accepted_sends_the_body() {
+        let (v, n) = match_replies(&r(250), &[r(250), r(251)], Some(&r(354)));
+        assert_eq!(v, vec![RcptVerdict::Accepted, RcptVerdict::Accepted]);
+        assert_eq!(n, Next::SendBody);
+    }
+
+    #[test]
+    fn each_rcpt_gets_its_own_reply() {
+        let (v, n) = match_replies(&r(250), &[r(250), r(550), r(450), r(452)], Some(&r(354)));
+        assert_eq!(
+            v,
+            vec![
+                RcptVerdict::Accepted,
+                RcptVerdict::Final(r(550)),
+                RcptVerdict::Final(r(450)),
+                RcptVerdict::Retry(r(452)),
+            ]
+        );
+        assert_eq!(n, Next::SendBody);
+    }
+
+    #[test]
+    fn no_rcpt_accepted_but_data_354_sends_the_dot_alone() {
+        let (v, n) = match_replies(&r(250), &[r(550), r(550)], Some(&r(354)));
+        assert_eq!(v, vec![RcptVerdict::Final(r(550)), RcptVerdict::Final(r(550))]);
+        assert_eq!(n, Next::SendDotOnly);
+        let (_, n) = match_replies(&r(250), &[r(550)], Some(&r(554)));
+        assert_eq!(n, Next::Done);
+    }
+
+    #[test]
+    fn mail_refused_applies_to_every_recipient() {
+        let (v, n) = match_replies(&r(451), &[r(250), r(503)], Some(&r(503)));
+        assert_eq!(v, vec![RcptVerdict::Final(r(451)), RcptVerdict::Final(r(451))]);
+        assert_eq!(n, Next::Done);
+    }
+
+    #[test]
+    fn data_refused_applies_to_accepted_recipients() {
+        let (v, n) = match_replies(&r(250), &[r(250), r(550)], Some(&r(451)));
+        assert_eq!(v, vec![RcptVerdict::Final(r(451)), RcptVerdict::Final(r(550))]);
+        assert_eq!(n, Next::Done);
+    }
+}

@@ -1,0 +1,160 @@
+//! Shared harness of the delivery tests: a real redis-server, dnsmasq, and smtp-sinks on 127.0.0.x, with a
+//! worker running against them.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tern_config::DeliveryConfig;
+use tern_core::{Envelope, HumanDuration, Recipient, ReversePath};
+use tern_delivery::Worker;
+use tern_queue::{NewMessage, Queue, RedisQueue, RedisQueueOptions};
+use tern_testkit::{Dnsmasq, RedisServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+static PREFIX: AtomicU32 = AtomicU32::new(0);
+
+/// A queue on `redis` with its own key prefix.
+pub async fn queue(redis: &RedisServer, name: &str, lease: Duration) -> Arc<dyn Queue> {
+    let opts = RedisQueueOptions {
+        url: redis.url(),
+        key_prefix: format!("d{}-{name}", PREFIX.fetch_add(1, Ordering::Relaxed)),
+        lease,
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    Arc::new(RedisQueue::connect(opts).await.expect("connect to redis"))
+}
+
+/// A delivery configuration for tests: DNS from `dns`, MX port `port`, fast polling and short timeouts.
+pub fn config(dns: &Dnsmasq, port: u16) -> DeliveryConfig {
+    DeliveryConfig {
+        dns_servers: vec![dns.addr()],
+        smtp_port: port,
+        helo_name: Some("tern.a.test".into()),
+        poll_interval: HumanDuration(Duration::from_millis(50)),
+        connect_timeout: HumanDuration(Duration::from_secs(2)),
+        greeting_timeout: HumanDuration(Duration::from_secs(10)),
+        command_timeout: HumanDuration(Duration::from_secs(10)),
+        retry_schedule: vec![HumanDuration(Duration::from_secs(1))],
+        idle_connection_time: HumanDuration(Duration::from_secs(5)),
+        shutdown_grace: HumanDuration(Duration::from_secs(5)),
+        ..Default::default()
+    }
+}
+
+/// A running worker; cancelled when dropped.
+pub struct RunningWorker {
+    pub token: CancellationToken,
+    pub handle: Option<JoinHandle<()>>,
+}
+
+impl RunningWorker {
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+pub fn start_worker(
+    cfg: &DeliveryConfig,
+    queue: Arc<dyn Queue>,
+    owner: &str,
+    lease: Duration,
+) -> RunningWorker {
+    let worker = Worker::new(cfg, queue, owner).expect("worker").with_lease(lease);
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let handle = tokio::spawn(async move { worker.run(t).await });
+    RunningWorker {
+        token,
+        handle: Some(handle),
+    }
+}
+
+pub fn envelope(from: &str, to: &[&str]) -> Envelope {
+    Envelope::new(
+        ReversePath::Mailbox(from.parse().unwrap()),
+        to.iter().map(|t| Recipient::new(t.parse().unwrap())).collect(),
+    )
+}
+
+pub const BODY: &[u8] = b"From: s@a.test\r\nTo: r@b.test\r\nSubject: test\r\n\r\nHello.\r\n.leading dot\r\n";
+
+pub async fn send(queue: &Arc<dyn Queue>, from: &str, to: &[&str]) {
+    queue
+        .enqueue(NewMessage::new(envelope(from, to), BODY.to_vec()))
+        .await
+        .expect("enqueue");
+}
+
+pub fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// Waits (blocking this thread, bounded) until `f` holds.
+pub mod fake_mx;
+
+pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The dumped messages of a sink directory, as text.
+pub fn dumps(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push(String::from_utf8_lossy(&b).into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the queue holds no jobs.
+pub async fn wait_queue_empty(queue: &Arc<dyn Queue>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = queue.counts().await.expect("counts");
+        if c.total == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue not empty after {timeout:?}: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every event so far.
+pub async fn events(queue: &Arc<dyn Queue>) -> Vec<tern_queue::Event> {
+    let (ev, _) = queue.read_events(None, 10_000, None).await.expect("events");
+    ev
+}

@@ -1,0 +1,33 @@
+//! The ingest role: SMTP submission and the gRPC Send API, into the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_config::Config;
+use tern_ingest::CancellationToken;
+use tern_queue::Queue;
+
+/// How long open gRPC connections may delay shutdown once SMTP has stopped. A call in progress has been
+/// answered or failed by then; what remains are idle client channels.
+const GRPC_GRACE: Duration = Duration::from_secs(5);
+
+/// Binds every listener, then serves until `shutdown`.
+pub async fn serve(
+    config: &Config,
+    queue: Arc<dyn Queue>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let grpc_settings = tern_ingest::grpc::GrpcSettings::from_config(&config.ingest);
+    let grpc = tern_ingest::grpc::GrpcServer::bind(&grpc_settings, queue.clone()).await?;
+    let smtp = tern_ingest::SmtpServer::new(&config.ingest, queue)?
+        .bind()
+        .await?;
+    tracing::info!(
+        smtp = ?smtp.smtp_addrs(), smtps = ?smtp.smtps_addrs(), grpc = %grpc.local_addr(), "ingest listening"
+    );
+    let grpc_task = tokio::spawn(grpc.run(shutdown.clone()));
+    let served = smtp.run(shutdown).await;
+    let grpc_served = crate::signals::join_within("gRPC Send API", grpc_task, GRPC_GRACE).await;
+    served?;
+    grpc_served
+}

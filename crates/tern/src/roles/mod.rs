@@ -1,0 +1,97 @@
+//! The long-running roles, and the runner that starts any set of them in one process over one queue handle.
+//!
+//! `tern ingest`, `tern worker` and `tern control` run one role each; `tern all` runs the three together, for
+//! a single node. Every process also runs the queue's reaper: it is safe on any number of nodes, and a
+//! cluster needs at least one.
+
+mod control;
+mod ingest;
+mod worker;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tern_ingest::CancellationToken;
+
+/// A role a process can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// SMTP submission and the gRPC Send API.
+    Ingest,
+    /// Delivery workers.
+    Worker,
+    /// The admin API.
+    Control,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Worker => "worker",
+            Role::Control => "control",
+        }
+    }
+}
+
+/// How often the reaper runs: it returns expired leases to scheduling, ends expired suspensions and finishes
+/// enqueues interrupted between their durable intake record and their jobs.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs `roles` until SIGTERM or SIGINT, then shuts each down gracefully. A role that fails to start (a port
+/// in use, a bad TLS file) stops the others and the process exits 1 with the reason.
+pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
+    let config = crate::commands::load_config(path)?;
+    crate::telemetry::init(&config.telemetry)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start tokio")?;
+    runtime.block_on(async move {
+        let shutdown = crate::signals::shutdown_on_signals()?;
+        let queue = crate::queue::open(&config).await?;
+        let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
+        let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_rx);
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for &role in roles {
+            let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let result = match role {
+                    Role::Ingest => ingest::serve(&config, queue, shutdown).await,
+                    Role::Worker => worker::serve(&config, queue, shutdown).await,
+                    Role::Control => control::serve(&config, queue, shutdown).await,
+                };
+                result.with_context(|| role.name())
+            });
+        }
+        let outcome = wait_all(&mut tasks, &shutdown).await;
+        let _ = reaper_stop.send(true);
+        let _ = reaper.await;
+        outcome?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Waits for every role; the first error cancels the rest and is returned once they have stopped.
+async fn wait_all(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined
+            .map_err(|e| anyhow::anyhow!("a role's task failed: {e}"))
+            .and_then(|r| r);
+        if let Err(e) = result
+            && first_error.is_none()
+        {
+            shutdown.cancel();
+            first_error = Some(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
