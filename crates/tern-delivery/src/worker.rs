@@ -458,6 +458,17 @@ impl Inner {
                             remote_ip: Some(s.addr.ip().to_string()),
                             tls: s.tls.clone(),
                         };
+                        // Completing the claim's last job frees the domain's connection slot for another
+                        // worker: a session that will not be kept is closed first, so that the connection
+                        // does not outlive its claim (connections_per_domain).
+                        let keep = s.usable && s.transactions < limit && !shutdown.is_cancelled();
+                        if !keep
+                            && jobs.as_slice().is_empty()
+                            && let Some(s) = session.take()
+                            && s.usable
+                        {
+                            s.quit().await;
+                        }
                         self.finish(&cj, &results, Some(attempt)).await;
                         break;
                     }
@@ -470,6 +481,10 @@ impl Inner {
                             let reply = Reply::new(451, "4.4.2", "connection lost before the transaction");
                             let results: Vec<(u32, Reply)> =
                                 pending.iter().map(|(i, _)| (*i, reply.clone())).collect();
+                            if jobs.as_slice().is_empty() {
+                                // Closed before the claim's last job frees the domain's slot (see above).
+                                drop(session.take());
+                            }
                             self.finish(&cj, &results, None).await;
                             break;
                         }

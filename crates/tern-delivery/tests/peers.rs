@@ -1,0 +1,464 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Delivery against more real peers on loopback: tied MX records, tern's own ingest as a verified STARTTLS
+//! receiver, DSNs read back with Python's `email` package, and the per-domain connection limit across three
+//! workers.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tern_config::IngestConfig;
+use tern_config::sections::TlsMode;
+use tern_core::HumanDuration;
+use tern_queue::{EventKind, NewMessage, Queue, RedisQueue, RedisQueueOptions};
+use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, TestCa, free_port};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn sa(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from((ip(last), port))
+}
+
+async fn wait_event(q: &Arc<dyn Queue>, kind: EventKind) -> tern_queue::Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = events(q).await;
+        if let Some(e) = ev.iter().find(|e| e.kind == kind) {
+            return e.clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} event: {ev:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two MX hosts at the same preference: with one message per connection, every connection picks among them
+/// afresh, and each gets a fair share of 200 messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tied_mx_records_get_a_roughly_even_share() {
+    const N: u64 = 200;
+    let port = free_port().unwrap();
+    let dns = Dnsmasq::builder()
+        .mx("tied.test", "mx1.tied.test", 10)
+        .mx("tied.test", "mx2.tied.test", 10)
+        .host("mx1.tied.test", ip(111))
+        .host("mx2.tied.test", ip(112))
+        .start()
+        .unwrap();
+    let sink1 = SmtpSink::start(ip(111), port).unwrap();
+    let sink2 = SmtpSink::start(ip(112), port).unwrap();
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "tied", Duration::from_secs(30)).await;
+    let msgs = (0..N)
+        .map(|_| NewMessage::new(envelope("s@a.test", &["r@tied.test"]), BODY.to_vec()))
+        .collect();
+    for r in q.enqueue_batch(msgs).await {
+        r.unwrap();
+    }
+    let mut cfg = config(&dns, port);
+    cfg.messages_per_connection = 1;
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    wait_for("200 messages over both sinks", WAIT, || {
+        sink1.message_count() + sink2.message_count() >= N
+    })
+    .await;
+    wait_queue_empty(&q, WAIT).await;
+    w.stop().await;
+    let (a, b) = (sink1.message_count(), sink2.message_count());
+    assert_eq!(a + b, N, "mx1 {a}, mx2 {b}");
+    // Binomial(200, 0.5): below 50 on either side is ~7 standard deviations away.
+    assert!(a >= N / 4 && b >= N / 4, "uneven share: mx1 {a}, mx2 {b}");
+    // The queue's events tell the same story.
+    let ev = events(&q).await;
+    let by_mx = |mx: &str| {
+        ev.iter()
+            .filter(|e| e.kind == EventKind::Delivered && e.remote_mx.as_deref() == Some(mx))
+            .count() as u64
+    };
+    assert_eq!(
+        (by_mx("mx1.tied.test"), by_mx("mx2.tied.test")),
+        (a, b),
+        "delivered events per MX disagree with the sinks"
+    );
+}
+
+/// tern's own ingest, with a certificate from the test CA for its MX name, is the remote MX: the worker (TLS
+/// required, trusting the test CA) delivers over verified STARTTLS, and the message lands in the receiving
+/// ingest's own queue with a Received field saying ESMTPS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verified_starttls_delivery_to_tern_ingest() {
+    let port = free_port().unwrap();
+    let dns = Dnsmasq::builder()
+        .mx("ingest.test", "mx.ingest.test", 10)
+        .host("mx.ingest.test", ip(115))
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let ca_file = ca.write_to(dir.path()).unwrap();
+    let cert = ca
+        .issue(&["mx.ingest.test"])
+        .unwrap()
+        .write_to(dir.path(), "mx")
+        .unwrap();
+    // One redis, two queues: the sender's and the receiving ingest's (another key prefix).
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "sender", Duration::from_secs(30)).await;
+    let remote_q = queue(&redis, "receiver", Duration::from_secs(30)).await;
+    let icfg = IngestConfig {
+        smtp_listen: vec![sa(115, port)],
+        tls_cert: Some(cert.cert),
+        tls_key: Some(cert.key),
+        hostname: Some("mx.ingest.test".into()),
+        relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        shutdown_grace: HumanDuration(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let server = tern_ingest::SmtpServer::new(&icfg, remote_q.clone())
+        .unwrap()
+        .bind()
+        .await
+        .unwrap();
+    assert_eq!(server.smtp_addrs(), &[sa(115, port)]);
+    let stop_ingest = CancellationToken::new();
+    let ingest = tokio::spawn(server.run(stop_ingest.clone()));
+
+    let mut cfg = config(&dns, port);
+    cfg.tls = TlsMode::Required;
+    cfg.extra_ca_file = Some(ca_file);
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["r@ingest.test"]).await;
+
+    let e = wait_event(&q, EventKind::Delivered).await;
+    let tls = e.tls.as_deref().unwrap_or("");
+    assert!(tls.contains("verified") && !tls.contains("unverified"), "{e:?}");
+    assert_eq!(e.remote_mx.as_deref(), Some("mx.ingest.test"), "{e:?}");
+    assert_eq!(e.remote_ip.as_deref(), Some("127.0.0.115"), "{e:?}");
+    assert_eq!(e.recipients, vec!["r@ingest.test".to_string()], "{e:?}");
+    assert!(e.reply.as_deref().unwrap_or("").starts_with("250"), "{e:?}");
+    wait_queue_empty(&q, WAIT).await;
+    w.stop().await;
+
+    // The receiving side queued it: claim it from the ingest's queue and read what arrived.
+    let deadline = Instant::now() + WAIT;
+    let claim = loop {
+        if let Some(c) = remote_q
+            .claim("probe", 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing in the receiving ingest's queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(claim.domain, "ingest.test");
+    assert_eq!(claim.jobs.len(), 1);
+    let job = &claim.jobs[0];
+    let rcpts: Vec<String> = job
+        .job
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    assert_eq!(rcpts, vec!["r@ingest.test".to_string()]);
+    let body = String::from_utf8_lossy(&job.body).into_owned();
+    let received = body
+        .split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .fold(Vec::<String>::new(), |mut v, l| {
+            if l.starts_with([' ', '\t']) {
+                if let Some(last) = v.last_mut() {
+                    last.push_str(l);
+                }
+            } else {
+                v.push(l.to_string());
+            }
+            v
+        })
+        .into_iter()
+        .find(|h| h.starts_with("Received:"))
+        .unwrap_or_else(|| panic!("no Received field: {body:?}"));
+    assert!(
+        received.starts_with("Received: from tern.a.test ([127.0.0.1])"),
+        "{received:?}"
+    );
+    assert!(
+        received.contains("by mx.ingest.test (tern) with ESMTPS "),
+        "not received over TLS: {received:?}"
+    );
+    assert!(body.contains("\r\nSubject: test\r\n"), "{body:?}");
+    // The receiver unstuffed the dot-stuffed line.
+    assert!(body.contains("\r\n.leading dot\r\n"), "{body:?}");
+    stop_ingest.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), ingest).await;
+}
+
+/// Parses a dumped DSN with Python's `email` package (after the sink's `X-...` lines) and returns what it
+/// found, as JSON.
+const PARSE_DSN: &str = r#"
+import email, io, json, sys
+raw = open(sys.argv[1], 'rb').read()
+lines = raw.split(b'\n')
+sink = (b'X-Client-Addr:', b'X-Client-Proto:', b'X-Helo-Args:', b'X-Mail-Args:', b'X-Rcpt-Args:')
+i = 0
+while i < len(lines) and lines[i].startswith(sink):
+    i += 1
+msg = email.message_from_binary_file(io.BytesIO(b'\n'.join(lines[i:])))
+parts = msg.get_payload() if msg.is_multipart() else []
+out = {
+    'stripped': i,
+    'content_type': msg.get_content_type(),
+    'report_type': msg.get_param('report-type'),
+    'from': msg['From'],
+    'to': msg['To'],
+    'defects': [str(d) for d in msg.defects],
+    'parts': [p.get_content_type() for p in parts],
+}
+status = [p for p in parts if p.get_content_type() == 'message/delivery-status']
+if status:
+    blocks = status[0].get_payload()
+    out['per_message'] = {k: str(v) for k, v in blocks[0].items()}
+    out['per_recipient'] = [{k: ' '.join(str(v).split()) for k, v in b.items()} for b in blocks[1:]]
+returned = [p for p in parts if p.get_content_type() == 'message/rfc822']
+if returned:
+    inner = returned[0].get_payload()[0]
+    out['returned'] = {'subject': inner['Subject'], 'to': inner['To'], 'from': inner['From']}
+print(json.dumps(out))
+"#;
+
+/// One of two recipients is refused with 550 5.1.1: the DSN that reaches the sender's MX is a well-formed
+/// RFC 3464 report according to Python's `email` package, about that recipient only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_5xx_dsn_parses_with_python_email() {
+    let port = free_port().unwrap();
+    let dns = Dnsmasq::builder()
+        .mx("a.test", "mx.a.test", 10)
+        .host("mx.a.test", ip(120))
+        .mx("good.test", "mx.good.test", 10)
+        .host("mx.good.test", ip(121))
+        .mx("bad.test", "mx.bad.test", 10)
+        .host("mx.bad.test", ip(122))
+        .start()
+        .unwrap();
+    let good = SmtpSink::start(ip(121), port).unwrap();
+    let _bad = SmtpSink::builder(ip(122), port)
+        .hard_reject("RCPT")
+        .hard_reply("550 5.1.1 User unknown")
+        .start()
+        .unwrap();
+    let sender_mx = SmtpSink::builder(ip(120), port)
+        .dump_to_tempdir()
+        .start()
+        .unwrap();
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "dsn", Duration::from_secs(30)).await;
+    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["ok@good.test", "nobody@bad.test"]).await;
+    wait_for("the good recipient's copy", WAIT, || good.message_count() >= 1).await;
+    wait_for("the DSN at the sender's MX", WAIT, || {
+        sender_mx.message_count() >= 1
+    })
+    .await;
+    wait_queue_empty(&q, WAIT).await;
+    w.stop().await;
+    let files = sender_mx.dumped_messages().unwrap();
+    assert_eq!(files.len(), 1, "exactly one DSN: {files:?}");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(PARSE_DSN)
+        .arg(&files[0])
+        .output()
+        .expect("python3");
+    let raw = std::fs::read_to_string(&files[0]).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{raw}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ctx = format!("{j:#}\n--- dump ---\n{raw}");
+    // X-Client-Addr, X-Client-Proto, X-Helo-Args, X-Mail-Args and one X-Rcpt-Args came off.
+    assert_eq!(j["stripped"], 5, "{ctx}");
+    assert_eq!(j["content_type"], "multipart/report", "{ctx}");
+    assert_eq!(j["report_type"], "delivery-status", "{ctx}");
+    assert_eq!(j["defects"], serde_json::json!([]), "{ctx}");
+    assert_eq!(
+        j["parts"],
+        serde_json::json!(["text/plain", "message/delivery-status", "message/rfc822"]),
+        "{ctx}"
+    );
+    assert!(j["to"].as_str().unwrap_or("").contains("s@a.test"), "{ctx}");
+    assert_eq!(j["per_message"]["Reporting-MTA"], "dns; tern.a.test", "{ctx}");
+    let rcpts = j["per_recipient"].as_array().expect("per-recipient blocks");
+    assert_eq!(rcpts.len(), 1, "only the refused recipient: {ctx}");
+    let r = &rcpts[0];
+    assert_eq!(r["Action"], "failed", "{ctx}");
+    assert_eq!(r["Status"], "5.1.1", "{ctx}");
+    assert_eq!(r["Final-Recipient"], "rfc822; nobody@bad.test", "{ctx}");
+    assert_eq!(r["Diagnostic-Code"], "smtp; 550 5.1.1 User unknown", "{ctx}");
+    assert_eq!(r["Remote-MTA"], "dns; mx.bad.test", "{ctx}");
+    assert_eq!(j["returned"]["subject"], "test", "{ctx}");
+    assert_eq!(j["returned"]["to"], "r@b.test", "{ctx}");
+}
+
+/// A TCP relay in front of a sink that counts the connections open through it at once.
+struct CountingProxy {
+    max: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+    /// (opened, closed) of each connection, relative to the start.
+    spans: Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    /// Relays `listen` to `upstream`, delaying what the server sends by `latency` (a network round trip).
+    async fn start(listen: SocketAddr, upstream: SocketAddr, latency: Duration) -> CountingProxy {
+        let l = TcpListener::bind(listen).await.unwrap();
+        let now = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let total = Arc::new(AtomicUsize::new(0));
+        let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (n, m, t, sp) = (now, max.clone(), total.clone(), spans.clone());
+        let t0 = Instant::now();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = l.accept().await else {
+                    continue;
+                };
+                let open = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(open, Ordering::SeqCst);
+                t.fetch_add(1, Ordering::SeqCst);
+                let n = n.clone();
+                let sp = sp.clone();
+                let opened = t0.elapsed();
+                tokio::spawn(async move {
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        relay(client, server, latency).await;
+                    }
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    sp.lock().unwrap().push((opened, t0.elapsed()));
+                });
+            }
+        });
+        CountingProxy {
+            max,
+            total,
+            spans,
+            task,
+        }
+    }
+}
+
+/// Copies both ways until both sides are done; the server's bytes reach the client `latency` late.
+async fn relay(client: TcpStream, server: TcpStream, latency: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        let _ = sw.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = sr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(latency).await;
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Three workers (three `Worker` instances in this process, each with its own owner name and its own
+/// `RedisQueue` client on the same queue) share one domain whose `connections_per_domain` is 2: a counting
+/// proxy in front of a slow sink never sees more than 2 connections at once, and every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_domain_limit_holds_across_three_workers() {
+    const N: u64 = 40;
+    const LIMIT: u32 = 2;
+    let port = free_port().unwrap();
+    let dns = Dnsmasq::builder()
+        .mx("limit.test", "mx.limit.test", 10)
+        .host("mx.limit.test", ip(125))
+        .start()
+        .unwrap();
+    // The sink waits 1 s before answering DATA, so sessions overlap; the proxy is the MX.
+    let sink = SmtpSink::builder(ip(126), port).delay_data(1).start().unwrap();
+    // The proxy adds 30 ms to every server reply, like a real network: a QUIT then takes a while.
+    let proxy = CountingProxy::start(sa(125, port), sa(126, port), Duration::from_millis(30)).await;
+    let redis = RedisServer::start().unwrap();
+    let mut cfg = config(&dns, port);
+    cfg.connections_per_domain = LIMIT;
+    cfg.messages_per_connection = 1;
+    let prefix = "limit3";
+    let mut queues: Vec<Arc<dyn Queue>> = Vec::new();
+    for _ in 0..3 {
+        let opts = RedisQueueOptions {
+            url: redis.url(),
+            key_prefix: prefix.into(),
+            lease: Duration::from_secs(30),
+            default_domain_concurrency: cfg.connections_per_domain,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        queues.push(Arc::new(RedisQueue::connect(opts).await.unwrap()));
+    }
+    let msgs = (0..N)
+        .map(|_| NewMessage::new(envelope("s@a.test", &["r@limit.test"]), BODY.to_vec()))
+        .collect();
+    for r in queues[0].enqueue_batch(msgs).await {
+        r.unwrap();
+    }
+    let workers: Vec<RunningWorker> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| start_worker(&cfg, q.clone(), &format!("w{i}"), Duration::from_secs(30)))
+        .collect();
+    wait_for("every message at the sink", Duration::from_secs(45), || {
+        sink.message_count() >= N
+    })
+    .await;
+    wait_queue_empty(&queues[1], WAIT).await;
+    for w in workers {
+        w.stop().await;
+    }
+    let max = proxy.max.load(Ordering::SeqCst);
+    let total = proxy.total.load(Ordering::SeqCst);
+    let mut spans = proxy.spans.lock().unwrap().clone();
+    spans.sort();
+    let spans: Vec<String> = spans
+        .iter()
+        .map(|(a, b)| format!("{:.3}-{:.3}", a.as_secs_f64(), b.as_secs_f64()))
+        .collect();
+    assert_eq!(sink.message_count(), N, "{:?}", sink.counters());
+    assert!(
+        max <= LIMIT as usize,
+        "{max} connections at once to one domain with connections_per_domain = {LIMIT} ({total} in all); \
+         connections (open-close, s): {spans:?}"
+    );
+    // The limit was actually reached: sessions did overlap.
+    assert_eq!(max, LIMIT as usize, "sessions never overlapped");
+    assert_eq!(total as u64, N, "one connection per message");
+}
