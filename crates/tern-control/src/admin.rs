@@ -390,7 +390,9 @@ impl QueueAdmin for AdminService {
         Ok(Response::new(pb::GetMessageResponse {
             message_id: id.to_string(),
             size: info.body_size,
-            sender: first.map(|j| j.envelope.sender.to_string()).unwrap_or_default(),
+            sender: first
+                .map(|j| convert::sender_text(&j.envelope.sender))
+                .unwrap_or_default(),
             tags: first
                 .map(|j| j.tags.clone().into_iter().collect())
                 .unwrap_or_default(),

@@ -178,7 +178,7 @@ pub fn job_summary(job: &Job) -> pb::JobSummary {
         job_id: job.id.to_string(),
         message_id: job.id.message.to_string(),
         domain: job.domain.clone(),
-        sender: job.envelope.sender.to_string(),
+        sender: sender_text(&job.envelope.sender),
         recipients: job
             .envelope
             .recipients
@@ -318,5 +318,14 @@ mod tests {
             AnyId::parse("ids", "nope").unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+}
+
+/// The sender as people and scripts read addresses: the mailbox without angle brackets, like the recipients;
+/// the null reverse-path (a bounce) as `<>`.
+pub fn sender_text(sender: &tern_core::ReversePath) -> String {
+    match sender {
+        tern_core::ReversePath::Null => "<>".to_string(),
+        tern_core::ReversePath::Mailbox(m) => m.to_string(),
     }
 }

@@ -38,7 +38,7 @@ impl Role {
 
 /// How often the reaper runs: it returns expired leases to scheduling, ends expired suspensions and finishes
 /// enqueues interrupted between their durable intake record and their jobs.
-const REAP_EVERY: Duration = Duration::from_secs(5);
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs `roles` until SIGTERM or SIGINT, then shuts each down gracefully. A role that fails to start (a port
 /// in use, a bad TLS file) stops the others and the process exits 1 with the reason.
