@@ -264,6 +264,15 @@ pub fn attempt(e: &Event) -> pb::Attempt {
     }
 }
 
+/// The sender as people and scripts read addresses: the mailbox without angle brackets, like the recipients;
+/// the null reverse-path (a bounce) as `<>`.
+pub fn sender_text(sender: &tern_core::ReversePath) -> String {
+    match sender {
+        tern_core::ReversePath::Null => "<>".to_string(),
+        tern_core::ReversePath::Mailbox(m) => m.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,14 +327,5 @@ mod tests {
             AnyId::parse("ids", "nope").unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
-    }
-}
-
-/// The sender as people and scripts read addresses: the mailbox without angle brackets, like the recipients;
-/// the null reverse-path (a bounce) as `<>`.
-pub fn sender_text(sender: &tern_core::ReversePath) -> String {
-    match sender {
-        tern_core::ReversePath::Null => "<>".to_string(),
-        tern_core::ReversePath::Mailbox(m) => m.to_string(),
     }
 }
