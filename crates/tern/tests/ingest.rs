@@ -2,28 +2,19 @@
 //! SMTP, and stopping cleanly on SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::smtp_reply;
 use tern_testkit::{ChildGuard, RedisServer, free_port, wait_for_tcp};
-
-fn reply(reader: &mut BufReader<TcpStream>) -> String {
-    let mut all = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        all.push_str(&line);
-        if line.len() < 4 || line.as_bytes()[3] != b'-' {
-            return all;
-        }
-    }
-}
 
 fn say(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, line: &str) -> String {
     stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
-    reply(reader)
+    smtp_reply(reader)
 }
 
 #[test]
@@ -56,7 +47,7 @@ fn ingest_serves_smtp_and_grpc_queues_mail_and_stops_on_sigterm() {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    assert!(reply(&mut reader).starts_with("220 ingest.test"));
+    assert!(smtp_reply(&mut reader).starts_with("220 ingest.test"));
     assert!(say(&mut stream, &mut reader, "EHLO client.test").contains("PIPELINING"));
     assert!(say(&mut stream, &mut reader, "MAIL FROM:<s@a.test>").starts_with("250"));
     assert!(say(&mut stream, &mut reader, "RCPT TO:<r@b.test>").starts_with("250"));
