@@ -1,6 +1,7 @@
 //! tern's ingest role: accepting mail from applications and storing it in the queue.
 //!
-//! This crate holds the SMTP submission half (RFC 6409): plain listeners with STARTTLS (RFC 3207), implicit-TLS
+//! Two front doors over one queue: SMTP submission (RFC 6409, in [`smtp`]) and the gRPC Send API
+//! (`tern.v1.Submission`, in [`grpc`]). The SMTP side has: plain listeners with STARTTLS (RFC 3207), implicit-TLS
 //! listeners (RFC 8314), AUTH PLAIN and LOGIN (RFC 4954) against a users file, PIPELINING, SIZE, 8BITMIME,
 //! BINARYMIME and CHUNKING (RFC 3030), SMTPUTF8, DSN parameters (RFC 3461) and ENHANCEDSTATUSCODES. Ingest
 //! nodes are stateless: a message is acknowledged (`250 2.0.0 Ok: queued as <id>`) only once
@@ -26,6 +27,7 @@
 //! | [`smtp::body`] | line checks of BDAT chunks (pure) |
 //! | [`smtp::limits`] | connection counting |
 //! | [`smtp::tls`] | the rustls server configuration from PEM files |
+//! | [`grpc`] | the gRPC Send API: MIME composition, validation, API keys |
 #![forbid(unsafe_code)]
 
 mod error;
