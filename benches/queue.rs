@@ -5,15 +5,20 @@
 //! TERN_BENCH_DEPTHS=1000,100000 TERN_BENCH_CYCLES=20000 cargo bench -p tern-benches --bench queue
 //! ```
 //!
-//! For each queue depth (default 1k, 100k and 1M waiting jobs, ~1 KiB bodies, 100 domains, so that every claim finds 10 due jobs of its domain at every depth) it measures:
+//! For each queue depth (default 1k, 100k and 1M waiting jobs, ~1 KiB bodies, 100 domains, so that every
+//! claim finds at least 10 due jobs of its domain at every depth) it measures:
 //! - enqueue: `enqueue_batch` of 100 messages from 2 concurrent producers (messages/s, p99 per batch);
-//! - cycles: producers and 4 workers at once; workers `claim` up to 50 jobs of a domain and `complete`
-//!   each (concurrently on the multiplexed connection); full enqueue+claim+complete cycles per second and
-//!   p99 of each call;
-//! - claim alone: 2,000 sequential claims of up to 10 jobs (p50/p99); their jobs are completed and replaced.
+//! - cycles: 2 producers (batches of 500) and 8 workers at once, each a tokio task on a 2-thread runtime;
+//!   workers `claim` up to 50 jobs of a domain and record their outcomes with one `complete_batch`; full
+//!   enqueue+claim+complete cycles per second, p99 of each call (complete: per batch), and the CPU time
+//!   the Redis server and this process spent per cycle (Redis `INFO cpu`, `/proc/self/stat`);
+//! - claim alone: 5,000 sequential claims of up to 10 jobs with no other load running (p50/p99/p999); only
+//!   the claim is timed, then its jobs are completed and replaced (untimed).
 //!
 //! The depth stays constant while it runs (as many jobs are enqueued as completed). As a ceiling it runs
-//! `redis-benchmark -q -n 100000 -t set,get,lpush -P 16` against the same server.
+//! `redis-benchmark -q -n 100000 -t set,get,lpush -P 16` against the same server. With
+//! `TERN_BENCH_PROFILE=1` it also prints Redis `INFO commandstats` per cycle and the Redis calls slower than
+//! 1 ms during the claim-alone phase.
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
@@ -27,8 +32,11 @@ use tokio::sync::Mutex;
 
 const DOMAINS: usize = 100;
 const PRODUCERS: usize = 2;
-const WORKERS: usize = 4;
+const WORKERS: usize = 8;
 const BATCH: usize = 100;
+/// Producers' batch in the full cycles.
+const CYCLE_BATCH: usize = 500;
+const CLAIM_ALONE: usize = 5_000;
 
 fn message(i: u64, body: &[u8]) -> NewMessage {
     let env = Envelope::new(
@@ -63,6 +71,9 @@ struct Row {
     cycle_enqueue_p99: Duration,
     claim_alone_p50: Duration,
     claim_alone_p99: Duration,
+    claim_alone_p999: Duration,
+    redis_us_per_cycle: f64,
+    client_us_per_cycle: f64,
     used_memory: String,
 }
 
@@ -139,14 +150,18 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
     let enq_lat = Arc::new(Mutex::new(Vec::new()));
     let claim_lat = Arc::new(Mutex::new(Vec::new()));
     let complete_lat = Arc::new(Mutex::new(Vec::new()));
+    let (redis_cpu0, client_cpu0) = (redis_cpu(url), client_cpu());
+    if std::env::var_os("TERN_BENCH_PROFILE").is_some() {
+        redis_cli(url, &["config", "resetstat"]);
+    }
     let t = Instant::now();
     let mut producers = Vec::new();
-    let total = (cycles / PRODUCERS / BATCH) * PRODUCERS * BATCH;
+    let total = (cycles / PRODUCERS / CYCLE_BATCH) * PRODUCERS * CYCLE_BATCH;
     for _ in 0..PRODUCERS {
         let (q, body, counter, lat) = (q.clone(), body.clone(), counter.clone(), enq_lat.clone());
         producers.push(tokio::spawn(async move {
-            for _ in 0..(cycles / PRODUCERS / BATCH) {
-                let batch: Vec<_> = (0..BATCH)
+            for _ in 0..(cycles / PRODUCERS / CYCLE_BATCH) {
+                let batch: Vec<_> = (0..CYCLE_BATCH)
                     .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
                     .collect();
                 let s = Instant::now();
@@ -162,29 +177,66 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         p.await.unwrap();
     }
     let cycles_rate = total as f64 / t.elapsed().as_secs_f64();
-
-    // 3. Claim latency alone, sequential.
-    let mut alone = Vec::new();
-    for _ in 0..2000 {
-        let s = Instant::now();
-        let c = q.claim("solo", 10, Duration::from_secs(60)).await.expect("claim");
-        alone.push(s.elapsed());
-        if let Some(c) = c {
-            let done = c
-                .jobs
-                .iter()
-                .map(|j| q.complete("solo", &j.lease, Outcome::delivered()));
-            for r in futures_join(done).await {
-                r.expect("complete");
-            }
-            // Keep the depth: replace what was taken (not timed).
-            let refill: Vec<_> = (0..c.jobs.len())
-                .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
-                .collect();
-            for r in q.enqueue_batch(refill).await {
-                r.expect("enqueue");
-            }
+    let redis_us_per_cycle = (redis_cpu(url) - redis_cpu0) * 1e6 / total as f64;
+    let client_us_per_cycle = (client_cpu() - client_cpu0) * 1e6 / total as f64;
+    if std::env::var_os("TERN_BENCH_PROFILE").is_some() {
+        let stats = redis_cli(url, &["info", "commandstats"]);
+        let mut rows: Vec<(f64, String)> = stats
+            .lines()
+            .filter_map(|l| {
+                let usec = l.split("usec=").nth(1)?.split(',').next()?.parse::<f64>().ok()?;
+                Some((usec, l.to_string()))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (usec, l) in rows.iter().take(25) {
+            eprintln!("  {:>8.2} us/cycle  {l}", usec / total as f64);
         }
+    }
+
+    // 3. Claim latency alone, sequential, nothing else running; only the claim is timed.
+    let profile = std::env::var_os("TERN_BENCH_PROFILE").is_some();
+    if profile {
+        redis_cli(url, &["config", "set", "slowlog-log-slower-than", "1000"]);
+        redis_cli(url, &["slowlog", "reset"]);
+    }
+    let alone = {
+        let (q, body, counter) = (q.clone(), body.clone(), counter.clone());
+        tokio::spawn(async move {
+            let mut alone = Vec::with_capacity(CLAIM_ALONE);
+            for _ in 0..CLAIM_ALONE {
+                let s = Instant::now();
+                let c = q.claim("solo", 10, Duration::from_secs(60)).await.expect("claim");
+                alone.push(s.elapsed());
+                if let Some(c) = c {
+                    let work = c
+                        .jobs
+                        .iter()
+                        .map(|j| (j.lease.clone(), Outcome::delivered()))
+                        .collect();
+                    for r in q.complete_batch("solo", work).await {
+                        r.expect("complete");
+                    }
+                    // Keep the depth: replace what was taken.
+                    let refill: Vec<_> = (0..c.jobs.len())
+                        .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
+                        .collect();
+                    for r in q.enqueue_batch(refill).await {
+                        r.expect("enqueue");
+                    }
+                }
+            }
+            alone
+        })
+        .await
+        .unwrap()
+    };
+    if profile {
+        eprintln!(
+            "claim alone: {} redis calls over 1 ms: {}",
+            redis_cli(url, &["slowlog", "len"]).trim(),
+            redis_cli(url, &["slowlog", "get", "5"]).replace('\n', " ")
+        );
     }
     let used_memory = server_memory(url);
     Row {
@@ -197,48 +249,12 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         complete_p99: pct(&mut complete_lat.lock().await, 0.99),
         cycle_enqueue_p99: pct(&mut enq_lat.lock().await, 0.99),
         claim_alone_p50: pct(&mut alone.clone(), 0.50),
-        claim_alone_p99: pct(&mut alone, 0.99),
+        claim_alone_p99: pct(&mut alone.clone(), 0.99),
+        claim_alone_p999: pct(&mut alone.clone(), 0.999),
+        redis_us_per_cycle,
+        client_us_per_cycle,
         used_memory,
     }
-}
-
-async fn futures_join<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // Poll them together: the multiplexed connection pipelines the requests.
-    let joined = join_all_local(handles).await;
-    out.extend(joined);
-    out
-}
-
-async fn join_all_local<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut set = Vec::with_capacity(futs.len());
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // A tiny join_all without pulling in the futures crate.
-    let results: Vec<Option<F::Output>> = std::future::poll_fn(|cx| {
-        let mut pending = false;
-        if out.len() < set.len() {
-            out.resize_with(set.len(), || None);
-        }
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(std::mem::take(&mut out))
-        }
-    })
-    .await;
-    results.into_iter().map(|r| r.unwrap()).collect()
 }
 
 /// Workers claim and complete until `n` jobs are done.
@@ -264,21 +280,20 @@ async fn drain(
                 if let Some(l) = &claim_lat {
                     l.lock().await.push(s.elapsed());
                 }
-                let timed = c.jobs.iter().map(|j| {
-                    let q = q.clone();
-                    let owner = owner.clone();
-                    async move {
-                        let s = Instant::now();
-                        q.complete(&owner, &j.lease, Outcome::delivered())
-                            .await
-                            .expect("complete");
-                        s.elapsed()
-                    }
-                });
-                let lats = futures_join(timed).await;
-                done.fetch_add(lats.len() as u64, Ordering::Relaxed);
+                let work: Vec<_> = c
+                    .jobs
+                    .iter()
+                    .map(|j| (j.lease.clone(), Outcome::delivered()))
+                    .collect();
+                let s = Instant::now();
+                let results = q.complete_batch(&owner, work).await;
+                let took = s.elapsed();
+                for r in &results {
+                    r.as_ref().expect("complete");
+                }
+                done.fetch_add(results.len() as u64, Ordering::Relaxed);
                 if let Some(l) = &complete_lat {
-                    l.lock().await.extend(lats);
+                    l.lock().await.push(took);
                 }
             }
         }));
@@ -288,24 +303,53 @@ async fn drain(
     }
 }
 
-fn server_memory(url: &str) -> String {
-    let port = url
-        .trim_end_matches('/')
+fn port_of(url: &str) -> String {
+    url.trim_end_matches('/')
         .rsplit(':')
         .next()
         .unwrap_or("6379")
-        .to_string();
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port, "info", "memory"])
-        .output();
-    out.ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find(|l| l.starts_with("used_memory_human:"))
-                .map(|l| l.trim_start_matches("used_memory_human:").trim().to_string())
-        })
+        .to_string()
+}
+
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let port = port_of(url);
+    let mut all = vec!["-p", port.as_str()];
+    all.extend_from_slice(args);
+    std::process::Command::new("redis-cli")
+        .args(&all)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
+}
+
+fn server_memory(url: &str) -> String {
+    redis_cli(url, &["info", "memory"])
+        .lines()
+        .find(|l| l.starts_with("used_memory_human:"))
+        .map(|l| l.trim_start_matches("used_memory_human:").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// CPU seconds (user + system) the Redis server has used.
+fn redis_cpu(url: &str) -> f64 {
+    redis_cli(url, &["info", "cpu"])
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU seconds (user + system) this process has used (Linux; 0 elsewhere).
+fn client_cpu() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
+            let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 fn main() {
@@ -364,12 +408,12 @@ fn main() {
     }
     println!();
     println!(
-        "| depth | fill msg/s | enqueue msg/s (batch {BATCH}) | enqueue p99/batch | cycles/s | claim p99 | complete p99 | enqueue p99 (in cycles) | claim alone p50 / p99 | redis memory |"
+        "| depth | fill msg/s | enqueue msg/s (batch {BATCH}) | enqueue p99/batch | cycles/s | claim p99 | complete p99/batch | enqueue p99/batch of {CYCLE_BATCH} (in cycles) | claim alone p50 / p99 / p999 | redis CPU/cycle | client CPU/cycle | redis memory |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {} | {:.0} | {} | {} | {} | {} / {} | {} |",
+            "| {} | {:.0} | {:.0} | {} | {:.0} | {} | {} | {} | {} / {} / {} | {:.0} µs | {:.0} µs | {} |",
             r.depth,
             r.fill_rate,
             r.enqueue_rate,
@@ -380,6 +424,9 @@ fn main() {
             ms(r.cycle_enqueue_p99),
             ms(r.claim_alone_p50),
             ms(r.claim_alone_p99),
+            ms(r.claim_alone_p999),
+            r.redis_us_per_cycle,
+            r.client_us_per_cycle,
             r.used_memory,
         );
     }

@@ -65,6 +65,9 @@ cases!(
     events_follow_from_a_position,
     stats_count_changes,
     enqueue_batch_pipelines,
+    complete_batch_records_each_job,
+    complete_batch_checks_owner_and_repeats_per_job,
+    batched_events_read_whole_and_once,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -1013,4 +1016,227 @@ async fn enqueue_batch_pipelines(q: Arc<dyn Queue>) {
     assert_eq!(Some(&dup.message), results[2].as_ref().ok().map(|r| &r.message));
     assert_eq!(jobs, 25 + 75 + 25);
     assert_eq!(q.counts().await.expect("counts").total, jobs as u64);
+}
+
+async fn complete_batch_records_each_job(q: Arc<dyn Queue>) {
+    let mut batch = Vec::new();
+    for i in 0..4 {
+        batch.push(message(&[&format!("r{i}@a.test")]).with_tag("tenant", "t1"));
+    }
+    batch.push(message(&["x@b.test", "y@b.test"]));
+    for r in q.enqueue_batch(batch).await {
+        r.expect("enqueue");
+    }
+    let ca = claim(&q, "w", 10).await.expect("work");
+    let cb = claim(&q, "w", 10).await.expect("work");
+    let (a, b) = if ca.domain == "a.test" { (ca, cb) } else { (cb, ca) };
+    assert_eq!((a.jobs.len(), b.jobs.len()), (4, 1));
+    let until = now_ms() + 60_000;
+    let mut work = vec![
+        (a.jobs[0].lease.clone(), Outcome::delivered().with_reply("250 ok")),
+        (a.jobs[1].lease.clone(), Outcome::defer(until, "451 later")),
+        (a.jobs[2].lease.clone(), Outcome::fail("550 no")),
+        // Pending without a retry time: refused for this job only.
+        (
+            a.jobs[3].lease.clone(),
+            Outcome::delivered().with_result(0, RecipientStatus::Pending, None),
+        ),
+    ];
+    // A job of another claim (and domain) in the same batch.
+    work.push((
+        b.jobs[0].lease.clone(),
+        Outcome::delivered().with_result(1, RecipientStatus::Failed, Some("550 gone".into())),
+    ));
+    let res = q.complete_batch("w", work).await;
+    assert_eq!(res.len(), 5);
+    assert_eq!(res[0], Ok(Completion::Finished));
+    assert_eq!(
+        res[1],
+        Ok(Completion::Deferred {
+            next_attempt_ms: until
+        })
+    );
+    assert_eq!(res[2], Ok(Completion::Finished));
+    assert!(
+        matches!(res[3], Err(QueueError::InvalidOutcome(_))),
+        "{:?}",
+        res[3]
+    );
+    assert_eq!(res[4], Ok(Completion::Finished));
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.queued, c.deferred, c.in_flight, c.total), (0, 1, 1, 2));
+    // The claim of b.test is over (its slot is free); a.test's still holds one job in flight.
+    assert_eq!(q.domain_depth("b.test").await.expect("depth").active_claims, 0);
+    assert_eq!(q.domain_depth("a.test").await.expect("depth").active_claims, 1);
+    let res = q
+        .complete_batch("w", vec![(a.jobs[3].lease.clone(), Outcome::delivered())])
+        .await;
+    assert_eq!(res, vec![Ok(Completion::Finished)]);
+    assert_eq!(q.domain_depth("a.test").await.expect("depth").active_claims, 0);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.delivered, s.deferred, s.failed), (3, 1, 2));
+    let events = all_events(&q).await;
+    let e = events
+        .iter()
+        .find(|e| e.kind == EventKind::Delivered && e.job == Some(a.jobs[0].job.id))
+        .expect("delivered event");
+    assert_eq!(e.message, Some(a.jobs[0].job.id.message));
+    assert_eq!(e.domain, "a.test");
+    assert_eq!(
+        e.recipients,
+        vec![a.jobs[0].job.recipients[0].recipient.address.to_string()]
+    );
+    assert_eq!(e.reply.as_deref(), Some("250 ok"));
+    assert_eq!(e.attempt, 1);
+    assert_eq!(e.tags.get("tenant").map(String::as_str), Some("t1"));
+    assert!(e.time_ms > 0);
+    assert_eq!(
+        kinds_for(&events, a.jobs[1].job.id),
+        vec![EventKind::Queued, EventKind::Deferred]
+    );
+    assert_eq!(
+        kinds_for(&events, b.jobs[0].job.id),
+        vec![EventKind::Queued, EventKind::Delivered, EventKind::Failed]
+    );
+    let failed = events
+        .iter()
+        .find(|e| e.kind == EventKind::Failed && e.job == Some(b.jobs[0].job.id))
+        .expect("failed event");
+    assert_eq!(failed.recipients, vec!["y@b.test".to_string()]);
+    assert_eq!(failed.reply, None);
+    let info = q
+        .get_message(a.jobs[1].job.id.message)
+        .await
+        .expect("get")
+        .expect("deferred job stays");
+    assert_eq!(info.jobs[0].state, JobState::Deferred);
+    assert_eq!(info.jobs[0].attempts, 1);
+    assert!(
+        q.get_message(a.jobs[0].job.id.message)
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
+
+async fn complete_batch_checks_owner_and_repeats_per_job(q: Arc<dyn Queue>) {
+    for i in 0..3 {
+        enqueue(&q, &[&format!("r{i}@d.test")]).await;
+    }
+    let stale = claim_lease(&q, "worker-a", 1, Duration::from_millis(200))
+        .await
+        .expect("work");
+    let fresh = claim(&q, "worker-a", 10).await.expect("work");
+    assert_eq!(fresh.jobs.len(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(q.reap(now_ms()).await.expect("reap"), 1);
+    let b = claim(&q, "worker-b", 10).await.expect("reclaimed");
+    assert_eq!(b.jobs[0].job.id, stale.jobs[0].job.id);
+    let until = now_ms() + 60_000;
+    let work = vec![
+        (fresh.jobs[0].lease.clone(), Outcome::delivered()),
+        (stale.jobs[0].lease.clone(), Outcome::delivered()),
+        (fresh.jobs[1].lease.clone(), Outcome::defer(until, "451 later")),
+    ];
+    let res = q.complete_batch("worker-a", work.clone()).await;
+    assert_eq!(res[0], Ok(Completion::Finished));
+    assert_eq!(
+        res[1],
+        Err(QueueError::NotOwner {
+            job: stale.jobs[0].job.id
+        })
+    );
+    assert_eq!(
+        res[2],
+        Ok(Completion::Deferred {
+            next_attempt_ms: until
+        })
+    );
+    // The stale owner's call changed nothing of the reclaimed job.
+    let info = q
+        .get_message(stale.jobs[0].job.id.message)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(info.jobs[0].state, JobState::InFlight);
+    assert_eq!(info.jobs[0].owner.as_deref(), Some("worker-b"));
+    assert_eq!(info.jobs[0].attempts, 0);
+    // The same batch again (a lost reply): nothing changes, each job says so.
+    let again = q.complete_batch("worker-a", work).await;
+    assert_eq!(again[0], Ok(Completion::Gone));
+    assert!(matches!(again[1], Err(QueueError::NotOwner { .. })));
+    assert_eq!(again[2], Ok(Completion::AlreadyDone));
+    // A job listed twice in one batch is recorded once.
+    let twice = vec![
+        (b.jobs[0].lease.clone(), Outcome::delivered()),
+        (b.jobs[0].lease.clone(), Outcome::delivered()),
+    ];
+    let res = q.complete_batch("worker-b", twice).await;
+    assert_eq!(res, vec![Ok(Completion::Finished), Ok(Completion::Gone)]);
+    let s = q.stats().await.expect("stats");
+    assert_eq!((s.delivered, s.deferred), (2, 1));
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.deferred, c.in_flight, c.total), (1, 0, 1));
+    assert_eq!(q.domain_depth("d.test").await.expect("depth").active_claims, 0);
+    assert!(q.complete_batch("w", Vec::new()).await.is_empty());
+}
+
+async fn batched_events_read_whole_and_once(q: Arc<dyn Queue>) {
+    let batch: Vec<_> = (0..30)
+        .map(|i| message(&[&format!("r{i}@{}.test", ["p", "q", "r"][i % 3])]))
+        .collect();
+    let mut jobs = HashSet::new();
+    for r in q.enqueue_batch(batch).await {
+        jobs.insert(r.expect("enqueue").jobs[0].0);
+    }
+    while let Some(c) = claim(&q, "w", 50).await {
+        let work = c
+            .jobs
+            .iter()
+            .map(|j| (j.lease.clone(), Outcome::delivered()))
+            .collect();
+        for r in q.complete_batch("w", work).await {
+            assert_eq!(r, Ok(Completion::Finished));
+        }
+    }
+    // Small pages: every event exactly once, in a consistent order, whatever the batching.
+    let mut ids = HashSet::new();
+    let mut queued = HashSet::new();
+    let mut delivered = HashSet::new();
+    let mut pos: Option<EventPos> = None;
+    let mut reads = 0;
+    loop {
+        let (evs, next) = q.read_events(pos.as_ref(), 4, None).await.expect("read");
+        if evs.is_empty() {
+            break;
+        }
+        reads += 1;
+        assert!(reads < 100);
+        for e in evs {
+            assert!(ids.insert(e.id.clone()), "event {} read twice", e.id);
+            let job = e.job.expect("job event");
+            assert!(jobs.contains(&job));
+            assert_eq!(e.recipients.len(), 1);
+            assert!(e.message.is_some());
+            assert!(!e.domain.is_empty());
+            match e.kind {
+                EventKind::Queued => assert!(queued.insert(job)),
+                EventKind::Delivered => {
+                    assert!(queued.contains(&job), "delivered before queued");
+                    assert!(delivered.insert(job));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        pos = Some(next.to_string().parse().expect("position"));
+    }
+    assert_eq!((queued.len(), delivered.len()), (30, 30));
+    // A live tail from the end sees only what comes after.
+    let end = q.events_end().await.expect("end");
+    let (none, _) = q.read_events(Some(&end), 10, None).await.expect("read");
+    assert!(none.is_empty());
+    enqueue(&q, &["late@p.test"]).await;
+    let (late, _) = q.read_events(Some(&end), 10, None).await.expect("read");
+    assert_eq!(late.len(), 1);
+    assert_eq!(late[0].kind, EventKind::Queued);
 }

@@ -64,6 +64,23 @@ pub trait Queue: Send + Sync {
     async fn complete(&self, owner: &str, job: &JobLease, outcome: Outcome)
     -> Result<Completion, QueueError>;
 
+    /// [`Queue::complete`] for many jobs at once (typically the jobs of one claim): one result per job, in
+    /// order, each exactly what `complete` would have answered for that job alone (a stale owner gets
+    /// [`QueueError::NotOwner`] for that job only; a repeat gets [`Completion::AlreadyDone`] or
+    /// [`Completion::Gone`]). Backends may record the jobs of one shard in one atomic step; the default
+    /// calls `complete` for each job in turn.
+    async fn complete_batch(
+        &self,
+        owner: &str,
+        jobs: Vec<(JobLease, Outcome)>,
+    ) -> Vec<Result<Completion, QueueError>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for (lease, outcome) in jobs {
+            out.push(self.complete(owner, &lease, outcome).await);
+        }
+        out
+    }
+
     /// Pushes the lease out to now + `lease` (a heartbeat); returns the new deadline (Unix ms).
     async fn extend(&self, owner: &str, job: &JobLease, lease: Duration) -> Result<u64, QueueError>;
 
@@ -122,7 +139,10 @@ pub trait Queue: Send + Sync {
     async fn set_domain_concurrency(&self, domain: &str, limit: Option<u32>) -> Result<(), QueueError>;
 
     /// Up to `max` events after `after` (`None`: from the oldest kept), oldest first, with the position to
-    /// continue from. With `block`, waits up to that long for an event when there is none yet.
+    /// continue from. With `block`, waits up to that long for an event when there is none yet. A backend
+    /// that stores the events of one batched call together returns them together, so the answer may exceed
+    /// `max` when such a group comes first; reading on from the returned position never repeats or skips
+    /// an event.
     async fn read_events(
         &self,
         after: Option<&EventPos>,

@@ -83,6 +83,12 @@ async fn acknowledged_messages_survive_sigkill() {
     }
     assert_eq!(seen.len(), acked.len());
     let total: usize = acked.iter().map(|(_, j)| j).sum();
-    assert_eq!(q.counts().await.expect("counts").total, total as u64);
+    // The writer's last enqueue may have been stored while its reply was lost in the crash (it then got
+    // Unavailable: "may or may not have taken effect"), so up to its two jobs may exist beyond the acked.
+    let stored = q.counts().await.expect("counts").total;
+    assert!(
+        (total as u64..=total as u64 + 2).contains(&stored),
+        "{stored} jobs stored for {total} acknowledged"
+    );
     drop(server);
 }

@@ -4,16 +4,17 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `id`, `msg`, `idx` | job id, message id, index |
+//! | `id`, `msg` | job id, message id |
 //! | `dom` | destination domain (lower-cased) |
 //! | `sched` | the schedule it waits on: `dom`, or `#bounce` after an admin bounce |
-//! | `env` | JSON [`Envelope`] with this job's recipients and the DSN parameters |
+//! | `env` | not stored in the hash: JSON [`Envelope`] with this job's recipients and the DSN parameters, kept in the job's data string `jd:<job id>` (followed by a newline and the message body for a `solo` job), so that the hash holds only short values; read views add it |
 //! | `n`, `ra:<i>`, `rs:<i>`, `rr:<i>` | recipient count; per recipient: address, state `p`/`d`/`f`, last reply |
+//! | `solo` | `1` when the job is its message's only job: `jd:<job id>` holds the body (no `msg:`/`body:` keys then) |
 //! | `tags`, `trace` | JSON tags; opaque trace context |
 //! | `state` | `queued`, `deferred` or `inflight` |
 //! | `att`, `first`, `next`, `err` | finished attempts, first queued ms, due ms, last error |
 //! | `sender` | lower-cased sender address, for listing |
-//! | `bounce` | `1` after an admin bounce |
+//! | `bounce` | `1` after an admin bounce (absent before) |
 //! | `owner`, `tok`, `lease`, `claim`, `cdom` | while in flight: owner, claim token, lease deadline ms, claim id, claimed schedule |
 //! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (makes repeats recognisable) |
 
@@ -39,28 +40,37 @@ pub(crate) struct IntakePayload {
     pub trace: Option<String>,
 }
 
-/// One job to create: its id, domain, due time, recipient count and hash fields.
+/// One job to create: its id, domain, due time, recipients and envelope (`materialise.lua` builds
+/// the job's hash fields from these and the message's sender, creation time, tags and trace).
 #[derive(Clone, Debug)]
 pub(crate) struct JobSpec {
     pub id: JobId,
     pub domain: String,
     pub due_ms: u64,
     pub recipients: usize,
-    /// The recipients' addresses, newline-separated (for the `queued` event).
+    /// The recipients' addresses, newline-separated (the `ra:<i>` fields and the `queued` event).
     pub rcpt_list: String,
-    pub fields: Vec<(String, String)>,
+    /// The job's envelope (this job's recipients and the DSN parameters) as JSON.
+    pub env_json: String,
+}
+
+/// The lower-cased sender address of a message (`""` for the null sender), as stored for listing.
+pub(crate) fn sender_of(p: &IntakePayload) -> String {
+    p.envelope
+        .sender
+        .mailbox()
+        .map(|m| m.to_string().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The tags of a message as stored (JSON).
+pub(crate) fn tags_json(p: &IntakePayload) -> Result<String, QueueError> {
+    serde_json::to_string(&p.tags).map_err(|e| QueueError::InvalidMessage(e.to_string()))
 }
 
 /// Splits a message into its jobs, one per destination domain (in [`Envelope::by_domain`] order, so a
 /// re-drive rebuilds the same job ids).
 pub(crate) fn job_specs(p: &IntakePayload) -> Result<Vec<JobSpec>, QueueError> {
-    let tags = serde_json::to_string(&p.tags).map_err(|e| QueueError::InvalidMessage(e.to_string()))?;
-    let sender = p
-        .envelope
-        .sender
-        .mailbox()
-        .map(|m| m.to_string().to_ascii_lowercase())
-        .unwrap_or_default();
     let mut out = Vec::new();
     for (i, (domain, recipients)) in p.envelope.by_domain().into_iter().enumerate() {
         let index = u32::try_from(i).map_err(|_| QueueError::InvalidMessage("too many domains".into()))?;
@@ -68,29 +78,6 @@ pub(crate) fn job_specs(p: &IntakePayload) -> Result<Vec<JobSpec>, QueueError> {
         let mut env = p.envelope.clone();
         env.recipients = recipients;
         let env_json = serde_json::to_string(&env).map_err(|e| QueueError::InvalidMessage(e.to_string()))?;
-        let mut fields = vec![
-            ("id".to_string(), id.to_string()),
-            ("msg".to_string(), p.id.to_string()),
-            ("idx".to_string(), index.to_string()),
-            ("dom".to_string(), domain.clone()),
-            ("sched".to_string(), domain.clone()),
-            ("env".to_string(), env_json),
-            ("n".to_string(), env.recipients.len().to_string()),
-            ("tags".to_string(), tags.clone()),
-            ("att".to_string(), "0".to_string()),
-            ("first".to_string(), p.created_ms.to_string()),
-            ("next".to_string(), p.due_ms.to_string()),
-            ("sender".to_string(), sender.clone()),
-            ("bounce".to_string(), "0".to_string()),
-            ("state".to_string(), "queued".to_string()),
-        ];
-        if let Some(t) = &p.trace {
-            fields.push(("trace".to_string(), t.clone()));
-        }
-        for (r, rcpt) in env.recipients.iter().enumerate() {
-            fields.push((format!("ra:{r}"), rcpt.address.to_string()));
-            fields.push((format!("rs:{r}"), "p".to_string()));
-        }
         let rcpt_list = env
             .recipients
             .iter()
@@ -103,7 +90,7 @@ pub(crate) fn job_specs(p: &IntakePayload) -> Result<Vec<JobSpec>, QueueError> {
             due_ms: p.due_ms,
             recipients: env.recipients.len(),
             rcpt_list,
-            fields,
+            env_json,
         });
     }
     Ok(out)
@@ -235,15 +222,135 @@ pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueE
     })
 }
 
-/// An event from its stream entry.
+/// The events of one stream entry. An entry holds one event, or several (a batched call appends its
+/// events as one entry): its fields are the events' fields one after another, each event starting with
+/// `kind`. Left-out fields take their defaults: the message is the job's, `att` 0, no tags, and `ts` that
+/// of the entry's previous event. The first event's id is `sNN/<stream id>`, the i-th after it `sNN/<stream id>/<i>`.
+pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec<Event> {
+    let mut groups: Vec<HashMap<String, String>> = Vec::new();
+    let mut add = |k: String, v: String| {
+        if k == "kind" || groups.is_empty() {
+            groups.push(HashMap::new());
+        }
+        if let Some(g) = groups.last_mut() {
+            g.insert(k, v);
+        }
+    };
+    match entry {
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let (Some(k), Some(v)) = (text(k), text(v)) {
+                    add(k, v);
+                }
+            }
+        }
+        other => {
+            for pair in items(other).chunks(2) {
+                if let [k, v] = pair
+                    && let (Some(k), Some(v)) = (text(k), text(v))
+                {
+                    add(k, v);
+                }
+            }
+        }
+    }
+    // Events after the first of an entry leave out the time they share with it.
+    let mut ts: Option<String> = None;
+    for g in &mut groups {
+        match g.get("ts") {
+            Some(t) => ts = Some(t.clone()),
+            None => {
+                if let Some(t) = &ts {
+                    g.insert("ts".to_string(), t.clone());
+                }
+            }
+        }
+    }
+    groups
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let id = if i == 0 {
+                stream_id.to_string()
+            } else {
+                format!("{stream_id}/{i}")
+            };
+            event_from_fields(shard, &id, f)
+        })
+        .collect()
+}
+
+/// A claimed job from `claim.lua`'s list of its fields (id, dom, n, att, first, next, err, tags, trace,
+/// bounce, then state and reply per recipient) and its envelope (JSON), now in flight for `owner` until
+/// `lease_until_ms`.
+pub(crate) fn claimed_job(
+    v: &[Value],
+    env_json: &Value,
+    owner: &str,
+    lease_until_ms: u64,
+) -> Result<Job, QueueError> {
+    let get = |i: usize| v.get(i).and_then(text);
+    let raw_id = get(0).unwrap_or_else(|| "?".to_string());
+    let id: JobId = raw_id.parse().map_err(|_| corrupt("id", &raw_id))?;
+    let env_json = match env_json {
+        Value::BulkString(b) => b.as_slice(),
+        _ => &[],
+    };
+    let envelope: Envelope = serde_json::from_slice(env_json).map_err(|_| corrupt("env", &raw_id))?;
+    let int = |i: usize, what: &str| -> Result<u64, QueueError> {
+        get(i)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(what, &raw_id))
+    };
+    let n = int(2, "n")? as usize;
+    let mut recipients = Vec::with_capacity(n);
+    for (i, rcpt) in envelope.recipients.iter().enumerate().take(n) {
+        let status = match get(10 + 2 * i).as_deref() {
+            Some("d") => RecipientStatus::Delivered,
+            Some("f") => RecipientStatus::Failed,
+            _ => RecipientStatus::Pending,
+        };
+        recipients.push(RecipientState {
+            recipient: rcpt.clone(),
+            status,
+            reply: get(11 + 2 * i),
+        });
+    }
+    let tags = match get(7) {
+        Some(t) if !t.is_empty() => serde_json::from_str(&t).map_err(|_| corrupt("tags", &raw_id))?,
+        _ => BTreeMap::new(),
+    };
+    Ok(Job {
+        id,
+        domain: get(1).ok_or_else(|| corrupt("dom", &raw_id))?,
+        envelope,
+        recipients,
+        state: JobState::InFlight,
+        attempts: u32::try_from(int(3, "att")?).map_err(|_| corrupt("att", &raw_id))?,
+        first_queued_ms: int(4, "first")?,
+        next_attempt_ms: int(5, "next")?,
+        last_error: get(6).filter(|s| !s.is_empty()),
+        tags,
+        trace: get(8).filter(|s| !s.is_empty()),
+        admin_bounce: get(9).as_deref() == Some("1"),
+        owner: Some(owner.to_string()),
+        lease_until_ms: Some(lease_until_ms),
+    })
+}
+
+/// An event from its fields.
 pub(crate) fn event_from_fields(shard: u16, stream_id: &str, f: &HashMap<String, String>) -> Option<Event> {
     let kind: EventKind = f.get("kind")?.parse().ok()?;
+    let job: Option<JobId> = f.get("job").and_then(|s| s.parse().ok());
     let nonempty = |name: &str| f.get(name).filter(|s| !s.is_empty()).cloned();
     Some(Event {
         kind,
         time_ms: f.get("ts").and_then(|s| s.parse().ok()).unwrap_or(0),
-        message: f.get("msg").and_then(|s| s.parse().ok()),
-        job: f.get("job").and_then(|s| s.parse().ok()),
+        message: f
+            .get("msg")
+            .and_then(|s| s.parse().ok())
+            .or_else(|| job.map(|j: JobId| j.message)),
+        job,
         domain: f.get("dom").cloned().unwrap_or_default(),
         recipients: f
             .get("rcpts")
@@ -301,8 +408,31 @@ mod tests {
         assert_eq!(specs[0].domain, "b.test");
         assert_eq!(specs[0].recipients, 2);
         assert_eq!(specs[1].id, JobId::new(p.id, 1));
-        let map: HashMap<String, String> = specs[0].fields.iter().cloned().collect();
         assert_eq!(specs[0].rcpt_list, "x@b.test\nz@B.test");
+        // The fields materialise.lua stores.
+        let s = &specs[0];
+        let mut map: HashMap<String, String> = [
+            ("id", s.id.to_string()),
+            ("msg", p.id.to_string()),
+            ("dom", s.domain.clone()),
+            ("sched", s.domain.clone()),
+            ("env", s.env_json.clone()),
+            ("n", s.recipients.to_string()),
+            ("tags", tags_json(&p).unwrap()),
+            ("att", "0".into()),
+            ("first", p.created_ms.to_string()),
+            ("next", s.due_ms.to_string()),
+            ("sender", sender_of(&p)),
+            ("state", "queued".into()),
+            ("trace", "tp".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (r, a) in s.rcpt_list.split('\n').enumerate() {
+            map.insert(format!("ra:{r}"), a.to_string());
+            map.insert(format!("rs:{r}"), "p".to_string());
+        }
         let job = job_from_fields(&map).unwrap();
         assert_eq!(job.id, specs[0].id);
         assert_eq!(job.recipients.len(), 2);

@@ -9,9 +9,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `job:<job id>` | hash | the job record (fields in `codec.rs`) |
-//! | `body:<msg id>` | string | the message, once per message and shard (normally once per message) |
-//! | `msg:<msg id>` | hash | `live` (jobs of the message left in this shard), `ids`, `sender`, `created` |
+//! | `job:<job id>` | hash | the job record (fields in `codec.rs`): short values only, so Redis keeps it a compact listpack |
+//! | `jd:<job id>` | string | the job's envelope (JSON); for a message's only job (`solo`) followed by a newline and the message body |
+//! | `body:<msg id>` | string | the message, once per message and shard, for messages with several jobs only |
+//! | `msg:<msg id>` | hash | `live` (jobs of the message left in this shard), `ids`, `sender`, `created`; messages with several jobs only |
 //! | `due:<domain>` | zset | the domain's waiting jobs by due time (ms); `due:#bounce` is the admin-bounce schedule |
 //! | `domains` | zset | the domain index: each schedule with waiting jobs, by its earliest due time |
 //! | `inflight` | zset | jobs in flight by lease deadline (what the reaper scans) |
@@ -23,7 +24,7 @@
 //! | `dlive` | hash | live jobs per domain |
 //! | `cnt` | hash | jobs by state: `queued`, `deferred`, `inflight` |
 //! | `stats`, `min:<minute>` | hash | counters, and per-minute counters kept for two hours |
-//! | `events` | stream | this shard's events, capped with `XADD MAXLEN ~ events_max_len` |
+//! | `events` | stream | this shard's events, capped with `XADD MAXLEN ~ events_max_len` entries (an entry holds one event, or all events of one batched call) |
 //! | `intake:<msg id>`, `intakes` | hash, zset | durable intake records and their age |
 //! | `idem:<key>` | string | idempotency key → first message id, 24 h TTL (shard chosen by hashing the key) |
 //! | `mat:<msg id>` | string | "this shard materialised that intake" marker, 24 h TTL |
@@ -31,7 +32,15 @@
 //! # Enqueue atomicity
 //!
 //! A message whose jobs all fall in one shard and that has no idempotency key is stored by ONE script
-//! (`materialise.lua`) with its body: all or none. Otherwise the whole message is first written as an
+//! (`materialise.lua`) with its body: all or none. `enqueue_batch` groups such messages by shard and stores
+//! up to 64 of them (or 4 MiB of bodies) per script call; a call is all or none, so every message of it
+//! gets the call's result.
+//!
+//! A message with exactly one job (one destination domain; the common case) keeps its body in the job's
+//! data string `jd:<job id>` after the envelope (the job hash has `solo` = 1): it has no `msg:` or `body:`
+//! key, and deleting the job's two keys removes everything.
+//! A message with several jobs stores its body once per shard in `body:<msg>`, with `msg:<msg>` counting
+//! the shard's live jobs of it; the last one deletes both. Otherwise the whole message is first written as an
 //! intake record into ONE shard (the idempotency key's shard, else the first job's), together with the
 //! idempotency key (`intake.lua`); the message is acknowledged once that record is stored (and, with
 //! `wait_replicas`, replicated). Each shard's jobs are then materialised by an idempotent script (guarded
@@ -44,6 +53,21 @@
 //! A Redis stream is one key, so each shard has its own stream (one global stream would break the
 //! one-slot-per-script rule). [`Queue::read_events`] reads all of them and merges them by time; an
 //! [`EventPos`] holds one stream id per shard.
+//!
+//! Every state change is still one event, but a script that changes many jobs (`materialise.lua`,
+//! `complete.lua`) appends all its events as ONE stream entry: the entry's fields are the events' fields
+//! one after another, each event starting with `kind` (fields left out take defaults: the message is the
+//! job's, `att` 0, no tags, and `ts` that of the entry's first event). `read_events` expands entries into
+//! events; a position is a stream id, so an entry is consumed whole (an answer can exceed `max` when its
+//! first entry alone holds more events). The i-th event (i ≥ 1) of an entry has the id
+//! `sNN/<stream id>/<i>`, the first `sNN/<stream id>`.
+//!
+//! # Batched completion
+//!
+//! [`Queue::complete_batch`] records the outcomes of many jobs with one `complete.lua` call per shard (up
+//! to 200 jobs per call). Each job is checked (owner, token, repeat) and changed on its own inside the
+//! atomic call, exactly as a single `complete` would; the in-flight index, claim slots, counters, stats
+//! and events are updated once per call.
 //!
 //! # Claims, leases and concurrency slots
 //!
@@ -84,6 +108,13 @@ const LIMIT_PUSHBACK_MS: u64 = 250;
 const CLAIM_SCAN: u32 = 32;
 /// Jobs per reaper or admin call.
 const CHUNK: u32 = 500;
+/// The most messages one `materialise.lua` call stores (a batch is split per shard, then into calls of at
+/// most this many messages or [`MATERIALISE_MAX_BYTES`] of bodies, so that no call blocks Redis for long).
+const MATERIALISE_MAX_MESSAGES: usize = 64;
+/// The most body bytes one `materialise.lua` call carries (a single bigger message still goes alone).
+const MATERIALISE_MAX_BYTES: usize = 4 << 20;
+/// The most jobs one `complete.lua` call records.
+const COMPLETE_MAX_JOBS: usize = 200;
 
 /// Options of the Redis queue (the `[queue]` configuration section).
 #[derive(Clone, Debug)]
@@ -103,7 +134,8 @@ pub struct RedisQueueOptions {
     pub wait_replicas: u32,
     /// Claims (connections) per domain at once, cluster-wide, unless overridden (default 10).
     pub default_domain_concurrency: u32,
-    /// Approximate cap of each shard's event stream (default 1,000,000).
+    /// Approximate cap of each shard's event stream, in stream entries (default 1,000,000); an entry holds
+    /// one event, or the events of one batched call.
     pub events_max_len: u64,
     /// Pooled connections (single-server mode; default 16).
     pub pool_size: usize,
@@ -387,12 +419,16 @@ impl RedisQueue {
             tags: msg.tags,
             trace: msg.trace,
         };
+        let tags_json = codec::tags_json(&payload)?;
+        let sender = codec::sender_of(&payload);
         let specs = codec::job_specs(&payload)?;
         Ok(Prepared {
             payload,
             body: msg.body,
             idempotency_key: msg.idempotency_key,
             specs,
+            tags_json,
+            sender,
         })
     }
 
@@ -405,38 +441,53 @@ impl RedisQueue {
         m
     }
 
-    fn materialise_args(&self, p: &Prepared, jobs: &[&JobSpec], mark: bool) -> Vec<Arg> {
-        let sender = p
-            .payload
-            .envelope
-            .sender
-            .mailbox()
-            .map(|m| m.to_string().to_ascii_lowercase())
-            .unwrap_or_default();
-        let mut args = vec![
-            a(p.payload.id),
-            a(if mark { "1" } else { "0" }),
-            p.body.to_vec(),
-            a(sender),
-            a(p.payload.created_ms),
-            a(serde_json::to_string(&p.payload.tags).unwrap_or_default()),
-            a(jobs.len()),
-        ];
+    /// Appends one message's block of `materialise.lua` arguments (the jobs of it that live in one shard).
+    fn push_message_args(args: &mut Vec<Arg>, p: &Prepared, jobs: &[&JobSpec]) {
+        args.reserve(8 + jobs.len() * 6);
+        args.push(a(p.payload.id));
+        args.push(p.body.to_vec());
+        args.push(p.sender.as_bytes().to_vec());
+        args.push(a(p.payload.created_ms));
+        args.push(p.tags_json.as_bytes().to_vec());
+        // A message with one job in all keeps its body inline in that job.
+        args.push(a(if p.specs.len() == 1 { "1" } else { "0" }));
+        args.push(p.payload.trace.as_deref().unwrap_or("").as_bytes().to_vec());
+        args.push(a(jobs.len()));
         for j in jobs {
             args.extend([
                 a(j.id),
-                a(&j.domain),
+                j.domain.as_bytes().to_vec(),
                 a(j.due_ms),
                 a(j.recipients),
-                a(&j.rcpt_list),
-                a(j.fields.len()),
+                j.rcpt_list.as_bytes().to_vec(),
+                j.env_json.as_bytes().to_vec(),
             ]);
-            for (k, v) in &j.fields {
-                args.push(a(k));
-                args.push(a(v));
-            }
         }
-        args
+    }
+
+    /// The `materialise.lua` calls that store `messages` (each with its jobs of one shard): as few calls as
+    /// the per-call limits allow; each call lists the indexes (into `messages`) it carries.
+    fn materialise_calls(messages: &[(&Prepared, Vec<&JobSpec>)], mark: bool) -> Vec<(Vec<usize>, Vec<Arg>)> {
+        let mut calls = Vec::new();
+        let mut start = 0;
+        while start < messages.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < messages.len()
+                && end - start < MATERIALISE_MAX_MESSAGES
+                && (end == start || bytes + messages[end].0.body.len() <= MATERIALISE_MAX_BYTES)
+            {
+                bytes += messages[end].0.body.len();
+                end += 1;
+            }
+            let mut args = vec![a(if mark { "1" } else { "0" }), a(end - start)];
+            for (p, jobs) in &messages[start..end] {
+                Self::push_message_args(&mut args, p, jobs);
+            }
+            calls.push(((start..end).collect(), args));
+            start = end;
+        }
+        calls
     }
 
     fn intake_shard(&self, p: &Prepared) -> u16 {
@@ -460,16 +511,17 @@ impl RedisQueue {
     /// Materialises every shard's jobs of intake-path messages, then drops their intake records. Failures
     /// are logged only: the intake records stay and the reaper drives them again.
     async fn materialise_intakes(&self, prepared: &[&Prepared], now: u64) {
-        let mut per_shard: BTreeMap<u16, Vec<Vec<Arg>>> = BTreeMap::new();
+        let mut per_shard: BTreeMap<u16, Vec<(&Prepared, Vec<&JobSpec>)>> = BTreeMap::new();
         for p in prepared {
             for (shard, jobs) in self.by_shard(&p.specs) {
-                per_shard
-                    .entry(shard)
-                    .or_default()
-                    .push(self.materialise_args(p, &jobs, true));
+                per_shard.entry(shard).or_default().push((p, jobs));
             }
         }
-        let results = join_all(per_shard.into_iter().map(|(shard, calls)| async move {
+        let results = join_all(per_shard.into_iter().map(|(shard, msgs)| async move {
+            let calls = Self::materialise_calls(&msgs, true)
+                .into_iter()
+                .map(|(_, args)| args)
+                .collect();
             self.pipeline(&scripts::MATERIALISE, shard, now, calls, false)
                 .await
         }))
@@ -532,21 +584,21 @@ impl RedisQueue {
                     self.cmd(c).await?;
                     continue;
                 };
+                let tags_json = codec::tags_json(&payload)?;
+                let sender = codec::sender_of(&payload);
                 let specs = codec::job_specs(&payload)?;
                 let p = Prepared {
                     payload,
                     body: Bytes::from(body),
                     idempotency_key: None,
                     specs,
+                    tags_json,
+                    sender,
                 };
                 for (s, jobs) in self.by_shard(&p.specs) {
-                    self.eval(
-                        &scripts::MATERIALISE,
-                        s,
-                        now,
-                        self.materialise_args(&p, &jobs, true),
-                    )
-                    .await?;
+                    for (_, args) in Self::materialise_calls(&[(&p, jobs)], true) {
+                        self.eval(&scripts::MATERIALISE, s, now, args).await?;
+                    }
                 }
                 self.eval(&scripts::INTAKE_DONE, shard, now, vec![a(&id)]).await?;
                 tracing::info!(message = %id, "finished an interrupted enqueue");
@@ -648,6 +700,10 @@ struct Prepared {
     body: Bytes,
     idempotency_key: Option<String>,
     specs: Vec<JobSpec>,
+    /// The tags as stored (JSON).
+    tags_json: String,
+    /// The lower-cased sender address.
+    sender: String,
 }
 
 async fn eval_on(
@@ -670,6 +726,64 @@ fn value_result(v: Value) -> Result<Value, QueueError> {
     match v {
         Value::ServerError(e) => Err(redis_error(e.into())),
         other => Ok(other),
+    }
+}
+
+/// The arguments of one job in a `complete.lua` call (after owner and count).
+fn complete_args(job: &JobLease, outcome: Outcome) -> Result<Vec<Arg>, QueueError> {
+    let (kind, retry) = match outcome.kind {
+        OutcomeKind::Delivered => ("delivered", String::new()),
+        OutcomeKind::Deferred { until_ms } => ("deferred", until_ms.to_string()),
+        OutcomeKind::Failed => ("failed", String::new()),
+        OutcomeKind::Expired => ("expired", String::new()),
+    };
+    if retry.is_empty()
+        && outcome
+            .recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Pending)
+    {
+        return Err(QueueError::InvalidOutcome(
+            "recipients left pending need a deferred outcome with a retry time".into(),
+        ));
+    }
+    let attempt = outcome.attempt.unwrap_or_default();
+    let mut args = Vec::with_capacity(9 + 3 * outcome.recipients.len());
+    args.extend([
+        a(job.job),
+        job.token.as_bytes().to_vec(),
+        a(kind),
+        a(retry),
+        outcome.reply.unwrap_or_default().into_bytes(),
+        attempt.remote_mx.unwrap_or_default().into_bytes(),
+        attempt.remote_ip.unwrap_or_default().into_bytes(),
+        attempt.tls.unwrap_or_default().into_bytes(),
+        a(outcome.recipients.len()),
+    ]);
+    for r in outcome.recipients {
+        let st = match r.status {
+            RecipientStatus::Delivered => "d",
+            RecipientStatus::Pending => "p",
+            RecipientStatus::Failed => "f",
+        };
+        args.extend([a(r.index), a(st), r.reply.unwrap_or_default().into_bytes()]);
+    }
+    Ok(args)
+}
+
+/// One job's reply of `complete.lua`.
+fn completion(v: &Value, job: tern_core::JobId) -> Result<Completion, QueueError> {
+    match status(v).as_str() {
+        "finished" => Ok(Completion::Finished),
+        "deferred" => Ok(Completion::Deferred {
+            next_attempt_ms: codec::items(v).get(1).and_then(codec::int).unwrap_or(0).max(0) as u64,
+        }),
+        "dup" => Ok(Completion::AlreadyDone),
+        "gone" => Ok(Completion::Gone),
+        "notowner" => Err(QueueError::NotOwner { job }),
+        other => Err(QueueError::Backend(format!(
+            "unexpected complete reply {other:?}"
+        ))),
     }
 }
 
@@ -719,17 +833,25 @@ impl Queue for RedisQueue {
             }
         }
         let fast_runs = fast.into_iter().map(|(shard, idx)| {
-            let calls = idx
+            let msgs: Vec<(&Prepared, Vec<&JobSpec>)> = idx
                 .iter()
                 .filter_map(|&i| prepared[i].as_ref())
-                .map(|p| self.materialise_args(p, &p.specs.iter().collect::<Vec<_>>(), false))
+                .map(|p| (p, p.specs.iter().collect()))
                 .collect();
+            let (members, calls): (Vec<Vec<usize>>, Vec<Vec<Arg>>) =
+                Self::materialise_calls(&msgs, false).into_iter().unzip();
             async move {
-                (
-                    idx,
-                    self.pipeline(&scripts::MATERIALISE, shard, now, calls, true)
-                        .await,
-                )
+                let res = self
+                    .pipeline(&scripts::MATERIALISE, shard, now, calls, true)
+                    .await;
+                // One result per call, for every message of the call (a call is all or nothing).
+                let mut out = Vec::with_capacity(idx.len());
+                for (m, r) in members.into_iter().zip(res) {
+                    for k in m {
+                        out.push((idx[k], r.clone()));
+                    }
+                }
+                out
             }
         });
         let intake_runs = intake.into_iter().map(|(shard, idx)| {
@@ -755,8 +877,8 @@ impl Queue for RedisQueue {
             }
         });
         let (fast_done, intake_done) = futures::join!(join_all(fast_runs), join_all(intake_runs));
-        for (idx, res) in fast_done {
-            for (i, r) in idx.into_iter().zip(res) {
+        for res in fast_done {
+            for (i, r) in res {
                 let receipt = prepared[i].as_ref().map(Self::receipt);
                 results[i] =
                     Some(r.and_then(|_| receipt.ok_or_else(|| QueueError::Backend("lost message".into()))));
@@ -837,9 +959,9 @@ impl Queue for RedisQueue {
             let domain = codec::text(&it[0]).unwrap_or_default();
             let lease_until_ms = codec::int(&it[2]).unwrap_or(0).max(0) as u64;
             let mut jobs = Vec::new();
-            for pair in it[3..].chunks(2) {
-                let [fields, body] = pair else { continue };
-                let job = codec::job_from_fields(&codec::fields(fields))?;
+            for triple in it[3..].chunks(3) {
+                let [fields, env, body] = triple else { continue };
+                let job = codec::claimed_job(codec::items(fields), env, owner, lease_until_ms)?;
                 let lease = JobLease {
                     job: job.id,
                     domain: job.domain.clone(),
@@ -871,57 +993,75 @@ impl Queue for RedisQueue {
         job: &JobLease,
         outcome: Outcome,
     ) -> Result<Completion, QueueError> {
-        let (kind, retry) = match outcome.kind {
-            OutcomeKind::Delivered => ("delivered", String::new()),
-            OutcomeKind::Deferred { until_ms } => ("deferred", until_ms.to_string()),
-            OutcomeKind::Failed => ("failed", String::new()),
-            OutcomeKind::Expired => ("expired", String::new()),
-        };
-        if retry.is_empty()
-            && outcome
-                .recipients
-                .iter()
-                .any(|r| r.status == RecipientStatus::Pending)
-        {
-            return Err(QueueError::InvalidOutcome(
-                "recipients left pending need a deferred outcome with a retry time".into(),
-            ));
+        self.complete_batch(owner, vec![(job.clone(), outcome)])
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(QueueError::Backend("no result".into())))
+    }
+
+    async fn complete_batch(
+        &self,
+        owner: &str,
+        jobs: Vec<(JobLease, Outcome)>,
+    ) -> Vec<Result<Completion, QueueError>> {
+        let n = jobs.len();
+        let mut results: Vec<Option<Result<Completion, QueueError>>> = vec![None; n];
+        // Per shard: the jobs' positions and their script arguments.
+        let mut per_shard: BTreeMap<u16, Vec<(usize, Vec<Arg>)>> = BTreeMap::new();
+        let mut leases = Vec::with_capacity(n);
+        for (i, (lease, outcome)) in jobs.into_iter().enumerate() {
+            match complete_args(&lease, outcome) {
+                Ok(args) => per_shard
+                    .entry(self.keys.shard_of_domain(&lease.domain))
+                    .or_default()
+                    .push((i, args)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+            leases.push(lease);
         }
-        let attempt = outcome.attempt.unwrap_or_default();
-        let mut args = vec![
-            a(job.job),
-            a(owner),
-            a(&job.token),
-            a(kind),
-            a(retry),
-            a(outcome.reply.unwrap_or_default()),
-            a(attempt.remote_mx.unwrap_or_default()),
-            a(attempt.remote_ip.unwrap_or_default()),
-            a(attempt.tls.unwrap_or_default()),
-            a(outcome.recipients.len()),
-        ];
-        for r in outcome.recipients {
-            let st = match r.status {
-                RecipientStatus::Delivered => "d",
-                RecipientStatus::Pending => "p",
-                RecipientStatus::Failed => "f",
-            };
-            args.extend([a(r.index), a(st), a(r.reply.unwrap_or_default())]);
+        let now = now_ms();
+        let runs = per_shard.into_iter().map(|(shard, list)| async move {
+            let mut members = Vec::new();
+            let mut calls = Vec::new();
+            for chunk in list.chunks(COMPLETE_MAX_JOBS) {
+                let mut args = Vec::with_capacity(2 + chunk.iter().map(|(_, a)| a.len()).sum::<usize>());
+                args.push(a(owner));
+                args.push(a(chunk.len()));
+                for (_, job_args) in chunk {
+                    args.extend(job_args.iter().cloned());
+                }
+                members.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+                calls.push(args);
+            }
+            let res = self.pipeline(&scripts::COMPLETE, shard, now, calls, false).await;
+            members.into_iter().zip(res).collect::<Vec<_>>()
+        });
+        for (members, res) in join_all(runs).await.into_iter().flatten() {
+            match res {
+                Ok(v) => {
+                    let replies = codec::items(&v);
+                    for (k, i) in members.into_iter().enumerate() {
+                        let job = leases[i].job;
+                        results[i] = Some(match replies.get(k) {
+                            Some(r) => completion(r, job),
+                            None => Err(QueueError::Backend(format!(
+                                "missing complete reply for job {job}"
+                            ))),
+                        });
+                    }
+                }
+                Err(e) => {
+                    for i in members {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
         }
-        let shard = self.keys.shard_of_domain(&job.domain);
-        let v = self.eval(&scripts::COMPLETE, shard, now_ms(), args).await?;
-        match status(&v).as_str() {
-            "finished" => Ok(Completion::Finished),
-            "deferred" => Ok(Completion::Deferred {
-                next_attempt_ms: codec::items(&v).get(1).and_then(codec::int).unwrap_or(0).max(0) as u64,
-            }),
-            "dup" => Ok(Completion::AlreadyDone),
-            "gone" => Ok(Completion::Gone),
-            "notowner" => Err(QueueError::NotOwner { job: job.job }),
-            other => Err(QueueError::Backend(format!(
-                "unexpected complete reply {other:?}"
-            ))),
-        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError::Backend("no result".into()))))
+            .collect()
     }
 
     async fn extend(&self, owner: &str, job: &JobLease, lease: Duration) -> Result<u64, QueueError> {
@@ -1244,33 +1384,39 @@ impl Queue for RedisQueue {
                     self.cmd(c).await.map(|v| (shard, v))
                 })
                 .await?;
-            let mut all: Vec<(u16, String, Event)> = Vec::new();
+            // Every entry read, with its events (one, or several for a batched call).
+            let mut entries: Vec<(u16, String, Vec<Event>)> = Vec::new();
             for (shard, v) in parts {
                 // [[key, [[id, [field, value, ...]], ...]]]
                 for stream in codec::items(&v) {
-                    let Some(entries) = codec::items(stream).get(1) else {
+                    let Some(list) = codec::items(stream).get(1) else {
                         continue;
                     };
-                    for entry in codec::items(entries) {
+                    for entry in codec::items(list) {
                         let e = codec::items(entry);
                         let (Some(id), Some(f)) = (e.first().and_then(codec::text), e.get(1)) else {
                             continue;
                         };
-                        if let Some(ev) = codec::event_from_fields(shard, &id, &codec::fields(f)) {
-                            all.push((shard, id, ev));
-                        }
+                        let evs = codec::events_of_entry(shard, &id, f);
+                        entries.push((shard, id, evs));
                     }
                 }
             }
-            if !all.is_empty() {
-                all.sort_by_key(|(shard, id, _)| (codec::stream_id_key(id), *shard));
-                all.truncate(max);
-                let mut events = Vec::with_capacity(all.len());
-                for (shard, id, ev) in all {
+            if !entries.is_empty() {
+                // Merged by time; an entry is taken whole (the position is its stream id), so a batched
+                // entry may make the answer longer than `max` when it comes first.
+                entries.sort_by_key(|(shard, id, _)| (codec::stream_id_key(id), *shard));
+                let mut events = Vec::new();
+                for (shard, id, evs) in entries {
+                    if !events.is_empty() && events.len() + evs.len() > max {
+                        break;
+                    }
                     pos[usize::from(shard)] = id;
-                    events.push(ev);
+                    events.extend(evs);
                 }
-                return Ok((events, EventPos(pos)));
+                if !events.is_empty() {
+                    return Ok((events, EventPos(pos)));
+                }
             }
             match deadline {
                 Some(d) if tokio::time::Instant::now() < d => {

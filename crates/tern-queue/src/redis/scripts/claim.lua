@@ -5,7 +5,9 @@
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
 -- A domain at its concurrency limit (live claims = slots, each with a lease) is skipped and pushed back.
 -- Suspended domains are not in the index; one found there (a race) is dropped from it.
--- Returns false, or {domain, claim id, deadline, job1 fields, body1, job2 fields, body2, ...}.
+-- Returns false, or {domain, claim id, deadline, job1, envelope1, body1, job2, ...}: each job is the list of
+-- its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>, rr:<i> per recipient, as
+-- they were BEFORE this claim (the caller knows the new state, owner and lease).
 local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
 local cands = redis.call('ZRANGEBYSCORE', k('domains'), '-inf', NOW, 'LIMIT', 0, SCAN)
@@ -37,18 +39,33 @@ for _, d in ipairs(cands) do
       local taken = 0
       local moved = {}
       local inflight = {}
-      redis.call('ZREM', dk, unpack(ids))
+      -- They are the schedule's first #ids members (ZRANGEBYSCORE from -inf): one sweep from the head.
+      redis.call('ZREMRANGEBYRANK', dk, 0, #ids - 1)
       for _, id in ipairs(ids) do
         local jkey = jk(id)
-        local st = redis.call('HMGET', jkey, 'state', 'msg')
-        if st[1] then
-          moved[st[1]] = (moved[st[1]] or 0) + 1
+        -- The fields the claimer needs, in a fixed order (codec.rs `claimed_job`), then those of this script.
+        local v = redis.call('HMGET', jkey, 'id', 'dom', 'n', 'att', 'first', 'next', 'err', 'tags', 'trace', 'bounce',
+                             'rs:0', 'rr:0', 'state', 'msg', 'solo')
+        if v[13] then
+          local state, n = v[13], tonumber(v[3] or '1')
+          moved[state] = (moved[state] or 0) + 1
           redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'claim', CLAIM,
                      'cdom', d)
           inflight[#inflight + 1] = deadline
           inflight[#inflight + 1] = id
-          out[#out + 1] = redis.call('HGETALL', jkey)
-          out[#out + 1] = redis.call('GET', k('body:' .. st[2])) or ''
+          local job = {}
+          for x = 1, 12 do job[x] = v[x] end
+          if n > 1 then
+            local names = {}
+            for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
+            local more = redis.call('HMGET', jkey, unpack(names))
+            for y = 1, #names do job[12 + y] = more[y] end
+          end
+          local env, body = split_data(redis.call('GET', jdk(id)))
+          out[#out + 1] = job
+          out[#out + 1] = env
+          -- A solo job's data holds its body; the jobs of a message with several share `body:<msg>`.
+          if body then out[#out + 1] = body else out[#out + 1] = redis.call('GET', k('body:' .. v[14])) or '' end
           taken = taken + 1
         end
       end

@@ -11,6 +11,17 @@ local BOUNCE = '#bounce'
 
 local function k(s) return P .. s end
 local function jk(id) return P .. 'job:' .. id end
+-- A job's data: its envelope (JSON), then, for a message's only job, a newline and the message body. Kept
+-- out of the job hash so that the hash holds only short values (a compact listpack in Redis).
+local function jdk(id) return P .. 'jd:' .. id end
+
+-- Splits a job's data into its envelope and inline body (nil when the body is stored in `body:<msg>`).
+local function split_data(v)
+  if not v then return '', nil end
+  local p = string.find(v, '\n', 1, true)
+  if not p then return v, nil end
+  return string.sub(v, 1, p - 1), string.sub(v, p + 1)
+end
 
 -- Counters: totals in `stats`, and a per-minute bucket kept for two hours.
 local function stat(name, n)
@@ -21,17 +32,45 @@ local function stat(name, n)
   if redis.call('HINCRBY', mk, name, n) == n then redis.call('EXPIRE', mk, 7200) end
 end
 
--- Appends one event for job `jkey`; `rcpts` is a list of addresses, `extra` a flat list of more fields.
--- `j` holds the job's id, msg, dom, att and tags (as read by HMGET), `rcpts` is a list of addresses or
--- already joined with newlines.
-local function event_of(kind, j, rcpts, reply, extra)
+-- The fields of one event of job `j` (its id, msg, dom, att and tags, as read by HMGET), appended to `out`.
+-- `rcpts` is a list of addresses or already joined with newlines; `extra` a flat list of more fields.
+-- Every event starts with its `kind` field: a stream entry may hold several events (see ev_add). To keep
+-- entries small, defaults are left out: `msg` (the job id names its message), `att` when 0, `tags` when
+-- empty, and `ts` after the entry's first event (the events of one entry share their time).
+local function ev_fields(out, kind, j, rcpts, reply, extra)
   if type(rcpts) == 'table' then rcpts = table.concat(rcpts, '\n') end
-  local f = {'kind', kind, 'msg', j[2] or '', 'job', j[1] or '', 'dom', j[3] or '',
-             'rcpts', rcpts or '', 'att', j[4] or '0', 'ts', string.format('%d', NOW)}
-  if j[5] then f[#f + 1] = 'tags'; f[#f + 1] = j[5] end
-  if reply and reply ~= '' then f[#f + 1] = 'reply'; f[#f + 1] = reply end
-  if extra then for i = 1, #extra do f[#f + 1] = extra[i] end end
+  local n = #out
+  local first = n == 0
+  out[n + 1] = 'kind'; out[n + 2] = kind; out[n + 3] = 'job'; out[n + 4] = j[1] or ''
+  out[n + 5] = 'dom'; out[n + 6] = j[3] or ''; out[n + 7] = 'rcpts'; out[n + 8] = rcpts or ''
+  n = n + 8
+  if first then out[n + 1] = 'ts'; out[n + 2] = string.format('%d', NOW); n = n + 2 end
+  if j[4] and j[4] ~= '0' then out[n + 1] = 'att'; out[n + 2] = j[4]; n = n + 2 end
+  if j[5] and j[5] ~= '{}' and j[5] ~= '' then out[n + 1] = 'tags'; out[n + 2] = j[5]; n = n + 2 end
+  if reply and reply ~= '' then out[n + 1] = 'reply'; out[n + 2] = reply; n = n + 2 end
+  if extra then for i = 1, #extra do out[n + i] = extra[i] end end
+end
+
+-- Appends one event as its own stream entry.
+local function event_of(kind, j, rcpts, reply, extra)
+  local f = {}
+  ev_fields(f, kind, j, rcpts, reply, extra)
   redis.call('XADD', k('events'), 'MAXLEN', '~', EVMAX, '*', unpack(f))
+end
+
+-- Batched events: scripts that change many jobs collect their events with ev_add and append them with
+-- ev_flush as ONE stream entry (its fields are the events' fields one after another, each event starting
+-- with `kind`), or a few entries when there are very many.
+local EVBUF = {}
+local function ev_flush()
+  if #EVBUF > 0 then
+    redis.call('XADD', k('events'), 'MAXLEN', '~', EVMAX, '*', unpack(EVBUF))
+    EVBUF = {}
+  end
+end
+local function ev_add(kind, j, rcpts, reply, extra)
+  ev_fields(EVBUF, kind, j, rcpts, reply, extra)
+  if #EVBUF >= 3000 then ev_flush() end
 end
 
 local function event(kind, jkey, rcpts, reply, extra)
@@ -67,8 +106,12 @@ local function set_state(jkey, new)
   end
 end
 
+-- Whether any domain of this shard is suspended, asked once per call (almost always none).
+local ANY_SUSP = nil
 local function suspended(d)
   if d == BOUNCE then return false end
+  if ANY_SUSP == nil then ANY_SUSP = redis.call('HLEN', k('susp')) > 0 end
+  if not ANY_SUSP then return false end
   return redis.call('HEXISTS', k('susp'), d) == 1
 end
 
@@ -93,10 +136,11 @@ local function schedule(d, id, at)
   index_add(d, at)
 end
 
--- One job of claim `claim` (taken from schedule `d`) is no longer in flight; the last one frees the slot.
-local function claim_done(claim, d)
+-- `cnt` (default 1) jobs of claim `claim` (taken from schedule `d`) are no longer in flight; the last one
+-- frees the slot.
+local function claim_done(claim, d, cnt)
   if not claim or claim == '' then return end
-  local n = redis.call('HINCRBY', k('claims'), claim, -1)
+  local n = redis.call('HINCRBY', k('claims'), claim, -(cnt or 1))
   if n <= 0 then
     redis.call('HDEL', k('claims'), claim)
     if d and d ~= '' then
@@ -124,20 +168,49 @@ local function requeue(jkey, id, at)
   schedule(f[1], id, at)
 end
 
+-- Drops one reference to a message's body: a job that holds its message's body inline (`solo`: the
+-- message's only job) takes it along when its data (`jd:`) is deleted; otherwise the `msg:` record counts the
+-- message's live jobs in this shard and the last one deletes it and `body:`.
+local function drop_body_ref(msg, solo)
+  if solo == '1' then return end
+  local mk = k('msg:' .. msg)
+  if redis.call('HINCRBY', mk, 'live', -1) <= 0 then redis.call('DEL', mk, k('body:' .. msg)) end
+end
+
 -- Removes a finished or deleted job; the message body goes with the last job of the message in this shard.
 local function remove_job(jkey, id)
-  local f = redis.call('HMGET', jkey, 'sched', 'msg', 'dom', 'state')
+  local f = redis.call('HMGET', jkey, 'sched', 'msg', 'dom', 'state', 'solo')
   if f[4] == 'inflight' then unlease(jkey, id) end
   set_state(jkey, nil)
   local was_due = 0
   if f[4] ~= 'inflight' then was_due = redis.call('ZREM', k('due:' .. f[1]), id) end
   redis.call('ZREM', k('jobs'), id)
-  redis.call('DEL', jkey)
+  redis.call('DEL', jkey, jdk(id))
   if was_due == 1 then reindex(f[1], nil) end
   local live = redis.call('HINCRBY', k('dlive'), f[3], -1)
   if live <= 0 then redis.call('HDEL', k('dlive'), f[3]) end
-  local mk = k('msg:' .. f[2])
-  if redis.call('HINCRBY', mk, 'live', -1) <= 0 then
-    redis.call('DEL', mk, k('body:' .. f[2]))
+  drop_body_ref(f[2], f[5])
+end
+
+-- Runs `fn(args)` on slices of at most `step` items of the flat list `list` (keeps unpack() within
+-- Lua's stack limit).
+local function chunked(list, step, fn)
+  local n = #list
+  local i = 1
+  while i <= n do
+    local j = i + step - 1
+    if j > n then j = n end
+    fn(unpack(list, i, j))
+    i = j + 1
   end
+end
+
+-- The job's fields, with `env` from its data (for read views), and the size of its inline body (or -1).
+local function job_fields(id)
+  local h = redis.call('HGETALL', jk(id))
+  if #h == 0 then return h, -1 end
+  local env, body = split_data(redis.call('GET', jdk(id)))
+  h[#h + 1] = 'env'; h[#h + 1] = env
+  if body then return h, #body end
+  return h, -1
 end

@@ -11,15 +11,21 @@ local VIEW = ARGV[4]
 if VIEW == 'message' then
   local mk = k('msg:' .. ARGV[5])
   local ids = redis.call('HGET', mk, 'ids')
-  if not ids then return false end
+  if not ids then
+    -- A message with one job in all keeps no `msg:` record: its job's data holds the body.
+    local id = ARGV[5] .. '.0'
+    if redis.call('HGET', jk(id), 'solo') ~= '1' then return false end
+    local h, size = job_fields(id)
+    return {size, h}
+  end
   local out = {redis.call('STRLEN', k('body:' .. ARGV[5]))}
   for id in string.gmatch(ids, '%S+') do
-    local h = redis.call('HGETALL', jk(id))
+    local h = job_fields(id)
     if #h > 0 then out[#out + 1] = h end
   end
   return out
 elseif VIEW == 'job' then
-  local h = redis.call('HGETALL', jk(ARGV[5]))
+  local h = job_fields(ARGV[5])
   if #h == 0 then return false end
   return h
 elseif VIEW == 'page' then
@@ -44,7 +50,7 @@ elseif VIEW == 'page' then
       end
       ok = hit
     end
-    if ok then out[#out + 1] = redis.call('HGETALL', jkey) end
+    if ok then out[#out + 1] = job_fields(id) end
   end
   out[1] = last
   if #ids < tonumber(ARGV[6]) then out[2] = '1' end
