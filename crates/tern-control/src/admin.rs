@@ -386,6 +386,25 @@ impl QueueAdmin for AdminService {
             );
             pos = Some(next);
         }
+        let content = self.queue.read_body(id).await.map_err(queue_status)?;
+        let (headers, body, content_available, content_note) = match content {
+            Some(msg) => {
+                let headers = String::from_utf8_lossy(header_section(&msg)).into_owned();
+                let body = if req.include_body {
+                    msg.to_vec()
+                } else {
+                    Vec::new()
+                };
+                (headers, body, true, String::new())
+            }
+            // Its last job finished between the two reads.
+            None => (
+                String::new(),
+                Vec::new(),
+                false,
+                "the message left the queue while it was read".into(),
+            ),
+        };
         let first = info.jobs.first();
         Ok(Response::new(pb::GetMessageResponse {
             message_id: id.to_string(),
@@ -398,11 +417,10 @@ impl QueueAdmin for AdminService {
                 .unwrap_or_default(),
             jobs: info.jobs.iter().map(convert::job_detail).collect(),
             attempts,
-            headers: String::new(),
-            body: Vec::new(),
-            content_available: false,
-            content_note: "the queue interface offers no read of the stored message; only its size is shown"
-                .to_string(),
+            headers,
+            body,
+            content_available,
+            content_note,
         }))
     }
 
@@ -485,4 +503,15 @@ impl QueueAdmin for AdminService {
             suspensions: list.iter().map(convert::suspension).collect(),
         }))
     }
+}
+
+/// The header section of a stored message: up to and including the blank line that ends it (all of it when
+/// there is none).
+fn header_section(msg: &[u8]) -> &[u8] {
+    if msg.starts_with(b"\r\n") {
+        return &msg[..2];
+    }
+    msg.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(msg, |i| &msg[..i + 4])
 }

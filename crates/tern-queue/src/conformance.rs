@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tern_core::time::now_ms;
-use tern_core::{Envelope, Recipient, ReversePath};
+use tern_core::{Envelope, MessageId, Recipient, ReversePath};
 
 use crate::model::*;
 use crate::{Queue, QueueError};
@@ -68,6 +68,7 @@ cases!(
     complete_batch_records_each_job,
     complete_batch_checks_owner_and_repeats_per_job,
     batched_events_read_whole_and_once,
+    stored_message_reads_back_until_its_last_job_ends,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -1239,4 +1240,35 @@ async fn batched_events_read_whole_and_once(q: Arc<dyn Queue>) {
     let (late, _) = q.read_events(Some(&end), 10, None).await.expect("read");
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].kind, EventKind::Queued);
+}
+
+async fn stored_message_reads_back_until_its_last_job_ends(q: Arc<dyn Queue>) {
+    // One job (the body lives with the job) and two jobs (the body is shared).
+    let solo = enqueue(&q, &["a@one.test"]).await;
+    let multi = enqueue(&q, &["a@two.test", "b@three.test"]).await;
+    for id in [solo.message, multi.message] {
+        let body = q.read_body(id).await.expect("read body").expect("stored");
+        assert_eq!(&body[..], BODY);
+    }
+    assert_eq!(
+        q.read_body(MessageId::new()).await.expect("read body"),
+        None,
+        "unknown id"
+    );
+
+    // Finish every job: the message is gone.
+    while let Some(c) = claim(&q, "w", 10).await {
+        for j in &c.jobs {
+            q.complete("w", &j.lease, Outcome::delivered())
+                .await
+                .expect("complete");
+        }
+    }
+    for id in [solo.message, multi.message] {
+        assert_eq!(
+            q.read_body(id).await.expect("read body"),
+            None,
+            "finished messages keep no body"
+        );
+    }
 }

@@ -95,6 +95,10 @@ pub trait Queue: Send + Sync {
     /// A message and its remaining jobs.
     async fn get_message(&self, id: MessageId) -> Result<Option<MessageInfo>, QueueError>;
 
+    /// The stored message (headers and body, as queued) while any of its jobs remains; `None` once every
+    /// job has finished or been deleted, or for an unknown id.
+    async fn read_body(&self, id: MessageId) -> Result<Option<bytes::Bytes>, QueueError>;
+
     /// Jobs matching `filter`, a page of at most `limit` at a time, from `cursor` (`None`: the start).
     async fn list(
         &self,

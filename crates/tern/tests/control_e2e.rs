@@ -276,12 +276,16 @@ fn deferred_mail_status_shape_list_show_retry_bounce_delete() {
         queued_at < deferred_at && queued_at.is_some(),
         "queued, then deferred: {kinds:?}"
     );
-    if show["content_available"] == true {
-        assert!(
-            show["headers"].as_str().unwrap().contains("control e2e"),
-            "{show}"
-        );
-    }
+    assert_eq!(show["content_available"], true, "{show}");
+    assert!(
+        show["headers"].as_str().unwrap().contains("control e2e"),
+        "{show}"
+    );
+    let with_body = node.json(&["msg", "show", &ids[0], "--body"]);
+    assert!(
+        with_body.to_string().contains("hello"),
+        "the body is shown on request: {with_body}"
+    );
     let by_job = node.json(&["msg", "show", &format!("{}.0", ids[0])]);
     assert_eq!(
         by_job["message_id"],

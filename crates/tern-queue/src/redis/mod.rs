@@ -1141,6 +1141,21 @@ impl Queue for RedisQueue {
         Ok(Some(MessageInfo { id, body_size, jobs }))
     }
 
+    async fn read_body(&self, id: MessageId) -> Result<Option<Bytes>, QueueError> {
+        let now = now_ms();
+        // A message's body lives in each shard that holds one of its jobs; any copy will do.
+        let parts = self
+            .on_all_shards(|shard| async move {
+                self.eval(&scripts::READ, shard, now, vec![a("body"), a(id)])
+                    .await
+            })
+            .await?;
+        Ok(parts.into_iter().find_map(|v| match v {
+            Value::BulkString(b) => Some(Bytes::from(b)),
+            _ => None,
+        }))
+    }
+
     async fn list(
         &self,
         filter: &ListFilter,

@@ -1,5 +1,6 @@
 -- Read-only views of this shard. ARGV[4] view:
 --   "message": ARGV[5] message id -> {body size or -1, job1 fields, job2 fields, ...}
+--   "body":    ARGV[5] message id -> the stored message (headers and body) or false
 --   "job":     ARGV[5] job id -> job fields or false
 --   "page":    ARGV[5] last job id seen or "", ARGV[6] how many to scan, ARGV[7] domain, ARGV[8] state,
 --              ARGV[9] sender, ARGV[10] recipient ("" = any; sender and recipient compared lower-cased)
@@ -24,6 +25,15 @@ if VIEW == 'message' then
     if #h > 0 then out[#out + 1] = h end
   end
   return out
+elseif VIEW == 'body' then
+  local b = redis.call('GET', k('body:' .. ARGV[5]))
+  if b then return b end
+  -- A message's only job keeps the body after its envelope, past the first newline (JSON has none).
+  local d = redis.call('GET', jdk(ARGV[5] .. '.0'))
+  if not d then return false end
+  local nl = string.find(d, '\n', 1, true)
+  if not nl then return false end
+  return string.sub(d, nl + 1)
 elseif VIEW == 'job' then
   local h = job_fields(ARGV[5])
   if #h == 0 then return false end
