@@ -509,6 +509,11 @@ async fn complete_failed_with_per_recipient_results(q: Arc<dyn Queue>) {
         .find(|e| e.kind == EventKind::Delivered)
         .expect("delivered");
     assert_eq!(delivered.recipients, vec!["b@d.test".to_string()]);
+    assert_eq!(
+        delivered.reply.as_deref(),
+        Some("250 ok"),
+        "each event carries its recipients' reply"
+    );
     let failed = events
         .iter()
         .find(|e| e.kind == EventKind::Failed)
@@ -516,6 +521,37 @@ async fn complete_failed_with_per_recipient_results(q: Arc<dyn Queue>) {
     assert_eq!(
         failed.recipients,
         vec!["a@d.test".to_string(), "c@d.test".to_string()]
+    );
+    assert_eq!(failed.reply.as_deref(), Some("550 5.7.1 rejected"));
+
+    // Recipients that failed with different replies are reported apart, each with its own reply.
+    enqueue(&q, &["p@f.test", "q@f.test"]).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    let out = Outcome::fail("550 5.1.1 no such user").with_result(
+        1,
+        RecipientStatus::Failed,
+        Some("552 5.2.2 mailbox full".into()),
+    );
+    q.complete("w", &c.jobs[0].lease, out).await.expect("complete");
+    let events = all_events(&q).await;
+    let mut replies: Vec<(Vec<String>, Option<String>)> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Failed && e.domain == "f.test")
+        .map(|e| (e.recipients.clone(), e.reply.clone()))
+        .collect();
+    replies.sort();
+    assert_eq!(
+        replies,
+        vec![
+            (
+                vec!["p@f.test".to_string()],
+                Some("550 5.1.1 no such user".to_string())
+            ),
+            (
+                vec!["q@f.test".to_string()],
+                Some("552 5.2.2 mailbox full".to_string())
+            ),
+        ]
     );
     // Leaving a recipient pending needs a retry time.
     enqueue(&q, &["x@e.test"]).await;
@@ -534,7 +570,7 @@ async fn complete_failed_with_per_recipient_results(q: Arc<dyn Queue>) {
         Completion::Finished
     );
     let s = q.stats().await.expect("stats");
-    assert_eq!((s.delivered, s.failed, s.expired), (1, 2, 1));
+    assert_eq!((s.delivered, s.failed, s.expired), (1, 4, 1));
 }
 
 async fn stale_owner_is_refused(q: Arc<dyn Queue>) {
@@ -1104,7 +1140,11 @@ async fn complete_batch_records_each_job(q: Arc<dyn Queue>) {
         .find(|e| e.kind == EventKind::Failed && e.job == Some(b.jobs[0].job.id))
         .expect("failed event");
     assert_eq!(failed.recipients, vec!["y@b.test".to_string()]);
-    assert_eq!(failed.reply, None);
+    assert_eq!(
+        failed.reply.as_deref(),
+        Some("550 gone"),
+        "the recipient's own reply"
+    );
     let info = q
         .get_message(a.jobs[1].job.id.message)
         .await

@@ -41,6 +41,8 @@ for x = 1, tonumber(ARGV[5]) do
       given[tonumber(ARGV[b])] = {ARGV[b + 1], ARGV[b + 2]}
     end
     local delivered, failed, pending = {}, {}, {}
+    -- Recipients grouped by (state, reply), so that each event carries the reply its recipients got.
+    local groups, gorder = {}, {}
     local upd = {}
     local att = tonumber(f[4] or '0') + 1
     f[4] = tostring(att)
@@ -65,7 +67,11 @@ for x = 1, tonumber(ARGV[5]) do
         if rep ~= '' then upd[#upd + 1] = 'rr:' .. r; upd[#upd + 1] = rep end
         if st == 'd' then delivered[#delivered + 1] = addr
         elseif st == 'f' then failed[#failed + 1] = addr
-        else pending[#pending + 1] = addr end
+        else st = 'p'; pending[#pending + 1] = addr end
+        local gk = st .. '\0' .. rep
+        if not groups[gk] then groups[gk] = {st, rep, {}}; gorder[#gorder + 1] = gk end
+        local ga = groups[gk][3]
+        ga[#ga + 1] = addr
       end
     end
     unflight[#unflight + 1] = ID
@@ -79,16 +85,17 @@ for x = 1, tonumber(ARGV[5]) do
     if IP ~= '' then extra[#extra + 1] = 'ip'; extra[#extra + 1] = IP end
     if TLS ~= '' then extra[#extra + 1] = 'tls'; extra[#extra + 1] = TLS end
     if f[11] == '1' then extra[#extra + 1] = 'bounce'; extra[#extra + 1] = '1' end
-    if #delivered > 0 then
-      ev_add('delivered', f, delivered, REPLY, extra)
-      counts.delivered = counts.delivered + #delivered
+    local fkind = 'failed'
+    if KIND == 'expired' then fkind = 'expired' end
+    local kinds = {d = 'delivered', f = fkind, p = 'deferred'}
+    for _, st in ipairs({'d', 'f', 'p'}) do
+      for _, gk in ipairs(gorder) do
+        local g = groups[gk]
+        if g[1] == st then ev_add(kinds[st], f, g[3], g[2], extra) end
+      end
     end
-    if #failed > 0 then
-      local kind = 'failed'
-      if KIND == 'expired' then kind = 'expired' end
-      ev_add(kind, f, failed, REPLY, extra)
-      counts[kind] = counts[kind] + #failed
-    end
+    counts.delivered = counts.delivered + #delivered
+    counts[fkind] = counts[fkind] + #failed
     if #pending > 0 then
       local at = tonumber(RETRY) or (NOW + 60000)
       upd[#upd + 1] = 'att'; upd[#upd + 1] = att
@@ -96,7 +103,6 @@ for x = 1, tonumber(ARGV[5]) do
       if REPLY ~= '' then upd[#upd + 1] = 'err'; upd[#upd + 1] = REPLY end
       redis.call('HSET', jkey, unpack(upd))
       redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'claim', 'cdom')
-      ev_add('deferred', f, pending, REPLY, extra)
       counts.deferred = counts.deferred + #pending
       requeue(jkey, ID, at)
       res[x] = {'deferred', string.format('%d', at)}
