@@ -4,7 +4,7 @@
 //! server), with default options: default domain concurrency 10, at least 2 shards. Cases use short leases
 //! (a few hundred milliseconds) to test expiry.
 //!
-//! ```ignore
+//! ```text
 //! tern_queue::conformance::run_all(Arc::new(|name: String| Box::pin(async move { make_queue(&name).await })))
 //!     .await;
 //! ```
