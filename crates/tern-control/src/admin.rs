@@ -1,8 +1,8 @@
 //! `tern.v1.QueueAdmin`: status, shape, listing, one message, and the repair actions.
 //!
 //! Listing filters the queue offers (domain, state, sender, recipient) are applied by the queue; the rest
-//! (minimum attempts, age, tag) here, page by page. The status's oldest age, the shape and filter-based
-//! actions with more than a domain walk the job list; they stop after [`SCAN_BUDGET`] jobs.
+//! (minimum attempts, age, tag) here, page by page. The shape and filter-based actions with more than a
+//! domain walk the job list; they stop after [`SCAN_BUDGET`] jobs. The status needs no walk.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,6 @@ use crate::shape::{self, Shape};
 
 /// The most jobs one call walks (shape, filtered actions).
 pub const SCAN_BUDGET: usize = 1_000_000;
-/// The most jobs GetStatus walks for the oldest message's age (`ternctl queue top` calls it every second).
-pub const STATUS_SCAN_BUDGET: usize = 100_000;
 /// The most events GetMessage reads looking for a message's history.
 pub const HISTORY_BUDGET: usize = 200_000;
 /// Jobs per page when walking the list.
@@ -221,12 +219,10 @@ impl QueueAdmin for AdminService {
             .map(|d| d.total)
             .sum();
         let now = now_ms();
-        let mut oldest: Option<u64> = None;
-        let oldest_age_exact = self
-            .walk(&Filter::default(), STATUS_SCAN_BUDGET, |job| {
-                oldest = Some(oldest.map_or(job.first_queued_ms, |o| o.min(job.first_queued_ms)));
-            })
-            .await?;
+        // Message ids start with their creation time, so the queue knows the oldest without a scan: `ternctl
+        // queue top` asks every second, whatever the depth.
+        let oldest = counts.oldest_message_ms;
+        let oldest_age_exact = true;
         depths.retain(|d| d.domain != BOUNCE_SCHEDULE && (d.total > 0 || d.suspension.is_some()));
         depths.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.domain.cmp(&b.domain)));
         depths.truncate(top);

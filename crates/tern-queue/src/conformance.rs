@@ -69,6 +69,7 @@ cases!(
     complete_batch_checks_owner_and_repeats_per_job,
     batched_events_read_whole_and_once,
     stored_message_reads_back_until_its_last_job_ends,
+    counts_know_the_oldest_message,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -1280,6 +1281,25 @@ async fn batched_events_read_whole_and_once(q: Arc<dyn Queue>) {
     let (late, _) = q.read_events(Some(&end), 10, None).await.expect("read");
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].kind, EventKind::Queued);
+}
+
+async fn counts_know_the_oldest_message(q: Arc<dyn Queue>) {
+    assert_eq!(
+        q.counts().await.expect("counts").oldest_message_ms,
+        None,
+        "empty queue"
+    );
+    let before = now_ms();
+    let first = enqueue(&q, &["a@one.test"]).await;
+    enqueue(&q, &["b@two.test", "c@three.test"]).await;
+    let oldest = q
+        .counts()
+        .await
+        .expect("counts")
+        .oldest_message_ms
+        .expect("oldest");
+    assert_eq!(oldest, first.message.timestamp_ms());
+    assert!(oldest + 1 >= before, "{oldest} vs {before}");
 }
 
 async fn stored_message_reads_back_until_its_last_job_ends(q: Arc<dyn Queue>) {

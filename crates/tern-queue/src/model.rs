@@ -416,6 +416,9 @@ pub struct QueueCounts {
     pub suspended_domains: u64,
     /// The earliest due time of any waiting job (Unix ms).
     pub oldest_due_ms: Option<u64>,
+    /// When the oldest message still in the queue was made (Unix ms, from its id), so that its age costs no
+    /// scan of the jobs.
+    pub oldest_message_ms: Option<u64>,
 }
 
 /// A suspension of deliveries to a domain.

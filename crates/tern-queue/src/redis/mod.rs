@@ -1239,13 +1239,19 @@ impl Queue for RedisQueue {
             .await?;
         let mut c = QueueCounts::default();
         for v in parts {
-            let n: Vec<i64> = codec::items(&v)
-                .iter()
-                .map(|x| codec::int(x).unwrap_or(0))
-                .collect();
+            let items = codec::items(&v);
+            let n: Vec<i64> = items.iter().take(7).map(|x| codec::int(x).unwrap_or(0)).collect();
             let [queued, deferred, inflight, total, oldest, bounce, susp] = n[..] else {
                 return Err(QueueError::Backend(format!("unexpected counts reply {v:?}")));
             };
+            let first_message = items
+                .get(7)
+                .and_then(codec::text)
+                .and_then(|id| id.split('.').next().and_then(|m| m.parse::<MessageId>().ok()));
+            if let Some(m) = first_message {
+                let t = m.timestamp_ms();
+                c.oldest_message_ms = Some(c.oldest_message_ms.map_or(t, |x| x.min(t)));
+            }
             c.queued += queued.max(0) as u64;
             c.deferred += deferred.max(0) as u64;
             c.in_flight += inflight.max(0) as u64;

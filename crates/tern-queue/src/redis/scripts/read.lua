@@ -5,7 +5,8 @@
 --   "page":    ARGV[5] last job id seen or "", ARGV[6] how many to scan, ARGV[7] domain, ARGV[8] state,
 --              ARGV[9] sender, ARGV[10] recipient ("" = any; sender and recipient compared lower-cased)
 --              -> {last id scanned or "", done "1"/"0", job fields...}
---   "counts":  -> {queued, deferred, inflight, jobs, oldest due or -1, bounce due, suspended domains}
+--   "counts":  -> {queued, deferred, inflight, jobs, oldest due or -1, bounce due, suspended domains,
+--              the smallest job id or "" (ids start with a ULID, so this is the oldest message)}
 --   "depths":  ARGV[5] domain or "" for all -> {domain, waiting, due now, live jobs, earliest due or -1,
 --              active claims, limit override or -1, suspension record or ""} repeated
 local VIEW = ARGV[4]
@@ -77,8 +78,9 @@ elseif VIEW == 'counts' then
   end
   for _, d in ipairs(redis.call('ZRANGE', k('domains'), 0, -1)) do consider(d) end
   for _, d in ipairs(redis.call('HKEYS', k('susp'))) do consider(d) end
+  local first_job = redis.call('ZRANGE', k('jobs'), 0, 0)[1] or ''
   return {tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0'), redis.call('ZCARD', k('jobs')),
-          oldest, redis.call('ZCARD', k('due:' .. BOUNCE)), redis.call('HLEN', k('susp'))}
+          oldest, redis.call('ZCARD', k('due:' .. BOUNCE)), redis.call('HLEN', k('susp')), first_job}
 elseif VIEW == 'depths' then
   local doms = {}
   if ARGV[5] ~= '' then
