@@ -10,33 +10,12 @@ use tern_core::HumanDuration;
 use tern_queue::EventKind;
 use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, free_port};
 
-const WAIT: Duration = Duration::from_secs(30);
-
 /// The sender's domain `a.test` has its own MX, a dumping sink at 127.0.0.30, to catch DSNs.
 fn dns_with_sender(b: tern_testkit::DnsmasqBuilder) -> Dnsmasq {
     b.mx("a.test", "mx.a.test", 10)
         .host("mx.a.test", ip(30))
         .start()
         .expect("dnsmasq")
-}
-
-async fn wait_dsn(sink: &SmtpSink, needle: &[&str]) -> String {
-    let dir = sink.dump_dir().expect("dump dir").to_path_buf();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(d) = dumps(&dir)
-            .into_iter()
-            .find(|d| needle.iter().all(|n| d.contains(n)))
-        {
-            return d;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no DSN with {needle:?}; dumps: {:#?}",
-            dumps(&dir)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

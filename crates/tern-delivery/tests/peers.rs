@@ -19,24 +19,6 @@ use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, TestCa, free_port};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-fn sa(last: u8, port: u16) -> SocketAddr {
-    SocketAddr::from((ip(last), port))
-}
-
-async fn wait_event(q: &Arc<dyn Queue>, kind: EventKind) -> tern_queue::Event {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ev = events(q).await;
-        if let Some(e) = ev.iter().find(|e| e.kind == kind) {
-            return e.clone();
-        }
-        assert!(Instant::now() < deadline, "no {kind:?} event: {ev:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Two MX hosts at the same preference: with one message per connection, every connection picks among them
 /// afresh, and each gets a fair share of 200 messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,21 +6,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::fake_mx::{Behaviour, FakeMx};
 use common::*;
 use tern_config::sections::{RouteConfig, TlsMode};
 use tern_core::{HumanDuration, ReversePath};
-use tern_queue::{EventKind, NewMessage, Queue, Target};
+use tern_queue::{EventKind, NewMessage, Target};
 use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, TestCa, free_port};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn sa(last: u8, port: u16) -> SocketAddr {
-    SocketAddr::from((ip(last), port))
-}
 
 fn dns_for(domain: &str, last: u8) -> Dnsmasq {
     Dnsmasq::builder()
@@ -30,37 +23,6 @@ fn dns_for(domain: &str, last: u8) -> Dnsmasq {
         .host(&format!("mx.{domain}"), ip(last))
         .start()
         .expect("dnsmasq")
-}
-
-async fn wait_event(q: &std::sync::Arc<dyn Queue>, kind: EventKind) -> tern_queue::Event {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let ev = events(q).await;
-        if let Some(e) = ev.iter().find(|e| e.kind == kind) {
-            return e.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "no {kind:?} event: {ev:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_dsn(sink: &SmtpSink, needle: &[&str]) -> String {
-    let dir = sink.dump_dir().expect("dump dir").to_path_buf();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        if let Some(d) = dumps(&dir)
-            .into_iter()
-            .find(|d| needle.iter().all(|n| d.contains(n)))
-        {
-            return d;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no DSN with {needle:?}; dumps: {:#?}",
-            dumps(&dir)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 struct Tls {

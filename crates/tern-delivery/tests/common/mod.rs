@@ -2,7 +2,7 @@
 //! worker running against them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use tern_config::DeliveryConfig;
 use tern_core::{Envelope, HumanDuration, Recipient, ReversePath};
 use tern_delivery::Worker;
+use tern_queue::EventKind;
 use tern_queue::{NewMessage, Queue, RedisQueue, RedisQueueOptions};
-use tern_testkit::{Dnsmasq, RedisServer};
+use tern_testkit::{Dnsmasq, RedisServer, SmtpSink};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -157,4 +158,45 @@ pub async fn wait_queue_empty(queue: &Arc<dyn Queue>, timeout: Duration) {
 pub async fn events(queue: &Arc<dyn Queue>) -> Vec<tern_queue::Event> {
     let (ev, _) = queue.read_events(None, 10_000, None).await.expect("events");
     ev
+}
+
+/// How long a test waits for something the worker should do at once.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// `127.0.0.<last>:<port>`.
+pub fn sa(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::from((ip(last), port))
+}
+
+/// The first event of `kind`, waiting up to [`WAIT`] for it.
+pub async fn wait_event(q: &Arc<dyn Queue>, kind: EventKind) -> tern_queue::Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ev = events(q).await;
+        if let Some(e) = ev.iter().find(|e| e.kind == kind) {
+            return e.clone();
+        }
+        assert!(Instant::now() < deadline, "no {kind:?} event: {ev:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first message `sink` dumped that contains every one of `needle`, waiting up to [`WAIT`] for it.
+pub async fn wait_dsn(sink: &SmtpSink, needle: &[&str]) -> String {
+    let dir = sink.dump_dir().expect("dump dir").to_path_buf();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(d) = dumps(&dir)
+            .into_iter()
+            .find(|d| needle.iter().all(|n| d.contains(n)))
+        {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DSN with {needle:?}; dumps: {:#?}",
+            dumps(&dir)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
