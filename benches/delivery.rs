@@ -19,6 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tern_benches::{cpu_ms, filler_message, status_kb};
 use tern_core::{Envelope, Recipient, ReversePath};
 use tern_queue::{NewMessage, Queue, RedisQueue, RedisQueueOptions};
 use tern_testkit::redis::RedisServer;
@@ -26,19 +27,6 @@ use tern_testkit::{ChildGuard, Dnsmasq, SmtpSink, free_port};
 
 const DOMAINS: usize = 10;
 const SIZE: usize = 1024;
-
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cpu_ms(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) * 10.0
-}
 
 fn main() {
     let total: usize = std::env::var("TERN_BENCH_MESSAGES")
@@ -81,10 +69,7 @@ fn main() {
             .await
             .unwrap(),
         );
-        let mut body = b"From: bench@sender.test\r\nSubject: delivery bench\r\n\r\n".to_vec();
-        while body.len() < SIZE {
-            body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
-        }
+        let body = filler_message("From: bench@sender.test\r\nSubject: delivery bench\r\n\r\n", SIZE);
         let body = bytes::Bytes::from(body);
         for chunk in (0..total).collect::<Vec<_>>().chunks(500) {
             let batch = chunk
@@ -130,7 +115,7 @@ fn main() {
         if n > 0 && first.is_none() {
             first = Some(Instant::now());
         }
-        peak_rss_kb = peak_rss_kb.max(proc_field(pid, "status", "VmRSS:").unwrap_or(0));
+        peak_rss_kb = peak_rss_kb.max(status_kb(&pid.to_string(), "VmRSS:").unwrap_or(0));
         if n >= total as u64 {
             break;
         }
@@ -142,8 +127,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let elapsed = first.map_or(started.elapsed(), |f| f.elapsed());
-    let cpu = cpu_ms(pid);
-    let hwm_kb = proc_field(pid, "status", "VmHWM:").unwrap_or(peak_rss_kb);
+    let cpu = cpu_ms(&pid.to_string());
+    let hwm_kb = status_kb(&pid.to_string(), "VmHWM:").unwrap_or(peak_rss_kb);
     let counters = sink.counters();
     worker.terminate(Duration::from_secs(30)).unwrap();
 

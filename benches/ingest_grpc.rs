@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tern_benches::{cpu_ms, filler_message, percentile, redis_pid};
 use tern_ingest::CancellationToken;
 use tern_ingest::grpc::{GrpcServer, GrpcSettings};
 use tern_proto::v1::{
@@ -26,13 +27,6 @@ use tern_testkit::redis::RedisServer;
 const BATCH: usize = 500;
 const CALLERS: usize = 4;
 const SIZE: usize = 1024;
-
-fn cpu_ms(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) * 10.0
-}
 
 fn batch(n: usize, body: &[u8]) -> SendBatchRequest {
     let messages = (0..n)
@@ -55,12 +49,7 @@ fn main() {
         .unwrap_or(100_000);
     let redis = RedisServer::start().unwrap();
     let info = redis.cli(&["info", "server"]).unwrap();
-    let redis_pid = info
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let redis_pid = redis_pid(&info);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -78,10 +67,7 @@ fn main() {
         let stop = CancellationToken::new();
         tokio::spawn(server.run(stop.clone()));
 
-        let mut body = b"From: bench@sender.test\r\nTo: rcpt@dest.test\r\nSubject: bench\r\n\r\n".to_vec();
-        while body.len() < SIZE {
-            body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
-        }
+        let body = filler_message("From: bench@sender.test\r\nTo: rcpt@dest.test\r\nSubject: bench\r\n\r\n", SIZE);
         let request = Arc::new(batch(BATCH, &body));
         let client = SubmissionClient::connect(url).await.unwrap();
 
@@ -112,8 +98,7 @@ fn main() {
         }
         let elapsed = started.elapsed();
         let sent = (calls * BATCH) as f64;
-        lat.sort();
-        let p99 = lat[((lat.len() as f64 * 0.99).ceil() as usize).clamp(1, lat.len()) - 1];
+        let p99 = percentile(&mut lat, 0.99);
         println!("\ngRPC SendBatch: {SIZE}-byte raw messages, batches of {BATCH}, {CALLERS} callers, {sent} messages");
         println!("| msg/s | process CPU-ms/msg (server + callers) | redis CPU-ms/msg | p99 per batch |");
         println!("|---:|---:|---:|---:|");

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tern_benches::{cpu_ms, filler_message, percentile, redis_pid};
 use tern_config::IngestConfig;
 use tern_ingest::{CancellationToken, SmtpServer};
 use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
@@ -29,25 +30,6 @@ use tokio::net::TcpStream;
 
 const SESSIONS: u32 = 20;
 const SIZE: usize = 1024;
-
-/// CPU time (user + system) of a process, from /proc/<pid>/stat, in milliseconds.
-fn cpu_ms(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 (1-based).
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks * 1000.0 / 100.0 // USER_HZ is 100 on Linux
-}
-
-fn redis_pid(redis: &RedisServer) -> String {
-    let info = redis.cli(&["info", "server"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 async fn queued(queue: &dyn Queue) -> u64 {
     let c = queue.counts().await.unwrap();
@@ -151,10 +133,6 @@ async fn paced_client(
     latencies
 }
 
-fn pct(v: &[Duration], p: f64) -> Duration {
-    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let messages: u32 = std::env::var("TERN_BENCH_MESSAGES")
@@ -184,7 +162,7 @@ fn main() {
         let addr = server.smtp_addrs()[0];
         let shutdown = CancellationToken::new();
         let serving = tokio::spawn(server.run(shutdown.clone()));
-        let pid = redis_pid(&redis);
+        let pid = redis_pid(&redis.cli(&["info", "server"]).unwrap());
 
         // Warm up connections, scripts and allocator.
         smtp_source_run("warm-up", addr, 1_000, true, queue.as_ref(), &pid).await;
@@ -197,10 +175,7 @@ fn main() {
         // Latency at half the reused-connection rate.
         let half = runs[1].rate / 2.0;
         let interval = Duration::from_secs_f64(f64::from(SESSIONS) / half);
-        let mut body = b"From: bench@sender.test\r\nTo: rcpt@dest.test\r\nSubject: latency\r\n\r\n".to_vec();
-        while body.len() < SIZE {
-            body.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
-        }
+        let mut body = filler_message("From: bench@sender.test\r\nTo: rcpt@dest.test\r\nSubject: latency\r\n\r\n", SIZE);
         body.extend_from_slice(b".\r\n");
         let body = Arc::new(body);
         let until = Instant::now() + Duration::from_secs(10);
@@ -210,7 +185,6 @@ fn main() {
         for c in clients {
             lat.extend(c.await.unwrap());
         }
-        lat.sort();
         shutdown.cancel();
         let _ = serving.await;
 
@@ -224,9 +198,9 @@ fn main() {
             "\nend of DATA → 250 at {:.0} msg/s offered ({} samples): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
             half,
             lat.len(),
-            pct(&lat, 0.50).as_secs_f64() * 1e3,
-            pct(&lat, 0.99).as_secs_f64() * 1e3,
-            pct(&lat, 0.999).as_secs_f64() * 1e3,
+            percentile(&mut lat, 0.50).as_secs_f64() * 1e3,
+            percentile(&mut lat, 0.99).as_secs_f64() * 1e3,
+            percentile(&mut lat, 0.999).as_secs_f64() * 1e3,
         );
     });
 }

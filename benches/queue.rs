@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tern_benches::percentile;
 use tern_core::{Envelope, Recipient, ReversePath};
 use tern_queue::{NewMessage, Outcome, Queue, RedisQueue, RedisQueueOptions};
 use tern_testkit::redis::RedisServer;
@@ -46,14 +47,6 @@ fn message(i: u64, body: &[u8]) -> NewMessage {
         )],
     );
     NewMessage::new(env, body.to_vec())
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort();
-    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 fn ms(d: Duration) -> String {
@@ -141,7 +134,7 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         t.await.unwrap();
     }
     let enqueue_rate = ((cycles / PRODUCERS / BATCH) * PRODUCERS * BATCH) as f64 / t.elapsed().as_secs_f64();
-    let enqueue_p99 = pct(&mut lat.lock().await, 0.99);
+    let enqueue_p99 = percentile(&mut lat.lock().await, 0.99);
 
     // Bring the depth back: complete as many as were just enqueued.
     drain(&q, (cycles / PRODUCERS / BATCH) * PRODUCERS * BATCH, None, None).await;
@@ -245,12 +238,12 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         enqueue_rate,
         enqueue_p99,
         cycles_rate,
-        claim_p99: pct(&mut claim_lat.lock().await, 0.99),
-        complete_p99: pct(&mut complete_lat.lock().await, 0.99),
-        cycle_enqueue_p99: pct(&mut enq_lat.lock().await, 0.99),
-        claim_alone_p50: pct(&mut alone.clone(), 0.50),
-        claim_alone_p99: pct(&mut alone.clone(), 0.99),
-        claim_alone_p999: pct(&mut alone.clone(), 0.999),
+        claim_p99: percentile(&mut claim_lat.lock().await, 0.99),
+        complete_p99: percentile(&mut complete_lat.lock().await, 0.99),
+        cycle_enqueue_p99: percentile(&mut enq_lat.lock().await, 0.99),
+        claim_alone_p50: percentile(&mut alone.clone(), 0.50),
+        claim_alone_p99: percentile(&mut alone.clone(), 0.99),
+        claim_alone_p999: percentile(&mut alone.clone(), 0.999),
         redis_us_per_cycle,
         client_us_per_cycle,
         used_memory,
