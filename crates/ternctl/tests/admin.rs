@@ -7,37 +7,17 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::{Server, redis_queue, stderr, stdout};
 use serde_json::Value;
 use tern_config::ControlConfig;
 use tern_control::{CancellationToken, ControlServer};
 use tern_core::{Envelope, Mailbox, Recipient, ReversePath};
-use tern_queue::{NewMessage, Outcome, Queue, RedisQueue, RedisQueueOptions};
-use tern_testkit::redis::RedisServer;
+use tern_queue::{NewMessage, Outcome, Queue};
 
-struct Control {
-    _redis: RedisServer,
-    queue: Arc<dyn Queue>,
-    url: String,
-    stop: CancellationToken,
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn control(keys_file: Option<std::path::PathBuf>) -> Control {
-    let redis = RedisServer::start().unwrap();
-    let queue: Arc<dyn Queue> = Arc::new(
-        RedisQueue::connect(RedisQueueOptions {
-            url: redis.url(),
-            shards: 4,
-            ..RedisQueueOptions::default()
-        })
-        .await
-        .unwrap(),
-    );
+async fn control(keys_file: Option<std::path::PathBuf>) -> Server {
+    let (redis, queue) = redis_queue(4).await;
     let config = ControlConfig {
         grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_keys_file: keys_file,
@@ -47,8 +27,8 @@ async fn control(keys_file: Option<std::path::PathBuf>) -> Control {
     let url = format!("http://{}", server.local_addr());
     let stop = CancellationToken::new();
     tokio::spawn(server.run(stop.clone()));
-    Control {
-        _redis: redis,
+    Server {
+        redis,
         queue,
         url,
         stop,
@@ -80,14 +60,6 @@ async fn ternctl(url: &str, args: &[&str]) -> Output {
         .output()
         .await
         .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn ok(o: &Output) -> String {

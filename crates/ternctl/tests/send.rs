@@ -3,36 +3,15 @@
 
 use std::net::SocketAddr;
 use std::process::Output;
-use std::sync::Arc;
+mod common;
 
+use common::{Server, redis_queue, stderr, stdout};
 use tern_ingest::CancellationToken;
 use tern_ingest::grpc::{GrpcServer, GrpcSettings};
-use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
-use tern_testkit::redis::RedisServer;
+use tern_queue::RedisQueueOptions;
 
-struct Ingest {
-    _redis: RedisServer,
-    queue: Arc<dyn Queue>,
-    url: String,
-    stop: CancellationToken,
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn ingest(keys_file: Option<std::path::PathBuf>) -> Ingest {
-    let redis = RedisServer::start().unwrap();
-    let queue: Arc<dyn Queue> = Arc::new(
-        RedisQueue::connect(RedisQueueOptions {
-            url: redis.url(),
-            ..RedisQueueOptions::default()
-        })
-        .await
-        .unwrap(),
-    );
+async fn ingest(keys_file: Option<std::path::PathBuf>) -> Server {
+    let (redis, queue) = redis_queue(RedisQueueOptions::default().shards).await;
     let settings = GrpcSettings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_keys_file: keys_file,
@@ -42,8 +21,8 @@ async fn ingest(keys_file: Option<std::path::PathBuf>) -> Ingest {
     let url = format!("http://{}", server.local_addr());
     let stop = CancellationToken::new();
     tokio::spawn(server.run(stop.clone()));
-    Ingest {
-        _redis: redis,
+    Server {
+        redis,
         queue,
         url,
         stop,
@@ -58,14 +37,6 @@ async fn ternctl(args: &[&str]) -> Output {
         .output()
         .await
         .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[tokio::test]
