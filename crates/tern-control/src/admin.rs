@@ -385,7 +385,7 @@ impl QueueAdmin for AdminService {
         let content = self.queue.read_body(id).await.map_err(queue_status)?;
         let (headers, body, content_available, content_note) = match content {
             Some(msg) => {
-                let headers = String::from_utf8_lossy(header_section(&msg)).into_owned();
+                let headers = String::from_utf8_lossy(tern_core::message::header_section(&msg)).into_owned();
                 let body = if req.include_body {
                     msg.to_vec()
                 } else {
@@ -499,15 +499,4 @@ impl QueueAdmin for AdminService {
             suspensions: list.iter().map(convert::suspension).collect(),
         }))
     }
-}
-
-/// The header section of a stored message: up to and including the blank line that ends it (all of it when
-/// there is none).
-fn header_section(msg: &[u8]) -> &[u8] {
-    if msg.starts_with(b"\r\n") {
-        return &msg[..2];
-    }
-    msg.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(msg, |i| &msg[..i + 4])
 }

@@ -8,6 +8,7 @@
 pub mod duration;
 pub mod envelope;
 pub mod id;
+pub mod message;
 pub mod outcome;
 pub mod retry;
 pub mod time;

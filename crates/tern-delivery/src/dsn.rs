@@ -21,6 +21,7 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use tern_core::message::header_section;
 use tern_core::time::rfc5322_date;
 use tern_core::{Envelope, MessageId, Recipient, Ret, ReversePath};
 use tern_smtp::{EnhancedCode, xtext_encode};
@@ -307,18 +308,6 @@ fn safe_field(value: &str) -> String {
         value.to_string()
     } else {
         xtext_encode(value)
-    }
-}
-
-/// The header section of a message: everything up to and including the blank line (or all of it when there
-/// is no blank line).
-fn header_section(msg: &[u8]) -> &[u8] {
-    if msg.starts_with(b"\r\n") {
-        return &msg[..2];
-    }
-    match msg.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => &msg[..i + 4],
-        None => msg,
     }
 }
 
