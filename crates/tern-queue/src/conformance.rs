@@ -48,6 +48,7 @@ cases!(
     claim_honours_max_batch,
     claim_follows_due_time,
     concurrency_limit_holds_and_frees,
+    slot_holds_count_against_the_limit,
     domains_take_turns,
     complete_delivered_removes_job,
     complete_deferred_keeps_pending_recipients,
@@ -363,6 +364,89 @@ async fn concurrency_limit_holds_and_frees(q: Arc<dyn Queue>) {
         q.domain_depth("a.test").await.expect("depth").concurrency_limit,
         None
     );
+}
+
+async fn slot_holds_count_against_the_limit(q: Arc<dyn Queue>) {
+    q.set_domain_concurrency("a.test", Some(2)).await.expect("limit");
+    for i in 0..6 {
+        enqueue(&q, &[&format!("r{i}@a.test")]).await;
+    }
+    let c1 = claim(&q, "w1", 1).await.expect("slot 1");
+    let c2 = claim(&q, "w2", 1).await.expect("slot 2");
+    let minute = Duration::from_secs(60);
+    // w1's connection goes idle: the claim's slot becomes a hold before its last job completes.
+    let h1 = q
+        .hold_slot("a.test", &c1.claim_id, minute)
+        .await
+        .expect("hold")
+        .expect("the claim's own slot is kept");
+    assert_eq!(h1.domain, "a.test");
+    assert!(h1.until_ms > now_ms());
+    q.complete("w1", &c1.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    assert!(
+        claim(&q, "w3", 1).await.is_none(),
+        "the hold keeps the slot after the claim's last job"
+    );
+    assert_eq!(q.domain_depth("a.test").await.expect("depth").active_claims, 2);
+    // Another domain is due earlier, but w1's idle connection is used first; the claim takes the hold over.
+    q.enqueue(message(&["x@b.test"]).not_before(now_ms() - 10_000))
+        .await
+        .expect("enqueue");
+    let c1b = q
+        .claim_holding("w1", 1, minute, std::slice::from_ref(&h1))
+        .await
+        .expect("claim")
+        .expect("the held domain has due work");
+    assert_eq!(c1b.domain, "a.test");
+    assert_eq!(c1b.took_hold.as_deref(), Some(h1.id.as_str()));
+    assert_eq!(q.domain_depth("a.test").await.expect("depth").active_claims, 2);
+    assert!(claim(&q, "w3", 1).await.is_some_and(|c| c.domain == "b.test"));
+    assert!(claim(&q, "w3", 1).await.is_none(), "a.test is still at its limit");
+    // A heartbeat of a claim whose slot became a hold does not bring the claim's slot back.
+    let h1b = q
+        .hold_slot("a.test", &c1b.claim_id, minute)
+        .await
+        .expect("hold")
+        .expect("kept");
+    q.extend("w1", &c1b.jobs[0].lease, minute).await.expect("extend");
+    assert_eq!(q.domain_depth("a.test").await.expect("depth").active_claims, 2);
+    q.complete("w1", &c1b.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    // Dropping the hold frees the slot at once; dropping it again is harmless.
+    q.drop_slot(&h1b).await.expect("drop");
+    q.drop_slot(&h1b).await.expect("drop again");
+    let c3 = claim(&q, "w3", 1).await.expect("the dropped hold's slot is free");
+    // At the limit, a claim that lost its slot gets no hold.
+    q.complete("w2", &c2.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    let c4 = claim(&q, "w4", 1).await.expect("c2's slot is free");
+    assert!(
+        q.hold_slot("a.test", &c2.claim_id, minute).await.expect("hold").is_none(),
+        "no free slot for a hold"
+    );
+    // A hold after its claim finished takes a free slot when there is one.
+    q.complete("w4", &c4.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    let h4 = q
+        .hold_slot("a.test", &c4.claim_id, Duration::from_millis(300))
+        .await
+        .expect("hold")
+        .expect("a free slot");
+    assert!(claim(&q, "w5", 1).await.is_none(), "c3 and the hold fill the limit");
+    // A hold lapses by itself (its worker died), and a lapsed hold is not taken over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let c5 = q
+        .claim_holding("w5", 1, minute, &[h4])
+        .await
+        .expect("claim")
+        .expect("the lapsed hold's slot is free");
+    assert_eq!(c5.took_hold, None);
+    q.release("w3", &c3.jobs[0].lease).await.expect("release");
 }
 
 async fn domains_take_turns(q: Arc<dyn Queue>) {

@@ -56,7 +56,36 @@ pub trait Queue: Send + Sync {
         owner: &str,
         max_batch: usize,
         lease: Duration,
+    ) -> Result<Option<Claim>, QueueError> {
+        self.claim_holding(owner, max_batch, lease, &[]).await
+    }
+
+    /// [`Queue::claim`] by a worker that keeps idle connections under `holds` ([`Queue::hold_slot`]).
+    /// Domains with a live hold and due jobs are tried first, and a claim of such a domain takes the hold
+    /// over instead of needing a free slot ([`Claim::took_hold`]): the idle connection carries the claim.
+    async fn claim_holding(
+        &self,
+        owner: &str,
+        max_batch: usize,
+        lease: Duration,
+        holds: &[SlotHold],
     ) -> Result<Option<Claim>, QueueError>;
+
+    /// Keeps a concurrency slot of `domain` for `hold` from now, for a connection that goes idle at the
+    /// end of claim `claim_id`. The claim's own slot becomes the hold (so finishing the claim's jobs does
+    /// not free it); if the claim has no slot any more, a free one is taken when the limit allows. `None`:
+    /// the domain is at its limit and the connection must be closed. Calling it again for the same claim
+    /// pushes the deadline out.
+    async fn hold_slot(
+        &self,
+        domain: &str,
+        claim_id: &str,
+        hold: Duration,
+    ) -> Result<Option<SlotHold>, QueueError>;
+
+    /// Gives a hold up (its connection closed or went to another domain), freeing the slot at once. Safe to
+    /// repeat, and harmless after the hold lapsed.
+    async fn drop_slot(&self, hold: &SlotHold) -> Result<(), QueueError>;
 
     /// Records the outcome of an attempt. Only the current owner's call succeeds: a stale owner gets
     /// [`QueueError::NotOwner`] and nothing changes. Repeating a call that succeeded returns

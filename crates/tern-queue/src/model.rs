@@ -222,6 +222,23 @@ pub struct Claim {
     pub lease_until_ms: u64,
     /// The jobs, earliest due first.
     pub jobs: Vec<ClaimedJob>,
+    /// The hold (of those passed to [`crate::Queue::claim_holding`]) this claim took over: the idle
+    /// connection that hold kept now carries this claim, and the hold no longer exists.
+    pub took_hold: Option<String>,
+}
+
+/// One of a domain's concurrency slots, kept by a worker for an idle connection after the claim that
+/// opened it ended ([`crate::Queue::hold_slot`]). A hold counts against the domain's
+/// `connections_per_domain` exactly like a claim, so that connections (busy or idle) never exceed the limit
+/// cluster-wide; it lapses by itself at its deadline, so a dead worker's holds come back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotHold {
+    /// The destination domain.
+    pub domain: String,
+    /// The hold's id.
+    pub id: String,
+    /// When the hold lapses (Unix ms).
+    pub until_ms: u64,
 }
 
 /// Details of the delivery attempt, reported in events.

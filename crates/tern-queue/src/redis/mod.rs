@@ -16,7 +16,7 @@
 //! | `due:<domain>` | zset | the domain's waiting jobs by due time (ms); `due:#bounce` is the admin-bounce schedule |
 //! | `domains` | zset | the domain index: each schedule with waiting jobs, by its earliest due time |
 //! | `inflight` | zset | jobs in flight by lease deadline (what the reaper scans) |
-//! | `slots:<domain>` | zset | the domain's live claims (connections) by lease deadline |
+//! | `slots:<domain>` | zset | the domain's live claims and holds (connections, busy or idle) by deadline |
 //! | `claims` | hash | claim id → jobs of the claim still in flight (the slot is freed at 0) |
 //! | `conc` | hash | per-domain concurrency overrides |
 //! | `susp`, `suspu` | hash, zset | suspensions (JSON), and their expiry times |
@@ -75,6 +75,14 @@
 //! deadline, and records the claim as one slot of the domain (`slots:<domain>`, scored by deadline).
 //! A domain with `limit` live slots is skipped. A slot is freed when every job of the claim has been
 //! completed or released, when the reaper returns its jobs, or simply when its deadline passes.
+//!
+//! A worker that keeps a connection open after its claim ends keeps the slot too, as a **hold**
+//! (`hold.lua`: the claim's slot member `<claim>` becomes `h:<claim>`, scored by the hold's deadline, so
+//! the claim's last completion no longer frees it). The worker passes its holds to `claim.lua`, which
+//! tries held domains first and lets a claim of a held domain take the hold over (the hold's member is
+//! replaced by the claim's) without needing a free slot. `unhold.lua` frees a hold when its connection
+//! closes; a dead worker's holds lapse at their deadline. So busy and idle connections together never
+//! exceed a domain's limit, cluster-wide.
 
 pub(crate) mod codec;
 pub(crate) mod conn;
@@ -922,26 +930,45 @@ impl Queue for RedisQueue {
         out
     }
 
-    async fn claim(
+    async fn claim_holding(
         &self,
         owner: &str,
         max_batch: usize,
         lease: Duration,
+        holds: &[SlotHold],
     ) -> Result<Option<Claim>, QueueError> {
         let shards = self.keys.shards();
         let start = (self.next_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
         let claim_id = ulid::Ulid::generate().to_string();
-        for i in 0..shards {
-            let shard = (start + i) % shards;
-            let args = vec![
+        // First the held domains alone (scan 0), shard by shard, so that an idle connection is used before
+        // any other domain is taken; then every shard in turn, the usual way.
+        let rotation = (0..shards).map(|i| (start + i) % shards);
+        let held_first = rotation
+            .clone()
+            .filter(|s| holds.iter().any(|h| self.keys.shard_of_domain(&h.domain) == *s))
+            .map(|s| (s, 0));
+        let visits: Vec<(u16, u32)> = held_first.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
+        for (shard, scan) in visits {
+            let mut args = vec![
                 a(owner),
                 a(max_batch.max(1)),
                 a(duration_ms(lease).max(1)),
                 a(self.opts.default_domain_concurrency),
                 a(&claim_id),
-                a(CLAIM_SCAN),
+                a(scan),
                 a(LIMIT_PUSHBACK_MS),
             ];
+            // Only this shard's holds; the first hold of a domain stands for the domain (one claim takes
+            // over one hold).
+            let mine: Vec<&SlotHold> = holds
+                .iter()
+                .filter(|h| self.keys.shard_of_domain(&h.domain) == shard)
+                .collect();
+            args.push(a(mine.len()));
+            for h in mine {
+                args.push(a(&h.domain));
+                args.push(a(&h.id));
+            }
             let v = match self.eval(&scripts::CLAIM, shard, now_ms(), args).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -953,13 +980,14 @@ impl Queue for RedisQueue {
                 }
             };
             let it = codec::items(&v);
-            if it.len() < 3 {
+            if it.len() < 4 {
                 continue;
             }
             let domain = codec::text(&it[0]).unwrap_or_default();
             let lease_until_ms = codec::int(&it[2]).unwrap_or(0).max(0) as u64;
+            let took_hold = codec::text(&it[3]).filter(|h| !h.is_empty());
             let mut jobs = Vec::new();
-            for triple in it[3..].chunks(3) {
+            for triple in it[4..].chunks(3) {
                 let [fields, env, body] = triple else { continue };
                 let job = codec::claimed_job(codec::items(fields), env, owner, lease_until_ms)?;
                 let lease = JobLease {
@@ -975,16 +1003,51 @@ impl Queue for RedisQueue {
             }
             // The next claim of this node starts at the following shard, so that shards (and the domains in
             // them) take turns whatever the gaps between non-empty shards.
-            self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
+            if scan > 0 {
+                self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
+            }
             tracing::debug!(owner, domain = %domain, jobs = jobs.len(), shard, "claimed");
             return Ok(Some(Claim {
                 domain,
                 claim_id,
                 lease_until_ms,
                 jobs,
+                took_hold,
             }));
         }
         Ok(None)
+    }
+
+    async fn hold_slot(
+        &self,
+        domain: &str,
+        claim_id: &str,
+        hold: Duration,
+    ) -> Result<Option<SlotHold>, QueueError> {
+        let shard = self.keys.shard_of_domain(domain);
+        let args = vec![
+            a(domain),
+            a(claim_id),
+            a(duration_ms(hold).max(1)),
+            a(self.opts.default_domain_concurrency),
+        ];
+        let v = self.eval(&scripts::HOLD, shard, now_ms(), args).await?;
+        let it = codec::items(&v);
+        let (Some(id), Some(until)) = (it.first().and_then(codec::text), it.get(1).and_then(codec::int)) else {
+            return Ok(None);
+        };
+        Ok(Some(SlotHold {
+            domain: domain.to_string(),
+            id,
+            until_ms: until.max(0) as u64,
+        }))
+    }
+
+    async fn drop_slot(&self, hold: &SlotHold) -> Result<(), QueueError> {
+        let shard = self.keys.shard_of_domain(&hold.domain);
+        self.eval(&scripts::UNHOLD, shard, now_ms(), vec![a(&hold.domain), a(&hold.id)])
+            .await?;
+        Ok(())
     }
 
     async fn complete(

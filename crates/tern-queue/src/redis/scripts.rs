@@ -31,9 +31,11 @@ script!(ADMIN, "scripts/admin.lua");
 script!(SUSPEND, "scripts/suspend.lua");
 script!(RESUME, "scripts/resume.lua");
 script!(READ, "scripts/read.lua");
+script!(HOLD, "scripts/hold.lua");
+script!(UNHOLD, "scripts/unhold.lua");
 
 /// Every script, for loading them all up front.
-pub(crate) fn all() -> [&'static Script; 12] {
+pub(crate) fn all() -> [&'static Script; 14] {
     [
         &INTAKE,
         &INTAKE_DONE,
@@ -47,5 +49,7 @@ pub(crate) fn all() -> [&'static Script; 12] {
         &SUSPEND,
         &RESUME,
         &READ,
+        &HOLD,
+        &UNHOLD,
     ]
 }

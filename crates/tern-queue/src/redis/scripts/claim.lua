@@ -1,86 +1,112 @@
 -- Takes up to MAX due jobs of ONE schedule (domain) of this shard, in due order.
 -- ARGV[4] owner, [5] max batch, [6] lease ms, [7] default domain concurrency, [8] claim id (the token),
--- [9] how many due domains to look at, [10] how long (ms) a domain at its limit is pushed back.
+-- [9] how many due domains to look at (0: only the held ones), [10] how long (ms) a domain at its limit is pushed back,
+-- [11] the number H of slot holds the caller passes, then H pairs (domain, hold id): slots the caller
+-- keeps for idle connections (hold.lua). A claim of a held domain takes its hold over (the idle
+-- connection carries the new claim), so the hold does not count against the domain's limit; held domains
+-- with due work are looked at first, so that an idle connection is used before it times out.
 -- Domains are visited in the order of the domain index (earliest due first). After a claim the domain is
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
--- A domain at its concurrency limit (live claims = slots, each with a lease) is skipped and pushed back.
--- Suspended domains are not in the index; one found there (a race) is dropped from it.
--- Returns false, or {domain, claim id, deadline, job1, envelope1, body1, job2, ...}: each job is the list of
--- its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>, rr:<i> per recipient, as
--- they were BEFORE this claim (the caller knows the new state, owner and lease).
+-- A domain at its concurrency limit (live claims and holds = slots, each with a deadline) is skipped and
+-- pushed back. Suspended domains are not in the index; one found there (a race) is dropped from it.
+-- Returns false, or {domain, claim id, deadline, hold taken over (or ''), job1, envelope1, body1, job2, ...}:
+-- each job is the list of its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>,
+-- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease).
 local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
-local cands = redis.call('ZRANGEBYSCORE', k('domains'), '-inf', NOW, 'LIMIT', 0, SCAN)
-for _, d in ipairs(cands) do
-  local ok = true
+local held, horder = {}, {}
+for x = 0, tonumber(ARGV[11] or '0') - 1 do
+  local d = ARGV[12 + 2 * x]
+  held[d] = ARGV[13 + 2 * x]
+  horder[#horder + 1] = d
+end
+
+-- Claims due jobs of `d` if its limit allows; `scanning` (found through the index) pushes a domain at its
+-- limit back and re-indexes an empty one. Returns the reply, or nil.
+local function take(d, scanning)
+  local hold = nil
   if d ~= BOUNCE then
     if suspended(d) then
       redis.call('ZREM', k('domains'), d)
-      ok = false
-    else
-      local sk = k('slots:' .. d)
-      redis.call('ZREMRANGEBYSCORE', sk, '-inf', NOW)
-      local lim = tonumber(redis.call('HGET', k('conc'), d) or DEFLIM)
-      if redis.call('ZCARD', sk) >= lim then
-        redis.call('ZADD', k('domains'), NOW + PUSHBACK, d)
-        ok = false
-      end
+      return nil
+    end
+    local sk = k('slots:' .. d)
+    redis.call('ZREMRANGEBYSCORE', sk, '-inf', NOW)
+    local lim = tonumber(redis.call('HGET', k('conc'), d) or DEFLIM)
+    local used = redis.call('ZCARD', sk)
+    if held[d] and redis.call('ZSCORE', sk, held[d]) then
+      hold = held[d]
+      used = used - 1
+    end
+    if used >= lim then
+      if scanning then redis.call('ZADD', k('domains'), NOW + PUSHBACK, d) end
+      return nil
     end
   end
-  if ok then
-    local dk = k('due:' .. d)
-    local ids = redis.call('ZRANGEBYSCORE', dk, '-inf', NOW, 'LIMIT', 0, MAX)
-    if #ids == 0 then
-      reindex(d, nil)
-    else
-      local deadline = NOW + LEASE
-      local dl = string.format('%d', deadline)
-      local out = {d, CLAIM, dl}
-      local taken = 0
-      local moved = {}
-      local inflight = {}
-      -- They are the schedule's first #ids members (ZRANGEBYSCORE from -inf): one sweep from the head.
-      redis.call('ZREMRANGEBYRANK', dk, 0, #ids - 1)
-      for _, id in ipairs(ids) do
-        local jkey = jk(id)
-        -- The fields the claimer needs, in a fixed order (codec.rs `claimed_job`), then those of this script.
-        local v = redis.call('HMGET', jkey, 'id', 'dom', 'n', 'att', 'first', 'next', 'err', 'tags', 'trace', 'bounce',
-                             'rs:0', 'rr:0', 'state', 'msg', 'solo')
-        if v[13] then
-          local state, n = v[13], tonumber(v[3] or '1')
-          moved[state] = (moved[state] or 0) + 1
-          redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'claim', CLAIM,
-                     'cdom', d)
-          inflight[#inflight + 1] = deadline
-          inflight[#inflight + 1] = id
-          local job = {}
-          for x = 1, 12 do job[x] = v[x] end
-          if n > 1 then
-            local names = {}
-            for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
-            local more = redis.call('HMGET', jkey, unpack(names))
-            for y = 1, #names do job[12 + y] = more[y] end
-          end
-          local env, body = split_data(redis.call('GET', jdk(id)))
-          out[#out + 1] = job
-          out[#out + 1] = env
-          -- A solo job's data holds its body; the jobs of a message with several share `body:<msg>`.
-          if body then out[#out + 1] = body else out[#out + 1] = redis.call('GET', k('body:' .. v[14])) or '' end
-          taken = taken + 1
-        end
+  local dk = k('due:' .. d)
+  local ids = redis.call('ZRANGEBYSCORE', dk, '-inf', NOW, 'LIMIT', 0, MAX)
+  if #ids == 0 then
+    if scanning then reindex(d, nil) end
+    return nil
+  end
+  local deadline = NOW + LEASE
+  local dl = string.format('%d', deadline)
+  local out = {d, CLAIM, dl, hold or ''}
+  local taken = 0
+  local moved = {}
+  local inflight = {}
+  -- They are the schedule's first #ids members (ZRANGEBYSCORE from -inf): one sweep from the head.
+  redis.call('ZREMRANGEBYRANK', dk, 0, #ids - 1)
+  for _, id in ipairs(ids) do
+    local jkey = jk(id)
+    -- The fields the claimer needs, in a fixed order (codec.rs `claimed_job`), then those of this script.
+    local v = redis.call('HMGET', jkey, 'id', 'dom', 'n', 'att', 'first', 'next', 'err', 'tags', 'trace', 'bounce',
+                         'rs:0', 'rr:0', 'state', 'msg', 'solo')
+    if v[13] then
+      local state, n = v[13], tonumber(v[3] or '1')
+      moved[state] = (moved[state] or 0) + 1
+      redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'claim', CLAIM,
+                 'cdom', d)
+      inflight[#inflight + 1] = deadline
+      inflight[#inflight + 1] = id
+      local job = {}
+      for x = 1, 12 do job[x] = v[x] end
+      if n > 1 then
+        local names = {}
+        for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
+        local more = redis.call('HMGET', jkey, unpack(names))
+        for y = 1, #names do job[12 + y] = more[y] end
       end
-      for from, n in pairs(moved) do redis.call('HINCRBY', k('cnt'), from, -n) end
-      if taken > 0 then
-        redis.call('HINCRBY', k('cnt'), 'inflight', taken)
-        redis.call('ZADD', k('inflight'), unpack(inflight))
-      end
-      reindex(d, NOW + 1)
-      if taken > 0 then
-        redis.call('ZADD', k('slots:' .. d), deadline, CLAIM)
-        redis.call('HSET', k('claims'), CLAIM, taken)
-        return out
-      end
+      local env, body = split_data(redis.call('GET', jdk(id)))
+      out[#out + 1] = job
+      out[#out + 1] = env
+      -- A solo job's data holds its body; the jobs of a message with several share `body:<msg>`.
+      if body then out[#out + 1] = body else out[#out + 1] = redis.call('GET', k('body:' .. v[14])) or '' end
+      taken = taken + 1
     end
+  end
+  for from, n in pairs(moved) do redis.call('HINCRBY', k('cnt'), from, -n) end
+  if taken > 0 then
+    redis.call('HINCRBY', k('cnt'), 'inflight', taken)
+    redis.call('ZADD', k('inflight'), unpack(inflight))
+  end
+  reindex(d, NOW + 1)
+  if taken == 0 then return nil end
+  local sk = k('slots:' .. d)
+  if hold then redis.call('ZREM', sk, hold) end
+  redis.call('ZADD', sk, deadline, CLAIM)
+  redis.call('HSET', k('claims'), CLAIM, taken)
+  return out
+end
+
+for _, d in ipairs(horder) do
+  local r = take(d, false)
+  if r then return r end
+end
+if SCAN > 0 then
+  for _, d in ipairs(redis.call('ZRANGEBYSCORE', k('domains'), '-inf', NOW, 'LIMIT', 0, SCAN)) do
+    local r = take(d, true)
+    if r then return r end
   end
 end
 return false

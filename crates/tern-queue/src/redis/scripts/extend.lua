@@ -1,4 +1,5 @@
 -- Pushes the lease of a job the caller owns to now + ARGV[7] ms (a heartbeat); the claim's slot follows.
+-- XX: a slot that became a hold (hold.lua) or expired is not brought back.
 -- ARGV[4] job id, [5] owner, [6] token. Returns {"ok", deadline} | {"notowner"} | {"gone"}.
 local ID, OWNER, TOK = ARGV[4], ARGV[5], ARGV[6]
 local jkey = jk(ID)
@@ -10,6 +11,6 @@ local dl = string.format('%d', deadline)
 redis.call('HSET', jkey, 'lease', dl)
 redis.call('ZADD', k('inflight'), deadline, ID)
 if f[4] and f[5] and redis.call('HEXISTS', k('claims'), f[4]) == 1 then
-  redis.call('ZADD', k('slots:' .. f[5]), 'GT', deadline, f[4])
+  redis.call('ZADD', k('slots:' .. f[5]), 'XX', 'GT', deadline, f[4])
 end
 return {'ok', dl}
