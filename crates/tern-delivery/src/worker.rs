@@ -3,7 +3,10 @@
 //!
 //! Workers keep no state that matters: jobs are owned under a lease, heartbeated while a batch runs, and
 //! released on shutdown; a worker that dies leaves its jobs to the reaper. Idle sessions are kept per
-//! destination for `idle_connection_time` and reused by the next batch of that destination.
+//! destination for `idle_connection_time` and reused by the next batch of that destination. An idle
+//! session keeps its domain's concurrency slot as a queue hold ([`Queue::hold_slot`]), so that busy and
+//! idle connections together stay within `connections_per_domain` cluster-wide; the next claim of that
+//! domain takes the hold over, and closing the session gives it up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use tern_core::time::{from_unix_ms, now_ms};
 use tern_core::{JobId, Recipient, RetrySchedule};
 use tern_queue::{
     Claim, ClaimedJob, DeliveryAttempt, JobLease, NewMessage, Outcome, OutcomeKind, Queue, RecipientStatus,
+    SlotHold,
 };
 use tern_smtp::Reply;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,6 +33,10 @@ use crate::smtp::{ConnectError, Session, SessionSettings, Timeouts, TlsClients, 
 
 /// Originals larger than this are returned in DSNs as headers only.
 const DSN_RETURN_LIMIT: usize = 1 << 20;
+/// How much longer than `idle_connection_time` a hold lasts: time for the idle reaper to notice and for
+/// QUIT, so that the hold never lapses while its connection is still open (it is dropped explicitly on
+/// close; this only matters when the worker dies).
+const HOLD_MARGIN: Duration = Duration::from_secs(10);
 
 /// A delivery worker. Cheap to clone; every clone shares the same connections and state.
 #[derive(Clone)]
@@ -39,6 +47,8 @@ pub struct Worker {
 struct Idle {
     since: Instant,
     session: Session,
+    /// The domain slot this idle connection keeps (none when the queue could not keep one).
+    hold: Option<SlotHold>,
 }
 
 struct Inner {
@@ -136,7 +146,12 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            match inner.queue.claim(&inner.owner, batch, inner.lease).await {
+            let holds = inner.live_holds();
+            match inner
+                .queue
+                .claim_holding(&inner.owner, batch, inner.lease, &holds)
+                .await
+            {
                 Ok(Some(claim)) => {
                     debug!(domain = %claim.domain, jobs = claim.jobs.len(), claim = %claim.claim_id, "claimed");
                     tasks.spawn(inner.clone().process_claim(claim, shutdown.clone(), permit));
@@ -175,7 +190,7 @@ impl Worker {
         reaper.abort();
         let idle: Vec<Idle> = lock(&inner.idle).drain().flat_map(|(_, v)| v).collect();
         for i in idle {
-            i.session.quit().await;
+            inner.close_idle(i).await;
         }
         info!(owner = %inner.owner, released = left.len(), "delivery worker stopped");
     }
@@ -215,7 +230,7 @@ async fn idle_reaper(inner: Arc<Inner>, shutdown: CancellationToken) {
         };
         for i in expired {
             debug!(mx = %i.session.mx, "closing idle connection");
-            i.session.quit().await;
+            inner.close_idle(i).await;
         }
     }
 }
@@ -250,7 +265,8 @@ impl Inner {
             }
         }
         for (domain, jobs) in by_domain {
-            self.deliver_domain(&domain, jobs, &shutdown).await;
+            self.deliver_domain(&domain, jobs, claim.took_hold.as_deref(), &shutdown)
+                .await;
         }
     }
 
@@ -287,25 +303,89 @@ impl Inner {
         self.forget(&cj.job.id);
     }
 
-    fn take_idle(&self, key: &str) -> Option<Session> {
-        let mut idle = lock(&self.idle);
-        let v = idle.get_mut(key)?;
-        let s = v.pop().map(|i| i.session);
-        if v.is_empty() {
-            idle.remove(key);
+    /// An idle session for `key` (the one whose hold the claim took over, if any); a hold that the
+    /// claim did not take over is given up, as the claim's own slot now covers the connection.
+    async fn take_idle(&self, key: &str, took_hold: Option<&str>) -> Option<Session> {
+        let taken = {
+            let mut idle = lock(&self.idle);
+            let v = idle.get_mut(key)?;
+            let pos = v
+                .iter()
+                .position(|i| i.hold.as_ref().map(|h| h.id.as_str()) == took_hold && took_hold.is_some())
+                .or_else(|| v.len().checked_sub(1));
+            let t = pos.map(|p| v.remove(p));
+            if v.is_empty() {
+                idle.remove(key);
+            }
+            t
+        }?;
+        if let Some(h) = taken.hold.as_ref()
+            && Some(h.id.as_str()) != took_hold
+        {
+            self.drop_hold(h).await;
         }
-        s
+        Some(taken.session)
     }
 
-    fn put_idle(&self, key: &str, session: Session) {
+    fn put_idle(&self, key: &str, session: Session, hold: Option<SlotHold>) {
         lock(&self.idle).entry(key.to_string()).or_default().push(Idle {
             since: Instant::now(),
             session,
+            hold,
         });
     }
 
-    /// Frees a connection slot by closing the longest-idle session, if any.
-    fn evict_oldest_idle(&self) -> Option<Session> {
+    /// The holds of idle sessions that will still be idle-usable for a while (one per domain), for
+    /// the next claim.
+    fn live_holds(&self) -> Vec<SlotHold> {
+        let max_idle = self.cfg.idle_connection_time.get();
+        let idle = lock(&self.idle);
+        let mut out: Vec<SlotHold> = Vec::new();
+        for i in idle.values().flatten() {
+            if let Some(h) = &i.hold
+                && i.since.elapsed() + Duration::from_millis(100) < max_idle
+                && !out.iter().any(|o| o.domain == h.domain)
+            {
+                out.push(h.clone());
+            }
+        }
+        out
+    }
+
+    async fn drop_hold(&self, hold: &SlotHold) {
+        if let Err(e) = self.queue.drop_slot(hold).await {
+            // The hold lapses by itself at its deadline.
+            debug!(domain = %hold.domain, hold = %hold.id, error = %e, "dropping a slot hold failed");
+        }
+    }
+
+    /// Closes an idle session, then gives its slot back.
+    async fn close_idle(&self, i: Idle) {
+        i.session.quit().await;
+        if let Some(h) = &i.hold {
+            self.drop_hold(h).await;
+        }
+    }
+
+    /// Keeps the domain's slot of claim `cj` for `session`, which goes idle; `None` (close the session)
+    /// when the queue cannot keep it.
+    async fn hold_for_idle(&self, cj: &ClaimedJob) -> Option<SlotHold> {
+        let span = self.cfg.idle_connection_time.get() + HOLD_MARGIN;
+        match self
+            .queue
+            .hold_slot(&cj.lease.domain, &cj.lease.token, span)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(domain = %cj.lease.domain, error = %e, "keeping the slot for an idle connection failed");
+                None
+            }
+        }
+    }
+
+    /// Frees a connection slot by taking the longest-idle session out of the pool, if any.
+    fn evict_oldest_idle(&self) -> Option<Idle> {
         let mut idle = lock(&self.idle);
         let key = idle
             .iter()
@@ -318,7 +398,7 @@ impl Inner {
             .enumerate()
             .min_by_key(|(_, i)| i.since)
             .map(|(p, _)| p)?;
-        let s = v.remove(pos).session;
+        let s = v.remove(pos);
         if v.is_empty() {
             idle.remove(&key);
         }
@@ -329,8 +409,12 @@ impl Inner {
         if let Ok(p) = self.connections.clone().try_acquire_owned() {
             return Ok(p);
         }
-        if let Some(s) = self.evict_oldest_idle() {
-            drop(s);
+        if let Some(i) = self.evict_oldest_idle() {
+            let hold = i.hold.clone();
+            drop(i);
+            if let Some(h) = &hold {
+                self.drop_hold(h).await;
+            }
         }
         self.connections
             .clone()
@@ -367,13 +451,20 @@ impl Inner {
         Err(last)
     }
 
-    async fn deliver_domain(&self, domain: &str, jobs: Vec<ClaimedJob>, shutdown: &CancellationToken) {
+    async fn deliver_domain(
+        &self,
+        domain: &str,
+        jobs: Vec<ClaimedJob>,
+        took_hold: Option<&str>,
+        shutdown: &CancellationToken,
+    ) {
         let key = if self.cfg.relay_host.is_some() {
             "#relay".to_string()
         } else {
             domain.to_string()
         };
-        let mut session = self.take_idle(&key);
+        let mut session = self.take_idle(&key, took_hold).await;
+        let mut hold: Option<SlotHold> = None;
         let mut hosts: Option<Vec<Host>> = None;
         let mut host_idx = 0usize;
         let mut jobs = jobs.into_iter();
@@ -459,11 +550,16 @@ impl Inner {
                             tls: s.tls.clone(),
                         };
                         // Completing the claim's last job frees the domain's connection slot for another
-                        // worker: a session that will not be kept is closed first, so that the connection
-                        // does not outlive its claim (connections_per_domain).
+                        // worker: a session that stays open keeps the slot as a hold first, and one that
+                        // will not be kept (or cannot keep the slot) is closed first, so that connections
+                        // never outnumber the domain's slots (connections_per_domain).
+                        let last = jobs.as_slice().is_empty();
                         let keep = s.usable && s.transactions < limit && !shutdown.is_cancelled();
-                        if !keep
-                            && jobs.as_slice().is_empty()
+                        if last && keep {
+                            hold = self.hold_for_idle(&cj).await;
+                        }
+                        if last
+                            && hold.is_none()
                             && let Some(s) = session.take()
                             && s.usable
                         {
@@ -493,10 +589,15 @@ impl Inner {
             }
         }
         if let Some(s) = session {
-            if s.usable && s.transactions < limit && !shutdown.is_cancelled() {
-                self.put_idle(&key, s);
-            } else if s.usable {
-                s.quit().await;
+            if hold.is_some() && s.usable && s.transactions < limit && !shutdown.is_cancelled() {
+                self.put_idle(&key, s, hold);
+            } else {
+                if s.usable {
+                    s.quit().await;
+                }
+                if let Some(h) = &hold {
+                    self.drop_hold(h).await;
+                }
             }
         }
     }

@@ -372,28 +372,56 @@ impl Drop for CountingProxy {
     }
 }
 
+/// What [`three_workers_one_domain`] saw at the proxy.
+struct LimitRun {
+    delivered: u64,
+    max: usize,
+    total: usize,
+    spans: String,
+}
+
+impl LimitRun {
+    /// Every one of `n` messages arrived, and never more than `limit` connections were open at once.
+    fn assert_all_within(&self, n: u64, limit: usize) {
+        assert_eq!(self.delivered, n, "{}", self.spans);
+        assert!(
+            self.max <= limit,
+            "{} connections at once with a limit of {limit}: {}",
+            self.max,
+            self.spans
+        );
+    }
+}
+
 /// Three workers (three `Worker` instances in this process, each with its own owner name and its own
-/// `RedisQueue` client on the same queue) share one domain whose `connections_per_domain` is 2: a counting
-/// proxy in front of a slow sink never sees more than 2 connections at once, and every message arrives.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_per_domain_limit_holds_across_three_workers() {
-    const N: u64 = 40;
-    const LIMIT: u32 = 2;
+/// `RedisQueue` client on the same queue) deliver `n` messages to one domain whose `connections_per_domain`
+/// is `limit`, through a counting proxy in front of the sink. Messages are enqueued all at once, or one
+/// every `trickle` (so that claims are small and sessions go idle between them).
+async fn three_workers_one_domain(
+    prefix: &str,
+    n: u64,
+    limit: u32,
+    messages_per_connection: u32,
+    sink_data_delay: u32,
+    trickle: Option<Duration>,
+) -> LimitRun {
     let port = free_port().unwrap();
     let dns = Dnsmasq::builder()
         .mx("limit.test", "mx.limit.test", 10)
         .host("mx.limit.test", ip(125))
         .start()
         .unwrap();
-    // The sink waits 1 s before answering DATA, so sessions overlap; the proxy is the MX.
-    let sink = SmtpSink::builder(ip(126), port).delay_data(1).start().unwrap();
+    let mut sink = SmtpSink::builder(ip(126), port);
+    if sink_data_delay > 0 {
+        sink = sink.delay_data(sink_data_delay);
+    }
+    let sink = sink.start().unwrap();
     // The proxy adds 30 ms to every server reply, like a real network: a QUIT then takes a while.
     let proxy = CountingProxy::start(sa(125, port), sa(126, port), Duration::from_millis(30)).await;
     let redis = RedisServer::start().unwrap();
     let mut cfg = config(&dns, port);
-    cfg.connections_per_domain = LIMIT;
-    cfg.messages_per_connection = 1;
-    let prefix = "limit3";
+    cfg.connections_per_domain = limit;
+    cfg.messages_per_connection = messages_per_connection;
     let mut queues: Vec<Arc<dyn Queue>> = Vec::new();
     for _ in 0..3 {
         let opts = RedisQueueOptions {
@@ -407,40 +435,69 @@ async fn the_per_domain_limit_holds_across_three_workers() {
         };
         queues.push(Arc::new(RedisQueue::connect(opts).await.unwrap()));
     }
-    let msgs = (0..N)
-        .map(|_| NewMessage::new(envelope("s@a.test", &["r@limit.test"]), BODY.to_vec()))
-        .collect();
-    for r in queues[0].enqueue_batch(msgs).await {
-        r.unwrap();
+    let message = || NewMessage::new(envelope("s@a.test", &["r@limit.test"]), BODY.to_vec());
+    if trickle.is_none() {
+        for r in queues[0].enqueue_batch((0..n).map(|_| message()).collect()).await {
+            r.unwrap();
+        }
     }
     let workers: Vec<RunningWorker> = queues
         .iter()
         .enumerate()
         .map(|(i, q)| start_worker(&cfg, q.clone(), &format!("w{i}"), Duration::from_secs(30)))
         .collect();
+    if let Some(every) = trickle {
+        for _ in 0..n {
+            queues[0].enqueue(message()).await.unwrap();
+            tokio::time::sleep(every).await;
+        }
+    }
     wait_for("every message at the sink", Duration::from_secs(45), || {
-        sink.message_count() >= N
+        sink.message_count() >= n
     })
     .await;
     wait_queue_empty(&queues[1], WAIT).await;
     for w in workers {
         w.stop().await;
     }
-    let max = proxy.max.load(Ordering::SeqCst);
-    let total = proxy.total.load(Ordering::SeqCst);
     let mut spans = proxy.spans.lock().unwrap().clone();
     spans.sort();
     let spans: Vec<String> = spans
         .iter()
         .map(|(a, b)| format!("{:.3}-{:.3}", a.as_secs_f64(), b.as_secs_f64()))
         .collect();
-    assert_eq!(sink.message_count(), N, "{:?}", sink.counters());
-    assert!(
-        max <= LIMIT as usize,
-        "{max} connections at once to one domain with connections_per_domain = {LIMIT} ({total} in all); \
-         connections (open-close, s): {spans:?}"
-    );
+    LimitRun {
+        delivered: sink.message_count(),
+        max: proxy.max.load(Ordering::SeqCst),
+        total: proxy.total.load(Ordering::SeqCst),
+        spans: format!("{:?}; sink {:?}", spans, sink.counters()),
+    }
+}
+
+/// Without reuse (one message per connection) and with a slow sink, so that sessions overlap: the proxy
+/// never sees more than the limit of 2 connections at once, and every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_per_domain_limit_holds_across_three_workers() {
+    const N: u64 = 40;
+    let r = three_workers_one_domain("limit3", N, 2, 1, 1, None).await;
+    r.assert_all_within(N, 2);
     // The limit was actually reached: sessions did overlap.
-    assert_eq!(max, LIMIT as usize, "sessions never overlapped");
-    assert_eq!(total as u64, N, "one connection per message");
+    assert_eq!(r.max, 2, "sessions never overlapped: {}", r.spans);
+    assert_eq!(r.total as u64, N, "one connection per message: {}", r.spans);
+}
+
+/// With reuse, and messages trickling in so that claims are small and connections sit idle between
+/// them: idle connections keep their slot (a queue hold), so three workers still never have more than
+/// the limit of 2 connections open at once, busy or idle, and the idle ones are reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_count_against_the_per_domain_limit() {
+    const N: u64 = 30;
+    let r = three_workers_one_domain("limit3idle", N, 2, 100, 0, Some(Duration::from_millis(50))).await;
+    r.assert_all_within(N, 2);
+    assert!(
+        r.total <= 4,
+        "idle connections are reused, not reopened: {} connections for {N} messages: {}",
+        r.total,
+        r.spans
+    );
 }

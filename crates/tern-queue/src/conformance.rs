@@ -425,7 +425,10 @@ async fn slot_holds_count_against_the_limit(q: Arc<dyn Queue>) {
         .expect("complete");
     let c4 = claim(&q, "w4", 1).await.expect("c2's slot is free");
     assert!(
-        q.hold_slot("a.test", &c2.claim_id, minute).await.expect("hold").is_none(),
+        q.hold_slot("a.test", &c2.claim_id, minute)
+            .await
+            .expect("hold")
+            .is_none(),
         "no free slot for a hold"
     );
     // A hold after its claim finished takes a free slot when there is one.
@@ -437,7 +440,10 @@ async fn slot_holds_count_against_the_limit(q: Arc<dyn Queue>) {
         .await
         .expect("hold")
         .expect("a free slot");
-    assert!(claim(&q, "w5", 1).await.is_none(), "c3 and the hold fill the limit");
+    assert!(
+        claim(&q, "w5", 1).await.is_none(),
+        "c3 and the hold fill the limit"
+    );
     // A hold lapses by itself (its worker died), and a lapsed hold is not taken over.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let c5 = q

@@ -465,7 +465,7 @@ pub struct DomainDepth {
     pub total: u64,
     /// The earliest due time of a waiting job (Unix ms).
     pub earliest_due_ms: Option<u64>,
-    /// Claims (connections) currently holding a slot.
+    /// Slots in use: live claims plus holds of idle connections ([`crate::Queue::hold_slot`]).
     pub active_claims: u64,
     /// The domain's concurrency override, if set.
     pub concurrency_limit: Option<u32>,

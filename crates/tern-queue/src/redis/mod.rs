@@ -1033,7 +1033,8 @@ impl Queue for RedisQueue {
         ];
         let v = self.eval(&scripts::HOLD, shard, now_ms(), args).await?;
         let it = codec::items(&v);
-        let (Some(id), Some(until)) = (it.first().and_then(codec::text), it.get(1).and_then(codec::int)) else {
+        let (Some(id), Some(until)) = (it.first().and_then(codec::text), it.get(1).and_then(codec::int))
+        else {
             return Ok(None);
         };
         Ok(Some(SlotHold {
@@ -1045,8 +1046,13 @@ impl Queue for RedisQueue {
 
     async fn drop_slot(&self, hold: &SlotHold) -> Result<(), QueueError> {
         let shard = self.keys.shard_of_domain(&hold.domain);
-        self.eval(&scripts::UNHOLD, shard, now_ms(), vec![a(&hold.domain), a(&hold.id)])
-            .await?;
+        self.eval(
+            &scripts::UNHOLD,
+            shard,
+            now_ms(),
+            vec![a(&hold.domain), a(&hold.id)],
+        )
+        .await?;
         Ok(())
     }
 
