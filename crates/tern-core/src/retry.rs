@@ -70,6 +70,11 @@ impl RetrySchedule {
         self.max_age
     }
 
+    /// The jitter fraction: each wait is the base delay times a factor in `1 ± jitter`.
+    pub fn jitter(&self) -> f64 {
+        self.jitter
+    }
+
     /// The un-jittered wait after `failed_attempts` failures (1 for the first failure).
     pub fn base_delay(&self, failed_attempts: u32) -> Duration {
         let i = (failed_attempts.max(1) as usize - 1).min(self.steps.len() - 1);

@@ -160,7 +160,10 @@ pub fn decide(job: &Job, results: &[(u32, Reply)], ctx: &DecideContext<'_>) -> D
 }
 
 /// A delay notice is due on the first deferral after `delay_notice_after`: the message has waited that
-/// long now, and had not at the previous attempt (estimated from the due time and the schedule's step).
+/// long now, and had not at the previous attempt. The previous attempt's time is not stored; it is put at
+/// the earliest the schedule allows (this attempt's due time less the step stretched by the full jitter),
+/// so a notice is never missed. When that errs, the next deferral is due too: the worker queues delay
+/// notices under one idempotency key per job, so the queue keeps the first and drops the repeat.
 fn delay_notice_due(job: &Job, ctx: &DecideContext<'_>) -> bool {
     let Some(after) = ctx.delay_notice_after else {
         return false;
@@ -173,8 +176,8 @@ fn delay_notice_due(job: &Job, ctx: &DecideContext<'_>) -> bool {
     if job.attempts == 0 {
         return true;
     }
-    let step = u64::try_from(ctx.retry.base_delay(job.attempts).as_millis()).unwrap_or(0);
-    let previous = job.next_attempt_ms.saturating_sub(step);
+    let step = ctx.retry.base_delay(job.attempts).as_secs_f64() * 1000.0 * (1.0 + ctx.retry.jitter());
+    let previous = job.next_attempt_ms.saturating_sub(step as u64);
     previous.saturating_sub(job.first_queued_ms) < after_ms
 }
 
@@ -342,6 +345,24 @@ mod tests {
             decide(&j, &[(0, Reply::new(450, None, "x"))], &c)
                 .delayed
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn delay_notice_is_not_missed_when_the_last_wait_was_stretched_by_jitter() {
+        let s = RetrySchedule::new(vec![Duration::from_secs(600)], 0.1, Duration::from_secs(86400)).unwrap();
+        let mut c = ctx(&s, 0);
+        c.delay_notice_after = Some(Duration::from_secs(900));
+        // The previous attempt ran at 14 min (before the threshold) and waited 10 min + 10%: this attempt
+        // runs at 25 min. Ignoring the jitter would put the previous attempt at 15 min, and miss the notice.
+        let mut j = job(1, 2, 0);
+        j.next_attempt_ms = 25 * MIN;
+        c.now_ms = 25 * MIN;
+        let d = decide(&j, &[(0, Reply::new(450, None, "x"))], &c);
+        assert_eq!(
+            d.delayed.len(),
+            1,
+            "the first deferral after the threshold sends the notice"
         );
     }
 }

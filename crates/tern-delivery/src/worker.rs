@@ -690,8 +690,15 @@ impl Inner {
         let Some(dsn) = build_dsn(&ctx, recipients) else {
             return Ok(());
         };
+        // One key per job, attempt and event; delay notices have one key per job, as only one is ever due
+        // (see `outcome::delay_notice_due`).
+        let key = if event == "delayed" {
+            format!("dsn:{}:delayed", cj.job.id)
+        } else {
+            format!("dsn:{}:{}:{event}", cj.job.id, cj.job.attempts)
+        };
         let mut msg = NewMessage::new(dsn.envelope, dsn.body)
-            .with_idempotency_key(format!("dsn:{}:{}:{event}", cj.job.id, cj.job.attempts))
+            .with_idempotency_key(key)
             .with_tag("dsn", event);
         msg.id = Some(dsn.id);
         for (k, v) in &cj.job.tags {
