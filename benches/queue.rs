@@ -147,6 +147,14 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
     if std::env::var_os("TERN_BENCH_PROFILE").is_some() {
         redis_cli(url, &["config", "resetstat"]);
     }
+    // TERN_BENCH_SLOWLOG=<file>: every Redis call of the cycles is logged with its time, and written to
+    // <file> as JSON (redis-cli --json), to attribute Redis time to scripts by their SHA.
+    let slowlog = std::env::var("TERN_BENCH_SLOWLOG").ok();
+    if slowlog.is_some() {
+        redis_cli(url, &["config", "set", "slowlog-max-len", "1000000"]);
+        redis_cli(url, &["config", "set", "slowlog-log-slower-than", "0"]);
+        redis_cli(url, &["slowlog", "reset"]);
+    }
     let t = Instant::now();
     let mut producers = Vec::new();
     let total = (cycles / PRODUCERS / CYCLE_BATCH) * PRODUCERS * CYCLE_BATCH;
@@ -170,6 +178,13 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         p.await.unwrap();
     }
     let cycles_rate = total as f64 / t.elapsed().as_secs_f64();
+    if let Some(path) = &slowlog {
+        redis_cli(url, &["config", "set", "slowlog-log-slower-than", "10000"]);
+        let dump = redis_cli(url, &["--json", "slowlog", "get", "1000000"]);
+        if let Err(e) = std::fs::write(path, dump) {
+            eprintln!("writing {path}: {e}");
+        }
+    }
     let redis_us_per_cycle = (redis_cpu(url) - redis_cpu0) * 1e6 / total as f64;
     let client_us_per_cycle = (client_cpu() - client_cpu0) * 1e6 / total as f64;
     if std::env::var_os("TERN_BENCH_PROFILE").is_some() {

@@ -285,17 +285,13 @@ pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec
 /// `lease_until_ms`.
 pub(crate) fn claimed_job(
     v: &[Value],
-    env_json: &Value,
+    env_json: &[u8],
     owner: &str,
     lease_until_ms: u64,
 ) -> Result<Job, QueueError> {
     let get = |i: usize| v.get(i).and_then(text);
     let raw_id = get(0).unwrap_or_else(|| "?".to_string());
     let id: JobId = raw_id.parse().map_err(|_| corrupt("id", &raw_id))?;
-    let env_json = match env_json {
-        Value::BulkString(b) => b.as_slice(),
-        _ => &[],
-    };
     let envelope: Envelope = serde_json::from_slice(env_json).map_err(|_| corrupt("env", &raw_id))?;
     let int = |i: usize, what: &str| -> Result<u64, QueueError> {
         get(i)

@@ -452,23 +452,34 @@ impl RedisQueue {
     /// Appends one message's block of `materialise.lua` arguments (the jobs of it that live in one shard).
     fn push_message_args(args: &mut Vec<Arg>, p: &Prepared, jobs: &[&JobSpec]) {
         args.reserve(8 + jobs.len() * 6);
+        // A message with one job in all keeps its body inline in that job: its data (envelope, newline,
+        // body) is joined here rather than in the script, and the body argument is left empty.
+        let solo = p.specs.len() == 1;
         args.push(a(p.payload.id));
-        args.push(p.body.to_vec());
+        args.push(if solo { Vec::new() } else { p.body.to_vec() });
         args.push(p.sender.as_bytes().to_vec());
         args.push(a(p.payload.created_ms));
         args.push(p.tags_json.as_bytes().to_vec());
-        // A message with one job in all keeps its body inline in that job.
-        args.push(a(if p.specs.len() == 1 { "1" } else { "0" }));
+        args.push(a(if solo { "1" } else { "0" }));
         args.push(p.payload.trace.as_deref().unwrap_or("").as_bytes().to_vec());
         args.push(a(jobs.len()));
         for j in jobs {
+            let data = if solo {
+                let mut d = Vec::with_capacity(j.env_json.len() + 1 + p.body.len());
+                d.extend_from_slice(j.env_json.as_bytes());
+                d.push(b'\n');
+                d.extend_from_slice(&p.body);
+                d
+            } else {
+                j.env_json.as_bytes().to_vec()
+            };
             args.extend([
                 a(j.id),
                 j.domain.as_bytes().to_vec(),
                 a(j.due_ms),
                 a(j.recipients),
                 j.rcpt_list.as_bytes().to_vec(),
-                j.env_json.as_bytes().to_vec(),
+                data,
             ]);
         }
     }
@@ -988,18 +999,23 @@ impl Queue for RedisQueue {
             let took_hold = codec::text(&it[3]).filter(|h| !h.is_empty());
             let mut jobs = Vec::new();
             for triple in it[4..].chunks(3) {
-                let [fields, env, body] = triple else { continue };
-                let job = codec::claimed_job(codec::items(fields), env, owner, lease_until_ms)?;
+                let [fields, data, body] = triple else { continue };
+                // A solo job's data is its envelope, a newline and the body; otherwise the body comes apart.
+                let data = Bytes::from(codec::bytes(data).unwrap_or_default());
+                let (env, body) = match codec::bytes(body) {
+                    Some(b) => (data, Bytes::from(b)),
+                    None => match data.iter().position(|c| *c == b'\n') {
+                        Some(p) => (data.slice(..p), data.slice(p + 1..)),
+                        None => (data, Bytes::new()),
+                    },
+                };
+                let job = codec::claimed_job(codec::items(fields), &env, owner, lease_until_ms)?;
                 let lease = JobLease {
                     job: job.id,
                     domain: job.domain.clone(),
                     token: claim_id.clone(),
                 };
-                jobs.push(ClaimedJob {
-                    body: Bytes::from(codec::bytes(body).unwrap_or_default()),
-                    job,
-                    lease,
-                });
+                jobs.push(ClaimedJob { body, job, lease });
             }
             // The next claim of this node starts at the following shard, so that shards (and the domains in
             // them) take turns whatever the gaps between non-empty shards.

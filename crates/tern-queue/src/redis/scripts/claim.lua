@@ -9,9 +9,10 @@
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
 -- A domain at its concurrency limit (live claims and holds = slots, each with a deadline) is skipped and
 -- pushed back. Suspended domains are not in the index; one found there (a race) is dropped from it.
--- Returns false, or {domain, claim id, deadline, hold taken over (or ''), job1, envelope1, body1, job2, ...}:
+-- Returns false, or {domain, claim id, deadline, hold taken over (or ''), job1, data1, body1, job2, ...}:
 -- each job is the list of its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>,
--- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease).
+-- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease);
+-- data is the job's `jd:` string, and body false when that string holds the body after its envelope.
 local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
 local held, horder = {}, {}
@@ -59,29 +60,43 @@ local function take(d, scanning)
   redis.call('ZREMRANGEBYRANK', dk, 0, #ids - 1)
   for _, id in ipairs(ids) do
     local jkey = jk(id)
-    -- The fields the claimer needs, in a fixed order (codec.rs `claimed_job`), then those of this script.
-    local v = redis.call('HMGET', jkey, 'id', 'dom', 'n', 'att', 'first', 'next', 'err', 'tags', 'trace', 'bounce',
-                         'rs:0', 'rr:0', 'state', 'msg', 'solo')
-    if v[13] then
-      local state, n = v[13], tonumber(v[3] or '1')
+    -- Few fields are read: each one asked of a hash costs a scan of it, a missing one the whole hash. A job
+    -- never tried (att 0, the common case) has all recipients pending with no reply, no error, state
+    -- `queued`; any other job (and every admin bounce) reads the rest.
+    local v = redis.call('HMGET', jkey, 'att', 'n', 'first', 'tags', 'trace', 'next')
+    if v[2] then
+      local att, n, state = v[1], tonumber(v[2]), 'queued'
+      -- The claimer's fields, in a fixed order (codec.rs `claimed_job`): id, dom, n, att, first, next, err,
+      -- tags, trace, bounce, then state and reply per recipient.
+      local job
+      if att == '0' and d ~= BOUNCE then
+        job = {id, d, v[2], '0', v[3], v[6], false, v[4], v[5], false, 'p', false}
+        for r = 1, n - 1 do job[11 + 2 * r] = 'p'; job[12 + 2 * r] = false end
+      else
+        local w = redis.call('HMGET', jkey, 'dom', 'err', 'bounce', 'state', 'rs:0', 'rr:0')
+        state = w[4]
+        job = {id, w[1], v[2], att, v[3], v[6], w[2], v[4], v[5], w[3], w[5], w[6]}
+        if n > 1 then
+          local names = {}
+          for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
+          local more = redis.call('HMGET', jkey, unpack(names))
+          for y = 1, #names do job[12 + y] = more[y] end
+        end
+      end
       moved[state] = (moved[state] or 0) + 1
-      redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'claim', CLAIM,
-                 'cdom', d)
+      redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'cdom', d)
       inflight[#inflight + 1] = deadline
       inflight[#inflight + 1] = id
-      local job = {}
-      for x = 1, 12 do job[x] = v[x] end
-      if n > 1 then
-        local names = {}
-        for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
-        local more = redis.call('HMGET', jkey, unpack(names))
-        for y = 1, #names do job[12 + y] = more[y] end
-      end
-      local env, body = split_data(redis.call('GET', jdk(id)))
+      -- The job's data as stored: a solo job's holds its body after the envelope (the claimer splits it);
+      -- the jobs of a message with several share `body:<msg>` (msg: the job id without its `.n`).
+      local data = redis.call('GET', jdk(id)) or ''
       out[#out + 1] = job
-      out[#out + 1] = env
-      -- A solo job's data holds its body; the jobs of a message with several share `body:<msg>`.
-      if body then out[#out + 1] = body else out[#out + 1] = redis.call('GET', k('body:' .. v[14])) or '' end
+      out[#out + 1] = data
+      if string.find(data, '\n', 1, true) then
+        out[#out + 1] = false
+      else
+        out[#out + 1] = redis.call('GET', k('body:' .. string.match(id, '^(.*)%.%d+$'))) or ''
+      end
       taken = taken + 1
     end
   end

@@ -154,8 +154,9 @@ end
 
 -- Takes the job out of flight (owner, token, lease, slot). Returns nothing.
 local function unlease(jkey, id)
-  local c = redis.call('HMGET', jkey, 'claim', 'cdom')
-  redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'claim', 'cdom')
+  -- The token is the claim id.
+  local c = redis.call('HMGET', jkey, 'tok', 'cdom')
+  redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'cdom')
   redis.call('ZREM', k('inflight'), id)
   claim_done(c[1], c[2])
 end

@@ -25,14 +25,19 @@ for x = 1, tonumber(ARGV[5]) do
   local rb = i + 9
   i = rb + R * 3
   local jkey = jk(ID)
-  -- The first recipient's state and address come with the job's fields (every job has one).
-  local f = redis.call('HMGET', jkey, 'id', 'msg', 'dom', 'att', 'tags', 'state', 'owner', 'tok', 'donetok', 'n',
-                       'bounce', 'claim', 'cdom', 'solo', 'rs:0', 'ra:0')
+  -- Only the fields needed (each field asked of a hash costs a scan of it); the first recipient's state and
+  -- address come with them (every job has one). f[1] and f[2] are then reused: f is the event's job fields
+  -- (id, -, dom, att, tags; see ev_fields).
+  local f = redis.call('HMGET', jkey, 'n', 'rs:0', 'dom', 'att', 'tags', 'state', 'owner', 'tok', 'cdom', 'solo',
+                       'bounce', 'ra:0')
   if not f[6] then
     res[x] = {'gone'}
   elseif f[6] ~= 'inflight' or f[7] ~= OWNER or f[8] ~= TOK then
-    if f[9] == 'c:' .. TOK then res[x] = {'dup'} else res[x] = {'notowner'} end
+    if redis.call('HGET', jkey, 'donetok') == 'c:' .. TOK then res[x] = {'dup'} else res[x] = {'notowner'} end
   else
+    local n, rs0 = tonumber(f[1]), f[2]
+    f[1] = ID
+    f[2] = false
     local rest = 'f'
     if KIND == 'delivered' then rest = 'd' elseif KIND == 'deferred' then rest = 'p' end
     local given = {}
@@ -46,8 +51,7 @@ for x = 1, tonumber(ARGV[5]) do
     local upd = {}
     local att = tonumber(f[4] or '0') + 1
     f[4] = tostring(att)
-    local n = tonumber(f[10])
-    local v = {f[15], f[16]}
+    local v = {rs0, f[12]}
     if n > 1 then
       local names = {}
       for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'ra:' .. r end
@@ -75,9 +79,10 @@ for x = 1, tonumber(ARGV[5]) do
       end
     end
     unflight[#unflight + 1] = ID
-    local c = f[12]
+    -- The token is the claim id.
+    local c = TOK
     if c and c ~= '' then
-      if not claims[c] then claims[c] = {0, f[13]}; corder[#corder + 1] = c end
+      if not claims[c] then claims[c] = {0, f[9]}; corder[#corder + 1] = c end
       claims[c][1] = claims[c][1] + 1
     end
     local extra = {}
@@ -102,7 +107,7 @@ for x = 1, tonumber(ARGV[5]) do
       upd[#upd + 1] = 'donetok'; upd[#upd + 1] = 'c:' .. TOK
       if REPLY ~= '' then upd[#upd + 1] = 'err'; upd[#upd + 1] = REPLY end
       redis.call('HSET', jkey, unpack(upd))
-      redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'claim', 'cdom')
+      redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'cdom')
       counts.deferred = counts.deferred + #pending
       requeue(jkey, ID, at)
       res[x] = {'deferred', string.format('%d', at)}
@@ -114,7 +119,7 @@ for x = 1, tonumber(ARGV[5]) do
       local d = f[3]
       if not live[d] then live[d] = 0; lorder[#lorder + 1] = d end
       live[d] = live[d] + 1
-      drop_body_ref(f[2], f[14])
+      drop_body_ref(string.match(ID, '^(.*)%.%d+$'), f[10])
       res[x] = {'finished'}
     end
   end

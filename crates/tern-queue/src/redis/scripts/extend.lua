@@ -4,13 +4,14 @@
 local ID, OWNER, TOK = ARGV[4], ARGV[5], ARGV[6]
 local jkey = jk(ID)
 if redis.call('EXISTS', jkey) == 0 then return {'gone'} end
-local f = redis.call('HMGET', jkey, 'state', 'owner', 'tok', 'claim', 'cdom')
+local f = redis.call('HMGET', jkey, 'state', 'owner', 'tok', 'cdom')
 if f[1] ~= 'inflight' or f[2] ~= OWNER or f[3] ~= TOK then return {'notowner'} end
 local deadline = NOW + tonumber(ARGV[7])
 local dl = string.format('%d', deadline)
 redis.call('HSET', jkey, 'lease', dl)
 redis.call('ZADD', k('inflight'), deadline, ID)
-if f[4] and f[5] and redis.call('HEXISTS', k('claims'), f[4]) == 1 then
-  redis.call('ZADD', k('slots:' .. f[5]), 'XX', 'GT', deadline, f[4])
+-- The token is the claim id.
+if f[4] and redis.call('HEXISTS', k('claims'), TOK) == 1 then
+  redis.call('ZADD', k('slots:' .. f[4]), 'XX', 'GT', deadline, TOK)
 end
 return {'ok', dl}

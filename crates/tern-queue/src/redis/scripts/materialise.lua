@@ -1,12 +1,13 @@
 -- Creates the jobs of many messages that live in this shard, with their bodies, in one atomic call.
 -- ARGV[4] "1" to record a 24 h materialised marker per message (intake path: a re-drive is then a no-op),
 -- [5] message count M, then per message:
---   id, body, sender (lower-cased), created ms, tags (JSON), solo ("1": the message has exactly one job in
---   all, whose data `jd:<job>` then holds the body after the envelope, with no `msg:`/`body:` keys), trace
---   context or "",
+--   id, body ("" when solo), sender (lower-cased), created ms, tags (JSON), solo ("1": the message has
+--   exactly one job in all, whose data `jd:<job>` then holds the body after the envelope, with no
+--   `msg:`/`body:` keys), trace context or "",
 --   job count J, then per job:
---     id, domain, due ms, recipient count, recipients (newline-separated), envelope (JSON).
--- The job's hash fields (see codec.rs) are built here from these; its envelope goes to `jd:<job>`.
+--     id, domain, due ms, recipient count, recipients (newline-separated), data: the envelope (JSON), and
+--     for a solo message a newline and the body after it.
+-- The job's hash fields (see codec.rs) are built here from these; its data goes to `jd:<job>`.
 -- A message with several jobs in this shard stores its body once in `body:<msg>` and counts its live jobs in
 -- `msg:<msg>` (the last one to go deletes both).
 -- Idempotent: an existing job is left alone. The `queued` events of the call go into one stream entry;
@@ -26,12 +27,13 @@ for _ = 1, tonumber(ARGV[5]) do
   local made = 0
   local ids = {}
   for _ = 1, J do
-    local id, dom, due_s, nr_s, rl, env = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local id, dom, due_s, nr_s, rl, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
     local at, nr = tonumber(due_s), tonumber(nr_s)
     i = i + 6
     local jkey = jk(id)
     ids[#ids + 1] = id
-    if not skip and redis.call('EXISTS', jkey) == 0 then
+    -- The data and the hash are created and deleted together: SET NX doubles as the existence check.
+    if not skip and redis.call('SET', jdk(id), data, 'NX') then
       local h = {'id', id, 'msg', MSG, 'dom', dom, 'sched', dom, 'n', nr_s, 'tags', TAGS, 'att', '0',
                  'first', CREATED, 'next', due_s, 'sender', SENDER, 'state', 'queued'}
       if TRACE ~= '' then h[#h + 1] = 'trace'; h[#h + 1] = TRACE end
@@ -44,12 +46,7 @@ for _ = 1, tonumber(ARGV[5]) do
           r = r + 1
         end
       end
-      if SOLO == '1' then
-        h[#h + 1] = 'solo'; h[#h + 1] = '1'
-        redis.call('SET', jdk(id), env .. '\n' .. BODY)
-      else
-        redis.call('SET', jdk(id), env)
-      end
+      if SOLO == '1' then h[#h + 1] = 'solo'; h[#h + 1] = '1' end
       chunked(h, 400, function(...) redis.call('HSET', jkey, ...) end)
       local q = due[dom]
       if not q then q = {}; due[dom] = q; dorder[#dorder + 1] = dom; dmin[dom] = at end
