@@ -18,6 +18,21 @@ local counts = {delivered = 0, failed = 0, expired = 0, deferred = 0}
 local finished = 0
 local listing = {}
 local live, lorder = {}, {}
+local FINISHED = {'finished'}
+local extra, xmx, xip, xtls, xbounce = {}, '', '', '', false
+
+-- A finished job goes (it is in flight, so on no schedule): its keys, its place in the listing, its
+-- domain's live count, and its message's body with the message's last job. `f` holds its fields.
+local function finish(id, jkey, f)
+  redis.call('DEL', jkey, jdk(id))
+  finished = finished + 1
+  listing[#listing + 1] = id
+  local d = f[3]
+  if not live[d] then live[d] = 0; lorder[#lorder + 1] = d end
+  live[d] = live[d] + 1
+  drop_body_ref(string.match(id, '^(.*)%.%d+$'), f[10])
+end
+
 local i = 6
 for x = 1, tonumber(ARGV[5]) do
   local ID, TOK, KIND, RETRY, REPLY = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -35,92 +50,106 @@ for x = 1, tonumber(ARGV[5]) do
   elseif f[6] ~= 'inflight' or f[7] ~= OWNER or f[8] ~= TOK then
     if redis.call('HGET', jkey, 'donetok') == 'c:' .. TOK then res[x] = {'dup'} else res[x] = {'notowner'} end
   else
-    local n, rs0 = tonumber(f[1]), f[2]
+    local n, rs0, ra0 = tonumber(f[1]), f[2], f[12]
     f[1] = ID
     f[2] = false
-    local rest = 'f'
-    if KIND == 'delivered' then rest = 'd' elseif KIND == 'deferred' then rest = 'p' end
-    local given = {}
-    for y = 0, R - 1 do
-      local b = rb + y * 3
-      given[tonumber(ARGV[b])] = {ARGV[b + 1], ARGV[b + 2]}
-    end
-    local delivered, failed, pending = {}, {}, {}
-    -- Recipients grouped by (state, reply), so that each event carries the reply its recipients got.
-    local groups, gorder = {}, {}
-    local upd = {}
+    -- This attempt's number, for the events.
     local att = tonumber(f[4] or '0') + 1
     f[4] = tostring(att)
-    local v = {rs0, f[12]}
-    if n > 1 then
-      local names = {}
-      for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'ra:' .. r end
-      local more = redis.call('HMGET', jkey, unpack(names))
-      for y = 1, #more do v[2 + y] = more[y] end
-    end
-    for r = 0, n - 1 do
-      if v[2 * r + 1] == 'p' then
-        local addr = v[2 * r + 2]
-        local st, rep = rest, REPLY
-        local g = given[r]
-        if g then
-          st = g[1]
-          if g[2] ~= '' then rep = g[2] end
-        end
-        if st ~= 'p' then upd[#upd + 1] = 'rs:' .. r; upd[#upd + 1] = st end
-        if rep ~= '' then upd[#upd + 1] = 'rr:' .. r; upd[#upd + 1] = rep end
-        if st == 'd' then delivered[#delivered + 1] = addr
-        elseif st == 'f' then failed[#failed + 1] = addr
-        else st = 'p'; pending[#pending + 1] = addr end
-        local gk = st .. '\0' .. rep
-        if not groups[gk] then groups[gk] = {st, rep, {}}; gorder[#gorder + 1] = gk end
-        local ga = groups[gk][3]
-        ga[#ga + 1] = addr
-      end
-    end
-    unflight[#unflight + 1] = ID
-    -- The token is the claim id.
-    local c = TOK
-    if c and c ~= '' then
-      if not claims[c] then claims[c] = {0, f[9]}; corder[#corder + 1] = c end
-      claims[c][1] = claims[c][1] + 1
-    end
-    local extra = {}
-    if MX ~= '' then extra[#extra + 1] = 'mx'; extra[#extra + 1] = MX end
-    if IP ~= '' then extra[#extra + 1] = 'ip'; extra[#extra + 1] = IP end
-    if TLS ~= '' then extra[#extra + 1] = 'tls'; extra[#extra + 1] = TLS end
-    if f[11] == '1' then extra[#extra + 1] = 'bounce'; extra[#extra + 1] = '1' end
+    local rest = 'f'
+    if KIND == 'delivered' then rest = 'd' elseif KIND == 'deferred' then rest = 'p' end
     local fkind = 'failed'
     if KIND == 'expired' then fkind = 'expired' end
-    local kinds = {d = 'delivered', f = fkind, p = 'deferred'}
-    for _, st in ipairs({'d', 'f', 'p'}) do
-      for _, gk in ipairs(gorder) do
-        local g = groups[gk]
-        if g[1] == st then ev_add(kinds[st], f, g[3], g[2], extra) end
-      end
+    unflight[#unflight + 1] = ID
+    -- The token is the claim id.
+    if not claims[TOK] then claims[TOK] = {0, f[9]}; corder[#corder + 1] = TOK end
+    claims[TOK][1] = claims[TOK][1] + 1
+    -- The attempt's fields of every event (one table for a run of jobs of the same attempt details).
+    if MX ~= xmx or IP ~= xip or TLS ~= xtls or f[11] == '1' or xbounce then
+      extra = {}
+      if MX ~= '' then extra[#extra + 1] = 'mx'; extra[#extra + 1] = MX end
+      if IP ~= '' then extra[#extra + 1] = 'ip'; extra[#extra + 1] = IP end
+      if TLS ~= '' then extra[#extra + 1] = 'tls'; extra[#extra + 1] = TLS end
+      xbounce = f[11] == '1'
+      if xbounce then extra[#extra + 1] = 'bounce'; extra[#extra + 1] = '1' end
+      xmx, xip, xtls = MX, IP, TLS
     end
-    counts.delivered = counts.delivered + #delivered
-    counts[fkind] = counts[fkind] + #failed
-    if #pending > 0 then
-      local at = tonumber(RETRY) or (NOW + 60000)
-      upd[#upd + 1] = 'att'; upd[#upd + 1] = att
-      upd[#upd + 1] = 'donetok'; upd[#upd + 1] = 'c:' .. TOK
-      if REPLY ~= '' then upd[#upd + 1] = 'err'; upd[#upd + 1] = REPLY end
-      redis.call('HSET', jkey, unpack(upd))
-      redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'cdom')
-      counts.deferred = counts.deferred + #pending
-      requeue(jkey, ID, at)
-      res[x] = {'deferred', string.format('%d', at)}
+    -- The common case first: one recipient, pending, whose attempt ends it (delivered or failed).
+    local st1, rep1 = rest, REPLY
+    if R > 0 and ARGV[rb] == '0' then
+      st1 = ARGV[rb + 1]
+      if ARGV[rb + 2] ~= '' then rep1 = ARGV[rb + 2] end
+    end
+    if n == 1 and rs0 == 'p' and (st1 == 'd' or st1 == 'f') and (R == 0 or ARGV[rb] == '0') then
+      if st1 == 'd' then
+        ev_add('delivered', f, ra0, rep1, extra)
+        counts.delivered = counts.delivered + 1
+      else
+        ev_add(fkind, f, ra0, rep1, extra)
+        counts[fkind] = counts[fkind] + 1
+      end
+      finish(ID, jkey, f)
+      res[x] = FINISHED
     else
-      -- Finished: the job goes (it is in flight, so on no schedule).
-      redis.call('DEL', jkey, jdk(ID))
-      finished = finished + 1
-      listing[#listing + 1] = ID
-      local d = f[3]
-      if not live[d] then live[d] = 0; lorder[#lorder + 1] = d end
-      live[d] = live[d] + 1
-      drop_body_ref(string.match(ID, '^(.*)%.%d+$'), f[10])
-      res[x] = {'finished'}
+      local given = {}
+      for y = 0, R - 1 do
+        local b = rb + y * 3
+        given[tonumber(ARGV[b])] = {ARGV[b + 1], ARGV[b + 2]}
+      end
+      local delivered, failed, pending = {}, {}, {}
+      -- Recipients grouped by (state, reply), so that each event carries the reply its recipients got.
+      local groups, gorder = {}, {}
+      local upd = {}
+      local v = {rs0, ra0}
+      if n > 1 then
+        local names = {}
+        for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'ra:' .. r end
+        local more = redis.call('HMGET', jkey, unpack(names))
+        for y = 1, #more do v[2 + y] = more[y] end
+      end
+      for r = 0, n - 1 do
+        if v[2 * r + 1] == 'p' then
+          local addr = v[2 * r + 2]
+          local st, rep = rest, REPLY
+          local g = given[r]
+          if g then
+            st = g[1]
+            if g[2] ~= '' then rep = g[2] end
+          end
+          if st ~= 'p' then upd[#upd + 1] = 'rs:' .. r; upd[#upd + 1] = st end
+          if rep ~= '' then upd[#upd + 1] = 'rr:' .. r; upd[#upd + 1] = rep end
+          if st == 'd' then delivered[#delivered + 1] = addr
+          elseif st == 'f' then failed[#failed + 1] = addr
+          else st = 'p'; pending[#pending + 1] = addr end
+          local gk = st .. '\0' .. rep
+          if not groups[gk] then groups[gk] = {st, rep, {}}; gorder[#gorder + 1] = gk end
+          local ga = groups[gk][3]
+          ga[#ga + 1] = addr
+        end
+      end
+      local kinds = {d = 'delivered', f = fkind, p = 'deferred'}
+      for _, st in ipairs({'d', 'f', 'p'}) do
+        for _, gk in ipairs(gorder) do
+          local g = groups[gk]
+          if g[1] == st then ev_add(kinds[st], f, g[3], g[2], extra) end
+        end
+      end
+      counts.delivered = counts.delivered + #delivered
+      counts[fkind] = counts[fkind] + #failed
+      if #pending > 0 then
+        local at = tonumber(RETRY) or (NOW + 60000)
+        upd[#upd + 1] = 'att'; upd[#upd + 1] = att
+        upd[#upd + 1] = 'donetok'; upd[#upd + 1] = 'c:' .. TOK
+        if REPLY ~= '' then upd[#upd + 1] = 'err'; upd[#upd + 1] = REPLY end
+        redis.call('HSET', jkey, unpack(upd))
+        redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'cdom')
+        counts.deferred = counts.deferred + #pending
+        requeue(jkey, ID, at)
+        res[x] = {'deferred', string.format('%d', at)}
+      else
+        finish(ID, jkey, f)
+        res[x] = FINISHED
+      end
     end
   end
 end
