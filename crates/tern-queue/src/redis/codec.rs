@@ -4,9 +4,9 @@
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `id`, `msg` | job id, message id |
+//! | `id` | not stored in the hash (the key names the job, and the job id its message `<msg>.<n>`); read views add it |
 //! | `dom` | destination domain (lower-cased) |
-//! | `sched` | the schedule it waits on: `dom`, or `#bounce` after an admin bounce |
+//! | `sched` | set by an admin bounce to `#bounce`, the schedule the job then waits on; absent: its domain's |
 //! | `env` | not stored in the hash: JSON [`Envelope`] with this job's recipients and the DSN parameters, kept in the job's data string `jd:<job id>` (followed by a newline and the message body for a `solo` job), so that the hash holds only short values; read views add it |
 //! | `n`, `ra:<i>`, `rs:<i>`, `rr:<i>` | recipient count; per recipient: address, state `p`/`d`/`f`, last reply |
 //! | `solo` | `1` when the job is its message's only job: `jd:<job id>` holds the body (no `msg:`/`body:` keys then) |
@@ -15,7 +15,7 @@
 //! | `att`, `first`, `next`, `err` | finished attempts, first queued ms, due ms, last error |
 //! | `sender` | lower-cased sender address, for listing |
 //! | `bounce` | `1` after an admin bounce (absent before) |
-//! | `owner`, `tok`, `lease`, `claim`, `cdom` | while in flight: owner, claim token, lease deadline ms, claim id, claimed schedule |
+//! | `owner`, `tok`, `lease`, `cdom` | while in flight: owner, claim token (the claim id), lease deadline ms, claimed schedule |
 //! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (makes repeats recognisable) |
 
 use std::collections::{BTreeMap, HashMap};
@@ -405,13 +405,11 @@ mod tests {
         assert_eq!(specs[0].recipients, 2);
         assert_eq!(specs[1].id, JobId::new(p.id, 1));
         assert_eq!(specs[0].rcpt_list, "x@b.test\nz@B.test");
-        // The fields materialise.lua stores.
+        // The fields materialise.lua stores, with the `id` and `env` read views add.
         let s = &specs[0];
         let mut map: HashMap<String, String> = [
             ("id", s.id.to_string()),
-            ("msg", p.id.to_string()),
             ("dom", s.domain.clone()),
-            ("sched", s.domain.clone()),
             ("env", s.env_json.clone()),
             ("n", s.recipients.to_string()),
             ("tags", tags_json(&p).unwrap()),

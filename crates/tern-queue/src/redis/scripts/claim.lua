@@ -95,7 +95,7 @@ local function take(d, scanning)
       if string.find(data, '\n', 1, true) then
         out[#out + 1] = false
       else
-        out[#out + 1] = redis.call('GET', k('body:' .. string.match(id, '^(.*)%.%d+$'))) or ''
+        out[#out + 1] = redis.call('GET', k('body:' .. msg_of(id))) or ''
       end
       taken = taken + 1
     end

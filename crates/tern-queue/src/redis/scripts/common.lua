@@ -73,8 +73,16 @@ local function ev_add(kind, j, rcpts, reply, extra)
   if #EVBUF >= 3000 then ev_flush() end
 end
 
+-- The job id of a job key.
+local function id_of(jkey) return string.sub(jkey, #P + 5) end
+-- The message id of a job id (`<msg>.<n>`).
+local function msg_of(id) return string.match(id, '^(.*)%.%d+$') end
+-- The schedule a job waits on: its domain's, unless an admin bounce moved it (`sched`).
+local function sched_of(sched, dom) return sched or dom end
+
 local function event(kind, jkey, rcpts, reply, extra)
-  event_of(kind, redis.call('HMGET', jkey, 'id', 'msg', 'dom', 'att', 'tags'), rcpts, reply, extra)
+  local f = redis.call('HMGET', jkey, 'dom', 'att', 'tags')
+  event_of(kind, {id_of(jkey), false, f[1], f[2], f[3]}, rcpts, reply, extra)
 end
 
 -- A domain-level event (suspend, resume) with no job.
@@ -163,10 +171,10 @@ end
 
 -- Puts a job that is not in flight back on its schedule at `at`.
 local function requeue(jkey, id, at)
-  local f = redis.call('HMGET', jkey, 'sched', 'att')
+  local f = redis.call('HMGET', jkey, 'sched', 'att', 'dom')
   if tonumber(f[2] or '0') > 0 then set_state(jkey, 'deferred') else set_state(jkey, 'queued') end
   redis.call('HSET', jkey, 'next', string.format('%d', at))
-  schedule(f[1], id, at)
+  schedule(sched_of(f[1], f[3]), id, at)
 end
 
 -- Drops one reference to a message's body: a job that holds its message's body inline (`solo`: the
@@ -180,7 +188,9 @@ end
 
 -- Removes a finished or deleted job; the message body goes with the last job of the message in this shard.
 local function remove_job(jkey, id)
-  local f = redis.call('HMGET', jkey, 'sched', 'msg', 'dom', 'state', 'solo')
+  local f = redis.call('HMGET', jkey, 'sched', 'dom', 'dom', 'state', 'solo')
+  f[1] = sched_of(f[1], f[3])
+  f[2] = msg_of(id)
   if f[4] == 'inflight' then unlease(jkey, id) end
   set_state(jkey, nil)
   local was_due = 0
@@ -211,6 +221,7 @@ local function job_fields(id)
   local h = redis.call('HGETALL', jk(id))
   if #h == 0 then return h, -1 end
   local env, body = split_data(redis.call('GET', jdk(id)))
+  h[#h + 1] = 'id'; h[#h + 1] = id
   h[#h + 1] = 'env'; h[#h + 1] = env
   if body then return h, #body end
   return h, -1

@@ -30,7 +30,7 @@ local function finish(id, jkey, f)
   local d = f[3]
   if not live[d] then live[d] = 0; lorder[#lorder + 1] = d end
   live[d] = live[d] + 1
-  drop_body_ref(string.match(id, '^(.*)%.%d+$'), f[10])
+  drop_body_ref(msg_of(id), f[10])
 end
 
 local i = 6

@@ -31,10 +31,12 @@ for _ = 1, tonumber(ARGV[5]) do
     local at, nr = tonumber(due_s), tonumber(nr_s)
     i = i + 6
     local jkey = jk(id)
-    ids[#ids + 1] = id
+    if SOLO ~= '1' then ids[#ids + 1] = id end
     -- The data and the hash are created and deleted together: SET NX doubles as the existence check.
     if not skip and redis.call('SET', jdk(id), data, 'NX') then
-      local h = {'id', id, 'msg', MSG, 'dom', dom, 'sched', dom, 'n', nr_s, 'tags', TAGS, 'att', '0',
+      -- No `id`, `msg` or `sched` field: the key names the job, the job id its message, and the schedule is
+      -- the domain's until an admin bounce sets `sched` (fewer fields make every access to the hash faster).
+      local h = {'dom', dom, 'n', nr_s, 'tags', TAGS, 'att', '0',
                  'first', CREATED, 'next', due_s, 'sender', SENDER, 'state', 'queued'}
       if TRACE ~= '' then h[#h + 1] = 'trace'; h[#h + 1] = TRACE end
       if nr == 1 then
@@ -47,7 +49,11 @@ for _ = 1, tonumber(ARGV[5]) do
         end
       end
       if SOLO == '1' then h[#h + 1] = 'solo'; h[#h + 1] = '1' end
-      chunked(h, 400, function(...) redis.call('HSET', jkey, ...) end)
+      if #h <= 400 then
+        redis.call('HSET', jkey, unpack(h))
+      else
+        chunked(h, 400, function(...) redis.call('HSET', jkey, ...) end)
+      end
       local q = due[dom]
       if not q then q = {}; due[dom] = q; dorder[#dorder + 1] = dom; dmin[dom] = at end
       q[#q + 1] = at; q[#q + 1] = id
