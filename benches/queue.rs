@@ -8,7 +8,8 @@
 //! For each queue depth (default 1k, 100k and 1M waiting jobs, ~1 KiB bodies, 100 domains, so that every
 //! claim finds at least 10 due jobs of its domain at every depth) it measures:
 //! - enqueue: `enqueue_batch` of 100 messages from 2 concurrent producers (messages/s, p99 per batch);
-//! - cycles: 2 producers (batches of 500) and 8 workers at once, each a tokio task on a 2-thread runtime;
+//! - cycles: 2 producers (batches of 500) and 8 workers at once, each a tokio task on a 2-thread runtime,
+//!   run `TERN_BENCH_RUNS` times (default 3; the median and the range are reported);
 //!   workers `claim` up to 50 jobs of a domain and record their outcomes with one `complete_batch`; full
 //!   enqueue+claim+complete cycles per second, p99 of each call (complete: per batch), and the CPU time
 //!   the Redis server and this process spent per cycle (Redis `INFO cpu`, `/proc/self/stat`);
@@ -59,6 +60,8 @@ struct Row {
     enqueue_rate: f64,
     enqueue_p99: Duration,
     cycles_rate: f64,
+    /// The slowest and fastest run's cycles/s.
+    cycles_range: (f64, f64),
     claim_p99: Duration,
     complete_p99: Duration,
     cycle_enqueue_p99: Duration,
@@ -155,29 +158,43 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         redis_cli(url, &["config", "set", "slowlog-log-slower-than", "0"]);
         redis_cli(url, &["slowlog", "reset"]);
     }
-    let t = Instant::now();
-    let mut producers = Vec::new();
+    // The cycles run `runs` times (TERN_BENCH_RUNS, default 3): this machine's speed varies from minute to
+    // minute, so the median is reported with the range.
+    let runs: usize = std::env::var("TERN_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let total = (cycles / PRODUCERS / CYCLE_BATCH) * PRODUCERS * CYCLE_BATCH;
-    for _ in 0..PRODUCERS {
-        let (q, body, counter, lat) = (q.clone(), body.clone(), counter.clone(), enq_lat.clone());
-        producers.push(tokio::spawn(async move {
-            for _ in 0..(cycles / PRODUCERS / CYCLE_BATCH) {
-                let batch: Vec<_> = (0..CYCLE_BATCH)
-                    .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
-                    .collect();
-                let s = Instant::now();
-                for r in q.enqueue_batch(batch).await {
-                    r.expect("enqueue");
+    let mut rates = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let mut producers = Vec::new();
+        for _ in 0..PRODUCERS {
+            let (q, body, counter, lat) = (q.clone(), body.clone(), counter.clone(), enq_lat.clone());
+            producers.push(tokio::spawn(async move {
+                for _ in 0..(cycles / PRODUCERS / CYCLE_BATCH) {
+                    let batch: Vec<_> = (0..CYCLE_BATCH)
+                        .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
+                        .collect();
+                    let s = Instant::now();
+                    for r in q.enqueue_batch(batch).await {
+                        r.expect("enqueue");
+                    }
+                    lat.lock().await.push(s.elapsed());
                 }
-                lat.lock().await.push(s.elapsed());
-            }
-        }));
+            }));
+        }
+        drain(&q, total, Some(claim_lat.clone()), Some(complete_lat.clone())).await;
+        for p in producers {
+            p.await.unwrap();
+        }
+        rates.push(total as f64 / t.elapsed().as_secs_f64());
     }
-    drain(&q, total, Some(claim_lat.clone()), Some(complete_lat.clone())).await;
-    for p in producers {
-        p.await.unwrap();
-    }
-    let cycles_rate = total as f64 / t.elapsed().as_secs_f64();
+    rates.sort_by(f64::total_cmp);
+    let cycles_rate = rates[rates.len() / 2];
+    let cycles_range = (rates[0], rates[rates.len() - 1]);
+    let total = total * runs;
     if let Some(path) = &slowlog {
         redis_cli(url, &["config", "set", "slowlog-log-slower-than", "10000"]);
         let dump = redis_cli(url, &["--json", "slowlog", "get", "1000000"]);
@@ -253,6 +270,7 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
         enqueue_rate,
         enqueue_p99,
         cycles_rate,
+        cycles_range,
         claim_p99: percentile(&mut claim_lat.lock().await, 0.99),
         complete_p99: percentile(&mut complete_lat.lock().await, 0.99),
         cycle_enqueue_p99: percentile(&mut enq_lat.lock().await, 0.99),
@@ -416,17 +434,19 @@ fn main() {
     }
     println!();
     println!(
-        "| depth | fill msg/s | enqueue msg/s (batch {BATCH}) | enqueue p99/batch | cycles/s | claim p99 | complete p99/batch | enqueue p99/batch of {CYCLE_BATCH} (in cycles) | claim alone p50 / p99 / p999 | redis CPU/cycle | client CPU/cycle | redis memory |"
+        "| depth | fill msg/s | enqueue msg/s (batch {BATCH}) | enqueue p99/batch | cycles/s (median; range) | claim p99 | complete p99/batch | enqueue p99/batch of {CYCLE_BATCH} (in cycles) | claim alone p50 / p99 / p999 | redis CPU/cycle | client CPU/cycle | redis memory |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.0} | {} | {:.0} | {} | {} | {} | {} / {} / {} | {:.0} µs | {:.0} µs | {} |",
+            "| {} | {:.0} | {:.0} | {} | {:.0} ({:.0}–{:.0}) | {} | {} | {} | {} / {} / {} | {:.0} µs | {:.0} µs | {} |",
             r.depth,
             r.fill_rate,
             r.enqueue_rate,
             ms(r.enqueue_p99),
             r.cycles_rate,
+            r.cycles_range.0,
+            r.cycles_range.1,
             ms(r.claim_p99),
             ms(r.complete_p99),
             ms(r.cycle_enqueue_p99),

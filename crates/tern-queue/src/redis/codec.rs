@@ -282,14 +282,33 @@ pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec
 
 /// A claimed job from `claim.lua`'s list of its fields (id, dom, n, att, first, next, err, tags, trace,
 /// bounce, then state and reply per recipient) and its envelope (JSON), now in flight for `owner` until
-/// `lease_until_ms`.
+/// `lease_until_ms`. A job never tried comes as the compact list (att, n, first, tags, trace, next, id):
+/// its domain is the claim's `domain`, and it has no error and every recipient pending with no reply.
 pub(crate) fn claimed_job(
     v: &[Value],
     env_json: &[u8],
+    domain: &str,
     owner: &str,
     lease_until_ms: u64,
 ) -> Result<Job, QueueError> {
-    let get = |i: usize| v.get(i).and_then(text);
+    let compact = v.len() == 7;
+    let get = |i: usize| -> Option<String> {
+        if !compact {
+            return v.get(i).and_then(text);
+        }
+        let at = match i {
+            0 => 6,
+            1 => return Some(domain.to_string()),
+            2 => 1,
+            3 => 0,
+            4 => 2,
+            5 => 5,
+            7 => 3,
+            8 => 4,
+            _ => return None,
+        };
+        v.get(at).and_then(text)
+    };
     let raw_id = get(0).unwrap_or_else(|| "?".to_string());
     let id: JobId = raw_id.parse().map_err(|_| corrupt("id", &raw_id))?;
     let envelope: Envelope = serde_json::from_slice(env_json).map_err(|_| corrupt("env", &raw_id))?;
@@ -434,6 +453,46 @@ mod tests {
         assert_eq!(job.trace.as_deref(), Some("tp"));
         assert_eq!(job.next_attempt_ms, 20);
         assert!(!job.admin_bounce);
+    }
+
+    #[test]
+    fn a_never_tried_job_reads_from_the_compact_claim_list() {
+        let env = Envelope::new(
+            ReversePath::Mailbox("s@a.test".parse().unwrap()),
+            vec![
+                Recipient::new("x@b.test".parse().unwrap()),
+                Recipient::new("y@b.test".parse().unwrap()),
+            ],
+        );
+        let id = JobId::new(MessageId::new(), 0);
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        // att, n, first, tags, trace (absent), next, id
+        let v = vec![
+            b("0"),
+            b("2"),
+            b("10"),
+            b(r#"{"t":"1"}"#),
+            Value::Nil,
+            b("20"),
+            b(&id.to_string()),
+        ];
+        let json = serde_json::to_vec(&env).unwrap();
+        let job = claimed_job(&v, &json, "b.test", "w1", 99).unwrap();
+        assert_eq!(job.id, id);
+        assert_eq!(job.domain, "b.test");
+        assert_eq!(
+            (job.attempts, job.first_queued_ms, job.next_attempt_ms),
+            (0, 10, 20)
+        );
+        assert_eq!(job.tags.get("t").map(String::as_str), Some("1"));
+        assert_eq!((job.trace, job.last_error, job.admin_bounce), (None, None, false));
+        assert_eq!(job.recipients.len(), 2);
+        assert!(
+            job.recipients
+                .iter()
+                .all(|r| r.status == RecipientStatus::Pending && r.reply.is_none())
+        );
+        assert_eq!((job.owner.as_deref(), job.lease_until_ms), (Some("w1"), Some(99)));
     }
 
     #[test]

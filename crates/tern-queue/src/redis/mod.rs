@@ -1009,7 +1009,7 @@ impl Queue for RedisQueue {
                         None => (data, Bytes::new()),
                     },
                 };
-                let job = codec::claimed_job(codec::items(fields), &env, owner, lease_until_ms)?;
+                let job = codec::claimed_job(codec::items(fields), &env, &domain, owner, lease_until_ms)?;
                 let lease = JobLease {
                     job: job.id,
                     domain: job.domain.clone(),

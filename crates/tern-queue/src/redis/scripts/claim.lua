@@ -11,7 +11,8 @@
 -- pushed back. Suspended domains are not in the index; one found there (a race) is dropped from it.
 -- Returns false, or {domain, claim id, deadline, hold taken over (or ''), job1, data1, body1, job2, ...}:
 -- each job is the list of its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>,
--- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease);
+-- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease),
+-- or for a job never tried the compact list att, n, first, tags, trace, next, id (codec.rs `claimed_job`);
 -- data is the job's `jd:` string, and body false when that string holds the body after its envelope.
 local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -68,10 +69,11 @@ local function take(d, scanning)
       local att, n, state = v[1], tonumber(v[2]), 'queued'
       -- The claimer's fields, in a fixed order (codec.rs `claimed_job`): id, dom, n, att, first, next, err,
       -- tags, trace, bounce, then state and reply per recipient.
+      -- A job never tried goes back as the compact list att, n, first, tags, trace, next, id.
       local job
       if att == '0' and d ~= BOUNCE then
-        job = {id, d, v[2], '0', v[3], v[6], false, v[4], v[5], false, 'p', false}
-        for r = 1, n - 1 do job[11 + 2 * r] = 'p'; job[12 + 2 * r] = false end
+        v[7] = id
+        job = v
       else
         local w = redis.call('HMGET', jkey, 'dom', 'err', 'bounce', 'state', 'rs:0', 'rr:0')
         state = w[4]
