@@ -187,7 +187,8 @@ impl Worker {
                 warn!(job = %l.job, error = %e, "release on shutdown failed");
             }
         }
-        reaper.abort();
+        // The reaper stops at its next tick; awaiting it lets the closes under way drop their holds.
+        let _ = reaper.await;
         let idle: Vec<Idle> = lock(&inner.idle).drain().flat_map(|(_, v)| v).collect();
         for i in idle {
             inner.close_idle(i).await;
@@ -216,22 +217,32 @@ async fn idle_reaper(inner: Arc<Inner>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
         }
+        // A session closes when it has idled its time, or before its hold lapses (the hold's deadline was set
+        // when the claim ended, a little before the session went idle), so that no open connection is left
+        // without a slot.
+        let hold_ends_soon = now_ms() + u64::try_from((HOLD_MARGIN / 2).as_millis()).unwrap_or(0);
         let expired: Vec<Idle> = {
             let mut idle = lock(&inner.idle);
             let mut out = Vec::new();
             for v in idle.values_mut() {
-                let (old, keep): (Vec<Idle>, Vec<Idle>) =
-                    v.drain(..).partition(|i| i.since.elapsed() >= max_idle);
+                let (old, keep): (Vec<Idle>, Vec<Idle>) = v.drain(..).partition(|i| {
+                    i.since.elapsed() >= max_idle
+                        || i.hold.as_ref().is_some_and(|h| h.until_ms <= hold_ends_soon)
+                });
                 *v = keep;
                 out.extend(old);
             }
             idle.retain(|_, v| !v.is_empty());
             out
         };
+        // At once, so that one slow QUIT does not keep the others (and their slots) open.
+        let mut closing = JoinSet::new();
         for i in expired {
             debug!(mx = %i.session.mx, "closing idle connection");
-            inner.close_idle(i).await;
+            let inner = inner.clone();
+            closing.spawn(async move { inner.close_idle(i).await });
         }
+        while closing.join_next().await.is_some() {}
     }
 }
 

@@ -19,8 +19,10 @@ local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
 local held, horder = {}, {}
 for x = 0, tonumber(ARGV[11] or '0') - 1 do
   local d = ARGV[12 + 2 * x]
-  held[d] = ARGV[13 + 2 * x]
-  horder[#horder + 1] = d
+  if not held[d] then
+    held[d] = ARGV[13 + 2 * x]
+    horder[#horder + 1] = d
+  end
 end
 
 -- Claims due jobs of `d` if its limit allows; `scanning` (found through the index) pushes a domain at its

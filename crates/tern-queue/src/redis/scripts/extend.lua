@@ -1,5 +1,4 @@
 -- Pushes the lease of a job the caller owns to now + ARGV[7] ms (a heartbeat); the claim's slot follows.
--- XX: a slot that became a hold (hold.lua) or expired is not brought back.
 -- ARGV[4] job id, [5] owner, [6] token. Returns {"ok", deadline} | {"notowner"} | {"gone"}.
 local ID, OWNER, TOK = ARGV[4], ARGV[5], ARGV[6]
 local jkey = jk(ID)
@@ -10,8 +9,10 @@ local deadline = NOW + tonumber(ARGV[7])
 local dl = string.format('%d', deadline)
 redis.call('HSET', jkey, 'lease', dl)
 redis.call('ZADD', k('inflight'), deadline, ID)
--- The token is the claim id.
+-- The token is the claim id. Its slot follows, unless it became a hold (hold.lua): the hold keeps the
+-- connection's slot then, and the claim must not count twice.
 if f[4] and redis.call('HEXISTS', k('claims'), TOK) == 1 then
-  redis.call('ZADD', k('slots:' .. f[4]), 'XX', 'GT', deadline, TOK)
+  local sk = k('slots:' .. f[4])
+  if not redis.call('ZSCORE', sk, 'h:' .. TOK) then redis.call('ZADD', sk, 'GT', deadline, TOK) end
 end
 return {'ok', dl}
