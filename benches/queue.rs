@@ -100,6 +100,35 @@ async fn fill(q: &Arc<RedisQueue>, depth: usize, body: &Arc<Vec<u8>>, counter: &
     depth as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Starts [`PRODUCERS`] tasks, each enqueuing `batches` batches of `size` messages and recording each batch's
+/// time in `lat`.
+fn producers(
+    q: &Arc<RedisQueue>,
+    body: &Arc<Vec<u8>>,
+    counter: &Arc<AtomicU64>,
+    lat: &Arc<Mutex<Vec<Duration>>>,
+    batches: usize,
+    size: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..PRODUCERS)
+        .map(|_| {
+            let (q, body, counter, lat) = (q.clone(), body.clone(), counter.clone(), lat.clone());
+            tokio::spawn(async move {
+                for _ in 0..batches {
+                    let batch: Vec<_> = (0..size)
+                        .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
+                        .collect();
+                    let s = Instant::now();
+                    for r in q.enqueue_batch(batch).await {
+                        r.expect("enqueue");
+                    }
+                    lat.lock().await.push(s.elapsed());
+                }
+            })
+        })
+        .collect()
+}
+
 async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
     let opts = RedisQueueOptions {
         url: url.to_string(),
@@ -117,22 +146,7 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
     // 1. Enqueue alone.
     let lat = Arc::new(Mutex::new(Vec::new()));
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..PRODUCERS {
-        let (q, body, counter, lat) = (q.clone(), body.clone(), counter.clone(), lat.clone());
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..(cycles / PRODUCERS / BATCH) {
-                let batch: Vec<_> = (0..BATCH)
-                    .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
-                    .collect();
-                let s = Instant::now();
-                for r in q.enqueue_batch(batch).await {
-                    r.expect("enqueue");
-                }
-                lat.lock().await.push(s.elapsed());
-            }
-        }));
-    }
+    let tasks = producers(&q, &body, &counter, &lat, cycles / PRODUCERS / BATCH, BATCH);
     for t in tasks {
         t.await.unwrap();
     }
@@ -169,22 +183,14 @@ async fn run_depth(url: &str, depth: usize, cycles: usize) -> Row {
     let mut rates = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        let mut producers = Vec::new();
-        for _ in 0..PRODUCERS {
-            let (q, body, counter, lat) = (q.clone(), body.clone(), counter.clone(), enq_lat.clone());
-            producers.push(tokio::spawn(async move {
-                for _ in 0..(cycles / PRODUCERS / CYCLE_BATCH) {
-                    let batch: Vec<_> = (0..CYCLE_BATCH)
-                        .map(|_| message(counter.fetch_add(1, Ordering::Relaxed), &body))
-                        .collect();
-                    let s = Instant::now();
-                    for r in q.enqueue_batch(batch).await {
-                        r.expect("enqueue");
-                    }
-                    lat.lock().await.push(s.elapsed());
-                }
-            }));
-        }
+        let producers = producers(
+            &q,
+            &body,
+            &counter,
+            &enq_lat,
+            cycles / PRODUCERS / CYCLE_BATCH,
+            CYCLE_BATCH,
+        );
         drain(&q, total, Some(claim_lat.clone()), Some(complete_lat.clone())).await;
         for p in producers {
             p.await.unwrap();
