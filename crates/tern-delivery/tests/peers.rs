@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,8 +13,7 @@ use tern_config::IngestConfig;
 use tern_config::sections::TlsMode;
 use tern_core::HumanDuration;
 use tern_queue::{EventKind, NewMessage, Queue, RedisQueue, RedisQueueOptions};
-use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, TestCa, free_port};
-use tokio::net::{TcpListener, TcpStream};
+use tern_testkit::{CountingProxy, Dnsmasq, RedisServer, SmtpSink, TestCa, free_port};
 use tokio_util::sync::CancellationToken;
 
 /// Two MX hosts at the same preference: with one message per connection, every connection picks among them
@@ -293,85 +290,6 @@ async fn a_5xx_dsn_parses_with_python_email() {
     assert_eq!(j["returned"]["to"], "r@b.test", "{ctx}");
 }
 
-/// A TCP relay in front of a sink that counts the connections open through it at once.
-struct CountingProxy {
-    max: Arc<AtomicUsize>,
-    total: Arc<AtomicUsize>,
-    /// (opened, closed) of each connection, relative to the start.
-    spans: Arc<std::sync::Mutex<Vec<(Duration, Duration)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CountingProxy {
-    /// Relays `listen` to `upstream`, delaying what the server sends by `latency` (a network round trip).
-    async fn start(listen: SocketAddr, upstream: SocketAddr, latency: Duration) -> CountingProxy {
-        let l = TcpListener::bind(listen).await.unwrap();
-        let now = Arc::new(AtomicUsize::new(0));
-        let max = Arc::new(AtomicUsize::new(0));
-        let total = Arc::new(AtomicUsize::new(0));
-        let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (n, m, t, sp) = (now, max.clone(), total.clone(), spans.clone());
-        let t0 = Instant::now();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = l.accept().await else {
-                    continue;
-                };
-                let open = n.fetch_add(1, Ordering::SeqCst) + 1;
-                m.fetch_max(open, Ordering::SeqCst);
-                t.fetch_add(1, Ordering::SeqCst);
-                let n = n.clone();
-                let sp = sp.clone();
-                let opened = t0.elapsed();
-                tokio::spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, server, latency).await;
-                    }
-                    n.fetch_sub(1, Ordering::SeqCst);
-                    sp.lock().unwrap().push((opened, t0.elapsed()));
-                });
-            }
-        });
-        CountingProxy {
-            max,
-            total,
-            spans,
-            task,
-        }
-    }
-}
-
-/// Copies both ways until both sides are done; the server's bytes reach the client `latency` late.
-async fn relay(client: TcpStream, server: TcpStream, latency: Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up = async {
-        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-        let _ = sw.shutdown().await;
-    };
-    let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        while let Ok(n) = sr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            tokio::time::sleep(latency).await;
-            if cw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = cw.shutdown().await;
-    };
-    tokio::join!(up, down);
-}
-
-impl Drop for CountingProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// What [`three_workers_one_domain`] saw at the proxy.
 struct LimitRun {
     delivered: u64,
@@ -417,7 +335,7 @@ async fn three_workers_one_domain(
     }
     let sink = sink.start().unwrap();
     // The proxy adds 30 ms to every server reply, like a real network: a QUIT then takes a while.
-    let proxy = CountingProxy::start(sa(125, port), sa(126, port), Duration::from_millis(30)).await;
+    let proxy = CountingProxy::start(sa(125, port), sa(126, port), Duration::from_millis(30)).unwrap();
     let redis = RedisServer::start().unwrap();
     let mut cfg = config(&dns, port);
     cfg.connections_per_domain = limit;
@@ -460,17 +378,15 @@ async fn three_workers_one_domain(
     for w in workers {
         w.stop().await;
     }
-    let mut spans = proxy.spans.lock().unwrap().clone();
-    spans.sort();
-    let spans: Vec<String> = spans
-        .iter()
-        .map(|(a, b)| format!("{:.3}-{:.3}", a.as_secs_f64(), b.as_secs_f64()))
-        .collect();
     LimitRun {
         delivered: sink.message_count(),
-        max: proxy.max.load(Ordering::SeqCst),
-        total: proxy.total.load(Ordering::SeqCst),
-        spans: format!("{:?}; sink {:?}", spans, sink.counters()),
+        max: proxy.max(),
+        total: proxy.total(),
+        spans: format!(
+            "connections (open-close, s): {}; sink {:?}",
+            proxy.spans(),
+            sink.counters()
+        ),
     }
 }
 

@@ -11,6 +11,7 @@
 //! | load | [`run_smtp_source`] | `smtp-source` (postfix, in /usr/sbin) |
 //! | DNS | [`Dnsmasq`] | `dnsmasq` (dnsmasq-base) |
 //! | TLS | [`TestCa`] | none: made in process with `rcgen` |
+//! | connection counter | [`CountingProxy`] | none: a TCP relay on std threads |
 //!
 //! The harness is synchronous (std threads and processes), so it works from plain `#[test]`s and from
 //! `#[tokio::test]`s alike; calls that wait block the calling thread for at most their deadline.
@@ -21,6 +22,7 @@ pub mod bin;
 pub mod dns;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod smtp_sink;
 pub mod smtp_source;
@@ -34,6 +36,7 @@ pub use bin::cargo_bin;
 pub use dns::{DnsReply, Dnsmasq, DnsmasqBuilder};
 pub use ports::{free_port, free_udp_tcp_port, wait_for_tcp};
 pub use process::{ChildGuard, run_with_timeout};
+pub use proxy::CountingProxy;
 pub use redis::{RedisCluster, RedisServer};
 pub use smtp_sink::{SinkCounters, SmtpSink, SmtpSinkBuilder};
 pub use smtp_source::{SmtpSource, run_smtp_source};
