@@ -322,7 +322,7 @@ impl Inner {
             let v = idle.get_mut(key)?;
             let pos = v
                 .iter()
-                .position(|i| i.hold.as_ref().map(|h| h.id.as_str()) == took_hold && took_hold.is_some())
+                .position(|i| took_hold.is_some_and(|t| i.hold.as_ref().is_some_and(|h| h.id == t)))
                 .or_else(|| v.len().checked_sub(1));
             let t = pos.map(|p| v.remove(p));
             if v.is_empty() {

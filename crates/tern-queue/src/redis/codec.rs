@@ -167,6 +167,42 @@ fn num<T: std::str::FromStr>(f: &HashMap<String, String>, name: &str, id: &str) 
         .ok_or_else(|| corrupt(name, id))
 }
 
+/// The first `n` recipients of `envelope` with their state and last reply, as `at(i)` gives them (state `d`,
+/// `f`, or anything else for pending).
+fn recipient_states(
+    envelope: &Envelope,
+    n: usize,
+    at: impl Fn(usize) -> (Option<String>, Option<String>),
+) -> Vec<RecipientState> {
+    envelope
+        .recipients
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, rcpt)| {
+            let (status, reply) = at(i);
+            let status = match status.as_deref() {
+                Some("d") => RecipientStatus::Delivered,
+                Some("f") => RecipientStatus::Failed,
+                _ => RecipientStatus::Pending,
+            };
+            RecipientState {
+                recipient: rcpt.clone(),
+                status,
+                reply,
+            }
+        })
+        .collect()
+}
+
+/// A job's tags from their stored JSON (absent or empty: none).
+fn tags_of(json: Option<&str>, id: &str) -> Result<BTreeMap<String, String>, QueueError> {
+    match json {
+        Some(t) if !t.is_empty() => serde_json::from_str(t).map_err(|_| corrupt("tags", id)),
+        _ => Ok(BTreeMap::new()),
+    }
+}
+
 /// A job from its hash fields.
 pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueError> {
     let raw_id = f.get("id").map(String::as_str).unwrap_or("?");
@@ -174,27 +210,17 @@ pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueE
     let envelope: Envelope = serde_json::from_str(f.get("env").map(String::as_str).unwrap_or(""))
         .map_err(|_| corrupt("env", raw_id))?;
     let n: usize = num(f, "n", raw_id)?;
-    let mut recipients = Vec::with_capacity(n);
-    for (i, rcpt) in envelope.recipients.iter().enumerate().take(n) {
-        let status = match f.get(&format!("rs:{i}")).map(String::as_str) {
-            Some("d") => RecipientStatus::Delivered,
-            Some("f") => RecipientStatus::Failed,
-            _ => RecipientStatus::Pending,
-        };
-        recipients.push(RecipientState {
-            recipient: rcpt.clone(),
-            status,
-            reply: f.get(&format!("rr:{i}")).cloned(),
-        });
-    }
+    let recipients = recipient_states(&envelope, n, |i| {
+        (
+            f.get(&format!("rs:{i}")).cloned(),
+            f.get(&format!("rr:{i}")).cloned(),
+        )
+    });
     let state = f
         .get("state")
         .and_then(|s| s.parse::<JobState>().ok())
         .unwrap_or(JobState::Queued);
-    let tags = match f.get("tags") {
-        Some(t) if !t.is_empty() => serde_json::from_str(t).map_err(|_| corrupt("tags", raw_id))?,
-        _ => BTreeMap::new(),
-    };
+    let tags = tags_of(f.get("tags").map(String::as_str), raw_id)?;
     let nonempty = |name: &str| f.get(name).filter(|s| !s.is_empty()).cloned();
     Ok(Job {
         id,
@@ -318,23 +344,8 @@ pub(crate) fn claimed_job(
             .ok_or_else(|| corrupt(what, &raw_id))
     };
     let n = int(2, "n")? as usize;
-    let mut recipients = Vec::with_capacity(n);
-    for (i, rcpt) in envelope.recipients.iter().enumerate().take(n) {
-        let status = match get(10 + 2 * i).as_deref() {
-            Some("d") => RecipientStatus::Delivered,
-            Some("f") => RecipientStatus::Failed,
-            _ => RecipientStatus::Pending,
-        };
-        recipients.push(RecipientState {
-            recipient: rcpt.clone(),
-            status,
-            reply: get(11 + 2 * i),
-        });
-    }
-    let tags = match get(7) {
-        Some(t) if !t.is_empty() => serde_json::from_str(&t).map_err(|_| corrupt("tags", &raw_id))?,
-        _ => BTreeMap::new(),
-    };
+    let recipients = recipient_states(&envelope, n, |i| (get(10 + 2 * i), get(11 + 2 * i)));
+    let tags = tags_of(get(7).as_deref(), &raw_id)?;
     Ok(Job {
         id,
         domain: get(1).ok_or_else(|| corrupt("dom", &raw_id))?,
