@@ -71,6 +71,7 @@ cases!(
     batched_events_read_whole_and_once,
     stored_message_reads_back_until_its_last_job_ends,
     counts_know_the_oldest_message,
+    long_job_records_list_claim_and_complete,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -1421,4 +1422,55 @@ async fn stored_message_reads_back_until_its_last_job_ends(q: Arc<dyn Queue>) {
             "finished messages keep no body"
         );
     }
+}
+
+/// Jobs whose records are long (many recipients, large tags) list, claim and complete like short ones:
+/// a store may read a job record in parts (Redis reads a job header's first bytes first).
+async fn long_job_records_list_claim_and_complete(q: Arc<dyn Queue>) {
+    let many: Vec<String> = (0..12)
+        .map(|i| format!("a-rather-long-local-part-number-{i:02}@long.test"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let wide = enqueue(&q, &many).await;
+    let mut m = message(&["only@tags.test"]);
+    m.tags = (0..8).map(|i| (format!("tag-{i}"), "v".repeat(60))).collect();
+    let tagged = q.enqueue(m).await.expect("enqueue");
+
+    let found = q
+        .list(
+            &ListFilter {
+                recipient: Some(many[11].to_string()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .expect("list");
+    assert_eq!(found.items.len(), 1);
+    assert_eq!(found.items[0].recipients.len(), 12);
+
+    for (domain, message, rcpts) in [("long.test", wide.message, 12), ("tags.test", tagged.message, 1)] {
+        let c = claim(&q, "w", 10).await.expect("work");
+        assert_eq!(c.domain, domain);
+        let j = &c.jobs[0];
+        assert_eq!(j.job.recipients.len(), rcpts);
+        if domain == "tags.test" {
+            assert_eq!(j.job.tags.len(), 8);
+        }
+        let done = q
+            .complete("w", &j.lease, Outcome::delivered().with_reply("250 2.0.0 ok"))
+            .await
+            .expect("complete");
+        assert_eq!(done, Completion::Finished);
+        assert!(q.get_message(message).await.expect("get").is_none());
+    }
+    let delivered: Vec<_> = all_events(&q)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Delivered)
+        .collect();
+    assert_eq!(delivered.len(), 2);
+    assert_eq!(delivered.iter().map(|e| e.recipients.len()).sum::<usize>(), 13);
+    assert!(delivered.iter().any(|e| e.tags.len() == 8));
 }

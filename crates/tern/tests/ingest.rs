@@ -58,7 +58,7 @@ fn ingest_serves_smtp_and_grpc_queues_mail_and_stops_on_sigterm() {
 
     // The message is in Redis under the configured prefix.
     let keys = redis.cli(&["--scan", "--pattern", "{e2e:*"]).unwrap();
-    assert!(keys.contains("job:"), "no job keys in redis:\n{keys}");
+    assert!(keys.contains(":jd:"), "no job keys in redis:\n{keys}");
 
     let started = Instant::now();
     let status = tern.terminate(Duration::from_secs(15)).unwrap();

@@ -1,6 +1,10 @@
 //! How jobs, intake records and events are stored, and how Redis replies are read back.
 //!
-//! A job is a hash `job:<job id>` with these fields (all text):
+//! A job is stored as its data string `jd:<job id>`: a header line, the envelope and (solo) the body. While
+//! it has never been tried the header is the whole record (the string form, see `scripts/common.lua` and
+//! [`job_header`]): a claim and a completion that ends it touch that one key. Anything else (a deferral, a
+//! release, a lease expiry, an operator action) first turns it into the hash form, a hash `job:<job id>`
+//! with these fields (all text); read views give both forms as these fields:
 //!
 //! | field | meaning |
 //! |---|---|
@@ -306,10 +310,79 @@ pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec
         .collect()
 }
 
+/// Width of the claim token in a job header: a claim id is a ULID.
+pub(crate) const TOKEN_WIDTH: usize = 26;
+
+/// The header line of a new job's data `jd:<job id>` (see `scripts/common.lua`): the form `q` (waiting,
+/// never tried, no hash), an empty token, then tab-separated dom, n, first, next, sender, tags, trace,
+/// solo, and the recipients. None of these holds a tab or a newline: addresses refuse control characters,
+/// JSON escapes them, and a trace context with one is dropped when the message is prepared.
+pub(crate) fn job_header(
+    spec: &JobSpec,
+    p: &IntakePayload,
+    sender: &str,
+    tags_json: &str,
+    solo: bool,
+) -> Vec<u8> {
+    let mut h =
+        Vec::with_capacity(96 + spec.domain.len() + sender.len() + tags_json.len() + spec.rcpt_list.len());
+    h.push(b'q');
+    h.extend_from_slice(&[b'-'; TOKEN_WIDTH]);
+    for field in [
+        spec.domain.as_str(),
+        &spec.recipients.to_string(),
+        &p.created_ms.to_string(),
+        &spec.due_ms.to_string(),
+        sender,
+        tags_json,
+        p.trace.as_deref().unwrap_or(""),
+        if solo { "1" } else { "0" },
+    ] {
+        h.push(b'\t');
+        h.extend_from_slice(field.as_bytes());
+    }
+    for r in spec.rcpt_list.split('\n') {
+        h.push(b'\t');
+        h.extend_from_slice(r.as_bytes());
+    }
+    h
+}
+
+/// A claimed job in the string form, read from its header line (`claim.lua` sends its id alone): never
+/// tried, every recipient pending, its domain the claim's.
+pub(crate) fn header_job(
+    id: &[u8],
+    header: &[u8],
+    env_json: &[u8],
+    domain: &str,
+    owner: &str,
+    lease_until_ms: u64,
+) -> Result<Job, QueueError> {
+    let raw_id = String::from_utf8_lossy(id);
+    let fields: Vec<&[u8]> = header
+        .get(TOKEN_WIDTH + 2..)
+        .ok_or_else(|| corrupt("header", &raw_id))?
+        .split(|c| *c == b'\t')
+        .collect();
+    let field = |i: usize| Value::BulkString(fields.get(i).map(|f| f.to_vec()).unwrap_or_default());
+    // The compact list of `claimed_job`: att, n, first, tags, trace, next, id.
+    let compact = [
+        Value::BulkString(b"0".to_vec()),
+        field(1),
+        field(2),
+        field(5),
+        field(6),
+        field(3),
+        Value::BulkString(id.to_vec()),
+    ];
+    claimed_job(&compact, env_json, domain, owner, lease_until_ms)
+}
+
 /// A claimed job from `claim.lua`'s list of its fields (id, dom, n, att, first, next, err, tags, trace,
 /// bounce, then state and reply per recipient) and its envelope (JSON), now in flight for `owner` until
-/// `lease_until_ms`. A job never tried comes as the compact list (att, n, first, tags, trace, next, id):
-/// its domain is the claim's `domain`, and it has no error and every recipient pending with no reply.
+/// `lease_until_ms`. A job never tried may come as the compact list (att, n, first, tags, trace, next, id;
+/// see [`header_job`]): its domain is the claim's `domain`, and it has no error and every recipient pending
+/// with no reply.
 pub(crate) fn claimed_job(
     v: &[Value],
     env_json: &[u8],
@@ -464,6 +537,76 @@ mod tests {
         assert_eq!(job.trace.as_deref(), Some("tp"));
         assert_eq!(job.next_attempt_ms, 20);
         assert!(!job.admin_bounce);
+    }
+
+    #[test]
+    fn a_job_header_carries_the_whole_never_tried_job() {
+        let env = Envelope::new(
+            ReversePath::Mailbox("S@a.test".parse().unwrap()),
+            vec![
+                Recipient::new("x@b.test".parse().unwrap()),
+                Recipient::new("y@b.test".parse().unwrap()),
+            ],
+        );
+        let p = IntakePayload {
+            id: MessageId::new(),
+            created_ms: 10,
+            due_ms: 20,
+            envelope: env,
+            tags: [("t".to_string(), "a\tb".to_string())].into(),
+            trace: Some("tp".into()),
+        };
+        let spec = &job_specs(&p).unwrap()[0];
+        let tags = tags_json(&p).unwrap();
+        let header = job_header(spec, &p, &sender_of(&p), &tags, true);
+        // Fixed-width form and token, then tab-separated fields; no newline (the header is one line).
+        assert_eq!(
+            &header[..1 + TOKEN_WIDTH],
+            format!("q{}", "-".repeat(TOKEN_WIDTH)).as_bytes()
+        );
+        assert!(!header.contains(&b'\n'));
+        let text = String::from_utf8(header.clone()).unwrap();
+        let fields: Vec<&str> = text[TOKEN_WIDTH + 2..].split('\t').collect();
+        assert_eq!(
+            fields,
+            [
+                "b.test",
+                "2",
+                "10",
+                "20",
+                "s@a.test",
+                tags.as_str(),
+                "tp",
+                "1",
+                "x@b.test",
+                "y@b.test"
+            ]
+        );
+        let id = spec.id.to_string();
+        let job = header_job(
+            id.as_bytes(),
+            &header,
+            spec.env_json.as_bytes(),
+            "b.test",
+            "w1",
+            99,
+        )
+        .unwrap();
+        assert_eq!(job.id, spec.id);
+        assert_eq!(job.domain, "b.test");
+        assert_eq!(job.recipients.len(), 2);
+        assert!(
+            job.recipients
+                .iter()
+                .all(|r| r.status == RecipientStatus::Pending)
+        );
+        assert_eq!(job.tags.get("t").map(String::as_str), Some("a\tb"));
+        assert_eq!(job.trace.as_deref(), Some("tp"));
+        assert_eq!(
+            (job.attempts, job.first_queued_ms, job.next_attempt_ms),
+            (0, 10, 20)
+        );
+        assert_eq!(job.lease_until_ms, Some(99));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `job:<job id>` | hash | the job record (fields in `codec.rs`): short values only, so Redis keeps it a compact listpack |
-//! | `jd:<job id>` | string | the job's envelope (JSON); for a message's only job (`solo`) followed by a newline and the message body |
+//! | `jd:<job id>` | string | the job's data: a header line (the whole job record while the job has never been tried: its form, claim token, domain, recipients, times, sender, tags, trace; see `scripts/common.lua`), the envelope (JSON), and for a message's only job (`solo`) the message body |
+//! | `job:<job id>` | hash | the job record once the job leaves the string form (a deferral, a release, a lease expiry, an operator action; fields in `codec.rs`): short values only, so Redis keeps it a compact listpack |
 //! | `body:<msg id>` | string | the message, once per message and shard, for messages with several jobs only |
 //! | `msg:<msg id>` | hash | `live` (jobs of the message left in this shard), `ids`, `sender`, `created`; messages with several jobs only |
 //! | `due:<domain>` | zset | the domain's waiting jobs by due time (ms); `due:#bounce` is the admin-bounce schedule |
@@ -18,6 +18,7 @@
 //! | `inflight` | zset | jobs in flight by lease deadline (what the reaper scans) |
 //! | `slots:<domain>` | zset | the domain's live claims and holds (connections, busy or idle) by deadline |
 //! | `claims` | hash | claim id → jobs of the claim still in flight (the slot is freed at 0) |
+//! | `cinfo` | hash | claim id → owner and claimed schedule (tab-separated), for the claim's jobs in the string form |
 //! | `conc` | hash | per-domain concurrency overrides |
 //! | `susp`, `suspu` | hash, zset | suspensions (JSON), and their expiry times |
 //! | `jobs` | zset | every job id (score 0, lexical order = time order of ULIDs), for listing |
@@ -400,6 +401,43 @@ impl RedisQueue {
         .await
     }
 
+    /// The data `jd:<id>` of each claimed job (`entries` from `claim.lua`: an id, or a field list starting
+    /// with the id), and `body:<msg>` for a job whose message has several (None for a solo job), with one
+    /// MGET: long strings cost far less in a plain command than through a script. The jobs are in flight for
+    /// this claim, so nothing else changes them meanwhile (an operator's delete aside: its job's data is empty
+    /// and its completion reports it gone).
+    async fn claimed_data(
+        &self,
+        shard: u16,
+        entries: &[Value],
+    ) -> Result<Vec<(Bytes, Option<Bytes>)>, QueueError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = redis::cmd("MGET");
+        for e in entries {
+            let id = match e {
+                Value::BulkString(id) => String::from_utf8_lossy(id).into_owned(),
+                other => codec::items(other)
+                    .first()
+                    .and_then(codec::text)
+                    .unwrap_or_default(),
+            };
+            let msg = id.rsplit_once('.').map_or(id.as_str(), |(m, _)| m);
+            c.arg(self.keys.key(shard, &format!("jd:{id}")));
+            c.arg(self.keys.key(shard, &format!("body:{msg}")));
+        }
+        let v = self.cmd(c).await?;
+        Ok(codec::items(&v)
+            .chunks(2)
+            .map(|pair| {
+                let data = pair.first().and_then(codec::bytes).unwrap_or_default();
+                let body = pair.get(1).and_then(codec::bytes);
+                (Bytes::from(data), body.map(Bytes::from))
+            })
+            .collect())
+    }
+
     /// Runs `f` on every shard concurrently.
     async fn on_all_shards<T, F, Fut>(&self, f: F) -> Result<Vec<T>, QueueError>
     where
@@ -425,7 +463,9 @@ impl RedisQueue {
             due_ms: msg.not_before_ms.unwrap_or(now),
             envelope: msg.envelope,
             tags: msg.tags,
-            trace: msg.trace,
+            // A trace context is a short printable token (W3C traceparent); one with a control character is
+            // dropped rather than stored (job headers are tab-separated lines).
+            trace: msg.trace.filter(|t| !t.chars().any(char::is_control)),
         };
         let tags_json = codec::tags_json(&payload)?;
         let sender = codec::sender_of(&payload);
@@ -452,7 +492,7 @@ impl RedisQueue {
     /// Appends one message's block of `materialise.lua` arguments (the jobs of it that live in one shard).
     fn push_message_args(args: &mut Vec<Arg>, p: &Prepared, jobs: &[&JobSpec]) {
         args.reserve(8 + jobs.len() * 6);
-        // A message with one job in all keeps its body inline in that job: its data (envelope, newline,
+        // A message with one job in all keeps its body inline in that job: its data (header, envelope,
         // body) is joined here rather than in the script, and the body argument is left empty.
         let solo = p.specs.len() == 1;
         args.push(a(p.payload.id));
@@ -464,15 +504,16 @@ impl RedisQueue {
         args.push(p.payload.trace.as_deref().unwrap_or("").as_bytes().to_vec());
         args.push(a(jobs.len()));
         for j in jobs {
-            let data = if solo {
-                let mut d = Vec::with_capacity(j.env_json.len() + 1 + p.body.len());
-                d.extend_from_slice(j.env_json.as_bytes());
-                d.push(b'\n');
-                d.extend_from_slice(&p.body);
-                d
-            } else {
-                j.env_json.as_bytes().to_vec()
-            };
+            // The job's data: its header (the job in the string form), the envelope, and the body of a solo
+            // message.
+            let mut data = codec::job_header(j, &p.payload, &p.sender, &p.tags_json, solo);
+            data.reserve(j.env_json.len() + 2 + if solo { p.body.len() } else { 0 });
+            data.push(b'\n');
+            data.extend_from_slice(j.env_json.as_bytes());
+            if solo {
+                data.push(b'\n');
+                data.extend_from_slice(&p.body);
+            }
             args.extend([
                 a(j.id),
                 j.domain.as_bytes().to_vec(),
@@ -749,6 +790,14 @@ fn value_result(v: Value) -> Result<Value, QueueError> {
 }
 
 /// The arguments of one job in a `complete.lua` call (after owner and count).
+/// Splits `data` at its first newline (the rest is empty when there is none).
+fn split_line(data: Bytes) -> (Bytes, Bytes) {
+    match data.iter().position(|c| *c == b'\n') {
+        Some(p) => (data.slice(..p), data.slice(p + 1..)),
+        None => (data, Bytes::new()),
+    }
+}
+
 fn complete_args(job: &JobLease, outcome: Outcome) -> Result<Vec<Arg>, QueueError> {
     let (kind, retry) = match outcome.kind {
         OutcomeKind::Delivered => ("delivered", String::new()),
@@ -997,19 +1046,28 @@ impl Queue for RedisQueue {
             let domain = codec::text(&it[0]).unwrap_or_default();
             let lease_until_ms = codec::int(&it[2]).unwrap_or(0).max(0) as u64;
             let took_hold = codec::text(&it[3]).filter(|h| !h.is_empty());
+            let entries = &it[4..];
+            let data = self.claimed_data(shard, entries).await?;
             let mut jobs = Vec::new();
-            for triple in it[4..].chunks(3) {
-                let [fields, data, body] = triple else { continue };
-                // A solo job's data is its envelope, a newline and the body; otherwise the body comes apart.
-                let data = Bytes::from(codec::bytes(data).unwrap_or_default());
-                let (env, body) = match codec::bytes(body) {
-                    Some(b) => (data, Bytes::from(b)),
-                    None => match data.iter().position(|c| *c == b'\n') {
-                        Some(p) => (data.slice(..p), data.slice(p + 1..)),
-                        None => (data, Bytes::new()),
-                    },
+            for (fields, (data, body)) in entries.iter().zip(data) {
+                if data.is_empty() {
+                    // Deleted by an operator since the claim (which took it out of flight).
+                    continue;
+                }
+                // A job's data is its header line, its envelope, and for a solo job the body after another
+                // newline; otherwise the body is the message's shared one.
+                let (header, rest) = split_line(data);
+                let (env, body) = match body {
+                    Some(b) => (rest, b),
+                    None => split_line(rest),
                 };
-                let job = codec::claimed_job(codec::items(fields), &env, &domain, owner, lease_until_ms)?;
+                // A job in the string form comes as its id alone, and is read from its header.
+                let job = match fields {
+                    Value::BulkString(id) => {
+                        codec::header_job(id, &header, &env, &domain, owner, lease_until_ms)?
+                    }
+                    other => codec::claimed_job(codec::items(other), &env, &domain, owner, lease_until_ms)?,
+                };
                 let lease = JobLease {
                     job: job.id,
                     domain: job.domain.clone(),

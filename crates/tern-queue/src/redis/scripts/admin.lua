@@ -11,7 +11,7 @@ local ACT, MODE, TARGET, LIMIT = ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 
 local function act(id)
   local jkey = jk(id)
-  if redis.call('EXISTS', jkey) == 0 then return 0 end
+  if not promote(id) then return 0 end
   local f = redis.call('HMGET', jkey, 'state', 'sched', 'dom')
   f[2] = sched_of(f[2], f[3])
   if ACT == 'delete' then

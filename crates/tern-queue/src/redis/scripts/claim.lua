@@ -9,13 +9,16 @@
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
 -- A domain at its concurrency limit (live claims and holds = slots, each with a deadline) is skipped and
 -- pushed back. Suspended domains are not in the index; one found there (a race) is dropped from it.
--- Returns false, or {domain, claim id, deadline, hold taken over (or ''), job1, data1, body1, job2, ...}:
+-- Returns false, or {domain, claim id, deadline, hold taken over (or ''), job1, job2, ...}:
 -- each job is the list of its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>,
 -- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease),
--- or for a job never tried the compact list att, n, first, tags, trace, next, id (codec.rs `claimed_job`);
--- data is the job's `jd:` string, and body false when that string holds the body after its envelope.
+-- or for a job in the string form its id alone (the caller reads the job from the header of its data).
+-- The caller then reads each job's data `jd:<id>` (header, envelope, and a solo job's body) and the shared
+-- `body:<msg>` of the others. The claim's owner and schedule go to `cinfo` (for the jobs in the string form).
 local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
+-- The claim id is the token in the job headers, which have room for exactly TOKW characters.
+if #CLAIM ~= TOKW then return redis.error_reply('claim id must be ' .. TOKW .. ' characters') end
 local held, horder = {}, {}
 for x = 0, tonumber(ARGV[11] or '0') - 1 do
   local d = ARGV[12 + 2 * x]
@@ -53,8 +56,7 @@ local function take(d, scanning)
     if scanning then reindex(d, nil) end
     return nil
   end
-  local deadline = NOW + LEASE
-  local dl = string.format('%d', deadline)
+  local dl = string.format('%d', NOW + LEASE)
   local out = {d, CLAIM, dl, hold or ''}
   local taken = 0
   local moved = {}
@@ -62,45 +64,39 @@ local function take(d, scanning)
   -- They are the schedule's first #ids members (ZRANGEBYSCORE from -inf): one sweep from the head.
   redis.call('ZREMRANGEBYRANK', dk, 0, #ids - 1)
   for _, id in ipairs(ids) do
-    local jkey = jk(id)
-    -- Few fields are read: each one asked of a hash costs a scan of it, a missing one the whole hash. A job
-    -- never tried (att 0, the common case) has all recipients pending with no reply, no error, state
-    -- `queued`; any other job (and every admin bounce) reads the rest.
-    local v = redis.call('HMGET', jkey, 'att', 'n', 'first', 'tags', 'trace', 'next')
-    if v[2] then
-      local att, n, state = v[1], tonumber(v[2]), 'queued'
+    local dkey = jdk(id)
+    -- The form only: the data itself is read by the claimer with a plain MGET (moving a long string through
+    -- Lua costs more than the rest of a claim).
+    local form = redis.call('GETRANGE', dkey, '0', '0')
+    local job, state = nil, 'queued'
+    if form == 'q' and d ~= BOUNCE then
+      -- 'q', the string form (never tried): the header becomes 'i' with this claim's id as the token, and
+      -- the claimer reads the job from the header; the job goes back as its id alone.
+      redis.call('SETRANGE', dkey, '0', 'i' .. CLAIM)
+      job = id
+    elseif form ~= '' and promote(id) then
+      local jkey = jk(id)
+      -- Few fields are read: each one asked of a hash costs a scan of it, a missing one the whole hash.
+      local v = redis.call('HMGET', jkey, 'att', 'n', 'first', 'tags', 'trace', 'next', 'dom', 'err', 'bounce',
+                           'state', 'rs:0', 'rr:0')
+      local n = tonumber(v[2])
+      state = v[10]
       -- The claimer's fields, in a fixed order (codec.rs `claimed_job`): id, dom, n, att, first, next, err,
       -- tags, trace, bounce, then state and reply per recipient.
-      -- A job never tried goes back as the compact list att, n, first, tags, trace, next, id.
-      local job
-      if att == '0' and d ~= BOUNCE then
-        v[7] = id
-        job = v
-      else
-        local w = redis.call('HMGET', jkey, 'dom', 'err', 'bounce', 'state', 'rs:0', 'rr:0')
-        state = w[4]
-        job = {id, w[1], v[2], att, v[3], v[6], w[2], v[4], v[5], w[3], w[5], w[6]}
-        if n > 1 then
-          local names = {}
-          for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
-          local more = redis.call('HMGET', jkey, unpack(names))
-          for y = 1, #names do job[12 + y] = more[y] end
-        end
+      job = {id, v[7], v[2], v[1], v[3], v[6], v[8], v[4], v[5], v[9], v[11], v[12]}
+      if n > 1 then
+        local names = {}
+        for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
+        local more = redis.call('HMGET', jkey, unpack(names))
+        for y = 1, #names do job[12 + y] = more[y] end
       end
-      moved[state] = (moved[state] or 0) + 1
       redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'cdom', d)
-      inflight[#inflight + 1] = deadline
+    end
+    if job then
+      moved[state] = (moved[state] or 0) + 1
+      inflight[#inflight + 1] = dl
       inflight[#inflight + 1] = id
-      -- The job's data as stored: a solo job's holds its body after the envelope (the claimer splits it);
-      -- the jobs of a message with several share `body:<msg>` (msg: the job id without its `.n`).
-      local data = redis.call('GET', jdk(id)) or ''
       out[#out + 1] = job
-      out[#out + 1] = data
-      if string.find(data, '\n', 1, true) then
-        out[#out + 1] = false
-      else
-        out[#out + 1] = redis.call('GET', k('body:' .. msg_of(id))) or ''
-      end
       taken = taken + 1
     end
   end
@@ -113,8 +109,9 @@ local function take(d, scanning)
   if taken == 0 then return nil end
   local sk = k('slots:' .. d)
   if hold then redis.call('ZREM', sk, hold) end
-  redis.call('ZADD', sk, deadline, CLAIM)
+  redis.call('ZADD', sk, dl, CLAIM)
   redis.call('HSET', k('claims'), CLAIM, taken)
+  redis.call('HSET', k('cinfo'), CLAIM, OWNER .. '\t' .. d)
   return out
 end
 

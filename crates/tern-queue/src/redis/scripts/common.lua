@@ -11,16 +11,46 @@ local BOUNCE = '#bounce'
 
 local function k(s) return P .. s end
 local function jk(id) return P .. 'job:' .. id end
--- A job's data: its envelope (JSON), then, for a message's only job, a newline and the message body. Kept
--- out of the job hash so that the hash holds only short values (a compact listpack in Redis).
+-- A job's data `jd:<id>` is one string: a header line, a newline, the envelope (JSON, one line), and for a
+-- message's only job (`solo`) a newline and the message body.
+-- The header starts with the job's form and claim token, fixed width so that SETRANGE changes them in place,
+-- then tab-separated: dom, n, first, next, sender, tags, trace, solo, and the recipients' addresses (none of
+-- these can hold a tab or a newline). Forms:
+--   'q'  waiting, never tried: the header is the whole record (there is no hash);
+--   'i'  the same, in flight for the claim whose id is the token (its owner and schedule are in `cinfo`,
+--        the lease deadline is the job's score in `inflight`);
+--   'h'  the hash `job:<id>` holds the job (the header's fields stay true, except `next`).
+-- A job is stored in the string form and keeps it through a claim and a completion that ends it (the common
+-- life of a job: a few Redis calls in all); anything else turns it into the hash form first (promote).
+local TOKW = 26
 local function jdk(id) return P .. 'jd:' .. id end
+local HF_FORM, HF_TOK, HF_DOM, HF_N, HF_FIRST, HF_NEXT, HF_SENDER, HF_TAGS, HF_TRACE, HF_SOLO, HF_RCPT =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 
--- Splits a job's data into its envelope and inline body (nil when the body is stored in `body:<msg>`).
+-- Splits a job's data into its header line, its envelope and its inline body (nil when the body is stored
+-- in `body:<msg>`).
 local function split_data(v)
-  if not v then return '', nil end
+  if not v then return '', '', nil end
   local p = string.find(v, '\n', 1, true)
-  if not p then return v, nil end
-  return string.sub(v, 1, p - 1), string.sub(v, p + 1)
+  if not p then return v, '', nil end
+  local q = string.find(v, '\n', p + 1, true)
+  if not q then return string.sub(v, 1, p - 1), string.sub(v, p + 1), nil end
+  return string.sub(v, 1, p - 1), string.sub(v, p + 1, q - 1), string.sub(v, q + 1)
+end
+
+-- The fields of a header line: {form, token, dom, n, first, next, sender, tags, trace, solo, rcpt1, ...}.
+local function header_of(line)
+  local f = {string.sub(line, 1, 1), string.sub(line, 2, TOKW + 1)}
+  local i = TOKW + 3
+  while true do
+    local j = string.find(line, '\t', i, true)
+    if not j then
+      f[#f + 1] = string.sub(line, i)
+      return f
+    end
+    f[#f + 1] = string.sub(line, i, j - 1)
+    i = j + 1
+  end
 end
 
 -- Counters: totals in `stats`, and a per-minute bucket kept for two hours.
@@ -151,6 +181,7 @@ local function claim_done(claim, d, cnt)
   local n = redis.call('HINCRBY', k('claims'), claim, -(cnt or 1))
   if n <= 0 then
     redis.call('HDEL', k('claims'), claim)
+    redis.call('HDEL', k('cinfo'), claim)
     if d and d ~= '' then
       redis.call('ZREM', k('slots:' .. d), claim)
       -- The domain may have been pushed back for being at its limit: a slot is free now.
@@ -180,17 +211,18 @@ end
 -- Drops one reference to a message's body: a job that holds its message's body inline (`solo`: the
 -- message's only job) takes it along when its data (`jd:`) is deleted; otherwise the `msg:` record counts the
 -- message's live jobs in this shard and the last one deletes it and `body:`.
-local function drop_body_ref(msg, solo)
+local function drop_body_ref(id, solo)
   if solo == '1' then return end
+  local msg = msg_of(id)
   local mk = k('msg:' .. msg)
-  if redis.call('HINCRBY', mk, 'live', -1) <= 0 then redis.call('DEL', mk, k('body:' .. msg)) end
+  if redis.call('HINCRBY', mk, 'live', '-1') <= 0 then redis.call('DEL', mk, k('body:' .. msg)) end
 end
 
 -- Removes a finished or deleted job; the message body goes with the last job of the message in this shard.
 local function remove_job(jkey, id)
   local f = redis.call('HMGET', jkey, 'sched', 'dom', 'dom', 'state', 'solo')
+  -- f: schedule, -, domain, state, solo
   f[1] = sched_of(f[1], f[3])
-  f[2] = msg_of(id)
   if f[4] == 'inflight' then unlease(jkey, id) end
   set_state(jkey, nil)
   local was_due = 0
@@ -200,7 +232,7 @@ local function remove_job(jkey, id)
   if was_due == 1 then reindex(f[1], nil) end
   local live = redis.call('HINCRBY', k('dlive'), f[3], -1)
   if live <= 0 then redis.call('HDEL', k('dlive'), f[3]) end
-  drop_body_ref(f[2], f[5])
+  drop_body_ref(id, f[5])
 end
 
 -- Runs `fn(args)` on slices of at most `step` items of the flat list `list` (keeps unpack() within
@@ -216,11 +248,77 @@ local function chunked(list, step, fn)
   end
 end
 
--- The job's fields, with `env` from its data (for read views), and the size of its inline body (or -1).
+-- The hash fields of a job in the string form, from its header fields `hf` (see header_of), as a flat list.
+local function header_fields(id, hf)
+  local n = tonumber(hf[HF_N]) or 0
+  local h = {'dom', hf[HF_DOM], 'n', hf[HF_N], 'first', hf[HF_FIRST], 'next', hf[HF_NEXT], 'sender', hf[HF_SENDER],
+             'tags', hf[HF_TAGS], 'att', '0'}
+  if hf[HF_TRACE] and hf[HF_TRACE] ~= '' then h[#h + 1] = 'trace'; h[#h + 1] = hf[HF_TRACE] end
+  if hf[HF_SOLO] == '1' then h[#h + 1] = 'solo'; h[#h + 1] = '1' end
+  for r = 0, n - 1 do
+    h[#h + 1] = 'ra:' .. r; h[#h + 1] = hf[HF_RCPT + r] or ''
+    h[#h + 1] = 'rs:' .. r; h[#h + 1] = 'p'
+  end
+  if hf[HF_FORM] == 'i' then
+    -- In flight: the claim's owner and schedule, and the job's lease deadline.
+    local ci = redis.call('HGET', k('cinfo'), hf[HF_TOK]) or ''
+    local t = string.find(ci, '\t', 1, true)
+    local owner, cdom = ci, hf[HF_DOM]
+    if t then owner, cdom = string.sub(ci, 1, t - 1), string.sub(ci, t + 1) end
+    local lease = redis.call('ZSCORE', k('inflight'), id) or '0'
+    h[#h + 1] = 'state'; h[#h + 1] = 'inflight'
+    h[#h + 1] = 'owner'; h[#h + 1] = owner
+    h[#h + 1] = 'tok'; h[#h + 1] = hf[HF_TOK]
+    h[#h + 1] = 'lease'; h[#h + 1] = lease
+    h[#h + 1] = 'cdom'; h[#h + 1] = cdom
+  else
+    h[#h + 1] = 'state'; h[#h + 1] = 'queued'
+  end
+  return h
+end
+
+-- Turns a job in the string form into the hash form (nothing to do for one in the hash form already). Every
+-- script but the common paths of claim and complete works on the hash. Returns false when there is no job.
+local function promote(id)
+  local dk = jdk(id)
+  local form = redis.call('GETRANGE', dk, '0', '0')
+  if form == '' then return false end
+  if form == 'h' then return true end
+  local line = split_data(redis.call('GET', dk))
+  local h = header_fields(id, header_of(line))
+  local jkey = jk(id)
+  chunked(h, 400, function(...) redis.call('HSET', jkey, ...) end)
+  redis.call('SETRANGE', dk, '0', 'h')
+  return true
+end
+
+-- The header line of a job's data ('' when there is no job): mostly within its first bytes.
+local function header_line(id)
+  local dk = jdk(id)
+  -- Every byte read costs in Lua: first the usual size, then more.
+  local head = redis.call('GETRANGE', dk, '0', '255')
+  local nl = string.find(head, '\n', 1, true)
+  if not nl and #head == 256 then
+    head = redis.call('GETRANGE', dk, '0', '65535')
+    nl = string.find(head, '\n', 1, true)
+  end
+  if nl then return string.sub(head, 1, nl - 1) end
+  if #head < 65536 then return head end
+  return (split_data(redis.call('GET', dk)))
+end
+
+-- The job's fields (as HGETALL would give them from the hash form), with `env` from its data (for read views),
+-- and the size of its inline body (or -1). Reads only: a job in the string form is not promoted.
 local function job_fields(id)
-  local h = redis.call('HGETALL', jk(id))
-  if #h == 0 then return h, -1 end
-  local env, body = split_data(redis.call('GET', jdk(id)))
+  local line, env, body = split_data(redis.call('GET', jdk(id)))
+  if line == '' then return {}, -1 end
+  local h
+  if string.sub(line, 1, 1) == 'h' then
+    h = redis.call('HGETALL', jk(id))
+    if #h == 0 then return h, -1 end
+  else
+    h = header_fields(id, header_of(line))
+  end
   h[#h + 1] = 'id'; h[#h + 1] = id
   h[#h + 1] = 'env'; h[#h + 1] = env
   if body then return h, #body end

@@ -16,8 +16,8 @@ if VIEW == 'message' then
   if not ids then
     -- A message with one job in all keeps no `msg:` record: its job's data holds the body.
     local id = ARGV[5] .. '.0'
-    if redis.call('HGET', jk(id), 'solo') ~= '1' then return false end
     local h, size = job_fields(id)
+    if size < 0 then return false end
     return {size, h}
   end
   local out = {redis.call('STRLEN', k('body:' .. ARGV[5]))}
@@ -30,11 +30,8 @@ elseif VIEW == 'body' then
   local b = redis.call('GET', k('body:' .. ARGV[5]))
   if b then return b end
   -- A message's only job keeps the body after its envelope, past the first newline (JSON has none).
-  local d = redis.call('GET', jdk(ARGV[5] .. '.0'))
-  if not d then return false end
-  local nl = string.find(d, '\n', 1, true)
-  if not nl then return false end
-  return string.sub(d, nl + 1)
+  local _, _, body = split_data(redis.call('GET', jdk(ARGV[5] .. '.0')))
+  return body or false
 elseif VIEW == 'job' then
   local h = job_fields(ARGV[5])
   if #h == 0 then return false end
@@ -48,16 +45,22 @@ elseif VIEW == 'page' then
   local out = {'', '0'}
   for _, id in ipairs(ids) do
     last = id
-    local jkey = jk(id)
-    local f = redis.call('HMGET', jkey, 'dom', 'state', 'sender', 'n')
-    local ok = f[1] ~= false
-    if ok and DOM ~= '' and f[1] ~= DOM then ok = false end
-    if ok and ST ~= '' and f[2] ~= ST then ok = false end
-    if ok and SND ~= '' and string.lower(f[3] or '') ~= SND then ok = false end
+    -- The job's fields without its data: from the header of a job in the string form, else its hash.
+    local m = {}
+    local line = header_line(id)
+    local h
+    if line == '' then h = {}
+    elseif string.sub(line, 1, 1) == 'h' then h = redis.call('HGETALL', jk(id))
+    else h = header_fields(id, header_of(line)) end
+    for x = 1, #h, 2 do m[h[x]] = h[x + 1] end
+    local ok = m.dom ~= nil
+    if ok and DOM ~= '' and m.dom ~= DOM then ok = false end
+    if ok and ST ~= '' and m.state ~= ST then ok = false end
+    if ok and SND ~= '' and string.lower(m.sender or '') ~= SND then ok = false end
     if ok and RC ~= '' then
       local hit = false
-      for r = 0, tonumber(f[4] or '0') - 1 do
-        if string.lower(redis.call('HGET', jkey, 'ra:' .. r) or '') == RC then hit = true; break end
+      for r = 0, tonumber(m.n or '0') - 1 do
+        if string.lower(m['ra:' .. r] or '') == RC then hit = true; break end
       end
       ok = hit
     end

@@ -6,7 +6,8 @@ local ids = redis.call('ZRANGEBYSCORE', k('inflight'), '-inf', NOW, 'LIMIT', 0, 
 local n = 0
 for _, id in ipairs(ids) do
   local jkey = jk(id)
-  local f = redis.call('HMGET', jkey, 'state', 'lease', 'owner')
+  local f = {false}
+  if promote(id) then f = redis.call('HMGET', jkey, 'state', 'lease', 'owner') end
   if f[1] ~= 'inflight' then
     redis.call('ZREM', k('inflight'), id)
   elseif tonumber(f[2] or '0') > NOW then

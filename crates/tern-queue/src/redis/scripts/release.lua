@@ -2,7 +2,7 @@
 -- ARGV[4] job id, [5] owner, [6] token. Returns {"ok"} | {"dup"} | {"notowner"} | {"gone"}.
 local ID, OWNER, TOK = ARGV[4], ARGV[5], ARGV[6]
 local jkey = jk(ID)
-if redis.call('EXISTS', jkey) == 0 then return {'gone'} end
+if not promote(ID) then return {'gone'} end
 local f = redis.call('HMGET', jkey, 'state', 'owner', 'tok', 'donetok')
 if f[1] ~= 'inflight' or f[2] ~= OWNER or f[3] ~= TOK then
   if f[4] == 'r:' .. TOK then return {'dup'} end
