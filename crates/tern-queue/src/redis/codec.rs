@@ -252,10 +252,15 @@ pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueE
     })
 }
 
+/// Event fields that an event after the first of a stream entry leaves out when its value is the previous
+/// event's (`EV_SHARED` in `scripts/common.lua`).
+const EVENT_SHARED_FIELDS: [&str; 8] = ["dom", "att", "tags", "reply", "mx", "ip", "tls", "bounce"];
+
 /// The events of one stream entry. An entry holds one event, or several (a batched call appends its
 /// events as one entry): its fields are the events' fields one after another, each event starting with
-/// `kind`. Left-out fields take their defaults: the message is the job's, `att` 0, no tags, and `ts` that
-/// of the entry's previous event. The first event's id is `sNN/<stream id>`, the i-th after it `sNN/<stream id>/<i>`.
+/// `kind`. Left-out fields take their defaults (the message is the job's, `att` 0, no tags) in an entry's
+/// first event; after it, `ts` and the shared fields (`EVENT_SHARED_FIELDS`) take the previous event's
+/// value, and an empty value stands for none. The first event's id is `sNN/<stream id>`, the i-th after it `sNN/<stream id>/<i>`.
 pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec<Event> {
     let mut groups: Vec<HashMap<String, String>> = Vec::new();
     let mut add = |k: String, v: String| {
@@ -284,14 +289,19 @@ pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec
             }
         }
     }
-    // Events after the first of an entry leave out the time they share with it.
-    let mut ts: Option<String> = None;
+    // Events after the first of an entry leave out the time they share with it, and the shared fields whose
+    // value is the previous event's (an empty value stands for none).
+    let mut prev: HashMap<&'static str, String> = HashMap::new();
     for g in &mut groups {
-        match g.get("ts") {
-            Some(t) => ts = Some(t.clone()),
-            None => {
-                if let Some(t) = &ts {
-                    g.insert("ts".to_string(), t.clone());
+        for name in ["ts"].into_iter().chain(EVENT_SHARED_FIELDS) {
+            match g.get(name) {
+                Some(v) => {
+                    prev.insert(name, v.clone());
+                }
+                None => {
+                    if let Some(v) = prev.get(name) {
+                        g.insert(name.to_string(), v.clone());
+                    }
                 }
             }
         }
@@ -537,6 +547,42 @@ mod tests {
         assert_eq!(job.trace.as_deref(), Some("tp"));
         assert_eq!(job.next_attempt_ms, 20);
         assert!(!job.admin_bounce);
+    }
+
+    #[test]
+    fn events_of_a_batched_entry_carry_shared_fields_forward() {
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let id = JobId::new(MessageId::new(), 0).to_string();
+        let fields = [
+            ("kind", "delivered"),
+            ("job", id.as_str()),
+            ("rcpts", "a@d.test"),
+            ("ts", "5"),
+            ("dom", "d.test"),
+            ("att", "1"),
+            ("reply", "250 ok"),
+            ("mx", "mx.d.test"),
+            ("kind", "delivered"),
+            ("job", id.as_str()),
+            ("rcpts", "b@d.test"),
+            ("kind", "failed"),
+            ("job", id.as_str()),
+            ("rcpts", "c@d.test"),
+            ("reply", ""),
+            ("mx", ""),
+        ];
+        let entry = Value::Array(fields.iter().flat_map(|(k, v)| [b(k), b(v)]).collect());
+        let ev = events_of_entry(3, "5-0", &entry);
+        assert_eq!(ev.len(), 3);
+        assert_eq!(ev[1].domain, "d.test");
+        assert_eq!((ev[1].attempt, ev[1].time_ms), (1, 5));
+        assert_eq!(ev[1].reply.as_deref(), Some("250 ok"));
+        assert_eq!(ev[1].remote_mx.as_deref(), Some("mx.d.test"));
+        assert_eq!(ev[1].recipients, ["b@d.test"]);
+        assert_eq!(ev[2].kind, EventKind::Failed);
+        assert_eq!((ev[2].reply.as_deref(), ev[2].remote_mx.as_deref()), (None, None));
+        assert_eq!((ev[2].domain.as_str(), ev[2].attempt), ("d.test", 1));
+        assert_eq!(ev[2].id, "s03/5-0/2");
     }
 
     #[test]

@@ -62,29 +62,57 @@ local function stat(name, n)
   if redis.call('HINCRBY', mk, name, n) == n then redis.call('EXPIRE', mk, 7200) end
 end
 
+-- Fields that an event after the first of a stream entry leaves out when it has the previous event's value
+-- (the reader carries them forward; an empty value stands for none). A batch of completions of one claim
+-- then writes the domain, attempt, reply, MX, IP and TLS once.
+-- (Shared: dom, att, tags, reply, mx, ip, tls, bounce.)
+local EMPTY = {}
+
 -- The fields of one event of job `j` (its id, msg, dom, att and tags, as read by HMGET), appended to `out`.
--- `rcpts` is a list of addresses or already joined with newlines; `extra` a flat list of more fields.
+-- `rcpts` is a list of addresses or already joined with newlines; `extra` a table of more fields (name →
+-- value; mx, ip, tls, bounce, owner). `last` holds the shared fields' values of the entry's previous event
+-- (an empty table for an entry's first event: every shared field starts from none), and is updated.
 -- Every event starts with its `kind` field: a stream entry may hold several events (see ev_add). To keep
 -- entries small, defaults are left out: `msg` (the job id names its message), `att` when 0, `tags` when
--- empty, and `ts` after the entry's first event (the events of one entry share their time).
-local function ev_fields(out, kind, j, rcpts, reply, extra)
+-- empty, `ts` after the entry's first event (the events of one entry share their time), and shared fields
+-- equal to the previous event's.
+local function ev_fields(out, kind, j, rcpts, reply, extra, last)
   if type(rcpts) == 'table' then rcpts = table.concat(rcpts, '\n') end
   local n = #out
-  local first = n == 0
   out[n + 1] = 'kind'; out[n + 2] = kind; out[n + 3] = 'job'; out[n + 4] = j[1] or ''
-  out[n + 5] = 'dom'; out[n + 6] = j[3] or ''; out[n + 7] = 'rcpts'; out[n + 8] = rcpts or ''
-  n = n + 8
-  if first then out[n + 1] = 'ts'; out[n + 2] = string.format('%d', NOW); n = n + 2 end
-  if j[4] and j[4] ~= '0' then out[n + 1] = 'att'; out[n + 2] = j[4]; n = n + 2 end
-  if j[5] and j[5] ~= '{}' and j[5] ~= '' then out[n + 1] = 'tags'; out[n + 2] = j[5]; n = n + 2 end
-  if reply and reply ~= '' then out[n + 1] = 'reply'; out[n + 2] = reply; n = n + 2 end
-  if extra then for i = 1, #extra do out[n + i] = extra[i] end end
+  out[n + 5] = 'rcpts'; out[n + 6] = rcpts or ''
+  n = n + 6
+  if n == 6 then out[n + 1] = 'ts'; out[n + 2] = string.format('%d', NOW); n = n + 2 end
+  local att, tags = j[4] or '', j[5] or ''
+  if att == '0' then att = '' end
+  if tags == '{}' then tags = '' end
+  local x = extra or EMPTY
+  -- Unrolled (a loop over the names costs more in Lua than it saves in the stream).
+  local v = j[3] or ''
+  if (last.dom or '') ~= v then last.dom = v; out[n + 1] = 'dom'; out[n + 2] = v; n = n + 2 end
+  if (last.att or '') ~= att then last.att = att; out[n + 1] = 'att'; out[n + 2] = att; n = n + 2 end
+  if (last.tags or '') ~= tags then last.tags = tags; out[n + 1] = 'tags'; out[n + 2] = tags; n = n + 2 end
+  v = reply or ''
+  if (last.reply or '') ~= v then last.reply = v; out[n + 1] = 'reply'; out[n + 2] = v; n = n + 2 end
+  if x ~= last.x then
+    -- The attempt's fields, compared only when the caller passes another table.
+    last.x = x
+    v = x.mx or ''
+    if (last.mx or '') ~= v then last.mx = v; out[n + 1] = 'mx'; out[n + 2] = v; n = n + 2 end
+    v = x.ip or ''
+    if (last.ip or '') ~= v then last.ip = v; out[n + 1] = 'ip'; out[n + 2] = v; n = n + 2 end
+    v = x.tls or ''
+    if (last.tls or '') ~= v then last.tls = v; out[n + 1] = 'tls'; out[n + 2] = v; n = n + 2 end
+    v = x.bounce or ''
+    if (last.bounce or '') ~= v then last.bounce = v; out[n + 1] = 'bounce'; out[n + 2] = v; n = n + 2 end
+  end
+  if x.owner then out[n + 1] = 'owner'; out[n + 2] = x.owner end
 end
 
 -- Appends one event as its own stream entry.
 local function event_of(kind, j, rcpts, reply, extra)
   local f = {}
-  ev_fields(f, kind, j, rcpts, reply, extra)
+  ev_fields(f, kind, j, rcpts, reply, extra, {})
   redis.call('XADD', k('events'), 'MAXLEN', '~', EVMAX, '*', unpack(f))
 end
 
@@ -92,6 +120,7 @@ end
 -- ev_flush as ONE stream entry (its fields are the events' fields one after another, each event starting
 -- with `kind`), or a few entries when there are very many.
 local EVBUF = {}
+local EVLAST = {}
 local function ev_flush()
   if #EVBUF > 0 then
     redis.call('XADD', k('events'), 'MAXLEN', '~', EVMAX, '*', unpack(EVBUF))
@@ -99,7 +128,8 @@ local function ev_flush()
   end
 end
 local function ev_add(kind, j, rcpts, reply, extra)
-  ev_fields(EVBUF, kind, j, rcpts, reply, extra)
+  if #EVBUF == 0 then EVLAST = {} end
+  ev_fields(EVBUF, kind, j, rcpts, reply, extra, EVLAST)
   if #EVBUF >= 3000 then ev_flush() end
 end
 

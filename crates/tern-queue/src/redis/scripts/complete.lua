@@ -42,12 +42,9 @@ end
 -- The attempt's fields of every event (one table for a run of jobs of the same attempt details).
 local function attempt_fields(mx, ip, tls, bounce)
   if mx ~= xmx or ip ~= xip or tls ~= xtls or bounce or xbounce then
-    extra = {}
-    if mx ~= '' then extra[#extra + 1] = 'mx'; extra[#extra + 1] = mx end
-    if ip ~= '' then extra[#extra + 1] = 'ip'; extra[#extra + 1] = ip end
-    if tls ~= '' then extra[#extra + 1] = 'tls'; extra[#extra + 1] = tls end
+    extra = {mx = mx, ip = ip, tls = tls}
     xbounce = bounce
-    if bounce then extra[#extra + 1] = 'bounce'; extra[#extra + 1] = '1' end
+    if bounce then extra.bounce = '1' end
     xmx, xip, xtls = mx, ip, tls
   end
   return extra

@@ -15,7 +15,7 @@ for _, id in ipairs(ids) do
   else
     unlease(jkey, id)
     requeue(jkey, id, NOW)
-    event('lease-expired', jkey, rcpts_in(jkey, 'p'), nil, {'owner', f[3] or ''})
+    event('lease-expired', jkey, rcpts_in(jkey, 'p'), nil, {owner = f[3] or ''})
     stat('lease_expired', 1)
     n = n + 1
   end
