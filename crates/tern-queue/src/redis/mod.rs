@@ -1171,8 +1171,20 @@ impl Queue for RedisQueue {
                 let mut args = Vec::with_capacity(2 + chunk.iter().map(|(_, a)| a.len()).sum::<usize>());
                 args.push(a(owner));
                 args.push(a(chunk.len()));
+                // A job whose attempt details (token, kind, retry, reply, MX, IP, TLS: the arguments after
+                // its id) are the previous job's sends "=" instead (the jobs of one claim usually share them).
+                let mut prev: Option<&[Arg]> = None;
                 for (_, job_args) in chunk {
-                    args.extend(job_args.iter().cloned());
+                    let (id, rest) = job_args.split_at(job_args.len().min(1));
+                    let (details, results) = rest.split_at(rest.len().min(7));
+                    args.extend(id.iter().cloned());
+                    if prev == Some(details) {
+                        args.push(a("="));
+                    } else {
+                        args.extend(details.iter().cloned());
+                    }
+                    args.extend(results.iter().cloned());
+                    prev = Some(details);
                 }
                 members.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
                 calls.push(args);

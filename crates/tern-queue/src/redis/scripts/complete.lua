@@ -1,8 +1,9 @@
 -- Records the outcomes of delivery attempts of jobs owned by the caller: one job, or many (typically the
 -- jobs of one claim), in one atomic call.
--- ARGV[4] owner, [5] job count N, then per job: job id, token (the claim id), kind
+-- ARGV[4] owner, [5] job count N, then per job: job id, the attempt details: token (the claim id), kind
 -- (delivered|deferred|failed|expired), retry time ms (used when recipients stay pending), reply, remote mx,
--- remote ip, tls, number of per-recipient results R, then R triples: recipient index, state (d|p|f), reply.
+-- remote ip, tls (or "=" alone: the previous job's details), number of per-recipient results R, then R
+-- triples: recipient index, state (d|p|f), reply.
 -- Recipients not listed take the kind's state (deferred leaves them pending). When none is pending the job
 -- is removed (and the body with the last job of the message); otherwise it waits for the retry time.
 -- Each job is checked and changed on its own, in order (a job listed twice is seen changed the second
@@ -80,10 +81,18 @@ end
 local HDR_PATTERN = '^([^\t]*)\t([^\t]*)\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)\t[^\t]*\t([^\t]*)\t(.*)$'
 
 -- Records the outcome of job x, whose arguments start at ARGV[i]; returns where the next job's start.
+local TOK, KIND, RETRY, REPLY, MX, IP, TLS
 local function complete_one(x, i)
-  local ID, TOK, KIND, RETRY, REPLY = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local MX, IP, TLS, R = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
-  local rb = i + 9
+  local ID = ARGV[i]
+  if ARGV[i + 1] == '=' and TOK then
+    i = i + 2
+  else
+    TOK, KIND, RETRY, REPLY = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    MX, IP, TLS = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+    i = i + 8
+  end
+  local R = tonumber(ARGV[i])
+  local rb = i + 1
   local nexti = rb + R * 3
   local rest = 'f'
   if KIND == 'delivered' then rest = 'd' elseif KIND == 'deferred' then rest = 'p' end
