@@ -120,6 +120,16 @@ const CHUNK: u32 = 500;
 /// The most messages one `materialise.lua` call stores (a batch is split per shard, then into calls of at
 /// most this many messages or [`MATERIALISE_MAX_BYTES`] of bodies, so that no call blocks Redis for long).
 const MATERIALISE_MAX_MESSAGES: usize = 64;
+
+/// How long job data stored before its `materialise.lua` call lives if no call keeps it (ms).
+const UNKEPT_DATA_TTL_MS: u64 = 3_600_000;
+
+/// One `materialise.lua` call: the indexes of its messages, its arguments, and its jobs' data.
+struct MaterialiseCall {
+    members: Vec<usize>,
+    args: Vec<Arg>,
+    data: Vec<(tern_core::JobId, Vec<u8>)>,
+}
 /// The most body bytes one `materialise.lua` call carries (a single bigger message still goes alone).
 const MATERIALISE_MAX_BYTES: usize = 4 << 20;
 /// The most jobs one `complete.lua` call records.
@@ -317,6 +327,21 @@ impl RedisQueue {
         calls: Vec<Vec<Arg>>,
         wait: bool,
     ) -> Vec<Result<Value, QueueError>> {
+        self.pipeline_after(Vec::new(), script, shard, now, calls, wait)
+            .await
+    }
+
+    /// [`Self::pipeline`], with the plain commands `pre` (of keys of the same shard) sent first in the same
+    /// pipeline, once. Their replies are not looked at: the scripts check what they need.
+    async fn pipeline_after(
+        &self,
+        pre: Vec<redis::Cmd>,
+        script: &Script,
+        shard: u16,
+        now: u64,
+        calls: Vec<Vec<Arg>>,
+        wait: bool,
+    ) -> Vec<Result<Value, QueueError>> {
         let n = calls.len();
         let res = self
             .timed(async {
@@ -326,6 +351,12 @@ impl RedisQueue {
                 for round in 0..2 {
                     let mut pipe = redis::pipe();
                     pipe.ignore_errors();
+                    let skip = if round == 0 { pre.len() } else { 0 };
+                    if round == 0 {
+                        for c in &pre {
+                            pipe.add_command(c.clone());
+                        }
+                    }
                     let invocations: Vec<_> = todo
                         .iter()
                         .map(|&i| {
@@ -349,14 +380,14 @@ impl RedisQueue {
                     let values: Vec<Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
                     let mut retry = Vec::new();
                     for (pos, &i) in todo.iter().enumerate() {
-                        let v = values.get(pos).cloned().unwrap_or(Value::Nil);
+                        let v = values.get(skip + pos).cloned().unwrap_or(Value::Nil);
                         if round == 0 && is_noscript(&v) {
                             retry.push(i);
                         } else {
                             results[i] = Some(value_result(v));
                         }
                     }
-                    if waiting && let Some(w) = values.get(todo.len()) {
+                    if waiting && let Some(w) = values.get(skip + todo.len()) {
                         let acked = codec::int(w).unwrap_or(0);
                         if acked < i64::from(self.opts.wait_replicas) {
                             let err = QueueError::Unavailable(format!(
@@ -489,9 +520,15 @@ impl RedisQueue {
         m
     }
 
-    /// Appends one message's block of `materialise.lua` arguments (the jobs of it that live in one shard).
-    fn push_message_args(args: &mut Vec<Arg>, p: &Prepared, jobs: &[&JobSpec]) {
-        args.reserve(8 + jobs.len() * 6);
+    /// Appends one message's block of `materialise.lua` arguments (the jobs of it that live in one shard),
+    /// and its jobs' data to `data` (stored by plain commands before the script runs; see [`Self::data_sets`]).
+    fn push_message_args(
+        args: &mut Vec<Arg>,
+        data_out: &mut Vec<(tern_core::JobId, Vec<u8>)>,
+        p: &Prepared,
+        jobs: &[&JobSpec],
+    ) {
+        args.reserve(7 + jobs.len() * 5);
         // A message with one job in all keeps its body inline in that job: its data (header, envelope,
         // body) is joined here rather than in the script, and the body argument is left empty.
         let solo = p.specs.len() == 1;
@@ -501,7 +538,6 @@ impl RedisQueue {
         args.push(a(p.payload.created_ms));
         args.push(p.tags_json.as_bytes().to_vec());
         args.push(a(if solo { "1" } else { "0" }));
-        args.push(p.payload.trace.as_deref().unwrap_or("").as_bytes().to_vec());
         args.push(a(jobs.len()));
         for j in jobs {
             // The job's data: its header (the job in the string form), the envelope, and the body of a solo
@@ -520,14 +556,14 @@ impl RedisQueue {
                 a(j.due_ms),
                 a(j.recipients),
                 j.rcpt_list.as_bytes().to_vec(),
-                data,
             ]);
+            data_out.push((j.id, data));
         }
     }
 
     /// The `materialise.lua` calls that store `messages` (each with its jobs of one shard): as few calls as
     /// the per-call limits allow; each call lists the indexes (into `messages`) it carries.
-    fn materialise_calls(messages: &[(&Prepared, Vec<&JobSpec>)], mark: bool) -> Vec<(Vec<usize>, Vec<Arg>)> {
+    fn materialise_calls(messages: &[(&Prepared, Vec<&JobSpec>)], mark: bool) -> Vec<MaterialiseCall> {
         let mut calls = Vec::new();
         let mut start = 0;
         while start < messages.len() {
@@ -541,13 +577,52 @@ impl RedisQueue {
                 end += 1;
             }
             let mut args = vec![a(if mark { "1" } else { "0" }), a(end - start)];
+            let mut data = Vec::new();
             for (p, jobs) in &messages[start..end] {
-                Self::push_message_args(&mut args, p, jobs);
+                Self::push_message_args(&mut args, &mut data, p, jobs);
             }
-            calls.push(((start..end).collect(), args));
+            calls.push(MaterialiseCall {
+                members: (start..end).collect(),
+                args,
+                data,
+            });
             start = end;
         }
         calls
+    }
+
+    /// Runs `materialise.lua` calls on one shard: first, in the same pipeline, one plain
+    /// `SET jd:<id> <data> NX PX <ttl>` per job (a long string costs far less in a plain command than through
+    /// a script), then the scripts, which keep (`PERSIST`) the data of the jobs they create. Data that no
+    /// script kept (a failed call, or a re-drive of a message whose jobs already ended) expires by itself.
+    /// One result per call, with the call's members.
+    async fn materialise(
+        &self,
+        shard: u16,
+        now: u64,
+        calls: Vec<MaterialiseCall>,
+        wait: bool,
+    ) -> Vec<(Vec<usize>, Result<Value, QueueError>)> {
+        let mut pre = Vec::new();
+        let mut members = Vec::with_capacity(calls.len());
+        let mut args = Vec::with_capacity(calls.len());
+        for call in calls {
+            for (id, data) in call.data {
+                let mut c = redis::cmd("SET");
+                c.arg(self.keys.key(shard, &format!("jd:{id}")))
+                    .arg(data)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(UNKEPT_DATA_TTL_MS);
+                pre.push(c);
+            }
+            members.push(call.members);
+            args.push(call.args);
+        }
+        let res = self
+            .pipeline_after(pre, &scripts::MATERIALISE, shard, now, args, wait)
+            .await;
+        members.into_iter().zip(res).collect()
     }
 
     fn intake_shard(&self, p: &Prepared) -> u16 {
@@ -578,15 +653,11 @@ impl RedisQueue {
             }
         }
         let results = join_all(per_shard.into_iter().map(|(shard, msgs)| async move {
-            let calls = Self::materialise_calls(&msgs, true)
-                .into_iter()
-                .map(|(_, args)| args)
-                .collect();
-            self.pipeline(&scripts::MATERIALISE, shard, now, calls, false)
-                .await
+            let calls = Self::materialise_calls(&msgs, true);
+            self.materialise(shard, now, calls, false).await
         }))
         .await;
-        if let Some(e) = results.iter().flatten().find_map(|r| r.as_ref().err()) {
+        if let Some(e) = results.iter().flatten().find_map(|(_, r)| r.as_ref().err()) {
             tracing::warn!(error = %e, "materialising queued messages failed; the reaper will finish them");
             return;
         }
@@ -656,8 +727,9 @@ impl RedisQueue {
                     sender,
                 };
                 for (s, jobs) in self.by_shard(&p.specs) {
-                    for (_, args) in Self::materialise_calls(&[(&p, jobs)], true) {
-                        self.eval(&scripts::MATERIALISE, s, now, args).await?;
+                    let calls = Self::materialise_calls(&[(&p, jobs)], true);
+                    for (_, r) in self.materialise(s, now, calls, false).await {
+                        r?;
                     }
                 }
                 self.eval(&scripts::INTAKE_DONE, shard, now, vec![a(&id)]).await?;
@@ -906,15 +978,12 @@ impl Queue for RedisQueue {
                 .filter_map(|&i| prepared[i].as_ref())
                 .map(|p| (p, p.specs.iter().collect()))
                 .collect();
-            let (members, calls): (Vec<Vec<usize>>, Vec<Vec<Arg>>) =
-                Self::materialise_calls(&msgs, false).into_iter().unzip();
+            let calls = Self::materialise_calls(&msgs, false);
             async move {
-                let res = self
-                    .pipeline(&scripts::MATERIALISE, shard, now, calls, true)
-                    .await;
+                let res = self.materialise(shard, now, calls, true).await;
                 // One result per call, for every message of the call (a call is all or nothing).
                 let mut out = Vec::with_capacity(idx.len());
-                for (m, r) in members.into_iter().zip(res) {
+                for (m, r) in res {
                     for k in m {
                         out.push((idx[k], r.clone()));
                     }

@@ -3,12 +3,12 @@
 -- [5] message count M, then per message:
 --   id, body ("" when solo), sender (lower-cased), created ms, tags (JSON), solo ("1": the message has
 --   exactly one job in all, whose data `jd:<job>` then holds the body after the envelope, with no
---   `msg:`/`body:` keys), trace context or "" (it goes in the job headers; unused here),
---   job count J, then per job:
---     id, domain, due ms, recipient count, recipients (newline-separated), data: the job's header line in
---     the string form 'q' (see common.lua), a newline, the envelope (JSON), and for a solo message a
---     newline and the body after it.
--- The job is stored as its data `jd:<job>` alone (no hash).
+--   `msg:`/`body:` keys), job count J, then per job:
+--     id, domain, due ms, recipient count, recipients (newline-separated).
+-- The caller has stored each job's data `jd:<job>` just before, with a TTL: its header line in the string
+-- form 'q' (see common.lua), a newline, the envelope (JSON), and for a solo message a newline and the body.
+-- A job whose data still has its TTL is new: PERSIST keeps it, and the job is indexed; data with no TTL is
+-- a job that exists already (left alone). Data that no call keeps expires by itself.
 -- A message with several jobs in this shard stores its body once in `body:<msg>` and counts its live jobs in
 -- `msg:<msg>` (the last one to go deletes both).
 -- Idempotent: an existing job is left alone. The `queued` events of the call go into one stream entry;
@@ -19,21 +19,27 @@ local made_all, rcpts, msgs = 0, 0, 0
 local due, dmin, dorder = {}, {}, {}
 local live = {}
 local listing = {}
+local missing = 0
 for _ = 1, tonumber(ARGV[5]) do
   local MSG, BODY, SENDER, CREATED, TAGS, SOLO = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
                                                 ARGV[i + 5]
-  local J = tonumber(ARGV[i + 7])
-  i = i + 8
+  local J = tonumber(ARGV[i + 6])
+  i = i + 7
   local skip = MARK and not redis.call('SET', k('mat:' .. MSG), '1', 'NX', 'EX', 86400)
   local made = 0
   local ids = {}
   for _ = 1, J do
-    local id, dom, due_s, nr_s, rl, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local id, dom, due_s, nr_s, rl = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local at, nr = tonumber(due_s), tonumber(nr_s)
-    i = i + 6
+    i = i + 5
     if SOLO ~= '1' then ids[#ids + 1] = id end
-    -- The job is its data alone, in the string form (see common.lua); SET NX doubles as the existence check.
-    if not skip and redis.call('SET', jdk(id), data, 'NX') then
+    -- The job is its data alone, in the string form (see common.lua).
+    local new = false
+    if not skip then
+      new = redis.call('PERSIST', jdk(id)) == 1
+      if not new and redis.call('EXISTS', jdk(id)) == 0 then missing = missing + 1 end
+    end
+    if new then
       local q = due[dom]
       if not q then q = {}; due[dom] = q; dorder[#dorder + 1] = dom; dmin[dom] = at end
       q[#q + 1] = due_s; q[#q + 1] = id
@@ -68,5 +74,8 @@ if made_all > 0 then
   stat('enqueued', rcpts)
   stat('messages', msgs)
   ev_flush()
+end
+if missing > 0 then
+  return redis.error_reply('ERR ' .. missing .. ' job records were not stored before materialise')
 end
 return made_all
