@@ -38,8 +38,10 @@
 //! gets the call's result.
 //!
 //! A message with exactly one job (one destination domain; the common case) keeps its body in the job's
-//! data string `jd:<job id>` after the envelope (the job hash has `solo` = 1): it has no `msg:` or `body:`
-//! key, and deleting the job's two keys removes everything.
+//! data string `jd:<job id>` after its header and envelope (the header's `solo` field is 1): it has no `msg:`
+//! or `body:` key, and deleting the job's keys removes everything. Job records are written by plain
+//! `SET ... NX PX` in the same pipeline as the script, which keeps (`PERSIST`) those of the jobs it creates; an
+//! unkept record expires and counts as no job meanwhile.
 //! A message with several jobs stores its body once per shard in `body:<msg>`, with `msg:<msg>` counting
 //! the shard's live jobs of it; the last one deletes both. Otherwise the whole message is first written as an
 //! intake record into ONE shard (the idempotency key's shard, else the first job's), together with the
@@ -57,8 +59,9 @@
 //!
 //! Every state change is still one event, but a script that changes many jobs (`materialise.lua`,
 //! `complete.lua`) appends all its events as ONE stream entry: the entry's fields are the events' fields
-//! one after another, each event starting with `kind` (fields left out take defaults: the message is the
-//! job's, `att` 0, no tags, and `ts` that of the entry's first event). `read_events` expands entries into
+//! one after another, each event starting with `kind` (fields left out take defaults in the entry's first
+//! event: the message is the job's, `att` 0, no tags; after it, `ts` and the fields domain, attempt, tags,
+//! reply, MX, IP and TLS are the previous event's unless given, an empty value standing for none). `read_events` expands entries into
 //! events; a position is a stream id, so an entry is consumed whole (an answer can exceed `max` when its
 //! first entry alone holds more events). The i-th event (i ≥ 1) of an entry has the id
 //! `sNN/<stream id>/<i>`, the first `sNN/<stream id>`.

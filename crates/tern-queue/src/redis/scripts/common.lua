@@ -292,9 +292,9 @@ local function header_fields(id, hf)
   if hf[HF_FORM] == 'i' then
     -- In flight: the claim's owner and schedule, and the job's lease deadline.
     local ci = redis.call('HGET', k('cinfo'), hf[HF_TOK]) or ''
-    local t = string.find(ci, '\t', 1, true)
-    local owner, cdom = ci, hf[HF_DOM]
-    if t then owner, cdom = string.sub(ci, 1, t - 1), string.sub(ci, t + 1) end
+    -- owner, a tab, the schedule (which has no tab; the owner might).
+    local owner, cdom = string.match(ci, '^(.*)\t([^\t]*)$')
+    if not owner then owner, cdom = ci, hf[HF_DOM] end
     local lease = redis.call('ZSCORE', k('inflight'), id) or '0'
     h[#h + 1] = 'state'; h[#h + 1] = 'inflight'
     h[#h + 1] = 'owner'; h[#h + 1] = owner
@@ -314,6 +314,8 @@ local function promote(id)
   local form = redis.call('GETRANGE', dk, '0', '0')
   if form == '' then return false end
   if form == 'h' then return true end
+  -- A record with a TTL was stored for an enqueue that no materialise call kept: no job.
+  if form == 'q' and redis.call('PTTL', dk) >= 0 then return false end
   local line = split_data(redis.call('GET', dk))
   local h = header_fields(id, header_of(line))
   local jkey = jk(id)
@@ -342,6 +344,7 @@ end
 local function job_fields(id)
   local line, env, body = split_data(redis.call('GET', jdk(id)))
   if line == '' then return {}, -1 end
+  if string.sub(line, 1, 1) == 'q' and redis.call('PTTL', jdk(id)) >= 0 then return {}, -1 end
   local h
   if string.sub(line, 1, 1) == 'h' then
     h = redis.call('HGETALL', jk(id))

@@ -57,8 +57,9 @@ local function cinfo(tok)
   local c = cinfos[tok]
   if not c then
     local v = redis.call('HGET', k('cinfo'), tok) or ''
-    local t = string.find(v, '\t', 1, true)
-    if t then c = {string.sub(v, 1, t - 1), string.sub(v, t + 1)} else c = {false, false} end
+    -- owner, a tab, the schedule (which has no tab; the owner might).
+    local owner, cdom = string.match(v, '^(.*)\t([^\t]*)$')
+    if owner then c = {owner, cdom} else c = {false, false} end
     cinfos[tok] = c
   end
   return c

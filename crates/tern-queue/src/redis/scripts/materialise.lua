@@ -8,7 +8,8 @@
 -- The caller has stored each job's data `jd:<job>` just before, with a TTL: its header line in the string
 -- form 'q' (see common.lua), a newline, the envelope (JSON), and for a solo message a newline and the body.
 -- A job whose data still has its TTL is new: PERSIST keeps it, and the job is indexed; data with no TTL is
--- a job that exists already (left alone). Data that no call keeps expires by itself.
+-- a job that exists already (left alone). Data that no call keeps expires by itself (and is no job for any
+-- other script meanwhile; see `promote`). A missing record fails the whole call, which then changes nothing.
 -- A message with several jobs in this shard stores its body once in `body:<msg>` and counts its live jobs in
 -- `msg:<msg>` (the last one to go deletes both).
 -- Idempotent: an existing job is left alone. The `queued` events of the call go into one stream entry;
@@ -19,13 +20,38 @@ local made_all, rcpts, msgs = 0, 0, 0
 local due, dmin, dorder = {}, {}, {}
 local live = {}
 local listing = {}
-local missing = 0
-for _ = 1, tonumber(ARGV[5]) do
+
+-- First, reading only: which messages a re-drive has handled already (`mat:` marker), and each job's data
+-- TTL (-2: no data, -1: kept, an existing job; >= 0: new). A missing record fails the call before it
+-- changes anything (nothing is half made, and no marker is left for a message that was not made).
+local M = tonumber(ARGV[5])
+local handled, ttl = {}, {}
+do
+  local x = 6
+  for m = 1, M do
+    local MSG, J = ARGV[x], tonumber(ARGV[x + 6])
+    handled[m] = MARK and redis.call('EXISTS', k('mat:' .. MSG)) == 1
+    x = x + 7
+    for _ = 1, J do
+      if not handled[m] then
+        local t = redis.call('PTTL', jdk(ARGV[x]))
+        if t == -2 then
+          return redis.error_reply('ERR the record of job ' .. ARGV[x] .. ' was not stored before materialise')
+        end
+        ttl[ARGV[x]] = t
+      end
+      x = x + 5
+    end
+  end
+end
+
+for m = 1, M do
   local MSG, BODY, SENDER, CREATED, TAGS, SOLO = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
                                                 ARGV[i + 5]
   local J = tonumber(ARGV[i + 6])
   i = i + 7
-  local skip = MARK and not redis.call('SET', k('mat:' .. MSG), '1', 'NX', 'EX', 86400)
+  local skip = handled[m]
+  if MARK and not skip then redis.call('SET', k('mat:' .. MSG), '1', 'EX', 86400) end
   local made = 0
   local ids = {}
   for _ = 1, J do
@@ -33,11 +59,15 @@ for _ = 1, tonumber(ARGV[5]) do
     local at, nr = tonumber(due_s), tonumber(nr_s)
     i = i + 5
     if SOLO ~= '1' then ids[#ids + 1] = id end
-    -- The job is its data alone, in the string form (see common.lua).
+    -- The job is its data alone, in the string form (see common.lua). A handled message's records that the
+    -- caller just wrote again (its jobs ended since) go at once, rather than lingering until they expire.
     local new = false
-    if not skip then
-      new = redis.call('PERSIST', jdk(id)) == 1
-      if not new and redis.call('EXISTS', jdk(id)) == 0 then missing = missing + 1 end
+    if skip then
+      if redis.call('PTTL', jdk(id)) >= 0 then redis.call('DEL', jdk(id)) end
+    elseif ttl[id] >= 0 then
+      redis.call('PERSIST', jdk(id))
+      ttl[id] = -1
+      new = true
     end
     if new then
       local q = due[dom]
@@ -74,8 +104,5 @@ if made_all > 0 then
   stat('enqueued', rcpts)
   stat('messages', msgs)
   ev_flush()
-end
-if missing > 0 then
-  return redis.error_reply('ERR ' .. missing .. ' job records were not stored before materialise')
 end
 return made_all
