@@ -21,11 +21,11 @@ local due, dmin, dorder = {}, {}, {}
 local live = {}
 local listing = {}
 
--- First, reading only: which messages a re-drive has handled already (`mat:` marker), and each job's data
--- TTL (-2: no data, -1: kept, an existing job; >= 0: new). A missing record fails the call before it
--- changes anything (nothing is half made, and no marker is left for a message that was not made).
+-- First, reading only: which messages a re-drive has handled already (`mat:` marker), and whether every
+-- other job's record is there (one EXISTS for all). A missing record fails the call before it changes
+-- anything (nothing is half made, and no marker is left for a message that was not made).
 local M = tonumber(ARGV[5])
-local handled, ttl = {}, {}
+local handled, dkeys = {}, {}
 do
   local x = 6
   for m = 1, M do
@@ -33,17 +33,17 @@ do
     handled[m] = MARK and redis.call('EXISTS', k('mat:' .. MSG)) == 1
     x = x + 7
     for _ = 1, J do
-      if not handled[m] then
-        local t = redis.call('PTTL', jdk(ARGV[x]))
-        if t == -2 then
-          return redis.error_reply('ERR the record of job ' .. ARGV[x] .. ' was not stored before materialise')
-        end
-        ttl[ARGV[x]] = t
-      end
+      if not handled[m] then dkeys[#dkeys + 1] = jdk(ARGV[x]) end
       x = x + 5
     end
   end
+  local present = 0
+  chunked(dkeys, 400, function(...) present = present + redis.call('EXISTS', ...) end)
+  if present < #dkeys then
+    return redis.error_reply('ERR ' .. (#dkeys - present) .. ' job records were not stored before materialise')
+  end
 end
+local nextkey = 0
 
 for m = 1, M do
   local MSG, BODY, SENDER, CREATED, TAGS, SOLO = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
@@ -64,10 +64,10 @@ for m = 1, M do
     local new = false
     if skip then
       if redis.call('PTTL', jdk(id)) >= 0 then redis.call('DEL', jdk(id)) end
-    elseif ttl[id] >= 0 then
-      redis.call('PERSIST', jdk(id))
-      ttl[id] = -1
-      new = true
+    else
+      -- 1: the record had its TTL (a new job); 0: kept already (an existing job, or one listed twice).
+      nextkey = nextkey + 1
+      new = redis.call('PERSIST', dkeys[nextkey]) == 1
     end
     if new then
       local q = due[dom]
