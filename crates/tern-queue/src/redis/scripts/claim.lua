@@ -84,12 +84,7 @@ local function take(d, scanning)
       -- The claimer's fields, in a fixed order (codec.rs `claimed_job`): id, dom, n, att, first, next, err,
       -- tags, trace, bounce, then state and reply per recipient.
       job = {id, v[7], v[2], v[1], v[3], v[6], v[8], v[4], v[5], v[9], v[11], v[12]}
-      if n > 1 then
-        local names = {}
-        for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'rr:' .. r end
-        local more = redis.call('HMGET', jkey, unpack(names))
-        for y = 1, #names do job[12 + y] = more[y] end
-      end
+      append_recipients(jkey, n, 'rs', 'rr', job)
       redis.call('HSET', jkey, 'state', 'inflight', 'owner', OWNER, 'tok', CLAIM, 'lease', dl, 'cdom', d)
     end
     if job then

@@ -307,6 +307,23 @@ local function header_fields(id, hf)
   return h
 end
 
+-- Whether a record in the string form (header `line`) was stored for an enqueue that no materialise call
+-- kept: it still has its TTL, and is no job (see materialise.lua).
+local function unkept(id, line)
+  return string.sub(line, 1, 1) == 'q' and redis.call('PTTL', jdk(id)) >= 0
+end
+
+-- Appends to `out` the hash fields `<a>:<i>` and `<b>:<i>` of the job's recipients 1 .. n-1 (recipient 0's
+-- come with the caller's first HMGET).
+local function append_recipients(jkey, n, a, b, out)
+  if n <= 1 then return end
+  local names = {}
+  for r = 1, n - 1 do names[#names + 1] = a .. ':' .. r; names[#names + 1] = b .. ':' .. r end
+  local more = redis.call('HMGET', jkey, unpack(names))
+  local base = #out
+  for y = 1, #names do out[base + y] = more[y] end
+end
+
 -- Turns a job in the string form into the hash form (nothing to do for one in the hash form already). Every
 -- script but the common paths of claim and complete works on the hash. Returns false when there is no job.
 local function promote(id)
@@ -314,8 +331,7 @@ local function promote(id)
   local form = redis.call('GETRANGE', dk, '0', '0')
   if form == '' then return false end
   if form == 'h' then return true end
-  -- A record with a TTL was stored for an enqueue that no materialise call kept: no job.
-  if form == 'q' and redis.call('PTTL', dk) >= 0 then return false end
+  if unkept(id, form) then return false end
   local line = split_data(redis.call('GET', dk))
   local h = header_fields(id, header_of(line))
   local jkey = jk(id)
@@ -344,7 +360,7 @@ end
 local function job_fields(id)
   local line, env, body = split_data(redis.call('GET', jdk(id)))
   if line == '' then return {}, -1 end
-  if string.sub(line, 1, 1) == 'q' and redis.call('PTTL', jdk(id)) >= 0 then return {}, -1 end
+  if unkept(id, line) then return {}, -1 end
   local h
   if string.sub(line, 1, 1) == 'h' then
     h = redis.call('HGETALL', jk(id))

@@ -169,12 +169,7 @@ local function complete_one(x, i)
   local groups, gorder = {}, {}
   local upd = {}
   local v = {rs0, ra0}
-  if n > 1 then
-    local names = {}
-    for r = 1, n - 1 do names[#names + 1] = 'rs:' .. r; names[#names + 1] = 'ra:' .. r end
-    local more = redis.call('HMGET', jkey, unpack(names))
-    for y = 1, #more do v[2 + y] = more[y] end
-  end
+  append_recipients(jkey, n, 'rs', 'ra', v)
   for r = 0, n - 1 do
     if v[2 * r + 1] == 'p' then
       local addr = v[2 * r + 2]

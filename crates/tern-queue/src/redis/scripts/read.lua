@@ -30,9 +30,9 @@ elseif VIEW == 'body' then
   local b = redis.call('GET', k('body:' .. ARGV[5]))
   if b then return b end
   -- A message's only job keeps the body after its envelope, past the first newline (JSON has none).
-  local h, size = job_fields(ARGV[5] .. '.0')
-  if size < 0 then return false end
-  local _, _, body = split_data(redis.call('GET', jdk(ARGV[5] .. '.0')))
+  local id = ARGV[5] .. '.0'
+  local line, _, body = split_data(redis.call('GET', jdk(id)))
+  if line == '' or unkept(id, line) then return false end
   return body or false
 elseif VIEW == 'job' then
   local h = job_fields(ARGV[5])
