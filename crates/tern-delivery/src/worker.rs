@@ -296,8 +296,14 @@ impl Inner {
                 return;
             }
             for l in leases {
-                if let Err(e) = self.queue.extend(&self.owner, &l, self.lease).await {
-                    debug!(job = %l.job, error = %e, "lease extension failed");
+                match self.queue.extend(&self.owner, &l, self.lease).await {
+                    Ok(_) => {}
+                    // The lease ran out before this heartbeat (a stall longer than the lease): the reaper
+                    // will give the job to another worker, which may deliver it again.
+                    Err(e @ tern_queue::QueueError::NotOwner { .. }) => {
+                        warn!(job = %l.job, error = %e, "lease lost before the attempt ended");
+                    }
+                    Err(e) => debug!(job = %l.job, error = %e, "lease extension failed"),
                 }
             }
         }

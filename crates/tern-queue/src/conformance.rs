@@ -72,6 +72,8 @@ cases!(
     stored_message_reads_back_until_its_last_job_ends,
     counts_know_the_oldest_message,
     long_job_records_list_claim_and_complete,
+    a_late_heartbeat_is_refused_and_the_limit_holds,
+    thousands_of_recipients_and_jobs_in_one_call,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -146,6 +148,15 @@ async fn claim(q: &Arc<dyn Queue>, owner: &str, max: usize) -> Option<Claim> {
 
 async fn claim_lease(q: &Arc<dyn Queue>, owner: &str, max: usize, lease: Duration) -> Option<Claim> {
     q.claim(owner, max, lease).await.expect("claim")
+}
+
+/// Completes the job as delivered and checks that it finished.
+async fn deliver(q: &Arc<dyn Queue>, owner: &str, lease: &JobLease) {
+    let done = q
+        .complete(owner, lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    assert_eq!(done, Completion::Finished);
 }
 
 async fn all_events(q: &Arc<dyn Queue>) -> Vec<Event> {
@@ -700,12 +711,7 @@ async fn stale_owner_is_refused(q: Arc<dyn Queue>) {
         .expect("exists");
     assert_eq!(info.jobs[0].state, JobState::InFlight);
     assert_eq!(info.jobs[0].owner.as_deref(), Some("worker-b"));
-    assert_eq!(
-        q.complete("worker-b", &b.jobs[0].lease, Outcome::delivered())
-            .await
-            .expect("ok"),
-        Completion::Finished
-    );
+    deliver(&q, "worker-b", &b.jobs[0].lease).await;
 }
 
 async fn repeated_calls_are_idempotent(q: Arc<dyn Queue>) {
@@ -759,12 +765,84 @@ async fn extend_keeps_the_lease(q: Arc<dyn Queue>) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(q.reap(now_ms()).await.expect("reap"), 0);
     assert!(claim(&q, "other", 10).await.is_none());
-    assert_eq!(
-        q.complete("w", &c.jobs[0].lease, Outcome::delivered())
-            .await
-            .expect("ok"),
-        Completion::Finished
+    deliver(&q, "w", &c.jobs[0].lease).await;
+}
+
+/// A heartbeat after the lease ran out (before the reaper came) is refused: the claim's lapsed slot may have
+/// gone to another claim, and taking it back would run the domain over its limit.
+async fn a_late_heartbeat_is_refused_and_the_limit_holds(q: Arc<dyn Queue>) {
+    q.set_domain_concurrency("a.test", Some(1)).await.expect("limit");
+    for i in 0..3 {
+        enqueue(&q, &[&format!("r{i}@a.test")]).await;
+    }
+    let c1 = claim_lease(&q, "w1", 1, Duration::from_millis(200))
+        .await
+        .expect("the slot");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c2 = claim(&q, "w2", 1).await.expect("the lapsed slot, taken over");
+    let late = q.extend("w1", &c1.jobs[0].lease, Duration::from_secs(30)).await;
+    assert!(
+        matches!(late, Err(QueueError::NotOwner { .. })),
+        "late heartbeat: {late:?}"
     );
+    // Only w2's claim holds the slot: once it ends, another worker gets the domain.
+    deliver(&q, "w2", &c2.jobs[0].lease).await;
+    assert!(
+        claim(&q, "w3", 1).await.is_some(),
+        "the late heartbeat brought its slot back"
+    );
+    // Until the reaper comes, the late owner may still report its attempt.
+    deliver(&q, "w1", &c1.jobs[0].lease).await;
+}
+
+/// A job with thousands of recipients, and a claim of thousands of jobs, go through claim and complete
+/// (in the hash form too) like small ones.
+async fn thousands_of_recipients_and_jobs_in_one_call(q: Arc<dyn Queue>) {
+    let addrs: Vec<String> = (0..4500).map(|i| format!("r{i}@big.test")).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let r = enqueue(&q, &refs).await;
+    let c = claim(&q, "w", 10).await.expect("work");
+    assert_eq!(c.jobs[0].job.recipients.len(), 4500);
+    let until = now_ms();
+    let out = Outcome::defer(until, "451 4.7.1 later").with_result(
+        0,
+        RecipientStatus::Delivered,
+        Some("250 ok".into()),
+    );
+    assert_eq!(
+        q.complete("w", &c.jobs[0].lease, out).await.expect("defer"),
+        Completion::Deferred {
+            next_attempt_ms: until
+        }
+    );
+    let c = claim(&q, "w", 10).await.expect("due again");
+    assert_eq!(c.jobs[0].job.pending().count(), 4499);
+    assert_eq!(
+        c.jobs[0].job.recipients[4499].reply.as_deref(),
+        Some("451 4.7.1 later")
+    );
+    deliver(&q, "w", &c.jobs[0].lease).await;
+    assert!(q.get_message(r.message).await.expect("get").is_none());
+
+    let batch: Vec<_> = (0..4100)
+        .map(|i| message(&[&format!("m{i}@many.test")]))
+        .collect();
+    for r in q.enqueue_batch(batch).await {
+        r.expect("enqueue");
+    }
+    let c = claim(&q, "w", 5000).await.expect("work");
+    assert_eq!(c.jobs.len(), 4100);
+    let work = c
+        .jobs
+        .iter()
+        .map(|j| (j.lease.clone(), Outcome::delivered()))
+        .collect();
+    for r in q.complete_batch("w", work).await {
+        assert_eq!(r.expect("complete"), Completion::Finished);
+    }
+    let counts = q.counts().await.expect("counts");
+    assert_eq!(counts.total, 0);
+    assert_eq!(counts.in_flight, 0);
 }
 
 async fn release_gives_the_job_back(q: Arc<dyn Queue>) {

@@ -110,7 +110,9 @@ pub trait Queue: Send + Sync {
         out
     }
 
-    /// Pushes the lease out to now + `lease` (a heartbeat); returns the new deadline (Unix ms).
+    /// Pushes the lease out to now + `lease` (a heartbeat); returns the new deadline (Unix ms). A lease
+    /// that has already run out is not extended ([`QueueError::NotOwner`]), even before the reaper has taken
+    /// the job back: its slot may belong to another claim by then.
     async fn extend(&self, owner: &str, job: &JobLease, lease: Duration) -> Result<u64, QueueError>;
 
     /// Gives the job back unchanged, due now (as on shutdown).

@@ -27,6 +27,7 @@
 //! | `stats`, `min:<minute>` | hash | counters, and per-minute counters kept for two hours |
 //! | `events` | stream | this shard's events, capped with `XADD MAXLEN ~ events_max_len` entries (an entry holds one event, or all events of one batched call) |
 //! | `intake:<msg id>`, `intakes` | hash, zset | durable intake records and their age |
+//! | `badintakes` | zset | intake records the reaper could not read, kept for an operator (logged as errors) |
 //! | `idem:<key>` | string | idempotency key → first message id, 24 h TTL (shard chosen by hashing the key) |
 //! | `mat:<msg id>` | string | "this shard materialised that intake" marker, 24 h TTL |
 //!
@@ -681,7 +682,8 @@ impl RedisQueue {
     }
 
     /// Drives intake records older than a few seconds again (an enqueue was interrupted after its
-    /// acknowledgement). Returns how many were finished.
+    /// acknowledgement). Returns how many were finished. One record that fails is logged and left for the
+    /// next pass; an outage ends the pass.
     async fn redrive_intakes(&self, now: u64) -> Result<u64, QueueError> {
         let mut total = 0;
         for shard in 0..self.keys.shards() {
@@ -697,50 +699,75 @@ impl RedisQueue {
                 .filter_map(codec::text)
                 .collect();
             for id in ids {
-                let mut c = redis::cmd("HGETALL");
-                c.arg(self.keys.key(shard, &format!("intake:{id}")));
-                let v = self.cmd(c).await?;
-                let (mut payload, mut body) = (None, Vec::new());
-                for pair in codec::items(&v).chunks(2) {
-                    if let [k, val] = pair {
-                        match codec::text(k).as_deref() {
-                            Some("p") => payload = codec::text(val),
-                            Some("b") => body = codec::bytes(val).unwrap_or_default(),
-                            _ => {}
-                        }
+                match self.redrive_intake(shard, &id, now).await {
+                    Ok(true) => total += 1,
+                    Ok(false) => {}
+                    Err(e) if e.is_unavailable() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(message = %id, shard, error = %e, "re-driving an interrupted enqueue failed; next pass tries again");
                     }
                 }
-                let Some(payload) = payload.and_then(|p| serde_json::from_str::<IntakePayload>(&p).ok())
-                else {
-                    tracing::error!(message = %id, shard, "unreadable intake record; dropping its index entry");
-                    let mut c = redis::cmd("ZREM");
-                    c.arg(self.keys.key(shard, "intakes")).arg(&id);
-                    self.cmd(c).await?;
-                    continue;
-                };
-                let tags_json = codec::tags_json(&payload)?;
-                let sender = codec::sender_of(&payload);
-                let specs = codec::job_specs(&payload)?;
-                let p = Prepared {
-                    payload,
-                    body: Bytes::from(body),
-                    idempotency_key: None,
-                    specs,
-                    tags_json,
-                    sender,
-                };
-                for (s, jobs) in self.by_shard(&p.specs) {
-                    let calls = Self::materialise_calls(&[(&p, jobs)], true);
-                    for (_, r) in self.materialise(s, now, calls, false).await {
-                        r?;
-                    }
-                }
-                self.eval(&scripts::INTAKE_DONE, shard, now, vec![a(&id)]).await?;
-                tracing::info!(message = %id, "finished an interrupted enqueue");
-                total += 1;
             }
         }
         Ok(total)
+    }
+
+    /// Re-drives one intake record; whether it finished an enqueue.
+    async fn redrive_intake(&self, shard: u16, id: &str, now: u64) -> Result<bool, QueueError> {
+        let mut c = redis::cmd("HGETALL");
+        c.arg(self.keys.key(shard, &format!("intake:{id}")));
+        let v = self.cmd(c).await?;
+        let fields = codec::items(&v);
+        if fields.is_empty() {
+            // Dropped since it was listed (its enqueue finished meanwhile): only the index entry is left.
+            let mut c = redis::cmd("ZREM");
+            c.arg(self.keys.key(shard, "intakes")).arg(id);
+            self.cmd(c).await?;
+            return Ok(false);
+        }
+        let (mut payload, mut body) = (None, Vec::new());
+        for pair in fields.chunks(2) {
+            if let [k, val] = pair {
+                match codec::text(k).as_deref() {
+                    Some("p") => payload = codec::text(val),
+                    Some("b") => body = codec::bytes(val).unwrap_or_default(),
+                    _ => {}
+                }
+            }
+        }
+        let Some(payload) = payload.and_then(|p| serde_json::from_str::<IntakePayload>(&p).ok()) else {
+            // An acknowledged message that cannot be read: kept for an operator, out of the re-drive index
+            // (where it would be tried on every pass), in `badintakes`.
+            tracing::error!(message = %id, shard, "unreadable intake record; moved to badintakes for an operator");
+            // Listed there first: should the second step fail, the next pass moves it again.
+            let mut c = redis::cmd("ZADD");
+            c.arg(self.keys.key(shard, "badintakes")).arg(now).arg(id);
+            self.cmd(c).await?;
+            let mut c = redis::cmd("ZREM");
+            c.arg(self.keys.key(shard, "intakes")).arg(id);
+            self.cmd(c).await?;
+            return Ok(false);
+        };
+        let tags_json = codec::tags_json(&payload)?;
+        let sender = codec::sender_of(&payload);
+        let specs = codec::job_specs(&payload)?;
+        let p = Prepared {
+            payload,
+            body: Bytes::from(body),
+            idempotency_key: None,
+            specs,
+            tags_json,
+            sender,
+        };
+        for (s, jobs) in self.by_shard(&p.specs) {
+            let calls = Self::materialise_calls(&[(&p, jobs)], true);
+            for (_, r) in self.materialise(s, now, calls, false).await {
+                r?;
+            }
+        }
+        self.eval(&scripts::INTAKE_DONE, shard, now, vec![a(id)]).await?;
+        tracing::info!(message = %id, "finished an interrupted enqueue");
+        Ok(true)
     }
 
     async fn admin(&self, action: &str, target: &Target) -> Result<u64, QueueError> {

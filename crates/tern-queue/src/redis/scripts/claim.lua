@@ -19,6 +19,10 @@ local OWNER, MAX, LEASE, DEFLIM, CLAIM = ARGV[4], tonumber(ARGV[5]), tonumber(AR
 local SCAN, PUSHBACK = tonumber(ARGV[9]), tonumber(ARGV[10])
 -- The claim id is the token in the job headers, which have room for exactly TOKW characters.
 if #CLAIM ~= TOKW then return redis.error_reply('claim id must be ' .. TOKW .. ' characters') end
+-- A claim id that took jobs here already: this call is a repeat (a client that resent it after losing the
+-- reply). Taking more under the same id would merge two claims' counts; the first one's jobs come back to
+-- the schedule when their lease runs out.
+if redis.call('HEXISTS', k('claims'), CLAIM) == 1 then return false end
 local held, horder = {}, {}
 for x = 0, tonumber(ARGV[11] or '0') - 1 do
   local d = ARGV[12 + 2 * x]
@@ -98,7 +102,7 @@ local function take(d, scanning)
   for from, n in pairs(moved) do redis.call('HINCRBY', k('cnt'), from, -n) end
   if taken > 0 then
     redis.call('HINCRBY', k('cnt'), 'inflight', taken)
-    redis.call('ZADD', k('inflight'), unpack(inflight))
+    chunked(inflight, 400, function(...) redis.call('ZADD', k('inflight'), ...) end)
   end
   reindex(d, NOW + 1)
   if taken == 0 then return nil end

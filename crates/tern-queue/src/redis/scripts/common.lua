@@ -319,9 +319,13 @@ local function append_recipients(jkey, n, a, b, out)
   if n <= 1 then return end
   local names = {}
   for r = 1, n - 1 do names[#names + 1] = a .. ':' .. r; names[#names + 1] = b .. ':' .. r end
-  local more = redis.call('HMGET', jkey, unpack(names))
-  local base = #out
-  for y = 1, #names do out[base + y] = more[y] end
+  -- In slices: unpack() of a job with thousands of recipients would exceed Lua's stack, and an error after
+  -- the caller's first write would leave its change half made.
+  chunked(names, 400, function(...)
+    local more = redis.call('HMGET', jkey, ...)
+    local base = #out
+    for y = 1, #more do out[base + y] = more[y] end
+  end)
 end
 
 -- Turns a job in the string form into the hash form (nothing to do for one in the hash form already). Every

@@ -204,7 +204,7 @@ local function complete_one(x, i)
     upd[#upd + 1] = 'att'; upd[#upd + 1] = tostring(att)
     upd[#upd + 1] = 'donetok'; upd[#upd + 1] = 'c:' .. TOK
     if REPLY ~= '' then upd[#upd + 1] = 'err'; upd[#upd + 1] = REPLY end
-    redis.call('HSET', jkey, unpack(upd))
+    chunked(upd, 400, function(...) redis.call('HSET', jkey, ...) end)
     redis.call('HDEL', jkey, 'owner', 'tok', 'lease', 'cdom')
     counts.deferred = counts.deferred + #pending
     requeue(jkey, ID, at)
