@@ -23,7 +23,7 @@ use std::time::SystemTime;
 
 use tern_core::message::header_section;
 use tern_core::time::rfc5322_date;
-use tern_core::{Envelope, MessageId, Recipient, Ret, ReversePath};
+use tern_core::{Envelope, JobId, MessageId, Recipient, Ret, ReversePath};
 use tern_smtp::{EnhancedCode, xtext_encode};
 
 /// What happened to a recipient (RFC 3464 2.3.3).
@@ -311,6 +311,28 @@ fn safe_field(value: &str) -> String {
     }
 }
 
+/// The idempotency key of a DSN: one per job, event and set of recipients reported. A later attempt that
+/// reports the same recipients again (the first attempt's completion was lost) finds the key and sends
+/// nothing twice; one that reports other recipients gets its own DSN. Delay notices have one key per job,
+/// as only one is ever due (see `outcome::delay_notice_due`).
+pub(crate) fn idempotency_key(job: JobId, event: &str, recipients: &[DsnRecipient]) -> String {
+    if event == "delayed" {
+        return format!("dsn:{job}:delayed");
+    }
+    let mut addrs: Vec<String> = recipients
+        .iter()
+        .map(|r| r.recipient.address.to_string().to_ascii_lowercase())
+        .collect();
+    addrs.sort();
+    // 64-bit FNV-1a: fixed by its definition, so every worker version computes the same key.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in addrs.join("\n").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("dsn:{job}:{event}:{}:{h:016x}", addrs.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +361,31 @@ mod tests {
             last_attempt: Some(UNIX_EPOCH + Duration::from_secs(1_795_872_409)),
             will_retry_until: None,
         }
+    }
+
+    #[test]
+    fn a_dsn_key_names_the_job_the_event_and_the_set_of_recipients() {
+        let job: JobId = "01ARZ3NDEKTSV4RRFFQ69G5FAV.0".parse().unwrap();
+        let ab = idempotency_key(job, "failed", &[failed("a@b.test"), failed("B@b.test")]);
+        assert_eq!(
+            ab,
+            idempotency_key(job, "failed", &[failed("b@b.test"), failed("a@b.test")]),
+            "order and case do not matter"
+        );
+        assert!(
+            ab.starts_with("dsn:01ARZ3NDEKTSV4RRFFQ69G5FAV.0:failed:2:"),
+            "{ab}"
+        );
+        assert_ne!(ab, idempotency_key(job, "failed", &[failed("a@b.test")]));
+        assert_ne!(
+            ab,
+            idempotency_key(job, "delivered", &[failed("a@b.test"), failed("b@b.test")])
+        );
+        assert_eq!(
+            idempotency_key(job, "delayed", &[failed("a@b.test")]),
+            idempotency_key(job, "delayed", &[failed("c@b.test")]),
+            "one delay notice per job"
+        );
     }
 
     fn ctx(env: &Envelope) -> DsnContext<'_> {

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::dsn::{DsnAction, DsnContext, DsnRecipient, build_dsn};
+use crate::dsn::{DsnAction, DsnContext, DsnRecipient, build_dsn, idempotency_key};
 use crate::error::DeliveryError;
 use crate::outcome::{DecideContext, decide};
 use crate::route::{Host, Router};
@@ -37,6 +37,11 @@ const DSN_RETURN_LIMIT: usize = 1 << 20;
 /// QUIT, so that the hold never lapses while its connection is still open (it is dropped explicitly on
 /// close; this only matters when the worker dies).
 const HOLD_MARGIN: Duration = Duration::from_secs(10);
+/// The first and the longest pause between attempts to record an outcome while the queue is unreachable.
+const COMPLETE_RETRY_FIRST: Duration = Duration::from_millis(250);
+const COMPLETE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between claims while claiming fails (the queue is unreachable).
+const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// A delivery worker. Cheap to clone; every clone shares the same connections and state.
 #[derive(Clone)]
@@ -137,6 +142,8 @@ impl Worker {
         let reaper = tokio::spawn(idle_reaper(inner.clone(), shutdown.clone()));
         let batch = inner.cfg.messages_per_connection as usize;
         let poll = inner.cfg.poll_interval.get();
+        // Claim failures in a row: the pause after one grows with them (see `claim_backoff`).
+        let mut failures = 0u32;
         loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
@@ -153,10 +160,12 @@ impl Worker {
                 .await
             {
                 Ok(Some(claim)) => {
+                    failures = 0;
                     debug!(domain = %claim.domain, jobs = claim.jobs.len(), claim = %claim.claim_id, "claimed");
                     tasks.spawn(inner.clone().process_claim(claim, shutdown.clone(), permit));
                 }
                 Ok(None) => {
+                    failures = 0;
                     drop(permit);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -165,10 +174,12 @@ impl Worker {
                 }
                 Err(e) => {
                     drop(permit);
-                    warn!(error = %e, "claim failed");
+                    failures = failures.saturating_add(1);
+                    let pause = claim_backoff(poll, failures, rand::random::<f64>());
+                    warn!(error = %e, failures, retry_in = ?pause, "claim failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(poll) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                 }
             }
@@ -309,15 +320,20 @@ impl Inner {
         }
     }
 
-    fn forget(&self, id: &JobId) {
-        lock(&self.leases).remove(id);
+    /// Drops the job's lease from the heartbeat's set, unless it belongs to a newer claim of the job (this
+    /// worker may have claimed it again after the old lease lapsed).
+    fn forget(&self, lease: &JobLease) {
+        let mut leases = lock(&self.leases);
+        if leases.get(&lease.job).is_some_and(|l| l.token == lease.token) {
+            leases.remove(&lease.job);
+        }
     }
 
     async fn release(&self, cj: &ClaimedJob) {
         if let Err(e) = self.queue.release(&self.owner, &cj.lease).await {
             warn!(job = %cj.job.id, error = %e, "release failed");
         }
-        self.forget(&cj.job.id);
+        self.forget(&cj.lease);
     }
 
     /// An idle session for `key` (the one whose hold the claim took over, if any); a hold that the
@@ -684,14 +700,31 @@ impl Inner {
         self.complete(cj, outcome).await;
     }
 
+    /// Records the outcome. While the queue is unreachable the call is repeated (a repeat is safe: it
+    /// answers `AlreadyDone` or `Gone` once the first one landed), with the lease kept alive by the
+    /// heartbeat, for up to one lease: an outcome that is not recorded means the job is tried again, and a
+    /// delivered message delivered twice. The batch waits meanwhile rather than send more it cannot record.
     async fn complete(&self, cj: &ClaimedJob, outcome: Outcome) {
-        match self.queue.complete(&self.owner, &cj.lease, outcome).await {
-            Ok(c) => debug!(job = %cj.job.id, completion = ?c, "completed"),
-            Err(e) => {
-                warn!(job = %cj.job.id, error = %e, "complete failed; the lease will expire and the job be retried")
+        let started = tokio::time::Instant::now();
+        let mut pause = COMPLETE_RETRY_FIRST;
+        loop {
+            match self.queue.complete(&self.owner, &cj.lease, outcome.clone()).await {
+                Ok(c) => {
+                    debug!(job = %cj.job.id, completion = ?c, "completed");
+                    break;
+                }
+                Err(e) if e.is_unavailable() && started.elapsed() + pause < self.lease => {
+                    warn!(job = %cj.job.id, error = %e, retry_in = ?pause, "complete failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(COMPLETE_RETRY_MAX);
+                }
+                Err(e) => {
+                    warn!(job = %cj.job.id, error = %e, "complete failed; the lease will expire and the job be retried");
+                    break;
+                }
             }
         }
-        self.forget(&cj.job.id);
+        self.forget(&cj.lease);
     }
 
     /// Queues a DSN for `recipients` of the job (nothing when the sender is `<>` or NOTIFY declines).
@@ -707,13 +740,7 @@ impl Inner {
         let Some(dsn) = build_dsn(&ctx, recipients) else {
             return Ok(());
         };
-        // One key per job, attempt and event; delay notices have one key per job, as only one is ever due
-        // (see `outcome::delay_notice_due`).
-        let key = if event == "delayed" {
-            format!("dsn:{}:delayed", cj.job.id)
-        } else {
-            format!("dsn:{}:{}:{event}", cj.job.id, cj.job.attempts)
-        };
+        let key = idempotency_key(cj.job.id, event, recipients);
         let mut msg = NewMessage::new(dsn.envelope, dsn.body)
             .with_idempotency_key(key)
             .with_tag("dsn", event);
@@ -754,7 +781,13 @@ impl Inner {
             })
             .collect();
         if self.send_dsn(&cj, &recipients, "failed").await.is_err() {
-            self.release(&cj).await;
+            // Tried again later rather than released: a released job is due at once, and with a lasting
+            // error this would loop.
+            let retry = Outcome::defer(
+                now_ms() + 60_000,
+                "451 4.3.0 the bounce's DSN could not be queued",
+            );
+            self.complete(&cj, retry).await;
             return;
         }
         let mut outcome = Outcome::fail(format!("550 5.0.0 {text}"));
@@ -763,5 +796,30 @@ impl Inner {
         }
         info!(message_id = %cj.job.id.message, job = %cj.job.id, domain = %cj.job.domain, "admin bounce");
         self.complete(&cj, outcome).await;
+    }
+}
+
+/// The pause after the `failures`-th claim failure in a row: the poll interval doubled per failure, at most
+/// [`CLAIM_BACKOFF_MAX`], with ±25% jitter from `unit` (in [0, 1)) so that a fleet of workers does not come
+/// back to a recovering Redis in step.
+fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
+    let doubled = poll.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled
+        .min(CLAIM_BACKOFF_MAX)
+        .mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_backoff_doubles_up_to_a_cap_with_jitter() {
+        let poll = Duration::from_secs(1);
+        assert_eq!(claim_backoff(poll, 1, 0.5), poll);
+        assert_eq!(claim_backoff(poll, 3, 0.5), Duration::from_secs(4));
+        assert_eq!(claim_backoff(poll, 40, 0.5), CLAIM_BACKOFF_MAX);
+        assert_eq!(claim_backoff(poll, 1, 0.0), Duration::from_millis(750));
+        assert_eq!(claim_backoff(poll, 1, 1.0), Duration::from_millis(1250));
     }
 }

@@ -301,11 +301,7 @@ async fn a_worker_killed_mid_data_leaves_the_job_to_another_after_the_lease() {
     let mut first = start_worker(&cfg, q.clone(), "w1", lease);
     send(&q, "s@a.test", &["r@slowdata.test"]).await;
     // Wait until the first worker owns the job, then kill it mid-DATA.
-    let deadline = std::time::Instant::now() + WAIT;
-    while q.counts().await.unwrap().in_flight == 0 {
-        assert!(std::time::Instant::now() < deadline, "never claimed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_in_flight(&q).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     first.handle.take().unwrap().abort();
     assert_eq!(sink.message_count(), 0);
@@ -315,6 +311,41 @@ async fn a_worker_killed_mid_data_leaves_the_job_to_another_after_the_lease() {
     let ev = events(&q).await;
     assert!(ev.iter().any(|e| e.kind == EventKind::LeaseExpired), "{ev:?}");
     second.stop().await;
+    reaper.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_is_recorded_once_redis_returns_and_the_message_goes_once() {
+    let port = free_port().unwrap();
+    let dns = dns_with_sender(
+        Dnsmasq::builder()
+            .mx("outage.test", "mx.outage.test", 10)
+            .host("mx.outage.test", ip(61)),
+    );
+    // The sink answers DATA after 3 s; Redis is down from 1 s into that wait until after the answer, so
+    // the first attempts to record the delivery fail.
+    let sink = SmtpSink::builder(ip(61), port).delay_data(3).start().unwrap();
+    let mut redis = RedisServer::start_durable().unwrap();
+    let lease = Duration::from_secs(6);
+    let q = queue(&redis, "outage", lease).await;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let reaper = tern_queue::reaper::spawn_reaper(q.clone(), Duration::from_millis(200), rx);
+    let w = start_worker(&config(&dns, port), q.clone(), "w1", lease);
+    send(&q, "s@a.test", &["r@outage.test"]).await;
+    wait_in_flight(&q).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.stop().unwrap();
+    wait_for("the sink to take the message", WAIT, || sink.message_count() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.restart().unwrap();
+    wait_queue_empty(&q, WAIT).await;
+    // Past the lease: a delivery whose outcome was lost would come back now and go again.
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    assert_eq!(sink.message_count(), 1, "delivered more than once");
+    let ev = events(&q).await;
+    assert!(ev.iter().any(|e| e.kind == EventKind::Delivered), "{ev:?}");
+    assert!(!ev.iter().any(|e| e.kind == EventKind::LeaseExpired), "{ev:?}");
+    w.stop().await;
     reaper.abort();
 }
 

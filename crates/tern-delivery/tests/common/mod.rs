@@ -155,6 +155,15 @@ pub async fn wait_queue_empty(queue: &Arc<dyn Queue>, timeout: Duration) {
 }
 
 /// Every event so far.
+/// Waits until a worker has claimed a job.
+pub async fn wait_in_flight(queue: &Arc<dyn Queue>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while queue.counts().await.expect("counts").in_flight == 0 {
+        assert!(std::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn events(queue: &Arc<dyn Queue>) -> Vec<tern_queue::Event> {
     let (ev, _) = queue.read_events(None, 10_000, None).await.expect("events");
     ev
