@@ -602,10 +602,10 @@ impl Inner {
                         break;
                     }
                     Err(_not_started) => {
-                        // A reused session went stale: open a new one and try again (once).
-                        if let Some(s) = session.as_mut() {
-                            s.usable = false;
-                        }
+                        // A reused session went stale (the peer closed it while it was idle): open a new
+                        // one and try again (once). It is dropped here, not marked unusable: that would
+                        // count as a host failure and send the next connection to the next MX.
+                        drop(session.take());
                         if tries >= 2 {
                             let reply = Reply::new(451, "4.4.2", "connection lost before the transaction");
                             let results: Vec<(u32, Reply)> =

@@ -350,6 +350,37 @@ async fn an_outcome_is_recorded_once_redis_returns_and_the_message_goes_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stale_idle_connection_is_replaced_by_one_to_the_preferred_mx() {
+    let port = free_port().unwrap();
+    let dns = dns_with_sender(
+        Dnsmasq::builder()
+            .mx("stale.test", "mx1.stale.test", 10)
+            .mx("stale.test", "mx2.stale.test", 20)
+            .host("mx1.stale.test", ip(62))
+            .host("mx2.stale.test", ip(63)),
+    );
+    let first = SmtpSink::start(ip(62), port).unwrap();
+    let backup = SmtpSink::start(ip(63), port).unwrap();
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "stale", Duration::from_secs(30)).await;
+    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["r1@stale.test"]).await;
+    wait_for("the first message", WAIT, || first.message_count() >= 1).await;
+    wait_queue_empty(&q, WAIT).await;
+    // The preferred MX restarts: the worker's idle connection to it is dead, the MX itself is fine.
+    drop(first);
+    let again = SmtpSink::start(ip(62), port).unwrap();
+    send(&q, "s@a.test", &["r2@stale.test"]).await;
+    wait_for("the second message", WAIT, || {
+        again.message_count() + backup.message_count() >= 1
+    })
+    .await;
+    assert_eq!(again.message_count(), 1, "not sent to the preferred MX");
+    assert_eq!(backup.message_count(), 0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_address_of_an_mx_is_tried() {
     let port = free_port().unwrap();
     // mx.multi.test has two addresses; nothing listens on the first.
