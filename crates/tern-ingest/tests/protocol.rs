@@ -511,3 +511,91 @@ fn long_lines_and_mail_loops_are_refused() {
     assert_eq!(r.code, 250, "{r}");
     assert_eq!(h.counts().total, 1);
 }
+
+#[test]
+fn a_flood_of_commands_without_mail_is_closed_with_421() {
+    let h = Harness::start(false, &[], |_| {});
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    // 99 more pipelined at once: the limit is 100 between two messages.
+    c.send(&b"NOOP\r\n".repeat(99));
+    for _ in 0..99 {
+        assert_eq!(c.read_reply().code, 250);
+    }
+    // A message resets the count.
+    let r = c.send_message("a@example.test", &["r@dest.test"], b"Subject: x\r\n\r\nhi\r\n");
+    assert_eq!(r.code, 250, "{r}");
+    c.send(&b"RSET\r\n".repeat(101));
+    for _ in 0..100 {
+        assert_eq!(c.read_reply().code, 250);
+    }
+    let r = c.read_reply();
+    assert_eq!(
+        (r.code, r.enhanced.unwrap().to_string()),
+        (421, "4.7.0".into()),
+        "{r}"
+    );
+    assert!(c.try_read_reply().is_none(), "the session went on");
+}
+
+#[test]
+fn a_bdat_line_that_does_not_parse_closes_the_session() {
+    let h = Harness::start(false, &[], |_| {});
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@example.test>", 250);
+    c.expect("RCPT TO:<r@dest.test>", 250);
+    // The chunk after it would otherwise be read as commands.
+    c.send(b"BDAT 10 LAST x\r\nRSET\r\nQUIT\r\n");
+    let r = c.read_reply();
+    assert_eq!(r.code, 501, "{r}");
+    let r = c.read_reply();
+    assert_eq!(
+        (r.code, r.enhanced.unwrap().to_string()),
+        (421, "4.5.0".into()),
+        "{r}"
+    );
+    assert!(c.try_read_reply().is_none(), "the chunk was read as commands");
+}
+
+#[test]
+fn recipients_that_differ_beyond_ascii_case_are_both_kept() {
+    let h = Harness::start(false, &[], |_| {});
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@example.test> SMTPUTF8", 250);
+    c.expect("RCPT TO:<k@dest.test>", 250);
+    // U+212A KELVIN SIGN: its Unicode lower case is "k", but it is another address.
+    let r = c.cmd("RCPT TO:<\u{212a}@dest.test>");
+    assert_eq!(r.code, 250, "{r}");
+    assert!(!r.text().contains("duplicate"), "{r}");
+    let r = c.cmd("RCPT TO:<K@dest.test>");
+    assert!(r.text().contains("duplicate"), "ASCII case still folds: {r}");
+    c.expect("DATA", 354);
+    c.send(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    let r = c.read_reply();
+    assert_eq!(r.code, 250, "{r}");
+    let claim =
+        h.rt.block_on(h.queue.claim("t", 10, Duration::from_secs(60)))
+            .unwrap()
+            .unwrap();
+    assert_eq!(claim.jobs[0].job.envelope.recipients.len(), 2);
+}
+
+#[test]
+fn a_bdat_chunk_far_over_the_size_limit_is_not_read() {
+    let h = Harness::start(false, &[], |c| c.max_message_size = 4096);
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@example.test>", 250);
+    c.expect("RCPT TO:<r@dest.test>", 250);
+    c.send(b"BDAT 18446744073709551615 LAST\r\n");
+    let r = c.read_reply();
+    assert_eq!(
+        (r.code, r.enhanced.unwrap().to_string()),
+        (552, "5.3.4".into()),
+        "{r}"
+    );
+    assert_eq!(c.read_reply().code, 421);
+    assert!(c.try_read_reply().is_none(), "the session went on");
+}

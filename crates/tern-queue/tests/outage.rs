@@ -113,3 +113,23 @@ async fn a_redis_that_never_answers_gives_unavailable_within_the_timeouts() {
     eprintln!("two calls against a silent server failed with Unavailable in {took:?}");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_out_of_memory_is_an_outage_and_nothing_is_stored() {
+    let server = RedisServer::start().expect("start redis-server");
+    let q = common::queue(common::single(&server.url(), "oom")).await;
+    q.enqueue(message(&["a@oom.test"])).await.expect("enqueue");
+    // Far below what is in use: every write is refused with OOM until there is room again.
+    server
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .expect("policy");
+    server
+        .cli(&["CONFIG", "SET", "maxmemory", "1"])
+        .expect("maxmemory");
+    unavailable(q.enqueue(message(&["b@oom.test"])).await, "enqueue");
+    server
+        .cli(&["CONFIG", "SET", "maxmemory", "0"])
+        .expect("maxmemory");
+    q.enqueue(message(&["c@oom.test"])).await.expect("enqueue after");
+    assert_eq!(q.counts().await.expect("counts").total, 2);
+}

@@ -42,6 +42,20 @@ struct UserEntry {
 #[derive(Debug, Clone, Default)]
 pub struct UserDb {
     users: HashMap<String, UserEntry>,
+    /// Password checks running at once. Each argon2id check takes ~19 MiB and a core for a while: without a
+    /// cap, clients that never authenticate could fill the blocking pool (512 threads) with them.
+    checks: CheckLimit,
+}
+
+/// One password check per core at a time, shared by clones of the database.
+#[derive(Debug, Clone)]
+struct CheckLimit(Arc<tokio::sync::Semaphore>);
+
+impl Default for CheckLimit {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        CheckLimit(Arc::new(tokio::sync::Semaphore::new(cores)))
+    }
 }
 
 /// An authenticated user.
@@ -122,7 +136,10 @@ impl UserDb {
                 return Err(format!("line {}: user {user:?} is listed twice", n + 1));
             }
         }
-        Ok(UserDb { users })
+        Ok(UserDb {
+            users,
+            checks: CheckLimit::default(),
+        })
     }
 
     /// How many users there are.
@@ -135,8 +152,10 @@ impl UserDb {
         self.users.is_empty()
     }
 
-    /// Checks `password` for `user` on the blocking pool.
+    /// Checks `password` for `user` on the blocking pool, at most one check per core at a time (the others
+    /// wait their turn; the session's idle timeout still applies around the whole command).
     pub async fn verify(self: &Arc<Self>, user: &str, password: &str) -> Option<AuthedUser> {
+        let _turn = self.checks.0.acquire().await.ok()?;
         let db = Arc::clone(self);
         let user = user.to_owned();
         let password = password.to_owned();

@@ -34,6 +34,9 @@ use limits::ConnLimiter;
 
 /// How long a TLS handshake may take.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing a connection may take (a TLS close_notify to a client that stopped reading would
+/// otherwise wait for ever).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What every session shares: settings from the configuration, the queue, TLS, users and counters.
 pub(crate) struct Shared {
@@ -267,6 +270,12 @@ async fn handle_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let permit = shared.limiter.try_acquire(peer.ip());
+    if implicit_tls && let Err(which) = &permit {
+        // No handshake for a connection that will be refused: it would cost up to the handshake timeout
+        // each, with no cap. A client of implicit TLS cannot read a plaintext 421; it sees a close.
+        info!(peer = %peer.ip(), limit = ?which, "connection refused: too many connections");
+        return;
+    }
     let mut stream = if implicit_tls {
         let Some(acceptor) = shared.tls.clone() else {
             return;
@@ -289,10 +298,13 @@ async fn handle_connection(
         Ok(p) => p,
         Err(which) => {
             info!(peer = %peer.ip(), limit = ?which, "connection refused: too many connections");
-            let _ = stream
-                .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
-                .await;
-            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                let _ = stream
+                    .write_all(b"421 4.7.0 Too many connections, try again later\r\n")
+                    .await;
+                stream.shutdown().await
+            })
+            .await;
             return;
         }
     };

@@ -47,12 +47,18 @@ use super::auth::{self, AuthedUser, SaslError};
 use super::body::LineChecker;
 use super::received::{self, MAX_RECEIVED, Protocol, ReceivedInfo};
 use super::stream::Stream;
-use super::{HANDSHAKE_TIMEOUT, Shared};
+use super::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, Shared};
 
 /// Size of the read buffer.
 const READ_BUF: usize = 64 * 1024;
 /// Failed AUTH attempts after which a session is closed.
 const MAX_SESSION_AUTH_FAILURES: u32 = 3;
+/// Commands that carry no mail (EHLO, HELO, RSET, NOOP, VRFY, HELP) allowed between two accepted messages
+/// (Postfix's `smtpd_junk_command_limit`): a client cannot hold a connection forever with them.
+const JUNK_COMMAND_LIMIT: u32 = 100;
+/// Replies queued beyond this many bytes are written before more commands are read, so that a pipelined
+/// flood of cheap commands cannot pile up replies in memory.
+const OUT_HIGH_WATER: usize = 64 * 1024;
 
 /// Whether the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +132,8 @@ pub(crate) struct Session {
     tx: Option<Transaction>,
     errors: u32,
     auth_failures: u32,
+    /// Commands without mail since the last accepted message (see [`JUNK_COMMAND_LIMIT`]).
+    junk: u32,
 }
 
 fn bad_sequence(text: &str) -> Reply {
@@ -164,6 +172,7 @@ impl Session {
             tx: None,
             errors: 0,
             auth_failures: 0,
+            junk: 0,
         }
     }
 
@@ -206,14 +215,26 @@ impl Session {
             };
             let flow = match parse_command_with(&line, &ctx) {
                 Ok(cmd) => self.dispatch(cmd).await,
+                // A BDAT line that does not parse has a chunk of unknown size after it, which would be read
+                // as commands: the session cannot go on.
+                Err(e) if is_bdat(&line) => {
+                    self.reply(e.reply());
+                    self.out.extend_from_slice(
+                        &Reply::new(421, "4.5.0", "Bad BDAT command, closing connection").to_bytes(),
+                    );
+                    Flow::Close
+                }
                 Err(e) => self.reply(e.reply()),
             };
             if flow == Flow::Close {
                 break;
             }
+            if self.out.len() > OUT_HIGH_WATER && self.flush().await.is_err() {
+                break;
+            }
         }
         let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
         debug!("closed");
     }
 
@@ -319,6 +340,25 @@ impl Session {
             return self.reply(bad_sequence(
                 "Only BDAT, RSET, NOOP or QUIT during a BDAT transfer",
             ));
+        }
+        if matches!(
+            cmd,
+            Command::Ehlo(_)
+                | Command::Helo(_)
+                | Command::Rset
+                | Command::Noop
+                | Command::Vrfy(_)
+                | Command::Help(_)
+        ) {
+            self.junk += 1;
+            if self.junk > JUNK_COMMAND_LIMIT {
+                info!(commands = self.junk, "closing: too many commands without mail");
+                self.out.extend_from_slice(
+                    &Reply::new(421, "4.7.0", "Too many commands without mail, closing connection")
+                        .to_bytes(),
+                );
+                return Flow::Close;
+            }
         }
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
@@ -428,11 +468,13 @@ impl Session {
         let Some(tx) = &mut self.tx else {
             return self.reply(bad_sequence("Need MAIL before RCPT"));
         };
-        let key = to.to_string().to_lowercase();
+        // ASCII case only, as the queue's envelope check does: a Unicode fold (the Kelvin sign is a "k")
+        // would call a distinct address a duplicate and drop it.
+        let key = to.to_string().to_ascii_lowercase();
         if tx
             .rcpts
             .iter()
-            .any(|r| r.address.to_string().to_lowercase() == key)
+            .any(|r| r.address.to_string().to_ascii_lowercase() == key)
         {
             return self.reply(Reply::new(250, "2.1.5", "Ok (duplicate recipient)"));
         }
@@ -528,6 +570,22 @@ impl Session {
     /// BDAT (RFC 3030): the chunk is always read, whatever the reply, so that its octets are never taken for
     /// commands.
     async fn bdat(&mut self, size: u64, last: bool) -> Flow {
+        if size > self.shared.max_message_size.saturating_mul(2) {
+            // A chunk far larger than any message taken here is not read: that could tie the connection up
+            // for up to 2^64 octets. The session ends instead (its octets would otherwise be taken for
+            // commands). A chunk a little over the limit is read and refused, and the session goes on.
+            info!(size, "BDAT chunk over twice the message size limit: closing");
+            self.tx = None;
+            self.reply(Reply::new(
+                552,
+                "5.3.4",
+                "Message size exceeds fixed maximum message size",
+            ));
+            self.out.extend_from_slice(
+                &Reply::new(421, "4.7.0", "Chunk too big to read, closing connection").to_bytes(),
+            );
+            return Flow::Close;
+        }
         let refusal = match &self.tx {
             None => Some(bad_sequence("Need MAIL before BDAT")),
             Some(tx) if tx.rcpts.is_empty() => Some(Reply::new(554, "5.5.1", "No valid recipients")),
@@ -627,6 +685,7 @@ impl Session {
         let user = self.user.as_ref().map(|u| u.name.clone());
         match self.shared.queue.enqueue(new).await {
             Ok(receipt) => {
+                self.junk = 0;
                 info!(message_id = %receipt.message, user = ?user, recipients, size, "message queued");
                 self.reply(Reply::new(
                     250,
@@ -785,7 +844,8 @@ impl Session {
         }
         let delay = self.shared.lockout.record_failure(self.ip, Instant::now());
         self.auth_failures += 1;
-        warn!(user = %user, failures = self.auth_failures, "authentication failed");
+        // Debug-escaped: the name is the client's text (and sometimes a mistyped password).
+        warn!(user = ?user, failures = self.auth_failures, "authentication failed");
         tokio::time::sleep(delay).await;
         let flow = self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
         if flow == Flow::Continue && self.auth_failures >= MAX_SESSION_AUTH_FAILURES {
@@ -801,4 +861,13 @@ impl Session {
         }
         flow
     }
+}
+
+/// Whether a command line is a BDAT command (whatever its arguments).
+fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && line
+            .get(4)
+            .is_none_or(|c| *c == b' ' || *c == b'\r' || *c == b'\n')
 }

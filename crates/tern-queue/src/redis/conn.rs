@@ -205,9 +205,11 @@ fn pool_error(e: PoolError) -> QueueError {
 }
 
 /// Maps a Redis error: outages (I/O, timeouts, refused or dropped connections, cluster down, loading,
-/// read-only replica after failover) are [`QueueError::Unavailable`]; anything else is a backend error.
+/// read-only replica after failover, and a server out of memory, which refuses writes until it is given
+/// room) are [`QueueError::Unavailable`]; anything else is a backend error.
 pub(crate) fn redis_error(e: RedisError) -> QueueError {
     let outage = e.is_io_error()
+        || e.code() == Some("OOM")
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()

@@ -336,7 +336,8 @@ impl RedisQueue {
     }
 
     /// [`Self::pipeline`], with the plain commands `pre` (of keys of the same shard) sent first in the same
-    /// pipeline, once. Their replies are not looked at: the scripts check what they need.
+    /// pipeline, once. Their replies are not looked at (the scripts check what they need), except that an
+    /// outage among them (a server out of memory refusing the writes) is what a failed call reports.
     async fn pipeline_after(
         &self,
         pre: Vec<redis::Cmd>,
@@ -352,6 +353,7 @@ impl RedisQueue {
                 let mut conn = self.backend.get().await?;
                 let mut results: Vec<Option<Result<Value, QueueError>>> = vec![None; n];
                 let mut todo: Vec<usize> = (0..n).collect();
+                let mut pre_outage: Option<QueueError> = None;
                 for round in 0..2 {
                     let mut pipe = redis::pipe();
                     pipe.ignore_errors();
@@ -382,13 +384,26 @@ impl RedisQueue {
                             .arg(duration_ms(self.opts.response_timeout));
                     }
                     let values: Vec<Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+                    if round == 0 {
+                        pre_outage = values.iter().take(skip).find_map(|v| match v {
+                            Value::ServerError(e) => {
+                                Some(redis_error(e.clone().into())).filter(QueueError::is_unavailable)
+                            }
+                            _ => None,
+                        });
+                    }
                     let mut retry = Vec::new();
                     for (pos, &i) in todo.iter().enumerate() {
                         let v = values.get(skip + pos).cloned().unwrap_or(Value::Nil);
                         if round == 0 && is_noscript(&v) {
                             retry.push(i);
                         } else {
-                            results[i] = Some(value_result(v));
+                            let r = value_result(v);
+                            results[i] = Some(match (&pre_outage, r) {
+                                // The call failed for want of what the refused writes would have stored.
+                                (Some(outage), Err(_)) => Err(outage.clone()),
+                                (_, r) => r,
+                            });
                         }
                     }
                     if waiting && let Some(w) = values.get(skip + todo.len()) {
