@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use mail_parser::{MessageParser, MimeHeaders};
 use tern_core::{Notify, Ret, ReversePath};
 use tern_ingest::CancellationToken;
-use tern_ingest::grpc::{GrpcError, GrpcServer, GrpcSettings, auth::key_line};
+use tern_ingest::grpc::{GrpcError, GrpcServer, GrpcSettings, ServerLimits, auth::key_line};
 use tern_proto::v1 as pb;
 use tern_proto::v1::submission_client::SubmissionClient;
 use tern_proto::v1::{
@@ -20,6 +21,9 @@ use tern_proto::v1::{
 };
 use tern_queue::{ClaimedJob, Queue, RedisQueue, RedisQueueOptions};
 use tern_testkit::RedisServer;
+use tokio_util::bytes::{Buf, BufMut};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -41,6 +45,11 @@ impl Harness {
     /// Starts Redis and the server on a free loopback port; with `keys`, an API keys file holding
     /// `good` (any domain) and `narrow` (sender domain allowed.test only).
     async fn start(keys: bool) -> Harness {
+        Harness::start_with(keys, ServerLimits::default()).await
+    }
+
+    /// [`Harness::start`], with the listener's `limits`.
+    async fn start_with(keys: bool, limits: ServerLimits) -> Harness {
         let redis = RedisServer::start().expect("start redis-server");
         let queue: Arc<dyn Queue> = Arc::new(
             RedisQueue::connect(RedisQueueOptions {
@@ -71,6 +80,7 @@ impl Harness {
             max_message_size: MAX_SIZE,
             max_recipients: 5,
             hostname: Some("ingest.tern.test".into()),
+            limits,
         };
         let server = GrpcServer::bind(&settings, queue.clone()).await.expect("bind");
         let addr = server.local_addr();
@@ -169,6 +179,84 @@ async fn send(h: &Harness, req: SendRequest) -> Result<SendResponse, Status> {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// A `Send` request whose raw message is `size` bytes long.
+fn raw_of_size(size: usize) -> SendRequest {
+    let head = "From: a@src.test\r\nTo: b@dest.test\r\n\r\n";
+    raw(&format!("{head}{}", "x".repeat(size - head.len())))
+}
+
+/// Passes already encoded protobuf bytes through as gRPC messages, for calls the generated client cannot
+/// make (a request body that never ends).
+#[derive(Clone, Copy, Debug, Default)]
+struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> BytesCodec {
+        BytesCodec
+    }
+
+    fn decoder(&mut self) -> BytesCodec {
+        BytesCodec
+    }
+}
+
+impl Encoder for BytesCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// The protobuf encoding of `SendRequest { raw }`: field 3, length-delimited. Written by hand because the
+/// tests have no protobuf encoder to call, and this is the one field needed.
+fn encoded_raw_send_request(raw: &[u8]) -> Vec<u8> {
+    let mut out = vec![(3 << 3) | 2];
+    let mut len = raw.len();
+    while len >= 0x80 {
+        out.push((len & 0x7f) as u8 | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(raw);
+    out
+}
+
+/// A `Send` whose request body never ends, like a client stalled mid-upload: one complete, valid message
+/// frame, then the stream stays open. The server's decoder reads a unary body to its end before the
+/// handler runs, so only a check that does not need the body can answer such a call.
+async fn stalled_send(channel: Channel, key: Option<&str>) -> Status {
+    let frame = encoded_raw_send_request(b"From: a@src.test\r\nTo: b@dest.test\r\n\r\nstalled\r\n");
+    let body = futures::stream::iter(vec![frame]).chain(futures::stream::pending());
+    let mut request = with_key(body, key);
+    request.set_timeout(Duration::from_secs(600)); // far beyond any limit under test
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.client_streaming(
+        request,
+        PathAndQuery::from_static("/tern.v1.Submission/Send"),
+        BytesCodec,
+    )
+    .await
+    .expect_err("a body that never ends cannot succeed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,6 +783,200 @@ async fn api_keys_are_required_and_limit_sender_domains() {
         other => panic!("{other:?}"),
     }
     assert_eq!(h.total_jobs().await, 4);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_request_over_the_size_limit_is_refused_as_unauthenticated() {
+    let h = Harness::start(true).await;
+    let mut client = h.client().await;
+    // 8 MiB: over the decode limit of both methods (Send: 64 KiB + 1 MiB, SendBatch: 4 × 64 KiB + 1 MiB).
+    let huge = raw_of_size(8 * 1024 * 1024);
+
+    let err = client.send(with_key(huge.clone(), None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "missing API key: send the metadata `authorization: Bearer <key>`"
+    );
+    let err = client
+        .send(with_key(huge.clone(), Some("wrong-key")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(err.message(), "invalid API key");
+    let mut basic = Request::new(huge.clone());
+    basic
+        .metadata_mut()
+        .insert("authorization", format!("Basic {GOOD_KEY}").parse().unwrap());
+    let err = client.send(basic).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().starts_with("malformed authorization"), "{err:?}");
+    let err = client
+        .send_batch(with_key(
+            SendBatchRequest {
+                messages: vec![huge.clone()],
+            },
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // The same body with a valid key does reach the decoder, which refuses it for its size: the refusals
+    // above came before the body was decoded.
+    let err = client.send(with_key(huge, Some(GOOD_KEY))).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{err:?}");
+    assert_eq!(h.total_jobs().await, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_request_is_refused_without_waiting_for_its_body() {
+    let h = Harness::start(true).await;
+    for key in [None, Some("wrong-key")] {
+        let started = Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(10), stalled_send(h.channel().await, key))
+            .await
+            .expect("refused while the body is still open, not after it ends");
+        assert_eq!(status.code(), Code::Unauthenticated, "{key:?}: {status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(h.total_jobs().await, 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_is_limited_to_one_message_while_send_batch_keeps_room_for_several() {
+    let h = Harness::start(false).await;
+    let mut client = h.client().await;
+    // Over Send's decode limit (64 KiB + 1 MiB), under SendBatch's (4 × 64 KiB + 1 MiB).
+    let big = raw_of_size(MAX_SIZE + 1024 * 1024 + 16 * 1024);
+    let err = client.send(big.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    let reply = client
+        .send_batch(SendBatchRequest {
+            messages: vec![big, composed(simple())],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match &reply.results[0].result {
+        Some(send_result::Result::Error(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument as i32);
+            assert!(e.message.starts_with("raw: message too large"), "{e:?}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(matches!(
+        reply.results[1].result,
+        Some(send_result::Result::Ok(_))
+    ));
+    assert_eq!(h.total_jobs().await, 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upload_is_cut_off_at_its_deadline_while_other_calls_wait_for_its_slot() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    // One slot; a Send's deadline is 1 s plus its 64 KiB + 1 MiB at 1 MiB/s: about 2.06 s.
+    let limits = ServerLimits {
+        request_timeout: Duration::from_secs(1),
+        max_in_flight: 1,
+        ..ServerLimits::default()
+    };
+    let h = Harness::start_with(true, limits).await;
+    let started = Instant::now();
+    let stalled = tokio::spawn(stalled_send(h.channel().await, Some(GOOD_KEY)));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // While the stalled call holds the only slot: health answers, and a call without a key is refused at
+    // once (the key is checked before the budget).
+    let t = Instant::now();
+    let status = HealthClient::new(h.channel().await)
+        .check(HealthCheckRequest {
+            service: "tern.v1.Submission".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    let err = send(&h, composed(simple())).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+
+    // A valid call waits for the slot, and runs once the stalled call is cut off.
+    let waiting_since = Instant::now();
+    let reply = h
+        .client()
+        .await
+        .send(with_key(composed(simple()), Some(GOOD_KEY)))
+        .await
+        .unwrap()
+        .into_inner();
+    let waited = waiting_since.elapsed();
+    let status = stalled.await.unwrap();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("same idempotency_key"), "{status:?}");
+    let cut_off_after = started.elapsed();
+    assert!(
+        cut_off_after >= Duration::from_secs(2),
+        "cut off after {cut_off_after:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(900),
+        "the second call did not wait for the slot: {waited:?}"
+    );
+    let jobs = h.claim_all().await;
+    assert_eq!(jobs.len(), 1, "only the call that completed is queued");
+    assert_eq!(jobs[0].job.id.message.to_string(), reply.message_id);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_errors_other_than_an_invalid_message_give_unavailable() {
+    let h = Harness::start(false).await;
+    // Damaged idempotency records, on every shard (the default 16; keys are `{<prefix>:sNN}:idem:<key>`):
+    // a record that is not a message id (a corrupt record) and one of the wrong type (a backend error).
+    for shard in 0..16 {
+        let tag = format!("{{grpc-test:s{shard:02}}}");
+        h.redis
+            .cli(&["SET", &format!("{tag}:idem:corrupt"), "not-a-message-id"])
+            .unwrap();
+        h.redis
+            .cli(&["RPUSH", &format!("{tag}:idem:wrongtype"), "x"])
+            .unwrap();
+    }
+    for (key, want) in [
+        ("corrupt", "corrupt queue record"),
+        ("wrongtype", "queue backend error"),
+    ] {
+        let mut req = composed(simple());
+        req.idempotency_key = key.into();
+        let err = send(&h, req.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{key}: {err:?}");
+        assert!(
+            err.message().contains("retry later") && err.message().contains(want),
+            "{key}: {err:?}"
+        );
+        // A batch the queue failed entirely fails as a whole, so that retry policies repeat it.
+        let err = h
+            .client()
+            .await
+            .send_batch(SendBatchRequest { messages: vec![req] })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{key}: {err:?}");
+    }
+    assert_eq!(h.total_jobs().await, 0);
     h.stop().await;
 }
 

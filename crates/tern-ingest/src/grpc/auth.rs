@@ -14,14 +14,20 @@
 //!
 //! A presented key is hashed and its digest compared with every listed digest in constant time, so neither
 //! the comparison nor the position of a match in the file shows in the response time.
+//!
+//! The server checks the key in [`AuthInterceptor`], which sees only the call's metadata: a call without a
+//! valid key is refused before tonic reads, let alone decodes, a byte of its body. The [`Principal`] it
+//! authenticated travels to the handler in the request's extensions.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tern_core::ReversePath;
-use tonic::Status;
 use tonic::metadata::MetadataMap;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
 
 use super::GrpcError;
 
@@ -107,6 +113,29 @@ impl Authenticator {
             })?;
         keys.find(key)
             .ok_or_else(|| Status::unauthenticated("invalid API key"))
+    }
+}
+
+/// The server's key check: authenticates each call from its metadata and, when it passes, puts the
+/// [`Principal`] into the request's extensions for the handler; otherwise answers with the `UNAUTHENTICATED`
+/// status of [`Authenticator::authenticate`]. Run by tonic before the request body is read.
+#[derive(Clone, Debug)]
+pub struct AuthInterceptor {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthInterceptor {
+    /// An interceptor checking calls with `auth`.
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthInterceptor { auth }
+    }
+}
+
+impl Interceptor for AuthInterceptor {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let principal = self.auth.authenticate(request.metadata())?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
     }
 }
 
@@ -312,6 +341,27 @@ mod tests {
         ));
         let open = Authenticator::Open.authenticate(&MetadataMap::new()).unwrap();
         assert_eq!(open.name, None);
+    }
+
+    #[test]
+    fn interceptor_passes_the_principal_on_and_refuses_without_a_key() {
+        let auth = Arc::new(Authenticator::Keys(
+            ApiKeys::parse(&key_line("a", "right")).unwrap(),
+        ));
+        let mut interceptor = AuthInterceptor::new(auth);
+        let mut request = Request::new(());
+        *request.metadata_mut() = bearer("right");
+        let passed = interceptor.call(request).unwrap();
+        assert_eq!(
+            passed
+                .extensions()
+                .get::<Principal>()
+                .and_then(|p| p.name.as_deref()),
+            Some("a")
+        );
+        let refused = interceptor.call(Request::new(())).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(refused.message().starts_with("missing API key"), "{refused:?}");
     }
 
     #[test]

@@ -16,12 +16,14 @@
 //! | module | what |
 //! |---|---|
 //! | [`service`] | the Submission implementation: status codes, idempotency, batches |
-//! | [`auth`] | the API keys file, the Bearer check, sender domains per key |
+//! | [`auth`] | the API keys file, the Bearer check (an interceptor, before the body is read), sender domains per key |
+//! | [`limit`] | request sizes, deadlines, the in-flight budget, HTTP/2 streams and keepalive |
 //! | [`compose`] | composed parts to MIME (mail-builder); raw messages checked (mail-parser); Bcc removal |
 //! | [`validate`] | field checks whose errors name the field path |
 
 pub mod auth;
 pub mod compose;
+pub mod limit;
 pub mod service;
 pub mod validate;
 
@@ -33,18 +35,27 @@ use tern_proto::v1::FILE_DESCRIPTOR_SET;
 use tern_proto::v1::submission_server::SubmissionServer;
 use tern_queue::Queue;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use auth::{ApiKeys, Authenticator, Principal};
+use limit::{LimitedSubmission, Route};
+
+pub use auth::{ApiKeys, AuthInterceptor, Authenticator, Principal};
+pub use limit::ServerLimits;
 pub use service::{Limits, SubmissionService};
 
 /// The default gRPC listener (`ingest.grpc_listen`).
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7071);
 
-/// Room for protobuf framing and the other fields around a message of the maximum size.
+/// Room for protobuf framing and the other fields around a message of the maximum size (envelope,
+/// recipients, headers, tags).
 const REQUEST_OVERHEAD: usize = 1024 * 1024;
+
+/// The messages' worth of bytes a `SendBatch` request may carry: the decode limit of the batch is this many
+/// times `max_message_size`, plus [`REQUEST_OVERHEAD`].
+const BATCH_MESSAGES: usize = 4;
 
 /// The settings of the gRPC listener, taken from the `[ingest]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,14 +65,18 @@ pub struct GrpcSettings {
     /// The API keys file (`ingest.api_keys_file`). Without one, calls need no key, which is allowed only
     /// on a loopback listener.
     pub api_keys_file: Option<PathBuf>,
-    /// The largest message as queued, in bytes (`ingest.max_message_size`). A gRPC request may be up to
-    /// about four times this (a `SendBatch` carries several messages); a larger one is refused by the
-    /// transport with `RESOURCE_EXHAUSTED`.
+    /// The largest message as queued, in bytes (`ingest.max_message_size`). A `Send` request may be up to
+    /// this plus 1 MiB (for the other fields), a `SendBatch` request up to four times this plus 1 MiB (it
+    /// carries several messages); a larger one is refused by the transport with `OUT_OF_RANGE`, as soon as
+    /// its length is read and before its body is.
     pub max_message_size: usize,
     /// Recipients per message (`ingest.max_recipients`); the rest come back as rejected.
     pub max_recipients: usize,
     /// The host name in generated Message-IDs (`ingest.hostname`); `None`: the system's host name.
     pub hostname: Option<String>,
+    /// Deadlines, the in-flight budget, streams per connection and keepalive (no configuration keys: the
+    /// defaults).
+    pub limits: ServerLimits,
 }
 
 impl GrpcSettings {
@@ -74,6 +89,7 @@ impl GrpcSettings {
             max_message_size: usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX),
             max_recipients: cfg.max_recipients as usize,
             hostname: cfg.hostname.clone(),
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -86,6 +102,7 @@ impl Default for GrpcSettings {
             max_message_size: 50 * 1024 * 1024,
             max_recipients: 100,
             hostname: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -152,10 +169,12 @@ impl GrpcServer {
         Ok(BoundGrpcServer {
             listener,
             local_addr,
-            max_request: settings
+            max_send: settings.max_message_size.saturating_add(REQUEST_OVERHEAD),
+            max_batch: settings
                 .max_message_size
-                .saturating_mul(4)
+                .saturating_mul(BATCH_MESSAGES)
                 .saturating_add(REQUEST_OVERHEAD),
+            limits: settings.limits.clone(),
             service: SubmissionService::new(queue, auth, limits),
         })
     }
@@ -166,7 +185,11 @@ impl GrpcServer {
 pub struct BoundGrpcServer {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
-    max_request: usize,
+    /// The decode limit of a `Send` request.
+    max_send: usize,
+    /// The decode limit of a `SendBatch` request.
+    max_batch: usize,
+    limits: ServerLimits,
     service: SubmissionService,
 }
 
@@ -191,10 +214,29 @@ impl BoundGrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| GrpcError::Serve(format!("reflection: {e}")))?;
-        let submission = SubmissionServer::new(self.service)
-            .max_decoding_message_size(self.max_request)
-            .max_encoding_message_size(self.max_request);
-        tracing::info!(addr = %self.local_addr, "gRPC Send API listening");
+        let limits = &self.limits;
+        let route = |max_request: usize, weight: u32| Route {
+            server: SubmissionServer::new(self.service.clone())
+                .max_decoding_message_size(max_request)
+                .max_encoding_message_size(max_request),
+            weight,
+            deadline: limit::call_deadline(limits.request_timeout, max_request),
+        };
+        let send = route(self.max_send, 1);
+        let batch = route(self.max_batch, limit::BATCH_WEIGHT);
+        // The interceptor is outermost: a call without a valid key is answered from its metadata alone,
+        // before it takes a slot of the budget and before tonic reads its body.
+        let submission = InterceptedService::new(
+            LimitedSubmission::new(send, batch, limits.max_in_flight),
+            self.service.interceptor(),
+        );
+        tracing::info!(
+            addr = %self.local_addr,
+            max_send = self.max_send,
+            max_batch = self.max_batch,
+            max_in_flight = limits.max_in_flight,
+            "gRPC Send API listening"
+        );
         let signal = async move {
             shutdown.cancelled().await;
             health
@@ -202,6 +244,9 @@ impl BoundGrpcServer {
                 .await;
         };
         Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

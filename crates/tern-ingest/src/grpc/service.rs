@@ -1,5 +1,6 @@
-//! The `tern.v1.Submission` service: authenticate, check and build each message, enqueue, and answer only
-//! once the queue has acknowledged.
+//! The `tern.v1.Submission` service: check and build each message, enqueue, and answer only once the queue
+//! has acknowledged. The caller was authenticated before the body was read (see
+//! [`AuthInterceptor`]); the transport limits are in [`super::limit`].
 //!
 //! | outcome | status |
 //! |---|---|
@@ -7,7 +8,8 @@
 //! | no key, or an unknown one | `UNAUTHENTICATED` |
 //! | the envelope sender's domain is not among the key's domains | `PERMISSION_DENIED` |
 //! | a bad field, no recipients, an empty or oversized message | `INVALID_ARGUMENT`, naming the field |
-//! | the queue cannot be reached | `UNAVAILABLE`: nothing was acknowledged, the call is safe to repeat |
+//! | the queue refused the message as invalid | `INVALID_ARGUMENT` |
+//! | any other queue failure (unreachable, backend error, corrupt record, configuration) | `UNAVAILABLE`: nothing was acknowledged, the call is safe to repeat |
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use tern_proto::v1::{
 use tern_queue::{EnqueueReceipt, NewMessage, Queue, QueueError};
 use tonic::{Request, Response, Status};
 
-use super::auth::{Authenticator, Principal};
+use super::auth::{AuthInterceptor, Authenticator, Principal};
 use super::compose::{self, Built};
 use super::validate::{self, FieldError, MAX_BATCH};
 
@@ -79,6 +81,21 @@ impl SubmissionService {
             queue,
             auth: Arc::new(auth),
             limits: Arc::new(limits),
+        }
+    }
+
+    /// The interceptor to mount the service with (`InterceptedService::new(server, service.interceptor())`):
+    /// it checks the API key from the metadata before the request body is read.
+    pub fn interceptor(&self) -> AuthInterceptor {
+        AuthInterceptor::new(Arc::clone(&self.auth))
+    }
+
+    /// The caller, as authenticated by [`AuthInterceptor`]. Should the service be mounted without it, the
+    /// key is checked here instead: after the body was read, but a call is never let through unchecked.
+    fn principal<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        match request.extensions().get::<Principal>() {
+            Some(principal) => Ok(principal.clone()),
+            None => self.auth.authenticate(request.metadata()),
         }
     }
 
@@ -235,15 +252,29 @@ fn envelope_from_headers(
     ))
 }
 
-/// The status for a failed enqueue.
+/// The status for a failed enqueue: `INVALID_ARGUMENT` when the queue refused the message itself, else
+/// `UNAVAILABLE`. A backend, corrupt-record or configuration error is not the caller's fault and may clear
+/// (a fixed Redis, a restart), and only `UNAVAILABLE` is retried by standard gRPC retry policies: answered
+/// `INTERNAL`, the client might drop the mail. SMTP answers `451 4.3.0` to all of them alike.
 fn queue_status(e: &QueueError) -> Status {
     match e {
+        QueueError::InvalidMessage(m) => Status::invalid_argument(m.clone()),
         QueueError::Unavailable(m) => Status::unavailable(format!(
             "the queue is unavailable, nothing was queued; retry later ({m})"
         )),
-        QueueError::InvalidMessage(m) => Status::invalid_argument(m.clone()),
-        other => Status::internal(format!("queue error: {other}")),
+        other => {
+            // Not an outage: worth an operator's attention, though the caller only needs to retry.
+            tracing::warn!(error = %other, "queue failed a gRPC submission; answered UNAVAILABLE");
+            Status::unavailable(format!(
+                "the queue could not store the message, nothing was acknowledged; retry later ({other})"
+            ))
+        }
     }
+}
+
+/// Whether a failed enqueue is answered `UNAVAILABLE` (see [`queue_status`]).
+fn is_retryable(e: &QueueError) -> bool {
+    !matches!(e, QueueError::InvalidMessage(_))
 }
 
 /// The W3C `traceparent` metadata, if any, carried with the jobs.
@@ -258,7 +289,7 @@ fn trace_of<T>(req: &Request<T>) -> Option<String> {
 #[tonic::async_trait]
 impl Submission for SubmissionService {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        let principal = self.auth.authenticate(request.metadata())?;
+        let principal = self.principal(&request)?;
         let trace = trace_of(&request);
         let prepared = self.prepare(request.get_ref(), &principal, trace.as_deref())?;
         let receipt = self
@@ -280,7 +311,7 @@ impl Submission for SubmissionService {
         &self,
         request: Request<SendBatchRequest>,
     ) -> Result<Response<SendBatchResponse>, Status> {
-        let principal = self.auth.authenticate(request.metadata())?;
+        let principal = self.principal(&request)?;
         let trace = trace_of(&request);
         let messages = &request.get_ref().messages;
         if messages.len() > MAX_BATCH {
@@ -308,11 +339,9 @@ impl Submission for SubmissionService {
                 .enqueue_batch(ready.iter().map(|(_, p)| p.message.clone()).collect())
                 .await
         };
-        if !ready.is_empty()
-            && outcomes
-                .iter()
-                .all(|o| matches!(o, Err(QueueError::Unavailable(_))))
-        {
+        // When the queue failed every message it was given, the whole call fails, so that a client's retry
+        // policy repeats it; a per-message error inside an OK answer is not retried by any policy.
+        if !ready.is_empty() && outcomes.iter().all(|o| matches!(o, Err(e) if is_retryable(e))) {
             let first = outcomes.into_iter().find_map(Result::err);
             return Err(first.map_or_else(
                 || Status::unavailable("the queue is unavailable"),
