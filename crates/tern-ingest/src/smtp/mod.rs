@@ -1,5 +1,5 @@
 //! The SMTP submission server: listeners, connection limits and graceful shutdown. One
-//! [`session`](self::session) per connection does the protocol.
+//! `session` per connection does the protocol.
 //!
 //! Shutdown ([`BoundSmtpServer::run`]'s token is cancelled): the listeners close at once; sessions waiting for a
 //! command get `421 4.3.2` and are closed; sessions in the middle of DATA or BDAT may finish their message
