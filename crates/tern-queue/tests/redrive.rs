@@ -3,18 +3,13 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tern_core::time::now_ms;
 
 use tern_queue::conformance::message;
 use tern_queue::{Completion, Outcome};
 use tern_testkit::redis::RedisServer;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redrive_of_a_handled_message_leaves_no_job_and_no_record() {

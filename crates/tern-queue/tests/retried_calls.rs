@@ -7,7 +7,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tern_core::time::now_ms;
 
 use tern_queue::conformance::message;
 use tern_testkit::redis::RedisServer;
@@ -15,13 +17,6 @@ use tern_testkit::redis::RedisServer;
 const COMMON: &str = include_str!("../src/redis/scripts/common.lua");
 const CLAIM: &str = include_str!("../src/redis/scripts/claim.lua");
 const INTAKE: &str = include_str!("../src/redis/scripts/intake.lua");
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// The shard tag (`{<prefix>:sNN}`) whose keys match `pattern` (after the tag).
 fn tag_of(server: &RedisServer, prefix: &str, pattern: &str) -> String {
