@@ -2,7 +2,7 @@
 //!
 //! Nothing here does I/O. The types are what travels between ingest, the queue, delivery workers and the control
 //! plane: message and job ids, the SMTP envelope with its DSN parameters, how a reply is classified, the retry
-//! schedule, and the human durations used throughout the configuration.
+//! schedule, the human durations used throughout the configuration, and the shutdown signal.
 #![forbid(unsafe_code)]
 
 pub mod duration;
@@ -11,6 +11,7 @@ pub mod id;
 pub mod message;
 pub mod outcome;
 pub mod retry;
+pub mod shutdown;
 pub mod time;
 
 pub use duration::{DurationError, HumanDuration};
@@ -18,6 +19,7 @@ pub use envelope::{Envelope, EnvelopeError, Recipient};
 pub use id::{IdError, JobId, MessageId};
 pub use outcome::ReplyClass;
 pub use retry::{RetryDecision, RetrySchedule, RetryScheduleError};
+pub use shutdown::Shutdown;
 
 /// The SMTP protocol types the envelope is built from, re-exported so that users of tern-core need not depend
 /// on tern-smtp for them.

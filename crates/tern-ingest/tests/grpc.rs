@@ -1089,9 +1089,11 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
 /// The proto works outside Rust: `examples/python/send.py` (grpcio) against the real server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_can_send() {
-    let Some(python) = python_with_grpcio() else {
-        return;
-    };
+    let python = tern_testkit::python_with_packages(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &["grpcio", "grpcio-tools"],
+    )
+    .unwrap_or_else(|e| panic!("the Python grpcio peer is missing: {e:#}"));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = tempfile::tempdir().unwrap();
     let gen_status = Command::new(&python)
@@ -1150,51 +1152,4 @@ async fn python_grpcio_client_can_send() {
         "{body}"
     );
     h.stop().await;
-}
-
-/// A Python with grpcio and grpcio-tools, in a virtual environment kept under the target directory (made
-/// on first use). `None`, with the reason printed, only when the packages cannot be installed.
-fn python_with_grpcio() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpcio-venv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".installed");
-    if ready.exists() {
-        return Some(python);
-    }
-    let made = Command::new("python3").args(["-m", "venv"]).arg(&venv).output();
-    match made {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED python_grpcio_client_can_send: python3 -m venv failed: {}",
-                text(&o.stderr)
-            );
-            return None;
-        }
-        Err(e) => {
-            eprintln!("SKIPPED python_grpcio_client_can_send: cannot run python3: {e}");
-            return None;
-        }
-    }
-    let pip = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "grpcio",
-            "grpcio-tools",
-        ])
-        .output()
-        .unwrap();
-    if !pip.status.success() {
-        eprintln!(
-            "SKIPPED python_grpcio_client_can_send: pip could not install grpcio grpcio-tools:\n{}",
-            text(&pip.stderr)
-        );
-        return None;
-    }
-    std::fs::write(&ready, "").unwrap();
-    Some(python)
 }

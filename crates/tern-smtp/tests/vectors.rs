@@ -1,16 +1,10 @@
-//! Tests driven by the shared JSON vectors in `shared/vectors/`.
+//! Tests driven by the JSON vectors in the repository's `tests/vectors/`.
 
 use serde::Deserialize;
 use tern_smtp::{DataDecoder, DataStatus, ReversePath, Violations, parse_reverse_path};
 
-const MAILBOX_JSON: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/mailbox.json"
-);
-const SMUGGLING_JSON: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/vectors/smuggling.json"
-);
+const MAILBOX_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/mailbox.json");
+const SMUGGLING_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/smuggling.json");
 
 #[derive(Debug, Deserialize)]
 struct MailboxVector {

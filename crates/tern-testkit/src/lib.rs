@@ -12,6 +12,7 @@
 //! | DNS | [`Dnsmasq`] | `dnsmasq` (dnsmasq-base) |
 //! | TLS | [`TestCa`] | none: made in process with `rcgen` |
 //! | connection counter | [`CountingProxy`] | none: a TCP relay on std threads |
+//! | Python peers | [`python_with_packages`] | `python3`, `python3-venv`, packages from PyPI |
 //!
 //! The harness is synchronous (std threads and processes), so it works from plain `#[test]`s and from
 //! `#[tokio::test]`s alike; calls that wait block the calling thread for at most their deadline.
@@ -23,6 +24,7 @@ pub mod dns;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod python;
 pub mod redis;
 pub mod smtp_sink;
 pub mod smtp_source;
@@ -37,6 +39,7 @@ pub use dns::{DnsReply, Dnsmasq, DnsmasqBuilder};
 pub use ports::{free_port, free_udp_tcp_port, wait_for_tcp};
 pub use process::{ChildGuard, run_with_timeout};
 pub use proxy::CountingProxy;
+pub use python::python_with_packages;
 pub use redis::{RedisCluster, RedisServer};
 pub use smtp_sink::{SinkCounters, SmtpSink, SmtpSinkBuilder};
 pub use smtp_source::{SmtpSource, run_smtp_source};

@@ -271,10 +271,10 @@ impl<S: Read + Write> Client<S> {
     }
 }
 
-/// The path of a file under the shared test vectors (`../shared/vectors/` from the repository root).
+/// The path of a file under the repository's test vectors (`tests/vectors/`).
 pub fn vector_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/vectors")
+        .join("../../tests/vectors")
         .join(name)
 }
 
