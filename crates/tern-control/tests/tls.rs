@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tern_config::ControlConfig;
-use tern_control::{CancellationToken, ControlServer};
+use tern_control::ControlServer;
+use tern_core::Shutdown;
 use tern_proto::v1 as pb;
 use tern_proto::v1::queue_admin_client::QueueAdminClient;
 use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
@@ -13,7 +14,7 @@ use tern_testkit::redis::RedisServer;
 use tern_testkit::tls::TestCa;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-async fn serve(config: ControlConfig, redis: &RedisServer) -> (SocketAddr, CancellationToken) {
+async fn serve(config: ControlConfig, redis: &RedisServer) -> (SocketAddr, Shutdown) {
     let queue: Arc<dyn Queue> = Arc::new(
         RedisQueue::connect(RedisQueueOptions {
             url: redis.url(),
@@ -24,7 +25,7 @@ async fn serve(config: ControlConfig, redis: &RedisServer) -> (SocketAddr, Cance
     );
     let server = ControlServer::bind(&config, queue).await.unwrap();
     let addr = server.local_addr();
-    let stop = CancellationToken::new();
+    let stop = Shutdown::new();
     tokio::spawn(server.run(stop.clone()));
     (addr, stop)
 }

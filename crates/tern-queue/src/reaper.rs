@@ -6,29 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tern_core::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::Queue;
 
-/// Runs `queue.reap(now)` every `every` until `shutdown` turns true (or its sender is dropped). Errors are
-/// logged and the task keeps going, backing off up to 30 s while the queue is unavailable.
-pub fn spawn_reaper(
-    queue: Arc<dyn Queue>,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+/// Runs `queue.reap(now)` every `every` until `shutdown` is cancelled. Errors are logged and the task keeps
+/// going, backing off up to 30 s while the queue is unavailable.
+pub fn spawn_reaper(queue: Arc<dyn Queue>, every: Duration, shutdown: Shutdown) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut wait = every;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                r = shutdown.changed() => {
-                    if r.is_err() || *shutdown.borrow() {
-                        return;
-                    }
-                    continue;
-                }
+                () = shutdown.cancelled() => return,
             }
             match queue.reap(tern_core::time::now_ms()).await {
                 Ok(n) => {

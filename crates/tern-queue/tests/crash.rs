@@ -36,8 +36,8 @@ async fn expired_lease_moves_the_job_to_another_owner() {
             .is_none()
     );
 
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let reaper = spawn_reaper(Arc::clone(&other), Duration::from_millis(200), stop_rx);
+    let stop = tern_core::Shutdown::new();
+    let reaper = spawn_reaper(Arc::clone(&other), Duration::from_millis(200), stop.clone());
     let t = Instant::now();
     let live = loop {
         if let Some(c) = other
@@ -86,7 +86,7 @@ async fn expired_lease_moves_the_job_to_another_owner() {
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].recipients.len(), 2);
     assert_eq!(q.stats().await.expect("stats").delivered, 2);
-    stop.send(true).expect("stop reaper");
+    stop.cancel();
     reaper.await.expect("reaper task");
     drop(server);
 }

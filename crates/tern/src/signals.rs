@@ -1,14 +1,14 @@
 //! Turning SIGTERM and SIGINT into a graceful shutdown.
 
-use tern_ingest::CancellationToken;
+use tern_core::Shutdown;
 
-/// A token cancelled on the first SIGTERM or SIGINT. A second signal exits at once, for an operator who does
+/// A shutdown signal cancelled on the first SIGTERM or SIGINT. A second signal exits at once, for an operator who does
 /// not want to wait for the grace period.
-pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+pub fn shutdown_on_signals() -> anyhow::Result<Shutdown> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let token = CancellationToken::new();
+    let token = Shutdown::new();
     let cancel = token.clone();
     tokio::spawn(async move {
         tokio::select! {

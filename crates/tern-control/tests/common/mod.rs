@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_config::ControlConfig;
-use tern_control::{CancellationToken, ControlServer};
+use tern_control::ControlServer;
+use tern_core::Shutdown;
 use tern_core::{Envelope, Mailbox, Recipient, ReversePath};
 use tern_proto::v1::events_client::EventsClient;
 use tern_proto::v1::queue_admin_client::QueueAdminClient;
@@ -20,7 +21,7 @@ pub struct Control {
     pub redis: RedisServer,
     pub queue: Arc<dyn Queue>,
     pub url: String,
-    pub stop: CancellationToken,
+    pub stop: Shutdown,
 }
 
 impl Drop for Control {
@@ -62,7 +63,7 @@ pub async fn start(keys: Option<PathBuf>) -> Control {
     };
     let server = ControlServer::bind(&config, queue.clone()).await.unwrap();
     let url = format!("http://{}", server.local_addr());
-    let stop = CancellationToken::new();
+    let stop = Shutdown::new();
     tokio::spawn(server.run(stop.clone()));
     Control {
         redis,

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use base64::Engine;
 use rand::TryRng;
-use tern_ingest::grpc::auth::key_line;
+use tern_server::auth::key_line;
 
 /// Prints a new key for `name` and its keys-file line.
 pub fn run(name: &str, domains: &[String]) -> anyhow::Result<ExitCode> {

@@ -4,18 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_config::Config;
-use tern_ingest::CancellationToken;
+use tern_core::Shutdown;
 use tern_queue::Queue;
 
 /// How long open admin connections (a live `ternctl queue top`, an events stream) may delay shutdown.
 const GRACE: Duration = Duration::from_secs(5);
 
 /// Binds the listener, then serves until `shutdown`.
-pub async fn serve(
-    config: &Config,
-    queue: Arc<dyn Queue>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
     let bound = tern_control::ControlServer::bind(&config.control, queue).await?;
     tracing::info!(grpc = %bound.local_addr(), "control plane listening");
     let task = tokio::spawn(bound.run(shutdown.clone()));

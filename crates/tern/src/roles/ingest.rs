@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_config::Config;
-use tern_ingest::CancellationToken;
+use tern_core::Shutdown;
 use tern_queue::Queue;
 
 /// How long open gRPC connections may delay shutdown once SMTP has stopped. A call in progress has been
@@ -12,11 +12,7 @@ use tern_queue::Queue;
 const GRPC_GRACE: Duration = Duration::from_secs(5);
 
 /// Binds every listener, then serves until `shutdown`.
-pub async fn serve(
-    config: &Config,
-    queue: Arc<dyn Queue>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
     let grpc_settings = tern_ingest::grpc::GrpcSettings::from_config(&config.ingest);
     let grpc = tern_ingest::grpc::GrpcServer::bind(&grpc_settings, queue.clone()).await?;
     let smtp = tern_ingest::SmtpServer::new(&config.ingest, queue)?

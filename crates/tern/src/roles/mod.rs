@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tern_ingest::CancellationToken;
+use tern_core::Shutdown;
 
 /// A role a process can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +52,9 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let shutdown = crate::signals::shutdown_on_signals()?;
         let queue = crate::queue::open(&config).await?;
-        let (reaper_stop, reaper_rx) = tokio::sync::watch::channel(false);
-        let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_rx);
+        // Its own signal: the reaper keeps returning expired leases until every role has stopped.
+        let reaper_stop = Shutdown::new();
+        let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_stop.clone());
 
         let mut tasks = tokio::task::JoinSet::new();
         for &role in roles {
@@ -68,7 +69,7 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
             });
         }
         let outcome = wait_all(&mut tasks, &shutdown).await;
-        let _ = reaper_stop.send(true);
+        reaper_stop.cancel();
         let _ = reaper.await;
         outcome?;
         tracing::info!("stopped");
@@ -79,7 +80,7 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
 /// Waits for every role; the first error cancels the rest and is returned once they have stopped.
 async fn wait_all(
     tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {

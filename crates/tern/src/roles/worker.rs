@@ -3,16 +3,12 @@
 use std::sync::Arc;
 
 use tern_config::Config;
-use tern_ingest::CancellationToken;
+use tern_core::Shutdown;
 use tern_queue::Queue;
 
 /// Runs a delivery worker until `shutdown`; it then finishes transactions under way (up to
 /// `delivery.shutdown_grace`) and releases the rest of its claims.
-pub async fn serve(
-    config: &Config,
-    queue: Arc<dyn Queue>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
     let owner = owner_id();
     let worker = tern_delivery::Worker::new(&config.delivery, queue, owner.clone())?
         .with_lease(config.queue.lease.get());
@@ -24,6 +20,6 @@ pub async fn serve(
 /// A lease owner id unique to this process: the host name for people, the pid, and a random part because in
 /// a container every process may be pid 1 on a host name that a restarted pod reuses.
 fn owner_id() -> String {
-    let host = tern_ingest::smtp::system_hostname();
+    let host = tern_server::system_hostname();
     format!("{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
 }
