@@ -9,7 +9,6 @@ pub mod duration;
 pub mod envelope;
 pub mod id;
 pub mod message;
-pub mod outcome;
 pub mod retry;
 pub mod shutdown;
 pub mod time;
@@ -17,10 +16,13 @@ pub mod time;
 pub use duration::{DurationError, HumanDuration};
 pub use envelope::{Envelope, EnvelopeError, Recipient};
 pub use id::{IdError, JobId, MessageId};
-pub use outcome::ReplyClass;
 pub use retry::{RetryDecision, RetrySchedule, RetryScheduleError};
 pub use shutdown::Shutdown;
 
 /// The SMTP protocol types the envelope is built from, re-exported so that users of tern-core need not depend
 /// on tern-smtp for them.
 pub use tern_smtp::{Body, Mailbox, Notify, OriginalRecipient, Ret, ReversePath};
+
+/// How a reply is classified: tern-smtp's RFC 5321 [`ReplyClass`], the only one
+/// (delivery derives its success / transient / permanent decision from it).
+pub use tern_smtp::ReplyClass;

@@ -1,7 +1,7 @@
 //! Delivery status notifications (RFC 3464, with the DSN SMTP extension's parameters from RFC 3461).
 //!
 //! A DSN is an ordinary message, sent from `<>` to the original envelope sender through the queue like any
-//! other. It is a `multipart/report; report-type=delivery-status` with three parts:
+//! other. It is a `multipart/report; report-type=delivery-status` (RFC 6522) with three parts:
 //!
 //! 1. a readable explanation;
 //! 2. `message/delivery-status`: one block of per-message fields (Reporting-MTA, Original-Envelope-Id,
@@ -11,12 +11,19 @@
 //!    is larger than the return limit.
 //!
 //! For a message sent with SMTPUTF8 the report uses the RFC 6533 types (`message/global-delivery-status`,
-//! `message/global`, `message/global-headers`), so UTF-8 addresses are reported as they are.
+//! `message/global`, `message/global-headers`) and `report-type=global-delivery-status` (the report type
+//! names the type of the second part, RFC 6522), so UTF-8 addresses are reported as they are.
+//!
+//! Remote-MTA and `Diagnostic-Code: smtp;` appear only for what a remote server said. A failure tern decided
+//! itself (content the server's EHLO says it cannot take, a DNS answer, a connection that failed, an
+//! operator's bounce) has no Remote-MTA and is explained as `Diagnostic-Code: X-tern; <text>` (RFC 3464
+//! 2.3.6 allows `X-` diagnostic types), its Status carrying the code ([`Diagnostic`]).
 //!
 //! [`build_dsn`] applies the rules of who gets one: never for a message whose sender is `<>` (a DSN must not
 //! cause another, RFC 3461 6.2), and per recipient only for the events its NOTIFY asked for (failures and
 //! delays by default, successes only on NOTIFY=SUCCESS). One DSN covers every recipient of the message that
-//! reached the same kind of ending together.
+//! reached the same kind of ending together. A success is tern's to report only when the receiving server
+//! did not offer DSN, and then as `relayed` (RFC 3461 5.2.2; see `outcome`).
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -33,9 +40,11 @@ pub enum DsnAction {
     Failed,
     /// Delivery has been delayed and will be tried again.
     Delayed,
-    /// Delivered to the recipient's mail exchanger, which accepted responsibility.
+    /// Delivered to the recipient's mailbox. tern never reports this: it hands mail on, it does not deliver
+    /// it into mailboxes.
     Delivered,
-    /// Passed on to a system that does not send DSNs.
+    /// Passed on to a server that does not offer DSN, so no further report will come (RFC 3461 5.2.2): the
+    /// success tern reports.
     Relayed,
 }
 
@@ -60,6 +69,33 @@ impl DsnAction {
     }
 }
 
+/// Why a recipient ended as it did, as the `Diagnostic-Code` field says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Diagnostic {
+    /// A remote server's reply (`550 5.1.1 User unknown`): `Diagnostic-Code: smtp; ...`.
+    Smtp(String),
+    /// tern's own explanation of a failure no server replied with (content checked against the server's
+    /// EHLO, DNS, a failed connection, an operator's bounce): `Diagnostic-Code: X-tern; ...`.
+    Local(String),
+}
+
+impl Diagnostic {
+    /// The diagnostic type of the field (RFC 3464 2.3.6).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Diagnostic::Smtp(_) => "smtp",
+            Diagnostic::Local(_) => "X-tern",
+        }
+    }
+
+    /// The text after the type.
+    pub fn text(&self) -> &str {
+        match self {
+            Diagnostic::Smtp(t) | Diagnostic::Local(t) => t,
+        }
+    }
+}
+
 /// One recipient's part of a DSN.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DsnRecipient {
@@ -69,10 +105,10 @@ pub struct DsnRecipient {
     pub action: DsnAction,
     /// The enhanced status code (RFC 3463), e.g. 5.1.1.
     pub status: EnhancedCode,
-    /// The mail exchanger that answered, when one did.
+    /// The mail exchanger whose reply the diagnostic is; `None` when tern decided (see [`Diagnostic`]).
     pub remote_mta: Option<String>,
-    /// The remote reply (`550 5.1.1 User unknown`), or tern's own explanation when no server answered.
-    pub diagnostic: Option<String>,
+    /// The remote reply, or tern's own explanation when no server replied.
+    pub diagnostic: Option<Diagnostic>,
     /// When delivery was last tried.
     pub last_attempt: Option<SystemTime>,
     /// For delays: when tern will give up.
@@ -137,9 +173,15 @@ pub fn build_dsn(ctx: &DsnContext<'_>, recipients: &[DsnRecipient]) -> Option<Ds
     // RFC 3834: an automatic reply; vacation responders and the like must not answer it.
     out.push_str("Auto-Submitted: auto-replied\r\n");
     out.push_str("MIME-Version: 1.0\r\n");
+    // RFC 6522: the report type is the type of the second part.
+    let report_type = if utf8 {
+        "global-delivery-status"
+    } else {
+        "delivery-status"
+    };
     let _ = write!(
         out,
-        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n"
+        "Content-Type: multipart/report; report-type={report_type};\r\n\tboundary=\"{boundary}\"\r\n"
     );
     out.push_str("\r\nThis is a MIME-encapsulated delivery status notification.\r\n");
 
@@ -220,8 +262,12 @@ fn explain(out: &mut String, host: &str, action: DsnAction, reported: &[&DsnReci
             "Your message could not be delivered yet. The mail system will keep trying; you do not need to\r\n\
              send it again. The reasons so far:\r\n"
         }
-        DsnAction::Delivered | DsnAction::Relayed => {
+        DsnAction::Delivered => {
             "Your message was delivered to the recipients below, as you asked to be told.\r\n"
+        }
+        DsnAction::Relayed => {
+            "Your message was handed on to the mail servers of the recipients below, as you asked to be told.\r\n\
+             Those servers do not send delivery reports, so no further report will come.\r\n"
         }
     });
     for r in reported {
@@ -231,8 +277,11 @@ fn explain(out: &mut String, host: &str, action: DsnAction, reported: &[&DsnReci
         }
         out.push_str(":\r\n");
         match &r.diagnostic {
-            Some(d) => {
+            Some(Diagnostic::Smtp(d)) => {
                 let _ = write!(out, "    {}\r\n", diagnostic_text(d));
+            }
+            Some(Diagnostic::Local(d)) => {
+                let _ = write!(out, "    {} (status {})\r\n", diagnostic_text(d), r.status);
             }
             None => {
                 let _ = write!(out, "    status {}\r\n", r.status);
@@ -270,7 +319,12 @@ fn per_recipient(out: &mut String, r: &DsnRecipient, utf8: bool) {
         let _ = write!(out, "Remote-MTA: dns; {}\r\n", one_line(mta));
     }
     if let Some(d) = &r.diagnostic {
-        let _ = write!(out, "Diagnostic-Code: smtp; {}\r\n", diagnostic_text(d));
+        let _ = write!(
+            out,
+            "Diagnostic-Code: {}; {}\r\n",
+            d.kind(),
+            diagnostic_text(d.text())
+        );
     }
     if let Some(t) = r.last_attempt {
         let _ = write!(out, "Last-Attempt-Date: {}\r\n", rfc5322_date(t));
@@ -357,7 +411,7 @@ mod tests {
             action: DsnAction::Failed,
             status: "5.1.1".parse().unwrap(),
             remote_mta: Some("mx1.b.test".into()),
-            diagnostic: Some("550 5.1.1 User unknown".into()),
+            diagnostic: Some(Diagnostic::Smtp("550 5.1.1 User unknown".into())),
             last_attempt: Some(UNIX_EPOCH + Duration::from_secs(1_795_872_409)),
             will_retry_until: None,
         }
@@ -546,7 +600,7 @@ mod tests {
         assert!(t.contains("Original-Recipient: rfc822; X@B.test\r\n"), "{t}");
 
         env.envid = Some("a\r\nBcc: victim@c.test".into());
-        r.diagnostic = Some("550 bad\r\nX-Injected: 1".into());
+        r.diagnostic = Some(Diagnostic::Smtp("550 bad\r\nX-Injected: 1".into()));
         let t = text(&build_dsn(&ctx(&env), &[r]).unwrap());
         assert!(!t.contains("\r\nBcc: victim"), "{t}");
         assert!(!t.contains("\r\nX-Injected"), "{t}");
@@ -587,13 +641,59 @@ mod tests {
         assert!(t.contains("Content-Type: message/global-delivery-status"), "{t}");
         assert!(t.contains("Final-Recipient: utf-8; 收件人@例子.测试"), "{t}");
         assert!(t.contains("Content-Type: message/global\r\n"), "{t}");
+        assert!(
+            t.contains("Content-Type: multipart/report; report-type=global-delivery-status;"),
+            "the report type names the global status part (RFC 6522, RFC 6533): {t}"
+        );
+        assert!(!t.contains("report-type=delivery-status"), "{t}");
+    }
+
+    #[test]
+    fn a_failure_tern_decided_is_not_presented_as_the_servers_reply() {
+        let env = envelope();
+        let mut r = failed("x@b.test");
+        r.status = "5.3.4".parse().unwrap();
+        r.remote_mta = None;
+        r.diagnostic = Some(Diagnostic::Local(
+            "message size 2000 exceeds the server's limit of 1000".into(),
+        ));
+        let t = text(&build_dsn(&ctx(&env), &[r]).unwrap());
+        assert!(t.contains("Action: failed\r\nStatus: 5.3.4\r\n"), "{t}");
+        assert!(
+            t.contains("Diagnostic-Code: X-tern; message size 2000 exceeds the server's limit of 1000\r\n"),
+            "{t}"
+        );
+        assert!(!t.contains("Diagnostic-Code: smtp;"), "{t}");
+        assert!(!t.contains("Remote-MTA:"), "{t}");
+        assert!(
+            t.contains("exceeds the server's limit of 1000 (status 5.3.4)"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_relayed_success_says_no_further_report_will_come() {
+        let env = envelope();
+        let mut r = failed("x@b.test");
+        r.action = DsnAction::Relayed;
+        r.status = "2.0.0".parse().unwrap();
+        r.diagnostic = Some(Diagnostic::Smtp("250 2.0.0 queued".into()));
+        r.recipient.notify = Some(Notify {
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        let t = text(&build_dsn(&ctx(&env), &[r]).unwrap());
+        assert!(t.contains("Subject: Successful Mail Delivery Report"), "{t}");
+        assert!(t.contains("Action: relayed\r\nStatus: 2.0.0\r\n"), "{t}");
+        assert!(t.contains("no further report will come"), "{t}");
     }
 
     #[test]
     fn long_diagnostics_are_cut_so_lines_stay_short() {
         let env = envelope();
         let mut r = failed("x@b.test");
-        r.diagnostic = Some(format!("550 5.1.1 {}", "x".repeat(5000)));
+        r.diagnostic = Some(Diagnostic::Smtp(format!("550 5.1.1 {}", "x".repeat(5000))));
         let dsn = build_dsn(&ctx(&env), &[r]).unwrap();
         assert!(dsn.body.split(|b| *b == b'\n').all(|l| l.len() <= 998));
     }

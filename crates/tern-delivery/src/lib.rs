@@ -1,10 +1,11 @@
 //! tern's delivery side: what a worker does with a claimed batch.
 //!
 //! A [`Worker`] claims a batch of one domain's due jobs from the queue, routes it ([`route`]: relay, fixed
-//! routes, MX records), delivers it over an SMTP session ([`smtp`]) that is reused across the batch and
-//! across batches, and completes each job with its per-recipient outcome ([`outcome`]). Failures and
-//! expiries produce delivery status notifications ([`dsn`]), queued like any other message before the job
-//! is completed.
+//! routes, MX records), delivers it over an SMTP connection that is reused across the batch and across
+//! batches, and completes each job with its per-recipient outcome ([`outcome`]). Failures and expiries
+//! produce delivery status notifications ([`dsn`]), queued like any other message before the job is
+//! completed. The SMTP client ([`smtp::SmtpClient`]) stands on its own: it knows the protocol, and the
+//! worker keeps everything else (connection slots, reuse, holds, MX failover).
 #![forbid(unsafe_code)]
 
 pub mod dsn;
@@ -14,6 +15,7 @@ pub mod route;
 pub mod smtp;
 pub mod worker;
 
-pub use dsn::{Dsn, DsnAction, DsnContext, DsnRecipient, build_dsn};
+pub use dsn::{Diagnostic, Dsn, DsnAction, DsnContext, DsnRecipient, build_dsn};
 pub use error::DeliveryError;
-pub use worker::Worker;
+pub use smtp::SmtpClient;
+pub use worker::{Stopped, Worker};

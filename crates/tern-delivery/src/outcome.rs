@@ -3,17 +3,23 @@
 //! 2xx: delivered. 4xx (and every network failure, which arrives here as a 451): deferred on the retry
 //! schedule, unless the message is older than `max_age`, in which case the recipient expires (a failure
 //! DSN with status 4.4.7). 5xx: failed, with a DSN. A delay notice is due once, on the first deferral after
-//! `delay_notice_after`.
+//! `delay_notice_after`. [`DeliveryClass`] makes that three-way split from the reply's [`ReplyClass`].
+//!
+//! A success DSN (for NOTIFY=SUCCESS) is tern's to send only when the server did not offer DSN: then the
+//! message was `relayed` to a system that will not report (RFC 3461 5.2.2). When it did, NOTIFY went on
+//! with the RCPT and the receiver reports the delivery itself; tern sends nothing. A reply the server sent
+//! is reported as its reply (Remote-MTA, `Diagnostic-Code: smtp`); one tern made
+//! ([`RecipientReply::Local`]) as tern's own (see [`crate::dsn::Diagnostic`]).
 
 use std::time::Duration;
 
 use tern_core::time::from_unix_ms;
-use tern_core::{ReplyClass, RetryDecision, RetrySchedule};
+use tern_core::{RetryDecision, RetrySchedule};
 use tern_queue::{DeliveryAttempt, Job, Outcome, OutcomeKind, RecipientResult, RecipientStatus};
-use tern_smtp::{EnhancedCode, Reply};
+use tern_smtp::{EnhancedCode, Reply, ReplyClass};
 
-use crate::dsn::{DsnAction, DsnRecipient};
-use crate::smtp::reply_line;
+use crate::dsn::{Diagnostic, DsnAction, DsnRecipient};
+use crate::smtp::{RecipientReply, reply_line};
 
 /// The outcome of one job's attempt and the DSN recipients it produces, grouped by event.
 #[derive(Clone, Debug)]
@@ -22,8 +28,9 @@ pub struct Decision {
     pub outcome: Outcome,
     /// Recipients that failed or expired (one failure DSN).
     pub failed: Vec<DsnRecipient>,
-    /// Recipients delivered (a success DSN, for those that asked with NOTIFY=SUCCESS).
-    pub delivered: Vec<DsnRecipient>,
+    /// Recipients handed to a server that does not offer DSN (a `relayed` DSN, for those that asked with
+    /// NOTIFY=SUCCESS). Empty when the server offered DSN: it reports successes itself.
+    pub relayed: Vec<DsnRecipient>,
     /// Recipients deferred, when a delay notice is due.
     pub delayed: Vec<DsnRecipient>,
 }
@@ -41,33 +48,70 @@ pub struct DecideContext<'a> {
     pub delay_notice_after: Option<Duration>,
     /// Where the attempt went, for events and DSNs.
     pub attempt: Option<DeliveryAttempt>,
+    /// The server offered DSN (RFC 3461), so each recipient's NOTIFY went on with its RCPT and a success
+    /// is the receiver's to report.
+    pub dsn_passed_on: bool,
 }
 
-/// The enhanced status of a reply: its own, or `class.0.0` from the code.
+/// What a recipient's final reply means for its delivery (RFC 5321 4.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryClass {
+    /// Delivered (2yz).
+    Success,
+    /// Try again later (4yz, which is also how a network failure or a timeout arrives here).
+    Transient,
+    /// Give up and send a DSN (5yz).
+    Permanent,
+}
+
+impl DeliveryClass {
+    /// The delivery class of a reply code, from its [`ReplyClass`]. 3yz (and anything that is no SMTP
+    /// reply) is not a final answer to a delivery: a server that sends one where a final reply belongs is
+    /// misbehaving, and the safe reading is transient.
+    pub fn from_code(code: u16) -> Self {
+        match ReplyClass::from_code(code) {
+            Some(ReplyClass::PositiveCompletion) => DeliveryClass::Success,
+            Some(ReplyClass::PermanentNegative) => DeliveryClass::Permanent,
+            Some(ReplyClass::TransientNegative | ReplyClass::PositiveIntermediate) | None => {
+                DeliveryClass::Transient
+            }
+        }
+    }
+
+    /// The delivery class of a reply.
+    pub fn of(reply: &Reply) -> Self {
+        DeliveryClass::from_code(reply.code)
+    }
+
+    /// The class digit of an enhanced status code (RFC 3463): 2, 4 or 5.
+    pub fn status_class(self) -> u8 {
+        match self {
+            DeliveryClass::Success => 2,
+            DeliveryClass::Transient => 4,
+            DeliveryClass::Permanent => 5,
+        }
+    }
+}
+
+/// The enhanced status of a reply: its own, or `class.0.0` from its [`DeliveryClass`].
 pub fn status_of(r: &Reply) -> EnhancedCode {
-    r.enhanced.unwrap_or_else(|| {
-        let class = match r.code / 100 {
-            2 => 2,
-            5 => 5,
-            _ => 4,
-        };
-        EnhancedCode::new(class, 0, 0)
-    })
+    r.enhanced
+        .unwrap_or_else(|| EnhancedCode::new(DeliveryClass::of(r).status_class(), 0, 0))
 }
 
 /// Decides the outcome of `job` from one reply per attempted recipient (`(index, reply)`).
-pub fn decide(job: &Job, results: &[(u32, Reply)], ctx: &DecideContext<'_>) -> Decision {
+pub fn decide(job: &Job, results: &[(u32, RecipientReply)], ctx: &DecideContext<'_>) -> Decision {
     let now = from_unix_ms(ctx.now_ms);
     let remote_mta = ctx.attempt.as_ref().and_then(|a| a.remote_mx.clone());
     let mut out = Decision {
         outcome: Outcome::delivered(),
         failed: Vec::new(),
-        delivered: Vec::new(),
+        relayed: Vec::new(),
         delayed: Vec::new(),
     };
     let transient = results
         .iter()
-        .any(|(_, r)| ReplyClass::from_code(r.code) == ReplyClass::Transient);
+        .any(|(_, r)| DeliveryClass::of(r.reply()) == DeliveryClass::Transient);
     let retry = if transient {
         Some(ctx.retry.decide(
             job.attempts.saturating_add(1),
@@ -87,33 +131,47 @@ pub fn decide(job: &Job, results: &[(u32, Reply)], ctx: &DecideContext<'_>) -> D
     let (mut any_pending, mut any_expired, mut any_failed) = (false, false, false);
     let mut first_bad: Option<String> = None;
     let mut last: Option<String> = None;
-    for (index, reply) in results {
+    for (index, answer) in results {
         let Some(state) = job.recipients.get(*index as usize) else {
             continue;
         };
+        let reply = answer.reply();
         let line = reply_line(reply);
         last = Some(line.clone());
+        // The server's reply is reported as such; tern's own decision names no server.
+        let (mta, diagnostic) = match answer {
+            RecipientReply::Remote(_) => (remote_mta.clone(), Diagnostic::Smtp(line.clone())),
+            RecipientReply::Local(r) => {
+                let text = r.text();
+                (
+                    None,
+                    Diagnostic::Local(if text.is_empty() { line.clone() } else { text }),
+                )
+            }
+        };
         let dsn = |action, status| DsnRecipient {
             recipient: state.recipient.clone(),
             action,
             status,
-            remote_mta: remote_mta.clone(),
-            diagnostic: Some(line.clone()),
+            remote_mta: mta.clone(),
+            diagnostic: Some(diagnostic.clone()),
             last_attempt: Some(now),
             will_retry_until: None,
         };
-        let status = match ReplyClass::from_code(reply.code) {
-            ReplyClass::Success => {
-                out.delivered.push(dsn(DsnAction::Delivered, status_of(reply)));
+        let status = match DeliveryClass::of(reply) {
+            DeliveryClass::Success => {
+                if !ctx.dsn_passed_on {
+                    out.relayed.push(dsn(DsnAction::Relayed, status_of(reply)));
+                }
                 RecipientStatus::Delivered
             }
-            ReplyClass::Permanent => {
+            DeliveryClass::Permanent => {
                 first_bad.get_or_insert_with(|| line.clone());
                 any_failed = true;
                 out.failed.push(dsn(DsnAction::Failed, status_of(reply)));
                 RecipientStatus::Failed
             }
-            ReplyClass::Transient => {
+            DeliveryClass::Transient => {
                 first_bad.get_or_insert_with(|| line.clone());
                 match retry {
                     Some(RetryDecision::Expire) => {
@@ -190,6 +248,14 @@ mod tests {
 
     const MIN: u64 = 60_000;
 
+    fn remote(code: u16, enhanced: impl tern_smtp::IntoEnhancedCode, text: &str) -> RecipientReply {
+        RecipientReply::Remote(Reply::new(code, enhanced, text))
+    }
+
+    fn local(code: u16, enhanced: impl tern_smtp::IntoEnhancedCode, text: &str) -> RecipientReply {
+        RecipientReply::Local(Reply::new(code, enhanced, text))
+    }
+
     fn job(n: usize, attempts: u32, first_queued_ms: u64) -> Job {
         let rcpts: Vec<Recipient> = (0..n)
             .map(|i| Recipient::new(format!("r{i}@b.test").parse().unwrap()))
@@ -230,7 +296,44 @@ mod tests {
                 remote_ip: Some("127.0.0.1".into()),
                 tls: None,
             }),
+            dsn_passed_on: false,
         }
+    }
+
+    #[test]
+    fn reply_codes_classify_by_first_digit() {
+        assert_eq!(DeliveryClass::from_code(250), DeliveryClass::Success);
+        assert_eq!(DeliveryClass::from_code(251), DeliveryClass::Success);
+        assert_eq!(DeliveryClass::from_code(421), DeliveryClass::Transient);
+        assert_eq!(DeliveryClass::from_code(452), DeliveryClass::Transient);
+        assert_eq!(DeliveryClass::from_code(550), DeliveryClass::Permanent);
+        assert_eq!(DeliveryClass::from_code(554), DeliveryClass::Permanent);
+    }
+
+    #[test]
+    fn network_errors_and_odd_codes_are_transient() {
+        use crate::smtp::{ConnectError, WireError};
+        let failures = [
+            WireError::Dropped("DATA").as_reply(),
+            WireError::Timeout("RCPT").as_reply(),
+            ConnectError::Unreachable("x".into()).reply(),
+            ConnectError::Tls("x".into()).reply(),
+        ];
+        for reply in &failures {
+            assert_eq!(DeliveryClass::of(reply), DeliveryClass::Transient, "{reply}");
+        }
+        assert_eq!(DeliveryClass::from_code(354), DeliveryClass::Transient);
+        assert_eq!(DeliveryClass::from_code(100), DeliveryClass::Transient);
+        assert_eq!(DeliveryClass::from_code(999), DeliveryClass::Transient);
+    }
+
+    #[test]
+    fn a_reply_without_an_enhanced_code_gets_its_class_digit() {
+        assert_eq!(status_of(&Reply::new(250, None, "ok")).to_string(), "2.0.0");
+        assert_eq!(status_of(&Reply::new(452, None, "later")).to_string(), "4.0.0");
+        assert_eq!(status_of(&Reply::new(354, None, "go on")).to_string(), "4.0.0");
+        assert_eq!(status_of(&Reply::new(550, None, "no")).to_string(), "5.0.0");
+        assert_eq!(status_of(&Reply::new(550, "5.1.1", "no")).to_string(), "5.1.1");
     }
 
     #[test]
@@ -238,10 +341,7 @@ mod tests {
         let s = RetrySchedule::default();
         let d = decide(
             &job(2, 0, 0),
-            &[
-                (0, Reply::new(250, "2.0.0", "ok")),
-                (1, Reply::new(250, None, "ok")),
-            ],
+            &[(0, remote(250, "2.0.0", "ok")), (1, remote(250, None, "ok"))],
             &ctx(&s, MIN),
         );
         assert_eq!(d.outcome.kind, OutcomeKind::Delivered);
@@ -259,8 +359,8 @@ mod tests {
         let d = decide(
             &job(2, 0, 0),
             &[
-                (0, Reply::new(250, None, "ok")),
-                (1, Reply::new(550, "5.1.1", "User unknown")),
+                (0, remote(250, None, "ok")),
+                (1, remote(550, "5.1.1", "User unknown")),
             ],
             &ctx(&s, MIN),
         );
@@ -269,8 +369,86 @@ mod tests {
         assert_eq!(d.outcome.recipients[1].status, RecipientStatus::Failed);
         assert_eq!(d.failed.len(), 1);
         assert_eq!(d.failed[0].status.to_string(), "5.1.1");
-        assert_eq!(d.failed[0].diagnostic.as_deref(), Some("550 5.1.1 User unknown"));
+        assert_eq!(
+            d.failed[0].diagnostic,
+            Some(Diagnostic::Smtp("550 5.1.1 User unknown".into()))
+        );
+        assert_eq!(d.failed[0].remote_mta.as_deref(), Some("mx1.b.test"));
         assert_eq!(d.outcome.reply.as_deref(), Some("550 5.1.1 User unknown"));
+    }
+
+    fn notify_success(j: &mut Job) {
+        for r in &mut j.recipients {
+            r.recipient.notify = Some(tern_core::Notify {
+                success: true,
+                failure: true,
+                delay: false,
+            });
+        }
+    }
+
+    #[test]
+    fn a_success_at_a_server_without_dsn_is_relayed() {
+        let s = RetrySchedule::default();
+        let mut j = job(1, 0, 0);
+        notify_success(&mut j);
+        let d = decide(&j, &[(0, remote(250, "2.0.0", "queued"))], &ctx(&s, MIN));
+        assert_eq!(d.outcome.kind, OutcomeKind::Delivered);
+        assert_eq!(d.relayed.len(), 1);
+        assert_eq!(d.relayed[0].action, DsnAction::Relayed);
+        assert_eq!(d.relayed[0].status.to_string(), "2.0.0");
+    }
+
+    #[test]
+    fn a_success_at_a_server_that_offered_dsn_is_its_to_report() {
+        let s = RetrySchedule::default();
+        let mut j = job(2, 0, 0);
+        notify_success(&mut j);
+        let mut c = ctx(&s, MIN);
+        c.dsn_passed_on = true;
+        let d = decide(
+            &j,
+            &[
+                (0, remote(250, "2.0.0", "queued")),
+                (1, remote(550, "5.1.1", "unknown")),
+            ],
+            &c,
+        );
+        assert!(d.relayed.is_empty(), "{:?}", d.relayed);
+        assert_eq!(d.outcome.recipients[0].status, RecipientStatus::Delivered);
+        assert_eq!(
+            d.failed.len(),
+            1,
+            "failures at this hop are still tern's to report"
+        );
+    }
+
+    #[test]
+    fn a_reply_tern_made_names_no_server_and_is_no_smtp_diagnostic() {
+        let s = RetrySchedule::default();
+        let d = decide(
+            &job(1, 0, 0),
+            &[(
+                0,
+                local(552, "5.3.4", "message size 20 exceeds the server's limit of 10"),
+            )],
+            &ctx(&s, MIN),
+        );
+        assert_eq!(d.outcome.kind, OutcomeKind::Failed);
+        let f = &d.failed[0];
+        assert_eq!(f.status.to_string(), "5.3.4");
+        assert_eq!(f.remote_mta, None);
+        assert_eq!(
+            f.diagnostic,
+            Some(Diagnostic::Local(
+                "message size 20 exceeds the server's limit of 10".into()
+            ))
+        );
+        // The queue's event still records the whole line.
+        assert_eq!(
+            d.outcome.reply.as_deref(),
+            Some("552 5.3.4 message size 20 exceeds the server's limit of 10")
+        );
     }
 
     #[test]
@@ -278,7 +456,7 @@ mod tests {
         let s = RetrySchedule::default();
         let d = decide(
             &job(1, 0, 0),
-            &[(0, Reply::new(450, "4.2.1", "later"))],
+            &[(0, remote(450, "4.2.1", "later"))],
             &ctx(&s, MIN),
         );
         assert_eq!(d.outcome.kind, OutcomeKind::Deferred { until_ms: 6 * MIN });
@@ -291,7 +469,7 @@ mod tests {
         let s = RetrySchedule::new(vec![Duration::from_secs(60)], 0.1, Duration::from_secs(600)).unwrap();
         let d = decide(
             &job(1, 3, 0),
-            &[(0, Reply::new(451, "4.4.1", "no answer"))],
+            &[(0, remote(451, "4.4.1", "no answer"))],
             &ctx(&s, 11 * MIN),
         );
         assert_eq!(d.outcome.kind, OutcomeKind::Expired);
@@ -305,10 +483,7 @@ mod tests {
         let s = RetrySchedule::default();
         let d = decide(
             &job(2, 0, 0),
-            &[
-                (0, Reply::new(450, None, "later")),
-                (1, Reply::new(550, None, "no")),
-            ],
+            &[(0, remote(450, None, "later")), (1, remote(550, None, "no"))],
             &ctx(&s, MIN),
         );
         assert!(matches!(d.outcome.kind, OutcomeKind::Deferred { .. }));
@@ -325,27 +500,19 @@ mod tests {
         // Attempt 2 at 10 min: not yet waited 15 min.
         j.next_attempt_ms = 10 * MIN;
         c.now_ms = 10 * MIN;
-        assert!(
-            decide(&j, &[(0, Reply::new(450, None, "x"))], &c)
-                .delayed
-                .is_empty()
-        );
+        assert!(decide(&j, &[(0, remote(450, None, "x"))], &c).delayed.is_empty());
         // Attempt 3 at 20 min: crossed 15 min since the previous attempt.
         j.attempts = 2;
         j.next_attempt_ms = 20 * MIN;
         c.now_ms = 20 * MIN;
-        let d = decide(&j, &[(0, Reply::new(450, None, "x"))], &c);
+        let d = decide(&j, &[(0, remote(450, None, "x"))], &c);
         assert_eq!(d.delayed.len(), 1);
         assert!(d.delayed[0].will_retry_until.is_some());
         // Attempt 4 at 30 min: already notified.
         j.attempts = 3;
         j.next_attempt_ms = 30 * MIN;
         c.now_ms = 30 * MIN;
-        assert!(
-            decide(&j, &[(0, Reply::new(450, None, "x"))], &c)
-                .delayed
-                .is_empty()
-        );
+        assert!(decide(&j, &[(0, remote(450, None, "x"))], &c).delayed.is_empty());
     }
 
     #[test]
@@ -358,7 +525,7 @@ mod tests {
         let mut j = job(1, 2, 0);
         j.next_attempt_ms = 25 * MIN;
         c.now_ms = 25 * MIN;
-        let d = decide(&j, &[(0, Reply::new(450, None, "x"))], &c);
+        let d = decide(&j, &[(0, remote(450, None, "x"))], &c);
         assert_eq!(
             d.delayed.len(),
             1,

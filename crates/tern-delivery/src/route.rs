@@ -4,16 +4,21 @@
 //! its domain to a fixed host; otherwise the domain's MX records are looked up (answers are cached by TTL in
 //! the resolver). MX hosts are sorted by preference with equal preferences shuffled; no MX records means the
 //! domain itself is the only host (implicit MX); a null MX (RFC 7505) or a non-existent domain fails at once.
-//! The host itself and every worse preference are dropped (loop prevention).
+//! So does a domain that exists but has neither MX nor address records: NODATA (an answer without records,
+//! not an error) for MX and for A and AAAA (each family in `ip_version`) bounces with 5.4.4, as Postfix
+//! does; a lookup that failed (SERVFAIL, a timeout) is never taken for NODATA and only defers. The host
+//! itself and every worse preference are dropped (loop prevention).
 //!
-//! [`order_mx`] and [`drop_self_and_worse`] are pure and unit-tested; [`Router`] does the lookups.
+//! [`order_mx`], [`drop_self_and_worse`] and [`addresses_from`] are pure and unit-tested; [`Router`] does
+//! the lookups.
 
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 use tern_config::DeliveryConfig;
@@ -80,6 +85,12 @@ impl RouteFailure {
     pub fn is_permanent(&self) -> bool {
         matches!(self, RouteFailure::Permanent { .. })
     }
+
+    /// The failure as the reply every message of the batch takes: 550 when permanent, 451 otherwise.
+    pub fn reply(&self) -> tern_smtp::Reply {
+        let code = if self.is_permanent() { 550 } else { 451 };
+        tern_smtp::Reply::new(code, self.status(), self.text())
+    }
 }
 
 /// Sorts MX records by preference, shuffling hosts of equal preference (RFC 5321 5.1). Names are lower-cased
@@ -125,6 +136,84 @@ pub fn filter_ips(mut ips: Vec<IpAddr>, version: IpVersion) -> Vec<IpAddr> {
     ips.sort_by_key(|ip| ip.is_ipv4());
     ips.dedup();
     ips
+}
+
+/// What one address lookup (A or AAAA) of a name found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    /// These addresses.
+    Addresses(Vec<IpAddr>),
+    /// An answer without records of the type (NODATA): the name exists, with no address of this family.
+    NoData,
+    /// NXDOMAIN: the name does not exist.
+    NxDomain,
+    /// No usable answer (SERVFAIL, REFUSED, a timeout): nothing is known, the failure is temporary.
+    Failed(RouteFailure),
+}
+
+/// Which name an address lookup was for: it decides what no address at all means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressOf {
+    /// A domain without MX records, its own mail exchanger (implicit MX): without addresses either, mail
+    /// for it cannot be routed, and that is final.
+    ImplicitMx,
+    /// An MX host, a route's host or the relay.
+    Host,
+}
+
+/// The addresses to try for `name` from what its lookups found (one [`Found`] per family asked), with
+/// `port`. Any address wins; then a failed lookup defers (nothing is known), NXDOMAIN bounces (5.1.2), and
+/// NODATA for every family bounces for an implicit MX (5.4.4: the domain exists but has no MX and no
+/// address) and defers for any other host.
+pub fn addresses_from(
+    name: &str,
+    port: u16,
+    found: Vec<Found>,
+    of: AddressOf,
+    version: IpVersion,
+) -> Result<Vec<SocketAddr>, RouteFailure> {
+    let mut ips = Vec::new();
+    let mut failed = None;
+    let mut nx = false;
+    for f in found {
+        match f {
+            Found::Addresses(a) => ips.extend(a),
+            Found::NoData => {}
+            Found::NxDomain => nx = true,
+            Found::Failed(e) => failed = Some(e),
+        }
+    }
+    let ips = filter_ips(ips, version);
+    if !ips.is_empty() {
+        return Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect());
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if nx {
+        return Err(RouteFailure::Permanent {
+            status: "5.1.2",
+            text: format!("host {name} does not exist"),
+        });
+    }
+    Err(match of {
+        AddressOf::ImplicitMx => RouteFailure::Permanent {
+            status: "5.4.4",
+            text: format!("{name} has no MX record and no address record (NODATA)"),
+        },
+        AddressOf::Host => RouteFailure::Temporary {
+            status: "4.4.3",
+            text: format!("host {name} has no usable address"),
+        },
+    })
+}
+
+/// Whether a lookup error is NODATA: an answer (NOERROR) without records of the type.
+fn is_no_data(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Dns(DnsError::NoRecordsFound(no_records)) if no_records.response_code == ResponseCode::NoError
+    )
 }
 
 /// Resolves domains to ordered host lists.
@@ -194,7 +283,7 @@ impl Router {
     pub async fn route(&self, domain: &str) -> Result<Vec<Host>, RouteFailure> {
         let domain = normalize(domain);
         if let Some((h, port, implicit)) = &self.relay {
-            let addrs = self.addresses(h, *port).await?;
+            let addrs = self.addresses(h, *port, AddressOf::Host).await?;
             return Ok(vec![Host {
                 name: h.clone(),
                 addrs,
@@ -203,7 +292,7 @@ impl Router {
             }]);
         }
         if let Some((_, h, p)) = self.routes.iter().find(|(d, _, _)| *d == domain) {
-            let addrs = self.addresses(h, p.unwrap_or(self.port)).await?;
+            let addrs = self.addresses(h, p.unwrap_or(self.port), AddressOf::Host).await?;
             return Ok(vec![Host {
                 name: h.clone(),
                 addrs,
@@ -236,7 +325,7 @@ impl Router {
         }
         if records.is_empty() {
             // Implicit MX: the domain's own addresses (RFC 5321 5.1).
-            let addrs = self.addresses(&domain, self.port).await?;
+            let addrs = self.addresses(&domain, self.port, AddressOf::ImplicitMx).await?;
             return Ok(vec![Host {
                 name: domain,
                 addrs,
@@ -255,7 +344,7 @@ impl Router {
         let mut hosts = Vec::new();
         let mut last = None;
         for (_, name) in kept {
-            match self.addresses(&name, self.port).await {
+            match self.addresses(&name, self.port, AddressOf::Host).await {
                 Ok(addrs) => hosts.push(Host {
                     name,
                     addrs,
@@ -296,59 +385,59 @@ impl Router {
                 status: "5.1.2",
                 text: format!("domain {domain} does not exist"),
             }),
-            Err(e) if e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) if is_no_data(&e) => Ok(Vec::new()),
             Err(e) => Err(temporary(domain, "MX", &e)),
         }
     }
 
     /// Every address of `name` allowed by `ip_version`, with `port`. An IP address is used as it is.
-    async fn addresses(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, RouteFailure> {
+    async fn addresses(&self, name: &str, port: u16, of: AddressOf) -> Result<Vec<SocketAddr>, RouteFailure> {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let fqdn = format!("{}.", normalize(name));
-        let mut ips = Vec::new();
-        let mut nx = false;
-        let mut err = None;
+        let mut found = Vec::new();
         if self.ip_version != IpVersion::V4 {
-            match self.resolver.ipv6_lookup(fqdn.as_str()).await {
-                Ok(l) => ips.extend(l.answers().iter().filter_map(|r| match &r.data {
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })),
-                Err(e) if e.is_nx_domain() => nx = true,
-                Err(e) if e.is_no_records_found() => {}
-                Err(e) => err = Some(temporary(name, "AAAA", &e)),
-            }
-        }
-        if self.ip_version != IpVersion::V6 && !nx {
-            match self.resolver.ipv4_lookup(fqdn.as_str()).await {
-                Ok(l) => ips.extend(l.answers().iter().filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    _ => None,
-                })),
-                Err(e) if e.is_nx_domain() => nx = true,
-                Err(e) if e.is_no_records_found() => {}
-                Err(e) => err = Some(temporary(name, "A", &e)),
-            }
-        }
-        let ips = filter_ips(ips, self.ip_version);
-        if !ips.is_empty() {
-            return Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect());
-        }
-        if let Some(e) = err {
-            return Err(e);
-        }
-        if nx {
-            return Err(RouteFailure::Permanent {
-                status: "5.1.2",
-                text: format!("host {name} does not exist"),
+            found.push(match self.resolver.ipv6_lookup(fqdn.as_str()).await {
+                Ok(l) => Found::Addresses(
+                    l.answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Err(e) => found_of_error(name, "AAAA", &e),
             });
         }
-        Err(RouteFailure::Temporary {
-            status: "4.4.3",
-            text: format!("host {name} has no usable address"),
-        })
+        // After NXDOMAIN for AAAA the name does not exist: no need to ask for A.
+        if self.ip_version != IpVersion::V6 && !found.contains(&Found::NxDomain) {
+            found.push(match self.resolver.ipv4_lookup(fqdn.as_str()).await {
+                Ok(l) => Found::Addresses(
+                    l.answers()
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::A(a) => Some(IpAddr::V4(a.0)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Err(e) => found_of_error(name, "A", &e),
+            });
+        }
+        addresses_from(name, port, found, of, self.ip_version)
+    }
+}
+
+/// What a failed address lookup means: NXDOMAIN, NODATA, or a failure.
+fn found_of_error(name: &str, rtype: &str, e: &NetError) -> Found {
+    if e.is_nx_domain() {
+        Found::NxDomain
+    } else if is_no_data(e) {
+        Found::NoData
+    } else {
+        Found::Failed(temporary(name, rtype, e))
     }
 }
 
@@ -409,6 +498,80 @@ mod tests {
         assert!(is_null_mx(&recs(&[(0, ".")])));
         assert!(!is_null_mx(&recs(&[(0, "."), (10, "mx.b.test")])));
         assert!(!is_null_mx(&recs(&[(10, "mx.b.test.")])));
+    }
+
+    fn temp() -> Found {
+        Found::Failed(RouteFailure::Temporary {
+            status: "4.4.3",
+            text: "DNS A lookup of b.test failed: SERVFAIL".into(),
+        })
+    }
+
+    #[test]
+    fn a_domain_with_nodata_for_mx_and_every_address_family_is_unroutable_for_good() {
+        let r = addresses_from(
+            "b.test",
+            25,
+            vec![Found::NoData, Found::NoData],
+            AddressOf::ImplicitMx,
+            IpVersion::Any,
+        );
+        let e = r.unwrap_err();
+        assert!(e.is_permanent(), "{e:?}");
+        assert_eq!(e.status(), "5.4.4");
+        // v4 only: the one family asked is the one that counts.
+        let r = addresses_from(
+            "b.test",
+            25,
+            vec![Found::NoData],
+            AddressOf::ImplicitMx,
+            IpVersion::V4,
+        );
+        assert_eq!(r.unwrap_err().status(), "5.4.4");
+        // An MX host without addresses is the domain's operator's slip, perhaps mended soon: deferred.
+        let r = addresses_from(
+            "mx.b.test",
+            25,
+            vec![Found::NoData, Found::NoData],
+            AddressOf::Host,
+            IpVersion::Any,
+        );
+        assert!(!r.unwrap_err().is_permanent());
+    }
+
+    #[test]
+    fn a_failed_lookup_is_never_taken_for_nodata() {
+        for found in [
+            vec![temp(), Found::NoData],
+            vec![Found::NoData, temp()],
+            vec![temp()],
+        ] {
+            let e = addresses_from("b.test", 25, found, AddressOf::ImplicitMx, IpVersion::Any).unwrap_err();
+            assert!(!e.is_permanent(), "{e:?}");
+            assert_eq!(e.status(), "4.4.3");
+        }
+    }
+
+    #[test]
+    fn any_address_wins_and_nxdomain_is_5_1_2() {
+        let v6: IpAddr = "::1".parse().unwrap();
+        let r = addresses_from(
+            "b.test",
+            2525,
+            vec![Found::Addresses(vec![v6]), temp()],
+            AddressOf::ImplicitMx,
+            IpVersion::Any,
+        );
+        assert_eq!(r.unwrap(), vec![SocketAddr::new(v6, 2525)]);
+        let e = addresses_from(
+            "b.test",
+            25,
+            vec![Found::NxDomain],
+            AddressOf::Host,
+            IpVersion::Any,
+        )
+        .unwrap_err();
+        assert_eq!((e.is_permanent(), e.status()), (true, "5.1.2"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tern_core::HumanDuration;
+use tern_core::{HumanDuration, Shutdown};
 use tern_queue::EventKind;
 use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, free_port};
 
@@ -112,6 +112,57 @@ async fn nxdomain_bounces_with_5_1_2() {
     )
     .await;
     wait_queue_empty(&q, WAIT).await;
+    w.stop().await;
+}
+
+/// `nodata.test` exists (it has a TXT record) but has no MX and no A or AAAA record: dnsmasq answers NOERROR
+/// without records (NODATA) for each. Mail for it can never be routed: it bounces at once with 5.4.4
+/// instead of being retried until `max_age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_domain_without_mx_or_address_records_bounces_with_5_4_4() {
+    let port = free_port().unwrap();
+    let dns = dns_with_sender(Dnsmasq::builder().txt("nodata.test", "v=spf1 -all"));
+    for rtype in [
+        tern_testkit::dns::TYPE_MX,
+        tern_testkit::dns::TYPE_A,
+        tern_testkit::dns::TYPE_AAAA,
+    ] {
+        let reply = dns.query("nodata.test", rtype).unwrap();
+        assert_eq!(
+            (reply.rcode, reply.answers.len()),
+            (0, 0),
+            "NODATA for type {rtype}: {reply:?}"
+        );
+    }
+    let sender_mx = SmtpSink::builder(ip(30), port).dump_to_tempdir().start().unwrap();
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "nodata", Duration::from_secs(30)).await;
+    let mut cfg = config(&dns, port);
+    // A deferral would not come back within the test.
+    cfg.retry_schedule = vec![HumanDuration(Duration::from_secs(3600))];
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["x@nodata.test"]).await;
+    let dsn = wait_dsn(
+        &sender_mx,
+        &[
+            "Action: failed",
+            "Status: 5.4.4",
+            "Final-Recipient: rfc822; x@nodata.test",
+        ],
+    )
+    .await;
+    assert!(!dsn.contains("Remote-MTA:"), "no server was involved: {dsn}");
+    wait_queue_empty(&q, WAIT).await;
+    let ev = events(&q).await;
+    let failed = ev
+        .iter()
+        .find(|e| e.kind == EventKind::Failed)
+        .expect("a failed event");
+    assert!(
+        failed.reply.as_deref().unwrap_or("").starts_with("550 5.4.4"),
+        "{failed:?}"
+    );
+    assert!(!ev.iter().any(|e| e.kind == EventKind::Deferred), "{ev:?}");
     w.stop().await;
 }
 
@@ -295,8 +346,7 @@ async fn a_worker_killed_mid_data_leaves_the_job_to_another_after_the_lease() {
     let redis = RedisServer::start().unwrap();
     let lease = Duration::from_secs(2);
     let q = queue(&redis, "kill", lease).await;
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let reaper = tern_queue::reaper::spawn_reaper(q.clone(), Duration::from_millis(200), rx);
+    let reaper = tern_queue::reaper::spawn_reaper(q.clone(), Duration::from_millis(200), Shutdown::new());
     let cfg = config(&dns, port);
     let mut first = start_worker(&cfg, q.clone(), "w1", lease);
     send(&q, "s@a.test", &["r@slowdata.test"]).await;
@@ -328,8 +378,7 @@ async fn an_outcome_is_recorded_once_redis_returns_and_the_message_goes_once() {
     let mut redis = RedisServer::start_durable().unwrap();
     let lease = Duration::from_secs(6);
     let q = queue(&redis, "outage", lease).await;
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let reaper = tern_queue::reaper::spawn_reaper(q.clone(), Duration::from_millis(200), rx);
+    let reaper = tern_queue::reaper::spawn_reaper(q.clone(), Duration::from_millis(200), Shutdown::new());
     let w = start_worker(&config(&dns, port), q.clone(), "w1", lease);
     send(&q, "s@a.test", &["r@outage.test"]).await;
     wait_in_flight(&q).await;

@@ -1,20 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Delivery against more real peers on loopback: tied MX records, tern's own ingest as a verified STARTTLS
-//! receiver, DSNs read back with Python's `email` package, and the per-domain connection limit across three
-//! workers.
+//! Delivery against more real peers on loopback: tied MX records, DSNs read back with Python's `email`
+//! package, and the per-domain connection limit across three workers. (Delivery to tern's own ingest over
+//! verified STARTTLS is an end-to-end test of the binary: `crates/tern/tests/starttls_between_nodes.rs`.)
 
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-use tern_config::IngestConfig;
-use tern_config::sections::TlsMode;
-use tern_core::HumanDuration;
 use tern_queue::{EventKind, NewMessage, Queue, RedisQueue, RedisQueueOptions};
-use tern_testkit::{CountingProxy, Dnsmasq, RedisServer, SmtpSink, TestCa, free_port};
-use tokio_util::sync::CancellationToken;
+use tern_testkit::{CountingProxy, Dnsmasq, RedisServer, SmtpSink, free_port};
 
 /// Two MX hosts at the same preference: with one message per connection, every connection picks among them
 /// afresh, and each gets a fair share of 200 messages.
@@ -64,122 +60,6 @@ async fn tied_mx_records_get_a_roughly_even_share() {
         (a, b),
         "delivered events per MX disagree with the sinks"
     );
-}
-
-/// tern's own ingest, with a certificate from the test CA for its MX name, is the remote MX: the worker (TLS
-/// required, trusting the test CA) delivers over verified STARTTLS, and the message lands in the receiving
-/// ingest's own queue with a Received field saying ESMTPS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn verified_starttls_delivery_to_tern_ingest() {
-    let port = free_port().unwrap();
-    let dns = Dnsmasq::builder()
-        .mx("ingest.test", "mx.ingest.test", 10)
-        .host("mx.ingest.test", ip(115))
-        .start()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new().unwrap();
-    let ca_file = ca.write_to(dir.path()).unwrap();
-    let cert = ca
-        .issue(&["mx.ingest.test"])
-        .unwrap()
-        .write_to(dir.path(), "mx")
-        .unwrap();
-    // One redis, two queues: the sender's and the receiving ingest's (another key prefix).
-    let redis = RedisServer::start().unwrap();
-    let q = queue(&redis, "sender", Duration::from_secs(30)).await;
-    let remote_q = queue(&redis, "receiver", Duration::from_secs(30)).await;
-    let icfg = IngestConfig {
-        smtp_listen: vec![sa(115, port)],
-        tls_cert: Some(cert.cert),
-        tls_key: Some(cert.key),
-        hostname: Some("mx.ingest.test".into()),
-        relay_networks: vec!["127.0.0.0/8".parse().unwrap()],
-        shutdown_grace: HumanDuration(Duration::from_secs(1)),
-        ..Default::default()
-    };
-    let server = tern_ingest::SmtpServer::new(&icfg, remote_q.clone())
-        .unwrap()
-        .bind()
-        .await
-        .unwrap();
-    assert_eq!(server.smtp_addrs(), &[sa(115, port)]);
-    let stop_ingest = CancellationToken::new();
-    let ingest = tokio::spawn(server.run(stop_ingest.clone()));
-
-    let mut cfg = config(&dns, port);
-    cfg.tls = TlsMode::Required;
-    cfg.extra_ca_file = Some(ca_file);
-    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
-    send(&q, "s@a.test", &["r@ingest.test"]).await;
-
-    let e = wait_event(&q, EventKind::Delivered).await;
-    let tls = e.tls.as_deref().unwrap_or("");
-    assert!(tls.contains("verified") && !tls.contains("unverified"), "{e:?}");
-    assert_eq!(e.remote_mx.as_deref(), Some("mx.ingest.test"), "{e:?}");
-    assert_eq!(e.remote_ip.as_deref(), Some("127.0.0.115"), "{e:?}");
-    assert_eq!(e.recipients, vec!["r@ingest.test".to_string()], "{e:?}");
-    assert!(e.reply.as_deref().unwrap_or("").starts_with("250"), "{e:?}");
-    wait_queue_empty(&q, WAIT).await;
-    w.stop().await;
-
-    // The receiving side queued it: claim it from the ingest's queue and read what arrived.
-    let deadline = Instant::now() + WAIT;
-    let claim = loop {
-        if let Some(c) = remote_q
-            .claim("probe", 10, Duration::from_secs(30))
-            .await
-            .unwrap()
-        {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing in the receiving ingest's queue"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(claim.domain, "ingest.test");
-    assert_eq!(claim.jobs.len(), 1);
-    let job = &claim.jobs[0];
-    let rcpts: Vec<String> = job
-        .job
-        .envelope
-        .recipients
-        .iter()
-        .map(|r| r.address.to_string())
-        .collect();
-    assert_eq!(rcpts, vec!["r@ingest.test".to_string()]);
-    let body = String::from_utf8_lossy(&job.body).into_owned();
-    let received = body
-        .split("\r\n")
-        .take_while(|l| !l.is_empty())
-        .fold(Vec::<String>::new(), |mut v, l| {
-            if l.starts_with([' ', '\t']) {
-                if let Some(last) = v.last_mut() {
-                    last.push_str(l);
-                }
-            } else {
-                v.push(l.to_string());
-            }
-            v
-        })
-        .into_iter()
-        .find(|h| h.starts_with("Received:"))
-        .unwrap_or_else(|| panic!("no Received field: {body:?}"));
-    assert!(
-        received.starts_with("Received: from tern.a.test ([127.0.0.1])"),
-        "{received:?}"
-    );
-    assert!(
-        received.contains("by mx.ingest.test (tern) with ESMTPS "),
-        "not received over TLS: {received:?}"
-    );
-    assert!(body.contains("\r\nSubject: test\r\n"), "{body:?}");
-    // The receiver unstuffed the dot-stuffed line.
-    assert!(body.contains("\r\n.leading dot\r\n"), "{body:?}");
-    stop_ingest.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), ingest).await;
 }
 
 /// Parses a dumped DSN with Python's `email` package (after the sink's `X-...` lines) and returns what it

@@ -1,7 +1,7 @@
 //! SMTP client details against a scriptable server on loopback (and smtp-sink where it can play the part):
-//! STARTTLS (verified, opportunistic, required, injection), HELO fallback, 452, RFC 2920 with every RCPT
-//! refused, 421 moving to the next host, configured routes and relay, admin bounce, delay notices, the null
-//! sender, and graceful shutdown.
+//! STARTTLS (verified, opportunistic, required, injection, a broken TLS stack and the plaintext fallback),
+//! HELO fallback, 452, RFC 2920 with every RCPT refused, 421 moving to the next host, configured routes and
+//! relay, admin bounce, delay notices, the null sender, and graceful shutdown (and what it reports).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -150,6 +150,8 @@ async fn bytes_injected_after_the_starttls_reply_abort_the_session() {
     let redis = RedisServer::start().unwrap();
     let q = queue(&redis, "inject", Duration::from_secs(30)).await;
     let mut cfg = config(&dns, port);
+    // Required: under opportunistic TLS the message would go on in plaintext over a new connection.
+    cfg.tls = TlsMode::Required;
     cfg.extra_ca_file = Some(tls.ca_file.clone());
     let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
     send(&q, "s@a.test", &["r@inject.test"]).await;
@@ -435,7 +437,7 @@ async fn shutdown_stops_claiming_and_releases_what_is_left() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     w.token.cancel();
-    tokio::time::timeout(Duration::from_secs(10), w.handle.take().unwrap())
+    let stopped = tokio::time::timeout(Duration::from_secs(10), w.handle.take().unwrap())
         .await
         .expect("the worker stops within the grace")
         .unwrap();
@@ -444,7 +446,126 @@ async fn shutdown_stops_claiming_and_releases_what_is_left() {
     assert_eq!(c.in_flight, 0, "every claim released: {c:?}");
     assert_eq!(c.total + sink.message_count(), 3, "{c:?}");
     let ev = events(&q).await;
-    assert!(ev.iter().any(|e| e.kind == EventKind::Released), "{ev:?}");
+    let released = ev.iter().filter(|e| e.kind == EventKind::Released).count();
+    assert!(released > 0, "{ev:?}");
+    assert_eq!(stopped.released, released, "{stopped:?} {ev:?}");
+    assert_eq!(stopped.not_released, 0, "{stopped:?}");
+}
+
+/// The queue is down when the worker stops: nothing can be released, and its last line says so instead of
+/// counting the releases it tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shutdown_line_counts_what_was_released_not_what_was_tried() {
+    let port = free_port().unwrap();
+    let dns = dns_for("norelease.test", 130);
+    // The first message waits 3 s for its DATA reply; the grace is 1 s.
+    let _sink = SmtpSink::builder(ip(130), port).delay_data(3).start().unwrap();
+    let mut redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "norelease", Duration::from_secs(30)).await;
+    let msgs = (0..3)
+        .map(|_| NewMessage::new(envelope("s@a.test", &["r@norelease.test"]), BODY.to_vec()))
+        .collect();
+    for r in q.enqueue_batch(msgs).await {
+        r.unwrap();
+    }
+    let mut cfg = config(&dns, port);
+    cfg.shutdown_grace = HumanDuration(Duration::from_secs(1));
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    wait_in_flight(&q).await;
+    assert_eq!(q.counts().await.unwrap().in_flight, 3, "one claim of three jobs");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop().unwrap();
+    let stopped = w.stop().await.expect("the worker stops");
+    assert_eq!(stopped.released, 0, "{stopped:?}");
+    assert_eq!(stopped.not_released, 3, "{stopped:?}");
+}
+
+/// A domain whose only MX answers STARTTLS with 220 and then breaks the handshake: under opportunistic TLS
+/// the message goes in plaintext over a new connection to the same host, on the first attempt; the next
+/// connection to that host goes plaintext without trying TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_starttls_falls_back_to_plaintext_on_the_same_host_and_is_remembered() {
+    let port = free_port().unwrap();
+    let dns = dns_for("brokentls.test", 131);
+    let mx = FakeMx::start(
+        sa(131, port),
+        Behaviour {
+            broken_tls: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "brokentls", Duration::from_secs(30)).await;
+    let mut cfg = config(&dns, port);
+    assert_eq!(cfg.tls, TlsMode::Opportunistic);
+    // Each message on its own connection, so that the second one shows what was remembered.
+    cfg.messages_per_connection = 1;
+    cfg.retry_schedule = vec![HumanDuration(Duration::from_secs(3600))];
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["r1@brokentls.test"]).await;
+    let e = wait_event(&q, EventKind::Delivered).await;
+    assert_eq!(e.attempt, 1, "delivered on the first attempt: {e:?}");
+    assert_eq!(e.remote_mx.as_deref(), Some("mx.brokentls.test"), "{e:?}");
+    assert_eq!(e.tls, None, "{e:?}");
+    assert_eq!(mx.messages().len(), 1);
+    assert!(!mx.messages()[0].tls);
+    assert_eq!(
+        mx.seen.lock().unwrap().sessions,
+        2,
+        "the broken session, then a plaintext one"
+    );
+
+    send(&q, "s@a.test", &["r2@brokentls.test"]).await;
+    wait_for("the second message", WAIT, || mx.messages().len() >= 2).await;
+    wait_queue_empty(&q, WAIT).await;
+    let starttls = mx.commands().iter().filter(|c| c.as_str() == "STARTTLS").count();
+    assert_eq!(
+        starttls,
+        1,
+        "TLS is not tried again on a host that failed it: {:?}",
+        mx.commands()
+    );
+    assert_eq!(mx.seen.lock().unwrap().sessions, 3);
+    let ev = events(&q).await;
+    assert!(!ev.iter().any(|e| e.kind == EventKind::Deferred), "{ev:?}");
+    w.stop().await;
+}
+
+/// The same broken TLS stack under `tls = "required"`: never plaintext, the message is deferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_required_never_falls_back_to_plaintext_when_starttls_fails() {
+    let port = free_port().unwrap();
+    let dns = dns_for("brokenreq.test", 132);
+    let mx = FakeMx::start(
+        sa(132, port),
+        Behaviour {
+            broken_tls: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "brokenreq", Duration::from_secs(30)).await;
+    let mut cfg = config(&dns, port);
+    cfg.tls = TlsMode::Required;
+    cfg.retry_schedule = vec![HumanDuration(Duration::from_secs(3600))];
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["r@brokenreq.test"]).await;
+    let e = wait_event(&q, EventKind::Deferred).await;
+    assert!(e.reply.as_deref().unwrap_or("").contains("4.7.5"), "{e:?}");
+    assert!(mx.messages().is_empty());
+    assert!(
+        !mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        mx.commands()
+    );
+    assert_eq!(
+        mx.seen.lock().unwrap().sessions,
+        1,
+        "no plaintext session after the failure"
+    );
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -132,7 +132,10 @@ impl IntoEnhancedCode for &str {
     }
 }
 
-/// The class of a reply, from its first digit.
+/// The class of a reply, from its first digit (RFC 5321 4.2.1).
+///
+/// This is tern's one reply classification: the server side, the delivery client and its retry decisions
+/// all start from it (`tern-core` re-exports it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ReplyClass {
@@ -142,8 +145,22 @@ pub enum ReplyClass {
     PositiveIntermediate,
     /// 4yz.
     TransientNegative,
-    /// 5yz (and, defensively, any code outside 200..=599).
+    /// 5yz (and, from [`Reply::class`], defensively any code outside 200..=599).
     PermanentNegative,
+}
+
+impl ReplyClass {
+    /// The class of a reply code, from its first digit; `None` for a code outside 200..=599, which is no
+    /// SMTP reply (1yz is never used by SMTP, and nothing starts with 0 or 6..9).
+    pub const fn from_code(code: u16) -> Option<ReplyClass> {
+        match code {
+            200..=299 => Some(ReplyClass::PositiveCompletion),
+            300..=399 => Some(ReplyClass::PositiveIntermediate),
+            400..=499 => Some(ReplyClass::TransientNegative),
+            500..=599 => Some(ReplyClass::PermanentNegative),
+            _ => None,
+        }
+    }
 }
 
 /// An SMTP reply.
@@ -183,13 +200,12 @@ impl Reply {
         self.lines.push(text.into());
     }
 
-    /// The class from the first digit of the code.
+    /// The class from the first digit of the code ([`ReplyClass::from_code`]); a code outside 200..=599
+    /// counts as [`ReplyClass::PermanentNegative`].
     pub fn class(&self) -> ReplyClass {
-        match self.code / 100 {
-            2 => ReplyClass::PositiveCompletion,
-            3 => ReplyClass::PositiveIntermediate,
-            4 => ReplyClass::TransientNegative,
-            _ => ReplyClass::PermanentNegative,
+        match ReplyClass::from_code(self.code) {
+            Some(class) => class,
+            None => ReplyClass::PermanentNegative,
         }
     }
 
@@ -554,6 +570,24 @@ mod tests {
         );
         assert!(Reply::new(451, None, "").is_transient());
         assert!(Reply::new(554, None, "").is_permanent());
+    }
+
+    #[test]
+    fn class_from_code_covers_2yz_to_5yz_only() {
+        assert_eq!(ReplyClass::from_code(200), Some(ReplyClass::PositiveCompletion));
+        assert_eq!(ReplyClass::from_code(251), Some(ReplyClass::PositiveCompletion));
+        assert_eq!(ReplyClass::from_code(354), Some(ReplyClass::PositiveIntermediate));
+        assert_eq!(ReplyClass::from_code(421), Some(ReplyClass::TransientNegative));
+        assert_eq!(ReplyClass::from_code(599), Some(ReplyClass::PermanentNegative));
+        for odd in [0, 100, 199, 600, 999] {
+            assert_eq!(ReplyClass::from_code(odd), None, "{odd}");
+        }
+        let odd = Reply {
+            code: 999,
+            enhanced: None,
+            lines: Vec::new(),
+        };
+        assert_eq!(odd.class(), ReplyClass::PermanentNegative);
     }
 
     #[test]

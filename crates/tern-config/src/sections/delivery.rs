@@ -24,11 +24,12 @@ pub enum IpVersion {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
-    /// STARTTLS when offered; the certificate is not required to verify; a failed handshake moves on to the
-    /// next host.
+    /// STARTTLS when offered; the certificate is not required to verify; when STARTTLS fails (the handshake,
+    /// among others) the message goes in plaintext over a new connection to the same host (RFC 7435), and
+    /// that host is reached in plaintext for `tls_failure_memory` without trying TLS.
     #[default]
     Opportunistic,
-    /// Verified TLS or no delivery (the message is deferred).
+    /// Verified TLS or no delivery (the message is deferred); never plaintext.
     Required,
     /// Never STARTTLS.
     Disabled,
@@ -99,6 +100,10 @@ pub struct DeliveryConfig {
     pub extra_ca_file: Option<PathBuf>,
     /// Longest TLS handshake.
     pub tls_handshake_timeout: HumanDuration,
+    /// Under `tls = "opportunistic"`, how long a worker reaches a host (name and address) in plaintext,
+    /// without trying STARTTLS, after STARTTLS with it failed. Kept in each worker's memory; `"0s"`: try
+    /// TLS (and fall back) every time.
+    pub tls_failure_memory: HumanDuration,
     /// Longest TCP connect to one address.
     pub connect_timeout: HumanDuration,
     /// Wait for the 220 greeting (RFC 5321 4.5.3.2: 5 min).
@@ -147,6 +152,7 @@ impl Default for DeliveryConfig {
             tls: TlsMode::Opportunistic,
             extra_ca_file: None,
             tls_handshake_timeout: HumanDuration::from_secs(60),
+            tls_failure_memory: HumanDuration::from_secs(3600),
             connect_timeout: HumanDuration::from_secs(30),
             greeting_timeout: HumanDuration::from_secs(300),
             command_timeout: HumanDuration::from_secs(300),
@@ -290,6 +296,7 @@ mod tests {
         assert_eq!(c.max_connections, 512);
         assert_eq!(c.smtp_port, 25);
         assert_eq!(c.tls, TlsMode::Opportunistic);
+        assert_eq!(c.tls_failure_memory, HumanDuration::from_secs(3600));
         assert_eq!(c.retry().unwrap(), RetrySchedule::default());
         assert_eq!(c.delay_notice_after, None);
     }
@@ -302,6 +309,7 @@ mod tests {
             dns_servers = ["127.0.0.1:5353"]
             ip_version = "v4"
             tls = "required"
+            tls_failure_memory = "10m"
             retry_schedule = ["1s", "2s"]
             max_age = "1h"
             relay_host = "[smart.example]:587"
@@ -315,6 +323,7 @@ mod tests {
         assert_eq!(c.smtp_port, 2525);
         assert_eq!(c.ip_version, IpVersion::V4);
         assert_eq!(c.tls, TlsMode::Required);
+        assert_eq!(c.tls_failure_memory, HumanDuration::from_secs(600));
         assert_eq!(c.routes[0].domain, "b.test");
         assert!(toml::from_str::<DeliveryConfig>("nope = 1").is_err());
     }

@@ -1,14 +1,33 @@
-//! The SMTP client, split by phase: the wire ([`conn`]), opening a session ([`connect`]: connect, greet,
-//! EHLO, STARTTLS, AUTH), TLS ([`tls`]), one message ([`transaction`]) and the pure matching of pipelined
-//! replies ([`pipeline`]).
+//! The SMTP client: [`SmtpClient`], usable on its own, split by phase.
+//!
+//! ```text
+//! SmtpClient::connect / connect_tls   connect.rs      TCP (TLS from the first byte), greeting
+//!   .ehlo(name)                       connect.rs      EHLO, HELO when EHLO is not understood
+//!   .starttls(&tls, verify)           tls.rs          STARTTLS, handshake, EHLO again
+//!   .auth_plain(user, password)       auth.rs         AUTH PLAIN, over TLS only
+//!   .send_message(env, rcpts, body)   transaction.rs  content checks, MAIL..DATA, RSET, 452 continuation
+//!                                     pipeline.rs     the MAIL/RCPT/DATA group, pipelined when offered
+//!   .quit()                           client.rs       QUIT and close
+//! ```
+//!
+//! Its deadlines are one [`Timeouts`]; a [`Transcript`] hook in its [`ClientOptions`] sees every command
+//! and reply ([`transcript`]: AUTH payloads masked, message data as its size). Everything goes through
+//! one [`wire`], which also notices a broken connection ([`SmtpClient::is_usable`]). What to do with a
+//! session (connection limits, reuse, holds, MX failover) is the worker's business, not the client's.
 
-pub mod conn;
+mod auth;
+pub mod client;
 pub mod connect;
+pub mod content;
 pub mod pipeline;
 pub mod tls;
 pub mod transaction;
+pub mod transcript;
+pub mod wire;
 
-pub use conn::{WireError, reply_line};
-pub use connect::{ConnectError, Session, SessionSettings, Timeouts};
-pub use tls::TlsClients;
-pub use transaction::{NotStarted, send_message};
+pub use client::{ClientOptions, SmtpClient, Timeouts};
+pub use connect::ConnectError;
+pub use tls::{StartTls, TlsClients};
+pub use transaction::{MessageReplies, NotStarted, RecipientReply};
+pub use transcript::{Transcript, TranscriptEntry, TranscriptHook, command_line, tracing_transcript};
+pub use wire::{WireError, reply_line};

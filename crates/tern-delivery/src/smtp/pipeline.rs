@@ -1,11 +1,74 @@
-//! Matching the replies of a MAIL, RCPT..., DATA group (RFC 2920), pure.
+//! The command group of a transaction, MAIL, RCPT... and DATA: sent in one write when the server offers
+//! PIPELINING (RFC 2920), one at a time otherwise; then the pure matching of its replies.
 //!
 //! Replies come back in the order the commands were sent, so they are matched by count. RFC 2920 3.1: the
 //! client must check every reply; when no RCPT was accepted it must still look at the DATA reply, and if
 //! DATA was accepted anyway (354) it sends the terminating dot alone, so that no content goes out and the
 //! server ends the (empty, failing) transaction.
 
-use tern_smtp::Reply;
+use tern_smtp::{Command, Reply};
+
+use super::client::Timeouts;
+use super::wire::{Wire, WireError};
+
+/// The replies of a group: MAIL's, one per RCPT, and DATA's (`None` when DATA was not sent).
+pub(crate) type Exchange = (Reply, Vec<Reply>, Option<Reply>);
+
+/// MAIL, every RCPT and DATA in one write; then the replies, matched by count (RFC 2920).
+pub(crate) async fn pipelined(
+    wire: &mut Wire,
+    mail: &Command,
+    rcpts: &[Command],
+    t: &Timeouts,
+) -> Result<Exchange, WireError> {
+    let group: Vec<&Command> = std::iter::once(mail)
+        .chain(rcpts)
+        .chain(std::iter::once(&Command::Data))
+        .collect();
+    wire.send_group(&group, t.mail, "MAIL").await?;
+    let mail_reply = wire.read_reply(t.mail, "MAIL").await?;
+    let mut replies = Vec::with_capacity(rcpts.len());
+    for _ in rcpts {
+        replies.push(wire.read_reply(t.rcpt, "RCPT").await?);
+    }
+    let data = wire.read_reply(t.data, "DATA").await?;
+    Ok((mail_reply, replies, Some(data)))
+}
+
+/// One command at a time, stopping at the first failure that makes the rest pointless.
+pub(crate) async fn lockstep(
+    wire: &mut Wire,
+    mail: &Command,
+    rcpts: &[Command],
+    t: &Timeouts,
+) -> Result<Exchange, WireError> {
+    wire.send(mail, t.mail).await?;
+    let mail_reply = wire.read_reply(t.mail, "MAIL").await?;
+    if !mail_reply.is_positive() {
+        let replies = rcpts.iter().map(|_| mail_reply.clone()).collect();
+        return Ok((mail_reply, replies, None));
+    }
+    let mut replies = Vec::with_capacity(rcpts.len());
+    for r in rcpts {
+        wire.send(r, t.rcpt).await?;
+        let reply = wire.read_reply(t.rcpt, "RCPT").await?;
+        let stop = reply.code == 452 || reply.code == 421;
+        replies.push(reply);
+        if stop {
+            break;
+        }
+    }
+    // Recipients not asked for after a 421 take the 421.
+    if let Some(last) = replies.last().filter(|r| r.code == 421).cloned() {
+        replies.resize(rcpts.len().max(replies.len()), last);
+    }
+    if !replies.iter().any(Reply::is_positive) || replies.iter().any(|r| r.code == 421) {
+        return Ok((mail_reply, replies, None));
+    }
+    wire.send(&Command::Data, t.data).await?;
+    let data = wire.read_reply(t.data, "DATA").await?;
+    Ok((mail_reply, replies, Some(data)))
+}
 
 /// What became of one RCPT.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! TLS for the SMTP client: the verified and the opportunistic client configurations, and the handshake.
+//! TLS for the SMTP client: the verified and the opportunistic client configurations, the handshake, and
+//! the STARTTLS step (RFC 3207).
 //!
 //! Verified TLS trusts the web PKI roots (`webpki-roots`) plus `delivery.extra_ca_file`, and checks the
 //! certificate against the MX name (also sent as SNI). Opportunistic TLS encrypts without requiring the
@@ -18,6 +19,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use tern_smtp::{Command, Reply};
+
+use super::client::SmtpClient;
+use super::connect::ConnectError;
 use crate::error::DeliveryError;
 
 /// The two client configurations.
@@ -27,16 +32,11 @@ pub struct TlsClients {
     opportunistic: TlsConnector,
     /// Checks, after an opportunistic handshake, whether the certificate would have verified.
     checker: Arc<WebPkiServerVerifier>,
-    /// The handshake deadline.
-    pub handshake_timeout: Duration,
 }
 
 impl TlsClients {
     /// Builds both configurations; `extra_ca_file` adds PEM roots to the web PKI roots.
-    pub fn new(
-        extra_ca_file: Option<&std::path::Path>,
-        handshake_timeout: Duration,
-    ) -> Result<Self, DeliveryError> {
+    pub fn new(extra_ca_file: Option<&std::path::Path>) -> Result<Self, DeliveryError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -77,17 +77,17 @@ impl TlsClients {
             verified: TlsConnector::from(Arc::new(verified)),
             opportunistic: TlsConnector::from(Arc::new(opportunistic)),
             checker,
-            handshake_timeout,
         })
     }
 
-    /// Runs the client handshake over `tcp` with SNI `name`, verifying the certificate when `verify`.
-    /// Returns the stream and a description (`TLSv1_3 TLS13_AES_256_GCM_SHA384 verified`).
+    /// Runs the client handshake over `tcp` with SNI `name` within `timeout`, verifying the certificate
+    /// when `verify`. Returns the stream and a description (`TLSv1_3 TLS13_AES_256_GCM_SHA384 verified`).
     pub async fn handshake(
         &self,
         tcp: TcpStream,
         name: &str,
         verify: bool,
+        timeout: Duration,
     ) -> Result<(TlsStream<TcpStream>, String), String> {
         let server_name =
             ServerName::try_from(name.to_string()).map_err(|e| format!("bad TLS name {name}: {e}"))?;
@@ -96,12 +96,11 @@ impl TlsClients {
         } else {
             &self.opportunistic
         };
-        let stream =
-            match tokio::time::timeout(self.handshake_timeout, connector.connect(server_name, tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("TLS handshake with {name} failed: {e}")),
-                Err(_) => return Err(format!("TLS handshake with {name} timed out")),
-            };
+        let stream = match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("TLS handshake with {name} failed: {e}")),
+            Err(_) => return Err(format!("TLS handshake with {name} timed out")),
+        };
         let (_, conn) = stream.get_ref();
         let version = conn
             .protocol_version()
@@ -128,6 +127,56 @@ impl TlsClients {
             if verified { "verified" } else { "unverified" }
         );
         Ok((stream, desc))
+    }
+}
+
+/// What came of a STARTTLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartTls {
+    /// TLS is in use, and EHLO was sent again over it.
+    Started,
+    /// The server refused STARTTLS with this reply; the session goes on in plain text.
+    Refused(Reply),
+}
+
+impl SmtpClient {
+    /// STARTTLS, the handshake (the certificate checked against the server's name when `verify`), then
+    /// EHLO again with the name given to [`SmtpClient::ehlo`], which must come first. A failed handshake,
+    /// or bytes sent by the server between its 220 and the handshake (read as if they were protected,
+    /// CVE-2011-0411), end the session.
+    pub async fn starttls(&mut self, tls: &TlsClients, verify: bool) -> Result<StartTls, ConnectError> {
+        let Some(helo) = self.helo.clone() else {
+            return Err(ConnectError::Tls("STARTTLS before EHLO".into()));
+        };
+        if self.tls.is_some() {
+            return Err(ConnectError::Tls("STARTTLS on a TLS stream".into()));
+        }
+        let r = self
+            .wire
+            .command(&Command::StartTls, self.timeouts.command)
+            .await?;
+        if r.code != 220 {
+            return Ok(StartTls::Refused(r));
+        }
+        if self.wire.has_unread() || self.wire.try_read_ahead() {
+            self.wire.shutdown().await;
+            self.wire.mark_broken();
+            return Err(ConnectError::Wire(format!(
+                "{} [{}] sent data between the STARTTLS reply and the handshake",
+                self.server, self.addr
+            )));
+        }
+        let Some(tcp) = self.wire.take_plain() else {
+            return Err(ConnectError::Tls("STARTTLS on a TLS stream".into()));
+        };
+        let (stream, description) = tls
+            .handshake(tcp, &self.server, verify, self.timeouts.tls_handshake)
+            .await
+            .map_err(ConnectError::Tls)?;
+        self.wire.resume_tls(stream, &description);
+        self.tls = Some(description);
+        self.hello(&helo).await?;
+        Ok(StartTls::Started)
     }
 }
 

@@ -1,6 +1,6 @@
 //! A small scriptable SMTP server (tokio + rustls) for protocol details smtp-sink cannot play: STARTTLS with
-//! a test CA certificate, bytes injected after the STARTTLS reply, EHLO refused, 452 after N recipients,
-//! DATA accepted with no valid recipient, 421 mid-session.
+//! a test CA certificate, bytes injected after the STARTTLS reply, a broken TLS stack, EHLO refused, 452
+//! after N recipients, DATA accepted with no valid recipient, 421 mid-session, SMTPUTF8 and DSN offered.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -38,6 +38,13 @@ pub struct Behaviour {
     pub implicit_tls: bool,
     /// Offer AUTH PLAIN (over TLS only) and accept these credentials.
     pub auth: Option<(String, String)>,
+    /// A broken TLS stack: offer STARTTLS, answer it with 220, read the client's first handshake bytes,
+    /// answer them with garbage (no TLS record) and close.
+    pub broken_tls: bool,
+    /// Advertise SMTPUTF8.
+    pub smtputf8: bool,
+    /// Advertise DSN (RFC 3461).
+    pub dsn: bool,
 }
 
 /// A message the server accepted.
@@ -159,8 +166,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     if b.pipelining {
                         s.push_str("250-PIPELINING\r\n");
                     }
-                    if b.tls.is_some() && !tls {
+                    if (b.tls.is_some() || b.broken_tls) && !tls {
                         s.push_str("250-STARTTLS\r\n");
+                    }
+                    if b.smtputf8 {
+                        s.push_str("250-SMTPUTF8\r\n");
+                    }
+                    if b.dsn {
+                        s.push_str("250-DSN\r\n");
                     }
                     if b.auth.is_some() && tls {
                         s.push_str("250-AUTH PLAIN\r\n");
@@ -172,6 +185,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper.starts_with("HELO") {
             helo = cmd.clone();
             "250 fake.test\r\n".into()
+        } else if upper == "STARTTLS" && b.broken_tls && !tls {
+            use tokio::io::AsyncReadExt as _;
+            let w = r.get_mut();
+            w.write_all(b"220 2.0.0 go ahead\r\n").await.ok()?;
+            w.flush().await.ok()?;
+            let mut hello = [0u8; 512];
+            let _ = r.read(&mut hello).await;
+            let w = r.get_mut();
+            w.write_all(b"this is no TLS record\r\n").await.ok()?;
+            w.flush().await.ok()?;
+            return None;
         } else if upper == "STARTTLS" && b.tls.is_some() && !tls {
             let w = r.get_mut();
             w.write_all(b"220 2.0.0 go ahead\r\n").await.ok()?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tern_config::DeliveryConfig;
 use tern_core::{Envelope, HumanDuration, Recipient, ReversePath};
-use tern_delivery::Worker;
+use tern_delivery::{Stopped, Worker};
 use tern_queue::EventKind;
 use tern_queue::{NewMessage, Queue, RedisQueue, RedisQueueOptions};
 use tern_testkit::{Dnsmasq, RedisServer, SmtpSink};
@@ -52,15 +52,15 @@ pub fn config(dns: &Dnsmasq, port: u16) -> DeliveryConfig {
 /// A running worker; cancelled when dropped.
 pub struct RunningWorker {
     pub token: CancellationToken,
-    pub handle: Option<JoinHandle<()>>,
+    pub handle: Option<JoinHandle<Stopped>>,
 }
 
 impl RunningWorker {
-    pub async fn stop(mut self) {
+    /// Stops the worker and returns what it says it released (`None` when it did not stop in 30 s).
+    pub async fn stop(mut self) -> Option<Stopped> {
         self.token.cancel();
-        if let Some(h) = self.handle.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
-        }
+        let h = self.handle.take()?;
+        tokio::time::timeout(Duration::from_secs(30), h).await.ok()?.ok()
     }
 }
 

@@ -1,0 +1,150 @@
+//! The client itself: what it knows about its session, its deadlines, and closing.
+//!
+//! A session goes: [`SmtpClient::connect`] (or [`SmtpClient::connect_tls`]) and the greeting,
+//! [`SmtpClient::ehlo`], optionally [`SmtpClient::starttls`] and [`SmtpClient::auth_plain`], then any number
+//! of [`SmtpClient::send_message`], then [`SmtpClient::quit`]. The client knows the protocol and nothing of
+//! who uses it: no connection limits, queue holds or reuse policy.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tern_smtp::{Capabilities, Command};
+
+use super::transcript::TranscriptHook;
+use super::wire::Wire;
+
+/// Every deadline of a session (RFC 5321 4.5.3.2 for the commands).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to one address.
+    pub connect: Duration,
+    /// A TLS handshake (implicit TLS or after STARTTLS).
+    pub tls_handshake: Duration,
+    /// The 220 greeting.
+    pub greeting: Duration,
+    /// EHLO, HELO, STARTTLS, AUTH, RSET.
+    pub command: Duration,
+    /// MAIL.
+    pub mail: Duration,
+    /// Each RCPT.
+    pub rcpt: Duration,
+    /// The 354 after DATA.
+    pub data: Duration,
+    /// Each block of message data.
+    pub data_block: Duration,
+    /// The reply after the final dot.
+    pub data_done: Duration,
+    /// QUIT when a session ends (after a refusal, at most `command`).
+    pub quit: Duration,
+}
+
+impl Default for Timeouts {
+    /// RFC 5321's minimums (and `delivery`'s defaults): 5 minutes for commands, 2 for DATA, 3 per data
+    /// block, 10 for the end of data; 30 seconds to connect, 60 for a TLS handshake, 5 for QUIT.
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(60),
+            greeting: Duration::from_secs(300),
+            command: Duration::from_secs(300),
+            mail: Duration::from_secs(300),
+            rcpt: Duration::from_secs(300),
+            data: Duration::from_secs(120),
+            data_block: Duration::from_secs(180),
+            data_done: Duration::from_secs(600),
+            quit: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a client needs besides the server: its deadlines and, optionally, a transcript hook.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// The deadlines.
+    pub timeouts: Timeouts,
+    /// Sees every command and reply of the session (credentials masked, message data as its size).
+    pub transcript: Option<TranscriptHook>,
+}
+
+/// An SMTP client session with one server.
+pub struct SmtpClient {
+    pub(super) wire: Wire,
+    pub(super) timeouts: Timeouts,
+    /// The server's host name (for errors, and the TLS name).
+    pub(super) server: String,
+    pub(super) addr: SocketAddr,
+    /// What the server advertised in its last EHLO reply (nothing after HELO).
+    pub(super) caps: Capabilities,
+    /// The name given in EHLO/HELO, repeated after STARTTLS.
+    pub(super) helo: Option<String>,
+    /// The TLS version, cipher and verification, when TLS is in use.
+    pub(super) tls: Option<String>,
+    /// A transaction was started on this connection: the next one begins with RSET.
+    pub(super) needs_reset: bool,
+}
+
+impl SmtpClient {
+    /// The server's host name, as given to connect.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The address connected to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// What the server advertised (after TLS, when used; nothing after HELO).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The TLS version and cipher, and whether the certificate verified, when TLS is in use.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    /// Whether the session can take another command: the server did not answer 421, and the connection
+    /// neither failed nor timed out.
+    pub fn is_usable(&self) -> bool {
+        self.wire.is_usable()
+    }
+
+    /// The deadlines in use.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Ends the session: QUIT, then close. A session that is no longer usable is just closed.
+    pub async fn quit(mut self) {
+        if self.wire.is_usable() {
+            let timeout = self.timeouts.quit;
+            self.send_quit(timeout).await;
+        }
+    }
+
+    /// QUIT and close after a refusal that ends the session; the session is unusable afterwards.
+    pub(super) async fn hang_up(&mut self) {
+        let timeout = self.timeouts.quit.min(self.timeouts.command);
+        self.send_quit(timeout).await;
+        self.wire.mark_broken();
+    }
+
+    async fn send_quit(&mut self, timeout: Duration) {
+        if self.wire.send(&Command::Quit, timeout).await.is_ok() {
+            let _ = self.wire.read_reply(timeout, "QUIT").await;
+        }
+        self.wire.shutdown().await;
+    }
+
+    /// Resets the session between transactions; `false` (and the session unusable) when that failed.
+    pub(super) async fn rset(&mut self) -> bool {
+        match self.wire.command(&Command::Rset, self.timeouts.command).await {
+            Ok(r) if r.is_positive() => true,
+            _ => {
+                self.wire.mark_broken();
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The transcript hook: what a client tells an observer about its session (for tracing, or a live protocol
+//! trace), and the masking that keeps credentials and message content out of it.
+//!
+//! Every command and every reply goes through the client's wire, which hands it to the hook. What the hook
+//! sees is already safe to log: an AUTH command shows its mechanism, never its payload, and message data
+//! shows as its size only.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tern_smtp::{Command, Reply};
+
+/// What an AUTH payload is replaced with in a transcript.
+pub const MASK: &str = "<masked>";
+
+/// One event of a session, as a transcript hook sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TranscriptEntry<'a> {
+    /// A command line as sent, without its CRLF; an AUTH payload is masked ([`command_line`]).
+    Command(&'a str),
+    /// Message data went out; only its size (the octets given, before dot-stuffing) is passed on.
+    Body {
+        /// The size of the message.
+        octets: usize,
+    },
+    /// A reply as read.
+    Reply(&'a Reply),
+    /// A TLS handshake completed (implicit TLS, or after STARTTLS): version, cipher and verification.
+    Tls(&'a str),
+}
+
+impl fmt::Display for TranscriptEntry<'_> {
+    /// One line: `C: MAIL FROM:<a@b.test>`, `C: <body 120 octets>`, `S: 250 2.0.0 ok`, `TLS: TLSv1_3 ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TranscriptEntry::Command(line) => write!(f, "C: {line}"),
+            TranscriptEntry::Body { octets } => write!(f, "C: <body {octets} octets>"),
+            TranscriptEntry::Reply(reply) => write!(f, "S: {reply}"),
+            TranscriptEntry::Tls(desc) => write!(f, "TLS: {desc}"),
+        }
+    }
+}
+
+/// An observer of a client's session. It is called inline, between writes and reads, so it must be quick.
+pub trait Transcript: Send + Sync {
+    /// Records one event.
+    fn record(&self, entry: TranscriptEntry<'_>);
+}
+
+impl<F> Transcript for F
+where
+    F: Fn(TranscriptEntry<'_>) + Send + Sync,
+{
+    fn record(&self, entry: TranscriptEntry<'_>) {
+        self(entry)
+    }
+}
+
+/// A hook shared by the clients that use it.
+pub type TranscriptHook = Arc<dyn Transcript>;
+
+/// The command as a transcript shows it: its wire form without the CRLF, with an AUTH payload (the initial
+/// response, which carries the credentials) replaced by [`MASK`].
+pub fn command_line(command: &Command) -> String {
+    match command {
+        Command::Auth {
+            mechanism,
+            initial_response: Some(_),
+        } => format!("AUTH {mechanism} {MASK}"),
+        other => other.to_string(),
+    }
+}
+
+/// A hook that logs every entry through `tracing` at TRACE level, with the server's name and address.
+pub fn tracing_transcript(server: &str, addr: std::net::SocketAddr) -> TranscriptHook {
+    let server = server.to_string();
+    Arc::new(move |entry: TranscriptEntry<'_>| {
+        tracing::trace!(mx = %server, ip = %addr.ip(), line = %entry, "smtp");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use base64::Engine as _;
+    use tern_smtp::AuthMechanism;
+
+    use super::*;
+
+    fn auth(initial_response: Option<&str>) -> Command {
+        Command::Auth {
+            mechanism: AuthMechanism::Plain,
+            initial_response: initial_response.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn auth_plain_payload_is_masked() {
+        let token = base64::engine::general_purpose::STANDARD.encode("\0tern\0s3cret");
+        let line = command_line(&auth(Some(&token)));
+        assert_eq!(line, "AUTH PLAIN <masked>");
+        assert!(!line.contains(&token));
+        let shown = TranscriptEntry::Command(&line).to_string();
+        assert_eq!(shown, "C: AUTH PLAIN <masked>");
+        assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn an_empty_auth_response_is_masked_too() {
+        assert_eq!(command_line(&auth(Some(""))), "AUTH PLAIN <masked>");
+    }
+
+    #[test]
+    fn auth_without_a_payload_is_shown_as_is() {
+        assert_eq!(command_line(&auth(None)), "AUTH PLAIN");
+        let login = Command::Auth {
+            mechanism: AuthMechanism::Login,
+            initial_response: None,
+        };
+        assert_eq!(command_line(&login), "AUTH LOGIN");
+    }
+
+    #[test]
+    fn other_commands_are_shown_as_sent() {
+        let mail = Command::Mail {
+            from: tern_smtp::ReversePath::Mailbox("s@a.test".parse().unwrap()),
+            params: Default::default(),
+        };
+        assert_eq!(command_line(&mail), "MAIL FROM:<s@a.test>");
+        assert_eq!(
+            command_line(&Command::Ehlo("tern.a.test".into())),
+            "EHLO tern.a.test"
+        );
+        assert_eq!(command_line(&Command::Quit), "QUIT");
+    }
+
+    #[test]
+    fn body_is_summarised_by_size() {
+        assert_eq!(
+            TranscriptEntry::Body { octets: 1234 }.to_string(),
+            "C: <body 1234 octets>"
+        );
+    }
+
+    #[test]
+    fn replies_show_on_one_line() {
+        let reply = Reply::new(250, "2.0.0", "first").line("second");
+        assert_eq!(
+            TranscriptEntry::Reply(&reply).to_string(),
+            "S: 250 2.0.0 first second"
+        );
+    }
+
+    #[test]
+    fn a_closure_is_a_hook() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let hook: TranscriptHook = Arc::new(move |entry: TranscriptEntry<'_>| {
+            sink.lock().unwrap().push(entry.to_string());
+        });
+        hook.record(TranscriptEntry::Command("NOOP"));
+        assert_eq!(*seen.lock().unwrap(), vec!["C: NOOP".to_string()]);
+    }
+}

@@ -1,0 +1,267 @@
+//! The wire under a client: a TCP or TLS stream, reply framing, per-command deadlines, and the one place
+//! every command and reply passes, so that the transcript hook sees them all and a broken connection (a
+//! 421, a dropped socket, a timeout) is noticed wherever it happens.
+
+use std::time::Duration;
+
+use tern_smtp::{Command, Reply, ReplyParser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::transcript::{TranscriptEntry, TranscriptHook, command_line};
+
+/// Size of each write of message data (each bounded by the data block timeout).
+const DATA_BLOCK: usize = 64 * 1024;
+
+/// Why a session broke. Every variant is a transient failure of the host, never of a recipient.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// No reply (or no progress writing) within the deadline.
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    /// The peer closed the connection.
+    #[error("connection dropped during {0}")]
+    Dropped(&'static str),
+    /// A socket error.
+    #[error("network error during {0}: {1}")]
+    Io(&'static str, String),
+    /// The peer broke the protocol (unparsable reply, bytes where none may be).
+    #[error("protocol error during {0}: {1}")]
+    Protocol(&'static str, String),
+}
+
+impl WireError {
+    /// The failure as the reply it stands for: a dropped or failed connection counts as 451.
+    pub fn as_reply(&self) -> Reply {
+        Reply::new(451, "4.4.2", self.to_string())
+    }
+}
+
+/// A plain or TLS stream.
+pub(crate) enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// No stream: taken for a TLS handshake that did not give one back.
+    Closed,
+}
+
+/// A connection with its reply parser and transcript.
+pub(crate) struct Wire {
+    stream: Stream,
+    parser: ReplyParser,
+    buf: Box<[u8]>,
+    transcript: Option<TranscriptHook>,
+    /// A 421 was read, or the connection failed: nothing more can be done on it.
+    broken: bool,
+}
+
+impl Wire {
+    /// Wraps a stream.
+    pub(crate) fn new(stream: Stream, transcript: Option<TranscriptHook>) -> Wire {
+        Wire {
+            stream,
+            parser: ReplyParser::new(),
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            transcript,
+            broken: false,
+        }
+    }
+
+    /// Whether the connection can take another command: no 421 and no failure so far.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.broken
+    }
+
+    /// Marks the connection as unusable (a refused RSET, a refusal that ends the session).
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Hands `entry` to the transcript hook, if there is one.
+    pub(crate) fn note(&self, entry: TranscriptEntry<'_>) {
+        if let Some(hook) = &self.transcript {
+            hook.record(entry);
+        }
+    }
+
+    /// Writes all of `data` within `timeout`.
+    async fn write(&mut self, data: &[u8], timeout: Duration, what: &'static str) -> Result<(), WireError> {
+        let fut = async {
+            match &mut self.stream {
+                Stream::Plain(s) => {
+                    s.write_all(data).await?;
+                    s.flush().await
+                }
+                Stream::Tls(s) => {
+                    s.write_all(data).await?;
+                    s.flush().await
+                }
+                Stream::Closed => Err(std::io::ErrorKind::BrokenPipe.into()),
+            }
+        };
+        let result = match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_error(what, &e)),
+            Err(_) => Err(WireError::Timeout(what)),
+        };
+        self.broken |= result.is_err();
+        result
+    }
+
+    /// Sends one command.
+    pub(crate) async fn send(&mut self, cmd: &Command, timeout: Duration) -> Result<(), WireError> {
+        if self.transcript.is_some() {
+            self.note(TranscriptEntry::Command(&command_line(cmd)));
+        }
+        self.write(&cmd.to_bytes(), timeout, cmd.verb()).await
+    }
+
+    /// Sends several commands in one write (a pipelined group, RFC 2920).
+    pub(crate) async fn send_group(
+        &mut self,
+        cmds: &[&Command],
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<(), WireError> {
+        let mut buf = Vec::new();
+        for cmd in cmds {
+            if self.transcript.is_some() {
+                self.note(TranscriptEntry::Command(&command_line(cmd)));
+            }
+            buf.extend_from_slice(&cmd.to_bytes());
+        }
+        self.write(&buf, timeout, what).await
+    }
+
+    /// Sends a message after a 354: dot-stuffed, CRLF-normalised, then the terminating dot. Each block
+    /// written has `block_timeout`. The transcript sees the size only.
+    pub(crate) async fn send_data(&mut self, body: &[u8], block_timeout: Duration) -> Result<(), WireError> {
+        self.note(TranscriptEntry::Body { octets: body.len() });
+        let mut enc = tern_smtp::DataEncoder::new();
+        let mut out = Vec::with_capacity(DATA_BLOCK + DATA_BLOCK / 16);
+        for chunk in body.chunks(DATA_BLOCK) {
+            out.clear();
+            enc.encode(chunk, &mut out);
+            self.write(&out, block_timeout, "message data").await?;
+        }
+        out.clear();
+        enc.finish(&mut out);
+        self.write(&out, block_timeout, "message data").await
+    }
+
+    /// Sends the terminating dot alone (after a 354 when no recipient was accepted, RFC 2920 3.1).
+    pub(crate) async fn send_dot(&mut self, timeout: Duration) -> Result<(), WireError> {
+        self.note(TranscriptEntry::Command("."));
+        self.write(b".\r\n", timeout, "DATA").await
+    }
+
+    /// Reads the next complete reply within `timeout`.
+    pub(crate) async fn read_reply(
+        &mut self,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<Reply, WireError> {
+        let result = self.read_reply_inner(timeout, what).await;
+        match &result {
+            Ok(reply) => {
+                self.note(TranscriptEntry::Reply(reply));
+                // 421: the server is closing the connection (RFC 5321 3.8).
+                self.broken |= reply.code == 421;
+            }
+            Err(_) => self.broken = true,
+        }
+        result
+    }
+
+    async fn read_reply_inner(&mut self, timeout: Duration, what: &'static str) -> Result<Reply, WireError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.parser.next_reply() {
+                return r.map_err(|e| WireError::Protocol(what, e.to_string()));
+            }
+            let read = async {
+                match &mut self.stream {
+                    Stream::Plain(s) => s.read(&mut self.buf).await,
+                    Stream::Tls(s) => s.read(&mut self.buf).await,
+                    Stream::Closed => Ok(0),
+                }
+            };
+            match tokio::time::timeout_at(deadline, read).await {
+                Ok(Ok(0)) => return Err(WireError::Dropped(what)),
+                Ok(Ok(n)) => self.parser.push(&self.buf[..n]),
+                Ok(Err(e)) => return Err(io_error(what, &e)),
+                Err(_) => return Err(WireError::Timeout(what)),
+            }
+        }
+    }
+
+    /// Sends a command and reads its reply.
+    pub(crate) async fn command(&mut self, cmd: &Command, timeout: Duration) -> Result<Reply, WireError> {
+        self.send(cmd, timeout).await?;
+        self.read_reply(timeout, cmd.verb()).await
+    }
+
+    /// Whether bytes beyond the last reply have arrived.
+    pub(crate) fn has_unread(&self) -> bool {
+        self.parser.has_partial()
+    }
+
+    /// Whether bytes are already waiting on a plain socket (a non-blocking check; consumes them). Bytes
+    /// that arrive later are fed to the TLS handshake, which then fails.
+    pub(crate) fn try_read_ahead(&mut self) -> bool {
+        match &mut self.stream {
+            Stream::Plain(s) => {
+                let mut b = [0u8; 64];
+                matches!(s.try_read(&mut b), Ok(n) if n > 0)
+            }
+            Stream::Tls(_) | Stream::Closed => false,
+        }
+    }
+
+    /// Takes the plain TCP stream out for a TLS handshake, leaving the wire closed (and unusable) until
+    /// [`Wire::resume_tls`]; `None` when the stream is not plain TCP.
+    pub(crate) fn take_plain(&mut self) -> Option<TcpStream> {
+        match std::mem::replace(&mut self.stream, Stream::Closed) {
+            Stream::Plain(tcp) => {
+                self.broken = true;
+                Some(tcp)
+            }
+            other => {
+                self.stream = other;
+                None
+            }
+        }
+    }
+
+    /// Continues over the TLS stream made from the plain one [`Wire::take_plain`] took.
+    pub(crate) fn resume_tls(&mut self, stream: TlsStream<TcpStream>, description: &str) {
+        self.stream = Stream::Tls(Box::new(stream));
+        self.broken = false;
+        self.note(TranscriptEntry::Tls(description));
+    }
+
+    /// Closes the socket (no QUIT).
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = match &mut self.stream {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+            Stream::Closed => Ok(()),
+        };
+    }
+}
+
+fn io_error(what: &'static str, e: &std::io::Error) -> WireError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => WireError::Dropped(what),
+        _ => WireError::Io(what, e.to_string()),
+    }
+}
+
+/// A reply as one line for logs, events and DSNs: `550 5.1.1 User unknown` (its `Display` form).
+pub fn reply_line(r: &Reply) -> String {
+    r.to_string()
+}

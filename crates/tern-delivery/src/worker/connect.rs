@@ -1,0 +1,156 @@
+//! Opening a connection for delivery: each host from a starting one, each of its addresses, a worker slot
+//! for each try; and the session set up the way `[delivery]` asks (STARTTLS per the host's [`TlsPolicy`],
+//! plaintext on the same host when opportunistic TLS fails, AUTH towards the relay).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tern_config::sections::TlsMode;
+use tracing::{debug, info};
+
+use super::Inner;
+use super::pool::Connection;
+use super::tls_policy::{TlsFailures, TlsPolicy};
+use crate::route::Host;
+use crate::smtp::{
+    ClientOptions, ConnectError, SmtpClient, StartTls, Timeouts, TlsClients, reply_line, tracing_transcript,
+};
+
+/// How the worker opens sessions.
+#[derive(Clone)]
+pub(super) struct SessionSettings {
+    /// The EHLO/HELO name.
+    pub(super) helo: String,
+    /// The STARTTLS policy.
+    pub(super) tls_mode: TlsMode,
+    /// The deadlines.
+    pub(super) timeouts: Timeouts,
+    /// AUTH PLAIN credentials for the relay host.
+    pub(super) relay_auth: Option<(String, String)>,
+    /// The TLS clients.
+    pub(super) tls: TlsClients,
+    /// The hosts whose STARTTLS failed recently (reached in plaintext meanwhile under opportunistic TLS).
+    pub(super) tls_failures: std::sync::Arc<TlsFailures>,
+}
+
+impl Inner {
+    /// Tries every host from `start` on (wrapping), and every address of each, until one takes a session.
+    /// Returns the connection and the index of its host.
+    pub(super) async fn connect_any(
+        &self,
+        domain: &str,
+        hosts: &[Host],
+        start: usize,
+    ) -> Result<(Connection, usize), ConnectError> {
+        let mut last = ConnectError::Unreachable(format!("no host to try for {domain}"));
+        for k in 0..hosts.len() {
+            let i = (start + k) % hosts.len();
+            let host = &hosts[i];
+            for addr in &host.addrs {
+                let slot = self.connection_slot().await?;
+                match open_session(host, *addr, &self.settings).await {
+                    Ok(client) => {
+                        let tls = client.tls().unwrap_or("-");
+                        debug!(domain, mx = %host.name, ip = %addr, tls, "connected");
+                        return Ok((Connection::new(client, slot), i));
+                    }
+                    Err(e) => {
+                        info!(
+                            domain, mx = %host.name, ip = %addr, error = %e,
+                            "host not usable, trying the next"
+                        );
+                        last = e;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Opens a session to `host` at `addr`: connect (TLS from the first byte for an implicit-TLS relay), EHLO,
+/// STARTTLS as the host's [`TlsPolicy`] says ([`secure`]), then AUTH towards the relay.
+async fn open_session(
+    host: &Host,
+    addr: SocketAddr,
+    s: &SessionSettings,
+) -> Result<SmtpClient, ConnectError> {
+    let options = ClientOptions {
+        timeouts: s.timeouts.clone(),
+        transcript: Some(tracing_transcript(&host.name, addr)),
+    };
+    let mut client = if host.implicit_tls {
+        SmtpClient::connect_tls(&host.name, addr, &options, &s.tls, true).await?
+    } else {
+        SmtpClient::connect(&host.name, addr, &options).await?
+    };
+    client.ehlo(&s.helo).await?;
+
+    if client.tls().is_none() {
+        let policy = TlsPolicy::for_host(s.tls_mode, host.relay);
+        client = secure(client, host, addr, policy, s, &options).await?;
+    }
+
+    if host.relay
+        && let Some((user, password)) = &s.relay_auth
+    {
+        client.auth_plain(user, password).await?;
+    }
+    Ok(client)
+}
+
+/// STARTTLS on a plaintext session as `policy` says. Without TLS to be had (not offered, refused, or
+/// failed) a policy that requires TLS gives up on the host; an opportunistic one goes on in plaintext: on
+/// this session when STARTTLS was not offered or refused, on a new one to the same address when it failed
+/// (the old one is unusable), noting the failure so that the host is reached in plaintext for a while
+/// without trying TLS.
+async fn secure(
+    mut client: SmtpClient,
+    host: &Host,
+    addr: SocketAddr,
+    policy: TlsPolicy,
+    s: &SessionSettings,
+    options: &ClientOptions,
+) -> Result<SmtpClient, ConnectError> {
+    if !policy.starttls {
+        return Ok(client);
+    }
+    if policy.plaintext_fallback && s.tls_failures.remembers(&host.name, addr, Instant::now()) {
+        debug!(mx = %host.name, ip = %addr, "STARTTLS failed here recently: plaintext without trying TLS");
+        return Ok(client);
+    }
+    if !client.capabilities().starttls {
+        if policy.required {
+            client.quit().await;
+            return Err(ConnectError::Tls(format!(
+                "TLS is required but {} [{addr}] does not offer STARTTLS",
+                host.name
+            )));
+        }
+        return Ok(client);
+    }
+    match client.starttls(&s.tls, policy.verify).await {
+        Ok(StartTls::Started) => Ok(client),
+        Ok(StartTls::Refused(r)) if policy.required => {
+            client.quit().await;
+            Err(ConnectError::Tls(format!(
+                "{} [{addr}] refused STARTTLS: {}",
+                host.name,
+                reply_line(&r)
+            )))
+        }
+        Ok(StartTls::Refused(_)) => Ok(client),
+        Err(e) if policy.plaintext_fallback => {
+            drop(client);
+            s.tls_failures.remember(&host.name, addr, Instant::now());
+            info!(
+                mx = %host.name, ip = %addr, error = %e,
+                "STARTTLS failed: going on in plaintext on a new connection (opportunistic TLS)"
+            );
+            let mut plain = SmtpClient::connect(&host.name, addr, options).await?;
+            plain.ehlo(&s.helo).await?;
+            Ok(plain)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,273 @@
+//! One domain's jobs of a claim, delivered one after another over one connection at a time.
+//!
+//! For each job: **open or reuse** a connection (the current one while it is usable and under
+//! `messages_per_connection`; otherwise a new one, to the **next host** when the current one broke, the
+//! domain routed on first need), **send** the message, and **record** the outcome. A host that fails
+//! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
+//! next host, once per host. A reused connection found stale (its RSET fails) is replaced, once. After the
+//! last job, **keep or close**: the connection goes idle keeping the domain's slot as a hold, or is closed.
+
+use tern_core::{Recipient, Shutdown};
+use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, SlotHold};
+use tern_smtp::Reply;
+use tracing::{info, warn};
+
+use super::Inner;
+use super::pool::Connection;
+use crate::route::Host;
+use crate::smtp::{NotStarted, RecipientReply, reply_line};
+
+/// The pool key of every connection when everything goes to the relay.
+const RELAY_POOL_KEY: &str = "#relay";
+
+/// The delivery of one domain's share of a claim.
+pub(super) struct DomainDelivery<'a> {
+    inner: &'a Inner,
+    domain: &'a str,
+    shutdown: &'a Shutdown,
+    /// Where this destination's idle connections are pooled: the domain, or the relay's key.
+    pool_key: String,
+    /// The connection in use.
+    connection: Option<Connection>,
+    /// The domain slot kept for the connection after the claim's last job, to go idle with it.
+    hold: Option<SlotHold>,
+    /// The domain's hosts, routed on first need (a connection reused from the idle pool needs none).
+    hosts: Option<Vec<Host>>,
+    /// The host to connect to next (into `hosts`, wrapping).
+    host_index: usize,
+}
+
+impl<'a> DomainDelivery<'a> {
+    /// A delivery to `domain` for `inner`, stopping at `shutdown`.
+    pub(super) fn new(inner: &'a Inner, domain: &'a str, shutdown: &'a Shutdown) -> DomainDelivery<'a> {
+        let pool_key = if inner.cfg.relay_host.is_some() {
+            RELAY_POOL_KEY.to_string()
+        } else {
+            domain.to_string()
+        };
+        DomainDelivery {
+            inner,
+            domain,
+            shutdown,
+            pool_key,
+            connection: None,
+            hold: None,
+            hosts: None,
+            host_index: 0,
+        }
+    }
+
+    /// Delivers `jobs` in order, starting with the idle connection whose hold the claim took over
+    /// (`took_hold`), or any idle one of the destination. On shutdown the jobs not started are released.
+    pub(super) async fn deliver(mut self, jobs: Vec<ClaimedJob>, took_hold: Option<&str>) {
+        self.connection = self.inner.take_idle(&self.pool_key, took_hold).await;
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            if self.shutdown.is_cancelled() {
+                self.inner.release(&job).await;
+                for rest in jobs.by_ref() {
+                    self.inner.release(&rest).await;
+                }
+                break;
+            }
+            let last = jobs.as_slice().is_empty();
+            if let Err(reply) = self.deliver_job(&job, last).await {
+                // No route, or no host took a connection: the rest of the batch would fare no better.
+                self.inner.fail_all(job, jobs, &reply).await;
+                return;
+            }
+        }
+        self.keep_or_close().await;
+    }
+
+    /// One job, to its recorded outcome. `Err` is the reply the whole batch takes: the domain has no
+    /// route, or no host took a connection.
+    async fn deliver_job(&mut self, job: &ClaimedJob, last: bool) -> Result<(), Reply> {
+        let pending: Vec<(u32, &Recipient)> = job.job.pending().map(|(i, r)| (i, &r.recipient)).collect();
+        if pending.is_empty() {
+            self.inner.complete(job, Outcome::delivered()).await;
+            return Ok(());
+        }
+        let mut tries = 0;
+        let mut other_hosts_tried = 0usize;
+        loop {
+            tries += 1;
+            self.open_or_reuse().await?;
+            match self.send(job, &pending).await {
+                Ok(replies) => {
+                    if self.host_failed(&replies) && self.another_host_left(other_hosts_tried).await {
+                        other_hosts_tried += 1;
+                        let mx = self.connection.as_ref().map_or("-", |c| c.client.server());
+                        let reply = replies
+                            .first()
+                            .map(|(_, r)| reply_line(r.reply()))
+                            .unwrap_or_default();
+                        info!(
+                            message_id = %job.job.id.message, domain = self.domain, mx, reply,
+                            "host failed mid-session, trying the next host"
+                        );
+                        continue;
+                    }
+                    self.record(job, &replies, last).await;
+                    return Ok(());
+                }
+                Err(NotStarted) => {
+                    // A reused connection went stale (the peer closed it while it was idle): open a new one
+                    // and try again (once). It is dropped here, not left as broken: that would count as a
+                    // host failure and send the next connection to the next MX.
+                    self.connection = None;
+                    if tries >= 2 {
+                        let reply = Reply::new(451, "4.4.2", "connection lost before the transaction");
+                        let replies: Vec<(u32, RecipientReply)> = pending
+                            .iter()
+                            .map(|(i, _)| (*i, RecipientReply::Local(reply.clone())))
+                            .collect();
+                        self.inner.finish(job, &replies, None, false).await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes sure a connection is open: the current one while it can take another message, otherwise a new
+    /// one (the current one is closed, or, when it broke, left for the next host).
+    async fn open_or_reuse(&mut self) -> Result<(), Reply> {
+        let limit = self.inner.cfg.messages_per_connection;
+        if self.connection.as_ref().is_some_and(|c| c.reusable(limit)) {
+            return Ok(());
+        }
+        if let Some(old) = self.connection.take() {
+            if old.client.is_usable() {
+                old.quit().await;
+            } else {
+                self.next_host();
+            }
+        }
+        self.route().await?;
+        let hosts = self.hosts.as_deref().unwrap_or_default();
+        match self.inner.connect_any(self.domain, hosts, self.host_index).await {
+            Ok((connection, index)) => {
+                self.host_index = index;
+                self.connection = Some(connection);
+                Ok(())
+            }
+            Err(e) => {
+                let reply = e.reply();
+                warn!(
+                    domain = self.domain, reply = %reply_line(&reply),
+                    "no host took a connection: the whole batch is deferred"
+                );
+                Err(reply)
+            }
+        }
+    }
+
+    /// A 421 or a dropped connection: the next connection goes to the next host.
+    fn next_host(&mut self) {
+        self.host_index += 1;
+    }
+
+    /// Looks the domain's hosts up, unless that was done. `Err` is the reply the whole batch takes.
+    async fn route(&mut self) -> Result<(), Reply> {
+        if self.hosts.is_some() {
+            return Ok(());
+        }
+        match self.inner.router.route(self.domain).await {
+            Ok(hosts) => {
+                self.hosts = Some(hosts);
+                Ok(())
+            }
+            Err(failure) => {
+                let reply = failure.reply();
+                warn!(
+                    domain = self.domain, reply = %reply_line(&reply),
+                    "no route: the whole batch takes this reply"
+                );
+                Err(reply)
+            }
+        }
+    }
+
+    /// Sends the job's message to its pending recipients on the current connection, counting the
+    /// transactions it took against the connection's reuse limit.
+    async fn send(
+        &mut self,
+        job: &ClaimedJob,
+        pending: &[(u32, &Recipient)],
+    ) -> Result<Vec<(u32, RecipientReply)>, NotStarted> {
+        let connection = self.connection.as_mut().ok_or(NotStarted)?;
+        let sent = connection
+            .client
+            .send_message(&job.job.envelope, pending, &job.body)
+            .await?;
+        connection.transactions += sent.transactions;
+        Ok(sent.replies)
+    }
+
+    /// The host went away (421, dropped connection) before any recipient had a final answer.
+    fn host_failed(&self, replies: &[(u32, RecipientReply)]) -> bool {
+        self.connection.as_ref().is_some_and(|c| !c.client.is_usable())
+            && replies.iter().all(|(_, r)| r.reply().is_transient())
+    }
+
+    /// Whether a host is left for a message that has tried `tried` other hosts. A connection from the idle
+    /// pool came without routing: the hosts are learnt now.
+    async fn another_host_left(&mut self, tried: usize) -> bool {
+        if self.hosts.is_none() {
+            self.hosts = self.inner.router.route(self.domain).await.ok();
+        }
+        tried + 1 < self.hosts.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Whether the current connection can be kept for more messages.
+    fn keepable(&self) -> bool {
+        let limit = self.inner.cfg.messages_per_connection;
+        self.connection.as_ref().is_some_and(|c| c.reusable(limit)) && !self.shutdown.is_cancelled()
+    }
+
+    /// Records the job's replies. Completing the claim's last job frees the domain's connection slot for
+    /// another worker: a connection that stays open keeps the slot as a hold first, and one that will not
+    /// be kept (or cannot keep the slot) is closed first, so that connections never outnumber the domain's
+    /// slots (`connections_per_domain`).
+    async fn record(&mut self, job: &ClaimedJob, replies: &[(u32, RecipientReply)], last: bool) {
+        let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
+            remote_mx: Some(c.client.server().to_string()),
+            remote_ip: Some(c.client.addr().ip().to_string()),
+            tls: c.client.tls().map(str::to_string),
+        });
+        // NOTIFY went on with each RCPT (RFC 3461): the server reports successes from here on.
+        let dsn_passed_on = self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.client.capabilities().dsn);
+        if last {
+            if self.keepable() {
+                self.hold = self.inner.hold_for_idle(job).await;
+            }
+            if self.hold.is_none()
+                && let Some(connection) = self.connection.take()
+            {
+                connection.quit().await;
+            }
+        }
+        self.inner.finish(job, replies, attempt, dsn_passed_on).await;
+    }
+
+    /// After the batch: the connection goes idle with its hold, or it is closed and the hold given back.
+    async fn keep_or_close(mut self) {
+        if self.hold.is_some()
+            && self.keepable()
+            && let Some(connection) = self.connection.take()
+        {
+            self.inner.put_idle(&self.pool_key, connection, self.hold.take());
+            return;
+        }
+        if let Some(connection) = self.connection.take() {
+            connection.quit().await;
+        }
+        if let Some(hold) = self.hold.take() {
+            self.inner.drop_hold(&hold).await;
+        }
+    }
+}
