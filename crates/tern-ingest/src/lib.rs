@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn demo(cfg: tern_config::IngestConfig, queue: std::sync::Arc<dyn tern_queue::Queue>)
 //! # -> Result<(), tern_ingest::IngestError> {
-//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let shutdown = tern_core::Shutdown::new();
 //! let server = tern_ingest::SmtpServer::new(&cfg, queue)?.bind().await?;
 //! println!("listening on {:?}", server.smtp_addrs());
 //! server.run(shutdown).await
@@ -27,9 +27,10 @@
 //! | [`smtp::body`] | line checks of BDAT chunks (pure) |
 //! | [`smtp::limits`] | connection counting |
 //! | [`smtp::tls`] | the rustls server configuration from PEM files |
-//! | [`grpc`] | the gRPC Send API: MIME composition, validation, API keys |
+//! | [`grpc`] | the gRPC Send API: MIME composition, validation, per-call limits |
 #![forbid(unsafe_code)]
 
+pub mod enqueue;
 mod error;
 pub mod grpc;
 pub mod smtp;
@@ -37,5 +38,9 @@ pub mod smtp;
 pub use error::IngestError;
 pub use smtp::{BoundSmtpServer, SmtpServer};
 
-/// Re-exported so that callers can make the shutdown signal without naming tokio-util themselves.
-pub use tokio_util::sync::CancellationToken;
+/// The shutdown signal the servers take: [`tern_core::Shutdown`].
+pub use tern_core::Shutdown;
+
+/// The former name of [`Shutdown`], kept so that callers outside the role crates that still use it (ternctl's
+/// tests, the benches) build; new code names [`tern_core::Shutdown`].
+pub use tern_core::Shutdown as CancellationToken;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mail_parser::{MessageParser, MimeHeaders};
+use tern_core::Shutdown;
 use tern_core::{Notify, Ret, ReversePath};
-use tern_ingest::CancellationToken;
-use tern_ingest::grpc::{GrpcError, GrpcServer, GrpcSettings, ServerLimits, auth::key_line};
+use tern_ingest::grpc::{CallLimits, GrpcError, GrpcServer, GrpcSettings};
 use tern_proto::v1 as pb;
 use tern_proto::v1::submission_client::SubmissionClient;
 use tern_proto::v1::{
@@ -20,6 +20,8 @@ use tern_proto::v1::{
     send_request::Content, send_result,
 };
 use tern_queue::{ClaimedJob, Queue, RedisQueue, RedisQueueOptions};
+use tern_server::auth::{AuthError, key_line};
+use tern_server::grpc::HealthHandle;
 use tern_testkit::RedisServer;
 use tokio_util::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -36,7 +38,8 @@ struct Harness {
     redis: RedisServer,
     queue: Arc<dyn Queue>,
     addr: SocketAddr,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
+    health: HealthHandle,
     server: Option<tokio::task::JoinHandle<Result<(), GrpcError>>>,
     _dir: tempfile::TempDir,
 }
@@ -45,11 +48,11 @@ impl Harness {
     /// Starts Redis and the server on a free loopback port; with `keys`, an API keys file holding
     /// `good` (any domain) and `narrow` (sender domain allowed.test only).
     async fn start(keys: bool) -> Harness {
-        Harness::start_with(keys, ServerLimits::default()).await
+        Harness::start_with(keys, CallLimits::default()).await
     }
 
-    /// [`Harness::start`], with the listener's `limits`.
-    async fn start_with(keys: bool, limits: ServerLimits) -> Harness {
+    /// [`Harness::start`], with the Submission calls' `limits`.
+    async fn start_with(keys: bool, limits: CallLimits) -> Harness {
         let redis = RedisServer::start().expect("start redis-server");
         let queue: Arc<dyn Queue> = Arc::new(
             RedisQueue::connect(RedisQueueOptions {
@@ -81,17 +84,20 @@ impl Harness {
             max_recipients: 5,
             hostname: Some("ingest.tern.test".into()),
             limits,
+            ..GrpcSettings::default()
         };
         let server = GrpcServer::bind(&settings, queue.clone()).await.expect("bind");
         let addr = server.local_addr();
         assert_eq!(addr.port(), port);
-        let shutdown = CancellationToken::new();
+        let health = server.health();
+        let shutdown = Shutdown::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Harness {
             redis,
             queue,
             addr,
             shutdown,
+            health,
             server: Some(task),
             _dir: dir,
         }
@@ -887,10 +893,9 @@ async fn stalled_upload_is_cut_off_at_its_deadline_while_other_calls_wait_for_it
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     // One slot; a Send's deadline is 1 s plus its 64 KiB + 1 MiB at 1 MiB/s: about 2.06 s.
-    let limits = ServerLimits {
+    let limits = CallLimits {
         request_timeout: Duration::from_secs(1),
         max_in_flight: 1,
-        ..ServerLimits::default()
     };
     let h = Harness::start_with(true, limits).await;
     let started = Instant::now();
@@ -996,7 +1001,10 @@ async fn a_public_listener_without_keys_does_not_start() {
         ..GrpcSettings::default()
     };
     let err = GrpcServer::bind(&settings, queue.clone()).await.unwrap_err();
-    assert!(matches!(err, GrpcError::NoKeysOnPublicListener(_)), "{err}");
+    assert!(
+        matches!(err, GrpcError::Auth(AuthError::NoKeysOnPublicListener { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("ingest.api_keys_file"), "{err}");
     let bad_file = GrpcSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -1004,7 +1012,10 @@ async fn a_public_listener_without_keys_does_not_start() {
         ..GrpcSettings::default()
     };
     let err = GrpcServer::bind(&bad_file, queue).await.unwrap_err();
-    assert!(matches!(err, GrpcError::KeysFile { .. }), "{err}");
+    assert!(
+        matches!(err, GrpcError::Auth(AuthError::KeysFile { .. })),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1031,7 +1042,7 @@ async fn queue_down_gives_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_services_and_health_reports_serving() {
+async fn reflection_lists_only_submission_health_and_reflection_and_health_reports_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -1041,15 +1052,13 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
 
     let h = Harness::start(true).await;
     let mut reflection = ServerReflectionClient::new(h.channel().await);
+    let request = |message| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    };
     let requests = futures::stream::iter(vec![
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        },
-        ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol("tern.v1.SendRequest".into())),
-        },
+        request(MessageRequest::ListServices(String::new())),
+        request(MessageRequest::FileContainingSymbol("tern.v1.SendRequest".into())),
     ]);
     let mut responses = reflection
         .server_reflection_info(requests)
@@ -1060,15 +1069,34 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
     let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
         panic!("{first:?}")
     };
-    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for want in ["tern.v1.Submission", "grpc.health.v1.Health"] {
-        assert!(names.contains(&want), "{want} not in {names:?}");
-    }
+    let mut names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    // Exactly what this port serves: not the control plane's QueueAdmin and Events, which it would answer
+    // with UNIMPLEMENTED.
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "tern.v1.Submission",
+        ]
+    );
     let second = responses.message().await.unwrap().expect("a reply");
     let Some(MessageResponse::FileDescriptorResponse(files)) = &second.message_response else {
         panic!("{second:?}")
     };
     assert!(!files.file_descriptor_proto.is_empty());
+    // Nor does it describe them.
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request(
+            MessageRequest::FileContainingSymbol("tern.v1.QueueAdmin".into()),
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = responses.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
     // Health needs no API key.
     let mut health = HealthClient::new(h.channel().await);
@@ -1082,6 +1110,19 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
             .into_inner()
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    // The role can report that it cannot work (a later readiness check will, when the queue is down).
+    h.health.set_not_serving().await;
+    for service in ["", "tern.v1.Submission"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
     }
     h.stop().await;
 }

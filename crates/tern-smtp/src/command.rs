@@ -12,12 +12,15 @@
 //! * CR, LF and NUL are rejected anywhere in the line (`501 5.5.2`), as is
 //!   a line that is not UTF-8.
 //! * Line limits include the CRLF: 512 octets (RFC 5321 4.5.3.1.4) for every
-//!   command, `MAIL` and `RCPT` with their parameters included, except
-//!   `AUTH`, which may carry an initial response of up to [`MAX_AUTH_LINE`] =
-//!   12288 octets (RFC 4954 section 4). Over the limit: `500 5.5.2`. The
-//!   extension RFCs allow a server to accept longer `MAIL`/`RCPT` lines; tern
-//!   keeps the strict 512 because its own clients never need more, and one
-//!   limit is simpler to reason about for framing and abuse.
+//!   command except `MAIL` and `RCPT`, which may be up to
+//!   [`MAX_MAIL_RCPT_LINE`] = 1012 octets, and `AUTH`, which may carry an
+//!   initial response of up to [`MAX_AUTH_LINE`] = 12288 octets (RFC 4954
+//!   section 4). Over the limit: `500 5.5.2`. The 500 extra octets of `MAIL`
+//!   and `RCPT` are what the extensions tern's server always offers allow:
+//!   `NOTIFY` and `ORCPT` on `RCPT` (RFC 3461 section 4; an ORCPT alone may
+//!   be 500 characters), and `RET`, `ENVID` (RFC 3461) and `AUTH=` (RFC 4954
+//!   section 5) on `MAIL`. A client that fills both a long path and a long
+//!   ORCPT is within the RFC, so the strict 512 refused it.
 //! * Trailing spaces are ignored. `MAIL FROM:` and `RCPT TO:` tolerate
 //!   spaces between the colon and the path (a common client bug).
 //! * `MAIL`: the `SMTPUTF8` parameter on the same line allows a UTF-8
@@ -45,12 +48,17 @@ pub const MAX_COMMAND_LINE: usize = 512;
 /// Maximum `AUTH` line length including CRLF (RFC 4954 section 4), also
 /// the limit for SASL continuation lines.
 pub const MAX_AUTH_LINE: usize = 12288;
+/// Maximum `MAIL` and `RCPT` line length including CRLF: 512 plus the 500
+/// octets the DSN parameters (RFC 3461 section 4) and `AUTH=` (RFC 4954
+/// section 5) may add.
+pub const MAX_MAIL_RCPT_LINE: usize = MAX_COMMAND_LINE + 500;
 
 /// The maximum line length (including CRLF) for a line starting with
 /// `prefix` (at least the verb and a space, when the line has them).
 pub fn max_line_len(prefix: &[u8]) -> usize {
     match prefix.get(..5) {
         Some(v) if v.eq_ignore_ascii_case(b"AUTH ") => MAX_AUTH_LINE,
+        Some(v) if v.eq_ignore_ascii_case(b"MAIL ") || v.eq_ignore_ascii_case(b"RCPT ") => MAX_MAIL_RCPT_LINE,
         _ => MAX_COMMAND_LINE,
     }
 }

@@ -17,7 +17,8 @@
 //!   than one limit's worth of an incomplete line (plus whatever one
 //!   `push` delivered).
 //! * The limit depends on the verb (see [`crate::command::max_line_len`]):
-//!   512 for every command, 12288 for `AUTH` (RFC 4954 section 4).
+//!   512 for most commands, 1012 for `MAIL` and `RCPT` (DSN parameters),
+//!   12288 for `AUTH` (RFC 4954 section 4).
 //!   [`LineFramer::next_line_with_limit`] sets it explicitly, e.g. for
 //!   SASL continuation lines.
 //! * After `DATA` is accepted, or for `BDAT` chunks, the bytes that already
@@ -83,6 +84,14 @@ impl LineFramer {
         let out = self.buf.split_off(self.start);
         self.clear();
         out
+    }
+
+    /// Whether part of a line has arrived and not been returned yet: the
+    /// bytes of an incomplete line are buffered, or the rest of an over-long
+    /// line is being discarded. A server times the completion of a line
+    /// from here (a client sending one byte at a time is never idle).
+    pub fn partial(&self) -> bool {
+        self.discarding || self.start < self.buf.len()
     }
 
     /// Empties the framer.
@@ -243,18 +252,50 @@ mod tests {
     }
 
     #[test]
-    fn mail_lines_keep_the_512_limit_and_auth_lines_get_a_longer_one() {
+    fn mail_and_rcpt_lines_get_1012_octets_and_auth_lines_more() {
         let mut f = LineFramer::new();
-        let mut mail = b"MAIL FROM:<a@b.test> ENVID=".to_vec();
-        mail.extend(std::iter::repeat_n(b'e', 900));
-        mail.extend_from_slice(b"\r\n");
-        f.push(&mail);
+        for verb in ["MAIL FROM:<a@b.test> AUTH=", "RCPT TO:<a@b.test> ORCPT=rfc822;"] {
+            let mut fits = verb.as_bytes().to_vec();
+            fits.resize(1010, b'e');
+            fits.extend_from_slice(b"\r\n");
+            f.push(&fits);
+            assert_eq!(f.next_line(), Some(Ok(fits[..1010].to_vec())), "{verb}");
+            let mut over = verb.as_bytes().to_vec();
+            over.resize(1011, b'e');
+            over.extend_from_slice(b"\r\n");
+            f.push(&over);
+            assert_eq!(f.next_line(), Some(Err(LineError::TooLong)), "{verb}");
+        }
+        let mut noop = b"NOOP ".to_vec();
+        noop.resize(511, b'n');
+        noop.extend_from_slice(b"\r\n");
+        f.push(&noop);
         assert_eq!(f.next_line(), Some(Err(LineError::TooLong)));
         let mut auth = b"AUTH PLAIN ".to_vec();
         auth.extend(std::iter::repeat_n(b'A', 5000));
         auth.extend_from_slice(b"\r\n");
         f.push(&auth);
         assert!(matches!(f.next_line(), Some(Ok(_))));
+    }
+
+    #[test]
+    fn partial_is_true_from_the_first_byte_of_a_line_to_its_crlf() {
+        let mut f = LineFramer::new();
+        assert!(!f.partial());
+        f.push(b"NO");
+        assert_eq!(f.next_line(), None);
+        assert!(f.partial());
+        f.push(b"OP\r\n");
+        assert_eq!(f.next_line(), Some(Ok(b"NOOP".to_vec())));
+        assert!(!f.partial());
+        // The discarded rest of an over-long line is still part of a line.
+        f.push(&[b'x'; 600]);
+        assert_eq!(f.next_line(), Some(Err(LineError::TooLong)));
+        assert!(f.buffered().is_empty());
+        assert!(f.partial());
+        f.push(b"\r\n");
+        assert_eq!(f.next_line(), None);
+        assert!(!f.partial());
     }
 
     #[test]

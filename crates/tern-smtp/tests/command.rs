@@ -74,15 +74,40 @@ fn line_over_512_octets_gets_500_5_5_2() {
 }
 
 #[test]
-fn mail_line_over_512_octets_gets_500_5_5_2() {
+fn mail_line_over_1012_octets_gets_500_5_5_2() {
     let envid = "e".repeat(100);
-    let auth = "a".repeat(400);
+    let auth = "a".repeat(900);
     let line = format!(
         "MAIL FROM:<{}@example.test> ENVID={envid} AUTH={auth}",
         "l".repeat(60)
     );
-    assert!(line.len() > 512);
+    assert!(line.len() + 2 > 1012);
     assert_eq!(code_of(line.as_bytes()), (500, "5.5.2".into()));
+}
+
+#[test]
+fn rcpt_with_notify_and_a_500_character_orcpt_is_not_too_long() {
+    let local = "l".repeat(64);
+    let domain = format!("{}.test", "d".repeat(60));
+    let head = format!("RCPT TO:<{local}@{domain}> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=");
+    let orcpt = format!("rfc822;{}", "o".repeat(493));
+    assert_eq!(orcpt.len(), 500);
+    let line = format!("{head}{orcpt}");
+    assert!(line.len() + 2 > 512, "{}", line.len());
+    assert!(
+        matches!(parse_command(line.as_bytes()), Ok(Command::Rcpt { .. })),
+        "{line}"
+    );
+    let pad = "RCPT TO:<a@b.test> X-PAD=";
+    let over = format!("{pad}{}", "p".repeat(1011 - pad.len()));
+    assert_eq!(over.len() + 2, 1013);
+    assert_eq!(code_of(over.as_bytes()), (500, "5.5.2".into()));
+    let fits = &over[..over.len() - 1];
+    assert_ne!(
+        code_of(fits.as_bytes()).0,
+        500,
+        "1012 octets are within the limit"
+    );
 }
 
 #[test]

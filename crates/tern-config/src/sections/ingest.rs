@@ -8,6 +8,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tern_core::HumanDuration;
 
+/// The longest `ingest.enqueue_retry_for`: RFC 5321 4.5.3.2.6 has an SMTP client wait 10 minutes for the reply
+/// to the final dot, and the queue remembers a message id (which makes the repeat harmless) for far longer.
+const MAX_ENQUEUE_RETRY_FOR: Duration = Duration::from_secs(600);
+
 /// The `[ingest]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +55,10 @@ pub struct IngestConfig {
     pub max_errors: u32,
     /// On shutdown, how long sessions in the middle of a message may take to finish it.
     pub shutdown_grace: HumanDuration,
+    /// How long a submission (SMTP after the final dot or BDAT LAST, a gRPC call) may repeat a queue write
+    /// that timed out or lost its connection, with the same message id, before it answers a temporary failure.
+    /// Zero: no repeat. At most 10 minutes.
+    pub enqueue_retry_for: HumanDuration,
     /// Where the gRPC Send API (`tern.v1.Submission`) listens.
     pub grpc_listen: SocketAddr,
     /// The API keys file of the gRPC Send API: one `name:<lowercase hex SHA-256 of the key>` per line (made by
@@ -79,6 +87,7 @@ impl Default for IngestConfig {
             idle_timeout: HumanDuration::from_secs(300),
             max_errors: 10,
             shutdown_grace: HumanDuration::from_secs(30),
+            enqueue_retry_for: HumanDuration::from_secs(60),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             api_keys_file: None,
         }
@@ -139,6 +148,12 @@ impl IngestConfig {
         }
         if self.max_errors == 0 {
             return err("max_errors", "must be at least 1".into());
+        }
+        if self.enqueue_retry_for.get() > MAX_ENQUEUE_RETRY_FOR {
+            return err(
+                "enqueue_retry_for",
+                format!("{} is longer than 10m", self.enqueue_retry_for),
+            );
         }
         Ok(())
     }
@@ -220,5 +235,23 @@ mod tests {
             }),
             "idle_timeout"
         );
+        assert_eq!(
+            key(IngestConfig {
+                enqueue_retry_for: HumanDuration::from_secs(601),
+                ..d()
+            }),
+            "enqueue_retry_for"
+        );
+    }
+
+    #[test]
+    fn enqueue_retry_for_defaults_to_a_minute_and_may_be_zero() {
+        let d = IngestConfig::default();
+        assert_eq!(d.enqueue_retry_for.get(), Duration::from_secs(60));
+        let off: IngestConfig = toml::from_str("enqueue_retry_for = \"0s\"").unwrap();
+        assert_eq!(off.enqueue_retry_for.get(), Duration::ZERO);
+        assert_eq!(off.validate(), Ok(()));
+        let most: IngestConfig = toml::from_str("enqueue_retry_for = \"10m\"").unwrap();
+        assert_eq!(most.validate(), Ok(()));
     }
 }

@@ -4,11 +4,14 @@
 //!   recipients only and never written. The layout is the usual one: `multipart/alternative` for text and
 //!   HTML, `multipart/related` around the HTML and its inline parts (those with a `content_id`), and
 //!   `multipart/mixed` around all that and the attachments.
-//! * [`raw`]: an RFC 5322 message as given, line endings made CRLF, checked to be a message
-//!   (mail-parser must parse it, it must start with a header field and have a non-blank body), with
-//!   Message-ID and Date added
-//!   when missing (RFC 6409 sections 8.2 and 8.3, as the SMTP side does). When the envelope is taken from
-//!   the headers, the Bcc field is removed.
+//! * [`raw`]: an RFC 5322 message as given, line endings made CRLF (a bare CR or a bare LF becomes CRLF),
+//!   checked to be a message (mail-parser must parse it, it must start with a header field and have a
+//!   non-blank body) that can be sent as it is: no NUL octet and no line over 998 octets (RFC 5322 2.1.1,
+//!   RFC 5321 4.5.3.1.6), as SMTP submission refuses them (`554 5.6.0`). Such a message is refused naming
+//!   the line, not folded or re-encoded: rewriting a signed (DKIM) message would break its signature, and
+//!   the client is the one that can encode the part properly. Message-ID and Date are added when missing
+//!   (RFC 6409 sections 8.2 and 8.3, as the SMTP side does). When the envelope is taken from the headers,
+//!   the Bcc field is removed.
 //!
 //! Both return the From and recipient header addresses so that the caller can derive the envelope.
 
@@ -252,6 +255,7 @@ pub fn raw(
         return Err(FieldError::new("raw", "empty message"));
     }
     let msg = tern_smtp::normalize_line_endings(raw);
+    check_lines(&msg)?;
     let header_len = header_section_len(&msg).ok_or_else(|| {
         FieldError::new(
             "raw",
@@ -318,6 +322,38 @@ pub fn raw(
     let scan = scan_headers(&msg);
     built.body = prepare_message(&msg, &scan, "", message_id, hostname, now);
     Ok(built)
+}
+
+/// The longest line RFC 5322 2.1.1 allows, CRLF excluded (RFC 5321 4.5.3.1.6's 1000 with it).
+pub const MAX_LINE: usize = 998;
+
+/// Refuses a NUL octet or a line over [`MAX_LINE`] octets, naming the (1-based) line. `msg` has CRLF line
+/// endings only.
+fn check_lines(msg: &[u8]) -> Result<(), FieldError> {
+    for (index, line) in msg.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let number = index + 1;
+        if let Some(column) = line.iter().position(|&b| b == 0) {
+            return Err(FieldError::new(
+                "raw",
+                format!(
+                    "line {number}: NUL octet at column {} (not allowed in a message, RFC 5322 2.1.1)",
+                    column + 1
+                ),
+            ));
+        }
+        if line.len() > MAX_LINE {
+            return Err(FieldError::new(
+                "raw",
+                format!(
+                    "line {number}: {} octets long, over the {MAX_LINE} allowed (RFC 5322 2.1.1); fold the \
+                     header field or encode the part (quoted-printable or base64)",
+                    line.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The length of the header section (up to and including the CRLF of its last field, not the empty line),
@@ -558,5 +594,25 @@ mod tests {
         .unwrap();
         assert!(kept.body.starts_with(b"Message-ID: <m@x>\r\nDate: Mon"));
         assert!(kept.from.is_none());
+    }
+
+    #[test]
+    fn raw_lines_over_998_octets_or_with_nul_are_refused_naming_the_line() {
+        let now = SystemTime::now();
+        let head = b"From: a@a.test\r\nTo: b@b.test\r\n\r\n".to_vec();
+        let mut fits = head.clone();
+        fits.extend(std::iter::repeat_n(b'x', 998));
+        fits.extend_from_slice(b"\r\n");
+        assert!(raw(&fits, true, "i", "h", now).is_ok());
+        let mut long = head.clone();
+        long.extend_from_slice(b"ok\n");
+        long.extend(std::iter::repeat_n(b'x', 999));
+        let e = raw(&long, true, "i", "h", now).unwrap_err();
+        assert_eq!(e.path, "raw");
+        assert!(e.message.starts_with("line 5: 999 octets long"), "{e}");
+        let mut nul = head;
+        nul.extend_from_slice(b"a\rb\0c\r\n");
+        let e = raw(&nul, true, "i", "h", now).unwrap_err();
+        assert!(e.message.starts_with("line 5: NUL octet at column 2"), "{e}");
     }
 }

@@ -1,13 +1,13 @@
-//! The limits of the gRPC listener, which keep slow, stuck or too many callers from tying up the process.
+//! The per-call limits of the Send API, which keep slow, stuck or too many callers from tying up the process.
+//! The transport limits every gRPC listener shares (connections, streams per connection, keepalive) are
+//! [`tern_server::grpc::ServerLimits`].
 //!
 //! | limit | where | what a caller sees |
 //! |---|---|---|
-//! | the API key | [`super::auth::AuthInterceptor`], before the body is read | `UNAUTHENTICATED` |
+//! | the API key | [`tern_server::auth::AuthInterceptor`], before the body is read | `UNAUTHENTICATED` |
 //! | request size: `Send` up to `max_message_size` + 1 MiB, `SendBatch` up to 4 × `max_message_size` + 1 MiB | tonic's decoder, from the frame header | `OUT_OF_RANGE` |
-//! | in-flight budget ([`ServerLimits::max_in_flight`] slots; `SendBatch` takes [`BATCH_WEIGHT`]) | the Submission wrapper, after the key check | the call waits; `UNAVAILABLE` if no slot frees before its deadline |
+//! | in-flight budget ([`CallLimits::max_in_flight`] slots; `SendBatch` takes [`BATCH_WEIGHT`]) | the Submission wrapper, after the key check | the call waits; `UNAVAILABLE` if no slot frees before its deadline |
 //! | the deadline of a call ([`call_deadline`]), slot wait and upload included | the Submission wrapper | `DEADLINE_EXCEEDED` |
-//! | streams per connection ([`ServerLimits::max_concurrent_streams`]) | HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` | further calls wait in the client |
-//! | dead peers ([`ServerLimits::keepalive_interval`], [`ServerLimits::keepalive_timeout`]) | HTTP/2 PING | the connection is closed |
 //!
 //! Health and reflection are outside the in-flight budget and the deadline, so a saturated server still
 //! answers health checks, and reflection streams stay open as long as the client wants.
@@ -27,20 +27,11 @@ use tonic::server::NamedService;
 
 use super::service::SubmissionService;
 
-/// The default base of a call's deadline ([`ServerLimits::request_timeout`]).
+/// The default base of a call's deadline ([`CallLimits::request_timeout`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The default in-flight budget ([`ServerLimits::max_in_flight`]).
+/// The default in-flight budget ([`CallLimits::max_in_flight`]).
 pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
-
-/// The default number of streams per connection ([`ServerLimits::max_concurrent_streams`]).
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 32;
-
-/// The default interval of HTTP/2 keepalive pings ([`ServerLimits::keepalive_interval`]).
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// The default wait for a keepalive ping's acknowledgement ([`ServerLimits::keepalive_timeout`]).
-pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The slowest upload a call's deadline allows for, in bytes per second (1 MiB/s, about 8 Mbit/s): a
 /// request of the largest allowed size still arrives in time on such a link.
@@ -53,10 +44,9 @@ pub const BATCH_WEIGHT: u32 = 4;
 /// No call's deadline is longer than this, however large the limits: a day.
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The limits of the gRPC listener. The defaults suit a listener of the ingest role; there are no
-/// configuration keys for them yet.
+/// The per-call limits of the Send API. There are no configuration keys for them yet: the defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerLimits {
+pub struct CallLimits {
     /// The time a call may take besides its upload: the deadline of a Submission call is this plus the time
     /// its largest allowed request takes at [`MIN_UPLOAD_RATE`] (see [`call_deadline`]). Waiting for a slot
     /// of the in-flight budget counts towards it.
@@ -64,23 +54,13 @@ pub struct ServerLimits {
     /// Submission calls in progress over all connections, counted in `Send`-sized slots (a `SendBatch`
     /// takes [`BATCH_WEIGHT`]). A call that finds no free slot waits for one. Zero counts as one.
     pub max_in_flight: u32,
-    /// HTTP/2 streams (calls of any service) one connection may have open at once.
-    pub max_concurrent_streams: u32,
-    /// How often an HTTP/2 PING is sent on each connection, so that a peer that has gone away is noticed
-    /// and its streams are freed.
-    pub keepalive_interval: Duration,
-    /// How long to wait for a PING's acknowledgement before closing the connection.
-    pub keepalive_timeout: Duration,
 }
 
-impl Default for ServerLimits {
+impl Default for CallLimits {
     fn default() -> Self {
-        ServerLimits {
+        CallLimits {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
-            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 }

@@ -1,15 +1,15 @@
 //! The `tern.v1.Submission` service: check and build each message, enqueue, and answer only once the queue
 //! has acknowledged. The caller was authenticated before the body was read (see
-//! [`AuthInterceptor`]); the transport limits are in [`super::limit`].
+//! [`AuthInterceptor`]); the per-call limits are in [`super::limit`].
 //!
 //! | outcome | status |
 //! |---|---|
-//! | queued (or a repeated idempotency key) | OK, with the message id |
+//! | queued (or a repeated idempotency key) | OK, with the message id (for a repeated key, the first message's id and recipients) |
 //! | no key, or an unknown one | `UNAUTHENTICATED` |
 //! | the envelope sender's domain is not among the key's domains | `PERMISSION_DENIED` |
 //! | a bad field, no recipients, an empty or oversized message | `INVALID_ARGUMENT`, naming the field |
 //! | the queue refused the message as invalid | `INVALID_ARGUMENT` |
-//! | any other queue failure (unreachable, backend error, corrupt record, configuration) | `UNAVAILABLE`: nothing was acknowledged, the call is safe to repeat |
+//! | any other queue failure (unreachable, backend error, corrupt record, configuration), after repeating the write for up to `ingest.enqueue_retry_for` | `UNAVAILABLE`, saying whether the message may have been queued (see [`crate::enqueue`]) |
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,11 +22,13 @@ use tern_proto::v1::{
     send_request::Content, send_result,
 };
 use tern_queue::{EnqueueReceipt, NewMessage, Queue, QueueError};
+use tern_server::auth::{AuthInterceptor, Authenticator, Principal};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::auth::{AuthInterceptor, Authenticator, Principal};
 use super::compose::{self, Built};
 use super::validate::{self, FieldError, MAX_BATCH};
+use crate::enqueue::{self, Bounds, EnqueueFailure, EnqueueRetry};
 
 /// What the service needs besides the queue.
 #[derive(Clone, Debug)]
@@ -45,6 +47,7 @@ pub struct SubmissionService {
     queue: Arc<dyn Queue>,
     auth: Arc<Authenticator>,
     limits: Arc<Limits>,
+    retry: EnqueueRetry,
 }
 
 impl std::fmt::Debug for SubmissionService {
@@ -64,11 +67,26 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn response(self, receipt: EnqueueReceipt) -> SendResponse {
+    /// The answer for `receipt`. For a repeated idempotency key, `first` holds the recipients of the first
+    /// message, which the answer lists instead of this request's (nothing of this request was queued);
+    /// this request's refusals are kept, but for an address the first message has. Without `first` (the
+    /// queue could not say), this request's lists stand: right for a retry of the same request.
+    fn response(self, receipt: EnqueueReceipt, first: Option<Vec<String>>) -> SendResponse {
+        let (accepted, rejected) = match first {
+            Some(first) if receipt.duplicate => {
+                let rejected = self
+                    .rejected
+                    .into_iter()
+                    .filter(|r| !first.iter().any(|a| a.eq_ignore_ascii_case(&r.address)))
+                    .collect();
+                (first, rejected)
+            }
+            _ => (self.accepted, self.rejected),
+        };
         SendResponse {
             message_id: receipt.message.to_string(),
-            accepted: self.accepted,
-            rejected: self.rejected,
+            accepted,
+            rejected,
             duplicate: receipt.duplicate,
         }
     }
@@ -81,6 +99,41 @@ impl SubmissionService {
             queue,
             auth: Arc::new(auth),
             limits: Arc::new(limits),
+            retry: EnqueueRetry::default(),
+        }
+    }
+
+    /// Sets how long a queue write that may or may not have been applied is repeated
+    /// (`ingest.enqueue_retry_for`; [`EnqueueRetry::default`] until set).
+    pub fn with_enqueue_retry(mut self, retry: EnqueueRetry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The recipients of the first message of a repeated idempotency key, read back from the queue (grouped
+    /// by destination domain). `None` for a receipt that is not a repeat, and when the queue cannot say: the
+    /// message's jobs are not made yet (an interrupted enqueue the reaper has still to finish) or have all
+    /// finished, or the read failed. The queue keeps no other record of a message's recipients; a job that
+    /// finished while others remain takes its recipients with it.
+    async fn first_recipients(&self, receipt: &EnqueueReceipt) -> Option<Vec<String>> {
+        if !receipt.duplicate {
+            return None;
+        }
+        match self.queue.get_message(receipt.message).await {
+            Ok(Some(info)) if !info.jobs.is_empty() => {
+                let mut jobs = info.jobs;
+                jobs.sort_by_key(|j| j.id);
+                Some(
+                    jobs.iter()
+                        .flat_map(|j| j.envelope.recipients.iter().map(|r| r.address.to_string()))
+                        .collect(),
+                )
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(message = %receipt.message, error = %e, "cannot read the first message of a repeated idempotency key");
+                None
+            }
         }
     }
 
@@ -255,26 +308,49 @@ fn envelope_from_headers(
 /// The status for a failed enqueue: `INVALID_ARGUMENT` when the queue refused the message itself, else
 /// `UNAVAILABLE`. A backend, corrupt-record or configuration error is not the caller's fault and may clear
 /// (a fixed Redis, a restart), and only `UNAVAILABLE` is retried by standard gRPC retry policies: answered
-/// `INTERNAL`, the client might drop the mail. SMTP answers `451 4.3.0` to all of them alike.
-fn queue_status(e: &QueueError) -> Status {
-    match e {
-        QueueError::InvalidMessage(m) => Status::invalid_argument(m.clone()),
-        QueueError::Unavailable(m) => Status::unavailable(format!(
-            "the queue is unavailable, nothing was queued; retry later ({m})"
-        )),
-        other => {
-            // Not an outage: worth an operator's attention, though the caller only needs to retry.
-            tracing::warn!(error = %other, "queue failed a gRPC submission; answered UNAVAILABLE");
-            Status::unavailable(format!(
-                "the queue could not store the message, nothing was acknowledged; retry later ({other})"
-            ))
-        }
+/// `INTERNAL`, the client might drop the mail. The message says "nothing was queued" only when that is
+/// certain; otherwise the message may have been queued, and only a repeat with the same idempotency key is
+/// safe. SMTP answers `451 4.3.0` to all of them alike.
+fn queue_status(failure: &EnqueueFailure) -> Status {
+    let e = &failure.error;
+    if let QueueError::InvalidMessage(m) = e {
+        return Status::invalid_argument(m.clone());
+    }
+    if !e.is_unavailable() {
+        // Not an outage: worth an operator's attention, though the caller only needs to retry.
+        tracing::warn!(error = %e, "queue failed a gRPC submission; answered UNAVAILABLE");
+    }
+    if failure.maybe_queued {
+        Status::unavailable(format!(
+            "the queue did not confirm the write ({} attempts); the message may have been queued: retry \
+             later with the same idempotency_key, which is then answered with the first message's id (without \
+             a key a retry may send it twice) ({e})",
+            failure.attempts
+        ))
+    } else {
+        Status::unavailable(format!(
+            "the queue is unavailable, nothing was queued; retry later ({e})"
+        ))
     }
 }
 
 /// Whether a failed enqueue is answered `UNAVAILABLE` (see [`queue_status`]).
-fn is_retryable(e: &QueueError) -> bool {
-    !matches!(e, QueueError::InvalidMessage(_))
+fn is_retryable(failure: &EnqueueFailure) -> bool {
+    !failure.is_invalid()
+}
+
+/// When repeats of a queue write must stop so that the answer reaches the client within its own deadline
+/// (`grpc-timeout`): at nine tenths of it.
+fn client_bounds<T>(req: &Request<T>) -> Bounds {
+    let timeout = req
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(validate::grpc_timeout);
+    Bounds {
+        until: timeout.map(|t| Instant::now() + t.mul_f64(0.9)),
+        stop: None,
+    }
 }
 
 /// The W3C `traceparent` metadata, if any, carried with the jobs.
@@ -291,12 +367,17 @@ impl Submission for SubmissionService {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let principal = self.principal(&request)?;
         let trace = trace_of(&request);
+        let bounds = client_bounds(&request);
         let prepared = self.prepare(request.get_ref(), &principal, trace.as_deref())?;
-        let receipt = self
-            .queue
-            .enqueue(prepared.message.clone())
-            .await
-            .map_err(|e| queue_status(&e))?;
+        let receipt = enqueue::enqueue(
+            self.queue.as_ref(),
+            prepared.message.clone(),
+            &self.retry,
+            &bounds,
+        )
+        .await
+        .map_err(|f| queue_status(&f))?;
+        let first = self.first_recipients(&receipt).await;
         tracing::info!(
             message = %receipt.message,
             key = principal.name.as_deref().unwrap_or("-"),
@@ -304,7 +385,7 @@ impl Submission for SubmissionService {
             duplicate = receipt.duplicate,
             "queued via gRPC"
         );
-        Ok(Response::new(prepared.response(receipt)))
+        Ok(Response::new(prepared.response(receipt, first)))
     }
 
     async fn send_batch(
@@ -313,6 +394,7 @@ impl Submission for SubmissionService {
     ) -> Result<Response<SendBatchResponse>, Status> {
         let principal = self.principal(&request)?;
         let trace = trace_of(&request);
+        let bounds = client_bounds(&request);
         let messages = &request.get_ref().messages;
         if messages.len() > MAX_BATCH {
             return Err(FieldError::new(
@@ -335,9 +417,8 @@ impl Submission for SubmissionService {
         let outcomes = if ready.is_empty() {
             Vec::new()
         } else {
-            self.queue
-                .enqueue_batch(ready.iter().map(|(_, p)| p.message.clone()).collect())
-                .await
+            let batch = ready.iter().map(|(_, p)| p.message.clone()).collect();
+            enqueue::enqueue_batch(self.queue.as_ref(), batch, &self.retry, &bounds).await
         };
         // When the queue failed every message it was given, the whole call fails, so that a client's retry
         // policy repeats it; a per-message error inside an OK answer is not retried by any policy.
@@ -353,7 +434,8 @@ impl Submission for SubmissionService {
             results[i] = Some(match outcome {
                 Ok(receipt) => {
                     queued += 1;
-                    send_result::Result::Ok(prepared.response(receipt))
+                    let first = self.first_recipients(&receipt).await;
+                    send_result::Result::Ok(prepared.response(receipt, first))
                 }
                 Err(e) => error_result(&queue_status(&e)),
             });

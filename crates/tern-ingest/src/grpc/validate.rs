@@ -3,10 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use tern_core::{Mailbox, Notify, Ret, ReversePath};
 use tern_proto::v1 as pb;
 use tern_smtp::{parse_forward_path, parse_reverse_path};
+
+use crate::enqueue::INTERNAL_KEY_PREFIX;
 
 /// The most messages one `SendBatch` may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -126,10 +129,17 @@ pub fn envelope_sender(path: &str, text: &str) -> Result<ReversePath, FieldError
     parsed.map_err(|_| FieldError::new(path, format!("invalid address {text:?}")))
 }
 
-/// The idempotency key: empty means none.
+/// The idempotency key: empty means none. Keys starting with `tern:` are ingest's own (see
+/// [`crate::enqueue`]) and refused.
 pub fn idempotency_key(path: &str, key: &str) -> Result<Option<String>, FieldError> {
     if key.is_empty() {
         return Ok(None);
+    }
+    if key.starts_with(INTERNAL_KEY_PREFIX) {
+        return Err(FieldError::new(
+            path,
+            format!("the prefix {INTERNAL_KEY_PREFIX:?} is reserved for tern's own keys"),
+        ));
     }
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
         return Err(FieldError::new(
@@ -170,6 +180,25 @@ pub fn tags(
         out.insert(k.clone(), v.clone());
     }
     Ok(out)
+}
+
+/// The time a client gives a call, from its `grpc-timeout` metadata (`<up to 8 digits><unit>`, the unit
+/// one of `H`, `M`, `S`, `m`, `u`, `n`); `None` when absent or malformed.
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The DSN options as the envelope holds them: ENVID, RET and the NOTIFY applied to every recipient.
@@ -276,6 +305,35 @@ mod tests {
         assert!(header_name("h", "a:b").is_err());
         assert!(no_line_breaks("h", "fine").is_ok());
         assert!(no_line_breaks("h", "a\nb").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_with_the_internal_prefix_are_refused() {
+        assert_eq!(idempotency_key("k", "").unwrap(), None);
+        assert_eq!(
+            idempotency_key("k", "order-1").unwrap().as_deref(),
+            Some("order-1")
+        );
+        assert_eq!(
+            idempotency_key("k", "my-tern:1").unwrap().as_deref(),
+            Some("my-tern:1")
+        );
+        let e = idempotency_key("idempotency_key", "tern:01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap_err();
+        assert_eq!(e.path, "idempotency_key");
+        assert!(e.message.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_every_unit() {
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "5", "5s", "123456789S", "-5S", "5 S", "é"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use tern_config::IngestConfig;
+use tern_core::Shutdown;
 use tern_queue::Queue;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::IngestError;
@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) max_recipients: usize,
     pub(crate) max_errors: u32,
     pub(crate) idle_timeout: Duration,
+    /// How long a queue write whose outcome is unknown is repeated (`ingest.enqueue_retry_for`).
+    pub(crate) enqueue_retry: crate::enqueue::EnqueueRetry,
     limiter: Arc<ConnLimiter>,
 }
 
@@ -80,20 +82,6 @@ impl std::fmt::Debug for SmtpServer {
     }
 }
 
-/// The system host name (`/proc/sys/kernel/hostname`, then `/etc/hostname`), or `localhost`.
-pub fn system_hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .find(|s| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-        })
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 impl SmtpServer {
     /// Builds the server from the `[ingest]` section: validates it, loads the TLS certificate and the users
     /// file. Nothing listens yet.
@@ -115,7 +103,10 @@ impl SmtpServer {
             usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),
         );
         let shared = Shared {
-            hostname: config.hostname.clone().unwrap_or_else(system_hostname),
+            hostname: config
+                .hostname
+                .clone()
+                .unwrap_or_else(tern_server::system_hostname),
             queue,
             tls,
             users: users.filter(|u| !u.is_empty()),
@@ -126,6 +117,7 @@ impl SmtpServer {
             max_recipients: usize::try_from(config.max_recipients).unwrap_or(usize::MAX),
             max_errors: config.max_errors,
             idle_timeout: config.idle_timeout.get(),
+            enqueue_retry: crate::enqueue::EnqueueRetry::from_config(config),
             limiter,
         };
         Ok(SmtpServer {
@@ -166,7 +158,7 @@ impl SmtpServer {
     }
 
     /// [`SmtpServer::bind`] then [`BoundSmtpServer::run`].
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), IngestError> {
         self.bind().await?.run(shutdown).await
     }
 }
@@ -202,7 +194,7 @@ impl BoundSmtpServer {
 
     /// Serves every listener until `shutdown` is cancelled, then shuts down gracefully (see the module docs)
     /// and returns.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), IngestError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), IngestError> {
         let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, bool)>(64);
         let mut accept_tasks = JoinSet::new();
         for (listener, implicit) in self.listeners {
@@ -266,7 +258,7 @@ async fn handle_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) {
     let _ = tcp.set_nodelay(true);
     let permit = shared.limiter.try_acquire(peer.ip());

@@ -18,36 +18,41 @@
 //! | DATA without recipients | `554 5.5.1` |
 //! | message over `max_message_size` (after the data is drained) | `552 5.3.4` |
 //! | message with bare CR, bare LF, NUL or a line over 998 octets (SMTP smuggling; BINARYMIME by BDAT exempt) | `554 5.6.0` |
+//! | an empty message (DATA or BDAT with nothing but white space, `BDAT 0 LAST`) | `554 5.6.0` |
 //! | more than 100 Received fields | `554 5.4.6` |
-//! | the queue failed | `451 4.3.0` |
+//! | the queue failed, after repeating the write (see [`crate::enqueue`]) | `451 4.3.0`, saying whether the message may have been queued |
 //! | AUTH without TLS (and `allow_plaintext_auth` off) | `538 5.7.11` |
 //! | AUTH while the client address is locked out | `454 4.7.0` (the session stays open) |
 //! | wrong credentials | `535 5.7.8` after a delay; the third in one session is followed by `421 4.7.0` and close |
 //! | `*` to a SASL challenge / undecodable response | `501 5.7.0` / `501 5.5.2` |
 //! | `max_errors` 5xx replies in one session | `421 4.7.0` and close |
 //! | idle for `idle_timeout` | `421 4.4.2` and close |
+//! | a command line not complete within `idle_timeout` of its first byte, a DATA or BDAT transfer slower than `deadline`'s floor rate | `421 4.4.2` and close |
 //! | shutdown while waiting for a command | `421 4.3.2` and close |
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tern_core::{Envelope, MessageId, Recipient};
+use tern_core::{Envelope, MessageId, Recipient, Shutdown};
 use tern_queue::NewMessage;
-use tern_smtp::command::MAX_AUTH_LINE;
 use tern_smtp::{
-    AuthMechanism, Body, Capabilities, Command, DataDecoder, DataStatus, LineError, LineFramer, MailParams,
-    Mailbox, ParseContext, RcptParams, Reply, ReversePath, Violations, parse_command_with,
+    Body, Capabilities, Command, DataDecoder, DataStatus, LineError, LineFramer, MailParams, Mailbox,
+    ParseContext, RcptParams, Reply, ReversePath, Violations, parse_command_with,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::auth::{self, AuthedUser, SaslError};
+use super::auth::AuthedUser;
 use super::body::LineChecker;
 use super::received::{self, MAX_RECEIVED, Protocol, ReceivedInfo};
 use super::stream::Stream;
 use super::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, Shared};
+use crate::enqueue::{self, Bounds, EnqueueFailure, EnqueueRetry};
+use deadline::{Deadline, LineClock, TransferClock};
+
+mod deadline;
+mod sasl;
 
 /// Size of the read buffer.
 const READ_BUF: usize = 64 * 1024;
@@ -122,7 +127,7 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     stream: Stream,
     ip: IpAddr,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     framer: LineFramer,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -134,6 +139,8 @@ pub(crate) struct Session {
     auth_failures: u32,
     /// Commands without mail since the last accepted message (see [`JUNK_COMMAND_LIMIT`]).
     junk: u32,
+    /// When the command line being received began (see `deadline`).
+    line_clock: LineClock,
 }
 
 fn bad_sequence(text: &str) -> Reply {
@@ -156,7 +163,7 @@ impl Session {
         stream: Stream,
         peer: SocketAddr,
         tls: bool,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> Session {
         Session {
             shared,
@@ -173,6 +180,7 @@ impl Session {
             errors: 0,
             auth_failures: 0,
             junk: 0,
+            line_clock: LineClock::default(),
         }
     }
 
@@ -194,20 +202,27 @@ impl Session {
                 break;
             }
             let line = match self.framer.next_line() {
-                Some(Ok(line)) => line,
+                Some(Ok(line)) => {
+                    self.line_clock.reset();
+                    line
+                }
                 Some(Err(LineError::TooLong)) => {
+                    self.line_clock.reset();
                     if self.reply(Reply::new(500, "5.5.2", "Line too long")) == Flow::Close {
                         break;
                     }
                     continue;
                 }
-                None => match self.read_input(true).await {
-                    Input::Data(n) => {
-                        self.framer.push(&self.rbuf[..n]);
-                        continue;
+                None => {
+                    let deadline = self.line_deadline();
+                    match self.read_input(true, deadline).await {
+                        Input::Data(n) => {
+                            self.framer.push(&self.rbuf[..n]);
+                            continue;
+                        }
+                        Input::Closed => break,
                     }
-                    Input::Closed => break,
-                },
+                }
             };
             let ctx = ParseContext {
                 smtputf8: self.tx.as_ref().is_some_and(|t| t.params.smtputf8),
@@ -284,9 +299,17 @@ impl Session {
         }
     }
 
-    /// Writes the queued replies, then waits for input. `between_commands`: a shutdown ends the wait with
-    /// `421 4.3.2` (inside a message it does not: the message may finish within the grace period).
-    async fn read_input(&mut self, between_commands: bool) -> Input {
+    /// The deadline of the command line being received, if part of one has arrived (see `deadline`).
+    fn line_deadline(&mut self) -> Option<Deadline> {
+        let partial = self.framer.partial();
+        self.line_clock
+            .deadline(partial, Instant::now(), self.shared.idle_timeout)
+    }
+
+    /// Writes the queued replies, then waits for input, at most `idle_timeout` and not past `deadline`.
+    /// `between_commands`: a shutdown ends the wait with `421 4.3.2` (inside a message it does not: the
+    /// message may finish within the grace period).
+    async fn read_input(&mut self, between_commands: bool, deadline: Option<Deadline>) -> Input {
         if self.flush().await.is_err() {
             return Input::Closed;
         }
@@ -295,8 +318,14 @@ impl Session {
             Shutdown,
         }
         let idle = self.shared.idle_timeout;
+        let (limit, reason) = match deadline {
+            Some(d) if d.at.saturating_duration_since(Instant::now()) < idle => {
+                (d.at.saturating_duration_since(Instant::now()), d.reason)
+            }
+            _ => (idle, "Idle timeout, closing connection"),
+        };
         let token = self.shutdown.clone();
-        let read = tokio::time::timeout(idle, self.stream.read(&mut self.rbuf));
+        let read = tokio::time::timeout(limit, self.stream.read(&mut self.rbuf));
         let waited = if between_commands {
             tokio::select! {
                 biased;
@@ -314,10 +343,9 @@ impl Session {
                 Input::Closed
             }
             Waited::Read(Err(_)) => {
-                info!("idle timeout");
-                self.out.extend_from_slice(
-                    &Reply::new(421, "4.4.2", "Idle timeout, closing connection").to_bytes(),
-                );
+                info!(reason, "closing: timed out");
+                self.out
+                    .extend_from_slice(&Reply::new(421, "4.4.2", reason).to_bytes());
                 let _ = self.flush().await;
                 Input::Closed
             }
@@ -502,8 +530,14 @@ impl Session {
         }
         self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
         let mut decoder = DataDecoder::with_max_size(self.shared.max_message_size);
+        let mut clock = TransferClock::new(
+            Instant::now(),
+            self.shared.idle_timeout,
+            self.shared.max_message_size,
+        );
         let mut body = Vec::new();
         let first = self.framer.take_buffered();
+        clock.received(first.len());
         let mut done = match decoder.feed(&first, &mut body) {
             DataStatus::Done { consumed } => {
                 self.framer.push(&first[consumed..]);
@@ -512,10 +546,11 @@ impl Session {
             DataStatus::NeedMore => false,
         };
         while !done {
-            let n = match self.read_input(false).await {
+            let n = match self.read_input(false, Some(clock.deadline())).await {
                 Input::Data(n) => n,
                 Input::Closed => return Flow::Close,
             };
+            clock.received(n);
             if let DataStatus::Done { consumed } = decoder.feed(&self.rbuf[..n], &mut body) {
                 self.framer.push(&self.rbuf[consumed..n]);
                 done = true;
@@ -550,12 +585,14 @@ impl Session {
         }
         self.framer.consume(k);
         let mut left = size - k as u64;
+        let mut clock = TransferClock::new(Instant::now(), self.shared.idle_timeout, size);
         while left > 0 {
-            let n = match self.read_input(false).await {
+            let n = match self.read_input(false, Some(clock.deadline())).await {
                 Input::Data(n) => n,
                 Input::Closed => return Flow::Close,
             };
             let k = usize::try_from(left).unwrap_or(usize::MAX).min(n);
+            clock.received(k);
             if let Some(s) = sink.as_deref_mut() {
                 s.push(&self.rbuf[..k], max, binary);
             }
@@ -640,8 +677,19 @@ impl Session {
         self.submit(tx, chunks.body).await
     }
 
+    /// The repeat policy of queue writes (`ingest.enqueue_retry_for`).
+    fn enqueue_retry(&self) -> EnqueueRetry {
+        self.shared.enqueue_retry
+    }
+
     /// Adds the trace and missing headers and queues the message; `250` only once the queue has it.
     async fn submit(&mut self, tx: Transaction, body: Vec<u8>) -> Flow {
+        // Nothing to deliver (`BDAT 0 LAST`, or DATA with a blank body): refused like a malformed message
+        // rather than queued as the few headers tern would add.
+        if body.iter().all(u8::is_ascii_whitespace) {
+            info!(id = %tx.id, size = body.len(), "message refused: empty");
+            return self.reply(Reply::new(554, "5.6.0", "Message rejected: empty message"));
+        }
         let scan = received::scan_headers(&body);
         if scan.received > MAX_RECEIVED {
             warn!(id = %tx.id, received = scan.received, "message refused: mail loop");
@@ -683,7 +731,12 @@ impl Session {
             new = new.with_tag("auth_user", user.name.clone());
         }
         let user = self.user.as_ref().map(|u| u.name.clone());
-        match self.shared.queue.enqueue(new).await {
+        let retry = self.enqueue_retry();
+        let bounds = Bounds {
+            until: None,
+            stop: Some(self.shutdown.clone()),
+        };
+        match enqueue::enqueue(self.shared.queue.as_ref(), new, &retry, &bounds).await {
             Ok(receipt) => {
                 self.junk = 0;
                 info!(message_id = %receipt.message, user = ?user, recipients, size, "message queued");
@@ -693,13 +746,15 @@ impl Session {
                     format!("Ok: queued as {}", receipt.message),
                 ))
             }
-            Err(e) => {
-                warn!(message_id = %id, error = %e, "queue refused the message");
-                self.reply(Reply::new(
-                    451,
-                    "4.3.0",
-                    "Temporary queue failure, try again later",
-                ))
+            Err(failure) => {
+                warn!(
+                    message_id = %id,
+                    error = %failure.error,
+                    attempts = failure.attempts,
+                    maybe_queued = failure.maybe_queued,
+                    "queue failed the message"
+                );
+                self.reply(queue_failure_reply(&failure))
             }
         }
     }
@@ -742,125 +797,17 @@ impl Session {
         self.user = None;
         Flow::Continue
     }
+}
 
-    /// Sends a 334 challenge and reads the response line. `None`: the connection ended.
-    async fn challenge(&mut self, text: &str) -> Option<Result<String, SaslError>> {
-        self.reply(Reply::new(334, None, auth::encode(text)));
-        loop {
-            match self.framer.next_line_with_limit(MAX_AUTH_LINE) {
-                Some(Ok(line)) => {
-                    return Some(String::from_utf8(line).map_err(|_| SaslError::Malformed));
-                }
-                Some(Err(_)) => return Some(Err(SaslError::Malformed)),
-                None => match self.read_input(true).await {
-                    Input::Data(n) => self.framer.push(&self.rbuf[..n]),
-                    Input::Closed => return None,
-                },
-            }
-        }
-    }
-
-    /// Reads the credentials of a PLAIN or LOGIN exchange. `None`: the connection ended.
-    async fn credentials(
-        &mut self,
-        mechanism: AuthMechanism,
-        initial: Option<String>,
-    ) -> Option<Result<(String, String), SaslError>> {
-        let first = match initial {
-            Some(r) => r,
-            None => {
-                let text = if mechanism == AuthMechanism::Login {
-                    "Username:"
-                } else {
-                    ""
-                };
-                match self.challenge(text).await? {
-                    Ok(line) => line,
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-        };
-        match mechanism {
-            AuthMechanism::Plain => Some(auth::decode_response(&first).and_then(|m| auth::split_plain(&m))),
-            AuthMechanism::Login => {
-                let user = match auth::decode_response(&first) {
-                    Ok(u) if !u.is_empty() => u,
-                    Ok(_) => return Some(Err(SaslError::Malformed)),
-                    Err(e) => return Some(Err(e)),
-                };
-                let password = match self.challenge("Password:").await? {
-                    Ok(line) => auth::decode_response(&line),
-                    Err(e) => Err(e),
-                };
-                Some(password.map(|p| (user, p)))
-            }
-        }
-    }
-
-    /// AUTH PLAIN / LOGIN (RFC 4954).
-    async fn auth(&mut self, mechanism: AuthMechanism, initial: Option<String>) -> Flow {
-        if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
-            return self.reply(bad_sequence("Send EHLO first"));
-        }
-        if self.user.is_some() {
-            return self.reply(bad_sequence("Already authenticated"));
-        }
-        if self.tx.is_some() {
-            return self.reply(bad_sequence("AUTH not allowed during a mail transaction"));
-        }
-        let Some(users) = self.shared.users.clone() else {
-            return self.reply(Reply::new(502, "5.5.1", "AUTH not available"));
-        };
-        if !self.auth_offered() {
-            return self.reply(Reply::new(
-                538,
-                "5.7.11",
-                "Encryption required for requested authentication mechanism",
-            ));
-        }
-        if self.shared.lockout.is_locked(self.ip, Instant::now()) {
-            info!("AUTH refused: address locked out");
-            return self.reply(Reply::new(
-                454,
-                "4.7.0",
-                "Too many authentication failures, try again later",
-            ));
-        }
-        let (user, password) = match self.credentials(mechanism, initial).await {
-            None => return Flow::Close,
-            Some(Ok(c)) => c,
-            Some(Err(SaslError::Cancelled)) => {
-                return self.reply(Reply::new(501, "5.7.0", "Authentication cancelled"));
-            }
-            Some(Err(SaslError::Malformed)) => {
-                return self.reply(Reply::new(501, "5.5.2", "Invalid authentication response"));
-            }
-        };
-        if let Some(authed) = users.verify(&user, &password).await {
-            self.shared.lockout.record_success(self.ip);
-            info!(user = %authed.name, mechanism = %mechanism, "authenticated");
-            self.user = Some(authed);
-            return self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
-        }
-        let delay = self.shared.lockout.record_failure(self.ip, Instant::now());
-        self.auth_failures += 1;
-        // Debug-escaped: the name is the client's text (and sometimes a mistyped password).
-        warn!(user = ?user, failures = self.auth_failures, "authentication failed");
-        tokio::time::sleep(delay).await;
-        let flow = self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
-        if flow == Flow::Continue && self.auth_failures >= MAX_SESSION_AUTH_FAILURES {
-            self.out.extend_from_slice(
-                &Reply::new(
-                    421,
-                    "4.7.0",
-                    "Too many authentication failures, closing connection",
-                )
-                .to_bytes(),
-            );
-            return Flow::Close;
-        }
-        flow
-    }
+/// The reply to a message the queue did not acknowledge: it says "nothing was queued" only when that is
+/// certain, so that a client never takes a message that may be delivered for one that will not.
+fn queue_failure_reply(failure: &EnqueueFailure) -> Reply {
+    let text = if failure.maybe_queued {
+        "Temporary queue failure: the message may have been queued; try again later"
+    } else {
+        "Temporary queue failure, nothing was queued; try again later"
+    };
+    Reply::new(451, "4.3.0", text)
 }
 
 /// Whether a command line is a BDAT command (whatever its arguments).

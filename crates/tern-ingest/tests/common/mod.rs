@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::PasswordHasher;
 use tern_config::IngestConfig;
-use tern_ingest::{CancellationToken, IngestError, SmtpServer};
+use tern_ingest::{IngestError, Shutdown, SmtpServer};
 use tern_queue::{Queue, QueueCounts, RedisQueue, RedisQueueOptions};
 use tern_smtp::{Reply, ReplyParser};
 use tern_testkit::{RedisServer, TestCa};
@@ -40,7 +40,7 @@ pub struct Harness {
     pub smtps: Option<SocketAddr>,
     pub ca: TestCa,
     pub dir: tempfile::TempDir,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     server: Option<tokio::task::JoinHandle<Result<(), IngestError>>>,
 }
 
@@ -97,7 +97,7 @@ impl Harness {
         };
         let queue: Arc<dyn Queue> =
             Arc::new(rt.block_on(RedisQueue::connect(opts)).expect("connect the queue"));
-        let shutdown = CancellationToken::new();
+        let shutdown = Shutdown::new();
         let bound = rt
             .block_on(
                 SmtpServer::new(&cfg, Arc::clone(&queue))

@@ -1,0 +1,327 @@
+//! The gRPC Send API hardening (issue #14), with a real tonic client over loopback and a real redis-server
+//! behind the queue: the raw path's line checks and line endings, the answer to a repeated idempotency key,
+//! and a queue write that stalls or fails answered honestly.
+//!
+//! The service is served here by plain tonic, without the listener's limits, so that each test can set the
+//! retry window (`ingest.enqueue_retry_for`) itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod redis_stall;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_stall::Stall;
+use tern_ingest::Shutdown;
+use tern_ingest::enqueue::EnqueueRetry;
+use tern_ingest::grpc::service::{Limits, SubmissionService};
+use tern_proto::v1::submission_client::SubmissionClient;
+use tern_proto::v1::submission_server::SubmissionServer;
+use tern_proto::v1::{Envelope, SendRequest, SendResponse, send_request::Content};
+use tern_queue::{ClaimedJob, Queue, RedisQueue, RedisQueueOptions};
+use tern_server::auth::Authenticator;
+use tern_testkit::RedisServer;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request, Status};
+
+/// The Submission service over a real Redis queue (or a queue at `url`), on a free loopback port.
+struct Harness {
+    redis: Option<RedisServer>,
+    queue: Arc<dyn Queue>,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+}
+
+impl Harness {
+    async fn start(window: Duration) -> Harness {
+        let redis = RedisServer::start().expect("start redis-server");
+        let mut h = Harness::at(&redis.url(), window).await;
+        h.redis = Some(redis);
+        h
+    }
+
+    /// The service over a queue at `url`, which need not be reachable.
+    async fn at(url: &str, window: Duration) -> Harness {
+        let queue: Arc<dyn Queue> = Arc::new(
+            RedisQueue::new(RedisQueueOptions {
+                url: url.into(),
+                key_prefix: "grpc-hardening".into(),
+                connect_timeout: Duration::from_millis(500),
+                response_timeout: Duration::from_secs(2),
+                // One connection: once made, every write goes over it, so a write sent while Redis is
+                // stopped reaches it (and is applied when it resumes) instead of waiting for a connection.
+                pool_size: 1,
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let service = SubmissionService::new(
+            queue.clone(),
+            Authenticator::Open,
+            Limits {
+                max_message_size: 1024 * 1024,
+                max_recipients: 10,
+                hostname: "ingest.tern.test".into(),
+            },
+        )
+        .with_enqueue_retry(EnqueueRetry { window });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = Shutdown::new();
+        let stop = shutdown.clone();
+        tokio::spawn(
+            Server::builder()
+                .add_service(SubmissionServer::new(service))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move { stop.cancelled().await },
+                ),
+        );
+        Harness {
+            redis: None,
+            queue,
+            addr,
+            shutdown,
+        }
+    }
+
+    fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("a Redis of the harness")
+    }
+
+    async fn client(&self) -> SubmissionClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        SubmissionClient::new(channel)
+    }
+
+    async fn send(&self, req: SendRequest) -> Result<SendResponse, Status> {
+        self.client()
+            .await
+            .send(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every job in the queue, claimed, in id order.
+    async fn claim_all(&self) -> Vec<ClaimedJob> {
+        let mut jobs = Vec::new();
+        while let Some(claim) = self
+            .queue
+            .claim("test", 1000, Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            jobs.extend(claim.jobs);
+        }
+        jobs.sort_by_key(|j| j.job.id);
+        jobs
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn raw(bytes: &[u8]) -> SendRequest {
+    SendRequest {
+        content: Some(Content::Raw(bytes.to_vec())),
+        ..Default::default()
+    }
+}
+
+fn to(rcpts: &[&str], key: &str) -> SendRequest {
+    SendRequest {
+        idempotency_key: key.into(),
+        envelope: Some(Envelope {
+            mail_from: "app@src.test".into(),
+            rcpt_to: rcpts.iter().map(|r| (*r).to_owned()).collect(),
+        }),
+        ..raw(b"From: app@src.test\r\nSubject: hi\r\n\r\nhello\r\n")
+    }
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_with_a_nul_octet_or_a_line_over_998_octets_is_refused_naming_the_line() {
+    let h = Harness::start(WINDOW).await;
+    let mut nul = b"From: a@src.test\r\nTo: b@dest.test\r\n\r\nfirst\r\nse\0cond\r\n".to_vec();
+    let err = h.send(raw(&nul)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("raw: line 5: NUL octet"), "{err:?}");
+    nul.retain(|b| *b != 0);
+    h.send(raw(&nul)).await.expect("the same message without the NUL");
+
+    let mut long = b"From: a@src.test\r\nTo: b@dest.test\r\n\r\nshort\r\n".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 5000));
+    long.extend_from_slice(b"\r\n");
+    let err = h.send(raw(&long)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().starts_with("raw: line 5: 5000 octets long"),
+        "{err:?}"
+    );
+    // A line of exactly 998 octets is allowed.
+    let mut fits = b"From: a@src.test\r\nTo: b@dest.test\r\n\r\n".to_vec();
+    fits.extend(std::iter::repeat_n(b'x', 998));
+    fits.extend_from_slice(b"\r\n");
+    h.send(raw(&fits)).await.expect("998 octets");
+    assert_eq!(h.claim_all().await.len(), 2, "only the two good messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_cr_and_bare_lf_in_raw_become_crlf() {
+    let h = Harness::start(WINDOW).await;
+    let message = b"From: a@src.test\nTo: b@dest.test\rSubject: ends\r\n\none\rtwo\nthree\r\n";
+    let reply = h.send(raw(message)).await.unwrap();
+    let jobs = h.claim_all().await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].job.id.message.to_string(), reply.message_id);
+    let body = &jobs[0].body;
+    for (i, b) in body.iter().enumerate() {
+        match b {
+            b'\r' => assert_eq!(body.get(i + 1), Some(&b'\n'), "bare CR at {i}"),
+            b'\n' => assert!(i > 0 && body[i - 1] == b'\r', "bare LF at {i}"),
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        text.contains("From: a@src.test\r\nTo: b@dest.test\r\nSubject: ends\r\n\r\none\r\ntwo\r\nthree\r\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_idempotency_key_answers_with_the_first_messages_recipients() {
+    let h = Harness::start(WINDOW).await;
+    let first = h
+        .send(to(&["ann@one.test", "bob@two.test"], "order-7"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let again = h.send(to(&["cy@three.test"], "order-7")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+    let mut accepted = again.accepted.clone();
+    accepted.sort();
+    assert_eq!(accepted, ["ann@one.test", "bob@two.test"], "{again:?}");
+    // Nothing of the repeat was queued.
+    let jobs = h.claim_all().await;
+    let rcpts: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| j.job.envelope.recipients.iter().map(|r| r.address.to_string()))
+        .collect();
+    assert_eq!(rcpts.len(), 2, "{rcpts:?}");
+    assert!(!rcpts.contains(&"cy@three.test".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_idempotency_keys_may_not_use_the_internal_prefix() {
+    let h = Harness::start(WINDOW).await;
+    let err = h
+        .send(to(&["ann@one.test"], "tern:01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("idempotency_key: "), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_stall_shorter_than_the_window_ends_with_one_ok_and_one_message() {
+    let h = Harness::start(WINDOW).await;
+    h.send(to(&["warm@up.test"], "")).await.unwrap();
+    let mut stall = Stall::start(h.redis());
+    let call = {
+        let mut client = h.client().await;
+        tokio::spawn(async move { client.send(to(&["ann@one.test"], "")).await })
+    };
+    // Past the queue's reply timeout (2 s): the first write has timed out by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stall.resume();
+    let reply = call.await.unwrap().expect("OK once Redis is back").into_inner();
+    let jobs = h.claim_all().await;
+    let ours: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.job.id.message.to_string() == reply.message_id)
+        .collect();
+    assert_eq!(ours.len(), 1, "queued once");
+    assert_eq!(jobs.len(), 2, "the warm-up message and this one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_longer_than_the_window_may_have_queued_and_a_retry_with_the_key_gets_the_first_id() {
+    let h = Harness::start(Duration::from_secs(3)).await;
+    h.send(to(&["warm@up.test"], "")).await.unwrap();
+    let mut stall = Stall::start(h.redis());
+    let started = Instant::now();
+    let err = h.send(to(&["ann@one.test"], "invoice-42")).await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("may have been queued"), "{err:?}");
+    assert!(err.message().contains("same idempotency_key"), "{err:?}");
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    stall.resume();
+    // Redis applies what it was sent while stopped (the intake record: the message is stored); the client's
+    // retry with the same key is answered with that first message's id, and queues nothing more.
+    let retry = h.send(to(&["ann@one.test"], "invoice-42")).await.unwrap();
+    // The reaper finishes the interrupted enqueue (intake records older than 5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.queue.counts().await.unwrap().total < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled message's jobs never appeared"
+        );
+        h.queue.reap(tern_core::time::now_ms()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let jobs = h.claim_all().await;
+    assert_eq!(jobs.len(), 2, "the warm-up message and one copy of this one");
+    let ours = jobs
+        .iter()
+        .find(|j| j.job.envelope.recipients[0].address.to_string() == "ann@one.test")
+        .expect("the stalled message was queued after all");
+    assert_eq!(retry.message_id, ours.job.id.message.to_string());
+    assert!(retry.duplicate, "{retry:?}");
+    assert_eq!(retry.accepted, ["ann@one.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_deadline_shorter_than_the_window_is_answered_in_time() {
+    let h = Harness::start(WINDOW).await;
+    h.send(to(&["warm@up.test"], "")).await.unwrap();
+    let _stall = Stall::start(h.redis());
+    let mut request = Request::new(to(&["ann@one.test"], "deadline-1"));
+    request.set_timeout(Duration::from_secs(6));
+    let started = Instant::now();
+    let err = h.client().await.send(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("may have been queued"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_refuses_connections_answers_that_nothing_was_queued_at_once() {
+    let nobody = tern_testkit::free_port().unwrap();
+    let h = Harness::at(&format!("redis://127.0.0.1:{nobody}"), WINDOW).await;
+    let started = Instant::now();
+    let err = h.send(to(&["ann@one.test"], "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("nothing was queued"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
