@@ -73,6 +73,14 @@ pub enum ControlError {
 pub struct ControlServer;
 
 impl ControlServer {
+    /// The checks [`ControlServer::bind`] makes before it binds: the admin keys file loads (or a keyless
+    /// listener is on loopback) and the TLS files are readable. What `tern check-config` runs.
+    pub fn check(config: &ControlConfig) -> Result<(), ControlError> {
+        Authenticator::for_listener("control", config.grpc_listen, config.api_keys_file.as_deref())?;
+        tls_config(config)?;
+        Ok(())
+    }
+
     /// Loads the admin keys and the TLS files, checks that a keyless listener is on loopback, and binds.
     pub async fn bind(config: &ControlConfig, queue: Arc<dyn Queue>) -> Result<Bound, ControlError> {
         let auth = Arc::new(Authenticator::for_listener(

@@ -83,13 +83,18 @@ struct Inner {
     not_released: AtomicUsize,
 }
 
-impl Worker {
-    /// A worker taking work from `queue` as `owner` (unique per worker process, e.g. host name and pid).
-    pub fn new(
-        cfg: &DeliveryConfig,
-        queue: Arc<dyn Queue>,
-        owner: impl Into<String>,
-    ) -> Result<Worker, DeliveryError> {
+/// What a worker builds from its configuration before it touches the queue.
+struct Prepared {
+    retry: RetrySchedule,
+    hostname: String,
+    router: Router,
+    tls: TlsClients,
+}
+
+impl Prepared {
+    /// Validates the section, and builds the retry schedule, the router (its resolver) and the TLS clients
+    /// (reading `extra_ca_file`).
+    fn new(cfg: &DeliveryConfig) -> Result<Prepared, DeliveryError> {
         cfg.validate()
             .map_err(|(k, m)| DeliveryError::Config(format!("delivery.{k}: {m}")))?;
         let retry = cfg
@@ -98,6 +103,34 @@ impl Worker {
         let hostname = cfg.helo_name.clone().unwrap_or_else(tern_server::system_hostname);
         let router = Router::new(cfg, &hostname)?;
         let tls = TlsClients::new(cfg.extra_ca_file.as_deref())?;
+        Ok(Prepared {
+            retry,
+            hostname,
+            router,
+            tls,
+        })
+    }
+}
+
+impl Worker {
+    /// Every check [`Worker::new`] makes (the section's values, the resolver settings, `extra_ca_file`),
+    /// without a queue: what `tern check-config` runs.
+    pub fn check(cfg: &DeliveryConfig) -> Result<(), DeliveryError> {
+        Prepared::new(cfg).map(|_| ())
+    }
+
+    /// A worker taking work from `queue` as `owner` (unique per worker process, e.g. host name and pid).
+    pub fn new(
+        cfg: &DeliveryConfig,
+        queue: Arc<dyn Queue>,
+        owner: impl Into<String>,
+    ) -> Result<Worker, DeliveryError> {
+        let Prepared {
+            retry,
+            hostname,
+            router,
+            tls,
+        } = Prepared::new(cfg)?;
         let settings = SessionSettings {
             helo: hostname.clone(),
             tls_mode: cfg.tls,

@@ -18,9 +18,68 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the chain of causes joined, so scripts and people see the whole reason at once.
-            eprintln!("tern: error: {e:#}");
+            eprintln!("tern: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The chain of causes on one line, so scripts and people see the whole reason at once. A cause whose text
+/// the line already holds is left out: many errors print their source in their own message, and the OS error
+/// would otherwise appear twice ("Address already in use (os error 98): Address already in use (os error 98)").
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source in its own message, as `IngestError::Bind` does.
+    #[derive(Debug)]
+    struct BindError {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for BindError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot listen on 127.0.0.1:25: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for BindError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "Address already in use (os error 98)",
+        );
+        let error = anyhow::Error::new(BindError { source: io }).context("ingest");
+        assert_eq!(
+            one_line(&error),
+            "ingest: cannot listen on 127.0.0.1:25: Address already in use (os error 98)"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_printed() {
+        let error = anyhow::anyhow!("root cause").context("middle").context("top");
+        assert_eq!(one_line(&error), "top: middle: root cause");
     }
 }

@@ -21,6 +21,17 @@ pub fn redis_options(config: &Config) -> RedisQueueOptions {
     }
 }
 
+/// Checks the `[queue]` section as opening it would, without connecting: the URL and the options.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    RedisQueue::new(redis_options(config)).map_err(|e| {
+        anyhow::anyhow!(
+            "queue.url {}: {e}",
+            tern_config::redact::redact_url_passwords(&config.queue.url)
+        )
+    })?;
+    Ok(())
+}
+
 /// Opens the queue. Redis being down is not an error here: a stateless role starts anyway, answers clients
 /// with a temporary failure, and recovers by itself when Redis returns. A bad URL is an error.
 pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {

@@ -77,6 +77,95 @@ fn invalid_configuration_exits_1_with_a_one_line_reason_naming_key_and_file() {
     assert!(out.stdout.is_empty());
 }
 
+/// `check-config` with `body` as the configuration file: its exit code and one-line stderr.
+fn check(body: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tern.toml");
+    std::fs::write(&path, body).unwrap();
+    let out = tern(&["check-config", "--config", path.to_str().unwrap()], None, &[]);
+    let err = text(&out.stderr);
+    assert!(err.trim_end().lines().count() <= 1, "one line at most: {err}");
+    (out.status.code(), err)
+}
+
+#[test]
+fn check_config_refuses_what_startup_refuses_without_binding_or_connecting() {
+    let cases = [
+        (
+            "[ingest]\ngrpc_listen = \"0.0.0.0:7071\"\n",
+            "ingest.api_keys_file",
+        ),
+        (
+            "[ingest]\ntls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\n",
+            "/nonexistent/cert.pem",
+        ),
+        (
+            "[ingest]\nusers_file = \"/nonexistent/users\"\n",
+            "/nonexistent/users",
+        ),
+        (
+            "[ingest]\napi_keys_file = \"/nonexistent/keys\"\n",
+            "/nonexistent/keys",
+        ),
+        (
+            "[control]\ngrpc_listen = \"0.0.0.0:7070\"\n",
+            "control.api_keys_file",
+        ),
+        (
+            "[control]\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+            "/nonexistent/c.pem",
+        ),
+        (
+            "[delivery]\nextra_ca_file = \"/nonexistent/ca.pem\"\n",
+            "/nonexistent/ca.pem",
+        ),
+        ("[queue]\nurl = \"http://not-redis\"\n", "queue.url"),
+    ];
+    for (body, named) in cases {
+        let (code, err) = check(body);
+        assert_eq!(code, Some(1), "{body}: {err}");
+        assert!(
+            err.contains(named),
+            "{body}: the reason should name {named}: {err}"
+        );
+    }
+    // A loopback listener needs no keys, and nothing is contacted: the default queue URL may be unreachable.
+    let (code, err) = check("[queue]\nurl = \"redis://127.0.0.1:1\"\n");
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_bare_address_in_relay_networks_is_answered_with_its_cidr_form() {
+    let (code, err) = check("[ingest]\nrelay_networks = [\"127.0.0.1\"]\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("\"127.0.0.1/32\""), "{err}");
+}
+
+#[test]
+fn a_port_in_use_is_reported_with_the_os_error_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tern.toml");
+    std::fs::write(
+        &path,
+        format!("[queue]\nurl = \"redis://127.0.0.1:1\"\n[control]\ngrpc_listen = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.args(["control", "--config", path.to_str().unwrap()]);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERN_")) {
+        cmd.env_remove(k);
+    }
+    let out =
+        tern_testkit::run_with_timeout("tern-control", cmd, std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let last = err.trim_end().lines().last().unwrap_or_default().to_string();
+    assert!(last.starts_with("tern: error:"), "{err}");
+    assert_eq!(last.matches("os error 98").count(), 1, "{last}");
+}
+
 #[test]
 fn missing_config_file_exits_1() {
     let out = tern(&["check-config", "--config", "/nonexistent/tern.toml"], None, &[]);

@@ -34,6 +34,7 @@ pub struct IngestConfig {
     /// Offer AUTH on connections without TLS. Off by default: passwords never cross the network in clear.
     pub allow_plaintext_auth: bool,
     /// Client networks (CIDR) that may submit without authenticating. Empty: every client must authenticate.
+    #[serde(deserialize_with = "networks")]
     pub relay_networks: Vec<IpNet>,
     /// The users file: one `user:<argon2id PHC hash>` per line (made by `tern passwd`), optionally followed by
     /// `:domain,domain` to restrict the sender domains the user may use. Unset: AUTH is not offered.
@@ -159,8 +160,45 @@ impl IngestConfig {
     }
 }
 
+/// Reads networks in CIDR form. A bare address is the likeliest mistake (Postfix's `mynetworks` takes one), so
+/// its error says how to write it.
+fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| parse_network(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// One network in CIDR form, or why not (with the CIDR form to write when `text` is one address).
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>().map_err(|_| match text.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => {
+            format!("\"{text}\" is an address, not a network: write \"{text}/32\" for this one host (CIDR form)")
+        }
+        Ok(std::net::IpAddr::V6(_)) => {
+            format!("\"{text}\" is an address, not a network: write \"{text}/128\" for this one host (CIDR form)")
+        }
+        Err(_) => format!("\"{text}\" is not a network in CIDR form (for example \"10.0.0.0/8\" or \"::1/128\")"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_bare_address_in_relay_networks_gets_the_cidr_form_as_a_hint() {
+        let four = parse_network("127.0.0.1").unwrap_err();
+        assert!(four.contains("\"127.0.0.1/32\""), "{four}");
+        let six = parse_network("::1").unwrap_err();
+        assert!(six.contains("\"::1/128\""), "{six}");
+        assert!(parse_network("nonsense").unwrap_err().contains("CIDR"));
+        assert_eq!(
+            parse_network("10.0.0.0/8").unwrap(),
+            "10.0.0.0/8".parse::<IpNet>().unwrap()
+        );
+    }
     use super::*;
 
     #[test]

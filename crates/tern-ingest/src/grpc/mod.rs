@@ -134,6 +134,13 @@ pub enum GrpcError {
 pub struct GrpcServer;
 
 impl GrpcServer {
+    /// The check [`GrpcServer::bind`] makes before it binds: the keys file loads, and a listener without one
+    /// is on loopback. What `tern check-config` runs.
+    pub fn check(settings: &GrpcSettings) -> Result<(), GrpcError> {
+        Authenticator::for_listener("ingest", settings.listen, settings.api_keys_file.as_deref())?;
+        Ok(())
+    }
+
     /// Loads the keys file, checks that a keyless listener is on loopback, and binds the listener.
     pub async fn bind(settings: &GrpcSettings, queue: Arc<dyn Queue>) -> Result<BoundGrpcServer, GrpcError> {
         let auth = Authenticator::for_listener("ingest", settings.listen, settings.api_keys_file.as_deref())?;

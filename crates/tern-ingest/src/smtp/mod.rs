@@ -82,22 +82,34 @@ impl std::fmt::Debug for SmtpServer {
     }
 }
 
+/// Validates the section and loads the files it names: the TLS certificate and key, and the users file.
+fn load_files(config: &IngestConfig) -> Result<(Option<TlsAcceptor>, Option<Arc<UserDb>>), IngestError> {
+    config.validate().map_err(|(key, message)| IngestError::Config {
+        key: format!("ingest.{key}"),
+        message,
+    })?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    let users = match &config.users_file {
+        Some(path) => Some(Arc::new(UserDb::load(path)?)),
+        None => None,
+    };
+    Ok((tls, users))
+}
+
 impl SmtpServer {
+    /// Every check [`SmtpServer::new`] makes (the section's values, the TLS files, the users file), without
+    /// a queue: what `tern check-config` runs.
+    pub fn check(config: &IngestConfig) -> Result<(), IngestError> {
+        load_files(config).map(|_| ())
+    }
+
     /// Builds the server from the `[ingest]` section: validates it, loads the TLS certificate and the users
     /// file. Nothing listens yet.
     pub fn new(config: &IngestConfig, queue: Arc<dyn Queue>) -> Result<SmtpServer, IngestError> {
-        config.validate().map_err(|(key, message)| IngestError::Config {
-            key: format!("ingest.{key}"),
-            message,
-        })?;
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
-            _ => None,
-        };
-        let users = match &config.users_file {
-            Some(path) => Some(Arc::new(UserDb::load(path)?)),
-            None => None,
-        };
+        let (tls, users) = load_files(config)?;
         let limiter = ConnLimiter::new(
             usize::try_from(config.max_connections).unwrap_or(usize::MAX),
             usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),

@@ -11,6 +11,14 @@ use tern_queue::Queue;
 /// answered or failed by then; what remains are idle client channels.
 const GRPC_GRACE: Duration = Duration::from_secs(5);
 
+/// Every check [`serve`] makes before it binds (the `[ingest]` section, the TLS files, the users file, the
+/// API keys file and a keyless gRPC listener on loopback): `tern check-config` runs it.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    tern_ingest::SmtpServer::check(&config.ingest)?;
+    tern_ingest::grpc::GrpcServer::check(&tern_ingest::grpc::GrpcSettings::from_config(&config.ingest))?;
+    Ok(())
+}
+
 /// Binds every listener, then serves until `shutdown`.
 pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
     let grpc_settings = tern_ingest::grpc::GrpcSettings::from_config(&config.ingest);

@@ -36,6 +36,21 @@ impl Role {
     }
 }
 
+/// Runs every check that starting `roles` would make, without binding a port or touching the queue: the
+/// queue URL, and each role's files and settings. Each failure names its key.
+pub fn check(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()> {
+    crate::queue::check(config)?;
+    for &role in roles {
+        let checked = match role {
+            Role::Ingest => ingest::check(config),
+            Role::Worker => worker::check(config),
+            Role::Control => control::check(config),
+        };
+        checked.with_context(|| role.name())?;
+    }
+    Ok(())
+}
+
 /// How often the reaper runs: it returns expired leases to scheduling, ends expired suspensions and finishes
 /// enqueues interrupted between their durable intake record and their jobs.
 const REAP_EVERY: Duration = Duration::from_secs(1);

@@ -6,6 +6,13 @@ use tern_config::Config;
 use tern_core::Shutdown;
 use tern_queue::Queue;
 
+/// Every check [`serve`] makes before it starts (the `[delivery]` section, its resolver settings, its CA
+/// file): `tern check-config` runs it.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    tern_delivery::Worker::check(&config.delivery)?;
+    Ok(())
+}
+
 /// Runs a delivery worker until `shutdown`; it then finishes transactions under way (up to
 /// `delivery.shutdown_grace`) and releases the rest of its claims.
 pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
