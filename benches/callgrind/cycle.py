@@ -1,22 +1,33 @@
 #!/usr/bin/env python3
-"""Drives tern-queue's hot scripts on a redis-server running under callgrind, phase by phase.
+"""Drives tern-queue's Redis Functions on a redis-server running under callgrind, phase by phase.
 
-Used by run.sh (see there). Stdlib only: it speaks RESP over a socket. The workload matches
-benches/queue.rs's cycles in shape: `materialise` calls of 500 one-recipient messages over 100 domains
-(each job's record written first by a plain SET ... NX PX, as RedisQueue does), then claims of up to 50 jobs
-(with the claimer's MGET of the records), then one `complete` per claim. callgrind is told to dump after
-each phase, so run.sh can report Redis instructions per job for each.
+Used by run.sh (see there). Stdlib only: it speaks RESP over a socket, and loads the library as
+crates/tern-queue/src/redis/library.rs puts it together (same name, same version hash). Phases: the batched
+cycle, shaped like benches/queue.rs's cycles (`materialise` calls of 500 one-recipient messages over 100
+domains, each job's record written first by a plain SET ... NX PX as RedisQueue does; claims of up to 50
+jobs with the claimer's MGET of the records; one `complete` per claim), then single calls as one queue call
+each, on another shard with 20 domains: one-message enqueues, claims of 1 job, completes of 1 job, first and
+second heartbeats (extend), in rounds of 50 calls per phase. callgrind is told to dump after each phase; a
+line `phase <label> <count> <unit>` per phase tells run.sh what to divide by (and run.sh adds up the rounds).
 """
 import os
 import socket
 import subprocess
 import sys
 
-SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'crates', 'tern-queue', 'src',
-                       'redis', 'scripts')
-NOW = '1795889231049'
-TAG = '{t:s00}:'
+OPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'crates', 'tern-queue', 'src', 'redis',
+                   'ops')
+# The operations' files in the library's order (library.rs BODY).
+OPERATIONS = ['enqueue', 'claim', 'complete', 'extend', 'release', 'hold', 'reap', 'admin', 'read']
+NOW = 1795889231049
+# The batched cycle runs on one shard, the single calls on another (a small queue: 20 domains, at most
+# ROUND claims live at once), each single call 1 ms after the previous one.
+CYCLE_SHARD = '{t:s00}:'
+SINGLE_SHARD = '{t:s01}:'
 BATCH = 500
+# Redis runs a step of Lua's garbage collector every 50 function calls: every reported phase of single calls
+# is ROUND = 50 calls in a row, so that each holds exactly one step.
+ROUNDS, ROUND = 4, 50
 BODY = 'x' * 1024
 ENV = '{"from":"bench@sender.test","rcpt":[{"addr":"user1@d1.test"}],"ret":null,"envid":null}'
 
@@ -39,6 +50,10 @@ class Redis:
         self.s.sendall(enc(args))
         return self.read()
 
+    def pipe(self, cmds):
+        self.s.sendall(b''.join(enc(c) for c in cmds))
+        return [self.read() for _ in cmds]
+
     def read(self):
         line = self.f.readline()
         t, rest = line[:1], line[1:-2]
@@ -57,64 +72,147 @@ class Redis:
         raise RuntimeError('bad reply %r' % line)
 
 
-def load(r, name):
-    with open(os.path.join(SCRIPTS, 'common.lua')) as c, open(os.path.join(SCRIPTS, name + '.lua')) as s:
-        return r.cmd('SCRIPT', 'LOAD', c.read() + s.read())
+def fnv1a(data):
+    h = 0x811c9dc5
+    for b in data:
+        h = ((h ^ b) * 0x01000193) & 0xffffffff
+    return h
+
+
+def library():
+    """The library's name and source, as library.rs makes them."""
+    def read(name):
+        with open(os.path.join(OPS, name + '.lua'), encoding='utf-8') as f:
+            return f.read()
+    body = read('shared') + ''.join('do\n' + read(op) + 'end\n' for op in OPERATIONS)
+    name = 'tern_%08x' % fnv1a(body.encode())
+    return name, "#!lua name=%s\nlocal FUNCTION_PREFIX = '%s_'\n%s" % (name, name, body)
 
 
 def main():
     port, batches, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     r = Redis(port)
     r.cmd('FLUSHALL')
-    sha = {n: load(r, n) for n in ('materialise', 'claim', 'complete')}
+    name, source = library()
+    r.cmd('FUNCTION', 'LOAD', 'REPLACE', source)
 
-    def ev(name, *a):
-        return r.cmd('EVALSHA', sha[name], '1', TAG + 'x', TAG, NOW, '100000', *a)
+    def call(shard, now, operation, *a):
+        """One function call as RedisQueue sends it: a key of the shard, its prefix, now, the events cap, now's
+        minute."""
+        return ['FCALL', name + '_' + operation, '1', shard + 'domains', shard, str(now), '100000',
+                str(now // 60000)] + list(a)
 
-    def dump(label):
+    def dump(label, count, unit):
         subprocess.run(['callgrind_control', '-d', label, pid], capture_output=True, check=False)
+        print('phase', label, count, unit)
 
-    subprocess.run(['callgrind_control', '-z', pid], capture_output=True, check=False)
-    seq = 0
-    for _ in range(batches):
-        args = ['0', str(BATCH)]
-        for i in range(BATCH):
-            seq += 1
-            msg = '01M8HNDX69CY3TGVRQ30D%05d' % seq
-            dom = 'd%d.test' % (i % 100)
-            rcpt = 'user%d@%s' % (seq, dom)
-            header = 'q' + '-' * 26 + '\t' + '\t'.join(
-                [dom, '1', NOW, NOW, 'bench@sender.test', '{}', '', '1', rcpt])
-            r.cmd('SET', TAG + 'jd:' + msg + '.0', header + '\n' + ENV + '\n' + BODY, 'NX', 'PX', '3600000')
-            args += [msg, '', 'bench@sender.test', NOW, '{}', '1', '1', msg + '.0', dom, NOW, '1', rcpt]
-        ev('materialise', *args)
-    dump('enqueue')
-    claims = []
-    while True:
-        claim = 'CLAIM%021d' % (len(claims) + 1)
-        rep = ev('claim', 'w1', '50', '300000', '10', claim, '10', '5000', '0')
+    def skip():
+        """Counts since the last dump are not reported."""
+        subprocess.run(['callgrind_control', '-z', pid], capture_output=True, check=False)
+
+    seq = [0]
+
+    def message(shard, domain):
+        """One one-recipient message to `domain`: its record's SET and its materialise arguments."""
+        seq[0] += 1
+        msg = '01M8HNDX69CY3TGVRQ30D%05d' % seq[0]
+        rcpt = 'user%d@%s' % (seq[0], domain)
+        header = 'q' + '-' * 26 + '\t' + '\t'.join(
+            [domain, '1', str(NOW), str(NOW), 'bench@sender.test', '{}', '', '1', rcpt])
+        put = ['SET', shard + 'jd:' + msg + '.0', header + '\n' + ENV + '\n' + BODY, 'NX', 'PX', '3600000']
+        return put, [msg, '', 'bench@sender.test', str(NOW), '{}', '1', '1', msg + '.0', domain, str(NOW), '1', rcpt]
+
+    claims_made = [0]
+
+    def claim(shard, now, max_jobs, limit):
+        """A claim and the claimer's MGET of the records: (claim id, job ids, domain), or None."""
+        claims_made[0] += 1
+        claim_id = 'CLAIM%021d' % claims_made[0]
+        rep = r.cmd(*call(shard, now, 'claim', 'w1', str(max_jobs), str(now + 300000), str(limit), claim_id, '10',
+                          str(now + 250), str(now + 1), '0'))
         if rep is None:
-            break
-        ids = [e if isinstance(e, bytes) else e[0] for e in rep[4:]]
+            return None
+        ids = [e if isinstance(e, bytes) else e[0] for e in rep[2:]]
         keys = []
         for i in ids:
-            keys += [TAG.encode() + b'jd:' + i, TAG.encode() + b'body:' + i.rsplit(b'.', 1)[0]]
+            keys += [shard.encode() + b'jd:' + i, shard.encode() + b'body:' + i.rsplit(b'.', 1)[0]]
         r.cmd('MGET', *keys)
-        claims.append((claim, ids))
-    dump('claim')
-    done = 0
-    for claim, ids in claims:
+        return claim_id, ids, rep[0].decode()
+
+    def complete(shard, now, claim_id, ids):
         args = ['w1', str(len(ids))]
         for k, i in enumerate(ids):
             if k == 0:
-                args += [i.decode(), claim, 'delivered', '0', '250 2.0.0 ok', 'mx.d1.test', '127.0.0.1', 'TLSv1.3', '0']
+                args += [i.decode(), claim_id, 'delivered', '', '250 2.0.0 ok', 'mx.d1.test', '127.0.0.1', 'TLSv1.3',
+                         '0']
             else:
                 args += [i.decode(), '=', '0']
-        res = ev('complete', *args)
+        res = r.cmd(*call(shard, now, 'complete', *args))
         assert all(x[0] == b'finished' for x in res), res[:3]
-        done += len(ids)
-    dump('complete')
-    print('jobs', done, 'claims', len(claims))
+
+    skip()
+    # The batched cycle: per job.
+    for _ in range(batches):
+        puts, args = [], ['0', str(BATCH)]
+        for i in range(BATCH):
+            put, margs = message(CYCLE_SHARD, 'd%d.test' % (i % 100))
+            puts.append(put)
+            args += margs
+        replies = r.pipe(puts + [call(CYCLE_SHARD, NOW, 'materialise', *args)])
+        assert replies[-1] == BATCH, replies[-1]
+    dump('enqueue', batches * BATCH, 'job')
+    claims = []
+    while True:
+        c = claim(CYCLE_SHARD, NOW, 50, 10)
+        if c is None:
+            break
+        claims.append(c)
+    assert sum(len(ids) for _, ids, _ in claims) == batches * BATCH
+    dump('claim', batches * BATCH, 'job')
+    for claim_id, ids, _ in claims:
+        complete(CYCLE_SHARD, NOW, claim_id, ids)
+    dump('complete', batches * BATCH, 'job')
+
+    # Single calls, as one queue call each, in rounds of ROUND calls per phase: one-message enqueues, claims
+    # of 1 job, then completes of those jobs; again enqueues and claims, then first and second heartbeats
+    # of those jobs (completed afterwards, unreported). run.sh adds up the rounds of each phase.
+    now = NOW
+
+    def enqueue_and_claim():
+        nonlocal now
+        for i in range(ROUND):
+            now += 1
+            put, margs = message(SINGLE_SHARD, 'e%d.test' % (i % 20))
+            replies = r.pipe([put, call(SINGLE_SHARD, now, 'materialise', '0', '1', *margs)])
+            assert replies[-1] == 1, replies
+        dump('enqueue1', ROUND, 'call')
+        singles = []
+        for _ in range(ROUND):
+            now += 1
+            c = claim(SINGLE_SHARD, now, 1, 10)
+            assert c is not None and len(c[1]) == 1, c
+            singles.append(c)
+        dump('claim1', ROUND, 'call')
+        return singles
+
+    for _ in range(ROUNDS):
+        for claim_id, ids, _ in enqueue_and_claim():
+            now += 1
+            complete(SINGLE_SHARD, now, claim_id, ids)
+        dump('complete1', ROUND, 'call')
+        singles = enqueue_and_claim()
+        for label in ('extend1', 'extend2'):
+            for claim_id, ids, domain in singles:
+                now += 1
+                rep = r.cmd(*call(SINGLE_SHARD, now, 'extend', ids[0].decode(), 'w1', claim_id, str(now + 300000),
+                                  domain))
+                assert rep[0] == b'ok', rep
+            dump(label, ROUND, 'call')
+        for claim_id, ids, _ in singles:
+            now += 1
+            complete(SINGLE_SHARD, now, claim_id, ids)
+        skip()
+    print('jobs', seq[0])
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@
 //! - Every change is appended to an event stream ([`Queue::read_events`]) and counted ([`Queue::stats`]).
 //!
 //! The Redis backend ([`RedisQueue`]) works against one Redis server or a Redis Cluster with the same code;
-//! `src/redis/mod.rs` documents its key layout and protocols. The conformance suite that every backend must
+//! `src/redis/mod.rs` maps its modules and `src/redis/keys.rs` documents its key layout. The conformance suite that every backend must
 //! pass is public behind the `conformance` feature.
 #![forbid(unsafe_code)]
 

@@ -133,3 +133,44 @@ async fn a_redis_out_of_memory_is_an_outage_and_nothing_is_stored() {
     q.enqueue(message(&["c@oom.test"])).await.expect("enqueue after");
     assert_eq!(q.counts().await.expect("counts").total, 2);
 }
+
+/// Out of memory, new mail is refused (an outage), but the mail already queued keeps moving: claims,
+/// heartbeats and completions run (a completion frees the job's memory), as does the reaper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_out_of_memory_still_claims_and_completes_queued_mail() {
+    let server = RedisServer::start().expect("start redis-server");
+    let q = common::queue(common::single(&server.url(), "oomflow")).await;
+    q.enqueue(message(&["a@oomflow.test"])).await.expect("enqueue");
+    q.enqueue(message(&["b@oomflow.test"])).await.expect("enqueue");
+    server
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .expect("policy");
+    server
+        .cli(&["CONFIG", "SET", "maxmemory", "1"])
+        .expect("maxmemory");
+    unavailable(q.enqueue(message(&["c@oomflow.test"])).await, "enqueue");
+    let c = q
+        .claim("w", 10, Duration::from_secs(60))
+        .await
+        .expect("claim while out of memory")
+        .expect("work");
+    assert_eq!(c.jobs.len(), 2);
+    q.extend("w", &c.jobs[0].lease, Duration::from_secs(60))
+        .await
+        .expect("heartbeat while out of memory");
+    for j in &c.jobs {
+        assert_eq!(
+            q.complete("w", &j.lease, Outcome::delivered())
+                .await
+                .expect("complete while out of memory"),
+            tern_queue::Completion::Finished
+        );
+    }
+    q.reap(tern_core::time::now_ms())
+        .await
+        .expect("reap while out of memory");
+    assert_eq!(q.counts().await.expect("counts").total, 0);
+    server
+        .cli(&["CONFIG", "SET", "maxmemory", "0"])
+        .expect("maxmemory");
+}

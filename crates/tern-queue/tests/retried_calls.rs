@@ -1,7 +1,7 @@
 //! Calls that reach Redis twice (a client that resent a call after losing its reply, as the cluster client
 //! does on a dropped connection) answer and change what the first one did, and the reaper keeps an intake
-//! record it cannot read. The scripts are sent with `EVAL`, exactly as the queue sends them, to repeat a call
-//! byte for byte.
+//! record it cannot read. The functions are called with `FCALL`, exactly as the queue calls them, to repeat a
+//! call byte for byte.
 // Test helpers: a failed Redis call is a failed test.
 #![allow(clippy::expect_used)]
 
@@ -11,12 +11,9 @@ use std::time::Duration;
 
 use tern_core::time::now_ms;
 
+use tern_queue::RedisQueue;
 use tern_queue::conformance::message;
 use tern_testkit::redis::RedisServer;
-
-const COMMON: &str = include_str!("../src/redis/scripts/common.lua");
-const CLAIM: &str = include_str!("../src/redis/scripts/claim.lua");
-const INTAKE: &str = include_str!("../src/redis/scripts/intake.lua");
 
 /// The shard tag (`{<prefix>:sNN}`) whose keys match `pattern` (after the tag).
 fn tag_of(server: &RedisServer, prefix: &str, pattern: &str) -> String {
@@ -29,21 +26,29 @@ fn tag_of(server: &RedisServer, prefix: &str, pattern: &str) -> String {
         .unwrap_or_else(|| panic!("no key matches {pattern}"))
 }
 
-/// Runs `script` (with the shared preamble) on the shard `tag` with the script's own arguments `args`.
-fn eval(server: &RedisServer, script: &str, tag: &str, args: &[&str]) -> String {
-    let text = format!("{COMMON}{script}");
-    let (key, prefix, now) = (format!("{tag}:domains"), format!("{tag}:"), now_ms().to_string());
+/// Calls the queue's function `operation` on the shard `tag` with the operation's own arguments `args`.
+fn fcall(server: &RedisServer, operation: &str, tag: &str, args: &[&str]) -> String {
+    let function = format!("{}_{operation}", RedisQueue::function_library());
+    let now = now_ms();
+    let (key, prefix, minute) = (
+        format!("{tag}:domains"),
+        format!("{tag}:"),
+        (now / 60_000).to_string(),
+    );
+    let now = now.to_string();
+    // The calling convention: a key of the shard, its prefix, the clock, the events cap, the minute.
     let mut all = vec![
-        "EVAL",
-        text.as_str(),
+        "FCALL",
+        function.as_str(),
         "1",
         key.as_str(),
         prefix.as_str(),
         now.as_str(),
         "100000",
+        minute.as_str(),
     ];
     all.extend_from_slice(args);
-    server.cli(&all).expect("eval")
+    server.cli(&all).expect("fcall")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,11 +64,18 @@ async fn a_repeated_claim_takes_nothing_more() {
     }
     let tag = tag_of(&server, &prefix, "due:again.test");
     let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
-    // owner, max batch, lease ms, default limit, claim id, domains to scan, push-back ms, no holds.
-    let args = ["w", "1", "60000", "10", id, "10", "1000", "0"];
-    let first = eval(&server, CLAIM, &tag, &args);
+    // owner, max batch, lease deadline, default limit, claim id, domains to scan, pushed back until, next
+    // turn, no holds.
+    let now = now_ms();
+    let (lease, pushed_back, next_turn) = (
+        (now + 60_000).to_string(),
+        (now + 250).to_string(),
+        (now + 1).to_string(),
+    );
+    let args = ["w", "1", &lease, "10", id, "10", &pushed_back, &next_turn, "0"];
+    let first = fcall(&server, "claim", &tag, &args);
     assert!(first.contains("again.test"), "first claim: {first:?}");
-    let second = eval(&server, CLAIM, &tag, &args);
+    let second = fcall(&server, "claim", &tag, &args);
     assert_eq!(second.trim(), "", "the repeat took jobs: {second:?}");
     let count = server.cli(&["HGET", &format!("{tag}:claims"), id]).expect("hget");
     assert_eq!(count.trim(), "1", "the claim's job count");
@@ -86,13 +98,13 @@ async fn a_repeated_intake_with_an_idempotency_key_is_not_a_duplicate_of_itself(
     q.enqueue(message(&["a@intake.test"])).await.expect("enqueue");
     let tag = tag_of(&server, &prefix, "due:intake.test");
     let args = ["01ARZ3NDEKTSV4RRFFQ69G5FAW", "{}", "body", "key-1", "86400"];
-    let first = eval(&server, INTAKE, &tag, &args);
-    let second = eval(&server, INTAKE, &tag, &args);
+    let first = fcall(&server, "intake", &tag, &args);
+    let second = fcall(&server, "intake", &tag, &args);
     assert_eq!(first.lines().next(), Some("ok"), "first: {first:?}");
     assert_eq!(second, first, "the repeat answered differently");
-    let other = eval(
+    let other = fcall(
         &server,
-        INTAKE,
+        "intake",
         &tag,
         &["01ARZ3NDEKTSV4RRFFQ69G5FAX", "{}", "body", "key-1", "86400"],
     );

@@ -1,26 +1,6 @@
-//! How jobs, intake records and events are stored, and how Redis replies are read back.
-//!
-//! A job is stored as its data string `jd:<job id>`: a header line, the envelope and (solo) the body. While
-//! it has never been tried the header is the whole record (the string form, see `scripts/common.lua` and
-//! [`job_header`]): a claim and a completion that ends it touch that one key. Anything else (a deferral, a
-//! release, a lease expiry, an operator action) first turns it into the hash form, a hash `job:<job id>`
-//! with these fields (all text); read views give both forms as these fields:
-//!
-//! | field | meaning |
-//! |---|---|
-//! | `id` | not stored in the hash (the key names the job, and the job id its message `<msg>.<n>`); read views add it |
-//! | `dom` | destination domain (lower-cased) |
-//! | `sched` | set by an admin bounce to `#bounce`, the schedule the job then waits on; absent: its domain's |
-//! | `env` | not stored in the hash: JSON [`Envelope`] with this job's recipients and the DSN parameters, kept in the job's data string `jd:<job id>` (followed by a newline and the message body for a `solo` job), so that the hash holds only short values; read views add it |
-//! | `n`, `ra:<i>`, `rs:<i>`, `rr:<i>` | recipient count; per recipient: address, state `p`/`d`/`f`, last reply |
-//! | `solo` | `1` when the job is its message's only job: `jd:<job id>` holds the body (no `msg:`/`body:` keys then) |
-//! | `tags`, `trace` | JSON tags; opaque trace context |
-//! | `state` | `queued`, `deferred` or `inflight` |
-//! | `att`, `first`, `next`, `err` | finished attempts, first queued ms, due ms, last error |
-//! | `sender` | lower-cased sender address, for listing |
-//! | `bounce` | `1` after an admin bounce (absent before) |
-//! | `owner`, `tok`, `lease`, `cdom` | while in flight: owner, claim token (the claim id), lease deadline ms, claimed schedule |
-//! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (makes repeats recognisable) |
+//! Job records and reply values: how a message becomes jobs, the header of a job in the string form, and how
+//! a job is read back from its header or its hash fields. The layout of both forms (and of every key) is in
+//! `keys.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tern_core::{Envelope, JobId, MessageId};
 
 use crate::QueueError;
-use crate::model::{Event, EventKind, Job, JobState, RecipientState, RecipientStatus};
+use crate::model::{Job, JobState, RecipientState, RecipientStatus};
 
 /// The intake record of a message: everything needed to (re)build its jobs, without the body.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,8 +24,8 @@ pub(crate) struct IntakePayload {
     pub trace: Option<String>,
 }
 
-/// One job to create: its id, domain, due time, recipients and envelope (`materialise.lua` builds
-/// the job's hash fields from these and the message's sender, creation time, tags and trace).
+/// One job to create: its id, domain, due time, recipients and envelope (its header, [`job_header`], is made
+/// of these and the message's sender, creation time, tags and trace).
 #[derive(Clone, Debug)]
 pub(crate) struct JobSpec {
     pub id: JobId,
@@ -252,78 +232,10 @@ pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueE
     })
 }
 
-/// Event fields that an event after the first of a stream entry leaves out when its value is the previous
-/// event's (`EV_SHARED` in `scripts/common.lua`).
-const EVENT_SHARED_FIELDS: [&str; 8] = ["dom", "att", "tags", "reply", "mx", "ip", "tls", "bounce"];
-
-/// The events of one stream entry. An entry holds one event, or several (a batched call appends its
-/// events as one entry): its fields are the events' fields one after another, each event starting with
-/// `kind`. Left-out fields take their defaults (the message is the job's, `att` 0, no tags) in an entry's
-/// first event; after it, `ts` and the shared fields (`EVENT_SHARED_FIELDS`) take the previous event's
-/// value, and an empty value stands for none. The first event's id is `sNN/<stream id>`, the i-th after it `sNN/<stream id>/<i>`.
-pub(crate) fn events_of_entry(shard: u16, stream_id: &str, entry: &Value) -> Vec<Event> {
-    let mut groups: Vec<HashMap<String, String>> = Vec::new();
-    let mut add = |k: String, v: String| {
-        if k == "kind" || groups.is_empty() {
-            groups.push(HashMap::new());
-        }
-        if let Some(g) = groups.last_mut() {
-            g.insert(k, v);
-        }
-    };
-    match entry {
-        Value::Map(pairs) => {
-            for (k, v) in pairs {
-                if let (Some(k), Some(v)) = (text(k), text(v)) {
-                    add(k, v);
-                }
-            }
-        }
-        other => {
-            for pair in items(other).chunks(2) {
-                if let [k, v] = pair
-                    && let (Some(k), Some(v)) = (text(k), text(v))
-                {
-                    add(k, v);
-                }
-            }
-        }
-    }
-    // Events after the first of an entry leave out the time they share with it, and the shared fields whose
-    // value is the previous event's (an empty value stands for none).
-    let mut prev: HashMap<&'static str, String> = HashMap::new();
-    for g in &mut groups {
-        for name in ["ts"].into_iter().chain(EVENT_SHARED_FIELDS) {
-            match g.get(name) {
-                Some(v) => {
-                    prev.insert(name, v.clone());
-                }
-                None => {
-                    if let Some(v) = prev.get(name) {
-                        g.insert(name.to_string(), v.clone());
-                    }
-                }
-            }
-        }
-    }
-    groups
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| {
-            let id = if i == 0 {
-                stream_id.to_string()
-            } else {
-                format!("{stream_id}/{i}")
-            };
-            event_from_fields(shard, &id, f)
-        })
-        .collect()
-}
-
 /// Width of the claim token in a job header: a claim id is a ULID.
 pub(crate) const TOKEN_WIDTH: usize = 26;
 
-/// The header line of a new job's data `jd:<job id>` (see `scripts/common.lua`): the form `q` (waiting,
+/// The header line of a new job's data `jd:<job id>` (layout in `keys.rs`): the form `q` (waiting,
 /// never tried, no hash), an empty token, then tab-separated dom, n, first, next, sender, tags, trace,
 /// solo, and the recipients. None of these holds a tab or a newline: addresses refuse control characters,
 /// JSON escapes them, and a trace context with one is dropped when the message is prepared.
@@ -447,48 +359,6 @@ pub(crate) fn claimed_job(
     })
 }
 
-/// An event from its fields.
-pub(crate) fn event_from_fields(shard: u16, stream_id: &str, f: &HashMap<String, String>) -> Option<Event> {
-    let kind: EventKind = f.get("kind")?.parse().ok()?;
-    let job: Option<JobId> = f.get("job").and_then(|s| s.parse().ok());
-    let nonempty = |name: &str| f.get(name).filter(|s| !s.is_empty()).cloned();
-    Some(Event {
-        kind,
-        time_ms: f.get("ts").and_then(|s| s.parse().ok()).unwrap_or(0),
-        message: f
-            .get("msg")
-            .and_then(|s| s.parse().ok())
-            .or_else(|| job.map(|j: JobId| j.message)),
-        job,
-        domain: f.get("dom").cloned().unwrap_or_default(),
-        recipients: f
-            .get("rcpts")
-            .map(|r| {
-                r.split('\n')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        reply: nonempty("reply"),
-        attempt: f.get("att").and_then(|s| s.parse().ok()).unwrap_or(0),
-        tags: f
-            .get("tags")
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default(),
-        remote_mx: nonempty("mx"),
-        remote_ip: nonempty("ip"),
-        tls: nonempty("tls"),
-        id: format!("s{shard:02}/{stream_id}"),
-    })
-}
-
-/// Orders stream ids (`<ms>-<seq>`) numerically.
-pub(crate) fn stream_id_key(id: &str) -> (u64, u64) {
-    let (a, b) = id.split_once('-').unwrap_or((id, "0"));
-    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,7 +388,7 @@ mod tests {
         assert_eq!(specs[0].recipients, 2);
         assert_eq!(specs[1].id, JobId::new(p.id, 1));
         assert_eq!(specs[0].rcpt_list, "x@b.test\nz@B.test");
-        // The fields materialise.lua stores, with the `id` and `env` read views add.
+        // The fields a promoted job has, with the `id` and `env` read views add.
         let s = &specs[0];
         let mut map: HashMap<String, String> = [
             ("id", s.id.to_string()),
@@ -547,42 +417,6 @@ mod tests {
         assert_eq!(job.trace.as_deref(), Some("tp"));
         assert_eq!(job.next_attempt_ms, 20);
         assert!(!job.admin_bounce);
-    }
-
-    #[test]
-    fn events_of_a_batched_entry_carry_shared_fields_forward() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let id = JobId::new(MessageId::new(), 0).to_string();
-        let fields = [
-            ("kind", "delivered"),
-            ("job", id.as_str()),
-            ("rcpts", "a@d.test"),
-            ("ts", "5"),
-            ("dom", "d.test"),
-            ("att", "1"),
-            ("reply", "250 ok"),
-            ("mx", "mx.d.test"),
-            ("kind", "delivered"),
-            ("job", id.as_str()),
-            ("rcpts", "b@d.test"),
-            ("kind", "failed"),
-            ("job", id.as_str()),
-            ("rcpts", "c@d.test"),
-            ("reply", ""),
-            ("mx", ""),
-        ];
-        let entry = Value::Array(fields.iter().flat_map(|(k, v)| [b(k), b(v)]).collect());
-        let ev = events_of_entry(3, "5-0", &entry);
-        assert_eq!(ev.len(), 3);
-        assert_eq!(ev[1].domain, "d.test");
-        assert_eq!((ev[1].attempt, ev[1].time_ms), (1, 5));
-        assert_eq!(ev[1].reply.as_deref(), Some("250 ok"));
-        assert_eq!(ev[1].remote_mx.as_deref(), Some("mx.d.test"));
-        assert_eq!(ev[1].recipients, ["b@d.test"]);
-        assert_eq!(ev[2].kind, EventKind::Failed);
-        assert_eq!((ev[2].reply.as_deref(), ev[2].remote_mx.as_deref()), (None, None));
-        assert_eq!((ev[2].domain.as_str(), ev[2].attempt), ("d.test", 1));
-        assert_eq!(ev[2].id, "s03/5-0/2");
     }
 
     #[test]
@@ -693,11 +527,5 @@ mod tests {
                 .all(|r| r.status == RecipientStatus::Pending && r.reply.is_none())
         );
         assert_eq!((job.owner.as_deref(), job.lease_until_ms), (Some("w1"), Some(99)));
-    }
-
-    #[test]
-    fn stream_ids_order_numerically() {
-        assert!(stream_id_key("9-1") < stream_id_key("10-0"));
-        assert!(stream_id_key("10-2") > stream_id_key("10-1"));
     }
 }

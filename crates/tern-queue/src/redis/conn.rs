@@ -14,6 +14,7 @@ use std::time::Duration;
 use deadpool_redis::{Pool, PoolError, Runtime};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo};
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value,
 };
@@ -102,6 +103,70 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.conn.get_db(),
             Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A server's error answer as a value; other errors (of the connection) stay errors.
+fn error_as_value(reply: Result<Value, RedisError>) -> Result<Value, RedisError> {
+    match reply {
+        Err(e) if e.code().is_some() => match e.try_into() {
+            Ok(server_error) => Ok(Value::ServerError(server_error)),
+            Err(e) => Err(e),
+        },
+        other => other,
+    }
+}
+
+impl Conn {
+    /// Sends `cmd` to every master (in single-server mode, the server): each node's name and answer, an error
+    /// answer as [`Value::ServerError`]. An error here is one of the connection (or of the only server).
+    pub(crate) async fn on_every_master(&mut self, cmd: Cmd) -> Result<Vec<(String, Value)>, RedisError> {
+        match self {
+            Conn::Single(_) => {
+                let reply = error_as_value(self.req_packed_command(&cmd).await)?;
+                Ok(vec![("the server".to_string(), reply)])
+            }
+            Conn::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                match c.route_command(cmd, routing).await? {
+                    // One answer per node, by node address.
+                    Value::Map(answers) => Ok(answers
+                        .into_iter()
+                        .map(|(node, reply)| (super::codec::text(&node).unwrap_or_default(), reply))
+                        .collect()),
+                    other => Ok(vec![("the cluster".to_string(), other)]),
+                }
+            }
+        }
+    }
+
+    /// Sends `cmd` to one node named by [`Conn::on_every_master`] (in single-server mode, the server).
+    pub(crate) async fn on_node(&mut self, node: &str, cmd: Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(_) => cmd.query_async(self).await,
+            Conn::Cluster(c) => {
+                let (host, port) = node
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
+                    .ok_or_else(|| {
+                        RedisError::from((ErrorKind::Client, "not a node address", node.to_string()))
+                    })?;
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                c.route_command(cmd, routing).await?.extract_error()
+            }
+        }
+    }
+
+    /// Sends `cmd` to the master of a slot (in single-server mode, the server); an error answer comes back as
+    /// [`Value::ServerError`].
+    pub(crate) async fn on_master_of(&mut self, route: Route, cmd: Cmd) -> Result<Value, RedisError> {
+        match self {
+            Conn::Single(_) => error_as_value(self.req_packed_command(&cmd).await),
+            Conn::Cluster(c) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                error_as_value(c.route_command(cmd, routing).await)
+            }
         }
     }
 }
@@ -228,15 +293,52 @@ pub(crate) fn redis_error(e: RedisError) -> QueueError {
         );
     if outage {
         QueueError::Unavailable(format!("redis: {e}"))
+    } else if e.detail().is_some_and(|d| {
+        let d = d.to_ascii_lowercase();
+        d.starts_with("unknown command") && (d.contains("fcall") || d.contains("function"))
+    }) {
+        QueueError::Backend(format!(
+            "redis: {e} (tern's queue runs its operations as Redis Functions: it needs Redis 7.0 or later)"
+        ))
     } else {
         QueueError::Backend(format!("redis: {e}"))
     }
 }
 
-/// Whether a pipeline entry failed because the server did not know the script.
-pub(crate) fn is_noscript(v: &Value) -> bool {
-    match v {
-        Value::ServerError(e) => e.kind() == Some(ServerErrorKind::NoScript),
-        _ => false,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(resp: &[u8]) -> RedisError {
+        match redis::parse_redis_value(resp) {
+            Ok(Value::ServerError(e)) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_redis_without_functions_is_a_backend_error_that_says_what_is_needed() {
+        // Redis 6 quotes the command with backticks, 7 with quotes.
+        for reply in [
+            &b"-ERR unknown command `FCALL`, with args beginning with: `tern_0_claim`, \r\n"[..],
+            &b"-ERR unknown command 'FUNCTION', with args beginning with: 'LOAD' \r\n"[..],
+        ] {
+            match redis_error(server_error(reply)) {
+                QueueError::Backend(m) => assert!(m.contains("Redis 7.0 or later"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn outages_are_unavailable_and_a_missing_function_is_not() {
+        for reply in [
+            &b"-OOM command not allowed\r\n"[..],
+            b"-LOADING loading\r\n",
+            b"-READONLY no\r\n",
+        ] {
+            assert!(redis_error(server_error(reply)).is_unavailable());
+        }
+        assert!(!redis_error(server_error(b"-ERR Function not found\r\n")).is_unavailable());
     }
 }

@@ -1,10 +1,87 @@
-//! Key names and the domain-to-shard map.
+//! Key names, the domain-to-shard map, and the one description of every key and field the queue stores.
 //!
-//! Every key of shard `n` starts with `{<prefix>:sNN}:` (for example `{tern:s07}:due:example.com`): the part in
-//! braces is the Redis Cluster hash tag, so all keys of a shard live in one slot and one script can touch
-//! them all. Domains map to shards by 32-bit FNV-1a of the lower-cased domain, modulo the shard count. FNV-1a
-//! is fixed by its definition (offset basis 2166136261, prime 16777619), so the map is stable across tern
-//! versions and machines; changing `shards` (or the prefix) on a live queue strands the old keys.
+//! # Shards
+//!
+//! Every key of shard `n` starts with `{<prefix>:sNN}:` (for example `{tern:s07}:due:example.com`): the part
+//! in braces is the Redis Cluster hash tag, so all keys of a shard live in one slot and one function call can
+//! touch them all atomically, while the shards spread over the cluster's masters. Domains map to shards by
+//! 32-bit FNV-1a of the lower-cased domain, modulo the shard count. FNV-1a is fixed by its definition (offset
+//! basis 2166136261, prime 16777619), so the map is stable across tern versions and machines; changing
+//! `shards` (or the prefix) on a live queue strands the old keys.
+//!
+//! # Keys of a shard
+//!
+//! Stored names are short (Redis compares and hashes them on every access); this table is what they mean.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `jd:<job id>` | string | the job's data: a header line (below), a newline, the envelope (JSON, one line), and for a message's only job (`solo`) a newline and the message itself. Written by the client with `SET ... NX PX` before the `materialise` call that keeps it (`PERSIST`); a record that still has its TTL is no job |
+//! | `job:<job id>` | hash | the job in the hash form (fields below), once it leaves the string form |
+//! | `body:<msg id>` | string | the message, once per message and shard, for messages with several jobs only |
+//! | `msg:<msg id>` | hash | `live` (jobs of the message left in this shard), `ids` (its job ids, space-separated), `sender`, `created`; messages with several jobs only |
+//! | `due:<schedule>` | zset | the schedule's waiting jobs by due time (ms); a schedule is a domain, or `#bounce` for admin bounces |
+//! | `domains` | zset | the domain index: each schedule with waiting jobs, by its earliest due time (a domain at its limit pushed back; suspended domains left out) |
+//! | `inflight` | zset | jobs in flight by lease deadline (what the reaper scans; the lease of a job in the string form) |
+//! | `slots:<domain>` | zset | the domain's live claims (member: the claim id) and holds of idle connections (`h:<claim id>`) by deadline: its concurrency |
+//! | `claims` | hash | claim id → jobs of the claim still in flight (the slot is freed at 0) |
+//! | `cinfo` | hash | claim id → `<owner>\t<schedule>`: the claim's owner and the schedule it took its jobs from |
+//! | `conc` | hash | domain → concurrency override |
+//! | `susp`, `suspu` | hash, zset | domain → suspension (JSON: reason, since, until); domain → expiry time |
+//! | `jobs` | zset | every job id (score 0, lexical order = time order of ULIDs), for listing |
+//! | `dlive` | hash | domain → live jobs |
+//! | `cnt` | hash | jobs by state: `queued`, `deferred`, `inflight` |
+//! | `stats`, `min:<minute>` | hash | counters since the queue was made, and per-minute counters kept two hours (`<minute>`: Unix ms / 60000) |
+//! | `events` | stream | the shard's events, capped with `XADD MAXLEN ~`; an entry holds one event or all events of one batched call (fields below) |
+//! | `intake:<msg id>`, `intakes` | hash, zset | intake records (`p` payload JSON, `b` body, `at` time) of enqueues that span shards, and their age |
+//! | `badintakes` | zset | intake records the reaper could not read, kept for an operator |
+//! | `mat:<msg id>` | string | "this shard materialised that intake" marker, 24 h TTL |
+//! | `idem:<key>` | string | idempotency key → first message id, 24 h TTL (shard chosen by hashing the key) |
+//!
+//! # A job's header line (the string form)
+//!
+//! A job that has never been tried is its data string alone: the header is the whole record. The first
+//! byte is the **form**, the next 26 the **claim token** (fixed width, so that `SETRANGE` changes both in
+//! place), then tab-separated: domain, recipient count, first-queued ms, due ms, sender (lower-cased), tags
+//! (JSON), trace context, solo (`1` or `0`), and the recipients' addresses. None of these can hold a tab or
+//! a newline. Forms:
+//!
+//! | form | meaning |
+//! |---|---|
+//! | `q` | waiting, never tried; the token is `-` × 26 |
+//! | `i` | in flight for the claim whose id is the token: its owner and schedule are the claim's `cinfo` record, its lease deadline its score in `inflight` |
+//! | `h` | the hash `job:<job id>` holds the job (the header's fields stay true, except the due time) |
+//!
+//! A claim, a heartbeat, and a completion that ends the job keep the string form; anything else (a
+//! deferral, a release, a lease expiry, an operator action) first turns the job into the hash form
+//! (`promote` in `ops/shared.lua`).
+//!
+//! # Fields of a job hash (`job:<job id>`)
+//!
+//! All values are text. Read views give both forms as these fields.
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `id` | not stored (the key names the job, and the job id `<msg>.<n>` its message); read views add it |
+//! | `env` | not stored: the envelope in the job's data string; read views add it |
+//! | `dom` | destination domain (lower-cased) |
+//! | `sched` | set by an admin bounce to `#bounce`, the schedule the job then waits on; absent: its domain's |
+//! | `n`, `ra:<i>`, `rs:<i>`, `rr:<i>` | recipient count; per recipient (from 0): address, state `p` (pending), `d` (delivered) or `f` (failed), last reply |
+//! | `solo` | `1` when the job is its message's only job: `jd:<job id>` holds the message (no `msg:`/`body:` keys) |
+//! | `tags`, `trace` | tags (JSON); opaque trace context |
+//! | `state` | `queued`, `deferred` or `inflight` |
+//! | `att`, `first`, `next`, `err` | finished attempts, first-queued ms, due ms, last error |
+//! | `sender` | lower-cased sender address, for listing |
+//! | `bounce` | `1` after an admin bounce (absent before) |
+//! | `owner`, `tok`, `lease`, `cdom` | while in flight: owner, claim token (the claim id), lease deadline ms, the schedule it was claimed from |
+//! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (a repeated call is recognised by it) |
+//!
+//! # Fields of an event (`events` stream entries)
+//!
+//! `kind` (each event of an entry starts with it), `job`, `msg` (left out when the job id names it),
+//! `rcpts` (newline-separated), `ts` (ms), `dom`, `att`, `tags`, `reply`, `mx`, `ip`, `tls`, `bounce`,
+//! `owner`. An event after the first of an entry leaves out `ts` and the fields `dom`, `att`, `tags`,
+//! `reply`, `mx`, `ip`, `tls` and `bounce` when they equal the previous event's (an empty value stands for
+//! none); the first event leaves out `att` when 0 and `tags` when empty.
 
 /// The key namer of one queue.
 #[derive(Clone, Debug)]
@@ -13,14 +90,16 @@ pub(crate) struct Keys {
     shards: u16,
 }
 
-/// 32-bit FNV-1a.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in bytes {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
+/// 32-bit FNV-1a (a `const fn`: the function library's version is computed with it at build time).
+pub(crate) const fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut at = 0;
+    while at < bytes.len() {
+        hash ^= bytes[at] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        at += 1;
     }
-    h
+    hash
 }
 
 impl Keys {

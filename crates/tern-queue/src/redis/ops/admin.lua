@@ -1,0 +1,87 @@
+-- Operator actions: `admin` (retry, delete, bounce), `suspend` and `resume`.
+
+-- admin: operator actions on jobs of this shard. args[5] action: retry | delete | bounce; args[6] "id" or
+-- "domain"; args[7] the job id or domain; args[8] the most jobs to handle in this call (domain mode).
+--   retry:  a waiting job becomes due now (attempts unchanged). Jobs in flight are left alone.
+--   delete: the job is removed (in flight too: its owner's later complete reports it gone).
+--   bounce: the job is flagged admin_bounce and moved to the reserved "#bounce" schedule, due now, which
+--           is never suspended, so a worker claims it at once and sends the DSN; a job in flight is flagged
+--           and goes to "#bounce" when its attempt ends without finishing it.
+-- Domain mode handles the domain's waiting jobs only, up to args[8] per call; call again while the number
+-- examined equals args[8]. Returns {jobs changed, jobs examined}.
+local ACTIONS = {retry = true, delete = true, bounce = true}
+
+-- Applies `action` to job `id`; returns 1 when it changed the job, 0 otherwise.
+local function act(action, id)
+  local job_key = job_hash_key(id)
+  if not promote(id) then return 0 end
+  local fields = redis_call('HMGET', job_key, 'state', 'sched', 'dom')
+  local state, schedule = fields[1], schedule_of(fields[2], fields[3])
+  if action == 'delete' then
+    local pending = recipients_in(job_key, 'p')
+    job_event('deleted', job_key, pending)
+    stat('deleted', #pending)
+    remove_job(job_key, id)
+    return 1
+  elseif action == 'retry' then
+    if state == 'inflight' then return 0 end
+    redis_call('ZREM', PREFIX .. 'due:' .. schedule, id)
+    requeue(job_key, id, now())
+    job_event('retried', job_key, recipients_in(job_key, 'p'))
+    return 1
+  end
+  -- bounce
+  redis_call('HSET', job_key, 'bounce', '1')
+  if schedule ~= BOUNCE_SCHEDULE then
+    redis_call('HSET', job_key, 'sched', BOUNCE_SCHEDULE)
+    if redis_call('ZREM', PREFIX .. 'due:' .. schedule, id) == 1 then reindex(schedule, nil) end
+  end
+  if state ~= 'inflight' then requeue(job_key, id, now()) end
+  job_event('bounced', job_key, recipients_in(job_key, 'p'))
+  return 1
+end
+
+register('admin', function(args)
+  local action, mode, target, limit_text = args[5], args[6], args[7], args[8]
+  if not ACTIONS[action] then return redis.error_reply('ERR unknown admin action ' .. tostring(action)) end
+  if mode == 'id' then return {act(action, target), 1} end
+  local schedule_key = PREFIX .. 'due:' .. target
+  local ids
+  if action == 'retry' then
+    ids = redis_call('ZRANGEBYSCORE', schedule_key, '(' .. NOW_TEXT, '+inf', 'LIMIT', '0', limit_text)
+  else
+    ids = redis_call('ZRANGE', schedule_key, '0', decimal(number_of(limit_text) - 1))
+  end
+  local changed = 0
+  for _, id in ipairs(ids) do
+    local result = act(action, id)
+    if result == 0 then redis_call('ZREM', schedule_key, id) else changed = changed + result end
+  end
+  return {changed, #ids}
+end, RUNS_WHEN_FULL)
+
+-- suspend: suspends a domain cluster-wide: it leaves the domain index, so no claim sees its jobs.
+-- args[5] domain, [6] record (JSON: reason, since, until), [7] until ms or "" (no expiry).
+register('suspend', function(args)
+  local domain, record, until_text = args[5], args[6], args[7]
+  redis_call('HSET', PREFIX .. 'susp', domain, record)
+  if until_text ~= '' then
+    redis_call('ZADD', PREFIX .. 'suspu', until_text, domain)
+  else
+    redis_call('ZREM', PREFIX .. 'suspu', domain)
+  end
+  redis_call('ZREM', PREFIX .. 'domains', domain)
+  domain_event('suspended', domain, cjson.decode(record).reason)
+  return 1
+end, RUNS_WHEN_FULL)
+
+-- resume: ends a domain's suspension: its earliest due job puts it back in the domain index.
+-- args[5] domain. Returns 1 if it was suspended.
+register('resume', function(args)
+  local domain = args[5]
+  local was = redis_call('HDEL', PREFIX .. 'susp', domain)
+  redis_call('ZREM', PREFIX .. 'suspu', domain)
+  reindex(domain, nil)
+  if was == 1 then domain_event('resumed', domain, nil) end
+  return was
+end, RUNS_WHEN_FULL)

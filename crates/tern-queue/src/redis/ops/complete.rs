@@ -1,0 +1,281 @@
+//! Completion: records the outcomes of attempts (`complete.lua`), many jobs per call.
+
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
+use redis::Value;
+use tern_core::JobId;
+use tern_core::time::now_ms;
+
+use super::{Arg, arg, codec, count, status};
+use crate::QueueError;
+use crate::model::{Completion, JobLease, Outcome, OutcomeKind, RecipientStatus};
+use crate::redis::RedisQueue;
+use crate::redis::library::Function;
+
+/// The most jobs one `complete` call records.
+const COMPLETE_MAX_JOBS: usize = 200;
+
+/// The arguments of one job in a `complete` call: its id, the attempt details (token, kind, retry time,
+/// reply, MX, IP, TLS) and its per-recipient results.
+pub(crate) struct JobOutcome {
+    id: Arg,
+    details: [Arg; 7],
+    results: Vec<Arg>,
+}
+
+impl JobOutcome {
+    /// A job's outcome; an outcome that leaves recipients pending without a retry time is refused.
+    pub(crate) fn new(job: &JobLease, outcome: Outcome) -> Result<JobOutcome, QueueError> {
+        let (kind, retry) = match outcome.kind {
+            OutcomeKind::Delivered => ("delivered", String::new()),
+            OutcomeKind::Deferred { until_ms } => ("deferred", until_ms.to_string()),
+            OutcomeKind::Failed => ("failed", String::new()),
+            OutcomeKind::Expired => ("expired", String::new()),
+        };
+        if retry.is_empty()
+            && outcome
+                .recipients
+                .iter()
+                .any(|r| r.status == RecipientStatus::Pending)
+        {
+            return Err(QueueError::InvalidOutcome(
+                "recipients left pending need a deferred outcome with a retry time".into(),
+            ));
+        }
+        let attempt = outcome.attempt.unwrap_or_default();
+        let mut results = Vec::with_capacity(1 + 3 * outcome.recipients.len());
+        results.push(arg(outcome.recipients.len()));
+        for r in outcome.recipients {
+            let state = match r.status {
+                RecipientStatus::Delivered => "d",
+                RecipientStatus::Pending => "p",
+                RecipientStatus::Failed => "f",
+            };
+            results.extend([arg(r.index), arg(state), r.reply.unwrap_or_default().into_bytes()]);
+        }
+        Ok(JobOutcome {
+            id: arg(job.job),
+            details: [
+                job.token.as_bytes().to_vec(),
+                arg(kind),
+                arg(retry),
+                outcome.reply.unwrap_or_default().into_bytes(),
+                attempt.remote_mx.unwrap_or_default().into_bytes(),
+                attempt.remote_ip.unwrap_or_default().into_bytes(),
+                attempt.tls.unwrap_or_default().into_bytes(),
+            ],
+            results,
+        })
+    }
+}
+
+/// The arguments of one `complete` call: the owner, then each job. A job whose attempt details are the
+/// previous job's sends `=` for them (the jobs of one claim usually share them).
+pub(crate) fn complete_args(owner: &str, jobs: &[&JobOutcome]) -> Vec<Arg> {
+    let size = jobs
+        .iter()
+        .map(|j| 2 + j.details.len() + j.results.len())
+        .sum::<usize>();
+    let mut args = Vec::with_capacity(2 + size);
+    args.push(arg(owner));
+    args.push(arg(jobs.len()));
+    let mut previous: Option<&[Arg; 7]> = None;
+    for job in jobs {
+        args.push(job.id.clone());
+        if previous == Some(&job.details) {
+            args.push(arg("="));
+        } else {
+            args.extend(job.details.iter().cloned());
+        }
+        args.extend(job.results.iter().cloned());
+        previous = Some(&job.details);
+    }
+    args
+}
+
+/// One job's answer of `complete`.
+pub(crate) fn decode_completion(v: &Value, job: JobId) -> Result<Completion, QueueError> {
+    match status(v).as_str() {
+        "finished" => Ok(Completion::Finished),
+        "deferred" => Ok(Completion::Deferred {
+            next_attempt_ms: count(codec::items(v).get(1)),
+        }),
+        "dup" => Ok(Completion::AlreadyDone),
+        "gone" => Ok(Completion::Gone),
+        "notowner" => Err(QueueError::NotOwner { job }),
+        other => Err(QueueError::Backend(format!(
+            "unexpected complete reply {other:?}"
+        ))),
+    }
+}
+
+impl RedisQueue {
+    /// [`crate::Queue::complete_batch`]: one `complete` call per shard and up to [`COMPLETE_MAX_JOBS`]
+    /// jobs, the calls of a shard in one pipeline.
+    pub(crate) async fn complete_jobs(
+        &self,
+        owner: &str,
+        jobs: Vec<(JobLease, Outcome)>,
+    ) -> Vec<Result<Completion, QueueError>> {
+        let n = jobs.len();
+        let mut results: Vec<Option<Result<Completion, QueueError>>> = vec![None; n];
+        // Per shard: the jobs' positions and their arguments.
+        let mut per_shard: BTreeMap<u16, Vec<(usize, JobOutcome)>> = BTreeMap::new();
+        let mut ids = Vec::with_capacity(n);
+        for (i, (lease, outcome)) in jobs.into_iter().enumerate() {
+            match JobOutcome::new(&lease, outcome) {
+                Ok(job) => per_shard
+                    .entry(self.keys.shard_of_domain(&lease.domain))
+                    .or_default()
+                    .push((i, job)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+            ids.push(lease.job);
+        }
+        let now = now_ms();
+        let runs = per_shard.into_iter().map(|(shard, list)| async move {
+            let mut members = Vec::new();
+            let mut calls = Vec::new();
+            for chunk in list.chunks(COMPLETE_MAX_JOBS) {
+                let jobs: Vec<&JobOutcome> = chunk.iter().map(|(_, j)| j).collect();
+                calls.push(complete_args(owner, &jobs));
+                members.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+            }
+            let replies = self
+                .call_many(Vec::new(), Function::Complete, shard, now, calls, false)
+                .await;
+            members.into_iter().zip(replies).collect::<Vec<_>>()
+        });
+        for (members, reply) in join_all(runs).await.into_iter().flatten() {
+            match reply {
+                Ok(v) => {
+                    let replies = codec::items(&v);
+                    for (k, i) in members.into_iter().enumerate() {
+                        let job = ids[i];
+                        results[i] = Some(match replies.get(k) {
+                            Some(r) => decode_completion(r, job),
+                            None => Err(QueueError::Backend(format!(
+                                "missing complete reply for job {job}"
+                            ))),
+                        });
+                    }
+                }
+                Err(e) => {
+                    for i in members {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError::Backend("no result".into()))))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeliveryAttempt, RecipientResult};
+    use crate::redis::ops::test_values::{array, bulk, texts};
+    use tern_core::MessageId;
+
+    fn lease(index: u32) -> JobLease {
+        JobLease {
+            job: JobId::new("01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().expect("id"), index),
+            domain: "d.test".into(),
+            token: "01ARZ3NDEKTSV4RRFFQ69G5FAW".into(),
+        }
+    }
+
+    #[test]
+    fn jobs_of_one_attempt_share_its_details_and_recipients_follow() {
+        let mut outcome = Outcome::delivered();
+        outcome.reply = Some("250 ok".into());
+        outcome.attempt = Some(DeliveryAttempt {
+            remote_mx: Some("mx.d.test".into()),
+            remote_ip: Some("192.0.2.1".into()),
+            tls: Some("TLSv1.3".into()),
+        });
+        let first = JobOutcome::new(&lease(0), outcome.clone()).expect("outcome");
+        outcome.recipients = vec![RecipientResult {
+            index: 1,
+            status: RecipientStatus::Failed,
+            reply: Some("550 no".into()),
+        }];
+        let second = JobOutcome::new(&lease(1), outcome).expect("outcome");
+        let args = texts(&complete_args("w1", &[&first, &second]));
+        let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        assert_eq!(
+            args,
+            [
+                "w1",
+                "2",
+                &format!("{id}.0"),
+                "01ARZ3NDEKTSV4RRFFQ69G5FAW",
+                "delivered",
+                "",
+                "250 ok",
+                "mx.d.test",
+                "192.0.2.1",
+                "TLSv1.3",
+                "0",
+                &format!("{id}.1"),
+                "=",
+                "1",
+                "1",
+                "f",
+                "550 no",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_deferral_carries_its_retry_time_and_pending_needs_one() {
+        let job =
+            JobOutcome::new(&lease(0), Outcome::defer(1_795_889_291_049, "421 later")).expect("outcome");
+        let args = texts(&complete_args("w1", &[&job]));
+        assert_eq!(args[4..7], ["deferred", "1795889291049", "421 later"]);
+        let mut pending = Outcome::fail("550 no");
+        pending.recipients = vec![RecipientResult {
+            index: 0,
+            status: RecipientStatus::Pending,
+            reply: None,
+        }];
+        assert!(matches!(
+            JobOutcome::new(&lease(0), pending),
+            Err(QueueError::InvalidOutcome(_))
+        ));
+    }
+
+    #[test]
+    fn complete_replies_decode_per_job() {
+        let job = JobId::new(MessageId::new(), 0);
+        assert_eq!(
+            decode_completion(&array(vec![bulk("finished")]), job),
+            Ok(Completion::Finished)
+        );
+        assert_eq!(
+            decode_completion(&array(vec![bulk("deferred"), bulk("42")]), job),
+            Ok(Completion::Deferred { next_attempt_ms: 42 })
+        );
+        assert_eq!(
+            decode_completion(&array(vec![bulk("dup")]), job),
+            Ok(Completion::AlreadyDone)
+        );
+        assert_eq!(
+            decode_completion(&array(vec![bulk("gone")]), job),
+            Ok(Completion::Gone)
+        );
+        assert_eq!(
+            decode_completion(&array(vec![bulk("notowner")]), job),
+            Err(QueueError::NotOwner { job })
+        );
+        assert!(matches!(
+            decode_completion(&Value::Nil, job),
+            Err(QueueError::Backend(_))
+        ));
+    }
+}

@@ -1,0 +1,33 @@
+-- reap: returns jobs whose lease expired to their schedule (due now), with a lease-expired event each, and
+-- ends suspensions whose time is up. Safe to run on many nodes at once: each job is handled by one call.
+-- args[5] the most jobs to handle in this call. Returns {jobs returned, suspensions ended}.
+register('reap', function(args)
+  local ids = redis_call('ZRANGEBYSCORE', PREFIX .. 'inflight', '-inf', NOW_TEXT, 'LIMIT', '0', args[5])
+  local returned = 0
+  for _, id in ipairs(ids) do
+    local job_key = job_hash_key(id)
+    local fields = {false}
+    if promote(id) then fields = redis_call('HMGET', job_key, 'state', 'lease', 'owner') end
+    if fields[1] ~= 'inflight' then
+      redis_call('ZREM', PREFIX .. 'inflight', id)
+    elseif to_number(fields[2] or '0') > now() then
+      redis_call('ZADD', PREFIX .. 'inflight', fields[2], id)
+    else
+      unlease(job_key, id)
+      requeue(job_key, id, now())
+      job_event('lease-expired', job_key, recipients_in(job_key, 'p'), fields[3] or '')
+      stat('lease_expired', 1)
+      returned = returned + 1
+    end
+  end
+  local ended = 0
+  local expired = redis_call('ZRANGEBYSCORE', PREFIX .. 'suspu', '-inf', NOW_TEXT, 'LIMIT', '0', '100')
+  for _, domain in ipairs(expired) do
+    redis_call('ZREM', PREFIX .. 'suspu', domain)
+    redis_call('HDEL', PREFIX .. 'susp', domain)
+    reindex(domain, nil)
+    domain_event('resumed', domain, 'suspension expired')
+    ended = ended + 1
+  end
+  return {returned, ended}
+end, RUNS_WHEN_FULL)
