@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tern_config::{Config, QueueConfig};
-use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
+use tern_queue::{Queue, QueueError, RedisQueue, RedisQueueOptions};
 
 /// The Redis backend's options for a configuration: the `[queue]` section, and the cluster-wide per-domain
 /// connection limit of `[delivery]`, which the queue enforces. What neither names keeps the backend's default.
@@ -42,9 +42,17 @@ pub async fn open(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
             tern_config::redact::redact_url_passwords(&cfg.url)
         )
     })?;
+    // The first call also checks the Redis version and loads tern's function library on every master.
     match queue.ping().await {
         Ok(()) => tracing::info!(cluster = cfg.cluster, shards = cfg.shards, "queue reachable"),
-        Err(e) => tracing::warn!(error = %e, "queue unreachable at startup; will keep trying"),
+        Err(QueueError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "queue unreachable at startup; will keep trying")
+        }
+        // A Redis too old for functions, or one that refuses the library, will not get better by waiting.
+        Err(e) => anyhow::bail!(
+            "queue.url {}: {e}",
+            tern_config::redact::redact_url_passwords(&cfg.url)
+        ),
     }
     Ok(Arc::new(queue))
 }
