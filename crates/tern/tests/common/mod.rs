@@ -31,7 +31,8 @@ pub struct Node {
     pub token: Option<String>,
     _dir: tempfile::TempDir,
     _dns: Dnsmasq,
-    _redis: RedisServer,
+    /// The node's Redis.
+    pub redis: RedisServer,
 }
 
 impl Node {
@@ -85,7 +86,7 @@ grpc_listen = "127.0.0.1:{control_port}"
             token: None,
             _dir: dir,
             _dns: dns,
-            _redis: redis,
+            redis,
         }
     }
 
