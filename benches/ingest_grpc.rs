@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p tern-benches --bench ingest_grpc
 //! TERN_BENCH_MESSAGES=200000 cargo bench -p tern-benches --bench ingest_grpc
+//! TERN_BENCH_GROUP_COMMIT=0 cargo bench -p tern-benches --bench ingest_grpc   # the bare queue, no group commit
 //! ```
 //!
 //! Raw 1 KiB messages with an explicit envelope, batches of 500, 4 concurrent callers. The server and the
@@ -21,7 +22,7 @@ use tern_ingest::grpc::{GrpcServer, GrpcSettings};
 use tern_proto::v1::{
     Envelope, SendBatchRequest, SendRequest, send_request::Content, submission_client::SubmissionClient,
 };
-use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
+use tern_queue::{Coalescing, CoalescingOptions, Queue, RedisQueue, RedisQueueOptions};
 use tern_testkit::redis::RedisServer;
 
 const BATCH: usize = 500;
@@ -40,6 +41,18 @@ fn batch(n: usize, body: &[u8]) -> SendBatchRequest {
         })
         .collect();
     SendBatchRequest { messages }
+}
+
+/// The queue as `tern` opens it: wrapped for group commit (`queue.group_commit`, on by default);
+/// `TERN_BENCH_GROUP_COMMIT=0` measures the bare backend.
+fn group_commit(queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+    if std::env::var("TERN_BENCH_GROUP_COMMIT").as_deref() == Ok("0") {
+        println!("group commit: off");
+        queue
+    } else {
+        println!("group commit: on");
+        Arc::new(Coalescing::new(queue, CoalescingOptions::default()))
+    }
 }
 
 fn main() {
@@ -61,6 +74,7 @@ fn main() {
                 .await
                 .unwrap(),
         );
+        let queue = group_commit(queue);
         let settings = GrpcSettings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..GrpcSettings::default() };
         let server = GrpcServer::bind(&settings, queue.clone()).await.unwrap();
         let url = format!("http://{}", server.local_addr());

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p tern-benches --bench ingest_smtp
 //! TERN_BENCH_MESSAGES=40000 cargo bench -p tern-benches --bench ingest_smtp
+//! TERN_BENCH_GROUP_COMMIT=0 cargo bench -p tern-benches --bench ingest_smtp   # the bare queue, no group commit
 //! ```
 //!
 //! It measures, with 1 KiB messages and 20 concurrent sessions:
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 use tern_benches::{cpu_ms, filler_message, percentile, redis_pid};
 use tern_config::IngestConfig;
 use tern_ingest::{CancellationToken, SmtpServer};
-use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
+use tern_queue::{Coalescing, CoalescingOptions, Queue, RedisQueue, RedisQueueOptions};
 use tern_testkit::SmtpSource;
 use tern_testkit::redis::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -133,6 +134,18 @@ async fn paced_client(
     latencies
 }
 
+/// The queue as `tern` opens it: wrapped for group commit (`queue.group_commit`, on by default);
+/// `TERN_BENCH_GROUP_COMMIT=0` measures the bare backend.
+fn group_commit(queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
+    if std::env::var("TERN_BENCH_GROUP_COMMIT").as_deref() == Ok("0") {
+        println!("group commit: off");
+        queue
+    } else {
+        println!("group commit: on");
+        Arc::new(Coalescing::new(queue, CoalescingOptions::default()))
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let messages: u32 = std::env::var("TERN_BENCH_MESSAGES")
@@ -151,6 +164,7 @@ fn main() {
                 .await
                 .unwrap(),
         );
+        let queue = group_commit(queue);
         let config = IngestConfig {
             smtp_listen: vec!["127.0.0.1:0".parse().unwrap()],
             relay_networks: vec!["127.0.0.0/8".parse().unwrap()],

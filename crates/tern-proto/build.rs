@@ -1,5 +1,6 @@
 //! Compiles every `.proto` file of `proto/tern/v1/` (at the workspace root) into Rust, with a file descriptor
-//! set for gRPC server reflection. Needs `protoc` (Debian package `protobuf-compiler`), or `PROTOC` set to it.
+//! set for gRPC server reflection, and KEDA's external scaler contract (`proto/keda/externalscaler.proto`)
+//! with its own descriptor set. Needs `protoc` (Debian package `protobuf-compiler`), or `PROTOC` set to it.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("tern_descriptor.bin"))
-        .compile_protos(&files, &[root])?;
+        .compile_protos(&files, std::slice::from_ref(&root))?;
+
+    let keda = root.join("keda/externalscaler.proto");
+    println!("cargo:rerun-if-changed={}", keda.display());
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("keda_descriptor.bin"))
+        .compile_protos(&[keda], &[root])?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use tonic::Status;
 pub fn queue_status(e: QueueError) -> Status {
     match e {
         QueueError::Unavailable(m) => Status::unavailable(format!("queue unavailable: {m}")),
+        QueueError::NotSent(_) => Status::unavailable(e.to_string()),
         QueueError::NotFound(m) => Status::not_found(m),
         QueueError::InvalidMessage(m) => Status::invalid_argument(m),
         other => Status::internal(other.to_string()),

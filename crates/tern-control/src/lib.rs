@@ -1,6 +1,7 @@
 //! tern's control plane: the `tern.v1.QueueAdmin` and `tern.v1.Events` gRPC services
-//! (`proto/tern/v1/admin.proto`), on `control.grpc_listen`: the listener every role's gRPC server gets from
-//! [`tern_server::grpc`], with its health service, reflection (listing only these two services) and transport
+//! (`proto/tern/v1/admin.proto`) and KEDA's external scaler (`proto/keda/externalscaler.proto`), on
+//! `control.grpc_listen`: the listener every role's gRPC server gets from
+//! [`tern_server::grpc`], with its health service, reflection (listing only these three services) and transport
 //! limits (keepalive, streams per connection, connections), the same as the ingest port's.
 //!
 //! Operators inspect and repair the queue through it (with `ternctl`) without touching Redis. Calls carry
@@ -21,6 +22,7 @@
 //! |---|---|
 //! | [`admin`] | QueueAdmin: status, shape, listing, one message, retry/bounce/delete, suspensions |
 //! | [`events`] | Events: Watch |
+//! | [`scaler`] | KEDA's external scaler (`externalscaler.ExternalScaler`): due jobs per worker, no admin key |
 //! | [`shape`] | the qshape age buckets (pure) |
 //! | [`convert`] | queue model to protobuf, filters, error statuses |
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@
 pub mod admin;
 pub mod convert;
 pub mod events;
+pub mod scaler;
 pub mod shape;
 
 use std::net::SocketAddr;
@@ -36,6 +39,7 @@ use std::sync::Arc;
 
 use tern_config::ControlConfig;
 use tern_core::Shutdown;
+use tern_proto::keda::external_scaler_server::ExternalScalerServer;
 use tern_proto::v1::FILE_DESCRIPTOR_SET;
 use tern_proto::v1::events_server::EventsServer;
 use tern_proto::v1::queue_admin_server::QueueAdminServer;
@@ -46,6 +50,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 pub use admin::AdminService;
 pub use events::EventsService;
+pub use scaler::ScalerService;
 
 /// The former name of [`tern_core::Shutdown`], kept so that callers outside the role crates that still use
 /// it (ternctl's tests) build; new code names [`tern_core::Shutdown`].
@@ -94,11 +99,17 @@ impl ControlServer {
             AdminService::new(Arc::clone(&queue)),
             AuthInterceptor::new(Arc::clone(&auth)),
         );
-        let events = EventsServer::with_interceptor(EventsService::new(queue), AuthInterceptor::new(auth));
+        let events = EventsServer::with_interceptor(
+            EventsService::new(Arc::clone(&queue)),
+            AuthInterceptor::new(auth),
+        );
+        // No admin key: KEDA sends none, and the scaler only tells how many jobs are due (see `scaler`).
+        let scaler = ExternalScalerServer::new(ScalerService::new(queue));
         let listener = GrpcServerBuilder::new(ServerLimits::default())
             .tls(tls)
             .service(admin, FILE_DESCRIPTOR_SET)
             .service(events, FILE_DESCRIPTOR_SET)
+            .service(scaler, tern_proto::keda::FILE_DESCRIPTOR_SET)
             .bind(config.grpc_listen)
             .await?;
         Ok(Bound { listener, has_tls })

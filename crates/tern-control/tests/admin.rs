@@ -615,7 +615,7 @@ async fn a_public_listener_needs_keys_and_health_and_reflection_answer() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    // Reflection lists both services.
+    // Reflection lists the admin services and KEDA's external scaler.
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -641,6 +641,7 @@ async fn a_public_listener_needs_keys_and_health_and_reflection_answer() {
     assert_eq!(
         names,
         [
+            tern_proto::keda::EXTERNAL_SCALER_SERVICE,
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
@@ -651,13 +652,15 @@ async fn a_public_listener_needs_keys_and_health_and_reflection_answer() {
     let mut replies = reflection
         .server_reflection_info(futures::stream::iter([ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(
-                "tern.v1.Submission".into(),
-            )),
+            message_request: Some(MessageRequest::FileContainingSymbol("tern.v1.Submission".into())),
         }]))
         .await
         .unwrap()
         .into_inner();
     let err = replies.message().await.unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "Submission is described here: {err:?}");
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "Submission is described here: {err:?}"
+    );
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod outcome;
 pub mod route;
 pub mod smtp;
+mod telemetry;
 pub mod worker;
 
 pub use dsn::{Diagnostic, Dsn, DsnAction, DsnContext, DsnRecipient, build_dsn};

@@ -9,7 +9,9 @@
 //! message was `relayed` to a system that will not report (RFC 3461 5.2.2). When it did, NOTIFY went on
 //! with the RCPT and the receiver reports the delivery itself; tern sends nothing. A reply the server sent
 //! is reported as its reply (Remote-MTA, `Diagnostic-Code: smtp`); one tern made
-//! ([`RecipientReply::Local`]) as tern's own (see [`crate::dsn::Diagnostic`]).
+//! ([`RecipientReply::Local`]) as tern's own (see [`crate::dsn::Diagnostic`]), and an attempt in which only
+//! tern replied records no server for the queue's events. (An attempt with replies of both kinds keeps the
+//! server, for all its events: the queue's model has one attempt per outcome.)
 
 use std::time::Duration;
 
@@ -213,7 +215,14 @@ pub fn decide(job: &Job, results: &[(u32, RecipientReply)], ctx: &DecideContext<
         OutcomeKind::Delivered
     };
     out.outcome.reply = first_bad.or(last);
-    out.outcome.attempt = ctx.attempt.clone();
+    // The queue's events pair the replies with the attempt's server. The model has no mark for a reply tern
+    // made, so when no server replied at all (content the server cannot take, a session that broke before
+    // any answer) the events name no server: they must not say the MX said it.
+    out.outcome.attempt = if results.iter().any(|(_, r)| r.is_remote()) {
+        ctx.attempt.clone()
+    } else {
+        None
+    };
     out
 }
 
@@ -444,11 +453,28 @@ mod tests {
                 "message size 20 exceeds the server's limit of 10".into()
             ))
         );
-        // The queue's event still records the whole line.
+        // The queue's event still records the whole line, and names no server for it.
         assert_eq!(
             d.outcome.reply.as_deref(),
             Some("552 5.3.4 message size 20 exceeds the server's limit of 10")
         );
+        assert_eq!(d.outcome.attempt, None);
+    }
+
+    #[test]
+    fn an_attempt_with_a_server_reply_keeps_the_server_for_its_events() {
+        let s = RetrySchedule::default();
+        let d = decide(
+            &job(2, 0, 0),
+            &[
+                (0, remote(550, "5.1.1", "no such user")),
+                (1, local(451, "4.4.2", "connection dropped during DATA")),
+            ],
+            &ctx(&s, MIN),
+        );
+        let attempt = d.outcome.attempt.expect("the server that replied");
+        assert_eq!(attempt.remote_mx.as_deref(), Some("mx1.b.test"));
+        assert_eq!(d.failed[0].remote_mta.as_deref(), Some("mx1.b.test"));
     }
 
     #[test]

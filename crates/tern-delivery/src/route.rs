@@ -4,27 +4,38 @@
 //! its domain to a fixed host; otherwise the domain's MX records are looked up (answers are cached by TTL in
 //! the resolver). MX hosts are sorted by preference with equal preferences shuffled; no MX records means the
 //! domain itself is the only host (implicit MX); a null MX (RFC 7505) or a non-existent domain fails at once.
-//! So does a domain that exists but has neither MX nor address records: NODATA (an answer without records,
-//! not an error) for MX and for A and AAAA (each family in `ip_version`) bounces with 5.4.4, as Postfix
-//! does; a lookup that failed (SERVFAIL, a timeout) is never taken for NODATA and only defers. The host
-//! itself and every worse preference are dropped (loop prevention).
+//! The host itself and every worse preference are dropped (loop prevention).
 //!
-//! [`order_mx`], [`drop_self_and_worse`] and [`addresses_from`] are pure and unit-tested; [`Router`] does
-//! the lookups.
+//! Only the recipient's domain can fail for good. A configured host (the relay, a route's host) and an MX
+//! host never do: NXDOMAIN or no address for them is a mistake in configuration or DNS that may be mended,
+//! and the mail waits (4.4.3). A domain without MX fails with 5.4.4 only on proof that it has no address:
+//! NODATA for MX and for A and AAAA, each an answer that carries the zone's SOA ([`EmptyAnswer::NoData`],
+//! RFC 2308), as Postfix bounces it. An empty answer without SOA, a referral, SERVFAIL or a timeout proves
+//! nothing and defers. Before that bounce the family `ip_version` leaves out is asked too: a domain with
+//! addresses only of that family exists and is deferred with 4.4.4 saying so, not bounced as having none.
+//!
+//! [`order_mx`], [`drop_self_and_worse`], [`empty_answer`] and [`addresses_from`] are pure and unit-tested;
+//! [`Router`] does the lookups.
 
 use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 use tern_config::DeliveryConfig;
 use tern_config::sections::{IpVersion, RelayTls, split_host_port};
 
+mod answers;
+
+pub(crate) use answers::is_no_data;
+pub use answers::{AddressAnswers, AddressOf, EmptyAnswer, Found, addresses_from, empty_answer};
+
 use crate::error::DeliveryError;
+use crate::telemetry::dns;
+use tern_telemetry::metrics::DnsKind;
 
 /// One host to try, with every address to try it on (in order).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,84 +147,6 @@ pub fn filter_ips(mut ips: Vec<IpAddr>, version: IpVersion) -> Vec<IpAddr> {
     ips.sort_by_key(|ip| ip.is_ipv4());
     ips.dedup();
     ips
-}
-
-/// What one address lookup (A or AAAA) of a name found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found {
-    /// These addresses.
-    Addresses(Vec<IpAddr>),
-    /// An answer without records of the type (NODATA): the name exists, with no address of this family.
-    NoData,
-    /// NXDOMAIN: the name does not exist.
-    NxDomain,
-    /// No usable answer (SERVFAIL, REFUSED, a timeout): nothing is known, the failure is temporary.
-    Failed(RouteFailure),
-}
-
-/// Which name an address lookup was for: it decides what no address at all means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddressOf {
-    /// A domain without MX records, its own mail exchanger (implicit MX): without addresses either, mail
-    /// for it cannot be routed, and that is final.
-    ImplicitMx,
-    /// An MX host, a route's host or the relay.
-    Host,
-}
-
-/// The addresses to try for `name` from what its lookups found (one [`Found`] per family asked), with
-/// `port`. Any address wins; then a failed lookup defers (nothing is known), NXDOMAIN bounces (5.1.2), and
-/// NODATA for every family bounces for an implicit MX (5.4.4: the domain exists but has no MX and no
-/// address) and defers for any other host.
-pub fn addresses_from(
-    name: &str,
-    port: u16,
-    found: Vec<Found>,
-    of: AddressOf,
-    version: IpVersion,
-) -> Result<Vec<SocketAddr>, RouteFailure> {
-    let mut ips = Vec::new();
-    let mut failed = None;
-    let mut nx = false;
-    for f in found {
-        match f {
-            Found::Addresses(a) => ips.extend(a),
-            Found::NoData => {}
-            Found::NxDomain => nx = true,
-            Found::Failed(e) => failed = Some(e),
-        }
-    }
-    let ips = filter_ips(ips, version);
-    if !ips.is_empty() {
-        return Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect());
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    if nx {
-        return Err(RouteFailure::Permanent {
-            status: "5.1.2",
-            text: format!("host {name} does not exist"),
-        });
-    }
-    Err(match of {
-        AddressOf::ImplicitMx => RouteFailure::Permanent {
-            status: "5.4.4",
-            text: format!("{name} has no MX record and no address record (NODATA)"),
-        },
-        AddressOf::Host => RouteFailure::Temporary {
-            status: "4.4.3",
-            text: format!("host {name} has no usable address"),
-        },
-    })
-}
-
-/// Whether a lookup error is NODATA: an answer (NOERROR) without records of the type.
-fn is_no_data(e: &NetError) -> bool {
-    matches!(
-        e,
-        NetError::Dns(DnsError::NoRecordsFound(no_records)) if no_records.response_code == ResponseCode::NoError
-    )
 }
 
 /// Resolves domains to ordered host lists.
@@ -372,7 +305,7 @@ impl Router {
     }
 
     async fn mx_records(&self, domain: &str) -> Result<Vec<(u16, String)>, RouteFailure> {
-        match self.resolver.mx_lookup(format!("{domain}.")).await {
+        match dns(DnsKind::Mx, domain, self.resolver.mx_lookup(format!("{domain}."))).await {
             Ok(lookup) => Ok(lookup
                 .answers()
                 .iter()
@@ -385,66 +318,99 @@ impl Router {
                 status: "5.1.2",
                 text: format!("domain {domain} does not exist"),
             }),
-            Err(e) if is_no_data(&e) => Ok(Vec::new()),
+            // No MX: the domain's own addresses are asked next, and decide (an empty answer without SOA is
+            // no proof there either).
+            Err(e) if matches!(empty_answer(&e), Some(EmptyAnswer::NoData | EmptyAnswer::Bare)) => {
+                Ok(Vec::new())
+            }
             Err(e) => Err(temporary(domain, "MX", &e)),
         }
     }
 
     /// Every address of `name` allowed by `ip_version`, with `port`. An IP address is used as it is.
+    ///
+    /// Each family `ip_version` allows is asked (A even after NXDOMAIN for AAAA: some broken servers answer
+    /// NXDOMAIN for AAAA alone). For a domain without MX and without an address of those families, the
+    /// other family is asked too before anything is final (see [`addresses_from`]).
     async fn addresses(&self, name: &str, port: u16, of: AddressOf) -> Result<Vec<SocketAddr>, RouteFailure> {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let fqdn = format!("{}.", normalize(name));
-        let mut found = Vec::new();
+        let mut answers = AddressAnswers::default();
         if self.ip_version != IpVersion::V4 {
-            found.push(match self.resolver.ipv6_lookup(fqdn.as_str()).await {
-                Ok(l) => Found::Addresses(
-                    l.answers()
-                        .iter()
-                        .filter_map(|r| match &r.data {
-                            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                Err(e) => found_of_error(name, "AAAA", &e),
-            });
+            answers.v6 = Some(self.aaaa(name, &fqdn).await);
         }
-        // After NXDOMAIN for AAAA the name does not exist: no need to ask for A.
-        if self.ip_version != IpVersion::V6 && !found.contains(&Found::NxDomain) {
-            found.push(match self.resolver.ipv4_lookup(fqdn.as_str()).await {
-                Ok(l) => Found::Addresses(
-                    l.answers()
-                        .iter()
-                        .filter_map(|r| match &r.data {
-                            RData::A(a) => Some(IpAddr::V4(a.0)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                Err(e) => found_of_error(name, "A", &e),
-            });
+        if self.ip_version != IpVersion::V6 {
+            answers.v4 = Some(self.a(name, &fqdn).await);
         }
-        addresses_from(name, port, found, of, self.ip_version)
+        if of == AddressOf::ImplicitMx && !answers.has_usable_address(self.ip_version) {
+            match self.ip_version {
+                IpVersion::V4 => answers.v6 = Some(self.aaaa(name, &fqdn).await),
+                IpVersion::V6 => answers.v4 = Some(self.a(name, &fqdn).await),
+                IpVersion::Any => {}
+            }
+        }
+        addresses_from(name, port, answers, of, self.ip_version)
+    }
+
+    /// The AAAA lookup of `name` (`fqdn`: the same with the final dot).
+    async fn aaaa(&self, name: &str, fqdn: &str) -> Found {
+        match dns(DnsKind::Aaaa, name, self.resolver.ipv6_lookup(fqdn)).await {
+            Ok(l) => Found::Addresses(
+                l.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => found_of_error(name, "AAAA", &e),
+        }
+    }
+
+    /// The A lookup of `name` (`fqdn`: the same with the final dot).
+    async fn a(&self, name: &str, fqdn: &str) -> Found {
+        match dns(DnsKind::A, name, self.resolver.ipv4_lookup(fqdn)).await {
+            Ok(l) => Found::Addresses(
+                l.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) => found_of_error(name, "A", &e),
+        }
     }
 }
 
-/// What a failed address lookup means: NXDOMAIN, NODATA, or a failure.
+/// What a failed address lookup means: NXDOMAIN, NODATA (with SOA or without), or a failure (a referral
+/// among them).
 fn found_of_error(name: &str, rtype: &str, e: &NetError) -> Found {
     if e.is_nx_domain() {
-        Found::NxDomain
-    } else if is_no_data(e) {
-        Found::NoData
-    } else {
-        Found::Failed(temporary(name, rtype, e))
+        return Found::NxDomain;
+    }
+    match empty_answer(e) {
+        Some(EmptyAnswer::NoData) => Found::NoData,
+        Some(EmptyAnswer::Bare) => Found::Empty,
+        Some(EmptyAnswer::Referral) | None => Found::Failed(temporary(name, rtype, e)),
     }
 }
 
 fn temporary(name: &str, rtype: &str, e: &NetError) -> RouteFailure {
+    let why = match empty_answer(e) {
+        Some(EmptyAnswer::Referral) => {
+            "the server sent a referral (NS records, no SOA) instead of an answer: is it a recursive resolver?"
+                .to_string()
+        }
+        _ => e.to_string(),
+    };
     RouteFailure::Temporary {
         status: "4.4.3",
-        text: format!("DNS {rtype} lookup of {name} failed: {e}"),
+        text: format!("DNS {rtype} lookup of {name} failed: {why}"),
     }
 }
 
@@ -498,80 +464,6 @@ mod tests {
         assert!(is_null_mx(&recs(&[(0, ".")])));
         assert!(!is_null_mx(&recs(&[(0, "."), (10, "mx.b.test")])));
         assert!(!is_null_mx(&recs(&[(10, "mx.b.test.")])));
-    }
-
-    fn temp() -> Found {
-        Found::Failed(RouteFailure::Temporary {
-            status: "4.4.3",
-            text: "DNS A lookup of b.test failed: SERVFAIL".into(),
-        })
-    }
-
-    #[test]
-    fn a_domain_with_nodata_for_mx_and_every_address_family_is_unroutable_for_good() {
-        let r = addresses_from(
-            "b.test",
-            25,
-            vec![Found::NoData, Found::NoData],
-            AddressOf::ImplicitMx,
-            IpVersion::Any,
-        );
-        let e = r.unwrap_err();
-        assert!(e.is_permanent(), "{e:?}");
-        assert_eq!(e.status(), "5.4.4");
-        // v4 only: the one family asked is the one that counts.
-        let r = addresses_from(
-            "b.test",
-            25,
-            vec![Found::NoData],
-            AddressOf::ImplicitMx,
-            IpVersion::V4,
-        );
-        assert_eq!(r.unwrap_err().status(), "5.4.4");
-        // An MX host without addresses is the domain's operator's slip, perhaps mended soon: deferred.
-        let r = addresses_from(
-            "mx.b.test",
-            25,
-            vec![Found::NoData, Found::NoData],
-            AddressOf::Host,
-            IpVersion::Any,
-        );
-        assert!(!r.unwrap_err().is_permanent());
-    }
-
-    #[test]
-    fn a_failed_lookup_is_never_taken_for_nodata() {
-        for found in [
-            vec![temp(), Found::NoData],
-            vec![Found::NoData, temp()],
-            vec![temp()],
-        ] {
-            let e = addresses_from("b.test", 25, found, AddressOf::ImplicitMx, IpVersion::Any).unwrap_err();
-            assert!(!e.is_permanent(), "{e:?}");
-            assert_eq!(e.status(), "4.4.3");
-        }
-    }
-
-    #[test]
-    fn any_address_wins_and_nxdomain_is_5_1_2() {
-        let v6: IpAddr = "::1".parse().unwrap();
-        let r = addresses_from(
-            "b.test",
-            2525,
-            vec![Found::Addresses(vec![v6]), temp()],
-            AddressOf::ImplicitMx,
-            IpVersion::Any,
-        );
-        assert_eq!(r.unwrap(), vec![SocketAddr::new(v6, 2525)]);
-        let e = addresses_from(
-            "b.test",
-            25,
-            vec![Found::NxDomain],
-            AddressOf::Host,
-            IpVersion::Any,
-        )
-        .unwrap_err();
-        assert_eq!((e.is_permanent(), e.status()), (true, "5.1.2"));
     }
 
     #[test]

@@ -29,9 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_config::DeliveryConfig;
+use tern_core::time::now_ms;
 use tern_core::{JobId, RetrySchedule, Shutdown};
-use tern_queue::{Claim, ClaimedJob, JobLease, Queue};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tern_queue::{Claim, ClaimOutcome, ClaimedJob, JobLease, Queue};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -47,6 +48,9 @@ use tls_policy::TlsFailures;
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between claims while claiming fails (the queue is unreachable).
 const CLAIM_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The shortest wait after a claim that found nothing (the queue may name a due time already past when more
+/// due domains wait than one claim looks at).
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(10);
 
 /// What a worker did with the jobs it still held when it stopped, as its last log line says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -81,6 +85,10 @@ struct Inner {
     /// Jobs released on shutdown, and releases that failed (see [`Stopped`]).
     released: AtomicUsize,
     not_released: AtomicUsize,
+    /// A batch ended: its connection slot is free, and an idle connection may hold its domain's slot for
+    /// this worker's next claim (which no queue signal reports, the slot being this worker's): the claim
+    /// loop claims again at once.
+    batch_done: Notify,
 }
 
 /// What a worker builds from its configuration before it touches the queue.
@@ -165,6 +173,7 @@ impl Worker {
                 leases: Mutex::new(HashMap::new()),
                 released: AtomicUsize::new(0),
                 not_released: AtomicUsize::new(0),
+                batch_done: Notify::new(),
             }),
         })
     }
@@ -208,20 +217,24 @@ impl Worker {
             let holds = inner.live_holds();
             match inner
                 .queue
-                .claim_holding(&inner.owner, batch, inner.lease, &holds)
+                .claim_next(&inner.owner, batch, inner.lease, &holds)
                 .await
             {
-                Ok(Some(claim)) => {
+                Ok(ClaimOutcome::Claimed(claim)) => {
                     failures = 0;
                     debug!(domain = %claim.domain, jobs = claim.jobs.len(), claim = %claim.claim_id, "claimed");
                     tasks.spawn(inner.clone().process_claim(claim, shutdown.clone(), permit));
                 }
-                Ok(None) => {
+                Ok(ClaimOutcome::Nothing { next_due_ms }) => {
                     failures = 0;
                     drop(permit);
+                    // Until the queue signals work (new due jobs, a freed slot) or the next due time it
+                    // knows of comes; the poll interval bounds a missed wake.
+                    let wait = idle_wait(poll, next_due_ms, now_ms());
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(poll) => {}
+                        _ = inner.queue.wait_for_work(wait) => {}
+                        _ = inner.batch_done.notified() => {}
                     }
                 }
                 Err(e) => {
@@ -251,9 +264,7 @@ impl Worker {
         // The reaper stops at its next tick; awaiting it lets the closes under way drop their holds.
         let _ = reaper.await;
         let idle: Vec<Idle> = lock(&inner.idle).drain().flat_map(|(_, v)| v).collect();
-        for i in idle {
-            inner.close_idle(i).await;
-        }
+        inner.close_all_idle(idle).await;
         let stopped = Stopped {
             released: inner.released.load(Ordering::Relaxed),
             not_released: inner.not_released.load(Ordering::Relaxed),
@@ -271,7 +282,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Inner {
-    async fn process_claim(self: Arc<Self>, claim: Claim, shutdown: Shutdown, _slot: OwnedSemaphorePermit) {
+    async fn process_claim(self: Arc<Self>, claim: Claim, shutdown: Shutdown, slot: OwnedSemaphorePermit) {
         {
             let mut leases = lock(&self.leases);
             for cj in &claim.jobs {
@@ -299,6 +310,8 @@ impl Inner {
                 .deliver(jobs, claim.took_hold.as_deref())
                 .await;
         }
+        drop(slot);
+        self.batch_done.notify_one();
     }
 
     async fn heartbeat(self: Arc<Self>, ids: Vec<JobId>, stop: Shutdown) {
@@ -330,6 +343,15 @@ impl Inner {
     }
 }
 
+/// How long a worker whose claim found nothing waits for a wake: until the next due time the queue named
+/// (`next_due_ms`, Unix ms, against `now`), at most `poll`, at least [`MIN_IDLE_WAIT`].
+fn idle_wait(poll: Duration, next_due_ms: Option<u64>, now: u64) -> Duration {
+    next_due_ms
+        .map_or(poll, |due| Duration::from_millis(due.saturating_sub(now)))
+        .min(poll)
+        .max(MIN_IDLE_WAIT)
+}
+
 /// The pause after the `failures`-th claim failure in a row: the poll interval doubled per failure, at most
 /// [`CLAIM_BACKOFF_MAX`], with ±25% jitter from `unit` (in [0, 1)) so that a fleet of workers does not come
 /// back to a recovering Redis in step.
@@ -343,6 +365,15 @@ fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_worker_waits_until_the_next_due_time_within_the_poll_interval() {
+        let poll = Duration::from_secs(60);
+        assert_eq!(idle_wait(poll, None, 1_000), poll);
+        assert_eq!(idle_wait(poll, Some(1_250), 1_000), Duration::from_millis(250));
+        assert_eq!(idle_wait(poll, Some(1_000_000), 1_000), poll);
+        assert_eq!(idle_wait(poll, Some(900), 1_000), MIN_IDLE_WAIT);
+    }
 
     #[test]
     fn claim_backoff_doubles_up_to_a_cap_with_jitter() {

@@ -115,13 +115,18 @@ async fn nxdomain_bounces_with_5_1_2() {
     w.stop().await;
 }
 
-/// `nodata.test` exists (it has a TXT record) but has no MX and no A or AAAA record: dnsmasq answers NOERROR
-/// without records (NODATA) for each. Mail for it can never be routed: it bounces at once with 5.4.4
-/// instead of being retried until `max_age`.
+/// `nodata.test` exists (it has a TXT record) but has no MX and no A or AAAA record: dnsmasq, authoritative
+/// for `test`, answers NOERROR without records and with the zone's SOA (NODATA, RFC 2308) for each. Mail
+/// for it can never be routed: it bounces at once with 5.4.4 instead of being retried until `max_age`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_domain_without_mx_or_address_records_bounces_with_5_4_4() {
     let port = free_port().unwrap();
-    let dns = dns_with_sender(Dnsmasq::builder().txt("nodata.test", "v=spf1 -all"));
+    let dns = dns_with_sender(
+        Dnsmasq::builder()
+            .txt("nodata.test", "v=spf1 -all")
+            .arg("--auth-server=ns.test,127.0.0.1")
+            .arg("--auth-zone=test"),
+    );
     for rtype in [
         tern_testkit::dns::TYPE_MX,
         tern_testkit::dns::TYPE_A,

@@ -699,6 +699,24 @@ async fn content_the_server_cannot_take_bounces_without_being_sent() {
         .find(|e| e.kind == EventKind::Failed && e.recipients == vec!["utf8@limits.test".to_string()])
         .expect("the SMTPUTF8 message failed");
     assert!(f.reply.as_deref().unwrap_or("").contains("5.6.7"), "{f:?}");
+    // tern refused both, not the server: the events name no server that said so.
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.kind == EventKind::Failed && e.domain == "limits.test")
+            .count(),
+        2,
+        "{ev:?}"
+    );
+    for failed in ev
+        .iter()
+        .filter(|e| e.kind == EventKind::Failed && e.domain == "limits.test")
+    {
+        assert_eq!(
+            (failed.remote_mx.as_deref(), failed.remote_ip.as_deref()),
+            (None, None),
+            "{failed:?}"
+        );
+    }
     assert!(
         !mx.commands().iter().any(|c| c.starts_with("MAIL")),
         "{:?}",

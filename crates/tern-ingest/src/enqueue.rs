@@ -7,19 +7,20 @@
 //! client can still wait ([`EnqueueRetry::window`], `ingest.enqueue_retry_for`), backing off from 100 ms to
 //! 2 s. A stall shorter than the window ends with one honest acknowledgement.
 //!
-//! The repeat is harmless only because every message written here takes the queue's intake path, which
-//! remembers the message id for 24 hours (its `mat:` marker): a repeat after the first write's jobs were
-//! materialised, even delivered and gone, creates nothing. The fast path (no idempotency key, one shard)
-//! remembers nothing once a job has finished, so a repeat arriving after the delivery would queue the message
-//! again. [`EnqueueRetry::prepare`] therefore gives a message without an idempotency key the internal key
-//! `tern:<message id>` (clients may not use the `tern:` prefix), which routes it to the intake path.
+//! The repeat is harmless because the queue remembers the message id for at least the window: a repeat
+//! after the first write's jobs were materialised, even delivered and gone, creates nothing and is answered
+//! as the first write was. The intake path (an idempotency key, or jobs in several shards) remembers it for
+//! 24 hours; the fast path (no key, one shard) for the queue's `repeat_window`, which the binary sets to
+//! `ingest.enqueue_retry_for` (the queue adds a call's time). So [`EnqueueRetry::prepare`] only gives a
+//! message its id, and a message without a key keeps the fast path.
 //!
-//! [`EnqueueFailure::maybe_queued`] says whether any attempt may have been applied. Only a failure to connect
-//! at all (connection refused, or no connection to be had from the pool) proves that the write was never
-//! sent; every other outage (a timeout, a dropped connection, a replica that did not acknowledge) may have
-//! stored the message, and the answer must say so. A write that certainly stored nothing, with no doubtful
-//! attempt before it, is not repeated: the queue is plainly down, "nothing was queued" is the truth, and the
-//! client is not kept waiting. Repeats are for learning what a doubtful attempt did.
+//! [`EnqueueFailure::maybe_queued`] says whether any attempt may have been applied. Only the queue's
+//! [`QueueError::NotSent`] (no connection could be had, so the call never left this process) proves that the
+//! write was never sent; every other outage (a timeout, a dropped connection, a replica that did not
+//! acknowledge, and in cluster mode even a refused connection, since the cluster client repeats a call by
+//! itself) may have stored the message, and the answer must say so. A write that certainly stored nothing,
+//! with no doubtful attempt before it, is not repeated: the queue is plainly down, "nothing was queued" is
+//! the truth, and the client is not kept waiting. Repeats are for learning what a doubtful attempt did.
 
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +30,9 @@ use tern_queue::{EnqueueReceipt, NewMessage, Queue, QueueError};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// The prefix of the idempotency keys ingest gives messages without one; refused in client keys.
+/// A prefix reserved for idempotency keys tern makes itself, refused in client keys. Ingest no longer gives
+/// messages one (the queue recognises a repeated write by its message id), but the namespace stays tern's,
+/// so that no key a client has used can ever collide with one tern makes.
 pub const INTERNAL_KEY_PREFIX: &str = "tern:";
 
 /// The first pause between two attempts; it doubles up to [`MAX_BACKOFF`].
@@ -59,13 +62,11 @@ impl EnqueueRetry {
         }
     }
 
-    /// Makes `message` safe to write more than once: it gets an id if it has none and, when repeats are
-    /// allowed, the internal idempotency key `tern:<id>` if it has no key of its own (see the module docs).
+    /// Makes `message` safe to write more than once: it gets an id if it has none, so that every attempt
+    /// writes the same message and the queue recognises a repeat (see the module docs). Its idempotency key,
+    /// if any, is the client's alone.
     pub fn prepare(&self, message: &mut NewMessage) {
-        let id = *message.id.get_or_insert_with(MessageId::new);
-        if !self.window.is_zero() && message.idempotency_key.is_none() {
-            message.idempotency_key = Some(format!("{INTERNAL_KEY_PREFIX}{id}"));
-        }
+        message.id.get_or_insert_with(MessageId::new);
     }
 }
 
@@ -97,18 +98,24 @@ impl EnqueueFailure {
     }
 }
 
-/// Whether a failed call certainly stored nothing: it never reached the queue (connection refused, no
-/// connection from the pool), or the queue refused the message before writing anything. Anything not
-/// recognised counts as "may have been applied".
+/// Whether a failed call certainly stored nothing: the queue says it never sent it
+/// ([`QueueError::NotSent`]), or it refused the message before writing anything. Every other error counts as
+/// "may have been applied", whatever its text says.
 pub fn certainly_not_applied(error: &QueueError) -> bool {
-    match error {
-        QueueError::InvalidMessage(_) | QueueError::Config(_) => true,
-        QueueError::Unavailable(text) => {
-            let text = text.to_ascii_lowercase();
-            text.contains("connection refused") || text.contains("no connection (")
-        }
-        _ => false,
+    matches!(
+        error,
+        QueueError::NotSent(_) | QueueError::InvalidMessage(_) | QueueError::Config(_)
+    )
+}
+
+/// `receipt` as the answer to the client's one request: a repeat that finds the message's own earlier
+/// attempt (stored after all, its idempotency key now taken by it) is no duplicate of anything the client
+/// sent, so the flag is cleared (its `jobs` stay empty: the earlier attempt made them).
+fn own_write_found(mut receipt: EnqueueReceipt, id: Option<MessageId>, attempts: u32) -> EnqueueReceipt {
+    if attempts > 1 && receipt.duplicate && Some(receipt.message) == id {
+        receipt.duplicate = false;
     }
+    receipt
 }
 
 /// Whether a failed call is worth repeating: an outage. Any other error would come back the same.
@@ -193,7 +200,7 @@ pub async fn enqueue(
                 if attempts > 1 {
                     info!(message_id = %id, attempts, "queue write confirmed after repeating it");
                 }
-                return Ok(receipt);
+                return Ok(own_write_found(receipt, message.id, attempts));
             }
             Err(e) => e,
         };
@@ -256,7 +263,7 @@ pub async fn enqueue_batch(
                 .cloned()
                 .unwrap_or_else(|| Err(QueueError::Backend("no result for the message".into())));
             match outcome {
-                Ok(receipt) => results[i] = Some(Ok(receipt)),
+                Ok(receipt) => results[i] = Some(Ok(own_write_found(receipt, messages[i].id, attempts))),
                 Err(error) => {
                     maybe_queued[i] |= !certainly_not_applied(&error);
                     if is_retryable(&error) && maybe_queued[i] && !last {
@@ -319,16 +326,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_connection_never_made_proves_that_nothing_was_queued() {
+    fn only_a_call_the_queue_never_sent_proves_that_nothing_was_queued() {
         let certain = [
-            QueueError::Unavailable("redis: Connection refused (os error 111)".into()),
-            QueueError::Unavailable("redis: no connection (Wait timeout)".into()),
+            QueueError::NotSent("redis: Connection refused (os error 111)".into()),
+            QueueError::NotSent("redis: no connection (Wait timeout)".into()),
             QueueError::InvalidMessage("no recipients".into()),
         ];
         for e in &certain {
             assert!(certainly_not_applied(e), "{e}");
         }
+        // The cluster client's last error after its own repeats: an earlier try may have been applied.
         let uncertain = [
+            QueueError::Unavailable("redis: Connection refused (os error 111)".into()),
+            QueueError::Unavailable("redis: no connection (Wait timeout)".into()),
             QueueError::Unavailable("redis: timed out".into()),
             QueueError::Unavailable("redis did not answer within 7s".into()),
             QueueError::Unavailable("redis: broken pipe".into()),
@@ -342,14 +352,31 @@ mod tests {
     }
 
     #[test]
-    fn prepare_gives_an_internal_key_only_when_repeats_are_allowed() {
+    fn a_repeat_that_finds_its_own_write_is_no_duplicate_but_another_messages_key_is() {
+        let own = MessageId::new();
+        let receipt = |message| EnqueueReceipt {
+            message,
+            jobs: Vec::new(),
+            duplicate: true,
+        };
+        assert!(!own_write_found(receipt(own), Some(own), 2).duplicate);
+        // The client's key names another message: nothing of this one was queued.
+        assert!(own_write_found(receipt(MessageId::new()), Some(own), 2).duplicate);
+        // The first attempt: whatever the queue says stands.
+        assert!(own_write_found(receipt(own), Some(own), 1).duplicate);
+    }
+
+    #[test]
+    fn prepare_gives_an_id_and_no_key_so_a_message_keeps_the_fast_path() {
         let on = EnqueueRetry {
             window: Duration::from_secs(60),
         };
         let mut m = message();
         on.prepare(&mut m);
         let id = m.id.expect("an id");
-        assert_eq!(m.idempotency_key, Some(format!("tern:{id}")));
+        assert_eq!(m.idempotency_key, None);
+        on.prepare(&mut m);
+        assert_eq!(m.id, Some(id), "a repeat keeps the id");
         let mut own = message().with_idempotency_key("client-key");
         on.prepare(&mut own);
         assert_eq!(own.idempotency_key.as_deref(), Some("client-key"));

@@ -34,6 +34,7 @@ pub mod enqueue;
 mod error;
 pub mod grpc;
 pub mod smtp;
+mod telemetry;
 
 pub use error::IngestError;
 pub use smtp::{BoundSmtpServer, SmtpServer};

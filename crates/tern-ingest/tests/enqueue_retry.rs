@@ -2,6 +2,8 @@
 //! it does not know, and the first may have been applied, even delivered, by then.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod redis_stall;
+
 use std::time::Duration;
 
 use tern_core::{Envelope, Recipient, ReversePath};
@@ -59,23 +61,70 @@ async fn a_repeat_after_the_message_was_delivered_queues_nothing() {
     assert_eq!(made, 0, "the repeat queued the delivered message again");
 }
 
-/// Why ingest gives its messages an idempotency key: without one (no repeats, so no key), a message of one
-/// domain takes the queue's fast path, which forgets a message once its job has finished, and the same
-/// write made again queues it again. If this ever passes with 0, the queue remembers ids on its own and the
-/// internal key can go.
+/// A message without an idempotency key, all of it in one shard, takes the queue's fast path (ingest gives it
+/// no key of its own any more): the queue remembers its id for its repeat window, which the binary sets to
+/// `ingest.enqueue_retry_for`, so a repeat arriving after the message was delivered and removed makes no
+/// second delivery (issue #14).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_internal_key_a_late_repeat_would_deliver_twice() {
+async fn a_late_repeat_on_the_fast_path_makes_no_second_delivery() {
     let redis = RedisServer::start().expect("start redis-server");
+    let retry = EnqueueRetry::default();
     let queue = RedisQueue::connect(RedisQueueOptions {
         url: redis.url(),
-        key_prefix: "nokey".into(),
+        key_prefix: "fast".into(),
+        shards: 1,
+        repeat_window: retry.window,
         ..Default::default()
     })
     .await
     .unwrap();
-    let no_repeats = EnqueueRetry {
-        window: Duration::ZERO,
-    };
-    let made = jobs_made_by_a_late_repeat(&queue, no_repeats).await;
-    assert_eq!(made, 1, "the queue's fast path changed: see the test's doc");
+    let made = jobs_made_by_a_late_repeat(&queue, retry).await;
+    assert_eq!(made, 0, "the repeat queued the delivered message again");
+    assert!(
+        queue
+            .claim("worker", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none(),
+        "a second delivery"
+    );
+    // It was the fast path: no idempotency key, no intake record or marker; the id is in a repeat set.
+    let keys = |pattern: &str| redis.cli(&["KEYS", pattern]).unwrap().trim().to_string();
+    assert_eq!(keys("{fast:s00}:idem:*"), "");
+    assert_eq!(keys("{fast:s00}:mat:*"), "");
+    assert!(keys("{fast:s00}:seen:*").starts_with("{fast:s00}:seen:"));
+}
+
+/// A write that stalls is repeated; the stalled first write is applied when Redis resumes, and the repeat
+/// that then finds it answers for the client's one request: queued, not a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_that_finds_its_own_earlier_write_is_no_duplicate() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let queue = RedisQueue::new(RedisQueueOptions {
+        url: redis.url(),
+        key_prefix: "own".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(2),
+        // One connection, made below: the stalled write goes over it and is applied on resuming.
+        pool_size: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let retry = EnqueueRetry::default();
+    enqueue::enqueue(&queue, message(), &retry, &Bounds::default())
+        .await
+        .unwrap();
+    let m = message();
+    let id = m.id;
+    let bounds = Bounds::default();
+    let mut stall = redis_stall::Stall::start(&redis);
+    let (receipt, ()) = tokio::join!(enqueue::enqueue(&queue, m, &retry, &bounds), async {
+        // Past the queue's reply timeout (2 s): the first attempt has failed and repeats are going on.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stall.resume();
+    });
+    let receipt = receipt.expect("queued once Redis is back");
+    assert_eq!(Some(receipt.message), id);
+    assert!(!receipt.duplicate, "{receipt:?}");
+    assert_eq!(queue.counts().await.unwrap().total, 2, "each message once");
 }

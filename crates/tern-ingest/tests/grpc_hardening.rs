@@ -16,9 +16,10 @@ use redis_stall::Stall;
 use tern_ingest::Shutdown;
 use tern_ingest::enqueue::EnqueueRetry;
 use tern_ingest::grpc::service::{Limits, SubmissionService};
+use tern_ingest::grpc::{CallLimits, CallsInProgress, GrpcServer, GrpcSettings};
 use tern_proto::v1::submission_client::SubmissionClient;
 use tern_proto::v1::submission_server::SubmissionServer;
-use tern_proto::v1::{Envelope, SendRequest, SendResponse, send_request::Content};
+use tern_proto::v1::{Envelope, SendBatchRequest, SendRequest, SendResponse, send_request::Content};
 use tern_queue::{ClaimedJob, Queue, RedisQueue, RedisQueueOptions};
 use tern_server::auth::Authenticator;
 use tern_testkit::RedisServer;
@@ -43,19 +44,12 @@ impl Harness {
 
     /// The service over a queue at `url`, which need not be reachable.
     async fn at(url: &str, window: Duration) -> Harness {
-        let queue: Arc<dyn Queue> = Arc::new(
-            RedisQueue::new(RedisQueueOptions {
-                url: url.into(),
-                key_prefix: "grpc-hardening".into(),
-                connect_timeout: Duration::from_millis(500),
-                response_timeout: Duration::from_secs(2),
-                // One connection: once made, every write goes over it, so a write sent while Redis is
-                // stopped reaches it (and is applied when it resumes) instead of waiting for a connection.
-                pool_size: 1,
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        Harness::over(queue_options(url), window).await
+    }
+
+    /// The service over a queue with `options`.
+    async fn over(options: RedisQueueOptions, window: Duration) -> Harness {
+        let queue: Arc<dyn Queue> = Arc::new(RedisQueue::new(options).unwrap());
         let service = SubmissionService::new(
             queue.clone(),
             Authenticator::Open,
@@ -120,6 +114,20 @@ impl Harness {
         }
         jobs.sort_by_key(|j| j.job.id);
         jobs
+    }
+}
+
+/// The queue's options for the tests: short timeouts, and one connection: once made, every write goes over
+/// it, so a write sent while Redis is stopped reaches it (and is applied when it resumes) instead of waiting
+/// for a connection.
+fn queue_options(url: &str) -> RedisQueueOptions {
+    RedisQueueOptions {
+        url: url.into(),
+        key_prefix: "grpc-hardening".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(2),
+        pool_size: 1,
+        ..Default::default()
     }
 }
 
@@ -247,6 +255,8 @@ async fn a_redis_stall_shorter_than_the_window_ends_with_one_ok_and_one_message(
     tokio::time::sleep(Duration::from_secs(5)).await;
     stall.resume();
     let reply = call.await.unwrap().expect("OK once Redis is back").into_inner();
+    // The repeat found the stalled first attempt's write, stored on resuming: the client sent one request.
+    assert!(!reply.duplicate, "{reply:?}");
     let jobs = h.claim_all().await;
     let ours: Vec<_> = jobs
         .iter()
@@ -312,16 +322,175 @@ async fn a_client_deadline_shorter_than_the_window_is_answered_in_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_that_refuses_connections_answers_that_nothing_was_queued_at_once() {
+async fn a_single_redis_that_refuses_connections_answers_that_nothing_was_queued_at_once() {
     let nobody = tern_testkit::free_port().unwrap();
     let h = Harness::at(&format!("redis://127.0.0.1:{nobody}"), WINDOW).await;
     let started = Instant::now();
     let err = h.send(to(&["ann@one.test"], "")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("nothing was queued"), "{err:?}");
+    // The queue's own word (no connection from the pool: nothing sent), not a guess from the error's text.
+    assert!(err.message().contains("nothing was sent"), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
+}
+
+/// In cluster mode even a refused connection may follow an applied write: the cluster client repeats a call
+/// by itself after a dropped connection, so a call sent to a node that died meanwhile ends with "Connection
+/// refused" from the repeat, whatever the first try did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_in_cluster_mode_answers_that_the_message_may_have_been_queued() {
+    let mut cluster = tern_testkit::RedisCluster::start(3).expect("start a Redis Cluster");
+    let options = RedisQueueOptions {
+        cluster: true,
+        ..queue_options(&cluster.urls_comma())
+    };
+    // No repeats: the first failure is the answer.
+    let h = Harness::over(options, Duration::ZERO).await;
+    let domains = ["a", "b", "c", "d", "e", "f"];
+    // Connections to every node (the domains' shards spread over the three).
+    for d in domains {
+        h.send(to(&[&format!("warm@{d}.test")], ""))
+            .await
+            .expect("the cluster takes a message");
+    }
+    cluster.nodes_mut()[1].kill_hard().expect("kill a node");
+    let mut failed = 0;
+    for d in domains {
+        if let Err(err) = h.send(to(&[&format!("ann@{d}.test")], "")).await {
+            failed += 1;
+            assert_eq!(err.code(), Code::Unavailable, "{d}: {err:?}");
+            assert!(err.message().contains("may have been queued"), "{d}: {err:?}");
+        }
+    }
+    assert!(failed > 0, "no message went to the dead node");
+}
+
+/// The queue's shard of a destination domain (32-bit FNV-1a of the lower-cased domain, as tern-queue's
+/// `keys.rs` computes it).
+fn shard_of(domain: &str, shards: u32) -> u32 {
+    let hash = domain.to_ascii_lowercase().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % shards
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_whole_says_it_may_have_been_queued_when_part_of_it_may_have_been() {
+    // Two connections, no repeats, two shards: the messages of the batch below (no idempotency keys, so each
+    // is written by the call of its domain's shard) go out on different connections.
+    let redis = RedisServer::start().expect("start redis-server");
+    let options = RedisQueueOptions {
+        pool_size: 2,
+        shards: 2,
+        ..queue_options(&redis.url())
+    };
+    let h = Harness::over(options, Duration::ZERO).await;
+    // Both connections made, then Redis gone.
+    h.send(to(&["warm@up.test"], "")).await.unwrap();
+    h.send(to(&["warm@up.test"], "")).await.unwrap();
+    drop(redis);
+    // The next call fails on one of them (and breaks it): the message may have been written.
+    let err = h.send(to(&["x@x.test"], "")).await.unwrap_err();
+    assert!(err.message().contains("may have been queued"), "{err:?}");
+    // The batch's calls go out shard by shard, taking the connections in turn: shard 0's on the connection
+    // still thought good (a dropped connection: may have been written), shard 1's on the broken one, which is
+    // made again and refused (nothing sent). The first message is shard 1's.
+    assert_eq!((shard_of("one.test", 2), shard_of("a.test", 2)), (1, 0));
+    let batch = SendBatchRequest {
+        messages: vec![to(&["ann@one.test"], ""), to(&["bob@a.test"], "")],
+    };
+    let err = h.client().await.send_batch(batch).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("may have been queued"), "{err:?}");
+}
+
+/// The real listener (limits, deadlines, shutdown) over a queue at `url`, with `limits` and a 60 s window.
+async fn listener(url: &str, limits: CallLimits, shutdown: &Shutdown) -> (SocketAddr, CallsInProgress) {
+    let queue: Arc<dyn Queue> = Arc::new(RedisQueue::new(queue_options(url)).unwrap());
+    let settings = GrpcSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_message_size: 64 * 1024,
+        hostname: Some("ingest.tern.test".into()),
+        limits,
+        enqueue_retry: EnqueueRetry { window: WINDOW },
+        ..GrpcSettings::default()
+    };
+    let server = GrpcServer::bind(&settings, queue).await.unwrap();
+    let addr = server.local_addr();
+    let calls = server.calls_in_progress();
+    tokio::spawn(server.run(shutdown.clone()));
+    (addr, calls)
+}
+
+async fn client_of(addr: SocketAddr) -> SubmissionClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    SubmissionClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_stops_the_repeats_and_the_call_answers_that_it_may_have_been_queued() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let shutdown = Shutdown::new();
+    let (addr, calls) = listener(&redis.url(), CallLimits::default(), &shutdown).await;
+    let mut client = client_of(addr).await;
+    client.send(to(&["warm@up.test"], "")).await.unwrap();
+    let _stall = Stall::start(&redis);
+    let started = Instant::now();
+    let call = tokio::spawn(async move { client.send(to(&["ann@one.test"], "")).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), calls.finished())
+            .await
+            .is_err(),
+        "the call is in progress"
+    );
+    shutdown.cancel();
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("may have been queued"), "{err:?}");
+    // The attempt in progress at the shutdown ends by the queue's timeout (2.5 s); the 60 s of repeats do
+    // not run.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(1), calls.finished())
+        .await
+        .expect("no call in progress once it answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_stop_before_the_calls_deadline_on_the_server_and_the_call_answers() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let shutdown = Shutdown::new();
+    // A deadline of 5 s plus the upload of the largest request (64 KiB + 1 MiB at 1 MiB/s): about 6 s, far
+    // short of the 60 s window; the client sets none of its own.
+    let limits = CallLimits {
+        request_timeout: Duration::from_secs(5),
+        ..CallLimits::default()
+    };
+    let (addr, _calls) = listener(&redis.url(), limits, &shutdown).await;
+    let mut client = client_of(addr).await;
+    client.send(to(&["warm@up.test"], "")).await.unwrap();
+    let _stall = Stall::start(&redis);
+    let started = Instant::now();
+    let err = client.send(to(&["ann@one.test"], "")).await.unwrap_err();
+    // Not cut off at the deadline (DEADLINE_EXCEEDED, which retry policies do not repeat): answered.
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("may have been queued"), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
 }

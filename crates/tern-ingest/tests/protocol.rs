@@ -18,8 +18,8 @@ fn ehlo<S: std::io::Read + std::io::Write>(c: &mut Client<S>) {
 #[test]
 fn every_smuggling_vector_is_rejected_whole_and_nothing_is_queued() {
     let h = Harness::start(false, &[], |_| {});
-    let text =
-        std::fs::read_to_string(common::vector_path("smuggling.json")).expect("smuggling vectors in tests/vectors");
+    let text = std::fs::read_to_string(common::vector_path("smuggling.json"))
+        .expect("smuggling vectors in tests/vectors");
     let vectors: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     assert!(vectors.len() >= 13);
     let mut accepted = 0;

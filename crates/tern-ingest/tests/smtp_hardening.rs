@@ -372,8 +372,11 @@ fn a_stall_cut_short_by_shutdown_answers_that_the_message_may_have_been_queued()
     assert!(reply.text().contains("may have been queued"), "{reply}");
 }
 
+/// A single Redis that refuses connections: the queue's pool makes none, so nothing was sent (the queue says
+/// so: `QueueError::NotSent`), and the answer says nothing was queued, without repeats. (In cluster mode a
+/// refused connection proves nothing: see grpc_hardening.rs.)
 #[test]
-fn a_queue_that_refuses_connections_answers_that_nothing_was_queued_at_once() {
+fn a_single_redis_that_refuses_connections_answers_that_nothing_was_queued_at_once() {
     let nobody = tern_testkit::free_port().unwrap();
     let server = Server::start(&format!("redis://127.0.0.1:{nobody}"));
     let mut c = Client::connect(server.addr);

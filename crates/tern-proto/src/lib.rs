@@ -3,7 +3,8 @@
 //! Every file of `proto/tern/v1/` is compiled by `build.rs` into the [`v1`] module (the protobuf package
 //! `tern.v1`): `submission.proto` (the `tern.v1.Submission` service, used by the ingest role) and `admin.proto`
 //! (the `tern.v1.QueueAdmin` and `tern.v1.Events` services of the control plane). A new file in that
-//! directory is picked up without touching this crate.
+//! directory is picked up without touching this crate. KEDA's `externalscaler.proto` (`proto/keda/`) is the
+//! [`keda`] module.
 //!
 //! Each service comes with a client (`v1::submission_client::SubmissionClient`) and a server trait with its
 //! wrapper (`v1::submission_server::{Submission, SubmissionServer}`). [`v1::FILE_DESCRIPTOR_SET`] describes
@@ -25,6 +26,26 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+
+/// KEDA's external scaler contract (`proto/keda/externalscaler.proto`, the protobuf package
+/// `externalscaler`, Apache-2.0, from the KEDA project): `ExternalScaler`, served by the control plane so
+/// that KEDA scales the workers with the due jobs.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod keda {
+    tonic::include_proto!("externalscaler");
+
+    /// The encoded `FileDescriptorSet` of `externalscaler.proto`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keda_descriptor");
+
+    /// The fully qualified name of the external scaler service.
+    pub const EXTERNAL_SCALER_SERVICE: &str = "externalscaler.ExternalScaler";
+}
 
 /// The `tern.v1` protobuf package: messages, clients and servers.
 #[allow(
@@ -62,6 +83,12 @@ mod tests {
         let fds = prost_types_lite::decode(v1::FILE_DESCRIPTOR_SET);
         assert!(fds.iter().any(|f| f == "tern/v1/submission.proto"), "{fds:?}");
         assert!(fds.iter().any(|f| f == "tern/v1/admin.proto"), "{fds:?}");
+    }
+
+    #[test]
+    fn keda_descriptor_set_describes_the_external_scaler() {
+        let fds = prost_types_lite::decode(super::keda::FILE_DESCRIPTOR_SET);
+        assert_eq!(fds, ["keda/externalscaler.proto"]);
     }
 
     #[test]

@@ -73,7 +73,14 @@ cases!(
     counts_know_the_oldest_message,
     long_job_records_list_claim_and_complete,
     a_late_heartbeat_is_refused_and_the_limit_holds,
+    heartbeats_count_for_address_literal_and_mixed_case_domains,
     thousands_of_recipients_and_jobs_in_one_call,
+    a_wait_returns_by_its_deadline,
+    work_queued_before_a_wait_ends_it_at_once,
+    a_signal_wakes_one_waiter_per_domain,
+    a_freed_slot_wakes_a_waiter,
+    new_work_for_a_held_domain_wakes_its_holder,
+    a_late_repeat_of_a_finished_enqueue_makes_nothing,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -793,6 +800,27 @@ async fn a_late_heartbeat_is_refused_and_the_limit_holds(q: Arc<dyn Queue>) {
     );
     // Until the reaper comes, the late owner may still report its attempt.
     deliver(&q, "w1", &c1.jobs[0].lease).await;
+}
+
+/// A heartbeat keeps the lease of a job whose domain is an address literal (`[IPv6:...]`, with its capital
+/// letters) or written in mixed case, in the string form and in the hash form: a refused heartbeat would let
+/// the reaper hand a job still being delivered to another worker.
+async fn heartbeats_count_for_address_literal_and_mixed_case_domains(q: Arc<dyn Queue>) {
+    for rcpt in ["r@[IPv6:2001:db8::1]", "r@[192.0.2.1]", "r@Mixed.Case.TEST"] {
+        enqueue(&q, &[rcpt]).await;
+        let c = claim(&q, "w1", 10).await.expect("the job");
+        let lease = &c.jobs[0].lease;
+        let first = q.extend("w1", lease, Duration::from_secs(60)).await;
+        assert!(first.is_ok(), "{rcpt}: first heartbeat: {first:?}");
+        let second = q.extend("w1", lease, Duration::from_secs(90)).await;
+        assert!(second.is_ok(), "{rcpt}: second heartbeat: {second:?}");
+        let stranger = q.extend("w2", lease, Duration::from_secs(60)).await;
+        assert!(
+            matches!(stranger, Err(QueueError::NotOwner { .. })),
+            "{rcpt}: another owner's heartbeat: {stranger:?}"
+        );
+        deliver(&q, "w1", lease).await;
+    }
 }
 
 /// A job with thousands of recipients, and a claim of thousands of jobs, go through claim and complete
@@ -1551,4 +1579,251 @@ async fn long_job_records_list_claim_and_complete(q: Arc<dyn Queue>) {
     assert_eq!(delivered.len(), 2);
     assert_eq!(delivered.iter().map(|e| e.recipients.len()).sum::<usize>(), 13);
     assert!(delivered.iter().any(|e| e.tags.len() == 8));
+}
+
+// ---------------------------------------------------------------------------------------------- wakes
+
+/// How long a wake may take to arrive in these cases: far below the waits' own deadlines, so that a waiter
+/// that was woken is told from one that timed out without timing anything tightly.
+const WAKE_WITHIN: Duration = Duration::from_secs(5);
+
+/// `n` waiters on `q`, each waiting up to `wait`, started now.
+fn waiters(q: &Arc<dyn Queue>, n: usize, wait: Duration) -> Vec<tokio::task::JoinHandle<Wakeup>> {
+    (0..n)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move { q.wait_for_work(wait).await })
+        })
+        .collect()
+}
+
+/// How many of `waiters` were woken (the others timed out).
+async fn woken(waiters: Vec<tokio::task::JoinHandle<Wakeup>>) -> usize {
+    let mut n = 0;
+    for w in waiters {
+        if w.await.expect("waiter") == Wakeup::Woken {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Uses up the signals given before (a fresh queue has none; signals are kept for a waiter to come).
+async fn drain_wakes(q: &Arc<dyn Queue>) {
+    for _ in 0..500 {
+        if q.wait_for_work(Duration::from_millis(50)).await == Wakeup::TimedOut {
+            return;
+        }
+    }
+    panic!("wakes never stop coming");
+}
+
+/// A wait with nothing signalled returns when its time is up (zero: at once), also while another waiter
+/// waits longer; the longer one is then woken by work.
+async fn a_wait_returns_by_its_deadline(q: Arc<dyn Queue>) {
+    let started = std::time::Instant::now();
+    assert_eq!(
+        q.wait_for_work(Duration::from_millis(300)).await,
+        Wakeup::TimedOut
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "a 300 ms wait took {took:?}"
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(q.wait_for_work(Duration::ZERO).await, Wakeup::TimedOut);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let long = waiters(&q, 1, Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        q.wait_for_work(Duration::from_millis(200)).await,
+        Wakeup::TimedOut
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    enqueue(&q, &["r@deadline.test"]).await;
+    let started = std::time::Instant::now();
+    assert_eq!(woken(long).await, 1, "the longer waiter is woken by the work");
+    assert!(started.elapsed() < WAKE_WITHIN);
+}
+
+/// Work queued after a claim found nothing but before the wait began is not missed: the signal was kept,
+/// and the wait ends at once.
+async fn work_queued_before_a_wait_ends_it_at_once(q: Arc<dyn Queue>) {
+    match q
+        .claim_next("w", 10, Duration::from_secs(60), &[])
+        .await
+        .expect("claim")
+    {
+        ClaimOutcome::Nothing { next_due_ms } => {
+            assert_eq!(next_due_ms, None, "an empty queue has nothing due, ever")
+        }
+        ClaimOutcome::Claimed(c) => panic!("claimed from an empty queue: {c:?}"),
+    }
+    enqueue(&q, &["r@early.test"]).await;
+    let started = std::time::Instant::now();
+    assert_eq!(q.wait_for_work(Duration::from_secs(20)).await, Wakeup::Woken);
+    assert!(started.elapsed() < WAKE_WITHIN);
+    assert!(claim(&q, "w", 10).await.is_some());
+    // A message due later is no signal: the claim names its time instead.
+    let later = now_ms() + 60_000;
+    q.enqueue(message(&["r@later.test"]).not_before(later))
+        .await
+        .expect("enqueue");
+    match q
+        .claim_next("w", 10, Duration::from_secs(60), &[])
+        .await
+        .expect("claim")
+    {
+        ClaimOutcome::Nothing { next_due_ms } => {
+            let due = next_due_ms.expect("the delayed message's time");
+            assert!(due <= later && due > now_ms(), "{due} vs {later}");
+        }
+        ClaimOutcome::Claimed(c) => panic!("claimed a message due later: {c:?}"),
+    }
+    assert_eq!(
+        q.wait_for_work(Duration::from_millis(300)).await,
+        Wakeup::TimedOut
+    );
+}
+
+/// A signal wakes one waiter, not all of them: an enqueue to one domain wakes one of three, an enqueue to
+/// two domains two.
+async fn a_signal_wakes_one_waiter_per_domain(q: Arc<dyn Queue>) {
+    let wait = Duration::from_secs(3);
+    let three = waiters(&q, 3, wait);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    enqueue(&q, &["r@one.test"]).await;
+    assert_eq!(woken(three).await, 1, "one domain made due wakes one waiter");
+    let three = waiters(&q, 3, wait);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let results = q
+        .enqueue_batch(vec![message(&["r@two-a.test"]), message(&["r@two-b.test"])])
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(woken(three).await, 2, "two domains made due wake two waiters");
+}
+
+/// A claim that skipped a domain at its limit is woken when a slot of it frees: a claim's last job
+/// completed, a hold dropped, a job released.
+async fn a_freed_slot_wakes_a_waiter(q: Arc<dyn Queue>) {
+    q.set_domain_concurrency("slot.test", Some(1))
+        .await
+        .expect("limit");
+    for i in 0..3 {
+        enqueue(&q, &[&format!("r{i}@slot.test")]).await;
+    }
+    drain_wakes(&q).await;
+    let c1 = claim(&q, "w1", 1).await.expect("the slot");
+    match q
+        .claim_next("w2", 1, Duration::from_secs(60), &[])
+        .await
+        .expect("claim")
+    {
+        ClaimOutcome::Nothing { next_due_ms } => {
+            // Due jobs wait behind the limit: look again soon, but not in a busy loop.
+            if let Some(due) = next_due_ms {
+                assert!(due + 5 >= now_ms(), "{due}");
+            }
+        }
+        ClaimOutcome::Claimed(c) => panic!("over the limit: {c:?}"),
+    }
+    let waiter = waiters(&q, 1, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    deliver(&q, "w1", &c1.jobs[0].lease).await;
+    assert_eq!(woken(waiter).await, 1, "completing the claim frees its slot");
+    assert!(started.elapsed() < WAKE_WITHIN);
+    let c2 = claim(&q, "w2", 1).await.expect("the freed slot");
+    let hold = q
+        .hold_slot("slot.test", &c2.claim_id, Duration::from_secs(60))
+        .await
+        .expect("hold")
+        .expect("the claim's slot");
+    deliver(&q, "w2", &c2.jobs[0].lease).await;
+    assert!(claim(&q, "w3", 1).await.is_none(), "the hold keeps the slot");
+    drain_wakes(&q).await;
+    let waiter = waiters(&q, 1, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.drop_slot(&hold).await.expect("drop");
+    assert_eq!(woken(waiter).await, 1, "dropping the hold frees its slot");
+    let c3 = claim(&q, "w3", 1).await.expect("the dropped hold's slot");
+    drain_wakes(&q).await;
+    let waiter = waiters(&q, 1, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    q.release("w3", &c3.jobs[0].lease).await.expect("release");
+    assert_eq!(woken(waiter).await, 1, "a released job is due at once");
+    assert!(claim(&q, "w4", 1).await.is_some());
+}
+
+/// Every slot of a domain is held by an idle connection: new work for the domain wakes the holder's waiter
+/// (only the holder can claim it), which takes the hold over.
+async fn new_work_for_a_held_domain_wakes_its_holder(q: Arc<dyn Queue>) {
+    q.set_domain_concurrency("held.test", Some(1))
+        .await
+        .expect("limit");
+    enqueue(&q, &["r0@held.test"]).await;
+    let c1 = claim(&q, "w1", 1).await.expect("the slot");
+    let hold = q
+        .hold_slot("held.test", &c1.claim_id, Duration::from_secs(60))
+        .await
+        .expect("hold")
+        .expect("the claim's slot");
+    deliver(&q, "w1", &c1.jobs[0].lease).await;
+    drain_wakes(&q).await;
+    let waiter = waiters(&q, 1, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    enqueue(&q, &["r1@held.test"]).await;
+    assert_eq!(woken(waiter).await, 1, "the holder is woken");
+    assert!(started.elapsed() < WAKE_WITHIN);
+    let c2 = q
+        .claim_holding("w1", 1, Duration::from_secs(60), std::slice::from_ref(&hold))
+        .await
+        .expect("claim")
+        .expect("the held domain's new job");
+    assert_eq!(c2.took_hold.as_deref(), Some(hold.id.as_str()));
+    deliver(&q, "w1", &c2.jobs[0].lease).await;
+}
+
+/// A writer that did not learn the outcome of an enqueue sends the same message (same id) again, maybe
+/// after its jobs were delivered and removed: the repeat is answered, and makes nothing.
+async fn a_late_repeat_of_a_finished_enqueue_makes_nothing(q: Arc<dyn Queue>) {
+    let mut once = message(&["r@repeat.test"]);
+    once.id = Some(MessageId::new());
+    let first = q.enqueue(once.clone()).await.expect("enqueue");
+    let c = claim(&q, "w", 10).await.expect("due");
+    deliver(&q, "w", &c.jobs[0].lease).await;
+    assert_eq!(q.counts().await.expect("counts").total, 0);
+    let again = q.enqueue(once.clone()).await.expect("the repeat is answered");
+    assert_eq!(again.message, first.message);
+    assert_eq!(
+        q.counts().await.expect("counts").total,
+        0,
+        "the repeat queued a delivered message again"
+    );
+    assert!(claim(&q, "w", 10).await.is_none());
+    // In a batch with a new message, and for a message of two domains of which one was delivered.
+    let mut two = message(&["a@repeat-a.test", "b@repeat-b.test"]);
+    two.id = Some(MessageId::new());
+    q.enqueue(two.clone()).await.expect("enqueue");
+    let mut delivered = 0;
+    while delivered == 0 {
+        let c = claim(&q, "w", 10).await.expect("due");
+        let job = c.jobs.into_iter().next().expect("a job");
+        if job.job.domain == "repeat-a.test" {
+            deliver(&q, "w", &job.lease).await;
+            delivered += 1;
+        } else {
+            q.release("w", &job.lease).await.expect("release");
+        }
+    }
+    let fresh = message(&["r@fresh.test"]);
+    let results = q.enqueue_batch(vec![once, two, fresh]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let counts = q.counts().await.expect("counts");
+    assert_eq!(
+        counts.total, 2,
+        "only the new message's job and the undelivered job are queued: {counts:?}"
+    );
 }

@@ -4,15 +4,23 @@ use tern_core::JobId;
 
 /// Why a queue operation failed.
 ///
-/// [`QueueError::Unavailable`] is the one to retry: the store could not be reached or did not answer in time
-/// (ingest answers `451 4.3.0`, gRPC `UNAVAILABLE`, workers back off). The others are logic errors: retrying
-/// the same call gives the same answer.
+/// [`QueueError::Unavailable`] and [`QueueError::NotSent`] are the ones to retry (see
+/// [`QueueError::is_unavailable`]): the store could not be reached or did not answer in time (ingest answers
+/// `451 4.3.0`, gRPC `UNAVAILABLE`, workers back off). The others are logic errors: retrying the same call
+/// gives the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// The store is unreachable, timed out, or is not ready (loading, cluster down). Nothing was
     /// acknowledged; the call may or may not have taken effect, and every call is safe to repeat.
     #[error("queue unavailable: {0}")]
     Unavailable(String),
+    /// The store is unreachable and the call never left this process: no connection could be had (it could
+    /// not be made, or none was free in time), so nothing of it was sent and nothing was stored. Only said
+    /// where that is certain: a client that may have sent the call (and repeated it itself) reports
+    /// [`QueueError::Unavailable`]. A call over several shards says it of the part that failed; an enqueue
+    /// says it per message.
+    #[error("queue unavailable: {0} (nothing was sent)")]
+    NotSent(String),
     /// The caller does not own the job: its lease expired (and the job went back to the schedule or was
     /// claimed by another worker), or the token is wrong. Nothing was changed.
     #[error("job {job} is not owned by this caller (lease expired or claimed by another owner)")]
@@ -41,8 +49,9 @@ pub enum QueueError {
 }
 
 impl QueueError {
-    /// Whether the error is an outage worth retrying later (as opposed to a logic error).
+    /// Whether the error is an outage worth retrying later (as opposed to a logic error):
+    /// [`QueueError::Unavailable`] or [`QueueError::NotSent`].
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, QueueError::Unavailable(_))
+        matches!(self, QueueError::Unavailable(_) | QueueError::NotSent(_))
     }
 }

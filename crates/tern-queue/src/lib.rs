@@ -9,6 +9,9 @@
 //! - Jobs wait on per-domain schedules ordered by due time, and a domain index orders the domains by their
 //!   earliest due job. [`Queue::claim`] takes a batch of due jobs of ONE domain (one SMTP connection's
 //!   worth) under a lease, honouring a cluster-wide per-domain concurrency limit; domains take turns.
+//! - An idle worker does not poll: [`Queue::claim_next`] tells it when nothing is claimable until when it may
+//!   sleep, and [`Queue::wait_for_work`] returns early when the queue signals work (jobs due now, a freed
+//!   slot), one waiter per signal.
 //! - The worker reports with [`Queue::complete`], heartbeats with [`Queue::extend`] or gives the job back
 //!   with [`Queue::release`]. A call from a stale owner fails with [`QueueError::NotOwner`] and changes
 //!   nothing. [`Queue::reap`] (run by [`reaper::spawn_reaper`] on any number of nodes) returns jobs whose
@@ -25,6 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tern_core::MessageId;
 
+mod coalesce;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod error;
 pub mod model;
 pub mod reaper;
@@ -33,6 +39,9 @@ pub mod redis;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use coalesce::{Coalescing, CoalescingOptions};
+#[cfg(feature = "embedded")]
+pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 pub use error::QueueError;
 pub use model::*;
 pub use redis::{RedisQueue, RedisQueueOptions};
@@ -70,6 +79,53 @@ pub trait Queue: Send + Sync {
         lease: Duration,
         holds: &[SlotHold],
     ) -> Result<Option<Claim>, QueueError>;
+
+    /// [`Queue::claim_holding`], also telling, when nothing was claimed, until when the caller may wait
+    /// before it claims again ([`ClaimOutcome::Nothing`]: the next due time the backend knows of). A worker
+    /// that finds nothing calls [`Queue::wait_for_work`] with the time left until then (at most its poll
+    /// interval).
+    ///
+    /// The default calls `claim_holding` and knows no time (`None`); a backend that sees its domain index
+    /// while it claims should override it.
+    async fn claim_next(
+        &self,
+        owner: &str,
+        max_batch: usize,
+        lease: Duration,
+        holds: &[SlotHold],
+    ) -> Result<ClaimOutcome, QueueError> {
+        Ok(match self.claim_holding(owner, max_batch, lease, holds).await? {
+            Some(claim) => ClaimOutcome::Claimed(claim),
+            None => ClaimOutcome::Nothing { next_due_ms: None },
+        })
+    }
+
+    /// Waits until work may be claimable, for `max_wait` at most: what an idle worker does between a claim
+    /// that found nothing and its next claim, instead of polling. What every backend keeps (the
+    /// conformance suite checks it):
+    ///
+    /// - **Signals.** The queue signals when jobs become claimable now: an enqueue whose jobs are due at
+    ///   once in a domain that was not due (and has a free concurrency slot), a release, jobs a
+    ///   [`Queue::reap`] returned, [`Queue::retry_now`], [`Queue::bounce`], [`Queue::resume`]; and when a
+    ///   slot of a domain with due jobs is freed: the last job of a claim completed or released (or
+    ///   deleted), [`Queue::drop_slot`]. Work due later (a deferral, a delayed message, a slot that lapses
+    ///   at its deadline) is no signal: [`ClaimOutcome::Nothing`]'s `next_due_ms` covers it.
+    /// - **One waiter per signal.** A signal wakes at most one waiter, across every handle on the same
+    ///   store (one per domain made claimable): no thundering herd.
+    /// - **Nothing lost.** A signal given while no one waits is kept (a few per store, or per shard) and
+    ///   ends the next wait at once, so work that arrives between a claim that found nothing and the wait
+    ///   is not missed. A woken caller may find nothing (another worker took the work, or the signal was an
+    ///   old one): it claims, and waits again.
+    /// - **Bounded.** Returns by `max_wait` (give or take scheduling); zero returns at once. It never
+    ///   fails: when the store cannot be reached it sleeps out `max_wait` and returns
+    ///   [`Wakeup::TimedOut`], and the caller's next claim reports the outage.
+    ///
+    /// The default sleeps `max_wait` and returns [`Wakeup::TimedOut`] (polling): correct, but a backend
+    /// must override it to pass the conformance suite.
+    async fn wait_for_work(&self, max_wait: Duration) -> Wakeup {
+        tokio::time::sleep(max_wait).await;
+        Wakeup::TimedOut
+    }
 
     /// Keeps a concurrency slot of `domain` for `hold` from now, for a connection that goes idle at the
     /// end of claim `claim_id`. The claim's own slot becomes the hold (so finishing the claim's jobs does

@@ -227,6 +227,33 @@ pub struct Claim {
     pub took_hold: Option<String>,
 }
 
+/// What [`Queue::claim_next`](crate::Queue::claim_next) found.
+#[derive(Clone, Debug)]
+pub enum ClaimOutcome {
+    /// A batch of one domain's due jobs, as [`Queue::claim_holding`](crate::Queue::claim_holding) returns
+    /// it.
+    Claimed(Claim),
+    /// Nothing claimable now: nothing is due, or every due domain is at its concurrency limit or suspended.
+    Nothing {
+        /// The earliest time (Unix ms) at which the backend knows that something may become claimable
+        /// without a wake: the next due time in its domain index, or when a domain skipped at its limit is
+        /// looked at again (a slot of it may lapse). A time already past means "claim again at once".
+        /// `None`: it knows of nothing (an empty queue), or does not tell. A caller sleeps until this time,
+        /// or until [`Queue::wait_for_work`](crate::Queue::wait_for_work) returns, whichever is first.
+        next_due_ms: Option<u64>,
+    },
+}
+
+/// Why [`Queue::wait_for_work`](crate::Queue::wait_for_work) returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The queue signalled that work may be claimable (it may be gone by the time the caller claims: a
+    /// wake is a hint, never a promise).
+    Woken,
+    /// The wait ran its course without a signal (or the backend could not wait for one, and slept).
+    TimedOut,
+}
+
 /// One of a domain's concurrency slots, kept by a worker for an idle connection after the claim that
 /// opened it ended ([`crate::Queue::hold_slot`]). A hold counts against the domain's
 /// `connections_per_domain` exactly like a claim, so that connections (busy or idle) never exceed the limit

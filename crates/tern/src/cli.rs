@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// tern: a cluster-scale outbound email delivery engine.
 #[derive(Debug, Parser)]
@@ -24,12 +24,30 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A role `check-config` checks the configuration for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CheckedRole {
+    /// `tern ingest`.
+    Ingest,
+    /// `tern worker`.
+    Worker,
+    /// `tern control`.
+    Control,
+    /// Every role, as `tern all` needs.
+    All,
+}
+
 /// tern's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the configuration and print it, with secrets redacted. Exits 1 with the reason when it is
-    /// invalid.
-    CheckConfig,
+    /// invalid, or when a role checked would refuse to start with it.
+    CheckConfig {
+        /// Check only what starting these roles needs (comma-separated or repeated): a worker-only host
+        /// need not have ingest's TLS or users files. Default: all.
+        #[arg(long = "role", value_name = "ROLE", value_delimiter = ',', value_enum)]
+        roles: Vec<CheckedRole>,
+    },
     /// Run every role in one process (ingest, worker and control), until SIGTERM: a whole single-node tern.
     All,
     /// Run the control plane: the admin gRPC API that `ternctl` talks to, until SIGTERM.

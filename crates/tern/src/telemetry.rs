@@ -1,19 +1,132 @@
-//! Logging for the long-running roles, set up from `[telemetry]`.
+//! The process's telemetry around its roles: the metrics and health listener (`telemetry.metrics_listen`),
+//! readiness (the queue store's probe, the listeners, the drain), the queue gauges' sampler, and every gRPC
+//! listener's health following readiness. Logs, traces and the instruments themselves are
+//! [`tern_telemetry::Telemetry`]'s.
 
-use anyhow::Context;
-use tern_config::{TelemetryConfig, sections::LogFormat};
-use tracing_subscriber::EnvFilter;
+use std::sync::Arc;
 
-/// Installs the global tracing subscriber: `log_level` as the filter, `log_format` text or JSON, to stderr.
-pub fn init(cfg: &TelemetryConfig) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&cfg.log_level)
-        .with_context(|| format!("telemetry.log_level {:?} is not a valid filter", cfg.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match cfg.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+use tern_config::Config;
+use tern_core::Shutdown;
+use tern_queue::Queue;
+use tern_server::grpc::HealthHandle;
+use tern_telemetry::Readiness;
+use tern_telemetry::http::HttpServer;
+use tokio::task::JoinHandle;
+
+/// The domain whose depth the store probe reads: a name no real domain has (`.invalid`, RFC 2606).
+const PROBE_DOMAIN: &str = "tern-readiness-probe.invalid";
+
+/// The telemetry tasks of a running process; [`Running::stop`] ends them once the roles have stopped.
+pub struct Running {
+    readiness: Readiness,
+    stop: Shutdown,
+    tasks: Vec<JoinHandle<()>>,
+    http: JoinHandle<Result<(), tern_telemetry::TelemetryError>>,
+}
+
+/// Binds the metrics and health listener and starts serving it, not ready until `roles` roles have
+/// started and the store has answered; readiness turns to draining when `shutdown` is cancelled. A port in
+/// use is an error: the process must not run without its probes.
+pub async fn start(
+    config: &Config,
+    telemetry: &tern_telemetry::Telemetry,
+    roles: usize,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Running> {
+    let readiness = Readiness::new(roles);
+    let server = HttpServer::bind(
+        config.telemetry.metrics_listen,
+        telemetry.registry(),
+        readiness.clone(),
+    )
+    .await?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        otlp = telemetry.traces_exported(),
+        "metrics and health listening"
+    );
+    let stop = Shutdown::new();
+    let http = tokio::spawn(server.serve(stop.clone()));
+    let draining = {
+        let (readiness, shutdown, stop) = (readiness.clone(), shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => readiness.set_draining(),
+                () = stop.cancelled() => {}
+            }
+        })
     };
-    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
+    Ok(Running {
+        readiness,
+        stop,
+        tasks: vec![draining],
+        http,
+    })
+}
+
+impl Running {
+    /// The process's readiness, for the roles to report to and follow.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// Starts what needs the queue: the store probe and the queue gauges' sampler (which reads through
+    /// `traced`, so that its failures count as store errors). The probe asks `store` (the queue without
+    /// the tracing wrapper, so that a second's probe during an outage is not one more store error) for one
+    /// domain's depth every second: one light read on one shard, answered only by a Redis that works and
+    /// holds tern's functions (a call that finds them missing loads them again).
+    pub fn watch_queue(&mut self, store: Arc<dyn Queue>, traced: Arc<dyn Queue>) {
+        let probe = tern_telemetry::readiness::spawn_store_probe(
+            self.readiness.clone(),
+            move || {
+                let store = Arc::clone(&store);
+                async move { store.domain_depth(PROBE_DOMAIN).await.map(drop) }
+            },
+            self.stop.clone(),
+        );
+        let sampler = tern_telemetry::gauges::spawn_sampler(
+            traced,
+            tern_telemetry::gauges::SAMPLE_EVERY,
+            self.stop.clone(),
+        );
+        self.tasks.extend([probe, sampler]);
+    }
+
+    /// Stops the probe, the sampler and the listener (after the roles, so that `/readyz` says `draining`
+    /// to the end).
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        match self.http.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics listener failed"),
+            Err(e) => tracing::warn!(error = %e, "metrics listener task failed"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// Keeps a gRPC listener's `grpc.health.v1` status equal to the process's readiness: NOT_SERVING while the
+/// queue store is unreachable, before every role has started, and from the drain on. Ends with `shutdown`
+/// (the listener then reports NOT_SERVING by itself).
+pub fn follow_health(readiness: &Readiness, health: HealthHandle, shutdown: Shutdown) -> JoinHandle<()> {
+    let mut states = readiness.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let ready = states.borrow_and_update().is_ready();
+            if ready {
+                health.set_serving().await;
+            } else {
+                health.set_not_serving().await;
+            }
+            tokio::select! {
+                changed = states.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => {
+                    health.set_not_serving().await;
+                    return;
+                }
+            }
+        }
+    })
 }

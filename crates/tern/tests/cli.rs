@@ -79,10 +79,17 @@ fn invalid_configuration_exits_1_with_a_one_line_reason_naming_key_and_file() {
 
 /// `check-config` with `body` as the configuration file: its exit code and one-line stderr.
 fn check(body: &str) -> (Option<i32>, String) {
+    check_with(body, &[])
+}
+
+/// [`check`] with more arguments (`--role`).
+fn check_with(body: &str, args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tern.toml");
     std::fs::write(&path, body).unwrap();
-    let out = tern(&["check-config", "--config", path.to_str().unwrap()], None, &[]);
+    let mut all = vec!["check-config", "--config", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = tern(&all, None, &[]);
     let err = text(&out.stderr);
     assert!(err.trim_end().lines().count() <= 1, "one line at most: {err}");
     (out.status.code(), err)
@@ -135,6 +142,49 @@ fn check_config_refuses_what_startup_refuses_without_binding_or_connecting() {
 }
 
 #[test]
+fn check_config_checks_only_the_roles_named_with_role() {
+    // A worker-only host: it has no ingest users file, which only `tern ingest` reads.
+    let body = "[ingest]\nusers_file = \"/nonexistent/users\"\n";
+    for args in [
+        &["--role", "worker"][..],
+        &["--role", "worker,control"],
+        &["--role", "worker", "--role", "control"],
+    ] {
+        let (code, err) = check_with(body, args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+    }
+    for args in [
+        &[][..],
+        &["--role", "all"],
+        &["--role", "ingest"],
+        &["--role", "worker,all"],
+    ] {
+        let (code, err) = check_with(body, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("/nonexistent/users"), "{args:?}: {err}");
+    }
+    // What every role needs is checked whatever the roles.
+    let (code, err) = check_with("[queue]\nurl = \"http://not-redis\"\n", &["--role", "worker"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("queue.url"), "{err}");
+    let out = tern(&["check-config", "--role", "gateway"], None, &[]);
+    assert_eq!(out.status.code(), Some(2), "an unknown role is a usage error");
+    assert!(text(&out.stderr).contains("gateway"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_config_refuses_a_log_filter_that_startup_refuses() {
+    // The configuration's own check takes the text after `=` for the level; the filter refuses the target.
+    for args in [&[][..], &["--role", "worker"]] {
+        let (code, err) = check_with("[telemetry]\nlog_level = \"*=debug\"\n", args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains("telemetry.log_level"), "{args:?}: {err}");
+    }
+    let (code, err) = check("[telemetry]\nlog_level = \"info,tern_queue=debug\"\n");
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
 fn a_bare_address_in_relay_networks_is_answered_with_its_cidr_form() {
     let (code, err) = check("[ingest]\nrelay_networks = [\"127.0.0.1\"]\n");
     assert_eq!(code, Some(1));
@@ -157,6 +207,7 @@ fn a_port_in_use_is_reported_with_the_os_error_once() {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERN_")) {
         cmd.env_remove(k);
     }
+    cmd.env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0");
     let out =
         tern_testkit::run_with_timeout("tern-control", cmd, std::time::Duration::from_secs(30)).unwrap();
     assert_eq!(out.status.code(), Some(1));

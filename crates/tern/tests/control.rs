@@ -25,6 +25,7 @@ async fn control_serves_queue_status_and_stops_on_sigterm() {
     .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
     cmd.args(["control", "--config", config.to_str().unwrap()])
+        .env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null());
     let mut tern = ChildGuard::spawn("tern control", cmd).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -51,6 +52,7 @@ fn control_on_a_public_address_without_keys_refuses_to_start() {
     std::fs::write(&config, "[control]\ngrpc_listen = \"0.0.0.0:7070\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["control", "--config", config.to_str().unwrap()])
+        .env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

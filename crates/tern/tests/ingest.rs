@@ -37,6 +37,7 @@ fn ingest_serves_smtp_and_grpc_queues_mail_and_stops_on_sigterm() {
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
     cmd.args(["ingest", "--config", config.to_str().unwrap()])
+        .env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null());
     let mut tern = ChildGuard::spawn("tern ingest", cmd).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -77,6 +78,7 @@ fn ingest_with_an_invalid_configuration_exits_1_naming_the_key() {
     std::fs::write(&config, "[ingest]\nmax_recipients = \"many\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["ingest", "--config", config.to_str().unwrap()])
+        .env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -25,8 +25,9 @@ pub enum IpVersion {
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// STARTTLS when offered; the certificate is not required to verify; when STARTTLS fails (the handshake,
-    /// among others) the message goes in plaintext over a new connection to the same host (RFC 7435), and
-    /// that host is reached in plaintext for `tls_failure_memory` without trying TLS.
+    /// among others) the message goes in plaintext over a new connection to the same host (RFC 7435), and,
+    /// when TLS itself failed (not the connection under it), that host is reached in plaintext for
+    /// `tls_failure_memory` without trying TLS.
     #[default]
     Opportunistic,
     /// Verified TLS or no delivery (the message is deferred); never plaintext.
@@ -75,7 +76,8 @@ pub struct DeliveryConfig {
     pub helo_name: Option<String>,
     /// DNS servers (`ip:port`) to ask. Empty: the system's resolv.conf.
     pub dns_servers: Vec<SocketAddr>,
-    /// Address families to connect over: `any`, `v4` or `v6`.
+    /// Address families to connect over: `any`, `v4` or `v6`. A domain without MX whose addresses are all of
+    /// the family left out is deferred (4.4.4), not bounced.
     pub ip_version: IpVersion,
     /// The port of remote mail exchangers.
     pub smtp_port: u16,
@@ -101,8 +103,9 @@ pub struct DeliveryConfig {
     /// Longest TLS handshake.
     pub tls_handshake_timeout: HumanDuration,
     /// Under `tls = "opportunistic"`, how long a worker reaches a host (name and address) in plaintext,
-    /// without trying STARTTLS, after STARTTLS with it failed. Kept in each worker's memory; `"0s"`: try
-    /// TLS (and fall back) every time.
+    /// without trying STARTTLS, after TLS with it failed (an alert, a refused certificate, bytes that are no
+    /// TLS, a stalled handshake, EHLO refused over TLS; not a connection lost during STARTTLS). Kept in each
+    /// worker's memory, at most 10 000 hosts; `"0s"`: try TLS (and fall back) every time.
     pub tls_failure_memory: HumanDuration,
     /// Longest TCP connect to one address.
     pub connect_timeout: HumanDuration,

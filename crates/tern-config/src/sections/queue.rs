@@ -21,6 +21,13 @@ pub struct QueueConfig {
     pub key_prefix: String,
     /// Replicas that must acknowledge an enqueue (Redis WAIT) before it is acknowledged to the client.
     pub wait_replicas: u32,
+    /// Group commit: concurrent enqueues (SMTP sessions, gRPC calls, DSNs) and concurrent completions of one
+    /// process go to the queue together, one call for many, each still acknowledged only once its own write
+    /// is durable (and replicated, with `wait_replicas`). A lone call goes at once; calls that arrive while
+    /// one is in flight go together in the next.
+    pub group_commit: bool,
+    /// The most messages (or job outcomes) one group-commit call carries.
+    pub group_commit_max: u32,
 }
 
 impl Default for QueueConfig {
@@ -32,6 +39,8 @@ impl Default for QueueConfig {
             lease: HumanDuration::from_secs(300),
             key_prefix: "tern".into(),
             wait_replicas: 0,
+            group_commit: true,
+            group_commit_max: 64,
         }
     }
 }
@@ -68,6 +77,35 @@ impl QueueConfig {
                 "must be non-empty, without braces or spaces".into(),
             ));
         }
+        if !(1..=MAX_GROUP_COMMIT).contains(&self.group_commit_max) {
+            return Err((
+                "group_commit_max".into(),
+                format!("{} is outside 1..={MAX_GROUP_COMMIT}", self.group_commit_max),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// The largest `group_commit_max`: beyond it one call would hold Redis (and every caller of it) for long.
+const MAX_GROUP_COMMIT: u32 = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_commit_is_on_by_default_and_its_size_is_bounded() {
+        let q = QueueConfig::default();
+        assert!(q.group_commit);
+        assert_eq!(q.group_commit_max, 64);
+        assert_eq!(q.validate(), Ok(()));
+        for bad in [0, MAX_GROUP_COMMIT + 1] {
+            let q = QueueConfig {
+                group_commit_max: bad,
+                ..QueueConfig::default()
+            };
+            assert!(matches!(q.validate(), Err((key, _)) if key == "group_commit_max"));
+        }
     }
 }

@@ -130,11 +130,13 @@ impl SmtpClient {
         self.wire.mark_broken();
     }
 
+    /// QUIT, its reply and the close, each within `timeout` (the close is bounded too: see
+    /// [`Wire::shutdown`]).
     async fn send_quit(&mut self, timeout: Duration) {
         if self.wire.send(&Command::Quit, timeout).await.is_ok() {
             let _ = self.wire.read_reply(timeout, "QUIT").await;
         }
-        self.wire.shutdown().await;
+        self.wire.shutdown(timeout).await;
     }
 
     /// Resets the session between transactions; `false` (and the session unusable) when that failed.

@@ -41,7 +41,10 @@ impl ConnectError {
 
 impl From<WireError> for ConnectError {
     fn from(e: WireError) -> Self {
-        ConnectError::Wire(e.to_string())
+        match e {
+            WireError::Tls(..) => ConnectError::Tls(e.to_string()),
+            _ => ConnectError::Wire(e.to_string()),
+        }
     }
 }
 
@@ -69,8 +72,7 @@ impl SmtpClient {
         let tcp = tcp_connect(server, addr, options).await?;
         let (stream, description) = tls
             .handshake(tcp, server, verify, options.timeouts.tls_handshake)
-            .await
-            .map_err(ConnectError::Tls)?;
+            .await?;
         let stream = Stream::Tls(Box::new(stream));
         SmtpClient::greet(server, addr, stream, Some(description), options).await
     }

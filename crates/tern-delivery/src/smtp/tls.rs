@@ -82,15 +82,19 @@ impl TlsClients {
 
     /// Runs the client handshake over `tcp` with SNI `name` within `timeout`, verifying the certificate
     /// when `verify`. Returns the stream and a description (`TLSv1_3 TLS13_AES_256_GCM_SHA384 verified`).
+    ///
+    /// A failure of TLS itself (an alert, a certificate that does not verify, bytes that are no TLS, a
+    /// handshake that stalls past `timeout`) is [`ConnectError::Tls`]; the connection failing under it (a
+    /// reset, the peer closing) is [`ConnectError::Wire`], as it would be at any other step.
     pub async fn handshake(
         &self,
         tcp: TcpStream,
         name: &str,
         verify: bool,
         timeout: Duration,
-    ) -> Result<(TlsStream<TcpStream>, String), String> {
-        let server_name =
-            ServerName::try_from(name.to_string()).map_err(|e| format!("bad TLS name {name}: {e}"))?;
+    ) -> Result<(TlsStream<TcpStream>, String), ConnectError> {
+        let server_name = ServerName::try_from(name.to_string())
+            .map_err(|e| ConnectError::Tls(format!("bad TLS name {name}: {e}")))?;
         let connector = if verify {
             &self.verified
         } else {
@@ -98,8 +102,18 @@ impl TlsClients {
         };
         let stream = match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("TLS handshake with {name} failed: {e}")),
-            Err(_) => return Err(format!("TLS handshake with {name} timed out")),
+            // tokio-rustls reports rustls's own errors as InvalidData.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(ConnectError::Tls(format!(
+                    "TLS handshake with {name} failed: {e}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(ConnectError::Wire(format!(
+                    "connection lost during the TLS handshake with {name}: {e}"
+                )));
+            }
+            Err(_) => return Err(ConnectError::Tls(format!("TLS handshake with {name} timed out"))),
         };
         let (_, conn) = stream.get_ref();
         let version = conn
@@ -144,6 +158,11 @@ impl SmtpClient {
     /// EHLO again with the name given to [`SmtpClient::ehlo`], which must come first. A failed handshake,
     /// or bytes sent by the server between its 220 and the handshake (read as if they were protected,
     /// CVE-2011-0411), end the session.
+    ///
+    /// The error tells TLS failing ([`ConnectError::Tls`]: the handshake failed or stalled, EHLO over TLS
+    /// was refused or broke with a TLS error) from the connection failing ([`ConnectError::Wire`]: no reply
+    /// to STARTTLS, a reset or close during the handshake, bytes before the handshake), so that a caller
+    /// that falls back to plaintext remembers only the first as the host's.
     pub async fn starttls(&mut self, tls: &TlsClients, verify: bool) -> Result<StartTls, ConnectError> {
         let Some(helo) = self.helo.clone() else {
             return Err(ConnectError::Tls("STARTTLS before EHLO".into()));
@@ -159,7 +178,7 @@ impl SmtpClient {
             return Ok(StartTls::Refused(r));
         }
         if self.wire.has_unread() || self.wire.try_read_ahead() {
-            self.wire.shutdown().await;
+            self.wire.shutdown(self.timeouts.quit).await;
             self.wire.mark_broken();
             return Err(ConnectError::Wire(format!(
                 "{} [{}] sent data between the STARTTLS reply and the handshake",
@@ -171,12 +190,14 @@ impl SmtpClient {
         };
         let (stream, description) = tls
             .handshake(tcp, &self.server, verify, self.timeouts.tls_handshake)
-            .await
-            .map_err(ConnectError::Tls)?;
+            .await?;
         self.wire.resume_tls(stream, &description);
         self.tls = Some(description);
-        self.hello(&helo).await?;
-        Ok(StartTls::Started)
+        match self.hello(&helo).await {
+            Ok(()) => Ok(StartTls::Started),
+            Err(ConnectError::Rejected(why)) => Err(ConnectError::Tls(format!("over TLS: {why}"))),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -29,6 +29,9 @@ pub enum WireError {
     /// The peer broke the protocol (unparsable reply, bytes where none may be).
     #[error("protocol error during {0}: {1}")]
     Protocol(&'static str, String),
+    /// TLS failed on an established TLS session (an alert, a record that does not decrypt).
+    #[error("TLS error during {0}: {1}")]
+    Tls(&'static str, String),
 }
 
 impl WireError {
@@ -243,13 +246,20 @@ impl Wire {
         self.note(TranscriptEntry::Tls(description));
     }
 
-    /// Closes the socket (no QUIT).
-    pub(crate) async fn shutdown(&mut self) {
-        let _ = match &mut self.stream {
-            Stream::Plain(s) => s.shutdown().await,
-            Stream::Tls(s) => s.shutdown().await,
-            Stream::Closed => Ok(()),
+    /// Closes the socket (no QUIT) within `timeout`: over TLS that first writes a close_notify, which waits
+    /// for room in the socket's send buffer, and a peer that stopped reading never makes any. Past the
+    /// deadline the socket is just dropped.
+    pub(crate) async fn shutdown(&mut self, timeout: Duration) {
+        let close = async {
+            match &mut self.stream {
+                Stream::Plain(s) => s.shutdown().await,
+                Stream::Tls(s) => s.shutdown().await,
+                Stream::Closed => Ok(()),
+            }
         };
+        let _ = tokio::time::timeout(timeout, close).await;
+        self.stream = Stream::Closed;
+        self.broken = true;
     }
 }
 
@@ -257,6 +267,8 @@ fn io_error(what: &'static str, e: &std::io::Error) -> WireError {
     use std::io::ErrorKind::*;
     match e.kind() {
         UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => WireError::Dropped(what),
+        // How tokio-rustls reports a TLS failure (rustls's error inside): never a network failure.
+        InvalidData => WireError::Tls(what, e.to_string()),
         _ => WireError::Io(what, e.to_string()),
     }
 }
@@ -264,4 +276,77 @@ fn io_error(what: &'static str, e: &std::io::Error) -> WireError {
 /// A reply as one line for logs, events and DSNs: `550 5.1.1 User unknown` (its `Display` form).
 pub fn reply_line(r: &Reply) -> String {
     r.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::net::TcpListener;
+
+    use crate::smtp::TlsClients;
+
+    /// A TLS peer that finishes the handshake and then never reads. Once the socket's buffers are full,
+    /// closing over TLS (a close_notify to write first) can make no progress: the close gives up at its
+    /// deadline instead of hanging.
+    #[tokio::test]
+    async fn closing_a_tls_session_whose_peer_stopped_reading_ends_at_the_deadline() {
+        let cert = tern_testkit::TestCa::new()
+            .unwrap()
+            .issue(&["mx.b.test"])
+            .unwrap();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let session = acceptor.accept(tcp).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            drop(session);
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = TlsClients::new(None)
+            .unwrap()
+            .handshake(tcp, "mx.b.test", false, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut wire = Wire::new(Stream::Tls(Box::new(stream)), None);
+        let block = vec![b'x'; 64 * 1024];
+        let mut full = false;
+        for _ in 0..2000 {
+            if wire
+                .write(&block, Duration::from_millis(200), "filling")
+                .await
+                .is_err()
+            {
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the buffers never filled");
+        let started = std::time::Instant::now();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), wire.shutdown(Duration::from_millis(500))).await;
+        assert!(closed.is_ok(), "the close hung");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        peer.abort();
+    }
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use tern_config::sections::TlsMode;
-use tracing::{debug, info};
+use tern_telemetry::metrics::ConnectionKind;
+use tracing::{Instrument, debug, info};
 
 use super::Inner;
 use super::pool::Connection;
@@ -48,8 +49,10 @@ impl Inner {
             let host = &hosts[i];
             for addr in &host.addrs {
                 let slot = self.connection_slot().await?;
-                match open_session(host, *addr, &self.settings).await {
+                let span = tracing::info_span!("connect", mx = %host.name, ip = %addr);
+                match open_session(host, *addr, &self.settings).instrument(span).await {
                     Ok(client) => {
+                        tern_telemetry::metrics().connection(ConnectionKind::Opened);
                         let tls = client.tls().unwrap_or("-");
                         debug!(domain, mx = %host.name, ip = %addr, tls, "connected");
                         return Ok((Connection::new(client, slot), i));
@@ -102,8 +105,11 @@ async fn open_session(
 /// STARTTLS on a plaintext session as `policy` says. Without TLS to be had (not offered, refused, or
 /// failed) a policy that requires TLS gives up on the host; an opportunistic one goes on in plaintext: on
 /// this session when STARTTLS was not offered or refused, on a new one to the same address when it failed
-/// (the old one is unusable), noting the failure so that the host is reached in plaintext for a while
-/// without trying TLS.
+/// (the old one is unusable). A refusal that ends the session (421) gives up on this address whatever the
+/// policy: the next one is tried. Only a failure of TLS itself ([`ConnectError::Tls`]) is remembered, so
+/// that the host is reached in plaintext for a while without trying TLS; the connection failing during
+/// STARTTLS (no reply, a reset, bytes before the handshake) may be one on-path event, and TLS is tried
+/// again next time.
 async fn secure(
     mut client: SmtpClient,
     host: &Host,
@@ -129,7 +135,8 @@ async fn secure(
         }
         return Ok(client);
     }
-    match client.starttls(&s.tls, policy.verify).await {
+    let span = tracing::info_span!("tls", mx = %host.name, ip = %addr);
+    match client.starttls(&s.tls, policy.verify).instrument(span).await {
         Ok(StartTls::Started) => Ok(client),
         Ok(StartTls::Refused(r)) if policy.required => {
             client.quit().await;
@@ -139,12 +146,23 @@ async fn secure(
                 reply_line(&r)
             )))
         }
+        Ok(StartTls::Refused(r)) if !client.is_usable() => {
+            client.quit().await;
+            Err(ConnectError::Rejected(format!(
+                "{} [{addr}] refused STARTTLS and ended the session: {}",
+                host.name,
+                reply_line(&r)
+            )))
+        }
         Ok(StartTls::Refused(_)) => Ok(client),
         Err(e) if policy.plaintext_fallback => {
             drop(client);
-            s.tls_failures.remember(&host.name, addr, Instant::now());
+            let remembered = matches!(e, ConnectError::Tls(_));
+            if remembered {
+                s.tls_failures.remember(&host.name, addr, Instant::now());
+            }
             info!(
-                mx = %host.name, ip = %addr, error = %e,
+                mx = %host.name, ip = %addr, error = %e, remembered,
                 "STARTTLS failed: going on in plaintext on a new connection (opportunistic TLS)"
             );
             let mut plain = SmtpClient::connect(&host.name, addr, options).await?;

@@ -10,7 +10,8 @@
 use tern_core::{Recipient, Shutdown};
 use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, SlotHold};
 use tern_smtp::Reply;
-use tracing::{info, warn};
+use tern_telemetry::metrics::ConnectionKind;
+use tracing::{Instrument, info, warn};
 
 use super::Inner;
 use super::pool::Connection;
@@ -71,7 +72,8 @@ impl<'a> DomainDelivery<'a> {
                 break;
             }
             let last = jobs.as_slice().is_empty();
-            if let Err(reply) = self.deliver_job(&job, last).await {
+            let span = tern_telemetry::trace::delivery_span(&job.job);
+            if let Err(reply) = self.deliver_job(&job, last).instrument(span).await {
                 // No route, or no host took a connection: the rest of the batch would fare no better.
                 self.inner.fail_all(job, jobs, &reply).await;
                 return;
@@ -135,6 +137,7 @@ impl<'a> DomainDelivery<'a> {
     async fn open_or_reuse(&mut self) -> Result<(), Reply> {
         let limit = self.inner.cfg.messages_per_connection;
         if self.connection.as_ref().is_some_and(|c| c.reusable(limit)) {
+            tern_telemetry::metrics().connection(ConnectionKind::Reused);
             return Ok(());
         }
         if let Some(old) = self.connection.take() {
@@ -197,10 +200,12 @@ impl<'a> DomainDelivery<'a> {
         pending: &[(u32, &Recipient)],
     ) -> Result<Vec<(u32, RecipientReply)>, NotStarted> {
         let connection = self.connection.as_mut().ok_or(NotStarted)?;
-        let sent = connection
-            .client
-            .send_message(&job.job.envelope, pending, &job.body)
-            .await?;
+        let sent = crate::telemetry::transaction(connection.client.send_message(
+            &job.job.envelope,
+            pending,
+            &job.body,
+        ))
+        .await?;
         connection.transactions += sent.transactions;
         Ok(sent.replies)
     }

@@ -79,6 +79,8 @@ impl Inner {
         dsn_passed_on: bool,
     ) {
         let now = now_ms();
+        // The server tern was talking to, for the log line even when the outcome names none.
+        let talking_to = attempt.clone().unwrap_or_default();
         let ctx = DecideContext {
             retry: &self.retry,
             now_ms: now,
@@ -88,6 +90,7 @@ impl Inner {
             dsn_passed_on,
         };
         let d = decide(&cj.job, results, &ctx);
+        crate::telemetry::attempt(&cj.job, results, &d.outcome, now);
         let mut outcome = d.outcome;
         if !d.failed.is_empty() && self.send_dsn(cj, &d.failed, "failed").await.is_err() {
             // Without the DSN queued the failure must not be recorded: those recipients stay pending and
@@ -113,7 +116,7 @@ impl Inner {
             counts(RecipientStatus::Pending),
             counts(RecipientStatus::Failed),
         );
-        let a = outcome.attempt.clone().unwrap_or_default();
+        let a = talking_to;
         info!(
             message_id = %cj.job.id.message,
             job = %cj.job.id,

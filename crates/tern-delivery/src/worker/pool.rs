@@ -18,6 +18,8 @@ use crate::smtp::{ConnectError, SmtpClient};
 /// QUIT, so that the hold never lapses while its connection is still open (it is dropped explicitly on
 /// close; this only matters when the worker dies).
 const HOLD_MARGIN: Duration = Duration::from_secs(10);
+/// How many idle connections a stopping worker closes at once.
+const CLOSE_AT_ONCE: usize = 64;
 
 /// An open connection as the worker keeps it: the client, the worker slot it takes, and its reuse count.
 pub(super) struct Connection {
@@ -152,6 +154,20 @@ impl Inner {
             // The hold lapses by itself at its deadline.
             debug!(domain = %hold.domain, hold = %hold.id, error = %e, "dropping a slot hold failed");
         }
+    }
+
+    /// Closes every connection of `idle` (a stopping worker's pool), [`CLOSE_AT_ONCE`] at a time, so that
+    /// peers slow to answer QUIT cost about one QUIT timeout, not one each.
+    pub(super) async fn close_all_idle(self: &Arc<Self>, idle: Vec<Idle>) {
+        let mut closing = JoinSet::new();
+        for i in idle {
+            if closing.len() >= CLOSE_AT_ONCE {
+                closing.join_next().await;
+            }
+            let inner = self.clone();
+            closing.spawn(async move { inner.close_idle(i).await });
+        }
+        while closing.join_next().await.is_some() {}
     }
 
     /// Closes an idle connection, then gives its slot back.

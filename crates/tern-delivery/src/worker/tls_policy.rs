@@ -4,12 +4,15 @@
 //! Opportunistic TLS (RFC 7435) encrypts when it can and sends in plaintext when it cannot: when STARTTLS is
 //! not offered, is refused, or fails (the command, the handshake, or EHLO over the new TLS session), the
 //! message goes over a new plaintext connection to the same host, as Postfix's `may` level and KumoMTA's
-//! `Opportunistic` do. The failure is remembered for the host (its name and address) for
-//! `delivery.tls_failure_memory`, so the next connections to it go plaintext without trying TLS again. A
-//! policy that requires TLS (`tls = "required"`; an MTA-STS `enforce` policy will be one more) never falls
+//! `Opportunistic` do. A failure of TLS itself (an alert, a certificate rustls refuses, bytes that are no
+//! TLS, a handshake that stalls, EHLO refused over TLS) is remembered for the host (its name and address)
+//! for `delivery.tls_failure_memory`, so the next connections to it go plaintext without trying TLS again;
+//! the connection failing during STARTTLS (no reply, a reset, the peer closing, bytes sent before the
+//! handshake) is not, as one on-path event must not make a host plaintext-only for that long. The memory
+//! holds at most 10 000 hosts, the oldest going first. A policy that requires TLS (`tls = "required"`; an MTA-STS `enforce` policy will be one more) never falls
 //! back: without verified TLS the host is not used and the message is deferred.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -81,37 +84,74 @@ impl TlsPolicy {
     }
 }
 
-/// The hosts whose STARTTLS failed recently, by host name and address, each until when it is reached in
+/// The most hosts remembered at once. Past it the oldest entry goes: that host only tries TLS again.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// The hosts whose TLS failed recently, by host name and address, each until when it is reached in
 /// plaintext without trying TLS. Per worker process and in memory: a restarted worker tries TLS again,
-/// which costs one failed handshake per host.
+/// which costs one failed handshake per host. Only failures of TLS itself are noted (see
+/// `worker::connect::secure`): a reset or a timeout is no reason to give up on a host's TLS.
 pub(crate) struct TlsFailures {
     memory: Duration,
-    until: Mutex<HashMap<(String, SocketAddr), Instant>>,
+    cap: usize,
+    state: Mutex<Remembered>,
+}
+
+/// The entries, and the same in the order they were noted.
+#[derive(Default)]
+struct Remembered {
+    /// Until when each host is reached in plaintext.
+    until: HashMap<(String, SocketAddr), Instant>,
+    /// Every entry lasts `memory`, so the order they were noted in is the order they lapse in: the lapsed
+    /// ones, and past the cap the oldest, are dropped from the front without scanning the map.
+    order: VecDeque<((String, SocketAddr), Instant)>,
+}
+
+impl Remembered {
+    /// Drops the oldest entry (from the map too, unless the host was noted again since).
+    fn drop_oldest(&mut self) {
+        if let Some((key, until)) = self.order.pop_front()
+            && self.until.get(&key) == Some(&until)
+        {
+            self.until.remove(&key);
+        }
+    }
 }
 
 impl TlsFailures {
     /// Remembers each failure for `memory` (zero: not at all; TLS is tried, and fails, every time).
     pub(crate) fn new(memory: Duration) -> TlsFailures {
+        TlsFailures::with_cap(memory, MAX_REMEMBERED)
+    }
+
+    fn with_cap(memory: Duration, cap: usize) -> TlsFailures {
         TlsFailures {
             memory,
-            until: Mutex::new(HashMap::new()),
+            cap: cap.max(1),
+            state: Mutex::new(Remembered::default()),
         }
     }
 
-    /// Notes that STARTTLS failed with `host` at `addr` at `now`. Lapsed entries are dropped meanwhile, so the
-    /// map holds only the hosts that failed within the last `memory`.
+    /// Notes that TLS failed with `host` at `addr` at `now`. Lapsed entries are dropped meanwhile, and the
+    /// oldest past [`MAX_REMEMBERED`].
     pub(crate) fn remember(&self, host: &str, addr: SocketAddr, now: Instant) {
         if self.memory.is_zero() {
             return;
         }
-        let mut until = lock(&self.until);
-        until.retain(|_, t| *t > now);
-        until.insert((host.to_ascii_lowercase(), addr), now + self.memory);
+        let key = (host.to_ascii_lowercase(), addr);
+        let until = now + self.memory;
+        let mut state = lock(&self.state);
+        while state.order.front().is_some_and(|(_, t)| *t <= now) || state.order.len() >= self.cap {
+            state.drop_oldest();
+        }
+        state.until.insert(key.clone(), until);
+        state.order.push_back((key, until));
     }
 
-    /// Whether STARTTLS failed with `host` at `addr` less than `memory` before `now`.
+    /// Whether TLS failed with `host` at `addr` less than `memory` before `now`.
     pub(crate) fn remembers(&self, host: &str, addr: SocketAddr, now: Instant) -> bool {
-        lock(&self.until)
+        lock(&self.state)
+            .until
             .get(&(host.to_ascii_lowercase(), addr))
             .is_some_and(|t| *t > now)
     }
@@ -151,7 +191,36 @@ mod tests {
         assert!(!failures.remembers("mx.b.test", addr, t0 + Duration::from_secs(3600)));
         // A later failure elsewhere drops the lapsed entry.
         failures.remember("mx2.b.test", other, t0 + Duration::from_secs(7200));
-        assert_eq!(lock(&failures.until).len(), 1);
+        assert_eq!(lock(&failures.state).until.len(), 1);
+        assert_eq!(lock(&failures.state).order.len(), 1);
+    }
+
+    #[test]
+    fn the_memory_is_bounded_and_gives_up_the_oldest_first() {
+        let failures = TlsFailures::with_cap(Duration::from_secs(3600), 3);
+        let t0 = Instant::now();
+        let addr = |i: u8| SocketAddr::from(([127, 0, 0, i], 25));
+        for i in 1..=5u8 {
+            failures.remember("mx.b.test", addr(i), t0 + Duration::from_secs(u64::from(i)));
+        }
+        let state = lock(&failures.state);
+        assert_eq!((state.until.len(), state.order.len()), (3, 3));
+        drop(state);
+        let now = t0 + Duration::from_secs(10);
+        assert!(!failures.remembers("mx.b.test", addr(1), now));
+        assert!(!failures.remembers("mx.b.test", addr(2), now));
+        assert!((3..=5).all(|i| failures.remembers("mx.b.test", addr(i), now)));
+        // A host noted again keeps its newer entry when its older one leaves the front.
+        let failures = TlsFailures::with_cap(Duration::from_secs(3600), 3);
+        failures.remember("a.b.test", addr(1), t0);
+        failures.remember("b.b.test", addr(1), t0);
+        failures.remember("a.b.test", addr(1), t0 + Duration::from_secs(1));
+        failures.remember("c.b.test", addr(1), t0 + Duration::from_secs(2));
+        let now = t0 + Duration::from_secs(3);
+        assert!(failures.remembers("a.b.test", addr(1), now));
+        assert!(failures.remembers("b.b.test", addr(1), now));
+        assert!(failures.remembers("c.b.test", addr(1), now));
+        assert_eq!(lock(&failures.state).until.len(), 3);
     }
 
     #[test]

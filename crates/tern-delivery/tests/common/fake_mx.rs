@@ -1,6 +1,7 @@
 //! A small scriptable SMTP server (tokio + rustls) for protocol details smtp-sink cannot play: STARTTLS with
-//! a test CA certificate, bytes injected after the STARTTLS reply, a broken TLS stack, EHLO refused, 452
-//! after N recipients, DATA accepted with no valid recipient, 421 mid-session, SMTPUTF8 and DSN offered.
+//! a test CA certificate, bytes injected after the STARTTLS reply, a broken TLS stack, STARTTLS refused, a
+//! connection closed during the handshake, EHLO refused, 452 after N recipients, DATA accepted with no valid
+//! recipient, 421 mid-session, SMTPUTF8 and DSN offered, QUIT never answered.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -45,6 +46,15 @@ pub struct Behaviour {
     pub smtputf8: bool,
     /// Advertise DSN (RFC 3461).
     pub dsn: bool,
+    /// Offer STARTTLS and answer it with this reply, then go on in plaintext (even after a 421, as a
+    /// misbehaving server would).
+    pub starttls_reply: Option<String>,
+    /// Offer STARTTLS, answer it with 220, read the client's first handshake bytes and close the
+    /// connection: the network failing during the handshake, not TLS.
+    pub close_during_handshake: bool,
+    /// Never answer QUIT (nor read anything after it), keeping the connection open until the client
+    /// closes it.
+    pub silent_quit: bool,
 }
 
 /// A message the server accepted.
@@ -166,7 +176,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     if b.pipelining {
                         s.push_str("250-PIPELINING\r\n");
                     }
-                    if (b.tls.is_some() || b.broken_tls) && !tls {
+                    let offers_tls = b.tls.is_some()
+                        || b.broken_tls
+                        || b.starttls_reply.is_some()
+                        || b.close_during_handshake;
+                    if offers_tls && !tls {
                         s.push_str("250-STARTTLS\r\n");
                     }
                     if b.smtputf8 {
@@ -185,6 +199,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper.starts_with("HELO") {
             helo = cmd.clone();
             "250 fake.test\r\n".into()
+        } else if upper == "STARTTLS" && !tls && b.starttls_reply.is_some() {
+            format!("{}\r\n", b.starttls_reply.clone().unwrap_or_default())
+        } else if upper == "STARTTLS" && !tls && b.close_during_handshake {
+            use tokio::io::AsyncReadExt as _;
+            let w = r.get_mut();
+            w.write_all(b"220 2.0.0 go ahead\r\n").await.ok()?;
+            w.flush().await.ok()?;
+            let mut hello = [0u8; 512];
+            let _ = r.read(&mut hello).await;
+            return None;
         } else if upper == "STARTTLS" && b.broken_tls && !tls {
             use tokio::io::AsyncReadExt as _;
             let w = r.get_mut();
@@ -278,6 +302,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper == "RSET" {
             rcpts.clear();
             "250 2.0.0 ok\r\n".into()
+        } else if upper == "QUIT" && b.silent_quit {
+            use tokio::io::AsyncReadExt as _;
+            // Wait (without answering or reading more than the close) until the client goes.
+            let mut rest = [0u8; 64];
+            while r.read(&mut rest).await.ok()? > 0 {}
+            return None;
         } else if upper == "QUIT" {
             r.get_mut().write_all(b"221 2.0.0 bye\r\n").await.ok()?;
             return None;

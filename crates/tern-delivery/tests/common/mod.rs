@@ -106,9 +106,10 @@ pub fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-/// Waits (blocking this thread, bounded) until `f` holds.
+pub mod fake_dns;
 pub mod fake_mx;
 
+/// Waits (bounded) until `f` holds.
 pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {

@@ -74,6 +74,19 @@ pub fn call_deadline(request_timeout: Duration, max_request: usize) -> Duration 
     request_timeout.saturating_add(upload).min(MAX_DEADLINE)
 }
 
+/// When the service must have its answer ready, so that it beats the call's deadline: nine tenths of the way
+/// from the call's arrival to its deadline. [`LimitedSubmission`] puts it into the request's extensions; the
+/// service stops repeating queue writes by then (see [`crate::enqueue::Bounds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AnswerBy(pub(crate) Instant);
+
+impl AnswerBy {
+    /// Nine tenths of the way from `arrival` to `arrival + deadline`.
+    pub(crate) fn new(arrival: Instant, deadline: Duration) -> AnswerBy {
+        AnswerBy(arrival + deadline.mul_f64(0.9))
+    }
+}
+
 /// How one method is served: its server (with its own decode limit), its weight and its deadline.
 #[derive(Clone, Debug)]
 pub(crate) struct Route {
@@ -117,6 +130,36 @@ impl LimitedSubmission {
     }
 }
 
+impl LimitedSubmission {
+    /// A handle on the calls in progress, to wait for at shutdown.
+    pub(crate) fn calls(&self) -> CallsInProgress {
+        CallsInProgress {
+            slots: Arc::clone(&self.slots),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// The Submission calls in progress on a server (those holding a slot of the in-flight budget, and those
+/// waiting for one), for a shutdown to wait until they have answered.
+#[derive(Clone, Debug)]
+pub struct CallsInProgress {
+    slots: Arc<Semaphore>,
+    max_in_flight: u32,
+}
+
+impl CallsInProgress {
+    /// Returns once no call is in progress: every slot of the budget is free at once. The budget is fair,
+    /// so calls already waiting for a slot are served (and answer) first. Calls that start later may run
+    /// after it returned.
+    pub async fn finished(&self) {
+        // The semaphore is never closed; if it were, no call could hold a slot either.
+        if let Ok(all) = self.slots.acquire_many(self.max_in_flight).await {
+            drop(all);
+        }
+    }
+}
+
 impl NamedService for LimitedSubmission {
     const NAME: &'static str = <SubmissionServer<SubmissionService> as NamedService>::NAME;
 }
@@ -132,7 +175,7 @@ impl Service<http::Request<Body>> for LimitedSubmission {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         // The router hands over only paths under `/tern.v1.Submission/`: the last segment is the method.
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
         let route = if method == "SendBatch" {
@@ -144,7 +187,10 @@ impl Service<http::Request<Body>> for LimitedSubmission {
         let slots = Arc::clone(&self.slots);
         let max_in_flight = self.max_in_flight;
         Box::pin(async move {
-            let deadline = Instant::now() + route.deadline;
+            let arrival = Instant::now();
+            let deadline = arrival + route.deadline;
+            req.extensions_mut()
+                .insert(AnswerBy::new(arrival, route.deadline));
             let permit = match tokio::time::timeout_at(deadline, slots.acquire_many_owned(route.weight)).await
             {
                 Ok(Ok(permit)) => permit,

@@ -44,7 +44,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::enqueue::EnqueueRetry;
 use limit::{LimitedSubmission, Route};
 
-pub use limit::CallLimits;
+pub use limit::{CallLimits, CallsInProgress};
 pub use service::{Limits, SubmissionService};
 
 /// The default gRPC listener (`ingest.grpc_listen`).
@@ -148,6 +148,8 @@ impl GrpcServer {
             .hostname
             .clone()
             .unwrap_or_else(tern_server::system_hostname);
+        // Cancelled when the server is told to stop (see `run`): calls repeating a queue write stop then.
+        let stop = Shutdown::new();
         let service = SubmissionService::new(
             queue,
             auth,
@@ -157,7 +159,8 @@ impl GrpcServer {
                 hostname,
             },
         )
-        .with_enqueue_retry(settings.enqueue_retry);
+        .with_enqueue_retry(settings.enqueue_retry)
+        .with_stop(stop.clone());
         let max_send = settings.max_message_size.saturating_add(REQUEST_OVERHEAD);
         let max_batch = settings
             .max_message_size
@@ -173,14 +176,13 @@ impl GrpcServer {
         };
         // The interceptor is outermost: a call without a valid key is answered from its metadata alone,
         // before it takes a slot of the budget and before tonic reads its body.
-        let submission = InterceptedService::new(
-            LimitedSubmission::new(
-                route(max_send, 1),
-                route(max_batch, limit::BATCH_WEIGHT),
-                limits.max_in_flight,
-            ),
-            service.interceptor(),
+        let limited = LimitedSubmission::new(
+            route(max_send, 1),
+            route(max_batch, limit::BATCH_WEIGHT),
+            limits.max_in_flight,
         );
+        let calls = limited.calls();
+        let submission = InterceptedService::new(limited, service.interceptor());
         let listener = GrpcServerBuilder::new(settings.server_limits.clone())
             .service(submission, FILE_DESCRIPTOR_SET)
             .bind(settings.listen)
@@ -190,6 +192,8 @@ impl GrpcServer {
             max_send,
             max_batch,
             max_in_flight: limits.max_in_flight,
+            stop,
+            calls,
         })
     }
 }
@@ -203,6 +207,9 @@ pub struct BoundGrpcServer {
     /// The decode limit of a `SendBatch` request.
     max_batch: usize,
     max_in_flight: u32,
+    /// The service's stop signal, cancelled with the `shutdown` given to [`BoundGrpcServer::run`].
+    stop: Shutdown,
+    calls: CallsInProgress,
 }
 
 impl BoundGrpcServer {
@@ -217,8 +224,17 @@ impl BoundGrpcServer {
         self.listener.health()
     }
 
+    /// The Submission calls in progress, for a shutdown to wait until they have answered before it closes
+    /// the client connections left (tonic's graceful shutdown waits for those to close, which an idle
+    /// client channel never does).
+    pub fn calls_in_progress(&self) -> CallsInProgress {
+        self.calls.clone()
+    }
+
     /// Serves Submission, reflection and health until `shutdown` is cancelled; then health reports
-    /// NOT_SERVING, no new connection is accepted, and calls in progress finish.
+    /// NOT_SERVING, no new connection is accepted, and calls in progress finish: a call repeating a queue
+    /// write stops repeating once its attempt in progress ends (at most the queue's own timeout), and answers
+    /// `UNAVAILABLE`, saying whether the message may have been queued.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), GrpcError> {
         tracing::info!(
             addr = %self.local_addr(),
@@ -227,7 +243,15 @@ impl BoundGrpcServer {
             max_in_flight = self.max_in_flight,
             "gRPC Send API listening"
         );
-        Ok(self.listener.serve(shutdown).await?)
+        let stop = self.stop;
+        let signal = shutdown.clone();
+        let relay = tokio::spawn(async move {
+            signal.cancelled().await;
+            stop.cancel();
+        });
+        let served = self.listener.serve(shutdown).await;
+        relay.abort();
+        Ok(served?)
     }
 }
 

@@ -9,13 +9,13 @@
 //! | the envelope sender's domain is not among the key's domains | `PERMISSION_DENIED` |
 //! | a bad field, no recipients, an empty or oversized message | `INVALID_ARGUMENT`, naming the field |
 //! | the queue refused the message as invalid | `INVALID_ARGUMENT` |
-//! | any other queue failure (unreachable, backend error, corrupt record, configuration), after repeating the write for up to `ingest.enqueue_retry_for` | `UNAVAILABLE`, saying whether the message may have been queued (see [`crate::enqueue`]) |
+//! | any other queue failure (unreachable, backend error, corrupt record, configuration), after repeating the write for up to `ingest.enqueue_retry_for` (less when the call's deadline or a shutdown comes first) | `UNAVAILABLE`, saying whether the message may have been queued (see [`crate::enqueue`]) |
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tern_core::{Envelope, MessageId, Recipient, ReversePath};
+use tern_core::{Envelope, MessageId, Recipient, ReversePath, Shutdown};
 use tern_proto::v1::submission_server::Submission;
 use tern_proto::v1::{
     RejectedRecipient, SendBatchRequest, SendBatchResponse, SendError, SendRequest, SendResponse, SendResult,
@@ -23,10 +23,14 @@ use tern_proto::v1::{
 };
 use tern_queue::{EnqueueReceipt, NewMessage, Queue, QueueError};
 use tern_server::auth::{AuthInterceptor, Authenticator, Principal};
+use tern_telemetry::metrics::Listener;
+use tern_telemetry::trace::message_span;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::compose::{self, Built};
+use super::limit::AnswerBy;
 use super::validate::{self, FieldError, MAX_BATCH};
 use crate::enqueue::{self, Bounds, EnqueueFailure, EnqueueRetry};
 
@@ -48,6 +52,7 @@ pub struct SubmissionService {
     auth: Arc<Authenticator>,
     limits: Arc<Limits>,
     retry: EnqueueRetry,
+    stop: Shutdown,
 }
 
 impl std::fmt::Debug for SubmissionService {
@@ -100,7 +105,16 @@ impl SubmissionService {
             auth: Arc::new(auth),
             limits: Arc::new(limits),
             retry: EnqueueRetry::default(),
+            stop: Shutdown::new(),
         }
+    }
+
+    /// Sets the signal that ends the repeats of queue writes: once it is cancelled, a call repeating a write
+    /// whose outcome is unknown stops and answers that the message may have been queued (the attempt in
+    /// progress finishes first). The server's shutdown; until set, a signal never cancelled.
+    pub fn with_stop(mut self, stop: Shutdown) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// Sets how long a queue write that may or may not have been applied is repeated
@@ -339,18 +353,36 @@ fn is_retryable(failure: &EnqueueFailure) -> bool {
     !failure.is_invalid()
 }
 
-/// When repeats of a queue write must stop so that the answer reaches the client within its own deadline
-/// (`grpc-timeout`): at nine tenths of it.
-fn client_bounds<T>(req: &Request<T>) -> Bounds {
+/// When repeats of a queue write must stop so that the answer comes in time: by nine tenths of the client's
+/// own deadline (`grpc-timeout`), by nine tenths of the call's deadline on this server ([`AnswerBy`]), and at
+/// `stop` (the server's shutdown).
+fn call_bounds<T>(req: &Request<T>, stop: &Shutdown) -> Bounds {
     let timeout = req
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(validate::grpc_timeout);
+    let client = timeout.map(|t| Instant::now() + t.mul_f64(0.9));
+    let server = req.extensions().get::<AnswerBy>().map(|a| a.0);
+    let until = match (client, server) {
+        (Some(c), Some(s)) => Some(c.min(s)),
+        (c, s) => c.or(s),
+    };
     Bounds {
-        until: timeout.map(|t| Instant::now() + t.mul_f64(0.9)),
-        stop: None,
+        until,
+        stop: Some(stop.clone()),
     }
+}
+
+/// The answer to a batch whose every message failed: the status of the first failure that may have queued
+/// its message, else of the first failure. Saying "nothing was queued" while part of the batch may have been
+/// would have the client send that part again.
+fn batch_failure_status(failures: &[EnqueueFailure]) -> Status {
+    failures
+        .iter()
+        .find(|f| f.maybe_queued)
+        .or(failures.first())
+        .map_or_else(|| Status::unavailable("the queue is unavailable"), queue_status)
 }
 
 /// The W3C `traceparent` metadata, if any, carried with the jobs.
@@ -364,10 +396,33 @@ fn trace_of<T>(req: &Request<T>) -> Option<String> {
 
 #[tonic::async_trait]
 impl Submission for SubmissionService {
+    /// [`SubmissionService::send_one`] in the message's `message_receive` span (continuing the caller's
+    /// `traceparent`), counted by its answer.
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
+        let span = message_span(Listener::Grpc, trace_of(&request).as_deref());
+        let result = self.send_one(request).instrument(span).await;
+        crate::telemetry::grpc_message(&result);
+        result
+    }
+
+    /// [`SubmissionService::send_many`] in a `message_receive` span, each message counted by its answer.
+    async fn send_batch(
+        &self,
+        request: Request<SendBatchRequest>,
+    ) -> Result<Response<SendBatchResponse>, Status> {
+        let span = message_span(Listener::Grpc, trace_of(&request).as_deref());
+        let messages = request.get_ref().messages.len();
+        let result = self.send_many(request).instrument(span).await;
+        crate::telemetry::grpc_batch(messages, &result);
+        result
+    }
+}
+
+impl SubmissionService {
+    async fn send_one(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         let principal = self.principal(&request)?;
         let trace = trace_of(&request);
-        let bounds = client_bounds(&request);
+        let bounds = call_bounds(&request, &self.stop);
         let prepared = self.prepare(request.get_ref(), &principal, trace.as_deref())?;
         let receipt = enqueue::enqueue(
             self.queue.as_ref(),
@@ -379,7 +434,7 @@ impl Submission for SubmissionService {
         .map_err(|f| queue_status(&f))?;
         let first = self.first_recipients(&receipt).await;
         tracing::info!(
-            message = %receipt.message,
+            message_id = %receipt.message,
             key = principal.name.as_deref().unwrap_or("-"),
             recipients = prepared.accepted.len(),
             duplicate = receipt.duplicate,
@@ -388,13 +443,13 @@ impl Submission for SubmissionService {
         Ok(Response::new(prepared.response(receipt, first)))
     }
 
-    async fn send_batch(
+    async fn send_many(
         &self,
         request: Request<SendBatchRequest>,
     ) -> Result<Response<SendBatchResponse>, Status> {
         let principal = self.principal(&request)?;
         let trace = trace_of(&request);
-        let bounds = client_bounds(&request);
+        let bounds = call_bounds(&request, &self.stop);
         let messages = &request.get_ref().messages;
         if messages.len() > MAX_BATCH {
             return Err(FieldError::new(
@@ -423,11 +478,8 @@ impl Submission for SubmissionService {
         // When the queue failed every message it was given, the whole call fails, so that a client's retry
         // policy repeats it; a per-message error inside an OK answer is not retried by any policy.
         if !ready.is_empty() && outcomes.iter().all(|o| matches!(o, Err(e) if is_retryable(e))) {
-            let first = outcomes.into_iter().find_map(Result::err);
-            return Err(first.map_or_else(
-                || Status::unavailable("the queue is unavailable"),
-                |e| queue_status(&e),
-            ));
+            let failures: Vec<EnqueueFailure> = outcomes.into_iter().filter_map(Result::err).collect();
+            return Err(batch_failure_status(&failures));
         }
         let mut queued = 0usize;
         for ((i, prepared), outcome) in ready.into_iter().zip(outcomes) {

@@ -40,6 +40,8 @@ use tern_smtp::{
     Body, Capabilities, Command, DataDecoder, DataStatus, LineError, LineFramer, MailParams, Mailbox,
     ParseContext, RcptParams, Reply, ReversePath, Violations, parse_command_with,
 };
+use tern_telemetry::metrics::Listener;
+use tern_telemetry::trace::message_span;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -141,6 +143,8 @@ pub(crate) struct Session {
     junk: u32,
     /// When the command line being received began (see `deadline`).
     line_clock: LineClock,
+    /// The kind of listener the session came through, for the metrics.
+    listener: Listener,
 }
 
 fn bad_sequence(text: &str) -> Reply {
@@ -181,12 +185,13 @@ impl Session {
             auth_failures: 0,
             junk: 0,
             line_clock: LineClock::default(),
+            listener: if tls { Listener::Smtps } else { Listener::Smtp },
         }
     }
 
     /// Runs the session to its end.
     pub(crate) async fn run(self) {
-        let span = info_span!("smtp", peer = %self.ip);
+        let span = info_span!("smtp_session", peer = %self.ip);
         self.run_inner().instrument(span).await;
     }
 
@@ -251,6 +256,12 @@ impl Session {
         let _ = self.flush().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
         debug!("closed");
+    }
+
+    /// Queues the reply to a message's data, counting the message by it.
+    fn message_reply(&mut self, r: Reply) -> Flow {
+        crate::telemetry::smtp_message(self.listener, &r);
+        self.reply(r)
     }
 
     /// Queues a reply. A 5xx counts against the error budget; when it is spent, `421 4.7.0` follows and the
@@ -393,7 +404,14 @@ impl Session {
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),
-            Command::Data => self.data().await,
+            Command::Data => {
+                let span = message_span(self.listener, None);
+                self.data().instrument(span).await
+            }
+            Command::Bdat { size, last: true } => {
+                let span = message_span(self.listener, None);
+                self.bdat(size, true).instrument(span).await
+            }
             Command::Bdat { size, last } => self.bdat(size, last).await,
             Command::Rset => {
                 self.tx = None;
@@ -561,7 +579,7 @@ impl Session {
         };
         if decoder.overflowed() {
             info!(id = %tx.id, size = decoder.total_len(), "message refused: too big");
-            return self.reply(Reply::new(
+            return self.message_reply(Reply::new(
                 552,
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
@@ -570,7 +588,7 @@ impl Session {
         let v = decoder.violations();
         if v.any() {
             warn!(id = %tx.id, violations = ?v, "message refused: malformed line endings (smuggling attempt?)");
-            return self.reply(Reply::new(554, "5.6.0", describe(v)));
+            return self.message_reply(Reply::new(554, "5.6.0", describe(v)));
         }
         self.submit(tx, body).await
     }
@@ -663,7 +681,7 @@ impl Session {
         };
         if chunks.overflow {
             info!(id = %tx.id, size = chunks.total, "message refused: too big");
-            return self.reply(Reply::new(
+            return self.message_reply(Reply::new(
                 552,
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
@@ -672,7 +690,7 @@ impl Session {
         let v = chunks.checker.finish();
         if !binary && v.any() {
             warn!(id = %tx.id, violations = ?v, "message refused: malformed line endings");
-            return self.reply(Reply::new(554, "5.6.0", describe(v)));
+            return self.message_reply(Reply::new(554, "5.6.0", describe(v)));
         }
         self.submit(tx, chunks.body).await
     }
@@ -688,12 +706,12 @@ impl Session {
         // rather than queued as the few headers tern would add.
         if body.iter().all(u8::is_ascii_whitespace) {
             info!(id = %tx.id, size = body.len(), "message refused: empty");
-            return self.reply(Reply::new(554, "5.6.0", "Message rejected: empty message"));
+            return self.message_reply(Reply::new(554, "5.6.0", "Message rejected: empty message"));
         }
         let scan = received::scan_headers(&body);
         if scan.received > MAX_RECEIVED {
             warn!(id = %tx.id, received = scan.received, "message refused: mail loop");
-            return self.reply(Reply::new(554, "5.4.6", "Too many Received headers: mail loop"));
+            return self.message_reply(Reply::new(554, "5.4.6", "Too many Received headers: mail loop"));
         }
         let id = tx.id.to_string();
         let now = SystemTime::now();
@@ -740,7 +758,7 @@ impl Session {
             Ok(receipt) => {
                 self.junk = 0;
                 info!(message_id = %receipt.message, user = ?user, recipients, size, "message queued");
-                self.reply(Reply::new(
+                self.message_reply(Reply::new(
                     250,
                     "2.0.0",
                     format!("Ok: queued as {}", receipt.message),
@@ -754,7 +772,7 @@ impl Session {
                     maybe_queued = failure.maybe_queued,
                     "queue failed the message"
                 );
-                self.reply(queue_failure_reply(&failure))
+                self.message_reply(queue_failure_reply(&failure))
             }
         }
     }

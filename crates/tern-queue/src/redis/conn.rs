@@ -141,23 +141,6 @@ impl Conn {
         }
     }
 
-    /// Sends `cmd` to one node named by [`Conn::on_every_master`] (in single-server mode, the server).
-    pub(crate) async fn on_node(&mut self, node: &str, cmd: Cmd) -> Result<Value, RedisError> {
-        match self {
-            Conn::Single(_) => cmd.query_async(self).await,
-            Conn::Cluster(c) => {
-                let (host, port) = node
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| p.parse::<u16>().ok().map(|p| (h.to_string(), p)))
-                    .ok_or_else(|| {
-                        RedisError::from((ErrorKind::Client, "not a node address", node.to_string()))
-                    })?;
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-                c.route_command(cmd, routing).await?.extract_error()
-            }
-        }
-    }
-
     /// Sends `cmd` to the master of a slot (in single-server mode, the server); an error answer comes back as
     /// [`Value::ServerError`].
     pub(crate) async fn on_master_of(&mut self, route: Route, cmd: Cmd) -> Result<Value, RedisError> {
@@ -261,20 +244,30 @@ impl Backend {
     }
 }
 
+/// The single server's pool handed out no connection, so the call was never sent: an outage here is
+/// [`QueueError::NotSent`]. (Only here: the cluster client retries a call by itself, and its last error,
+/// even a refused connection, does not tell whether an earlier try was applied.)
 fn pool_error(e: PoolError) -> QueueError {
-    match e {
+    let error = match e {
         PoolError::Backend(e) => redis_error(e),
         PoolError::Timeout(t) => QueueError::Unavailable(format!("redis: no connection ({t:?} timeout)")),
         other => QueueError::Unavailable(format!("redis pool: {other}")),
+    };
+    match error {
+        QueueError::Unavailable(m) => QueueError::NotSent(m),
+        other => other,
     }
 }
 
 /// Maps a Redis error: outages (I/O, timeouts, refused or dropped connections, cluster down, loading,
-/// read-only replica after failover, and a server out of memory, which refuses writes until it is given
-/// room) are [`QueueError::Unavailable`]; anything else is a backend error.
+/// read-only replica after failover, a server out of memory, which refuses writes until it is given room,
+/// busy with a long script, refusing writes after a failed save, or short of replicas) are
+/// [`QueueError::Unavailable`]; anything else is a backend error.
 pub(crate) fn redis_error(e: RedisError) -> QueueError {
     let outage = e.is_io_error()
-        || e.code() == Some("OOM")
+        // Out of memory, a script or function running too long (BUSY), a failed RDB save refusing writes
+        // (MISCONF), too few replicas for `min-replicas-to-write` (NOREPLICAS): each passes by itself.
+        || matches!(e.code(), Some("OOM" | "BUSY" | "MISCONF" | "NOREPLICAS"))
         || e.is_connection_refusal()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -328,6 +321,26 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn only_the_single_servers_pool_says_that_nothing_was_sent() {
+        let port = tern_testkit::free_port().expect("a free port");
+        let url = format!("redis://127.0.0.1:{port}");
+        let (connect, respond) = (Duration::from_millis(500), Duration::from_secs(1));
+        let single = Backend::new(&url, false, 1, connect, respond).expect("single");
+        match single.get().await {
+            Err(QueueError::NotSent(m)) => assert!(m.to_ascii_lowercase().contains("refused"), "{m}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("connected to a free port"),
+        }
+        let cluster = Backend::new(&url, true, 1, connect, respond).expect("cluster");
+        match cluster.get().await {
+            Err(e) => assert!(matches!(e, QueueError::Unavailable(_)), "{e:?}"),
+            Ok(_) => panic!("connected to a free port"),
+        }
+        let timeout = pool_error(PoolError::Timeout(deadpool_redis::TimeoutType::Wait));
+        assert!(matches!(timeout, QueueError::NotSent(_)), "{timeout:?}");
     }
 
     #[test]

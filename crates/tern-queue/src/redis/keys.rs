@@ -22,7 +22,7 @@
 //! | `due:<schedule>` | zset | the schedule's waiting jobs by due time (ms); a schedule is a domain, or `#bounce` for admin bounces |
 //! | `domains` | zset | the domain index: each schedule with waiting jobs, by its earliest due time (a domain at its limit pushed back; suspended domains left out) |
 //! | `inflight` | zset | jobs in flight by lease deadline (what the reaper scans; the lease of a job in the string form) |
-//! | `slots:<domain>` | zset | the domain's live claims (member: the claim id) and holds of idle connections (`h:<claim id>`) by deadline: its concurrency |
+//! | `slots:<domain>` | zset | the domain's live claims (member: the claim id) and holds of idle connections (`h:<claim id>/<waiter>`, the waiter being the holding worker's queue handle) by deadline: its concurrency |
 //! | `claims` | hash | claim id → jobs of the claim still in flight (the slot is freed at 0) |
 //! | `cinfo` | hash | claim id → `<owner>\t<schedule>`: the claim's owner and the schedule it took its jobs from |
 //! | `conc` | hash | domain → concurrency override |
@@ -35,6 +35,9 @@
 //! | `intake:<msg id>`, `intakes` | hash, zset | intake records (`p` payload JSON, `b` body, `at` time) of enqueues that span shards, and their age |
 //! | `badintakes` | zset | intake records the reaper could not read, kept for an operator |
 //! | `mat:<msg id>` | string | "this shard materialised that intake" marker, 24 h TTL |
+//! | `seen:<bucket>` | set | ids of the fast-path messages materialised in this shard whose id's time (ULID ms) div 10000 is `<bucket>`: a repeat of one of them makes nothing. Kept for the repeat window and a call's time after the last call that added to it (`repeat_window`) |
+//! | `wake` | list | wake tokens (`1`), at most 8: each wakes one worker blocked on the list (`BLPOP`, `redis/wake.rs`) |
+//! | `wake:<waiter>` | list | wake tokens for one worker's queue handle (its waiter id, a ULID), at most 8: new work for a domain its idle connection holds. 10 min TTL from the last token |
 //! | `idem:<key>` | string | idempotency key → first message id, 24 h TTL (shard chosen by hashing the key) |
 //!
 //! # A job's header line (the string form)

@@ -13,8 +13,9 @@
 //! with `FUNCTION LOAD REPLACE` and the call is repeated once ([`FunctionLibrary::reload`]); no round trip is
 //! spent on checking versions before calls. Versions live side by side, so nodes of two tern versions
 //! (during a rolling upgrade) never undo each other's library; [`load_everywhere`] (when a queue starts)
-//! loads this version on every master and removes the libraries of other tern versions, and a node still
-//! running one of them loads it again on its next call.
+//! loads this version on every master and leaves other versions' libraries in place (it logs them: an
+//! operator removes them with `FUNCTION DELETE` once no process of that version runs). Removing them at start
+//! would make every process of the other version reload on its next call, each time a process starts.
 //!
 //! Redis Functions need Redis 7.0 or later; [`load_everywhere`] checks every master's `INFO` first.
 
@@ -228,8 +229,8 @@ fn load_error(node: &str, e: redis::RedisError) -> QueueError {
 }
 
 /// Checks every master's Redis version, loads the library on each (`FUNCTION LOAD REPLACE`: whatever a node
-/// holds under this version's name, this build's code is what runs), and removes the libraries of other tern
-/// versions.
+/// holds under this version's name, this build's code is what runs), and logs the libraries of other tern
+/// versions, which it leaves in place.
 pub(crate) async fn load_everywhere(conn: &mut Conn) -> Result<(), QueueError> {
     let mut info = redis::cmd("INFO");
     info.arg("server");
@@ -253,21 +254,16 @@ pub(crate) async fn load_everywhere(conn: &mut Conn) -> Result<(), QueueError> {
     let mut list = redis::cmd("FUNCTION");
     list.arg("LIST").arg("LIBRARYNAME").arg("tern_*");
     for (node, reply) in conn.on_every_master(list).await.map_err(redis_error)? {
-        for stale in stale_libraries(&reply) {
-            let mut delete = redis::cmd("FUNCTION");
-            delete.arg("DELETE").arg(&stale);
-            // Another starting queue may have removed it first: only an outage matters.
-            match conn.on_node(&node, delete).await {
-                Ok(_) => {
-                    tracing::info!(node = %node, library = %stale, "removed another tern version's function library")
-                }
-                Err(e) => {
-                    let e = redis_error(e);
-                    if e.is_unavailable() {
-                        return Err(e);
-                    }
-                }
-            }
+        let others = stale_libraries(&reply);
+        if !others.is_empty() {
+            // Left in place: a process of that version may still be running (a rolling upgrade, an autoscaler
+            // starting pods of both versions), and removing its library would only make it load it again.
+            tracing::info!(
+                node = %node,
+                libraries = %others.join(","),
+                "other tern versions' function libraries are loaded; remove them with FUNCTION DELETE once no \
+                 process of those versions runs"
+            );
         }
     }
     Ok(())

@@ -6,6 +6,8 @@
 //! - `ops/` has one module per operation beside its Lua (`ops/claim.rs` and `ops/claim.lua`, ...): the
 //!   typed arguments it sends, the typed reply it reads back, and the steps it takes.
 //! - `codec.rs` reads and writes job records; `conn.rs` makes connections and maps Redis errors.
+//! - `wake.rs` waits for work: idle workers block on the shards' wake lists (dedicated connections), which
+//!   the functions signal.
 //!
 //! This file keeps what every operation shares: the options, the connections, function calls and
 //! pipelines with their timeouts, and the [`Queue`] implementation, which hands each method to its
@@ -17,6 +19,7 @@ pub(crate) mod conn;
 pub(crate) mod keys;
 pub(crate) mod library;
 pub(crate) mod ops;
+pub(crate) mod wake;
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -33,6 +36,7 @@ use conn::{Backend, redis_error};
 use keys::Keys;
 use library::{Function, FunctionLibrary};
 use ops::Arg;
+use wake::Wakes;
 
 /// Options of the Redis queue (the `[queue]` configuration section).
 #[derive(Clone, Debug)]
@@ -60,8 +64,17 @@ pub struct RedisQueueOptions {
     /// Connect timeout (default 2 s).
     pub connect_timeout: Duration,
     /// Reply timeout of one Redis call (default 5 s); every queue call is also bounded by
-    /// `connect_timeout + response_timeout` overall, per round trip.
+    /// `connect_timeout + response_timeout` overall, per round trip. A blocking wait
+    /// ([`Queue::wait_for_work`]) gets this much on top of the time it blocks.
     pub response_timeout: Duration,
+    /// How long after a message's first enqueue its writer may still send the same message (same id)
+    /// again: ingest's `ingest.enqueue_retry_for` (default 60 s; zero: writers never repeat). A message of
+    /// the fast path (no idempotency key, every job in one shard) is remembered for this plus one call's
+    /// time (`connect_timeout + response_timeout`), so that a repeat arriving after its jobs were delivered
+    /// and removed makes nothing (the intake path remembers its messages 24 h anyway). Memory: about 73
+    /// bytes per message for that time (`docs/configuration.md`). It is the enqueuing process's setting:
+    /// the messages a handle writes are remembered as long as this handle says.
+    pub repeat_window: Duration,
 }
 
 impl Default for RedisQueueOptions {
@@ -78,6 +91,7 @@ impl Default for RedisQueueOptions {
             pool_size: 16,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
+            repeat_window: Duration::from_secs(60),
         }
     }
 }
@@ -90,6 +104,8 @@ pub struct RedisQueue {
     library: FunctionLibrary,
     /// The shard the next claim starts at (claims rotate across shards).
     next_shard: AtomicU64,
+    /// Waiting for work: the wake lists' listeners, started by the first wait.
+    wakes: Wakes,
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -127,12 +143,15 @@ impl RedisQueue {
             opts.connect_timeout,
             opts.response_timeout,
         )?;
+        let keys = Keys::new(&opts.key_prefix, opts.shards);
+        let wakes = Wakes::new(&opts, &keys)?;
         Ok(RedisQueue {
-            keys: Keys::new(&opts.key_prefix, opts.shards),
+            keys,
             library: FunctionLibrary::new(opts.shards),
             opts,
             backend,
             next_shard: AtomicU64::new(0),
+            wakes,
         })
     }
 
@@ -178,6 +197,15 @@ impl RedisQueue {
 
     fn op_timeout(&self) -> Duration {
         self.opts.connect_timeout + self.opts.response_timeout
+    }
+
+    /// How long a fast-path message is remembered against repeats (ms; 0: not at all): the repeat window
+    /// and one call's time, as a repeat sent at the window's end may take that long to reach Redis.
+    fn repeat_ttl_ms(&self) -> u64 {
+        if self.opts.repeat_window.is_zero() {
+            return 0;
+        }
+        duration_ms(self.opts.repeat_window + self.op_timeout())
     }
 
     /// Bounds a call so that it never hangs.
@@ -396,7 +424,24 @@ impl Queue for RedisQueue {
         lease: Duration,
         holds: &[SlotHold],
     ) -> Result<Option<Claim>, QueueError> {
+        Ok(match self.claim_jobs(owner, max_batch, lease, holds).await? {
+            ClaimOutcome::Claimed(claim) => Some(claim),
+            ClaimOutcome::Nothing { .. } => None,
+        })
+    }
+
+    async fn claim_next(
+        &self,
+        owner: &str,
+        max_batch: usize,
+        lease: Duration,
+        holds: &[SlotHold],
+    ) -> Result<ClaimOutcome, QueueError> {
         self.claim_jobs(owner, max_batch, lease, holds).await
+    }
+
+    async fn wait_for_work(&self, max_wait: Duration) -> Wakeup {
+        self.wakes.wait(max_wait).await
     }
 
     async fn hold_slot(

@@ -12,7 +12,7 @@ use crate::roles::{self, Role};
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::CheckConfig => check_config::run(cli.config.as_deref()),
+        Command::CheckConfig { roles } => check_config::run(cli.config.as_deref(), &roles),
         Command::Ingest => roles::run(cli.config.as_deref(), &[Role::Ingest]),
         Command::Worker => roles::run(cli.config.as_deref(), &[Role::Worker]),
         Command::Control => roles::run(cli.config.as_deref(), &[Role::Control]),

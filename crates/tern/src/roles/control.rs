@@ -1,4 +1,5 @@
-//! The control role: the admin gRPC API (`tern.v1.QueueAdmin`, `tern.v1.Events`) that `ternctl` talks to.
+//! The control role: the admin gRPC API (`tern.v1.QueueAdmin`, `tern.v1.Events`) that `ternctl` talks to,
+//! and KEDA's external scaler.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use tern_config::Config;
 use tern_core::Shutdown;
 use tern_queue::Queue;
+use tern_telemetry::Readiness;
 
 /// How long open admin connections (a live `ternctl queue top`, an events stream) may delay shutdown.
 const GRACE: Duration = Duration::from_secs(5);
@@ -17,10 +19,17 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the listener, then serves until `shutdown`.
-pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
+/// Binds the listener, then serves until `shutdown`; its gRPC health follows `readiness`.
+pub async fn serve(
+    config: &Config,
+    queue: Arc<dyn Queue>,
+    shutdown: Shutdown,
+    readiness: &Readiness,
+) -> anyhow::Result<()> {
     let bound = tern_control::ControlServer::bind(&config.control, queue).await?;
     tracing::info!(grpc = %bound.local_addr(), "control plane listening");
+    crate::telemetry::follow_health(readiness, bound.health(), shutdown.clone());
+    readiness.role_started();
     let task = tokio::spawn(bound.run(shutdown.clone()));
     shutdown.cancelled().await;
     crate::signals::join_within("control plane", task, GRACE).await

@@ -10,10 +10,12 @@ mod worker;
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tern_core::Shutdown;
+use tern_queue::Queue;
 
 /// A role a process can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +29,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    /// The role's name, as the subcommand says it.
+    pub fn name(self) -> &'static str {
         match self {
             Role::Ingest => "ingest",
             Role::Worker => "worker",
@@ -59,37 +62,59 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// in use, a bad TLS file) stops the others and the process exits 1 with the reason.
 pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
     let config = crate::commands::load_config(path)?;
-    crate::telemetry::init(&config.telemetry)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start tokio")?;
     runtime.block_on(async move {
-        let shutdown = crate::signals::shutdown_on_signals()?;
-        let queue = crate::queue::open(&config).await?;
-        // Its own signal: the reaper keeps returning expired leases until every role has stopped.
-        let reaper_stop = Shutdown::new();
-        let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_stop.clone());
-
-        let mut tasks = tokio::task::JoinSet::new();
-        for &role in roles {
-            let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let result = match role {
-                    Role::Ingest => ingest::serve(&config, queue, shutdown).await,
-                    Role::Worker => worker::serve(&config, queue, shutdown).await,
-                    Role::Control => control::serve(&config, queue, shutdown).await,
-                };
-                result.with_context(|| role.name())
-            });
-        }
-        let outcome = wait_all(&mut tasks, &shutdown).await;
-        reaper_stop.cancel();
-        let _ = reaper.await;
-        outcome?;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
+        // On the runtime: the OTLP exporters' channels live on it.
+        let process = match roles {
+            [one] => one.name(),
+            _ => "all",
+        };
+        let telemetry = tern_telemetry::Telemetry::init(&config.telemetry, process)?;
+        let result = run_roles(&config, roles, &telemetry).await;
+        telemetry.shutdown().await;
+        result
     })
+}
+
+/// The roles with their telemetry: the metrics and health listener first (so that `/healthz` answers while
+/// the rest starts), then the queue, the reaper and the roles.
+async fn run_roles(
+    config: &tern_config::Config,
+    roles: &[Role],
+    telemetry: &tern_telemetry::Telemetry,
+) -> anyhow::Result<ExitCode> {
+    let shutdown = crate::signals::shutdown_on_signals()?;
+    let mut running = crate::telemetry::start(config, telemetry, roles.len(), &shutdown).await?;
+    let store = crate::queue::open(config).await?;
+    let queue: Arc<dyn Queue> = if std::env::var_os("XEXP_NO_WRAP").is_some() { Arc::clone(&store) } else { Arc::new(tern_telemetry::TracedQueue::new(Arc::clone(&store))) };
+    if std::env::var_os("XEXP_NO_WATCH").is_some() { running.readiness().set_store_reachable(true); } else { running.watch_queue(store, Arc::clone(&queue)); }
+    // Its own signal: the reaper keeps returning expired leases until every role has stopped.
+    let reaper_stop = Shutdown::new();
+    let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_stop.clone());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for &role in roles {
+        let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
+        let readiness = running.readiness().clone();
+        tasks.spawn(async move {
+            let result = match role {
+                Role::Ingest => ingest::serve(&config, queue, shutdown, &readiness).await,
+                Role::Worker => worker::serve(&config, queue, shutdown, &readiness).await,
+                Role::Control => control::serve(&config, queue, shutdown, &readiness).await,
+            };
+            result.with_context(|| role.name())
+        });
+    }
+    let outcome = wait_all(&mut tasks, &shutdown).await;
+    reaper_stop.cancel();
+    let _ = reaper.await;
+    running.stop().await;
+    outcome?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Waits for every role; the first error cancels the rest and is returned once they have stopped.

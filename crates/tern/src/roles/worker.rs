@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tern_config::Config;
 use tern_core::Shutdown;
 use tern_queue::Queue;
+use tern_telemetry::Readiness;
 
 /// Every check [`serve`] makes before it starts (the `[delivery]` section, its resolver settings, its CA
 /// file): `tern check-config` runs it.
@@ -14,11 +15,18 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Runs a delivery worker until `shutdown`; it then finishes transactions under way (up to
-/// `delivery.shutdown_grace`) and releases the rest of its claims.
-pub async fn serve(config: &Config, queue: Arc<dyn Queue>, shutdown: Shutdown) -> anyhow::Result<()> {
+/// `delivery.shutdown_grace`) and releases the rest of its claims. It has no listener: it counts as started
+/// once built.
+pub async fn serve(
+    config: &Config,
+    queue: Arc<dyn Queue>,
+    shutdown: Shutdown,
+    readiness: &Readiness,
+) -> anyhow::Result<()> {
     let owner = owner_id();
     let worker = tern_delivery::Worker::new(&config.delivery, queue, owner.clone())?
         .with_lease(config.queue.lease.get());
+    readiness.role_started();
     tracing::info!(owner = %owner, "delivery worker started");
     worker.run(shutdown).await;
     Ok(())

@@ -3,6 +3,10 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
+pub mod http;
+pub mod nodes;
+pub mod otlp;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Command, Output};
@@ -183,12 +187,18 @@ pub fn ternctl_path() -> std::path::PathBuf {
     cargo_bin("ternctl").unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// No `TERN_*` variable of the caller's environment (`TERN_SERVER`, `TERN_TOKEN`, config overrides) leaks in.
+/// No `TERN_*` variable of the caller's environment (`TERN_SERVER`, `TERN_TOKEN`, config overrides) leaks in,
+/// and a tern server started with it binds its metrics and health listener on a free port (tests run in
+/// parallel; the default, 127.0.0.1:9090, would collide).
 pub fn scrub_env(cmd: &mut Command) {
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TERN_")) {
         cmd.env_remove(k);
     }
+    cmd.env(METRICS_ON_FREE_PORT.0, METRICS_ON_FREE_PORT.1);
 }
+
+/// The override that puts a tern server's metrics listener on a free port.
+pub const METRICS_ON_FREE_PORT: (&str, &str) = ("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0");
 
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -41,10 +41,20 @@ local function act(action, id)
   return 1
 end
 
+-- Jobs made due now (retry, bounce) wake one waiting worker; a deleted job in flight frees its claim's slot
+-- (which wakes one when its domain has due jobs).
+local function wake_for(action, changed)
+  if changed > 0 and action ~= 'delete' then wake(1) end
+end
+
 register('admin', function(args)
   local action, mode, target, limit_text = args[5], args[6], args[7], args[8]
   if not ACTIONS[action] then return redis.error_reply('ERR unknown admin action ' .. tostring(action)) end
-  if mode == 'id' then return {act(action, target), 1} end
+  if mode == 'id' then
+    local changed = act(action, target)
+    wake_for(action, changed)
+    return {changed, 1}
+  end
   local schedule_key = PREFIX .. 'due:' .. target
   local ids
   if action == 'retry' then
@@ -57,6 +67,7 @@ register('admin', function(args)
     local result = act(action, id)
     if result == 0 then redis_call('ZREM', schedule_key, id) else changed = changed + result end
   end
+  wake_for(action, changed)
   return {changed, #ids}
 end, RUNS_WHEN_FULL)
 
@@ -82,6 +93,11 @@ register('resume', function(args)
   local was = redis_call('HDEL', PREFIX .. 'susp', domain)
   redis_call('ZREM', PREFIX .. 'suspu', domain)
   reindex(domain, nil)
-  if was == 1 then domain_event('resumed', domain, nil) end
+  if was == 1 then
+    domain_event('resumed', domain, nil)
+    -- Its due jobs are claimable again.
+    local first = earliest_due(domain)
+    if first and not below(NOW_TEXT, first) then wake(1) end
+  end
   return was
 end, RUNS_WHEN_FULL)

@@ -10,8 +10,10 @@
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
 -- A domain at its concurrency limit (live claims and holds = slots, each with a deadline) is skipped and
 -- pushed back. Suspended domains are not in the index; one found there (a race) is dropped from it.
--- Returns false, or {domain, hold taken over (or ''), job1, job2, ...} (the caller knows the claim id and
--- the deadline):
+-- Returns, when nothing was claimed, the earliest score of the domain index (a decimal string: when the
+-- next domain is due or looked at again), or false when the index is empty or only held domains were
+-- looked at (args[10] 0); else {domain, hold taken over (or ''), job1, job2, ...} (the caller knows the
+-- claim id and the deadline):
 -- each job is the list of its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>,
 -- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease),
 -- or for a job in the string form its id alone (the caller reads the job from the header of its data).
@@ -57,7 +59,15 @@ local function take(schedule, scanning)
       end
     end
     if used >= limit then
-      if scanning then redis_call('ZADD', PREFIX .. 'domains', pushed_back_until, schedule) end
+      if scanning then
+        -- Out of the claim order until args[11], or until its first slot's deadline when that comes sooner
+        -- (a slot that lapses frees itself without a call). A slot freed by a call (complete, release,
+        -- unhold, reap) puts the domain back at once and wakes a worker.
+        local back = pushed_back_until
+        local lapse = redis_call('ZRANGE', slots_key, '0', '0', 'WITHSCORES')[2]
+        if lapse and below(lapse, back) then back = lapse end
+        redis_call('ZADD', PREFIX .. 'domains', back, schedule)
+      end
       return nil
     end
   end
@@ -190,5 +200,8 @@ register('claim', function(args)
     if #due < page then break end
     scan = scan - page
   end
-  return false
+  if scan_text == '0' then return false end
+  -- Nothing claimable: the earliest time in the domain index (a domain skipped at its limit counts from
+  -- when it is looked at again), up to which an idle worker may sleep unless woken.
+  return redis_call('ZRANGE', domains_key, '0', '0', 'WITHSCORES')[2] or false
 end, RUNS_WHEN_FULL)

@@ -10,12 +10,14 @@ use tern_core::time::now_ms;
 
 use super::{Arg, arg, codec};
 use crate::QueueError;
-use crate::model::{Claim, ClaimedJob, JobLease, SlotHold};
+use crate::model::{Claim, ClaimOutcome, ClaimedJob, JobLease, SlotHold};
 use crate::redis::library::Function;
 use crate::redis::{RedisQueue, duration_ms};
 
-/// How long a domain at its concurrency limit stays out of the claim order.
-const LIMIT_PUSHBACK_MS: u64 = 250;
+/// How long a domain at its concurrency limit stays out of the claim order at most (it comes back sooner
+/// when a slot of it lapses first, and at once when a call frees one, which also wakes a waiting worker):
+/// what bounds how late a claim learns of a raised limit.
+const LIMIT_PUSHBACK_MS: u64 = 1_000;
 /// How many due domains one claim call looks at.
 const CLAIM_SCAN: u32 = 32;
 
@@ -114,6 +116,19 @@ impl ClaimReply {
     }
 }
 
+/// When `claim` took nothing in a shard: the earliest score of its domain index (Unix ms), when it answers
+/// one.
+pub(crate) fn decode_next_due(v: &Value) -> Option<u64> {
+    let text = codec::text(v)?;
+    // Redis writes scores in the shortest form that reads back the same: integers as such.
+    text.parse::<u64>().ok().or_else(|| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f as u64)
+    })
+}
+
 /// Splits `data` at its first newline (the rest is empty when there is none).
 fn split_line(data: Bytes) -> (Bytes, Bytes) {
     match data.iter().position(|c| *c == b'\n') {
@@ -123,15 +138,15 @@ fn split_line(data: Bytes) -> (Bytes, Bytes) {
 }
 
 impl RedisQueue {
-    /// [`crate::Queue::claim_holding`]: tries the shards in turn (held domains' shards first) until one
-    /// has due work.
+    /// [`crate::Queue::claim_next`]: tries the shards in turn (held domains' shards first) until one has
+    /// due work; when none has, the earliest time any shard's domain index names.
     pub(crate) async fn claim_jobs(
         &self,
         owner: &str,
         max_batch: usize,
         lease: Duration,
         holds: &[SlotHold],
-    ) -> Result<Option<Claim>, QueueError> {
+    ) -> Result<ClaimOutcome, QueueError> {
         let shards = self.keys.shards();
         let start = (self.next_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
         let claim_id = ulid::Ulid::generate().to_string();
@@ -143,6 +158,7 @@ impl RedisQueue {
             .filter(|s| holds.iter().any(|h| self.keys.shard_of_domain(&h.domain) == *s))
             .map(|s| (s, 0));
         let visits: Vec<(u16, u32)> = held_first.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
+        let mut next_due_ms: Option<u64> = None;
         for (shard, scan) in visits {
             let now = now_ms();
             let lease_until_ms = now.saturating_add(duration_ms(lease).max(1));
@@ -170,6 +186,10 @@ impl RedisQueue {
                     return Err(e);
                 }
             };
+            if let Some(due) = decode_next_due(&v) {
+                next_due_ms = Some(next_due_ms.map_or(due, |d| d.min(due)));
+                continue;
+            }
             let Some(reply) = ClaimReply::decode(v) else {
                 continue;
             };
@@ -182,9 +202,9 @@ impl RedisQueue {
                 self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
             }
             tracing::debug!(owner, domain = %claim.domain, jobs = claim.jobs.len(), shard, "claimed");
-            return Ok(Some(claim));
+            return Ok(ClaimOutcome::Claimed(claim));
         }
-        Ok(None)
+        Ok(ClaimOutcome::Nothing { next_due_ms })
     }
 
     /// The claim of `reply`, with each job read from its record.
@@ -323,6 +343,16 @@ mod tests {
         let held = ClaimReply::decode(array(vec![bulk("d"), bulk("h:c0"), bulk("M1.0")]));
         assert_eq!(held.and_then(|r| r.took_hold).as_deref(), Some("h:c0"));
         assert_eq!(ClaimReply::decode(Value::Nil), None);
+    }
+
+    #[test]
+    fn a_claim_that_took_nothing_tells_the_next_due_time() {
+        assert_eq!(decode_next_due(&bulk("1795889231049")), Some(1_795_889_231_049));
+        assert_eq!(decode_next_due(&bulk("1.5e3")), Some(1_500));
+        assert_eq!(decode_next_due(&Value::Nil), None);
+        assert_eq!(decode_next_due(&array(vec![bulk("d.test")])), None);
+        let claimed = array(vec![bulk("d.test"), bulk(""), bulk("M1.0")]);
+        assert_eq!(decode_next_due(&claimed), None);
     }
 
     #[test]

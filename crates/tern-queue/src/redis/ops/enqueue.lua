@@ -4,7 +4,9 @@
 -- materialise: creates the jobs of many messages that live in this shard, with their bodies, in one
 -- atomic call.
 -- args[5] "1" to record a 24 h materialised marker per message (intake path: a re-drive is then a no-op),
--- [6] message count, then per message:
+-- [6] the name of the call's repeat set (fast path: `seen:<n>`, see below; "" for none), [7] how long that
+-- set is kept after this call (ms), [8] the default domain concurrency (for wakes), [9] message count, then
+-- per message:
 --   id, body ("" when solo), sender (lower-cased), created ms, tags (JSON), solo ("1": the message has
 --   exactly one job in all, whose data `jd:<job>` then holds the body after the envelope, with no
 --   `msg:`/`body:` keys), job count, then per job:
@@ -15,11 +17,19 @@
 -- already (left alone). Data that no call keeps expires by itself (and is no job for any other function
 -- meanwhile; see `unkept`). A missing record fails the whole call, which then changes nothing (the records
 -- it kept get their TTL back).
+-- Repeats on the fast path: a writer that did not learn the outcome of a write (ingest) sends the same
+-- message (same id) again, possibly after its jobs were delivered and removed. The repeat set `seen:<n>`
+-- holds the ids of the messages materialised on the fast path whose id's time falls in the caller's bucket
+-- <n> (so that a repeat names the same set), and lives for args[7] after the last call that added to it
+-- (the writer's repeat window): a message found in it was made before, and a repeat of it makes nothing.
 -- A message with several jobs in this shard stores its body once in `body:<msg>` and counts its live jobs
 -- in `msg:<msg>` (the last one to go deletes both).
 -- Idempotent: an existing job is left alone. The `queued` events of the call go into one stream entry;
--- schedules, counters and stats are updated once per call. Returns the number of jobs created.
+-- schedules, counters and stats are updated once per call. A domain that became due now (it was not due in
+-- the index before) wakes one waiting worker, if one can claim it (see `claimant` in shared.lua). Returns
+-- the number of jobs created.
 local MESSAGE_FIELDS, JOB_FIELDS = 7, 5
+local FIRST_MESSAGE = 10
 -- The TTL of an unkept record (ms), as the client sets it (UNKEPT_DATA_TTL_MS in enqueue.rs).
 local UNKEPT_TTL_MS = '3600000'
 
@@ -29,6 +39,8 @@ local record_keys, record_new = {}, {}
 -- new jobs count; `schedule_index` maps a schedule to its place. Lists kept between calls, cleared by count.
 local schedules, schedule_jobs, schedule_earliest, schedule_live, schedule_count = {}, {}, {}, {}, 0
 local schedule_index = {}
+-- The call's message ids (for the repeat set) and the schedules that became due now, kept between calls.
+local message_ids, newly_due = {}, {}
 
 -- Gives back their TTL to the first `count` records of the call (kept by PERSIST), so that the call changes
 -- nothing.
@@ -38,25 +50,67 @@ local function unkeep(count)
   end
 end
 
+-- The messages of the call that the repeat set `seen` holds already (nil: none), before anything is
+-- written. One message is added at once (SADD answers whether it was there; a failed call takes it out
+-- again); several are looked up together and added once the call has succeeded (`remember`).
+local function repeats(args, seen, message_count)
+  local at = FIRST_MESSAGE
+  for m = 1, message_count do
+    message_ids[m] = args[at]
+    local job_count = SMALL_NUMBERS[args[at + 6]] or number_of(args[at + 6])
+    at = at + MESSAGE_FIELDS + job_count * JOB_FIELDS
+  end
+  if message_count == 1 then
+    if redis_call('SADD', seen, message_ids[1]) == 0 then return {true} end
+    return nil
+  end
+  local found = nil
+  local first = 1
+  while first <= message_count do
+    local last = first + SLICE - 1
+    if last > message_count then last = message_count end
+    local present = redis_call('SMISMEMBER', seen, table_unpack(message_ids, first, last))
+    for k = 1, #present do
+      if present[k] == 1 then
+        if not found then found = {} end
+        found[first + k - 1] = true
+      end
+    end
+    first = last + 1
+  end
+  return found
+end
+
+-- Records the call's messages in the repeat set, which lives `ttl` (ms) from now.
+local function remember(seen, ttl, message_count)
+  if message_count > 1 then call_in_slices('SADD', seen, message_ids, message_count) end
+  redis_call('PEXPIRE', seen, ttl)
+end
+
 local function materialise(args)
   local mark = args[5] == '1'
-  local message_count = SMALL_NUMBERS[args[6]] or number_of(args[6])
+  local seen = nil
+  if args[6] ~= '' then seen = PREFIX .. args[6] end
+  local message_count = SMALL_NUMBERS[args[9]] or number_of(args[9])
   for k = 1, schedule_count do schedule_index[schedules[k]] = nil end
   schedule_count = 0
 
-  -- First, before anything else is written: which messages a re-drive has handled already (`mat:` marker),
-  -- and which records are new jobs (PERSIST answers 1 for a record that had its TTL). A missing record fails
-  -- the call, and the records kept so far get their TTL back: nothing is half made, and no marker is left
-  -- for a message that was not made.
+  -- First, before anything else is written: which messages were made before (a re-drive of an intake
+  -- record the shard handled, `mat:` marker; a repeat on the fast path, in the repeat set), and which
+  -- records are new jobs (PERSIST answers 1 for a record that had its TTL). A missing record fails the
+  -- call, and the records kept so far get their TTL back: nothing is half made, and no marker is left for a
+  -- message that was not made.
   local handled = nil
+  if seen then handled = repeats(args, seen, message_count) end
   local records = 0
-  local at = 7
+  local at = FIRST_MESSAGE
   for m = 1, message_count do
     local message, job_count = args[at], SMALL_NUMBERS[args[at + 6]] or number_of(args[at + 6])
-    local skip = mark and redis_call('EXISTS', PREFIX .. 'mat:' .. message) == 1
-    if skip then
+    local skip = handled and handled[m]
+    if not skip and mark and redis_call('EXISTS', PREFIX .. 'mat:' .. message) == 1 then
       if not handled then handled = {} end
       handled[m] = true
+      skip = true
     end
     at = at + MESSAGE_FIELDS
     for _ = 1, job_count do
@@ -68,17 +122,19 @@ local function materialise(args)
         record_new[records] = new
         if not new and redis_call('EXISTS', record_key) == 0 then
           unkeep(records - 1)
+          if seen and message_count == 1 then redis_call('SREM', seen, message) end
           return redis.error_reply('ERR a job record was not stored before materialise: ' .. record_key)
         end
       end
       at = at + JOB_FIELDS
     end
   end
+  if seen then remember(seen, args[7], message_count) end
 
   local made_all, recipients, messages = 0, 0, 0
   local listing = {}
   local next_record = 0
-  at = 7
+  at = FIRST_MESSAGE
   for m = 1, message_count do
     local message, body, sender, created, tags, solo = args[at], args[at + 1], args[at + 2], args[at + 3],
                                                        args[at + 4], args[at + 5]
@@ -139,10 +195,19 @@ local function materialise(args)
   end
   if made_all > 0 then
     local live_key = PREFIX .. 'dlive'
+    local due_count = 0
     for index = 1, schedule_count do
       local schedule = schedules[index]
+      local earliest = schedule_earliest[index]
       call_in_slices('ZADD', PREFIX .. 'due:' .. schedule, schedule_jobs[index])
-      index_add(schedule, schedule_earliest[index])
+      -- Into the domain index (ZADD LT only moves a domain earlier). CH answers 1 when the domain was not
+      -- there or comes earlier now: when that is now, it became due with this call, and no worker knows.
+      if not suspended(schedule)
+         and redis_call('ZADD', PREFIX .. 'domains', 'LT', 'CH', earliest, schedule) == 1
+         and not below(NOW_TEXT, earliest) then
+        due_count = due_count + 1
+        newly_due[due_count] = schedule
+      end
       local live = schedule_live[index]
       redis_call('HINCRBY', live_key, schedule, SMALL_DECIMALS[live] or decimal(live))
     end
@@ -151,6 +216,23 @@ local function materialise(args)
     stat('enqueued', recipients)
     stat('messages', messages)
     events_flush()
+    -- One waiting worker per domain that became due: any one when the domain has a free slot (as many as
+    -- the wake list has room for), the holder when an idle connection holds one; none when every slot is
+    -- busy (the call that frees one wakes a worker).
+    if due_count > 0 then
+      local room = wake_room()
+      local wakes = 0
+      for k = 1, due_count do
+        if wakes >= room then break end
+        local who = claimant(newly_due[k], args[8])
+        if who == true then
+          wakes = wakes + 1
+        elseif who then
+          wake_waiter(who)
+        end
+      end
+      wake(wakes, room)
+    end
   end
   return made_all
 end

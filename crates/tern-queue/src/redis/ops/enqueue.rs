@@ -37,6 +37,15 @@ const MATERIALISE_MAX_MESSAGES: usize = 64;
 const MATERIALISE_MAX_BYTES: usize = 4 << 20;
 /// How long job data stored before its `materialise` call lives if no call keeps it (ms).
 const UNKEPT_DATA_TTL_MS: u64 = 3_600_000;
+/// The span of message-id time (ms) whose fast-path messages share one repeat set `seen:<bucket>`: a repeat
+/// of a message (same id) names the same set, whenever it comes. Small, so that no set holds many ids when
+/// it expires (Redis frees an expired key at once).
+const REPEAT_BUCKET_MS: u64 = 10_000;
+
+/// The repeat bucket of a message id: the id's time (a ULID's milliseconds) in [`REPEAT_BUCKET_MS`] steps.
+pub(crate) fn repeat_bucket(id: MessageId) -> u64 {
+    id.timestamp_ms() / REPEAT_BUCKET_MS
+}
 
 /// A message ready to store.
 pub(crate) struct Prepared {
@@ -80,13 +89,33 @@ pub(crate) struct MaterialiseCall {
     args: Vec<Arg>,
 }
 
+/// What a `materialise` call remembers of its messages, so that a repeat of it makes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Remember {
+    /// The intake path: a `mat:` marker per message, kept 24 h (a re-drive of the intake record).
+    Intake,
+    /// The fast path: each message's id in the repeat set of its id's time bucket (`seen:<bucket>`), kept
+    /// `ttl_ms` after the call; 0: nothing is remembered.
+    Repeats { ttl_ms: u64 },
+}
+
+/// The index of the message count among a call's arguments.
+const MESSAGE_COUNT_ARG: usize = 4;
+
 impl MaterialiseCall {
-    /// An empty call; `mark`: record a materialised marker per message (the intake path).
-    pub(crate) fn new(mark: bool) -> MaterialiseCall {
+    /// An empty call remembering its messages as `remember` says, in the repeat set of `bucket` on the fast
+    /// path; `default_limit`: the default domain concurrency (a domain that becomes due with a free slot
+    /// wakes a waiting worker).
+    pub(crate) fn new(remember: Remember, bucket: u64, default_limit: u32) -> MaterialiseCall {
+        let (mark, seen, ttl) = match remember {
+            Remember::Intake => ("1", String::new(), 0),
+            Remember::Repeats { ttl_ms: 0 } => ("0", String::new(), 0),
+            Remember::Repeats { ttl_ms } => ("0", format!("seen:{bucket}"), ttl_ms),
+        };
         MaterialiseCall {
             members: Vec::new(),
             records: Vec::new(),
-            args: vec![arg(if mark { "1" } else { "0" }), arg(0)],
+            args: vec![arg(mark), arg(seen), arg(ttl), arg(default_limit), arg(0)],
         }
     }
 
@@ -122,7 +151,7 @@ impl MaterialiseCall {
             ]);
             self.records.push((j.id, record));
         }
-        self.args[1] = arg(self.members.len());
+        self.args[MESSAGE_COUNT_ARG] = arg(self.members.len());
     }
 
     /// The call's arguments.
@@ -132,21 +161,32 @@ impl MaterialiseCall {
     }
 
     /// The `materialise` calls that store `messages` (each with its jobs of one shard): as few calls as the
-    /// per-call limits allow.
-    pub(crate) fn split(messages: &[(&Prepared, Vec<&JobSpec>)], mark: bool) -> Vec<MaterialiseCall> {
+    /// per-call limits allow, and on the fast path one per repeat bucket of the messages' ids.
+    pub(crate) fn split(
+        messages: &[(&Prepared, Vec<&JobSpec>)],
+        remember: Remember,
+        default_limit: u32,
+    ) -> Vec<MaterialiseCall> {
+        let bucket = |p: &Prepared| match remember {
+            Remember::Repeats { ttl_ms } if ttl_ms > 0 => repeat_bucket(p.payload.id),
+            _ => 0,
+        };
         let mut calls = Vec::new();
         let mut start = 0;
         while start < messages.len() {
             let mut end = start;
             let mut bytes = 0;
+            let first_bucket = bucket(messages[start].0);
             while end < messages.len()
                 && end - start < MATERIALISE_MAX_MESSAGES
-                && (end == start || bytes + messages[end].0.body.len() <= MATERIALISE_MAX_BYTES)
+                && (end == start
+                    || (bytes + messages[end].0.body.len() <= MATERIALISE_MAX_BYTES
+                        && bucket(messages[end].0) == first_bucket))
             {
                 bytes += messages[end].0.body.len();
                 end += 1;
             }
-            let mut call = MaterialiseCall::new(mark);
+            let mut call = MaterialiseCall::new(remember, first_bucket, default_limit);
             for (member, (p, jobs)) in messages.iter().enumerate().take(end).skip(start) {
                 call.push_message(member, p, jobs);
             }
@@ -319,7 +359,13 @@ impl RedisQueue {
                 .filter_map(|&i| prepared[i].as_ref())
                 .map(|p| (p, p.specs.iter().collect()))
                 .collect();
-            let calls = MaterialiseCall::split(&msgs, false);
+            let calls = MaterialiseCall::split(
+                &msgs,
+                Remember::Repeats {
+                    ttl_ms: self.repeat_ttl_ms(),
+                },
+                self.opts.default_domain_concurrency,
+            );
             async move {
                 let res = self.materialise(shard, now, calls, true).await;
                 // One result per call, for every message of the call (a call is all or nothing).
@@ -399,7 +445,7 @@ impl RedisQueue {
             }
         }
         let results = join_all(per_shard.into_iter().map(|(shard, msgs)| async move {
-            let calls = MaterialiseCall::split(&msgs, true);
+            let calls = MaterialiseCall::split(&msgs, Remember::Intake, self.opts.default_domain_concurrency);
             self.materialise(shard, now, calls, false).await
         }))
         .await;
@@ -453,13 +499,18 @@ mod tests {
     fn a_solo_message_goes_with_its_body_in_the_record_and_none_in_the_arguments() {
         let p = prepared(&["x@b.test"], "Subject: hi\r\n\r\nhi\r\n");
         let jobs: Vec<&JobSpec> = p.specs.iter().collect();
-        let mut call = MaterialiseCall::new(false);
+        let remember = Remember::Repeats { ttl_ms: 67_000 };
+        let mut call = MaterialiseCall::new(remember, repeat_bucket(p.payload.id), 10);
         call.push_message(3, &p, &jobs);
         let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
         assert_eq!(
             texts(call.args()),
             [
                 "0",
+                // The repeat set of the id's 10 s bucket, kept the repeat window and a call's time.
+                "seen:146992285",
+                "67000",
+                "10",
                 "1",
                 id,
                 "",
@@ -489,14 +540,14 @@ mod tests {
     fn a_message_with_several_jobs_sends_its_body_once() {
         let p = prepared(&["x@b.test", "y@c.test"], "body");
         let jobs: Vec<&JobSpec> = p.specs.iter().collect();
-        let mut call = MaterialiseCall::new(true);
+        let mut call = MaterialiseCall::new(Remember::Intake, 0, 10);
         call.push_message(0, &p, &jobs);
         let args = texts(call.args());
-        assert_eq!(args[..2], ["1", "1"]);
-        assert_eq!(args[3], "body");
-        assert_eq!(args[7], "0", "not solo");
-        assert_eq!(args[8], "2", "two jobs");
-        assert_eq!(args.len(), 2 + 7 + 2 * 5);
+        assert_eq!(args[..5], ["1", "", "0", "10", "1"]);
+        assert_eq!(args[6], "body");
+        assert_eq!(args[10], "0", "not solo");
+        assert_eq!(args[11], "2", "two jobs");
+        assert_eq!(args.len(), 5 + 7 + 2 * 5);
         assert!(call.records.iter().all(|(_, r)| !r.ends_with(b"body")));
     }
 
@@ -506,7 +557,8 @@ mod tests {
         let many: Vec<(&Prepared, Vec<&JobSpec>)> = (0..MATERIALISE_MAX_MESSAGES + 1)
             .map(|_| (&small, small.specs.iter().collect()))
             .collect();
-        let calls = MaterialiseCall::split(&many, false);
+        let fast = Remember::Repeats { ttl_ms: 1 };
+        let calls = MaterialiseCall::split(&many, fast, 10);
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1].members, [MATERIALISE_MAX_MESSAGES]);
         let big = prepared(&["x@b.test"], &"x".repeat(MATERIALISE_MAX_BYTES));
@@ -514,11 +566,43 @@ mod tests {
             (&big, big.specs.iter().collect()),
             (&small, small.specs.iter().collect()),
         ];
-        let calls = MaterialiseCall::split(&two, false);
+        let calls = MaterialiseCall::split(&two, fast, 10);
         assert_eq!(
             calls.iter().map(|c| c.members.clone()).collect::<Vec<_>>(),
             [vec![0], vec![1]]
         );
+    }
+
+    #[test]
+    fn fast_path_calls_hold_messages_of_one_repeat_bucket() {
+        let first = prepared(&["x@b.test"], "b");
+        let mut same = prepared(&["y@b.test"], "b");
+        // 2 ms later: the same 10 s bucket.
+        same.payload.id = "01ARZ3NDEMTSV4RRFFQ69G5FAV".parse().expect("id");
+        let mut later = prepared(&["z@b.test"], "b");
+        // 32.768 s later.
+        later.payload.id = "01ARZ3PDEKTSV4RRFFQ69G5FAV".parse().expect("id");
+        let messages: Vec<(&Prepared, Vec<&JobSpec>)> = [&first, &same, &later]
+            .into_iter()
+            .map(|p| (p, p.specs.iter().collect()))
+            .collect();
+        let calls = MaterialiseCall::split(&messages, Remember::Repeats { ttl_ms: 5 }, 10);
+        assert_eq!(
+            calls.iter().map(|c| c.members.clone()).collect::<Vec<_>>(),
+            [vec![0, 1], vec![2]]
+        );
+        let sets: Vec<String> = calls.iter().map(|c| texts(c.args())[1].clone()).collect();
+        assert_eq!(
+            sets,
+            [
+                format!("seen:{}", repeat_bucket(first.payload.id)),
+                format!("seen:{}", repeat_bucket(later.payload.id))
+            ]
+        );
+        // Nothing remembered: one call, no set.
+        let calls = MaterialiseCall::split(&messages, Remember::Repeats { ttl_ms: 0 }, 10);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(texts(calls[0].args())[..3], ["0", "", "0"]);
     }
 
     #[test]

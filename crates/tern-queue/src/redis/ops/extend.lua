@@ -1,27 +1,31 @@
 -- extend: pushes the lease of a job the caller owns out to args[8] (a heartbeat: now + the lease, in ms);
--- the claim's slot follows. args[5] job id, [6] owner, [7] token (the claim id), [9] the job's domain.
+-- the claim's slot follows. args[5] job id, [6] owner, [7] token (the claim id).
 -- Returns {"ok", deadline} | {"notowner"} | {"gone"}.
 -- A lease that has run out is not extended, even before the reaper has returned the job: its claim's slot
 -- may already have been given to another claim (claim.lua drops lapsed slots), and bringing it back would
 -- let the domain run over its limit. The owner may still complete the job until the reaper takes it.
 -- A job in the string form stays in it: its lease is its score in `inflight`, and its owner and schedule
--- are its claim's (`cinfo`: the owner and the job's domain).
+-- are its claim's (`cinfo`: the owner, a tab, and the schedule as the claim recorded it). The schedule is
+-- read from there, never rebuilt from the caller's domain: a domain's spelling (an address literal's
+-- `IPv6:`) must not decide whether a heartbeat counts.
 
 local GONE = {'gone'}
 local NOT_OWNER = {'notowner'}
 
 register('extend', function(args)
-  local id, caller, claim, deadline, domain = args[5], args[6], args[7], args[8], args[9]
+  local id, caller, claim, deadline = args[5], args[6], args[7], args[8]
   local inflight_key = PREFIX .. 'inflight'
   -- The form and the claim token.
   local head = redis_call('GETRANGE', PREFIX .. 'jd:' .. id, '0', '26')
   local schedule
   if head == 'i' .. claim then
     -- The string form, in flight for this claim.
-    if redis_call('HGET', PREFIX .. 'cinfo', claim) ~= caller .. '\t' .. domain then return NOT_OWNER end
+    -- The claim's record: its owner (which may hold a tab) up to the last tab, then its schedule.
+    local owner, claimed = string_match(redis_call('HGET', PREFIX .. 'cinfo', claim) or '', '^(.*)\t([^\t]*)$')
+    if owner ~= caller then return NOT_OWNER end
     -- Its lease ran out.
     if not below(NOW_TEXT, redis_call('ZSCORE', inflight_key, id) or '0') then return NOT_OWNER end
-    schedule = domain
+    schedule = claimed
   else
     local form = string_sub(head, 1, 1)
     if form == '' then return GONE end

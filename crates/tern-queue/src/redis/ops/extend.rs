@@ -20,8 +20,6 @@ pub(crate) struct ExtendArgs<'a> {
     pub owner: &'a str,
     /// The claim id.
     pub token: &'a str,
-    /// The job's domain (its claim's schedule).
-    pub domain: &'a str,
     pub lease_ms: u64,
 }
 
@@ -33,7 +31,6 @@ impl ExtendArgs<'_> {
             arg(self.token),
             // The new deadline.
             arg(self.now.saturating_add(self.lease_ms.max(1))),
-            arg(self.domain.to_ascii_lowercase()),
         ]
     }
 }
@@ -74,7 +71,6 @@ impl RedisQueue {
             job: job.job,
             owner,
             token: &job.token,
-            domain: &job.domain,
             lease_ms: duration_ms(lease),
         };
         let v = self.call(Function::Extend, shard, now, args.into_args()).await?;
@@ -93,14 +89,13 @@ mod tests {
     use tern_core::MessageId;
 
     #[test]
-    fn extend_sends_job_owner_token_the_new_deadline_and_the_domain() {
+    fn extend_sends_job_owner_token_and_the_new_deadline() {
         let job = JobId::new(MessageId::new(), 2);
         let args = ExtendArgs {
             now: 1_000,
             job,
             owner: "w1",
             token: "01ARZ3NDEKTSV4RRFFQ69G5FAV",
-            domain: "D.test",
             lease_ms: 0,
         };
         assert_eq!(
@@ -110,7 +105,6 @@ mod tests {
                 "w1",
                 "01ARZ3NDEKTSV4RRFFQ69G5FAV",
                 "1001",
-                "d.test"
             ]
         );
     }

@@ -20,6 +20,8 @@ pub(crate) struct HoldArgs<'a> {
     pub claim_id: &'a str,
     pub hold_ms: u64,
     pub default_limit: u32,
+    /// The caller's waiter id: an enqueue that finds the domain's slots taken wakes the holder through it.
+    pub waiter: &'a str,
 }
 
 impl HoldArgs<'_> {
@@ -30,6 +32,7 @@ impl HoldArgs<'_> {
             // The hold's deadline.
             arg(self.now.saturating_add(self.hold_ms.max(1))),
             arg(self.default_limit),
+            arg(self.waiter),
         ]
     }
 }
@@ -63,6 +66,7 @@ impl RedisQueue {
             claim_id,
             hold_ms: duration_ms(hold),
             default_limit: self.opts.default_domain_concurrency,
+            waiter: self.wakes.waiter(),
         };
         let v = self.call(Function::Hold, shard, now, args.into_args()).await?;
         Ok(decode_hold(&v).map(|(id, until_ms)| SlotHold {
@@ -94,8 +98,9 @@ mod tests {
             claim_id: "c1",
             hold_ms: 0,
             default_limit: 10,
+            waiter: "W1",
         };
-        assert_eq!(texts(&args.into_args()), ["d.test", "c1", "1001", "10"]);
+        assert_eq!(texts(&args.into_args()), ["d.test", "c1", "1001", "10", "W1"]);
         let hold = SlotHold {
             domain: "d.test".into(),
             id: "h:c1".into(),

@@ -29,5 +29,8 @@ register('reap', function(args)
     domain_event('resumed', domain, 'suspension expired')
     ended = ended + 1
   end
+  -- Returned jobs are due now, and a resumed domain may have due jobs: a waiting worker each (as many as the
+  -- wake list takes).
+  if returned + ended > 0 then wake(returned + ended) end
   return {returned, ended}
 end, RUNS_WHEN_FULL)

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use redis::Value;
 
-use super::enqueue::{MaterialiseCall, Prepared};
+use super::enqueue::{MaterialiseCall, Prepared, Remember};
 use super::{Arg, arg, codec, count};
 use crate::QueueError;
 use crate::redis::RedisQueue;
@@ -124,7 +124,11 @@ impl RedisQueue {
         };
         let p = Prepared::from_intake(payload, Bytes::from(body))?;
         for (job_shard, jobs) in self.by_shard(&p.specs) {
-            let calls = MaterialiseCall::split(&[(&p, jobs)], true);
+            let calls = MaterialiseCall::split(
+                &[(&p, jobs)],
+                Remember::Intake,
+                self.opts.default_domain_concurrency,
+            );
             for (_, r) in self.materialise(job_shard, now, calls, false).await {
                 r?;
             }

@@ -14,5 +14,7 @@ register('release', function(args)
   unlease(job_key, id)
   requeue(job_key, id, now())
   job_event('released', job_key, recipients_in(job_key, 'p'))
+  -- The job is due now: one waiting worker is woken for it.
+  wake(1)
   return {'ok'}
 end, RUNS_WHEN_FULL)

@@ -235,10 +235,67 @@ local function earliest_due(schedule)
 end
 
 -- A job of `schedule` became due at `due` (a decimal string): the domain must be found in the domain index
--- by then (ZADD LT only moves it earlier).
+-- by then (ZADD LT only moves it earlier). Returns false for a suspended domain (left out of the index).
 local function index_add(schedule, due)
-  if suspended(schedule) then return end
+  if suspended(schedule) then return false end
   redis_call('ZADD', PREFIX .. 'domains', 'LT', due, schedule)
+  return true
+end
+
+-- Wakes. Idle workers block on the shard's wake list `wake` (BLPOP, see `redis/wake.rs`), and each token in
+-- it wakes one of them. A function that makes work claimable (jobs due now, or a slot freed in a domain
+-- with due jobs) pushes tokens, but only while the list holds fewer than WAKE_CAP: a shard where no one
+-- waits keeps at most WAKE_CAP tokens, and a worker woken by an old one claims, finds nothing, and waits
+-- again. A signal costs an LLEN, and an RPUSH when there is room.
+local WAKE_CAP = 8
+local WAKE_TOKENS = {'1', '1', '1', '1', '1', '1', '1', '1'}
+
+-- How many tokens the wake list has room for.
+local function wake_room()
+  return WAKE_CAP - redis_call('LLEN', PREFIX .. 'wake')
+end
+
+-- Pushes `count` tokens (at most `room`, from wake_room(); nil: asks).
+local function wake(count, room)
+  if not room then room = wake_room() end
+  if count > room then count = room end
+  if count > 0 then redis_call('RPUSH', PREFIX .. 'wake', table_unpack(WAKE_TOKENS, 1, count)) end
+end
+
+-- Who can claim `schedule` now (`default_limit`: the limit of a domain without its own, a decimal string):
+-- true, any worker (a slot is free); the waiter id of a worker whose idle connection holds one of its
+-- slots (a live hold `h:<claim>/<waiter>`, hold.lua: only that worker can use it); or nil (every slot is
+-- busy, and the call that frees one wakes a worker). Lapsed slots count as taken: a claim drops them.
+local function claimant(schedule, default_limit)
+  if schedule == BOUNCE_SCHEDULE then return true end
+  local limit = redis_call('HGET', PREFIX .. 'conc', schedule) or default_limit
+  local slots_key = PREFIX .. 'slots:' .. schedule
+  if redis_call('ZCARD', slots_key) < (SMALL_NUMBERS[limit] or number_of(limit)) then return true end
+  -- Holds end sooner than claims (an idle time against a lease), so they come first.
+  local live = redis_call('ZRANGEBYSCORE', slots_key, '(' .. NOW_TEXT, '+inf', 'LIMIT', '0', '8')
+  for i = 1, #live do
+    local waiter = string_match(live[i], '^h:[^/]*/(.+)$')
+    if waiter then return waiter end
+  end
+  return nil
+end
+
+-- Wakes one worker, `waiter`, through its own wake list `wake:<waiter>` (capped as the shared one; a
+-- worker that is gone leaves its list behind for ten minutes).
+local function wake_waiter(waiter)
+  local key = PREFIX .. 'wake:' .. waiter
+  if redis_call('LLEN', key) < WAKE_CAP then
+    redis_call('RPUSH', key, '1')
+    redis_call('PEXPIRE', key, '600000')
+  end
+end
+
+-- A slot of `schedule` may be free now: back into the index at its earliest due job (it may have been
+-- pushed back at its limit) and, when the slot was freed indeed (`freed`) and that job is due, one waiting
+-- worker woken (a claim that skipped the domain at its limit is waiting for this).
+local function slot_freed(schedule, freed)
+  local first = earliest_due(schedule)
+  if first and index_add(schedule, first) and freed and not below(NOW_TEXT, first) then wake(1) end
 end
 
 -- Recomputes a schedule's place in the domain index from its earliest due job, never below `floor` (a
@@ -266,10 +323,8 @@ local function claim_done(claim, schedule, count)
     redis_call('HDEL', PREFIX .. 'claims', claim)
     redis_call('HDEL', PREFIX .. 'cinfo', claim)
     if schedule and schedule ~= '' then
-      redis_call('ZREM', PREFIX .. 'slots:' .. schedule, claim)
-      -- The domain may have been pushed back for being at its limit: a slot is free now.
-      local first = earliest_due(schedule)
-      if first then index_add(schedule, first) end
+      -- The slot is freed, unless a hold took it over (hold.lua) or it lapsed and went.
+      slot_freed(schedule, redis_call('ZREM', PREFIX .. 'slots:' .. schedule, claim) == 1)
     end
   end
 end
