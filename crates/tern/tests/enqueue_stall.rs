@@ -125,6 +125,10 @@ fn a_redis_stall_under_load_delivers_each_acknowledged_message_once_and_nothing_
 [queue]
 url = "{redis}"
 key_prefix = "stall"
+# A claim sent just before the stall is applied when Redis resumes, but its reply is lost: the worker never
+# learns of those jobs, and they come back when their lease runs out (at-least-once). A short lease brings
+# them back within the test's wait; the default, 5 minutes, would not.
+lease = "15s"
 [ingest]
 smtp_listen = ["127.0.0.1:{smtp_port}"]
 grpc_listen = "127.0.0.1:{grpc_port}"
