@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tern_config::Config;
 use tern_core::Shutdown;
-use tern_queue::Queue;
+use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
 use tern_server::grpc::HealthHandle;
 use tern_telemetry::Readiness;
 use tern_telemetry::http::HttpServer;
@@ -15,6 +15,9 @@ use tokio::task::JoinHandle;
 
 /// The domain whose depth the store probe reads: a name no real domain has (`.invalid`, RFC 2606).
 const PROBE_DOMAIN: &str = "tern-readiness-probe.invalid";
+
+/// Connections of the telemetry's own queue handle (the probe and the sampler).
+const TELEMETRY_CONNECTIONS: usize = 2;
 
 /// The telemetry tasks of a running process; [`Running::stop`] ends them once the roles have stopped.
 pub struct Running {
@@ -70,26 +73,38 @@ impl Running {
         &self.readiness
     }
 
-    /// Starts what needs the queue: the store probe and the queue gauges' sampler (which reads through
-    /// `traced`, so that its failures count as store errors). The probe asks `store` (the queue without
-    /// the tracing wrapper, so that a second's probe during an outage is not one more store error) for one
-    /// domain's depth every second: one light read on one shard, answered only by a Redis that works and
-    /// holds tern's functions (a call that finds them missing loads them again).
-    pub fn watch_queue(&mut self, store: Arc<dyn Queue>, traced: Arc<dyn Queue>) {
-        let probe = tern_telemetry::readiness::spawn_store_probe(
-            self.readiness.clone(),
-            move || {
-                let store = Arc::clone(&store);
-                async move { store.domain_depth(PROBE_DOMAIN).await.map(drop) }
-            },
-            self.stop.clone(),
-        );
+    /// Starts what reads the queue for telemetry: the store probe (one domain's depth every second: one
+    /// light read on one shard, answered only by a Redis that works and holds tern's functions) and the
+    /// queue gauges' sampler. Both use a queue handle of their own, with its own connections, so that they
+    /// never take a connection the roles are waiting for, above all while Redis stalls. The sampler's
+    /// failures count as store errors; the probe's do not (one a second during an outage would say nothing
+    /// more).
+    pub fn watch_queue(&mut self, config: &Config) -> anyhow::Result<()> {
+        let options = RedisQueueOptions {
+            pool_size: TELEMETRY_CONNECTIONS,
+            ..crate::queue::redis_options(config)
+        };
+        let own: Arc<dyn Queue> =
+            Arc::new(RedisQueue::new(options).map_err(|e| anyhow::anyhow!("queue for telemetry: {e}"))?);
+        let probe = {
+            let own = Arc::clone(&own);
+            tern_telemetry::readiness::spawn_store_probe(
+                self.readiness.clone(),
+                move || {
+                    let own = Arc::clone(&own);
+                    async move { own.domain_depth(PROBE_DOMAIN).await.map(drop) }
+                },
+                self.stop.clone(),
+            )
+        };
+        let traced: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(own));
         let sampler = tern_telemetry::gauges::spawn_sampler(
             traced,
             tern_telemetry::gauges::SAMPLE_EVERY,
             self.stop.clone(),
         );
         self.tasks.extend([probe, sampler]);
+        Ok(())
     }
 
     /// Stops the probe, the sampler and the listener (after the roles, so that `/readyz` says `draining`

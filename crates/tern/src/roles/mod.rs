@@ -88,17 +88,10 @@ async fn run_roles(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = crate::signals::shutdown_on_signals()?;
     let mut running = crate::telemetry::start(config, telemetry, roles.len(), &shutdown).await?;
-    let store = crate::queue::open(config).await?;
-    let queue: Arc<dyn Queue> = if std::env::var_os("XEXP_NO_WRAP").is_some() {
-        Arc::clone(&store)
-    } else {
-        Arc::new(tern_telemetry::TracedQueue::new(Arc::clone(&store)))
-    };
-    if std::env::var_os("XEXP_NO_WATCH").is_some() {
-        running.readiness().set_store_reachable(true);
-    } else {
-        running.watch_queue(store, Arc::clone(&queue));
-    }
+    let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(
+        crate::queue::open(config).await?,
+    ));
+    running.watch_queue(config)?;
     // Its own signal: the reaper keeps returning expired leases until every role has stopped.
     let reaper_stop = Shutdown::new();
     let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_stop.clone());
