@@ -96,7 +96,8 @@ fn main() {
         &config,
         format!(
             "[queue]\nurl = \"{url}\"\n[delivery]\ndns_servers = [\"{}\"]\nsmtp_port = {mx_port}\n\
-             helo_name = \"bench.test\"\npoll_interval = \"50ms\"\n[telemetry]\nlog_level = \"warn\"\n",
+             helo_name = \"bench.test\"\npoll_interval = \"50ms\"\n[telemetry]\nlog_level = \"warn\"\n\
+             metrics_listen = \"127.0.0.1:0\"\n",
             dns.addr()
         ),
     )
