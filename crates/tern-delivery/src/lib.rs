@@ -5,13 +5,15 @@
 //! batches, and completes each job with its per-recipient outcome ([`outcome`]). Failures and expiries
 //! produce delivery status notifications ([`dsn`]), queued like any other message before the job is
 //! completed. The SMTP client ([`smtp::SmtpClient`]) stands on its own: it knows the protocol, and the
-//! worker keeps everything else (connection slots, reuse, holds, MX failover).
+//! worker keeps everything else (connection slots, reuse, holds, MX failover). With `sandbox_dir` set,
+//! `sandbox` stands in for routing and SMTP: each message is written to a file and recorded as delivered.
 #![forbid(unsafe_code)]
 
 pub mod dsn;
 pub mod error;
 pub mod outcome;
 pub mod route;
+mod sandbox;
 pub mod smtp;
 mod telemetry;
 pub mod worker;

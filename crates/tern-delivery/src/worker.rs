@@ -16,6 +16,9 @@
 //! | `tls_policy.rs` | what a connection asks of TLS, and the hosts reached in plaintext after STARTTLS failed |
 //! | `pool.rs` | the worker's connection slots, the idle pool, its holds and its reaper |
 //! | `finish.rs` | an attempt's end: outcome, DSNs, completing (or releasing) the job, admin bounces |
+//!
+//! With `delivery.sandbox_dir` set, `domain.rs` hands each job to `crate::sandbox` instead of routing and
+//! connecting, and records its replies through the same `finish`.
 
 mod connect;
 mod domain;
@@ -38,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::DeliveryError;
 use crate::route::Router;
+use crate::sandbox::Sandbox;
 use crate::smtp::{Timeouts, TlsClients};
 use connect::SessionSettings;
 use domain::DomainDelivery;
@@ -72,6 +76,8 @@ struct Inner {
     queue: Arc<dyn Queue>,
     owner: String,
     router: Router,
+    /// Where messages are written instead of sent (`delivery.sandbox_dir`).
+    sandbox: Option<Sandbox>,
     settings: SessionSettings,
     retry: RetrySchedule,
     cfg: DeliveryConfig,
@@ -163,6 +169,7 @@ impl Worker {
                 queue,
                 owner: owner.into(),
                 router,
+                sandbox: cfg.sandbox_dir.as_deref().map(Sandbox::open),
                 settings,
                 retry,
                 cfg: cfg.clone(),

@@ -134,6 +134,12 @@ pub struct DeliveryConfig {
     pub shutdown_grace: HumanDuration,
     /// How long an idle worker waits before asking the queue for work again.
     pub poll_interval: HumanDuration,
+    /// Sandbox delivery, for development and tests: when set, no MX is looked up and no connection made;
+    /// every message is written to `<dir>/<message id>.eml` (a message's further jobs, one per further
+    /// recipient domain, to `<dir>/<message id>.<domain>.eml`) with `Return-Path` and `Delivered-To`
+    /// headers prepended, and recorded as delivered. A write that fails defers the job. Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_dir: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -169,6 +175,7 @@ impl Default for DeliveryConfig {
             delay_notice_after: None,
             shutdown_grace: HumanDuration::from_secs(30),
             poll_interval: HumanDuration::from_secs(1),
+            sandbox_dir: None,
         }
     }
 }
@@ -255,6 +262,13 @@ impl DeliveryConfig {
         if self.max_age.get().is_zero() {
             return err("max_age", "must not be 0".into());
         }
+        if self
+            .sandbox_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return err("sandbox_dir", "must not be empty".into());
+        }
         self.retry()?;
         Ok(())
     }
@@ -302,6 +316,7 @@ mod tests {
         assert_eq!(c.tls_failure_memory, HumanDuration::from_secs(3600));
         assert_eq!(c.retry().unwrap(), RetrySchedule::default());
         assert_eq!(c.delay_notice_after, None);
+        assert_eq!(c.sandbox_dir, None, "sandbox delivery is off by default");
     }
 
     #[test]
@@ -316,6 +331,7 @@ mod tests {
             retry_schedule = ["1s", "2s"]
             max_age = "1h"
             relay_host = "[smart.example]:587"
+            sandbox_dir = "/var/tmp/tern-sandbox"
             [[routes]]
             domain = "b.test"
             host = "[127.0.0.9]:25"
@@ -328,6 +344,10 @@ mod tests {
         assert_eq!(c.tls, TlsMode::Required);
         assert_eq!(c.tls_failure_memory, HumanDuration::from_secs(600));
         assert_eq!(c.routes[0].domain, "b.test");
+        assert_eq!(
+            c.sandbox_dir.as_deref(),
+            Some(std::path::Path::new("/var/tmp/tern-sandbox"))
+        );
         assert!(toml::from_str::<DeliveryConfig>("nope = 1").is_err());
     }
 
@@ -348,6 +368,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().0, "connections_per_domain");
+        let c = DeliveryConfig {
+            sandbox_dir: Some(PathBuf::new()),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "sandbox_dir");
     }
 
     #[test]
@@ -359,6 +384,7 @@ mod tests {
             }],
             dns_servers: vec!["127.0.0.1:53".parse().unwrap()],
             delay_notice_after: Some(HumanDuration::from_secs(3600)),
+            sandbox_dir: Some(PathBuf::from("/tmp/tern sandbox")),
             ..Default::default()
         };
         #[derive(Serialize, Deserialize)]
@@ -373,6 +399,7 @@ mod tests {
         })
         .unwrap();
         assert!(text.contains("retry_schedule = [\"5m\""), "{text}");
+        assert!(!text.contains("sandbox_dir"), "unset is left out: {text}");
         assert_eq!(
             toml::from_str::<Wrap>(&text).unwrap().delivery,
             DeliveryConfig::default()

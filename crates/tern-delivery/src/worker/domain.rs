@@ -6,6 +6,9 @@
 //! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
 //! next host, once per host. A reused connection found stale (its RSET fails) is replaced, once. After the
 //! last job, **keep or close**: the connection goes idle keeping the domain's slot as a hold, or is closed.
+//!
+//! With `delivery.sandbox_dir` set there is no routing and no connection: each job is **written** to a file
+//! (`crate::sandbox`) and **recorded** with the replies that gives, as a transaction's would be.
 
 use tern_core::{Recipient, Shutdown};
 use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, SlotHold};
@@ -16,6 +19,7 @@ use tracing::{Instrument, info, warn};
 use super::Inner;
 use super::pool::Connection;
 use crate::route::Host;
+use crate::sandbox::Sandbox;
 use crate::smtp::{NotStarted, RecipientReply, reply_line};
 
 /// The pool key of every connection when everything goes to the relay.
@@ -60,15 +64,17 @@ impl<'a> DomainDelivery<'a> {
 
     /// Delivers `jobs` in order, starting with the idle connection whose hold the claim took over
     /// (`took_hold`), or any idle one of the destination. On shutdown the jobs not started are released.
+    /// With a sandbox, the jobs are written to files instead ([`Self::deliver_to_sandbox`]).
     pub(super) async fn deliver(mut self, jobs: Vec<ClaimedJob>, took_hold: Option<&str>) {
+        if let Some(sandbox) = &self.inner.sandbox {
+            self.deliver_to_sandbox(sandbox, jobs).await;
+            return;
+        }
         self.connection = self.inner.take_idle(&self.pool_key, took_hold).await;
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             if self.shutdown.is_cancelled() {
-                self.inner.release(&job).await;
-                for rest in jobs.by_ref() {
-                    self.inner.release(&rest).await;
-                }
+                self.release(job, jobs).await;
                 break;
             }
             let last = jobs.as_slice().is_empty();
@@ -80,6 +86,37 @@ impl<'a> DomainDelivery<'a> {
             }
         }
         self.keep_or_close().await;
+    }
+
+    /// Gives `first` and the jobs after it back to the queue, unstarted (shutdown).
+    async fn release(&self, first: ClaimedJob, rest: impl Iterator<Item = ClaimedJob>) {
+        for job in std::iter::once(first).chain(rest) {
+            self.inner.release(&job).await;
+        }
+    }
+
+    /// Sandbox delivery: each job's message is written to a file instead of being routed and sent, and its
+    /// replies (success, or a 451 when the write failed) are recorded as a transaction's would be, with no
+    /// server named. On shutdown the jobs not started are released.
+    async fn deliver_to_sandbox(&self, sandbox: &Sandbox, jobs: Vec<ClaimedJob>) {
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
+            if self.shutdown.is_cancelled() {
+                self.release(job, jobs).await;
+                return;
+            }
+            let span = tern_telemetry::trace::delivery_span(&job.job);
+            async {
+                if job.job.pending().next().is_none() {
+                    self.inner.complete(&job, Outcome::delivered()).await;
+                    return;
+                }
+                let replies = sandbox.deliver(&job).await;
+                self.inner.finish(&job, &replies, None, false).await;
+            }
+            .instrument(span)
+            .await;
+        }
     }
 
     /// One job, to its recorded outcome. `Err` is the reply the whole batch takes: the domain has no
