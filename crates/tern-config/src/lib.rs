@@ -15,7 +15,9 @@ pub mod redact;
 pub mod sections;
 
 pub use error::ConfigError;
-pub use sections::{ControlConfig, DeliveryConfig, IngestConfig, QueueConfig, TelemetryConfig};
+pub use sections::{
+    ControlConfig, DeliveryConfig, IngestConfig, QueueBackend, QueueConfig, TelemetryConfig,
+};
 
 use serde::{Deserialize, Serialize};
 

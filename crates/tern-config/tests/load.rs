@@ -131,7 +131,8 @@ fn file_on_disk_loads() {
 #[test]
 fn queue_defaults_match_the_documentation() {
     let q = Config::default().queue;
-    assert_eq!(q.url, "redis://127.0.0.1:6379");
+    assert_eq!(q.url, "");
+    assert_eq!(q.backend(), tern_config::QueueBackend::Embedded);
     assert!(!q.cluster);
     assert_eq!(q.shards, 16);
     assert_eq!(q.lease.to_string(), "5m");

@@ -2,6 +2,7 @@
 //! one up.
 #![forbid(unsafe_code)]
 
+mod banner;
 mod cli;
 mod commands;
 mod queue;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tern_config::Config;
 use tern_core::Shutdown;
-use tern_queue::{Queue, RedisQueue, RedisQueueOptions};
+use tern_queue::Queue;
 use tern_server::grpc::HealthHandle;
 use tern_telemetry::Readiness;
 use tern_telemetry::http::HttpServer;
@@ -16,12 +16,10 @@ use tokio::task::JoinHandle;
 /// The domain whose depth the store probe reads: a name no real domain has (`.invalid`, RFC 2606).
 const PROBE_DOMAIN: &str = "tern-readiness-probe.invalid";
 
-/// Connections of the telemetry's own queue handle (the probe and the sampler).
-const TELEMETRY_CONNECTIONS: usize = 2;
-
 /// The telemetry tasks of a running process; [`Running::stop`] ends them once the roles have stopped.
 pub struct Running {
     readiness: Readiness,
+    metrics_addr: std::net::SocketAddr,
     stop: Shutdown,
     tasks: Vec<JoinHandle<()>>,
     http: JoinHandle<Result<(), tern_telemetry::TelemetryError>>,
@@ -48,6 +46,7 @@ pub async fn start(
         otlp = telemetry.traces_exported(),
         "metrics and health listening"
     );
+    let metrics_addr = server.local_addr();
     let stop = Shutdown::new();
     let http = tokio::spawn(server.serve(stop.clone()));
     let draining = {
@@ -61,6 +60,7 @@ pub async fn start(
     };
     Ok(Running {
         readiness,
+        metrics_addr,
         stop,
         tasks: vec![draining],
         http,
@@ -68,24 +68,22 @@ pub async fn start(
 }
 
 impl Running {
+    /// Where the metrics and health listener listens (the port chosen, for a configured port 0).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.metrics_addr
+    }
+
     /// The process's readiness, for the roles to report to and follow.
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
     }
 
     /// Starts what reads the queue for telemetry: the store probe (one domain's depth every second: one
-    /// light read on one shard, answered only by a Redis that works and holds tern's functions) and the
-    /// queue gauges' sampler. Both use a queue handle of their own, with its own connections, so that they
-    /// never take a connection the roles are waiting for, above all while Redis stalls. The sampler's
-    /// failures count as store errors; the probe's do not (one a second during an outage would say nothing
-    /// more).
-    pub fn watch_queue(&mut self, config: &Config) -> anyhow::Result<()> {
-        let options = RedisQueueOptions {
-            pool_size: TELEMETRY_CONNECTIONS,
-            ..crate::queue::redis_options(config)
-        };
-        let own: Arc<dyn Queue> =
-            Arc::new(RedisQueue::new(options).map_err(|e| anyhow::anyhow!("queue for telemetry: {e}"))?);
+    /// light read on one shard, answered only by a store that works: for Redis, one that holds tern's
+    /// functions) and the queue gauges' sampler, both through `own`
+    /// ([`crate::queue::OpenedQueue::telemetry`]). The sampler's failures count as store errors; the probe's
+    /// do not (one a second during an outage would say nothing more).
+    pub fn watch_queue(&mut self, own: Arc<dyn Queue>) {
         let probe = {
             let own = Arc::clone(&own);
             tern_telemetry::readiness::spawn_store_probe(
@@ -104,7 +102,6 @@ impl Running {
             self.stop.clone(),
         );
         self.tasks.extend([probe, sampler]);
-        Ok(())
     }
 
     /// Stops the probe, the sampler and the listener (after the roles, so that `/readyz` says `draining`

@@ -143,8 +143,8 @@ fn check_config_refuses_what_startup_refuses_without_binding_or_connecting() {
 
 #[test]
 fn check_config_checks_only_the_roles_named_with_role() {
-    // A worker-only host: it has no ingest users file, which only `tern ingest` reads.
-    let body = "[ingest]\nusers_file = \"/nonexistent/users\"\n";
+    // A worker-only host of a Redis cluster: it has no ingest users file, which only `tern ingest` reads.
+    let body = "[queue]\nurl = \"redis://127.0.0.1:1\"\n[ingest]\nusers_file = \"/nonexistent/users\"\n";
     for args in [
         &["--role", "worker"][..],
         &["--role", "worker,control"],

@@ -33,7 +33,8 @@ pub struct IngestConfig {
     pub hostname: Option<String>,
     /// Offer AUTH on connections without TLS. Off by default: passwords never cross the network in clear.
     pub allow_plaintext_auth: bool,
-    /// Client networks (CIDR) that may submit without authenticating. Empty: every client must authenticate.
+    /// Client networks (CIDR) that may submit without authenticating. Default: loopback only (`127.0.0.0/8`,
+    /// `::1/128`), as Postfix's `mynetworks`; empty: every client must authenticate.
     #[serde(deserialize_with = "networks")]
     pub relay_networks: Vec<IpNet>,
     /// The users file: one `user:<argon2id PHC hash>` per line (made by `tern passwd`), optionally followed by
@@ -78,7 +79,7 @@ impl Default for IngestConfig {
             tls_key: None,
             hostname: None,
             allow_plaintext_auth: false,
-            relay_networks: Vec::new(),
+            relay_networks: loopback_networks(),
             users_file: None,
             auth_max_failures: 5,
             max_message_size: 50 * 1024 * 1024,
@@ -93,6 +94,14 @@ impl Default for IngestConfig {
             api_keys_file: None,
         }
     }
+}
+
+/// The networks of this host's own clients: `127.0.0.0/8` and `::1/128`.
+fn loopback_networks() -> Vec<IpNet> {
+    vec![
+        IpNet::V4(ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(127, 0, 0, 0), 8).unwrap_or_default()),
+        IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128).unwrap_or_default()),
+    ]
 }
 
 impl IngestConfig {
@@ -208,6 +217,8 @@ mod tests {
         assert_eq!(c.max_message_size, 52_428_800);
         assert_eq!(c.smtp_listen[0].to_string(), "127.0.0.1:2587");
         assert!(!c.tls_configured());
+        let loopback: Vec<String> = c.relay_networks.iter().map(ToString::to_string).collect();
+        assert_eq!(loopback, ["127.0.0.0/8", "::1/128"]);
     }
 
     #[test]

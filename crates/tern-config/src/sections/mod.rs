@@ -12,5 +12,5 @@ pub use delivery::{
     DeliveryConfig, IpVersion, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, split_host_port,
 };
 pub use ingest::IngestConfig;
-pub use queue::QueueConfig;
+pub use queue::{QueueBackend, QueueConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};

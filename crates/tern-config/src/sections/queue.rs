@@ -7,7 +7,9 @@ use tern_core::HumanDuration;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// One Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS), or with `cluster = true` a
+    /// Where the queue lives. Empty (the default): the embedded store in `./tern-data`, for one process
+    /// (`tern all`); `embedded:///path/to/dir`: the embedded store in that directory; one Redis URL
+    /// (`redis://[user:password@]host:port/db`, `rediss://` for TLS), or with `cluster = true` a
     /// comma-separated list of cluster seed URLs.
     pub url: String,
     /// Whether `url` names Redis Cluster seeds.
@@ -33,7 +35,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            url: "redis://127.0.0.1:6379".into(),
+            url: String::new(),
             cluster: false,
             shards: 16,
             lease: HumanDuration::from_secs(300),
@@ -48,14 +50,26 @@ impl Default for QueueConfig {
 impl QueueConfig {
     /// Checks ranges serde cannot express; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.url.trim().is_empty() {
-            return Err(("url".into(), "must name a Redis server".into()));
+        if self.backend() == QueueBackend::Embedded {
+            if self.url.trim() == "embedded://" {
+                return Err((
+                    "url".into(),
+                    "an embedded:// URL names a directory: embedded:///path/to/dir".into(),
+                ));
+            }
+            if self.cluster {
+                return Err((
+                    "cluster".into(),
+                    "the embedded store is one process's; a cluster needs a Redis URL".into(),
+                ));
+            }
+            return self.validate_shared();
         }
         for url in self.url.split(',').map(str::trim) {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err((
                     "url".into(),
-                    format!("{url:?} must start with redis:// or rediss://"),
+                    format!("{url:?} must start with redis://, rediss:// or embedded://"),
                 ));
             }
         }
@@ -65,6 +79,22 @@ impl QueueConfig {
                 "a comma list of seeds needs `cluster = true`".into(),
             ));
         }
+        self.validate_shared()
+    }
+
+    /// Which backend `url` selects: the embedded store for no URL or an `embedded://` one, Redis otherwise
+    /// (a URL of neither scheme is refused by [`QueueConfig::validate`]).
+    pub fn backend(&self) -> QueueBackend {
+        let url = self.url.trim();
+        if url.is_empty() || url.starts_with("embedded://") {
+            QueueBackend::Embedded
+        } else {
+            QueueBackend::Redis
+        }
+    }
+
+    /// The checks of the keys every backend reads.
+    fn validate_shared(&self) -> Result<(), (String, String)> {
         if self.shards == 0 || self.shards > 1024 {
             return Err(("shards".into(), format!("{} is outside 1..=1024", self.shards)));
         }
@@ -87,12 +117,44 @@ impl QueueConfig {
     }
 }
 
+/// The queue store a `[queue]` section selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// The embedded store in a local directory: one process runs every role.
+    Embedded,
+    /// Redis or Redis Cluster: any number of processes share it.
+    Redis,
+}
+
 /// The largest `group_commit_max`: beyond it one call would hold Redis (and every caller of it) for long.
 const MAX_GROUP_COMMIT: u32 = 1024;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_url_or_an_embedded_url_selects_the_embedded_store() {
+        let with_url = |url: &str| QueueConfig {
+            url: url.into(),
+            ..QueueConfig::default()
+        };
+        assert_eq!(QueueConfig::default().backend(), QueueBackend::Embedded);
+        assert_eq!(QueueConfig::default().validate(), Ok(()));
+        assert_eq!(
+            with_url("embedded:///var/lib/tern").backend(),
+            QueueBackend::Embedded
+        );
+        assert_eq!(with_url("embedded:///var/lib/tern").validate(), Ok(()));
+        assert_eq!(with_url("redis://h:1").backend(), QueueBackend::Redis);
+        assert!(matches!(with_url("embedded://").validate(), Err((key, _)) if key == "url"));
+        assert!(matches!(with_url("mysql://h").validate(), Err((key, _)) if key == "url"));
+        let clustered = QueueConfig {
+            cluster: true,
+            ..QueueConfig::default()
+        };
+        assert!(matches!(clustered.validate(), Err((key, _)) if key == "cluster"));
+    }
 
     #[test]
     fn group_commit_is_on_by_default_and_its_size_is_bounded() {

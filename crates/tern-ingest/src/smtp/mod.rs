@@ -62,6 +62,15 @@ impl Shared {
         let ip = ip.to_canonical();
         self.relay_networks.iter().any(|n| n.contains(&ip))
     }
+
+    /// `relay_networks` for a log line: the networks, comma-separated, or `none`.
+    pub(crate) fn relay_networks_text(&self) -> String {
+        if self.relay_networks.is_empty() {
+            return "none".into();
+        }
+        let networks: Vec<String> = self.relay_networks.iter().map(ToString::to_string).collect();
+        networks.join(",")
+    }
 }
 
 /// An SMTP submission server, configured but not yet listening. [`SmtpServer::bind`] opens the listeners.

@@ -475,7 +475,12 @@ impl Session {
             return self.reply(bad_sequence("Nested MAIL command"));
         }
         if self.user.is_none() && !self.shared.is_relay_client(self.ip) {
-            info!(sender = %from, "MAIL refused: not authenticated");
+            info!(
+                sender = %from,
+                client = %self.ip,
+                relay_networks = %self.shared.relay_networks_text(),
+                "MAIL refused: not authenticated, and the client is outside ingest.relay_networks"
+            );
             return self.reply(Reply::new(530, "5.7.0", "Authentication required"));
         }
         if params.requiretls {

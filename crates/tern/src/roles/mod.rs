@@ -43,6 +43,7 @@ impl Role {
 /// queue URL, and each role's files and settings. Each failure names its key.
 pub fn check(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()> {
     crate::queue::check(config)?;
+    check_store_fits_roles(config, roles)?;
     for &role in roles {
         let checked = match role {
             Role::Ingest => ingest::check(config),
@@ -50,6 +51,24 @@ pub fn check(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()>
             Role::Control => control::check(config),
         };
         checked.with_context(|| role.name())?;
+    }
+    Ok(())
+}
+
+/// The embedded store belongs to one process, so a process running only ingest or only workers on it would
+/// leave its messages to no one (or have no one to take them in). `tern control` alone is allowed: it
+/// inspects and repairs a stopped node's store.
+fn check_store_fits_roles(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()> {
+    if config.queue.backend() != tern_config::QueueBackend::Embedded {
+        return Ok(());
+    }
+    if let [role @ (Role::Ingest | Role::Worker)] = roles {
+        anyhow::bail!(
+            "tern {} cannot run alone on the embedded queue store ({}): it serves one process; \
+             run `tern all`, or set queue.url to a Redis server to run roles as separate processes",
+            role.name(),
+            crate::queue::describe(config)
+        );
     }
     Ok(())
 }
@@ -62,6 +81,7 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 /// in use, a bad TLS file) stops the others and the process exits 1 with the reason.
 pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
     let config = crate::commands::load_config(path)?;
+    check_store_fits_roles(&config, roles)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,14 +108,21 @@ async fn run_roles(
 ) -> anyhow::Result<ExitCode> {
     let shutdown = crate::signals::shutdown_on_signals()?;
     let mut running = crate::telemetry::start(config, telemetry, roles.len(), &shutdown).await?;
-    let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(
-        crate::queue::open(config).await?,
-    ));
-    running.watch_queue(config)?;
+    let opened = crate::queue::open(config).await?;
+    let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(opened.shared));
+    running.watch_queue(opened.telemetry);
     // Its own signal: the reaper keeps returning expired leases until every role has stopped.
     let reaper_stop = Shutdown::new();
     let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_stop.clone());
 
+    if roles.len() > 1 {
+        crate::banner::spawn(
+            config,
+            running.metrics_addr(),
+            running.readiness(),
+            shutdown.clone(),
+        );
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for &role in roles {
         let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
