@@ -8,6 +8,9 @@
 //! tern_queue::conformance::run_all(Arc::new(|name: String| Box::pin(async move { make_queue(&name).await })))
 //!     .await;
 //! ```
+//!
+//! The MTA-STS policy cache ([`crate::PolicyStore`]), which every store implements beside its queue, has
+//! its own cases in [`sts`].
 // This module is a test suite shipped as library code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -23,6 +26,8 @@ use tern_core::{Envelope, MessageId, Recipient, ReversePath};
 
 use crate::model::*;
 use crate::{Queue, QueueError};
+
+pub mod sts;
 
 /// Makes a fresh, empty queue for the named case.
 pub type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn Queue>> + Send + Sync>;
@@ -91,29 +96,36 @@ pub async fn run_all(factory: Factory) {
 /// Runs the cases whose name `select` accepts.
 pub async fn run_some(factory: Factory, select: impl Fn(&str) -> bool) {
     let selected: Vec<_> = cases().into_iter().filter(|(n, _)| select(n)).collect();
-    let failures: Vec<String> = futures::stream::iter(selected)
-        .map(|(name, case)| {
-            let factory = factory.clone();
-            async move {
-                let q = factory(name.to_string()).await;
-                let started = std::time::Instant::now();
-                let r = AssertUnwindSafe(tokio::time::timeout(Duration::from_secs(30), case(q)))
-                    .catch_unwind()
-                    .await;
-                match r {
-                    Ok(Ok(())) => {
-                        eprintln!("conformance {name}: ok ({:?})", started.elapsed());
-                        None
-                    }
-                    Ok(Err(_)) => Some(format!("{name}: timed out")),
-                    Err(p) => {
-                        let msg = p
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default();
-                        Some(format!("{name}: {msg}"))
-                    }
+    run_cases(move |name| factory(name), selected).await;
+}
+
+/// A named case on a store of type `S`.
+type NamedCase<S> = (&'static str, fn(S) -> BoxFuture<'static, ()>);
+
+/// Runs `cases` (four at a time), each on a fresh store that `make` gives for the case's name, and panics
+/// listing the cases that failed.
+pub(crate) async fn run_cases<S>(make: impl Fn(String) -> BoxFuture<'static, S>, cases: Vec<NamedCase<S>>) {
+    let make = &make;
+    let failures: Vec<String> = futures::stream::iter(cases)
+        .map(|(name, case)| async move {
+            let store = make(name.to_string()).await;
+            let started = std::time::Instant::now();
+            let r = AssertUnwindSafe(tokio::time::timeout(Duration::from_secs(30), case(store)))
+                .catch_unwind()
+                .await;
+            match r {
+                Ok(Ok(())) => {
+                    eprintln!("conformance {name}: ok ({:?})", started.elapsed());
+                    None
+                }
+                Ok(Err(_)) => Some(format!("{name}: timed out")),
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    Some(format!("{name}: {msg}"))
                 }
             }
         })

@@ -21,6 +21,9 @@
 //! The Redis backend ([`RedisQueue`]) works against one Redis server or a Redis Cluster with the same code;
 //! `src/redis/mod.rs` maps its modules and `src/redis/keys.rs` documents its key layout. The conformance suite that every backend must
 //! pass is public behind the `conformance` feature.
+//!
+//! Beside the queue, the store keeps the cluster's MTA-STS policy cache: [`PolicyStore`] (in [`sts`]), which
+//! both backends implement.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -35,6 +38,7 @@ pub mod error;
 pub mod model;
 pub mod reaper;
 pub mod redis;
+pub mod sts;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -45,6 +49,7 @@ pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 pub use error::QueueError;
 pub use model::*;
 pub use redis::{RedisQueue, RedisQueueOptions};
+pub use sts::{LockOutcome, PolicyStore, StsEntry};
 
 /// A durable delivery queue. Every method is safe to call concurrently from many tasks and many nodes, and
 /// safe to repeat after [`QueueError::Unavailable`] (the call may or may not have taken effect).

@@ -1,10 +1,11 @@
-//! The conformance suite against a real 3-master Redis Cluster.
+//! The conformance suites (the queue's, and the MTA-STS policy cache's) against a real 3-master Redis
+//! Cluster.
 
 mod common;
 
 use std::sync::Arc;
 
-use tern_queue::conformance;
+use tern_queue::{PolicyStore, conformance};
 use tern_testkit::redis::RedisCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,5 +17,19 @@ async fn conformance_redis_cluster() {
         Box::pin(async move { common::queue(common::cluster(&urls, &name)).await })
     });
     conformance::run_all(factory).await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_store_conformance_redis_cluster() {
+    let cluster = RedisCluster::start(3).expect("start a 3-master cluster");
+    let urls = cluster.urls_comma();
+    let factory: conformance::sts::Factory = Arc::new(move |name: String| {
+        let urls = urls.clone();
+        Box::pin(
+            async move { common::redis_queue(common::cluster(&urls, &name)).await as Arc<dyn PolicyStore> },
+        )
+    });
+    conformance::sts::run_all(factory).await;
     drop(cluster);
 }

@@ -1,10 +1,10 @@
-//! The conformance suite against one real redis-server.
+//! The conformance suites (the queue's, and the MTA-STS policy cache's) against one real redis-server.
 
 mod common;
 
 use std::sync::Arc;
 
-use tern_queue::conformance;
+use tern_queue::{PolicyStore, conformance};
 use tern_testkit::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,5 +16,19 @@ async fn conformance_single_redis() {
         Box::pin(async move { common::queue(common::single(&url, &name)).await })
     });
     conformance::run_all(factory).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_store_conformance_single_redis() {
+    let server = RedisServer::start().expect("start redis-server");
+    let url = server.url();
+    let factory: conformance::sts::Factory = Arc::new(move |name: String| {
+        let url = url.clone();
+        Box::pin(
+            async move { common::redis_queue(common::single(&url, &name)).await as Arc<dyn PolicyStore> },
+        )
+    });
+    conformance::sts::run_all(factory).await;
     drop(server);
 }

@@ -11,9 +11,10 @@
 //!   in `src/redis/ops/`, edge cases included.
 //! - `store.rs`: the tables on disk, loading at start, one transaction per batch, and the reads that need no
 //!   writer (bodies, events). `lock.rs`: one process per directory.
+//! - `sts.rs`: the MTA-STS policy cache ([`crate::PolicyStore`]), its entries written through the writer.
 //!
 //! What is on disk: every job's record (everything but a claim), bodies, events, idempotency keys,
-//! suspensions, limits and counters. Claims, leases, slots and holds are kept in memory only: they belong
+//! suspensions, limits, counters and the MTA-STS policy cache. Claims, leases, slots and holds are kept in memory only: they belong
 //! to workers of this same process, so they cannot outlive it. After a crash every job is waiting again,
 //! due when it was (a job that was in flight at the crash is due at once), as if the reaper had returned
 //! every lease.
@@ -28,6 +29,7 @@ mod read;
 mod record;
 mod state;
 mod store;
+mod sts;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +112,8 @@ pub struct EmbeddedQueue {
     writer: Writer,
     /// Wakes for idle workers ([`Queue::wait_for_work`]): the writer adds one per signal after its commit.
     wakes: Arc<Semaphore>,
+    /// The MTA-STS refresh locks (memory only: every contender is in this process).
+    sts_locks: sts::StsLocks,
     // Released after the writer (fields drop in order): the store is closed before another process may open
     // it.
     _lock: DirLock,
@@ -154,6 +158,7 @@ impl EmbeddedQueue {
             db,
             writer,
             wakes,
+            sts_locks: sts::StsLocks::default(),
             _lock: lock,
         })
     }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tern_core::{JobId, MessageId};
 
 use super::record::{Flight, LiveJob};
+use super::sts::StsCache;
 use crate::model::{BOUNCE_SCHEDULE, Event, EventKind, JobState, Stats, Suspension};
 
 /// How long per-minute counters are kept (minutes).
@@ -72,6 +73,8 @@ pub(crate) struct Changes {
     pub stats: bool,
     pub minutes: HashSet<u64>,
     pub minutes_dropped: Vec<u64>,
+    /// MTA-STS cache entries to write (or delete when gone), by domain.
+    pub sts: HashSet<String>,
 }
 
 impl Changes {
@@ -87,6 +90,7 @@ impl Changes {
             && !self.stats
             && self.minutes.is_empty()
             && self.minutes_dropped.is_empty()
+            && self.sts.is_empty()
     }
 }
 
@@ -162,6 +166,8 @@ pub(crate) struct State {
     pub repeat_window: u64,
     /// The clock of the operation being applied (Unix ms): whether a schedule is due for a wake.
     pub clock: u64,
+    /// The MTA-STS policy cache (`sts.rs`).
+    pub sts: StsCache,
     /// Wakes for waiting workers given since the last commit (see `Queue::wait_for_work`).
     pub wakes: u32,
     pub changes: Changes,
@@ -205,6 +211,7 @@ impl State {
             recent_ends: BTreeSet::new(),
             repeat_window: 0,
             clock: 0,
+            sts: StsCache::default(),
             wakes: 0,
             changes: Changes::default(),
         }

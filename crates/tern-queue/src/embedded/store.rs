@@ -12,6 +12,7 @@
 //! | `suspensions` | domain → JSON | suspensions in force ([`Suspension`]) |
 //! | `concurrency` | domain → limit | per-domain concurrency overrides |
 //! | `counters` | minute (Unix ms / 60000), or `u64::MAX` for the totals → JSON | counters ([`Stats`]) |
+//! | `sts` | domain → (JSON, keep until ms) | the MTA-STS policy cache: each entry ([`StsEntry`]) and until when it is kept |
 //! | `meta` | name → number | `format`: the layout's version |
 //!
 //! Everything else (schedules, the domain index, leases, slots, counts) is rebuilt from `jobs` at start.
@@ -27,6 +28,7 @@ use super::record::{JobRecord, LiveJob};
 use super::state::{Settings, State};
 use crate::QueueError;
 use crate::model::{Event, Stats, Suspension};
+use crate::sts::StsEntry;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("bodies");
@@ -35,6 +37,7 @@ const IDEMPOTENCY: TableDefinition<&str, (&str, u64)> = TableDefinition::new("id
 const SUSPENSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("suspensions");
 const CONCURRENCY: TableDefinition<&str, u32> = TableDefinition::new("concurrency");
 const COUNTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("counters");
+const STS: TableDefinition<&str, (&[u8], u64)> = TableDefinition::new("sts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The layout's version, in `meta` under `format`.
@@ -74,6 +77,8 @@ pub(crate) fn open(dir: &Path, cache_bytes: usize) -> Result<Database, QueueErro
         txn.open_table(SUSPENSIONS).map_err(store_error)?;
         txn.open_table(CONCURRENCY).map_err(store_error)?;
         txn.open_table(COUNTERS).map_err(store_error)?;
+        // Added after the layout's first version: made here on a store of before, which had no cache.
+        txn.open_table(STS).map_err(store_error)?;
         let mut meta = txn.open_table(META).map_err(store_error)?;
         let format = meta.get("format").map_err(store_error)?.map(|v| v.value());
         match format {
@@ -166,6 +171,20 @@ pub(crate) fn load(db: &Database, settings: Settings) -> Result<State, QueueErro
             state.minutes.insert(key, stats);
         }
     }
+    for entry in txn
+        .open_table(STS)
+        .map_err(store_error)?
+        .iter()
+        .map_err(store_error)?
+    {
+        let (domain, value) = entry.map_err(store_error)?;
+        let domain = domain.value().to_string();
+        let (json, keep_until) = value.value();
+        let mut sts: StsEntry =
+            serde_json::from_slice(json).map_err(|e| corrupt("MTA-STS cache entry", &domain, e))?;
+        sts.domain = domain;
+        state.sts.set(sts, keep_until);
+    }
     let events = txn.open_table(EVENTS).map_err(store_error)?;
     let first = events.first().map_err(store_error)?.map(|(k, _)| k.value());
     let last = events.last().map_err(store_error)?.map(|(k, _)| k.value());
@@ -238,6 +257,17 @@ pub(crate) fn commit(db: &Database, state: &mut State) -> Result<bool, QueueErro
             }
         }
         write_settings(&txn, state, &changes.suspensions, &changes.concurrency)?;
+        if !changes.sts.is_empty() {
+            let mut table = txn.open_table(STS).map_err(store_error)?;
+            for domain in &changes.sts {
+                match state.sts.entries.get(domain) {
+                    Some((entry, keep_until)) => table
+                        .insert(domain.as_str(), (json(entry)?.as_slice(), *keep_until))
+                        .map_err(store_error)?,
+                    None => table.remove(domain.as_str()).map_err(store_error)?,
+                };
+            }
+        }
         if changes.stats || !changes.minutes.is_empty() || !changes.minutes_dropped.is_empty() {
             let mut counters = txn.open_table(COUNTERS).map_err(store_error)?;
             if changes.stats {

@@ -39,6 +39,9 @@
 //! | `wake` | list | wake tokens (`1`), at most 8: each wakes one worker blocked on the list (`BLPOP`, `redis/wake.rs`) |
 //! | `wake:<waiter>` | list | wake tokens for one worker's queue handle (its waiter id, a ULID), at most 8: new work for a domain its idle connection holds. 10 min TTL from the last token |
 //! | `idem:<key>` | string | idempotency key → first message id, 24 h TTL (shard chosen by hashing the key) |
+//! | `sts:<domain>` | hash | the MTA-STS policy cache entry of a policy domain (in the domain's shard; fields below), with a TTL a day past the later of its expiry and its last write (`ops/sts.rs`) |
+//! | `stsidx` | zset | the shard's `sts:` entries for listing: every domain with score 0, walked with `ZRANGEBYLEX`; a member whose entry expired is dropped by the next listing that meets it |
+//! | `stslock:<domain>` | string | the domain's policy refresh lock: its owner's name, with the lock's TTL (`SET NX PX`) |
 //!
 //! # A job's header line (the string form)
 //!
@@ -77,6 +80,11 @@
 //! | `bounce` | `1` after an admin bounce (absent before) |
 //! | `owner`, `tok`, `lease`, `cdom` | while in flight: owner, claim token (the claim id), lease deadline ms, the schedule it was claimed from |
 //! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (a repeated call is recognised by it) |
+//!
+//! # Fields of an MTA-STS cache entry (`sts:<domain>`)
+//!
+//! `p` the policy (opaque text; empty or absent: none), `id` its id, `f` fetched at (ms), `x` expires at (ms),
+//! `e` the last fetch error and `ea` its time (ms), both absent when there is none.
 //!
 //! # Fields of an event (`events` stream entries)
 //!

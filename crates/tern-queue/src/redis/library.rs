@@ -51,6 +51,8 @@ const BODY: &str = concat!(
     include_str!("ops/admin.lua"),
     "end\ndo\n",
     include_str!("ops/read.lua"),
+    "end\ndo\n",
+    include_str!("ops/sts.lua"),
     "end\n",
 );
 
@@ -88,11 +90,17 @@ pub(crate) enum Function {
     Suspend,
     Resume,
     Read,
+    StsPut,
+    StsError,
+    StsEvict,
+    StsList,
+    StsLock,
+    StsUnlock,
 }
 
 impl Function {
     /// Every function of the library.
-    pub(crate) const ALL: [Function; 14] = [
+    pub(crate) const ALL: [Function; 20] = [
         Function::Materialise,
         Function::Intake,
         Function::IntakeDone,
@@ -107,6 +115,12 @@ impl Function {
         Function::Suspend,
         Function::Resume,
         Function::Read,
+        Function::StsPut,
+        Function::StsError,
+        Function::StsEvict,
+        Function::StsList,
+        Function::StsLock,
+        Function::StsUnlock,
     ];
 
     /// The operation's name, as the Lua code registers it.
@@ -126,6 +140,12 @@ impl Function {
             Function::Suspend => "suspend",
             Function::Resume => "resume",
             Function::Read => "read",
+            Function::StsPut => "sts_put",
+            Function::StsError => "sts_error",
+            Function::StsEvict => "sts_evict",
+            Function::StsList => "sts_list",
+            Function::StsLock => "sts_lock",
+            Function::StsUnlock => "sts_unlock",
         }
     }
 

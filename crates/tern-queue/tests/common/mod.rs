@@ -37,3 +37,8 @@ pub fn cluster(urls: &str, name: &str) -> RedisQueueOptions {
 pub async fn queue(opts: RedisQueueOptions) -> Arc<dyn Queue> {
     Arc::new(RedisQueue::connect(opts).await.expect("connect to redis"))
 }
+
+/// A connected queue, as its concrete type (for the traits beside [`Queue`], such as the MTA-STS cache).
+pub async fn redis_queue(opts: RedisQueueOptions) -> Arc<RedisQueue> {
+    Arc::new(RedisQueue::connect(opts).await.expect("connect to redis"))
+}

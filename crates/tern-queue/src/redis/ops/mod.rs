@@ -16,6 +16,7 @@ pub(crate) mod read;
 pub(crate) mod reap;
 pub(crate) mod release;
 pub(crate) mod stats;
+pub(crate) mod sts;
 
 use redis::Value;
 
