@@ -1,4 +1,4 @@
-//! MTA-STS (RFC 8461) for tern: the parts that need no store and no delivery code.
+//! MTA-STS (RFC 8461) for tern: everything but the enforcement in delivery.
 //!
 //! | module | what |
 //! |---|---|
@@ -9,21 +9,27 @@
 //! | [`resolve`] | [`HostResolver`]: how the fetcher finds `mta-sts.<domain>`; [`SystemResolver`], [`StaticResolver`] |
 //! | [`discovery`] | [`discover`]: a TXT lookup result and a fetch combined into a [`Discovery`] |
 //! | [`tlsrpt`] | [`TlsRptResultType`]: RFC 8460 failure result types |
+//! | [`dns`] | [`HickoryDns`]: the TXT lookup ([`TxtResolver`]) and the policy host's addresses, through hickory |
+//! | [`cache`] | [`PolicyCache`]: the cluster-shared cache over the queue's [`tern_queue::PolicyStore`] |
 //!
-//! The flow for one domain, as the cache layer runs it:
+//! The flow for one domain, as [`PolicyCache`] runs it:
 //!
-//! 1. look up TXT [`txt::record_name`]`(domain)` with the worker's resolver, giving a [`TxtLookup`];
-//! 2. [`discover`]`(&fetcher, domain, &lookup, cached_id)`: no valid record, the cached policy is current,
-//!    a policy fetched now, or a failed fetch (with its TLS-RPT result type, [`FetchError::result_type`]);
-//! 3. store the policy with `expires_at = fetched_at +` [`Policy::max_age_duration`] (a [`Policy`] is
-//!    `serde`-serializable and checks its rules again when deserialized);
+//! 1. look up TXT [`txt::record_name`]`(domain)` with the worker's resolver ([`TxtResolver`]), giving a
+//!    [`TxtLookup`];
+//! 2. compare the record's id ([`select_record`]) with the cached policy's, and fetch ([`PolicySource`],
+//!    [`PolicyFetcher`] in production) when it differs or nothing usable is cached. [`discover`] does this
+//!    step alone, for a caller without a cache;
+//! 3. store the policy with `expires_at = fetched_at +` [`Policy::max_age_duration`] in the queue's store,
+//!    as [`Policy::to_text`] (read back with [`Policy::parse`]);
 //! 4. in delivery, with mode `enforce` or `testing`, use only MX hosts for which [`Policy::matches_mx`].
 //!
 //! A failed discovery never removes a cached policy: RFC 8461 keeps applying an unexpired cached policy
 //! when no live one can be discovered.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod discovery;
+pub mod dns;
 pub mod fetch;
 pub mod matching;
 pub mod policy;
@@ -31,7 +37,12 @@ pub mod resolve;
 pub mod tlsrpt;
 pub mod txt;
 
+pub use cache::{
+    ActivePolicy, CacheError, CacheOptions, DEFAULT_MEMORY_TTL, DEFAULT_REFRESH_BEFORE,
+    DEFAULT_RETRY_FAILED_AFTER, LOCK_MARGIN, LookupOutcome, PolicyCache, PolicyLookup,
+};
 pub use discovery::{Discovery, PolicySource, TxtLookup, discover};
+pub use dns::{DnsSetupError, HickoryDns, TxtResolver};
 pub use fetch::{
     DEFAULT_FETCH_TIMEOUT, DEFAULT_HTTPS_PORT, FetchError, FetchOptions, MAX_POLICY_BYTES, POLICY_PATH,
     PolicyFetcher, SetupError, policy_host, policy_url,

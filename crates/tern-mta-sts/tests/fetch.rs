@@ -3,145 +3,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+mod common;
+
+use common::{Answer, DOMAIN, HOST, POLICY, Pki, PolicyServer, pki, response, text_plain};
 use tern_mta_sts::{
     Discovery, FetchError, FetchOptions, MAX_POLICY_BYTES, Mode, PolicyFetcher, StaticResolver,
     TlsRptResultType, TxtLookup, discover,
 };
-use tern_testkit::tls::{ServerCert, TestCa};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tern_testkit::tls::TestCa;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-
-const DOMAIN: &str = "example.test";
-const HOST: &str = "mta-sts.example.test";
-const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmx: *.backup.example.test\r\nmax_age: 604800\r\n";
-
-/// What the policy server does once the TLS handshake is done.
-#[derive(Clone)]
-enum Answer {
-    /// Writes these bytes (a whole HTTP response) and closes.
-    Bytes(Vec<u8>),
-    /// Reads the request and never answers.
-    Nothing,
-}
-
-/// What the server saw of one request.
-#[derive(Clone, Debug)]
-struct Seen {
-    sni: Option<String>,
-    head: String,
-}
-
-struct PolicyServer {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl PolicyServer {
-    /// Serves `answer` to every connection, with `cert` (issued by `ca`).
-    async fn start(ca: &TestCa, cert: &ServerCert, answer: Answer) -> PolicyServer {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert.chain_pem(ca).as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-        let config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (r, s) = (requests.clone(), seen.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, answer, r, s) = (acceptor.clone(), answer.clone(), r.clone(), s.clone());
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let sni = tls.get_ref().1.server_name().map(str::to_owned);
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    r.fetch_add(1, Ordering::SeqCst);
-                    s.lock().unwrap().push(Seen {
-                        sni,
-                        head: String::from_utf8_lossy(&head).into_owned(),
-                    });
-                    match answer {
-                        Answer::Bytes(bytes) => {
-                            let _ = tls.write_all(&bytes).await;
-                            let _ = tls.shutdown().await;
-                        }
-                        Answer::Nothing => {
-                            tokio::time::sleep(Duration::from_secs(3600)).await;
-                        }
-                    }
-                });
-            }
-        });
-        PolicyServer {
-            port,
-            requests,
-            seen,
-            task,
-        }
-    }
-
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-/// A test CA, written to a file for `extra_ca_file`, and a certificate for the policy host.
-struct Pki {
-    ca: TestCa,
-    cert: ServerCert,
-    dir: tempfile::TempDir,
-}
-
-fn pki() -> Pki {
-    let ca = TestCa::new().unwrap();
-    let cert = ca.issue(&[HOST]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    ca.write_to(dir.path()).unwrap();
-    Pki { ca, cert, dir }
-}
 
 /// A fetcher trusting `pki`'s CA that finds every host at 127.0.0.1:`port`.
 fn fetcher(pki: &Pki, port: u16, timeout: Duration) -> PolicyFetcher {
     let options = FetchOptions {
         timeout,
         https_port: port,
-        extra_ca_file: Some(pki.dir.path().join("ca.crt")),
+        extra_ca_file: Some(pki.ca_file()),
     };
     let resolver = StaticResolver(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     PolicyFetcher::new(options, Arc::new(resolver)).unwrap()
@@ -149,22 +29,6 @@ fn fetcher(pki: &Pki, port: u16, timeout: Duration) -> PolicyFetcher {
 
 /// Long enough never to fire in the tests that are not about timeouts.
 const GENEROUS: Duration = Duration::from_secs(30);
-
-fn response(status: &str, headers: &[(&str, &str)], body: &str) -> Answer {
-    let mut r = format!("HTTP/1.1 {status}\r\n");
-    for (k, v) in headers {
-        r.push_str(&format!("{k}: {v}\r\n"));
-    }
-    r.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ));
-    Answer::Bytes(r.into_bytes())
-}
-
-fn text_plain(body: &str) -> Answer {
-    response("200 OK", &[("Content-Type", "text/plain; charset=utf-8")], body)
-}
 
 async fn fetch_with(answer: Answer) -> (Result<tern_mta_sts::Policy, FetchError>, PolicyServer) {
     let pki = pki();

@@ -58,6 +58,48 @@ pub struct RouteConfig {
     pub host: String,
 }
 
+/// `[delivery.mta_sts]`: MTA-STS (RFC 8461). A recipient domain's policy is discovered through its
+/// `_mta-sts` TXT record, fetched over verified HTTPS from `mta-sts.<domain>` (trusting the web PKI roots
+/// and `delivery.extra_ca_file`) and cached for the whole cluster in the queue's store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MtaStsConfig {
+    /// Discover, cache and apply the MTA-STS policies of recipient domains.
+    pub enabled: bool,
+    /// The deadline of one policy fetch, from resolving the policy host to the last byte of the policy.
+    pub fetch_timeout: HumanDuration,
+    /// The HTTPS port of policy hosts. RFC 8461 fixes 443; only tests use another.
+    pub https_port: u16,
+    /// How long a worker trusts what it read of a domain's policy (the shared cache entry and the TXT
+    /// record) before reading them again; `"0s"`: on every delivery.
+    pub memory_ttl: HumanDuration,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            fetch_timeout: HumanDuration::from_secs(60),
+            https_port: 443,
+            memory_ttl: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+impl MtaStsConfig {
+    /// Checks ranges serde cannot express; returns the offending key (within `[delivery.mta_sts]`) and
+    /// why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.fetch_timeout.get().is_zero() {
+            return Err(("fetch_timeout".into(), "must not be 0".into()));
+        }
+        if self.https_port == 0 {
+            return Err(("https_port".into(), "must not be 0".into()));
+        }
+        Ok(())
+    }
+}
+
 /// The `[delivery]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -140,6 +182,8 @@ pub struct DeliveryConfig {
     /// headers prepended, and recorded as delivered. A write that fails defers the job. Unset: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sandbox_dir: Option<PathBuf>,
+    /// `[delivery.mta_sts]`: MTA-STS policies of recipient domains.
+    pub mta_sts: MtaStsConfig,
 }
 
 impl Default for DeliveryConfig {
@@ -176,6 +220,7 @@ impl Default for DeliveryConfig {
             shutdown_grace: HumanDuration::from_secs(30),
             poll_interval: HumanDuration::from_secs(1),
             sandbox_dir: None,
+            mta_sts: MtaStsConfig::default(),
         }
     }
 }
@@ -269,6 +314,9 @@ impl DeliveryConfig {
         {
             return err("sandbox_dir", "must not be empty".into());
         }
+        self.mta_sts
+            .validate()
+            .map_err(|(k, m)| (format!("mta_sts.{k}"), m))?;
         self.retry()?;
         Ok(())
     }
@@ -404,6 +452,126 @@ mod tests {
             toml::from_str::<Wrap>(&text).unwrap().delivery,
             DeliveryConfig::default()
         );
+    }
+
+    #[test]
+    fn mta_sts_defaults_are_valid_and_as_documented() {
+        let c = MtaStsConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.enabled, "MTA-STS is on by default");
+        assert_eq!(c.fetch_timeout, HumanDuration::from_secs(60));
+        assert_eq!(c.https_port, 443);
+        assert_eq!(c.memory_ttl, HumanDuration::from_secs(60));
+        assert_eq!(DeliveryConfig::default().mta_sts, c);
+    }
+
+    #[test]
+    fn mta_sts_keys_parse_from_their_sub_table() {
+        #[derive(Deserialize)]
+        struct Wrap {
+            delivery: DeliveryConfig,
+        }
+        let w: Wrap = toml::from_str(
+            r#"
+            [delivery]
+            smtp_port = 2525
+            [delivery.mta_sts]
+            enabled = false
+            fetch_timeout = "5s"
+            https_port = 8443
+            memory_ttl = "0s"
+            "#,
+        )
+        .unwrap();
+        let c = w.delivery;
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            c.mta_sts,
+            MtaStsConfig {
+                enabled: false,
+                fetch_timeout: HumanDuration::from_secs(5),
+                https_port: 8443,
+                memory_ttl: HumanDuration::from_secs(0),
+            }
+        );
+        let partial: DeliveryConfig = toml::from_str("[mta_sts]\nhttps_port = 4443\n").unwrap();
+        assert_eq!(partial.mta_sts.https_port, 4443);
+        assert!(partial.mta_sts.enabled, "keys left out keep their defaults");
+        assert!(toml::from_str::<DeliveryConfig>("[mta_sts]\nenable = true\n").is_err());
+    }
+
+    #[test]
+    fn mta_sts_keys_come_from_the_file_and_the_environment() {
+        let vars = [
+            ("TERN_DELIVERY__MTA_STS__ENABLED".to_string(), "false".to_string()),
+            ("TERN_DELIVERY__MTA_STS__MEMORY_TTL".to_string(), "2m".to_string()),
+        ];
+        let c =
+            crate::Config::from_toml_str("[delivery.mta_sts]\nhttps_port = 8443\n", "t.toml", vars).unwrap();
+        assert!(!c.delivery.mta_sts.enabled);
+        assert_eq!(c.delivery.mta_sts.memory_ttl, HumanDuration::from_secs(120));
+        assert_eq!(c.delivery.mta_sts.https_port, 8443);
+        let err = crate::Config::from_toml_str(
+            "[delivery.mta_sts]\nfetch_timeout = \"0s\"\n",
+            "t.toml",
+            Vec::new(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("delivery.mta_sts.fetch_timeout"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_mta_sts_values_name_their_key() {
+        for (bad, key) in [
+            (
+                MtaStsConfig {
+                    fetch_timeout: HumanDuration::from_secs(0),
+                    ..Default::default()
+                },
+                "mta_sts.fetch_timeout",
+            ),
+            (
+                MtaStsConfig {
+                    https_port: 0,
+                    ..Default::default()
+                },
+                "mta_sts.https_port",
+            ),
+        ] {
+            let c = DeliveryConfig {
+                mta_sts: bad,
+                ..Default::default()
+            };
+            assert_eq!(c.validate().unwrap_err().0, key);
+        }
+    }
+
+    #[test]
+    fn mta_sts_settings_print_and_read_back() {
+        #[derive(Serialize, Deserialize)]
+        struct Wrap {
+            delivery: DeliveryConfig,
+        }
+        let c = DeliveryConfig {
+            routes: vec![RouteConfig {
+                domain: "b.test".into(),
+                host: "[127.0.0.9]:25".into(),
+            }],
+            mta_sts: MtaStsConfig {
+                enabled: false,
+                fetch_timeout: HumanDuration::from_secs(90),
+                https_port: 8443,
+                memory_ttl: HumanDuration::from_secs(5),
+            },
+            ..Default::default()
+        };
+        let text = toml::to_string(&Wrap { delivery: c.clone() }).unwrap();
+        assert!(text.contains("[delivery.mta_sts]"), "{text}");
+        let back: Wrap = toml::from_str(&text).unwrap();
+        assert_eq!(back.delivery, c, "{text}");
     }
 
     #[test]

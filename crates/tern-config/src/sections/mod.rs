@@ -9,7 +9,7 @@ mod telemetry;
 
 pub use control::ControlConfig;
 pub use delivery::{
-    DeliveryConfig, IpVersion, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, split_host_port,
+    DeliveryConfig, IpVersion, MtaStsConfig, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, split_host_port,
 };
 pub use ingest::IngestConfig;
 pub use queue::{QueueBackend, QueueConfig};
