@@ -88,6 +88,16 @@ impl ControlServer {
 
     /// Loads the admin keys and the TLS files, checks that a keyless listener is on loopback, and binds.
     pub async fn bind(config: &ControlConfig, queue: Arc<dyn Queue>) -> Result<Bound, ControlError> {
+        Self::bind_with(config, queue, None).await
+    }
+
+    /// [`ControlServer::bind`], also serving `tern.v1.MtaSts` over `sts`, the process's MTA-STS policy cache
+    /// (`None`: MTA-STS is off, and the service answers FAILED_PRECONDITION).
+    pub async fn bind_with(
+        config: &ControlConfig,
+        queue: Arc<dyn Queue>,
+        _sts: Option<tern_mta_sts::PolicyCache>,
+    ) -> Result<Bound, ControlError> {
         let auth = Arc::new(Authenticator::for_listener(
             "control",
             config.grpc_listen,

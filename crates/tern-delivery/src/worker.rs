@@ -78,6 +78,8 @@ struct Inner {
     router: Router,
     /// Where messages are written instead of sent (`delivery.sandbox_dir`).
     sandbox: Option<Sandbox>,
+    /// The MTA-STS policy cache, shared by the process's workers and the cluster (`None`: MTA-STS off).
+    mta_sts: Option<tern_mta_sts::PolicyCache>,
     settings: SessionSettings,
     retry: RetrySchedule,
     cfg: DeliveryConfig,
@@ -170,6 +172,7 @@ impl Worker {
                 owner: owner.into(),
                 router,
                 sandbox: cfg.sandbox_dir.as_deref().map(Sandbox::open),
+                mta_sts: None,
                 settings,
                 retry,
                 cfg: cfg.clone(),
@@ -190,6 +193,15 @@ impl Worker {
     pub fn with_lease(mut self, lease: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.lease = lease.max(Duration::from_secs(1));
+        }
+        self
+    }
+
+    /// Sets the MTA-STS policy cache (RFC 8461) deliveries consult (`None`: MTA-STS off). Call before
+    /// [`Worker::run`].
+    pub fn with_mta_sts(mut self, cache: Option<tern_mta_sts::PolicyCache>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.mta_sts = cache;
         }
         self
     }

@@ -5,6 +5,7 @@
 mod banner;
 mod cli;
 mod commands;
+mod mta_sts;
 mod queue;
 mod roles;
 mod signals;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tern_config::{Config, QueueBackend, QueueConfig};
 use tern_queue::{
-    Coalescing, CoalescingOptions, EmbeddedQueue, EmbeddedQueueOptions, Queue, QueueError, RedisQueue,
-    RedisQueueOptions,
+    Coalescing, CoalescingOptions, EmbeddedQueue, EmbeddedQueueOptions, PolicyStore, Queue, QueueError,
+    RedisQueue, RedisQueueOptions,
 };
 
 /// Connections of the telemetry's own Redis handle (the probe and the sampler).
@@ -109,6 +109,8 @@ pub struct OpenedQueue {
     /// never takes a connection the roles are waiting for (above all while Redis stalls); for the embedded
     /// store the store itself, which one process opens once.
     pub telemetry: Arc<dyn Queue>,
+    /// The MTA-STS policy table of the same store (the backend itself: policies need no group commit).
+    pub policies: Arc<dyn PolicyStore>,
 }
 
 /// Opens the queue.
@@ -136,10 +138,11 @@ async fn open_embedded(config: &Config) -> anyhow::Result<OpenedQueue> {
         .await
         .map_err(|e| anyhow::anyhow!("opening the embedded store: {e}"))?
         .map_err(|e| anyhow::anyhow!("queue store {}: {e}", path.display()))?;
-    let queue: Arc<dyn Queue> = Arc::new(queue);
+    let queue = Arc::new(queue);
     Ok(OpenedQueue {
-        shared: Arc::clone(&queue),
-        telemetry: queue,
+        shared: queue.clone(),
+        telemetry: queue.clone(),
+        policies: queue,
     })
 }
 
@@ -161,8 +164,9 @@ async fn open_redis(config: &Config) -> anyhow::Result<OpenedQueue> {
         // A Redis too old for functions, or one that refuses the library, will not get better by waiting.
         Err(e) => return Err(url_error(e)),
     }
-    let queue: Arc<dyn Queue> = Arc::new(queue);
-    let shared = match group_commit_options(config) {
+    let queue = Arc::new(queue);
+    let policies: Arc<dyn PolicyStore> = queue.clone();
+    let shared: Arc<dyn Queue> = match group_commit_options(config) {
         Some(options) => Arc::new(Coalescing::new(queue, options)),
         None => queue,
     };
@@ -173,7 +177,11 @@ async fn open_redis(config: &Config) -> anyhow::Result<OpenedQueue> {
     let telemetry: Arc<dyn Queue> = Arc::new(
         RedisQueue::new(telemetry_options).map_err(|e| anyhow::anyhow!("queue for telemetry: {e}"))?,
     );
-    Ok(OpenedQueue { shared, telemetry })
+    Ok(OpenedQueue {
+        shared,
+        telemetry,
+        policies,
+    })
 }
 
 #[cfg(test)]

@@ -109,6 +109,8 @@ async fn run_roles(
     let shutdown = crate::signals::shutdown_on_signals()?;
     let mut running = crate::telemetry::start(config, telemetry, roles.len(), &shutdown).await?;
     let opened = crate::queue::open(config).await?;
+    let owner = owner_id();
+    let sts = crate::mta_sts::policy_cache(config, opened.policies, owner.clone())?;
     let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(opened.shared));
     running.watch_queue(opened.telemetry);
     // Its own signal: the reaper keeps returning expired leases until every role has stopped.
@@ -126,12 +128,12 @@ async fn run_roles(
     let mut tasks = tokio::task::JoinSet::new();
     for &role in roles {
         let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
-        let readiness = running.readiness().clone();
+        let (readiness, owner, sts) = (running.readiness().clone(), owner.clone(), sts.clone());
         tasks.spawn(async move {
             let result = match role {
                 Role::Ingest => ingest::serve(&config, queue, shutdown, &readiness).await,
-                Role::Worker => worker::serve(&config, queue, shutdown, &readiness).await,
-                Role::Control => control::serve(&config, queue, shutdown, &readiness).await,
+                Role::Worker => worker::serve(&config, queue, sts, owner, shutdown, &readiness).await,
+                Role::Control => control::serve(&config, queue, sts, shutdown, &readiness).await,
             };
             result.with_context(|| role.name())
         });
@@ -143,6 +145,14 @@ async fn run_roles(
     outcome?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// An id unique to this process in the cluster, for lease owners and the MTA-STS refresh lock: the host
+/// name for people, the pid, and a random part because in a container every process may be pid 1 on a
+/// host name that a restarted pod reuses.
+fn owner_id() -> String {
+    let host = tern_server::system_hostname();
+    format!("{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
 }
 
 /// Waits for every role; the first error cancels the rest and is returned once they have stopped.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tern_config::Config;
 use tern_core::Shutdown;
+use tern_mta_sts::PolicyCache;
 use tern_queue::Queue;
 use tern_telemetry::Readiness;
 
@@ -17,24 +18,22 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 /// Runs a delivery worker until `shutdown`; it then finishes transactions under way (up to
 /// `delivery.shutdown_grace`) and releases the rest of its claims. It has no listener: it counts as started
 /// once built.
+///
+/// `sts` is the process's MTA-STS policy cache (`None`: `delivery.mta_sts.enabled` is off); `owner` names
+/// the worker's leases.
 pub async fn serve(
     config: &Config,
     queue: Arc<dyn Queue>,
+    sts: Option<PolicyCache>,
+    owner: String,
     shutdown: Shutdown,
     readiness: &Readiness,
 ) -> anyhow::Result<()> {
-    let owner = owner_id();
     let worker = tern_delivery::Worker::new(&config.delivery, queue, owner.clone())?
-        .with_lease(config.queue.lease.get());
+        .with_lease(config.queue.lease.get())
+        .with_mta_sts(sts);
     readiness.role_started();
     tracing::info!(owner = %owner, "delivery worker started");
     worker.run(shutdown).await;
     Ok(())
-}
-
-/// A lease owner id unique to this process: the host name for people, the pid, and a random part because in
-/// a container every process may be pid 1 on a host name that a restarted pod reuses.
-fn owner_id() -> String {
-    let host = tern_server::system_hostname();
-    format!("{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
 }
