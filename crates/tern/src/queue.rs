@@ -137,7 +137,11 @@ async fn open_embedded(config: &Config) -> anyhow::Result<OpenedQueue> {
     let queue = tokio::task::spawn_blocking(move || EmbeddedQueue::open(options))
         .await
         .map_err(|e| anyhow::anyhow!("opening the embedded store: {e}"))?
-        .map_err(|e| anyhow::anyhow!("queue store {}: {e}", path.display()))?;
+        .map_err(|e| match e {
+            // These name the store's directory themselves.
+            QueueError::Config(text) => anyhow::anyhow!(text),
+            other => anyhow::anyhow!("queue store {}: {other}", path.display()),
+        })?;
     let queue = Arc::new(queue);
     Ok(OpenedQueue {
         shared: queue.clone(),

@@ -51,7 +51,7 @@ impl QueueConfig {
     /// Checks ranges serde cannot express; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.backend() == QueueBackend::Embedded {
-            if self.url.trim() == "embedded://" {
+            if matches!(self.url.trim(), "embedded://" | "embedded:///") {
                 return Err((
                     "url".into(),
                     "an embedded:// URL names a directory: embedded:///path/to/dir".into(),
@@ -148,6 +148,7 @@ mod tests {
         assert_eq!(with_url("embedded:///var/lib/tern").validate(), Ok(()));
         assert_eq!(with_url("redis://h:1").backend(), QueueBackend::Redis);
         assert!(matches!(with_url("embedded://").validate(), Err((key, _)) if key == "url"));
+        assert!(matches!(with_url("embedded:///").validate(), Err((key, _)) if key == "url"));
         assert!(matches!(with_url("mysql://h").validate(), Err((key, _)) if key == "url"));
         let clustered = QueueConfig {
             cluster: true,

@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use crate::QueueError;
@@ -23,7 +24,13 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, QueueError> {
     let config = |what: &str, e: std::io::Error| {
         QueueError::Config(format!("embedded queue store {}: {what}: {e}", dir.display()))
     };
-    std::fs::create_dir_all(dir).map_err(|e| config("cannot make the directory", e))?;
+    // Private to tern's user, as Postfix keeps its queue: the store holds every queued message. A directory
+    // that exists keeps the mode its owner gave it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| config("cannot make the directory", e))?;
     let path = dir.join(LOCK_FILE);
     let mut file = OpenOptions::new()
         .read(true)
@@ -59,6 +66,16 @@ pub(crate) fn acquire(dir: &Path) -> Result<DirLock, QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_store_directory_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().expect("temp dir");
+        let dir = parent.path().join("tern-data");
+        let _held = acquire(&dir).expect("lock");
+        let mode = std::fs::metadata(&dir).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
 
     #[test]
     fn a_second_opener_is_refused_with_the_holders_pid_until_the_lock_goes() {

@@ -107,8 +107,20 @@ async fn run_roles(
     telemetry: &tern_telemetry::Telemetry,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = crate::signals::shutdown_on_signals()?;
+    // The embedded store is opened first: a second process on its directory is refused with the holder's
+    // pid, not with the port the first one's metrics listener already has. Redis is opened after the
+    // listener, so that `/healthz` answers while a slow Redis is tried.
+    let embedded = config.queue.backend() == tern_config::QueueBackend::Embedded;
+    let early = if embedded {
+        Some(crate::queue::open(config).await?)
+    } else {
+        None
+    };
     let mut running = crate::telemetry::start(config, telemetry, roles.len(), &shutdown).await?;
-    let opened = crate::queue::open(config).await?;
+    let opened = match early {
+        Some(opened) => opened,
+        None => crate::queue::open(config).await?,
+    };
     let owner = owner_id();
     let sts = crate::mta_sts::policy_cache(config, opened.policies, owner.clone())?;
     let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(opened.shared));
