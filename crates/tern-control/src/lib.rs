@@ -1,8 +1,8 @@
 //! tern's control plane: the `tern.v1.QueueAdmin` and `tern.v1.Events` gRPC services
-//! (`proto/tern/v1/admin.proto`) and KEDA's external scaler (`proto/keda/externalscaler.proto`), on
-//! `control.grpc_listen`: the listener every role's gRPC server gets from
-//! [`tern_server::grpc`], with its health service, reflection (listing only these three services) and transport
-//! limits (keepalive, streams per connection, connections), the same as the ingest port's.
+//! (`proto/tern/v1/admin.proto`), `tern.v1.MtaSts` (`proto/tern/v1/mta_sts.proto`) and KEDA's external scaler
+//! (`proto/keda/externalscaler.proto`), on `control.grpc_listen`: the listener every role's gRPC server gets
+//! from [`tern_server::grpc`], with its health service, reflection (listing only these four services) and
+//! transport limits (keepalive, streams per connection, connections), the same as the ingest port's.
 //!
 //! Operators inspect and repair the queue through it (with `ternctl`) without touching Redis. Calls carry
 //! `authorization: Bearer <admin key>`, checked against `control.api_keys_file` by [`tern_server::auth`] (the
@@ -22,6 +22,7 @@
 //! |---|---|
 //! | [`admin`] | QueueAdmin: status, shape, listing, one message, retry/bounce/delete, suspensions |
 //! | [`events`] | Events: Watch |
+//! | [`mta_sts`] | MtaSts: the cluster-shared MTA-STS policy cache (get, refresh, list, evict) |
 //! | [`scaler`] | KEDA's external scaler (`externalscaler.ExternalScaler`): due jobs per worker, no admin key |
 //! | [`shape`] | the qshape age buckets (pure) |
 //! | [`convert`] | queue model to protobuf, filters, error statuses |
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod convert;
 pub mod events;
+pub mod mta_sts;
 pub mod scaler;
 pub mod shape;
 
@@ -42,6 +44,7 @@ use tern_core::Shutdown;
 use tern_proto::keda::external_scaler_server::ExternalScalerServer;
 use tern_proto::v1::FILE_DESCRIPTOR_SET;
 use tern_proto::v1::events_server::EventsServer;
+use tern_proto::v1::mta_sts_server::MtaStsServer;
 use tern_proto::v1::queue_admin_server::QueueAdminServer;
 use tern_queue::Queue;
 use tern_server::auth::{AuthError, AuthInterceptor, Authenticator};
@@ -50,6 +53,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 pub use admin::AdminService;
 pub use events::EventsService;
+pub use mta_sts::{MTA_STS_SERVICE, MtaStsService};
 pub use scaler::ScalerService;
 
 /// The former name of [`tern_core::Shutdown`], kept so that callers outside the role crates that still use
@@ -96,7 +100,7 @@ impl ControlServer {
     pub async fn bind_with(
         config: &ControlConfig,
         queue: Arc<dyn Queue>,
-        _sts: Option<tern_mta_sts::PolicyCache>,
+        sts: Option<tern_mta_sts::PolicyCache>,
     ) -> Result<Bound, ControlError> {
         let auth = Arc::new(Authenticator::for_listener(
             "control",
@@ -111,14 +115,18 @@ impl ControlServer {
         );
         let events = EventsServer::with_interceptor(
             EventsService::new(Arc::clone(&queue)),
-            AuthInterceptor::new(auth),
+            AuthInterceptor::new(Arc::clone(&auth)),
         );
+        // Served even when MTA-STS is off, so that a client learns why (FAILED_PRECONDITION) rather than
+        // meeting UNIMPLEMENTED.
+        let mta_sts = MtaStsServer::with_interceptor(MtaStsService::new(sts), AuthInterceptor::new(auth));
         // No admin key: KEDA sends none, and the scaler only tells how many jobs are due (see `scaler`).
         let scaler = ExternalScalerServer::new(ScalerService::new(queue));
         let listener = GrpcServerBuilder::new(ServerLimits::default())
             .tls(tls)
             .service(admin, FILE_DESCRIPTOR_SET)
             .service(events, FILE_DESCRIPTOR_SET)
+            .service(mta_sts, FILE_DESCRIPTOR_SET)
             .service(scaler, tern_proto::keda::FILE_DESCRIPTOR_SET)
             .bind(config.grpc_listen)
             .await?;
@@ -164,8 +172,9 @@ impl Bound {
         self.listener.health()
     }
 
-    /// Serves QueueAdmin, Events, reflection and health until `shutdown` is cancelled; then health reports
-    /// NOT_SERVING, no new connection is accepted, and calls in progress finish (open Watch streams end).
+    /// Serves QueueAdmin, Events, MtaSts, the scaler, reflection and health until `shutdown` is cancelled;
+    /// then health reports NOT_SERVING, no new connection is accepted, and calls in progress finish (open
+    /// Watch streams end).
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ControlError> {
         tracing::info!(addr = %self.local_addr(), tls = self.has_tls, "control plane listening");
         Ok(self.listener.serve(shutdown).await?)

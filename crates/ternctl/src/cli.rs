@@ -69,6 +69,12 @@ pub enum Command {
         #[command(subcommand)]
         command: DomainCommand,
     },
+    /// MTA-STS policies cached by the cluster: show, refresh now, list, evict.
+    Sts {
+        /// What to do.
+        #[command(subcommand)]
+        command: StsCommand,
+    },
     /// Print the queue's events as JSON lines.
     Events(EventsArgs),
     /// Print a shell completion script.
@@ -194,6 +200,46 @@ pub enum DomainCommand {
     },
     /// Every suspension in force.
     List,
+}
+
+/// `ternctl sts ...`.
+#[derive(Debug, Subcommand)]
+pub enum StsCommand {
+    /// A domain's cached policy: state, mode, MX patterns, expiry, id and last fetch error.
+    Show {
+        /// The policy domain (A-label form).
+        domain: String,
+    },
+    /// Fetch a domain's policy now and show it.
+    ///
+    /// The control node looks up the domain's TXT record, fetches the policy over HTTPS and stores it for
+    /// the whole cluster, whatever is cached. Fails (exit 1) when nothing was fetched; the error is kept in
+    /// the cache entry, and a cached policy keeps applying until it expires.
+    Refresh {
+        /// The policy domain (A-label form).
+        domain: String,
+    },
+    /// Cached policies, in domain order.
+    List(StsListArgs),
+    /// Remove a domain's cached policy: the next delivery to it discovers its policy anew.
+    Evict {
+        /// The policy domain (A-label form).
+        domain: String,
+    },
+}
+
+/// `ternctl sts list`.
+#[derive(Debug, Args)]
+pub struct StsListArgs {
+    /// At most this many policies.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// Every policy, however many.
+    #[arg(long, conflicts_with_all = ["limit", "cursor"])]
+    pub all: bool,
+    /// Continue from the cursor a previous listing printed.
+    #[arg(long, value_name = "CURSOR")]
+    pub cursor: Option<String>,
 }
 
 /// `ternctl events`.

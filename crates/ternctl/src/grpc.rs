@@ -8,14 +8,19 @@ use tonic::transport::{Channel, Endpoint};
 /// How long to wait for a server to accept the connection: an unreachable server is an error, not a hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A channel to `url`, failing with a one-line reason when the server cannot be reached.
 pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    connect_with(url, CALL_TIMEOUT).await
+}
+
+/// [`connect`], for calls that may take up to `call_timeout`.
+pub async fn connect_with(url: &str, call_timeout: Duration) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .with_context(|| format!("{url:?} is not a valid server URL (expected http://host:port)"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+        .timeout(call_timeout);
     endpoint
         .connect()
         .await

@@ -7,6 +7,7 @@ mod msg;
 mod output;
 mod queue;
 mod send;
+mod sts;
 
 use crate::cli::{Command, Global};
 
@@ -21,6 +22,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
             Command::Queue { command } => queue::run(global, command).await,
             Command::Msg { command } => msg::run(global, command).await,
             Command::Domain { command } => domain::run(global, command).await,
+            Command::Sts { command } => sts::run(global, command).await,
             Command::Events(args) => events::run(global, args).await,
             Command::Completions { shell } => completions::run(shell),
         }

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_core::HumanDuration;
 use tern_proto::v1::events_client::EventsClient;
+use tern_proto::v1::mta_sts_client::MtaStsClient;
 use tern_proto::v1::queue_admin_client::QueueAdminClient;
 use tonic::transport::Channel;
 
@@ -18,6 +19,13 @@ pub async fn admin(global: &Global) -> anyhow::Result<QueueAdminClient<Channel>>
 /// An Events client for `--server`.
 pub async fn events(global: &Global) -> anyhow::Result<EventsClient<Channel>> {
     Ok(EventsClient::new(grpc::connect(&global.server).await?))
+}
+
+/// An MtaSts client for `--server`; its calls may take `call_timeout` (a refresh fetches over the network).
+pub async fn mta_sts(global: &Global, call_timeout: Duration) -> anyhow::Result<MtaStsClient<Channel>> {
+    Ok(MtaStsClient::new(
+        grpc::connect_with(&global.server, call_timeout).await?,
+    ))
 }
 
 /// `message` as a request with the global `--token`.
