@@ -77,22 +77,6 @@ impl WatchFilter {
     }
 }
 
-/// Moves `pos` past `event`: its id is `<shard>/<stream id>[/<n>]`. Events of one batched entry share a
-/// stream id, so resuming from the position of one of them skips the rest of that entry.
-fn advance(pos: &mut Vec<String>, event: &Event) {
-    let mut parts = event.id.split('/');
-    let (Some(shard), Some(stream_id)) = (parts.next(), parts.next()) else {
-        return;
-    };
-    let Ok(shard) = shard.trim_start_matches('s').parse::<usize>() else {
-        return;
-    };
-    if pos.len() <= shard {
-        pos.resize(shard + 1, "0-0".to_string());
-    }
-    pos[shard] = stream_id.to_string();
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::QueueEvent, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -117,7 +101,6 @@ impl Events for EventsService {
         let queue = Arc::clone(&self.queue);
         tokio::spawn(async move {
             let mut pos = start;
-            let mut cur: Vec<String> = pos.as_ref().map(|p| p.0.clone()).unwrap_or_default();
             loop {
                 if tx.is_closed() {
                     return;
@@ -139,20 +122,13 @@ impl Events for EventsService {
                 if events.is_empty() && stop_at_end {
                     return;
                 }
-                if cur.len() < next.0.len() {
-                    cur.resize(next.0.len(), "0-0".to_string());
-                }
-                for e in &events {
-                    advance(&mut cur, e);
-                    if !filter.passes(e) {
-                        continue;
-                    }
-                    let item = convert::event(e, EventPos(cur.clone()).to_string());
+                for e in events.iter().filter(|e| filter.passes(e)) {
+                    // The backend's position after this event: a client resuming from it misses nothing.
+                    let item = convert::event(e, e.position.to_string());
                     if tx.send(Ok(item)).await.is_err() {
                         return;
                     }
                 }
-                cur.clone_from(&next.0);
                 pos = Some(next);
             }
         });
@@ -179,16 +155,8 @@ mod tests {
             remote_ip: None,
             tls: None,
             id: id.into(),
+            position: EventPos::default(),
         }
-    }
-
-    #[test]
-    fn positions_advance_per_shard() {
-        let mut pos = vec!["0-0".to_string(); 2];
-        advance(&mut pos, &ev("1/5-0", EventKind::Queued, "a"));
-        assert_eq!(pos, ["0-0", "5-0"]);
-        advance(&mut pos, &ev("0/7-1/2", EventKind::Queued, "a"));
-        assert_eq!(EventPos(pos).to_string(), "s00=7-1,s01=5-0");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!     .await;
 //! ```
 //!
-//! The MTA-STS policy cache ([`crate::PolicyStore`]), which every store implements beside its queue, has
-//! its own cases in [`sts`].
+//! The MTA-STS policy cache ([`crate::PolicyStore`]) and the TLS-RPT counters ([`crate::TlsReportStore`]),
+//! which every store implements beside its queue, have their own cases in [`sts`] and [`tls_report`].
 // This module is a test suite shipped as library code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -28,6 +28,7 @@ use crate::model::*;
 use crate::{Queue, QueueError};
 
 pub mod sts;
+pub mod tls_report;
 
 /// Makes a fresh, empty queue for the named case.
 pub type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn Queue>> + Send + Sync>;

@@ -22,8 +22,8 @@
 //! `src/redis/mod.rs` maps its modules and `src/redis/keys.rs` documents its key layout. The conformance suite that every backend must
 //! pass is public behind the `conformance` feature.
 //!
-//! Beside the queue, the store keeps the cluster's MTA-STS policy cache: [`PolicyStore`] (in [`sts`]), which
-//! both backends implement.
+//! Beside the queue, the store keeps the cluster's MTA-STS policy cache: [`PolicyStore`] (in [`sts`]), and
+//! its TLS-RPT (RFC 8460) counters: [`TlsReportStore`] (in [`tls_report`]); both backends implement both.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -39,6 +39,7 @@ pub mod model;
 pub mod reaper;
 pub mod redis;
 pub mod sts;
+pub mod tls_report;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -50,6 +51,7 @@ pub use error::QueueError;
 pub use model::*;
 pub use redis::{RedisQueue, RedisQueueOptions};
 pub use sts::{LockOutcome, PolicyStore, StsEntry};
+pub use tls_report::{TlsReportStore, TlsSessionKey};
 
 /// A durable delivery queue. Every method is safe to call concurrently from many tasks and many nodes, and
 /// safe to repeat after [`QueueError::Unavailable`] (the call may or may not have taken effect).

@@ -604,41 +604,53 @@ pub struct Event {
     pub remote_ip: Option<String>,
     /// TLS details.
     pub tls: Option<String>,
-    /// The event's position in its stream (`<shard>/<stream id>`), unique.
+    /// The event's id, unique in the queue.
     pub id: String,
+    /// Where to read on from to get the events after this one (events stored together, by one batched
+    /// call, share the position after the last of them). Set by `read_events`; not stored.
+    #[serde(skip)]
+    pub position: EventPos,
 }
 
-/// A position in the event streams, from which [`Queue::read_events`](crate::Queue::read_events) goes on.
-/// It holds one stream id per shard; its text form is `s00=<id>,s01=<id>,...` and may be stored.
+/// A position in the queue's events, from which [`Queue::read_events`](crate::Queue::read_events) goes on: an
+/// opaque cursor whose text form may be stored and given back (`ternctl events --from`). Only the backend
+/// that made it reads it; another backend (or a malformed one) is refused by `read_events` as
+/// [`QueueError::InvalidMessage`](crate::QueueError::InvalidMessage).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct EventPos(pub Vec<String>);
+pub struct EventPos(String);
+
+impl EventPos {
+    /// The longest position text accepted back.
+    pub const MAX_LEN: usize = 4096;
+
+    /// A position in a backend's own form.
+    pub(crate) fn new(text: String) -> EventPos {
+        EventPos(text)
+    }
+
+    /// The text form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl fmt::Display for EventPos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, id) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "s{i:02}={id}")?;
-        }
-        Ok(())
+        f.write_str(&self.0)
     }
 }
 
 impl FromStr for EventPos {
     type Err = String;
+    /// Accepts any printable text up to [`EventPos::MAX_LEN`]; what it means is the backend's to check.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() {
-            return Ok(EventPos(Vec::new()));
+        if s.len() > EventPos::MAX_LEN {
+            return Err(format!("a position is at most {} characters", EventPos::MAX_LEN));
         }
-        s.split(',')
-            .map(|part| {
-                part.split_once('=')
-                    .map(|(_, id)| id.to_string())
-                    .ok_or_else(|| format!("bad position {s:?}"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(EventPos)
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(format!("bad position {s:?}"));
+        }
+        Ok(EventPos(s.to_string()))
     }
 }
 

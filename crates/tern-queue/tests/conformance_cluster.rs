@@ -1,11 +1,11 @@
-//! The conformance suites (the queue's, and the MTA-STS policy cache's) against a real 3-master Redis
-//! Cluster.
+//! The conformance suites (the queue's, the MTA-STS policy cache's and the TLS-RPT counters') against a
+//! real 3-master Redis Cluster.
 
 mod common;
 
 use std::sync::Arc;
 
-use tern_queue::{PolicyStore, conformance};
+use tern_queue::{PolicyStore, TlsReportStore, conformance};
 use tern_testkit::redis::RedisCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,5 +31,19 @@ async fn policy_store_conformance_redis_cluster() {
         )
     });
     conformance::sts::run_all(factory).await;
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_report_store_conformance_redis_cluster() {
+    let cluster = RedisCluster::start(3).expect("start a 3-master cluster");
+    let urls = cluster.urls_comma();
+    let factory: conformance::tls_report::Factory = Arc::new(move |name: String| {
+        let urls = urls.clone();
+        Box::pin(async move {
+            common::redis_queue(common::cluster(&urls, &name)).await as Arc<dyn TlsReportStore>
+        })
+    });
+    conformance::tls_report::run_all(factory).await;
     drop(cluster);
 }

@@ -1,11 +1,11 @@
-//! The conformance suites (the queue's, and the MTA-STS policy cache's) against the embedded store, each
-//! case in a fresh directory.
+//! The conformance suites (the queue's, the MTA-STS policy cache's and the TLS-RPT counters') against the
+//! embedded store, each case in a fresh directory.
 #![cfg(feature = "embedded")]
 
 use std::sync::Arc;
 
 use tern_queue::conformance;
-use tern_queue::{EmbeddedQueue, EmbeddedQueueOptions, PolicyStore, Queue};
+use tern_queue::{EmbeddedQueue, EmbeddedQueueOptions, PolicyStore, Queue, TlsReportStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_embedded() {
@@ -41,4 +41,22 @@ async fn policy_store_conformance_embedded() {
         })
     });
     conformance::sts::run_all(factory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_report_store_conformance_embedded() {
+    let root = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dirs = Arc::clone(&root);
+    let factory: conformance::tls_report::Factory = Arc::new(move |name: String| {
+        let path = dirs.path().join(name);
+        Box::pin(async move {
+            let store = EmbeddedQueue::open(EmbeddedQueueOptions {
+                path,
+                ..Default::default()
+            })
+            .expect("open the embedded store");
+            Arc::new(store) as Arc<dyn TlsReportStore>
+        })
+    });
+    conformance::tls_report::run_all(factory).await;
 }

@@ -1,10 +1,11 @@
-//! The conformance suites (the queue's, and the MTA-STS policy cache's) against one real redis-server.
+//! The conformance suites (the queue's, the MTA-STS policy cache's and the TLS-RPT counters') against one
+//! real redis-server.
 
 mod common;
 
 use std::sync::Arc;
 
-use tern_queue::{PolicyStore, conformance};
+use tern_queue::{PolicyStore, TlsReportStore, conformance};
 use tern_testkit::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,5 +31,19 @@ async fn policy_store_conformance_single_redis() {
         )
     });
     conformance::sts::run_all(factory).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_report_store_conformance_single_redis() {
+    let server = RedisServer::start().expect("start redis-server");
+    let url = server.url();
+    let factory: conformance::tls_report::Factory = Arc::new(move |name: String| {
+        let url = url.clone();
+        Box::pin(
+            async move { common::redis_queue(common::single(&url, &name)).await as Arc<dyn TlsReportStore> },
+        )
+    });
+    conformance::tls_report::run_all(factory).await;
     drop(server);
 }

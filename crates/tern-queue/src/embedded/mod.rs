@@ -12,9 +12,10 @@
 //! - `store.rs`: the tables on disk, loading at start, one transaction per batch, and the reads that need no
 //!   writer (bodies, events). `lock.rs`: one process per directory.
 //! - `sts.rs`: the MTA-STS policy cache ([`crate::PolicyStore`]), its entries written through the writer.
+//! - `tls_report.rs`: the TLS-RPT counters ([`crate::TlsReportStore`]), written through the writer.
 //!
 //! What is on disk: every job's record (everything but a claim), bodies, events, idempotency keys,
-//! suspensions, limits, counters and the MTA-STS policy cache. Claims, leases, slots and holds are kept in memory only: they belong
+//! suspensions, limits, counters, the MTA-STS policy cache and the TLS-RPT counters. Claims, leases, slots and holds are kept in memory only: they belong
 //! to workers of this same process, so they cannot outlive it. After a crash every job is waiting again,
 //! due when it was (a job that was in flight at the crash is due at once), as if the reaper had returned
 //! every lease.
@@ -30,6 +31,7 @@ mod record;
 mod state;
 mod store;
 mod sts;
+mod tls_report;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +116,8 @@ pub struct EmbeddedQueue {
     wakes: Arc<Semaphore>,
     /// The MTA-STS refresh locks (memory only: every contender is in this process).
     sts_locks: sts::StsLocks,
+    /// The TLS-RPT report locks, one per day (memory only, as the MTA-STS ones).
+    tls_report_locks: sts::StsLocks,
     // Released after the writer (fields drop in order): the store is closed before another process may open
     // it.
     _lock: DirLock,
@@ -159,6 +163,7 @@ impl EmbeddedQueue {
             writer,
             wakes,
             sts_locks: sts::StsLocks::default(),
+            tls_report_locks: sts::StsLocks::default(),
             _lock: lock,
         })
     }
@@ -437,12 +442,7 @@ impl Queue for EmbeddedQueue {
         max: usize,
         block: Option<Duration>,
     ) -> Result<(Vec<Event>, EventPos), QueueError> {
-        let after = match after.and_then(|p| p.0.first()) {
-            None => None,
-            Some(text) => Some(text.parse::<u64>().map_err(|_| {
-                QueueError::InvalidMessage(format!("bad event position {text:?} for the embedded store"))
-            })?),
-        };
+        let after = after.map(store::seq_of).transpose()?;
         let max = max.max(1);
         let deadline = block.map(|b| tokio::time::Instant::now() + b);
         let mut committed = self.writer.committed();
@@ -452,9 +452,9 @@ impl Queue for EmbeddedQueue {
             let db = Arc::clone(&self.db);
             let (events, last) = blocking(move || store::read_events(&db, after, max)).await?;
             if let Some(last) = last {
-                return Ok((events, EventPos(vec![last.to_string()])));
+                return Ok((events, store::position_of(last)));
             }
-            let position = EventPos(vec![after.unwrap_or(0).to_string()]);
+            let position = store::position_of(after.unwrap_or(0));
             let Some(deadline) = deadline else {
                 return Ok((Vec::new(), position));
             };
@@ -472,7 +472,7 @@ impl Queue for EmbeddedQueue {
 
     async fn events_end(&self) -> Result<EventPos, QueueError> {
         let last = self.writer.run(|s| s.events.next.saturating_sub(1)).await?;
-        Ok(EventPos(vec![last.to_string()]))
+        Ok(store::position_of(last))
     }
 
     async fn stats(&self) -> Result<Stats, QueueError> {

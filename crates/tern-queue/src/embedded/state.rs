@@ -14,7 +14,8 @@ use tern_core::{JobId, MessageId};
 
 use super::record::{Flight, LiveJob};
 use super::sts::StsCache;
-use crate::model::{BOUNCE_SCHEDULE, Event, EventKind, JobState, Stats, Suspension};
+use super::tls_report::{TlsReportChanges, TlsReports};
+use crate::model::{BOUNCE_SCHEDULE, Event, EventKind, EventPos, JobState, Stats, Suspension};
 
 /// How long per-minute counters are kept (minutes).
 pub(crate) const MINUTES_KEPT: u64 = 120;
@@ -75,6 +76,8 @@ pub(crate) struct Changes {
     pub minutes_dropped: Vec<u64>,
     /// MTA-STS cache entries to write (or delete when gone), by domain.
     pub sts: HashSet<String>,
+    /// TLS-RPT counters and sent marks to write (or delete when gone).
+    pub tls_report: TlsReportChanges,
 }
 
 impl Changes {
@@ -91,6 +94,7 @@ impl Changes {
             && self.minutes.is_empty()
             && self.minutes_dropped.is_empty()
             && self.sts.is_empty()
+            && self.tls_report.is_empty()
     }
 }
 
@@ -168,6 +172,8 @@ pub(crate) struct State {
     pub clock: u64,
     /// The MTA-STS policy cache (`sts.rs`).
     pub sts: StsCache,
+    /// The TLS-RPT counters (`tls_report.rs`).
+    pub tls_reports: TlsReports,
     /// Wakes for waiting workers given since the last commit (see `Queue::wait_for_work`).
     pub wakes: u32,
     pub changes: Changes,
@@ -212,6 +218,7 @@ impl State {
             repeat_window: 0,
             clock: 0,
             sts: StsCache::default(),
+            tls_reports: TlsReports::default(),
             wakes: 0,
             changes: Changes::default(),
         }
@@ -453,6 +460,7 @@ impl State {
             remote_ip: None,
             tls: None,
             id: String::new(),
+            position: EventPos::default(),
         });
         let at = self.entry.len() - 1;
         &mut self.entry[at]

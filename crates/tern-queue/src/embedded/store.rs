@@ -13,6 +13,8 @@
 //! | `concurrency` | domain → limit | per-domain concurrency overrides |
 //! | `counters` | minute (Unix ms / 60000), or `u64::MAX` for the totals → JSON | counters ([`Stats`]) |
 //! | `sts` | domain → (JSON, keep until ms) | the MTA-STS policy cache: each entry ([`StsEntry`]) and until when it is kept |
+//! | `tls_report` | (day, domain, session key JSON) → count | the TLS-RPT counters (`tls_report.rs`) |
+//! | `tls_report_sent` | (day, domain) → ms | the TLS-RPT reports marked sent, and when |
 //! | `meta` | name → number | `format`: the layout's version |
 //!
 //! Everything else (schedules, the domain index, leases, slots, counts) is rebuilt from `jobs` at start.
@@ -27,7 +29,7 @@ use tern_core::{JobId, MessageId};
 use super::record::{JobRecord, LiveJob};
 use super::state::{Settings, State};
 use crate::QueueError;
-use crate::model::{Event, Stats, Suspension};
+use crate::model::{Event, EventPos, Stats, Suspension};
 use crate::sts::StsEntry;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -79,6 +81,7 @@ pub(crate) fn open(dir: &Path, cache_bytes: usize) -> Result<Database, QueueErro
         txn.open_table(COUNTERS).map_err(store_error)?;
         // Added after the layout's first version: made here on a store of before, which had no cache.
         txn.open_table(STS).map_err(store_error)?;
+        super::tls_report::create_tables(&txn)?;
         let mut meta = txn.open_table(META).map_err(store_error)?;
         let format = meta.get("format").map_err(store_error)?.map(|v| v.value());
         match format {
@@ -185,6 +188,7 @@ pub(crate) fn load(db: &Database, settings: Settings) -> Result<State, QueueErro
         sts.domain = domain;
         state.sts.set(sts, keep_until);
     }
+    super::tls_report::load(&txn, &mut state)?;
     let events = txn.open_table(EVENTS).map_err(store_error)?;
     let first = events.first().map_err(store_error)?.map(|(k, _)| k.value());
     let last = events.last().map_err(store_error)?.map(|(k, _)| k.value());
@@ -268,6 +272,7 @@ pub(crate) fn commit(db: &Database, state: &mut State) -> Result<bool, QueueErro
                 };
             }
         }
+        super::tls_report::write(&txn, state, &changes.tls_report)?;
         if changes.stats || !changes.minutes.is_empty() || !changes.minutes_dropped.is_empty() {
             let mut counters = txn.open_table(COUNTERS).map_err(store_error)?;
             if changes.stats {
@@ -340,6 +345,25 @@ pub(crate) fn read_bodies(db: &Database, messages: &[MessageId]) -> Result<Vec<O
 /// Up to `max` events after entry `after` (`None`: from the oldest kept), whole entries, and the sequence
 /// number of the last entry read. Each event's id is `s00/<entry>` for an entry's first and
 /// `s00/<entry>/<i>` after it (the form the Redis backend's single shard would give).
+/// The position after event entry `seq`: `e<seq>`.
+pub(crate) fn position_of(seq: u64) -> EventPos {
+    EventPos::new(format!("e{seq}"))
+}
+
+/// The entry number of a position made by [`position_of`] (`e0`: before every entry).
+pub(crate) fn seq_of(position: &EventPos) -> Result<u64, QueueError> {
+    position
+        .as_str()
+        .strip_prefix('e')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            QueueError::InvalidMessage(format!(
+                "bad event position {:?} for the embedded store",
+                position.as_str()
+            ))
+        })
+}
+
 pub(crate) fn read_events(
     db: &Database,
     after: Option<u64>,
@@ -365,10 +389,11 @@ pub(crate) fn read_events(
         }
         for (i, e) in events.iter_mut().enumerate() {
             e.id = if i == 0 {
-                format!("s00/{seq}")
+                format!("e{seq}")
             } else {
-                format!("s00/{seq}/{i}")
+                format!("e{seq}/{i}")
             };
+            e.position = position_of(seq);
         }
         out.extend(events);
         last = Some(seq);

@@ -123,12 +123,13 @@ impl State {
     }
 }
 
-/// The refresh locks: domain → owner and until when it holds the lock.
+/// The refresh locks: domain → owner and until when it holds the lock. The TLS-RPT report locks are the
+/// same kind, one per day (`tls_report.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct StsLocks(Mutex<HashMap<String, (String, Instant)>>);
 
 impl StsLocks {
-    fn try_lock(&self, domain: String, owner: &str, ttl: Duration) -> LockOutcome {
+    pub(super) fn try_lock(&self, domain: String, owner: &str, ttl: Duration) -> LockOutcome {
         // A panic while the map was held leaves it whole (each change is one insert or remove).
         let mut locks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();

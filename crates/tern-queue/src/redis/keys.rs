@@ -42,6 +42,10 @@
 //! | `sts:<domain>` | hash | the MTA-STS policy cache entry of a policy domain (in the domain's shard; fields below), with a TTL a day past the later of its expiry and its last write (`ops/sts.rs`) |
 //! | `stsidx` | zset | the shard's `sts:` entries for listing: every domain with score 0, walked with `ZRANGEBYLEX`; a member whose entry expired is dropped by the next listing that meets it |
 //! | `stslock:<domain>` | string | the domain's policy refresh lock: its owner's name, with the lock's TTL (`SET NX PX`) |
+//! | `tlsrpt:<day>:<domain>` | hash | the TLS-RPT counters of a policy domain on a UTC day (`YYYY-MM-DD`), in the domain's shard: field = a session key's JSON (`TlsSessionKey`), value = its count (`HINCRBY`); expires a week after the day ends (`ops/tls_report.rs`) |
+//! | `tlsrptdom:<day>` | set | the shard's policy domains with TLS-RPT counters that day; same expiry |
+//! | `tlsrptsent:<day>:<domain>` | string | the domain's report for the day was sent (when, ms; `SET NX`); same expiry |
+//! | `tlsrptlock:<day>` | string | the day's report lock, in the shard the day's text hashes to: its owner's name, with the lock's TTL |
 //!
 //! # A job's header line (the string form)
 //!

@@ -53,6 +53,8 @@ const BODY: &str = concat!(
     include_str!("ops/read.lua"),
     "end\ndo\n",
     include_str!("ops/sts.lua"),
+    "end\ndo\n",
+    include_str!("ops/tls_report.lua"),
     "end\n",
 );
 
@@ -96,11 +98,13 @@ pub(crate) enum Function {
     StsList,
     StsLock,
     StsUnlock,
+    TlsRptAdd,
+    TlsRptLock,
 }
 
 impl Function {
     /// Every function of the library.
-    pub(crate) const ALL: [Function; 20] = [
+    pub(crate) const ALL: [Function; 22] = [
         Function::Materialise,
         Function::Intake,
         Function::IntakeDone,
@@ -121,6 +125,8 @@ impl Function {
         Function::StsList,
         Function::StsLock,
         Function::StsUnlock,
+        Function::TlsRptAdd,
+        Function::TlsRptLock,
     ];
 
     /// The operation's name, as the Lua code registers it.
@@ -146,6 +152,8 @@ impl Function {
             Function::StsList => "sts_list",
             Function::StsLock => "sts_lock",
             Function::StsUnlock => "sts_unlock",
+            Function::TlsRptAdd => "tls_rpt_add",
+            Function::TlsRptLock => "tls_rpt_lock",
         }
     }
 

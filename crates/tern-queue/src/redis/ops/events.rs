@@ -119,6 +119,7 @@ pub(crate) fn event_from_fields(shard: u16, stream_id: &str, f: &HashMap<String,
         remote_ip: nonempty("ip"),
         tls: nonempty("tls"),
         id: format!("s{shard:02}/{stream_id}"),
+        position: EventPos::default(),
     })
 }
 
@@ -126,6 +127,48 @@ pub(crate) fn event_from_fields(shard: u16, stream_id: &str, f: &HashMap<String,
 pub(crate) fn stream_id_key(id: &str) -> (u64, u64) {
     let (a, b) = id.split_once('-').unwrap_or((id, "0"));
     (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+}
+
+/// The stream id before every entry.
+const START: &str = "0-0";
+
+/// A position's text: `s<shard>=<stream id>` for each shard past its start, comma-separated (`-` when every
+/// shard is at its start), so that a queue with 16 shards and a few busy ones has a short position.
+fn encode_position(per_shard: &[String]) -> EventPos {
+    let parts: Vec<String> = per_shard
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| id.as_str() != START)
+        .map(|(shard, id)| format!("s{shard:02}={id}"))
+        .collect();
+    if parts.is_empty() {
+        EventPos::new("-".into())
+    } else {
+        EventPos::new(parts.join(","))
+    }
+}
+
+/// The stream id per shard of a position made by [`encode_position`], for a queue of `shards` shards.
+fn decode_position(position: &EventPos, shards: usize) -> Result<Vec<String>, QueueError> {
+    let bad = || QueueError::InvalidMessage(format!("bad event position {:?}", position.as_str()));
+    let mut per_shard = vec![START.to_string(); shards];
+    let text = position.as_str();
+    if text == "-" || text.is_empty() {
+        return Ok(per_shard);
+    }
+    for part in text.split(',') {
+        let (shard, id) = part.split_once('=').ok_or_else(bad)?;
+        let shard: usize = shard
+            .strip_prefix('s')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
+        let (ms, seq) = id.split_once('-').ok_or_else(bad)?;
+        if ms.parse::<u64>().is_err() || seq.parse::<u64>().is_err() {
+            return Err(bad());
+        }
+        *per_shard.get_mut(shard).ok_or_else(bad)? = id.to_string();
+    }
+    Ok(per_shard)
 }
 
 impl RedisQueue {
@@ -137,8 +180,10 @@ impl RedisQueue {
         block: Option<Duration>,
     ) -> Result<(Vec<Event>, EventPos), QueueError> {
         let shards = usize::from(self.keys.shards());
-        let mut pos: Vec<String> = after.map(|p| p.0.clone()).unwrap_or_default();
-        pos.resize(shards, "0-0".to_string());
+        let mut pos = match after {
+            Some(after) => decode_position(after, shards)?,
+            None => vec![START.to_string(); shards],
+        };
         let max = max.max(1);
         let deadline = block.map(|b| tokio::time::Instant::now() + b);
         loop {
@@ -182,17 +227,21 @@ impl RedisQueue {
                         break;
                     }
                     pos[usize::from(shard)] = id;
-                    events.extend(entry_events);
+                    let position = encode_position(&pos);
+                    events.extend(entry_events.into_iter().map(|mut e| {
+                        e.position = position.clone();
+                        e
+                    }));
                 }
                 if !events.is_empty() {
-                    return Ok((events, EventPos(pos)));
+                    return Ok((events, encode_position(&pos)));
                 }
             }
             match deadline {
                 Some(d) if tokio::time::Instant::now() < d => {
                     tokio::time::sleep(Duration::from_millis(50).min(d - tokio::time::Instant::now())).await;
                 }
-                _ => return Ok((Vec::new(), EventPos(pos))),
+                _ => return Ok((Vec::new(), encode_position(&pos))),
             }
         }
     }
@@ -212,10 +261,10 @@ impl RedisQueue {
                 Ok(items(&v)
                     .first()
                     .and_then(|e| items(e).first().and_then(text))
-                    .unwrap_or_else(|| "0-0".to_string()))
+                    .unwrap_or_else(|| START.to_string()))
             })
             .await?;
-        Ok(EventPos(parts))
+        Ok(encode_position(&parts))
     }
 }
 
@@ -223,6 +272,29 @@ impl RedisQueue {
 mod tests {
     use super::*;
     use tern_core::MessageId;
+
+    #[test]
+    fn a_position_names_only_the_shards_past_their_start_and_reads_back() {
+        let mut per_shard = vec![START.to_string(); 16];
+        assert_eq!(encode_position(&per_shard).as_str(), "-");
+        per_shard[3] = "1700000000000-2".into();
+        per_shard[15] = "1700000000001-0".into();
+        let position = encode_position(&per_shard);
+        assert_eq!(position.as_str(), "s03=1700000000000-2,s15=1700000000001-0");
+        assert_eq!(decode_position(&position, 16).unwrap(), per_shard);
+        assert_eq!(decode_position(&"-".parse().unwrap(), 2).unwrap(), ["0-0", "0-0"]);
+    }
+
+    #[test]
+    fn a_position_of_another_backend_or_beyond_the_shards_is_refused() {
+        for bad in ["e42", "s03=x-1", "s16=1-0", "s01", "garbage"] {
+            let position: EventPos = bad.parse().unwrap();
+            assert!(
+                matches!(decode_position(&position, 16), Err(QueueError::InvalidMessage(_))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn events_of_a_batched_entry_carry_shared_fields_forward() {

@@ -17,6 +17,7 @@ pub(crate) mod reap;
 pub(crate) mod release;
 pub(crate) mod stats;
 pub(crate) mod sts;
+pub(crate) mod tls_report;
 
 use redis::Value;
 
