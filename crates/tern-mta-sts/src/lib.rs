@@ -33,6 +33,7 @@ pub mod dns;
 pub mod fetch;
 pub mod matching;
 pub mod policy;
+pub mod report;
 pub mod resolve;
 pub mod tlsrpt;
 pub mod txt;
@@ -49,6 +50,10 @@ pub use fetch::{
 };
 pub use matching::{matches_any, mx_matches};
 pub use policy::{MAX_AGE_LIMIT, Mode, Policy, PolicyError};
+pub use report::{
+    ReportError, ReportMail, ReportUri, Submitter, TlsRptRecord, TlsRptRecordError, build_report,
+    build_report_mail, report_filename, report_id, select_tlsrpt_record, tlsrpt_record_name,
+};
 pub use resolve::{HostResolver, ResolveError, StaticResolver, SystemResolver};
 pub use tlsrpt::TlsRptResultType;
 pub use txt::{TxtError, TxtRecord, select_record};
