@@ -212,6 +212,14 @@ impl Router {
         })
     }
 
+    /// Whether mail for `domain` goes to the domain's own MX hosts (or, without MX, to its own address):
+    /// not through `relay_host`, a fixed route or to an address literal. Only such mail has an MTA-STS
+    /// policy: the other hosts are the operator's choice.
+    pub fn routes_by_mx(&self, domain: &str) -> bool {
+        let domain = normalize(domain);
+        self.relay.is_none() && !domain.starts_with('[') && !self.routes.iter().any(|(d, _, _)| *d == domain)
+    }
+
     /// The hosts to try for `domain`, best first.
     pub async fn route(&self, domain: &str) -> Result<Vec<Host>, RouteFailure> {
         let domain = normalize(domain);

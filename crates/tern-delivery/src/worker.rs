@@ -12,6 +12,7 @@
 //! |---|---|
 //! | this file | [`Worker`]: the claim loop, lease heartbeats, shutdown |
 //! | `domain.rs` | one domain's jobs of a claim: next host, open or reuse, send, record, keep or close |
+//! | `mta_sts.rs` | the MTA-STS policy step: the domain's policy, the hosts and TLS it allows, its TLS results |
 //! | `connect.rs` | opening a connection: hosts and addresses in turn, STARTTLS, AUTH to the relay |
 //! | `tls_policy.rs` | what a connection asks of TLS, and the hosts reached in plaintext after STARTTLS failed |
 //! | `pool.rs` | the worker's connection slots, the idle pool, its holds and its reaper |
@@ -23,6 +24,7 @@
 mod connect;
 mod domain;
 mod finish;
+mod mta_sts;
 mod pool;
 mod tls_policy;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tern_smtp::{Capabilities, Command};
 
+use super::tls::{CertificateProblem, TlsSession};
 use super::transcript::TranscriptHook;
 use super::wire::Wire;
 
@@ -77,8 +78,8 @@ pub struct SmtpClient {
     pub(super) caps: Capabilities,
     /// The name given in EHLO/HELO, repeated after STARTTLS.
     pub(super) helo: Option<String>,
-    /// The TLS version, cipher and verification, when TLS is in use.
-    pub(super) tls: Option<String>,
+    /// The TLS session's description and certificate check, when TLS is in use.
+    pub(super) tls: Option<TlsSession>,
     /// A transaction was started on this connection: the next one begins with RSET.
     pub(super) needs_reset: bool,
 }
@@ -101,7 +102,19 @@ impl SmtpClient {
 
     /// The TLS version and cipher, and whether the certificate verified, when TLS is in use.
     pub fn tls(&self) -> Option<&str> {
-        self.tls.as_deref()
+        self.tls.as_ref().map(|t| t.description.as_str())
+    }
+
+    /// Whether TLS is in use with a certificate that verified against the server's name (always so for a
+    /// session that asked for verification; for an opportunistic one, when its certificate checks out).
+    pub fn tls_verified(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.certificate.is_none())
+    }
+
+    /// Why the TLS session's certificate did not verify against the server's name (opportunistic TLS
+    /// only); `None` without TLS or when it verified.
+    pub fn certificate_problem(&self) -> Option<CertificateProblem> {
+        self.tls.as_ref().and_then(|t| t.certificate)
     }
 
     /// Whether the session can take another command: the server did not answer 421, and the connection

@@ -7,7 +7,7 @@ use tern_smtp::{Capabilities, Command, Reply};
 use tokio::net::TcpStream;
 
 use super::client::{ClientOptions, SmtpClient};
-use super::tls::TlsClients;
+use super::tls::{CertificateProblem, TlsClients, TlsSession};
 use super::wire::{Stream, Wire, WireError, reply_line};
 
 /// Why a server could not be used (while opening a session); a caller with other hosts tries the next.
@@ -22,9 +22,15 @@ pub enum ConnectError {
     /// The session broke while opening.
     #[error("{0}")]
     Wire(String),
-    /// TLS failed (handshake, or required but not offered).
+    /// TLS failed (the handshake, or EHLO over TLS).
     #[error("{0}")]
     Tls(String),
+    /// The server's certificate did not verify (a handshake that asked for verification).
+    #[error("{1}")]
+    Certificate(CertificateProblem, String),
+    /// TLS is required but the server does not offer STARTTLS, or refused it.
+    #[error("{0}")]
+    NoStartTls(String),
 }
 
 impl ConnectError {
@@ -34,8 +40,16 @@ impl ConnectError {
             ConnectError::Unreachable(t) => Reply::new(451, "4.4.1", t.clone()),
             ConnectError::Rejected(t) => Reply::new(451, "4.4.0", t.clone()),
             ConnectError::Wire(t) => Reply::new(451, "4.4.2", t.clone()),
-            ConnectError::Tls(t) => Reply::new(451, "4.7.5", t.clone()),
+            ConnectError::Tls(t) | ConnectError::Certificate(_, t) | ConnectError::NoStartTls(t) => {
+                Reply::new(451, "4.7.5", t.clone())
+            }
         }
+    }
+
+    /// Whether TLS itself failed: the handshake (a certificate among the causes), or EHLO over TLS; not
+    /// the connection under it, nor a server without STARTTLS.
+    pub fn is_tls_failure(&self) -> bool {
+        matches!(self, ConnectError::Tls(_) | ConnectError::Certificate(..))
     }
 }
 
@@ -70,23 +84,23 @@ impl SmtpClient {
         verify: bool,
     ) -> Result<SmtpClient, ConnectError> {
         let tcp = tcp_connect(server, addr, options).await?;
-        let (stream, description) = tls
+        let (stream, session) = tls
             .handshake(tcp, server, verify, options.timeouts.tls_handshake)
             .await?;
         let stream = Stream::Tls(Box::new(stream));
-        SmtpClient::greet(server, addr, stream, Some(description), options).await
+        SmtpClient::greet(server, addr, stream, Some(session), options).await
     }
 
     async fn greet(
         server: &str,
         addr: SocketAddr,
         stream: Stream,
-        tls: Option<String>,
+        tls: Option<TlsSession>,
         options: &ClientOptions,
     ) -> Result<SmtpClient, ConnectError> {
         let wire = Wire::new(stream, options.transcript.clone());
-        if let Some(description) = &tls {
-            wire.note(super::TranscriptEntry::Tls(description));
+        if let Some(session) = &tls {
+            wire.note(super::TranscriptEntry::Tls(&session.description));
         }
         let mut client = SmtpClient {
             wire,

@@ -27,7 +27,7 @@ pub mod wire;
 
 pub use client::{ClientOptions, SmtpClient, Timeouts};
 pub use connect::ConnectError;
-pub use tls::{StartTls, TlsClients};
+pub use tls::{CertificateProblem, StartTls, TlsClients, TlsSession};
 pub use transaction::{MessageReplies, NotStarted, RecipientReply};
 pub use transcript::{Transcript, TranscriptEntry, TranscriptHook, command_line, tracing_transcript};
 pub use wire::{WireError, reply_line};

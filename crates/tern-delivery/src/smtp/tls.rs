@@ -4,7 +4,9 @@
 //! Verified TLS trusts the web PKI roots (`webpki-roots`) plus `delivery.extra_ca_file`, and checks the
 //! certificate against the MX name (also sent as SNI). Opportunistic TLS encrypts without requiring the
 //! certificate to verify (RFC 7435): most MX certificates do not match their MX names, and plaintext would
-//! be worse. The handshake signatures are still checked.
+//! be worse. The handshake signatures are still checked. Either way, rustls's safe defaults allow TLS 1.2
+//! and 1.3 only, as MTA-STS (RFC 8461 §4.2) requires. Why a certificate did not verify is kept
+//! ([`CertificateProblem`]) for TLS reports (RFC 8460) and MTA-STS `testing` policies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -24,6 +26,58 @@ use tern_smtp::{Command, Reply};
 use super::client::SmtpClient;
 use super::connect::ConnectError;
 use crate::error::DeliveryError;
+
+/// Why a certificate did not verify, told apart as far as TLS reports (RFC 8460 §4.3) tell causes apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CertificateProblem {
+    /// It is not valid for the server's name.
+    NameMismatch,
+    /// It has expired, or is not valid yet.
+    Expired,
+    /// It does not chain to a trusted root.
+    NotTrusted,
+    /// Any other reason: revoked, a bad signature or usage, no certificate at all.
+    Invalid,
+}
+
+impl CertificateProblem {
+    /// The problem behind a rustls error, when it is one of the peer's certificate.
+    pub fn of(e: &rustls::Error) -> Option<CertificateProblem> {
+        match e {
+            rustls::Error::InvalidCertificate(c) => Some(match c {
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                    CertificateProblem::NameMismatch
+                }
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => CertificateProblem::Expired,
+                CertificateError::UnknownIssuer => CertificateProblem::NotTrusted,
+                _ => CertificateProblem::Invalid,
+            }),
+            rustls::Error::NoCertificatesPresented => Some(CertificateProblem::Invalid),
+            _ => None,
+        }
+    }
+
+    /// The problem behind a failed handshake's I/O error (tokio-rustls wraps rustls's errors in one).
+    fn of_io(e: &std::io::Error) -> Option<CertificateProblem> {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(CertificateProblem::of)
+    }
+}
+
+/// What a finished handshake established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSession {
+    /// The version, the cipher suite and whether the certificate verified
+    /// (`TLSv1_3 TLS13_AES_256_GCM_SHA384 verified`).
+    pub description: String,
+    /// Why the certificate did not verify against the server's name; `None` when it did. Only an
+    /// opportunistic session can have one: a verified handshake fails instead.
+    pub certificate: Option<CertificateProblem>,
+}
 
 /// The two client configurations.
 #[derive(Clone)]
@@ -81,18 +135,19 @@ impl TlsClients {
     }
 
     /// Runs the client handshake over `tcp` with SNI `name` within `timeout`, verifying the certificate
-    /// when `verify`. Returns the stream and a description (`TLSv1_3 TLS13_AES_256_GCM_SHA384 verified`).
+    /// when `verify`. Returns the stream and what the handshake established ([`TlsSession`]).
     ///
-    /// A failure of TLS itself (an alert, a certificate that does not verify, bytes that are no TLS, a
-    /// handshake that stalls past `timeout`) is [`ConnectError::Tls`]; the connection failing under it (a
-    /// reset, the peer closing) is [`ConnectError::Wire`], as it would be at any other step.
+    /// A failure of TLS itself (an alert, bytes that are no TLS, a handshake that stalls past `timeout`) is
+    /// [`ConnectError::Tls`], a certificate that does not verify [`ConnectError::Certificate`]; the
+    /// connection failing under it (a reset, the peer closing) is [`ConnectError::Wire`], as it would be at
+    /// any other step.
     pub async fn handshake(
         &self,
         tcp: TcpStream,
         name: &str,
         verify: bool,
         timeout: Duration,
-    ) -> Result<(TlsStream<TcpStream>, String), ConnectError> {
+    ) -> Result<(TlsStream<TcpStream>, TlsSession), ConnectError> {
         let server_name = ServerName::try_from(name.to_string())
             .map_err(|e| ConnectError::Tls(format!("bad TLS name {name}: {e}")))?;
         let connector = if verify {
@@ -104,6 +159,12 @@ impl TlsClients {
             Ok(Ok(s)) => s,
             // tokio-rustls reports rustls's own errors as InvalidData.
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                if let Some(problem) = CertificateProblem::of_io(&e) {
+                    return Err(ConnectError::Certificate(
+                        problem,
+                        format!("TLS handshake with {name} failed: {e}"),
+                    ));
+                }
                 return Err(ConnectError::Tls(format!(
                     "TLS handshake with {name} failed: {e}"
                 )));
@@ -125,22 +186,43 @@ impl TlsClients {
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default();
         // An opportunistic session is still reported as verified when its certificate checks out.
-        let verified = verify
-            || conn
-                .peer_certificates()
-                .is_some_and(|chain| match chain.split_first() {
-                    Some((leaf, rest)) => ServerName::try_from(name.to_string()).is_ok_and(|sn| {
-                        self.checker
-                            .verify_server_cert(leaf, rest, &sn, &[], UnixTime::now())
-                            .is_ok()
-                    }),
-                    None => false,
-                });
-        let desc = format!(
+        let certificate = if verify {
+            None
+        } else {
+            self.check(conn.peer_certificates(), name)
+        };
+        let description = format!(
             "{version} {suite} {}",
-            if verified { "verified" } else { "unverified" }
+            if certificate.is_none() {
+                "verified"
+            } else {
+                "unverified"
+            }
         );
-        Ok((stream, desc))
+        Ok((
+            stream,
+            TlsSession {
+                description,
+                certificate,
+            },
+        ))
+    }
+
+    /// Why the certificate `chain` (leaf first) would not verify for `name`; `None` when it would.
+    fn check(&self, chain: Option<&[CertificateDer<'_>]>, name: &str) -> Option<CertificateProblem> {
+        let Some((leaf, rest)) = chain.and_then(|c| c.split_first()) else {
+            return Some(CertificateProblem::Invalid);
+        };
+        let Ok(server_name) = ServerName::try_from(name.to_string()) else {
+            return Some(CertificateProblem::NameMismatch);
+        };
+        match self
+            .checker
+            .verify_server_cert(leaf, rest, &server_name, &[], UnixTime::now())
+        {
+            Ok(_) => None,
+            Err(e) => Some(CertificateProblem::of(&e).unwrap_or(CertificateProblem::Invalid)),
+        }
     }
 }
 
@@ -160,7 +242,8 @@ impl SmtpClient {
     /// CVE-2011-0411), end the session.
     ///
     /// The error tells TLS failing ([`ConnectError::Tls`]: the handshake failed or stalled, EHLO over TLS
-    /// was refused or broke with a TLS error) from the connection failing ([`ConnectError::Wire`]: no reply
+    /// was refused or broke with a TLS error; [`ConnectError::Certificate`]: the certificate did not
+    /// verify) from the connection failing ([`ConnectError::Wire`]: no reply
     /// to STARTTLS, a reset or close during the handshake, bytes before the handshake), so that a caller
     /// that falls back to plaintext remembers only the first as the host's.
     pub async fn starttls(&mut self, tls: &TlsClients, verify: bool) -> Result<StartTls, ConnectError> {
@@ -188,11 +271,11 @@ impl SmtpClient {
         let Some(tcp) = self.wire.take_plain() else {
             return Err(ConnectError::Tls("STARTTLS on a TLS stream".into()));
         };
-        let (stream, description) = tls
+        let (stream, session) = tls
             .handshake(tcp, &self.server, verify, self.timeouts.tls_handshake)
             .await?;
-        self.wire.resume_tls(stream, &description);
-        self.tls = Some(description);
+        self.wire.resume_tls(stream, &session.description);
+        self.tls = Some(session);
         match self.hello(&helo).await {
             Ok(()) => Ok(StartTls::Started),
             Err(ConnectError::Rejected(why)) => Err(ConnectError::Tls(format!("over TLS: {why}"))),

@@ -1,6 +1,7 @@
 //! Opening a connection for delivery: each host from a starting one, each of its addresses, a worker slot
-//! for each try; and the session set up the way `[delivery]` asks (STARTTLS per the host's [`TlsPolicy`],
-//! plaintext on the same host when opportunistic TLS fails, AUTH towards the relay).
+//! for each try; and the session set up the way `[delivery]` and the domain's MTA-STS policy ask (STARTTLS
+//! per the host's [`TlsPolicy`], plaintext on the same host when opportunistic TLS fails, AUTH towards the
+//! relay). Each try's TLS result goes to the MTA-STS step ([`StsApplied::record_session`]).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use tern_telemetry::metrics::ConnectionKind;
 use tracing::{Instrument, debug, info};
 
 use super::Inner;
+use super::mta_sts::StsApplied;
 use super::pool::Connection;
 use super::tls_policy::{TlsFailures, TlsPolicy};
 use crate::route::Host;
@@ -35,22 +37,30 @@ pub(super) struct SessionSettings {
 }
 
 impl Inner {
-    /// Tries every host from `start` on (wrapping), and every address of each, until one takes a session.
-    /// Returns the connection and the index of its host.
+    /// Tries every host from `start` on (wrapping), and every address of each, until one takes a session
+    /// as `sts` (the domain's MTA-STS policy) allows. Returns the connection and the index of its host; or
+    /// the last failure, but under an enforced policy the last failure the policy caused, if any, as that
+    /// is why the mail waits.
     pub(super) async fn connect_any(
         &self,
         domain: &str,
         hosts: &[Host],
         start: usize,
+        sts: &StsApplied,
     ) -> Result<(Connection, usize), ConnectError> {
         let mut last = ConnectError::Unreachable(format!("no host to try for {domain}"));
+        let mut policy_error = None;
         for k in 0..hosts.len() {
             let i = (start + k) % hosts.len();
             let host = &hosts[i];
             for addr in &host.addrs {
                 let slot = self.connection_slot().await?;
                 let span = tracing::info_span!("connect", mx = %host.name, ip = %addr);
-                match open_session(host, *addr, &self.settings).instrument(span).await {
+                let opened = open_session(host, *addr, &self.settings, sts)
+                    .instrument(span)
+                    .await;
+                sts.record_session(host, addr.ip(), &opened);
+                match opened {
                     Ok(client) => {
                         tern_telemetry::metrics().connection(ConnectionKind::Opened);
                         let tls = client.tls().unwrap_or("-");
@@ -62,21 +72,26 @@ impl Inner {
                             domain, mx = %host.name, ip = %addr, error = %e,
                             "host not usable, trying the next"
                         );
+                        if sts.is_policy_error(&e) {
+                            policy_error = Some(e.clone());
+                        }
                         last = e;
                     }
                 }
             }
         }
-        Err(last)
+        Err(policy_error.unwrap_or(last))
     }
 }
 
 /// Opens a session to `host` at `addr`: connect (TLS from the first byte for an implicit-TLS relay), EHLO,
-/// STARTTLS as the host's [`TlsPolicy`] says ([`secure`]), then AUTH towards the relay.
+/// STARTTLS as the host's [`TlsPolicy`] says ([`secure`]; verified and required under an enforced MTA-STS
+/// policy), then AUTH towards the relay.
 async fn open_session(
     host: &Host,
     addr: SocketAddr,
     s: &SessionSettings,
+    sts: &StsApplied,
 ) -> Result<SmtpClient, ConnectError> {
     let options = ClientOptions {
         timeouts: s.timeouts.clone(),
@@ -90,7 +105,7 @@ async fn open_session(
     client.ehlo(&s.helo).await?;
 
     if client.tls().is_none() {
-        let policy = TlsPolicy::for_host(s.tls_mode, host.relay);
+        let policy = sts.tls_policy(TlsPolicy::for_host(s.tls_mode, host.relay));
         client = secure(client, host, addr, policy, s, &options).await?;
     }
 
@@ -106,10 +121,10 @@ async fn open_session(
 /// failed) a policy that requires TLS gives up on the host; an opportunistic one goes on in plaintext: on
 /// this session when STARTTLS was not offered or refused, on a new one to the same address when it failed
 /// (the old one is unusable). A refusal that ends the session (421) gives up on this address whatever the
-/// policy: the next one is tried. Only a failure of TLS itself ([`ConnectError::Tls`]) is remembered, so
-/// that the host is reached in plaintext for a while without trying TLS; the connection failing during
-/// STARTTLS (no reply, a reset, bytes before the handshake) may be one on-path event, and TLS is tried
-/// again next time.
+/// policy: the next one is tried. Only a failure of TLS itself ([`ConnectError::is_tls_failure`]) is
+/// remembered, so that the host is reached in plaintext for a while without trying TLS; the connection
+/// failing during STARTTLS (no reply, a reset, bytes before the handshake) may be one on-path event, and
+/// TLS is tried again next time.
 async fn secure(
     mut client: SmtpClient,
     host: &Host,
@@ -128,7 +143,7 @@ async fn secure(
     if !client.capabilities().starttls {
         if policy.required {
             client.quit().await;
-            return Err(ConnectError::Tls(format!(
+            return Err(ConnectError::NoStartTls(format!(
                 "TLS is required but {} [{addr}] does not offer STARTTLS",
                 host.name
             )));
@@ -140,7 +155,7 @@ async fn secure(
         Ok(StartTls::Started) => Ok(client),
         Ok(StartTls::Refused(r)) if policy.required => {
             client.quit().await;
-            Err(ConnectError::Tls(format!(
+            Err(ConnectError::NoStartTls(format!(
                 "{} [{addr}] refused STARTTLS: {}",
                 host.name,
                 reply_line(&r)
@@ -157,7 +172,7 @@ async fn secure(
         Ok(StartTls::Refused(_)) => Ok(client),
         Err(e) if policy.plaintext_fallback => {
             drop(client);
-            let remembered = matches!(e, ConnectError::Tls(_));
+            let remembered = e.is_tls_failure();
             if remembered {
                 s.tls_failures.remember(&host.name, addr, Instant::now());
             }

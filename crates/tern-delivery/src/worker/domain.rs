@@ -1,11 +1,15 @@
 //! One domain's jobs of a claim, delivered one after another over one connection at a time.
 //!
+//! First the **policy step** looks the domain's MTA-STS policy up (`worker/mta_sts.rs`): it decides which
+//! hosts may be used, what their connections ask of TLS, and whether an idle connection may be reused.
 //! For each job: **open or reuse** a connection (the current one while it is usable and under
 //! `messages_per_connection`; otherwise a new one, to the **next host** when the current one broke, the
 //! domain routed on first need), **send** the message, and **record** the outcome. A host that fails
 //! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
 //! next host, once per host. A reused connection found stale (its RSET fails) is replaced, once. After the
 //! last job, **keep or close**: the connection goes idle keeping the domain's slot as a hold, or is closed.
+//! A batch about to be deferred for the policy's sake while a message reaches its `max_age` has the policy
+//! **re-checked** first, and is tried once more when it changed.
 //!
 //! With `delivery.sandbox_dir` set there is no routing and no connection: each job is **written** to a file
 //! (`crate::sandbox`) and **recorded** with the replies that gives, as a transaction's would be.
@@ -14,9 +18,10 @@ use tern_core::{Recipient, Shutdown};
 use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, SlotHold};
 use tern_smtp::Reply;
 use tern_telemetry::metrics::ConnectionKind;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::Inner;
+use super::mta_sts::StsApplied;
 use super::pool::Connection;
 use crate::route::Host;
 use crate::sandbox::Sandbox;
@@ -40,6 +45,10 @@ pub(super) struct DomainDelivery<'a> {
     hosts: Option<Vec<Host>>,
     /// The host to connect to next (into `hosts`, wrapping).
     host_index: usize,
+    /// The domain's MTA-STS policy, from the policy step.
+    sts: StsApplied,
+    /// The last reply the batch was to take was the MTA-STS policy's (no matching MX, no verified TLS).
+    policy_failed: bool,
 }
 
 impl<'a> DomainDelivery<'a> {
@@ -59,6 +68,8 @@ impl<'a> DomainDelivery<'a> {
             hold: None,
             hosts: None,
             host_index: 0,
+            sts: StsApplied::not_applicable(),
+            policy_failed: false,
         }
     }
 
@@ -70,7 +81,15 @@ impl<'a> DomainDelivery<'a> {
             self.deliver_to_sandbox(sandbox, jobs).await;
             return;
         }
+        self.sts = self.inner.sts_lookup(self.domain).await;
         self.connection = self.inner.take_idle(&self.pool_key, took_hold).await;
+        if let Some(c) = self.connection.take_if(|c| !self.sts.allows_reuse(&c.client)) {
+            debug!(
+                domain = self.domain, mx = %c.client.server(),
+                "idle connection not reused: the enforced MTA-STS policy wants verified TLS to a policy MX"
+            );
+            c.quit().await;
+        }
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             if self.shutdown.is_cancelled() {
@@ -79,13 +98,34 @@ impl<'a> DomainDelivery<'a> {
             }
             let last = jobs.as_slice().is_empty();
             let span = tern_telemetry::trace::delivery_span(&job.job);
-            if let Err(reply) = self.deliver_job(&job, last).instrument(span).await {
+            let mut result = self.deliver_job(&job, last).instrument(span.clone()).await;
+            if result.is_err() && self.recheck_policy(&job, jobs.as_slice()).await {
+                result = self.deliver_job(&job, last).instrument(span).await;
+            }
+            if let Err(reply) = result {
                 // No route, or no host took a connection: the rest of the batch would fare no better.
                 self.inner.fail_all(job, jobs, &reply).await;
                 return;
             }
         }
         self.keep_or_close().await;
+    }
+
+    /// After the batch failed for the MTA-STS policy's sake: when that failure would be final for one of
+    /// its jobs (`job`, `rest`), the policy is re-checked (RFC 8461 §5.1), and when it changed, the new
+    /// one applies and the caller tries again (`true`).
+    async fn recheck_policy(&mut self, job: &ClaimedJob, rest: &[ClaimedJob]) -> bool {
+        if !std::mem::take(&mut self.policy_failed) {
+            return false;
+        }
+        let jobs: Vec<&ClaimedJob> = std::iter::once(job).chain(rest).collect();
+        let Some(sts) = self.inner.sts_recheck(&self.sts, &jobs).await else {
+            return false;
+        };
+        self.sts = sts;
+        self.hosts = None;
+        self.host_index = 0;
+        true
     }
 
     /// Gives `first` and the jobs after it back to the queue, unstarted (shutdown).
@@ -186,14 +226,20 @@ impl<'a> DomainDelivery<'a> {
         }
         self.route().await?;
         let hosts = self.hosts.as_deref().unwrap_or_default();
-        match self.inner.connect_any(self.domain, hosts, self.host_index).await {
+        match self
+            .inner
+            .connect_any(self.domain, hosts, self.host_index, &self.sts)
+            .await
+        {
             Ok((connection, index)) => {
                 self.host_index = index;
                 self.connection = Some(connection);
                 Ok(())
             }
             Err(e) => {
-                let reply = e.reply();
+                let policy_reply = self.sts.policy_reply(&e);
+                self.policy_failed = policy_reply.is_some();
+                let reply = policy_reply.unwrap_or_else(|| e.reply());
                 warn!(
                     domain = self.domain, reply = %reply_line(&reply),
                     "no host took a connection: the whole batch is deferred"
@@ -208,21 +254,33 @@ impl<'a> DomainDelivery<'a> {
         self.host_index += 1;
     }
 
-    /// Looks the domain's hosts up, unless that was done. `Err` is the reply the whole batch takes.
+    /// Looks the domain's hosts up, unless that was done, keeping those the MTA-STS policy allows. `Err`
+    /// is the reply the whole batch takes.
     async fn route(&mut self) -> Result<(), Reply> {
         if self.hosts.is_some() {
             return Ok(());
         }
-        match self.inner.router.route(self.domain).await {
-            Ok(hosts) => {
-                self.hosts = Some(hosts);
-                Ok(())
-            }
+        let routed = match self.inner.router.route(self.domain).await {
+            Ok(hosts) => hosts,
             Err(failure) => {
                 let reply = failure.reply();
                 warn!(
                     domain = self.domain, reply = %reply_line(&reply),
                     "no route: the whole batch takes this reply"
+                );
+                return Err(reply);
+            }
+        };
+        match self.sts.filter_hosts(routed) {
+            Ok(hosts) => {
+                self.hosts = Some(hosts);
+                Ok(())
+            }
+            Err(reply) => {
+                self.policy_failed = true;
+                warn!(
+                    domain = self.domain, reply = %reply_line(&reply),
+                    "no MX host allowed by the MTA-STS policy: the whole batch takes this reply"
                 );
                 Err(reply)
             }
@@ -257,7 +315,8 @@ impl<'a> DomainDelivery<'a> {
     /// pool came without routing: the hosts are learnt now.
     async fn another_host_left(&mut self, tried: usize) -> bool {
         if self.hosts.is_none() {
-            self.hosts = self.inner.router.route(self.domain).await.ok();
+            let routed = self.inner.router.route(self.domain).await.ok();
+            self.hosts = routed.and_then(|hosts| self.sts.filter_hosts(hosts).ok());
         }
         tried + 1 < self.hosts.as_ref().map_or(0, Vec::len)
     }
@@ -276,7 +335,7 @@ impl<'a> DomainDelivery<'a> {
         let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
             remote_mx: Some(c.client.server().to_string()),
             remote_ip: Some(c.client.addr().ip().to_string()),
-            tls: c.client.tls().map(str::to_string),
+            tls: self.sts.event_tls(&c.client),
         });
         // NOTIFY went on with each RCPT (RFC 3461): the server reports successes from here on.
         let dsn_passed_on = self

@@ -9,8 +9,9 @@
 //! for `delivery.tls_failure_memory`, so the next connections to it go plaintext without trying TLS again;
 //! the connection failing during STARTTLS (no reply, a reset, the peer closing, bytes sent before the
 //! handshake) is not, as one on-path event must not make a host plaintext-only for that long. The memory
-//! holds at most 10 000 hosts, the oldest going first. A policy that requires TLS (`tls = "required"`; an MTA-STS `enforce` policy will be one more) never falls
-//! back: without verified TLS the host is not used and the message is deferred.
+//! holds at most 10 000 hosts, the oldest going first. A policy that requires TLS (`tls = "required"`, and
+//! every host of a domain with an enforced MTA-STS policy: `worker/mta_sts.rs`) never falls back, and the
+//! memory does not apply to it: without verified TLS the host is not used and the message is deferred.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,8 +65,8 @@ impl TlsPolicy {
         plaintext_fallback: false,
     };
 
-    /// `tls = "required"`, and what an MTA-STS `enforce` policy will be: verified TLS or no delivery, never
-    /// plaintext.
+    /// `tls = "required"`, and every host under an enforced MTA-STS policy: verified TLS or no delivery,
+    /// never plaintext.
     pub(crate) const REQUIRED: TlsPolicy = TlsPolicy {
         starttls: true,
         verify: true,

@@ -1,0 +1,529 @@
+//! MTA-STS (RFC 8461) in delivery: a domain's policy step, what the policy asks of its hosts and
+//! connections, and the TLS results a delivery hands to TLS reporting.
+//!
+//! Before routing a domain's jobs the worker looks the domain's policy up in the cluster-shared cache
+//! ([`PolicyCache::lookup`], the domain in A-label form). Only mail that goes to the domain's own MX hosts
+//! has a policy: not in sandbox mode, not through `relay_host`, a `[[delivery.routes]]` entry or to an
+//! address literal (the operator chose those hosts), and not with `delivery.mta_sts.enabled` off. Then,
+//! by the policy's mode ([`StsApplied`]):
+//!
+//! - **enforce**: only the MX hosts that match the policy's `mx` patterns are used; when none does, the
+//!   batch is deferred with 4.7.5. Every connection requires TLS with a certificate valid for the MX name
+//!   (SNI the MX name, TLS 1.2 or later, the web PKI roots plus `delivery.extra_ca_file`): STARTTLS not
+//!   offered, refused or failing leaves the host unused, never falls back to plaintext (the opportunistic
+//!   fallback memory is not consulted), and when no host is left the batch is deferred with 4.7.5 and a
+//!   reply that names MTA-STS and why. An idle connection is reused only when it meets the same (verified
+//!   TLS to a matching MX). Before a policy failure becomes final (a message at `max_age` expires), the
+//!   TXT id is checked again ([`PolicyCache::recheck`]); a changed policy gets one more try at once.
+//! - **testing**: delivery is opportunistic, as without a policy; a session to an MX that does not match,
+//!   or without verified TLS, is a policy failure: logged, counted, and marked in the delivery event.
+//! - **none** (or no policy): nothing changes.
+//!
+//! Every session to a looked-up domain's MX, and every failed policy fetch, is one TLS result
+//! ([`TlsResult`]) handed to [`record_tls_result`]: the seam where TLS-RPT (RFC 8460) counting goes. The
+//! `tls` field of the delivery event names the mode: `<TLS description>; mta-sts=<mode>`, with
+//! `; mta-sts-failure=<result type>` after a testing failure (`plaintext; ...` for a plaintext session
+//! under a policy; nothing, as before, for a plaintext session without one).
+
+use std::net::IpAddr;
+
+use hickory_resolver::proto::rr::Name;
+use tern_core::time::now_ms;
+use tern_mta_sts::{ActivePolicy, Mode, PolicyCache, TlsRptResultType};
+use tern_queue::ClaimedJob;
+use tern_smtp::Reply;
+use tern_telemetry::metrics::MtaStsMode;
+use tracing::{debug, info, warn};
+
+use super::Inner;
+use super::tls_policy::TlsPolicy;
+use crate::route::Host;
+use crate::smtp::{CertificateProblem, ConnectError, SmtpClient};
+
+/// How close to its `max_age` a message counts as expiring at this attempt (the outcome is decided a
+/// moment after the policy failure): the TXT id is checked again before such a failure.
+const EXPIRY_MARGIN_MS: u64 = 60_000;
+
+/// The MTA-STS policy a domain's delivery applies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct StsApplied {
+    /// The policy domain (A-label, lower case); `None` when MTA-STS does not apply to this delivery (off,
+    /// the relay, a fixed route, an address literal).
+    domain: Option<String>,
+    /// The policy in force (`enforce` or `testing`); `None`: no policy.
+    policy: Option<ActivePolicy>,
+}
+
+/// Why a session did not meet the policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct StsFailure {
+    /// The TLS-RPT result type.
+    pub(super) result_type: TlsRptResultType,
+    /// A more precise reason (TLS-RPT `failure-reason-code`).
+    pub(super) reason: String,
+}
+
+impl StsApplied {
+    /// No MTA-STS for this delivery.
+    pub(super) fn not_applicable() -> StsApplied {
+        StsApplied::default()
+    }
+
+    /// The mode, as the metric labels it.
+    pub(super) fn mode(&self) -> MtaStsMode {
+        mode_of(self.policy.as_ref())
+    }
+
+    /// Whether the policy is enforced: verified TLS to matching MX hosts, or no delivery.
+    pub(super) fn enforce(&self) -> bool {
+        self.mode() == MtaStsMode::Enforce
+    }
+
+    fn policy_id(&self) -> &str {
+        self.policy.as_ref().map_or("", |p| p.id.as_str())
+    }
+
+    fn domain(&self) -> &str {
+        self.domain.as_deref().unwrap_or("")
+    }
+
+    /// What a connection asks of TLS: `base` (from `delivery.tls`), but verified TLS with no plaintext
+    /// fallback under an enforced policy, whatever `delivery.tls` says.
+    pub(super) fn tls_policy(&self, base: TlsPolicy) -> TlsPolicy {
+        if self.enforce() { TlsPolicy::REQUIRED } else { base }
+    }
+
+    /// The hosts this delivery may use: under an enforced policy those whose name matches the policy's
+    /// patterns (in their order), and when none does the reply the batch is deferred with.
+    pub(super) fn filter_hosts(&self, hosts: Vec<Host>) -> Result<Vec<Host>, Reply> {
+        let Some(policy) = self.policy.as_ref().filter(|_| self.enforce()) else {
+            return Ok(hosts);
+        };
+        let (kept, dropped): (Vec<Host>, Vec<Host>) =
+            hosts.into_iter().partition(|h| policy.policy.matches_mx(&h.name));
+        for h in &dropped {
+            debug!(domain = self.domain(), mx = %h.name, policy_id = self.policy_id(),
+                "MX host does not match the enforced MTA-STS policy: not used");
+        }
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        for h in &dropped {
+            record_tls_result(&TlsResult {
+                domain: self.domain(),
+                policy: Some(policy),
+                mx: &h.name,
+                ip: None,
+                result: Err(TlsRptResultType::ValidationFailure),
+                reason: Some("mx-mismatch".into()),
+            });
+        }
+        let names: Vec<&str> = dropped.iter().map(|h| h.name.as_str()).collect();
+        Err(Reply::new(
+            451,
+            "4.7.5",
+            format!(
+                "MTA-STS policy of {} (enforce, id {}) not met: no MX host matches its mx patterns ({}); \
+                 MX: {}",
+                self.domain(),
+                self.policy_id(),
+                policy.policy.mx().join(", "),
+                names.join(", ")
+            ),
+        ))
+    }
+
+    /// Whether an idle connection opened earlier may carry this delivery's mail: always, except that an
+    /// enforced policy wants verified TLS to a matching MX.
+    pub(super) fn allows_reuse(&self, client: &SmtpClient) -> bool {
+        !self.enforce() || self.check(client).is_ok()
+    }
+
+    /// Whether `client`'s session meets the policy: its MX matches, and TLS is in use with a certificate
+    /// valid for the MX name. No policy: always.
+    pub(super) fn check(&self, client: &SmtpClient) -> Result<(), StsFailure> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        if !policy.policy.matches_mx(client.server()) {
+            return Err(StsFailure {
+                result_type: TlsRptResultType::ValidationFailure,
+                reason: "mx-mismatch".into(),
+            });
+        }
+        if client.tls().is_none() {
+            // A server that offers STARTTLS but is reached in plaintext: TLS failed with it (now, or
+            // recently enough to be remembered).
+            let (result_type, reason) = if client.capabilities().starttls {
+                (TlsRptResultType::ValidationFailure, "starttls-failed")
+            } else {
+                (TlsRptResultType::StarttlsNotSupported, "starttls-not-offered")
+            };
+            return Err(StsFailure {
+                result_type,
+                reason: reason.into(),
+            });
+        }
+        match client.certificate_problem() {
+            None => Ok(()),
+            Some(problem) => Err(StsFailure {
+                result_type: result_type_of(problem),
+                reason: reason_of(problem).into(),
+            }),
+        }
+    }
+
+    /// The reply a batch takes when no host took a connection (`e`, the last failure): under an enforced
+    /// policy a TLS failure is the policy's (4.7.5, naming MTA-STS); `None` for anything else.
+    pub(super) fn policy_reply(&self, e: &ConnectError) -> Option<Reply> {
+        if !self.enforce() || failure_of(e).is_none() {
+            return None;
+        }
+        Some(Reply::new(
+            451,
+            "4.7.5",
+            format!(
+                "MTA-STS policy of {} (enforce, id {}) not met: {e}",
+                self.domain(),
+                self.policy_id()
+            ),
+        ))
+    }
+
+    /// Whether `e` is a failure the enforced policy caused (kept over other failures as the batch's reply).
+    pub(super) fn is_policy_error(&self, e: &ConnectError) -> bool {
+        self.enforce() && failure_of(e).is_some()
+    }
+
+    /// The delivery event's `tls` field for a delivery over `client`: its TLS description, the mode, and a
+    /// testing failure. A plaintext session without a policy has none, as without MTA-STS.
+    pub(super) fn event_tls(&self, client: &SmtpClient) -> Option<String> {
+        let tls = match client.tls() {
+            Some(t) => t,
+            None if self.policy.is_none() => return None,
+            None => "plaintext",
+        };
+        let mut note = format!("{tls}; mta-sts={}", self.mode().as_str());
+        if let Err(f) = self.check(client) {
+            note.push_str(&format!("; mta-sts-failure={}", f.result_type));
+        }
+        Some(note)
+    }
+
+    /// Hands the TLS result of one session attempt (to `host` at `ip`) to [`record_tls_result`]: a session
+    /// that opened, checked against the policy, or one that failed for TLS (not the network's failures,
+    /// which are no TLS result).
+    pub(super) fn record_session(&self, host: &Host, ip: IpAddr, opened: &Result<SmtpClient, ConnectError>) {
+        if self.domain.is_none() {
+            return;
+        }
+        let (result, reason) = match opened {
+            Ok(client) => match self.check(client) {
+                Ok(()) => (Ok(()), None),
+                Err(f) => (Err(f.result_type), Some(f.reason)),
+            },
+            Err(e) => match failure_of(e) {
+                Some(f) => (Err(f.result_type), Some(f.reason)),
+                None => return,
+            },
+        };
+        record_tls_result(&TlsResult {
+            domain: self.domain(),
+            policy: self.policy.as_ref(),
+            mx: &host.name,
+            ip: Some(ip),
+            result,
+            reason,
+        });
+    }
+}
+
+/// The mode of `policy`, as the metric labels it (no policy: `none`).
+fn mode_of(policy: Option<&ActivePolicy>) -> MtaStsMode {
+    match policy.map(ActivePolicy::mode) {
+        Some(Mode::Enforce) => MtaStsMode::Enforce,
+        Some(Mode::Testing) => MtaStsMode::Testing,
+        Some(Mode::None) | None => MtaStsMode::None,
+    }
+}
+
+/// The TLS-RPT result of a failure to open a session, when TLS caused it.
+fn failure_of(e: &ConnectError) -> Option<StsFailure> {
+    let (result_type, reason) = match e {
+        ConnectError::Certificate(problem, _) => (result_type_of(*problem), reason_of(*problem)),
+        ConnectError::NoStartTls(_) => (TlsRptResultType::StarttlsNotSupported, "starttls-not-supported"),
+        ConnectError::Tls(_) => (TlsRptResultType::ValidationFailure, "tls-failed"),
+        ConnectError::Unreachable(_) | ConnectError::Rejected(_) | ConnectError::Wire(_) => return None,
+    };
+    Some(StsFailure {
+        result_type,
+        reason: reason.into(),
+    })
+}
+
+fn result_type_of(problem: CertificateProblem) -> TlsRptResultType {
+    match problem {
+        CertificateProblem::NameMismatch => TlsRptResultType::CertificateHostMismatch,
+        CertificateProblem::Expired => TlsRptResultType::CertificateExpired,
+        CertificateProblem::NotTrusted => TlsRptResultType::CertificateNotTrusted,
+        CertificateProblem::Invalid => TlsRptResultType::ValidationFailure,
+    }
+}
+
+fn reason_of(problem: CertificateProblem) -> &'static str {
+    match problem {
+        CertificateProblem::NameMismatch => "certificate-host-mismatch",
+        CertificateProblem::Expired => "certificate-expired",
+        CertificateProblem::NotTrusted => "certificate-not-trusted",
+        CertificateProblem::Invalid => "certificate-invalid",
+    }
+}
+
+/// One TLS result for a policy domain: what TLS-RPT (RFC 8460) counts, per UTC day, into the queue's
+/// `TlsReportStore` (`TlsSessionKey`: policy type and lines, receiving MX, result type, addresses).
+#[derive(Clone, Debug)]
+pub(crate) struct TlsResult<'a> {
+    /// The policy domain (A-label, lower case).
+    pub(crate) domain: &'a str,
+    /// The policy applied (`policy-type` `sts`, its lines the `policy-string`); `None`: no policy
+    /// (`no-policy-found`).
+    pub(crate) policy: Option<&'a ActivePolicy>,
+    /// The receiving MX host name; empty for a failed policy fetch (no MX was tried).
+    pub(crate) mx: &'a str,
+    /// The receiving MX's address (`receiving-ip`), when one was tried.
+    pub(crate) ip: Option<IpAddr>,
+    /// A successful session, or the failure's `result-type`.
+    pub(crate) result: Result<(), TlsRptResultType>,
+    /// A more precise reason (`failure-reason-code`), for a failure.
+    pub(crate) reason: Option<String>,
+}
+
+/// The TLS-RPT seam: every TLS result of a delivery to a looked-up domain comes here, once per session
+/// attempt (and once per failed policy fetch). For now it logs and counts `tern_mta_sts_total` (mode, and
+/// whether the session met the policy; a session without a policy always does); counting the result
+/// into the queue's TLS-RPT store goes here too.
+pub(crate) fn record_tls_result(r: &TlsResult<'_>) {
+    let policy_id = r.policy.map_or("", |p| p.id.as_str());
+    let mode = mode_of(r.policy);
+    let ip = r.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let reason = r.reason.as_deref().unwrap_or("");
+    if r.mx.is_empty() {
+        // A failed fetch: the cache logged it; the cached policy (if any) still applies.
+        let result_type = r.result.err().map_or("", TlsRptResultType::as_str);
+        debug!(
+            domain = r.domain,
+            policy_id, result_type, "MTA-STS policy discovery failure"
+        );
+        return;
+    }
+    let failure = r.result.err().filter(|_| mode != MtaStsMode::None);
+    tern_telemetry::metrics().mta_sts(mode, failure.is_none());
+    match failure {
+        None => debug!(
+            domain = r.domain,
+            mx = r.mx,
+            ip,
+            policy_id,
+            mode = mode.as_str(),
+            "MTA-STS check passed"
+        ),
+        Some(result_type) if mode == MtaStsMode::Enforce => warn!(
+            domain = r.domain, mx = r.mx, ip, policy_id, mode = mode.as_str(), result_type = %result_type,
+            reason, "MTA-STS policy failure: the host is not used (enforce)"
+        ),
+        Some(result_type) => warn!(
+            domain = r.domain, mx = r.mx, ip, policy_id, mode = mode.as_str(), result_type = %result_type,
+            reason, "MTA-STS policy failure: delivering anyway (testing)"
+        ),
+    }
+}
+
+/// The policy domain of a recipient domain: A-label form (IDNA for a U-label domain), lower case, no
+/// final dot; `None` when it is empty or not a domain name.
+pub(super) fn policy_domain(domain: &str) -> Option<String> {
+    let d = domain.trim().trim_end_matches('.');
+    if d.is_empty() {
+        return None;
+    }
+    if d.is_ascii() {
+        return Some(d.to_ascii_lowercase());
+    }
+    let name = Name::from_utf8(d).ok()?;
+    Some(name.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+}
+
+impl Inner {
+    /// The MTA-STS policy step: the policy a delivery to `domain` applies (none when MTA-STS is off or
+    /// the mail does not go to the domain's MX hosts).
+    pub(super) async fn sts_lookup(&self, domain: &str) -> StsApplied {
+        let Some((cache, domain)) = self.sts_target(domain) else {
+            return StsApplied::not_applicable();
+        };
+        let lookup = cache.lookup(&domain).await;
+        if let Some(result_type) = lookup.tls_rpt_failure() {
+            record_tls_result(&TlsResult {
+                domain: &domain,
+                policy: lookup.active.as_ref(),
+                mx: "",
+                ip: None,
+                result: Err(result_type),
+                reason: None,
+            });
+        }
+        let applied = StsApplied {
+            domain: Some(domain),
+            policy: lookup.active,
+        };
+        debug!(
+            domain = applied.domain(),
+            mode = applied.mode().as_str(),
+            policy_id = applied.policy_id(),
+            from_memory = lookup.from_memory,
+            "MTA-STS policy step"
+        );
+        applied
+    }
+
+    /// Before a policy failure of `applied` becomes final for one of `jobs` (it is at its `max_age`), the
+    /// TXT id is checked again (RFC 8461 §5.1): the policy that applies then, when it differs. `None`:
+    /// no job expires now, or the policy is the same, and the failure stands.
+    pub(super) async fn sts_recheck(&self, applied: &StsApplied, jobs: &[&ClaimedJob]) -> Option<StsApplied> {
+        let domain = applied.domain.as_deref()?;
+        let cache = self.mta_sts.as_ref()?;
+        let max_age = u64::try_from(self.retry.max_age().as_millis()).unwrap_or(u64::MAX);
+        let now = now_ms().saturating_add(EXPIRY_MARGIN_MS);
+        if !jobs
+            .iter()
+            .any(|j| now >= j.job.first_queued_ms.saturating_add(max_age))
+        {
+            return None;
+        }
+        let policy = cache.recheck(domain).await;
+        let same =
+            policy.as_ref().map(|p| (&p.id, p.mode())) == applied.policy.as_ref().map(|p| (&p.id, p.mode()));
+        info!(
+            domain,
+            policy_id = applied.policy_id(),
+            changed = !same,
+            "MTA-STS policy re-checked before a final failure"
+        );
+        (!same).then(|| StsApplied {
+            domain: Some(domain.to_owned()),
+            policy,
+        })
+    }
+
+    /// The cache and the policy domain, when MTA-STS applies to mail for `domain`.
+    fn sts_target(&self, domain: &str) -> Option<(&PolicyCache, String)> {
+        let cache = self.mta_sts.as_ref()?;
+        if !self.router.routes_by_mx(domain) {
+            return None;
+        }
+        match policy_domain(domain) {
+            Some(d) => Some((cache, d)),
+            None => {
+                warn!(domain, "not a domain name: no MTA-STS policy applies");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_mta_sts::Policy;
+
+    fn applied(mode: Mode, mx: &[&str]) -> StsApplied {
+        let policy = Policy::new(mode, mx.iter().map(|m| m.to_string()).collect(), 86400).unwrap();
+        StsApplied {
+            domain: Some("b.test".into()),
+            policy: Some(ActivePolicy {
+                domain: "b.test".into(),
+                id: "id1".into(),
+                policy,
+                fetched_at_ms: 0,
+                expires_at_ms: u64::MAX,
+            }),
+        }
+    }
+
+    fn host(name: &str) -> Host {
+        Host {
+            name: name.into(),
+            addrs: vec!["127.0.0.1:25".parse().unwrap()],
+            implicit_tls: false,
+            relay: false,
+        }
+    }
+
+    #[test]
+    fn policy_domains_are_a_labels_in_lower_case() {
+        assert_eq!(policy_domain("B.Test.").as_deref(), Some("b.test"));
+        assert_eq!(
+            policy_domain("bücher.test").as_deref(),
+            Some("xn--bcher-kva.test")
+        );
+        assert_eq!(policy_domain(" "), None);
+    }
+
+    #[test]
+    fn enforce_keeps_only_matching_hosts_and_defers_with_4_7_5_when_none_match() {
+        let sts = applied(Mode::Enforce, &["mx1.b.test", "*.backup.b.test"]);
+        let kept = sts
+            .filter_hosts(vec![
+                host("mx0.b.test"),
+                host("MX1.b.test"),
+                host("x.backup.b.test"),
+            ])
+            .unwrap();
+        let names: Vec<&str> = kept.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["MX1.b.test", "x.backup.b.test"]);
+        let reply = sts.filter_hosts(vec![host("evil.test")]).unwrap_err();
+        assert_eq!(
+            (reply.code, reply.enhanced.map(|e| e.to_string())),
+            (451, Some("4.7.5".into()))
+        );
+        assert!(reply.text().contains("MTA-STS"), "{reply:?}");
+    }
+
+    #[test]
+    fn testing_and_no_policy_keep_every_host_and_the_configured_tls() {
+        for sts in [
+            applied(Mode::Testing, &["mx1.b.test"]),
+            StsApplied::not_applicable(),
+        ] {
+            let kept = sts.filter_hosts(vec![host("other.test")]).unwrap();
+            assert_eq!(kept.len(), 1);
+            assert_eq!(sts.tls_policy(TlsPolicy::OPPORTUNISTIC), TlsPolicy::OPPORTUNISTIC);
+        }
+        let enforce = applied(Mode::Enforce, &["mx1.b.test"]);
+        assert_eq!(enforce.tls_policy(TlsPolicy::OPPORTUNISTIC), TlsPolicy::REQUIRED);
+        assert_eq!(enforce.tls_policy(TlsPolicy::DISABLED), TlsPolicy::REQUIRED);
+    }
+
+    #[test]
+    fn tls_failures_under_enforce_become_mta_sts_replies_and_network_failures_do_not() {
+        let sts = applied(Mode::Enforce, &["mx1.b.test"]);
+        let cert = ConnectError::Certificate(CertificateProblem::NameMismatch, "bad name".into());
+        let reply = sts.policy_reply(&cert).unwrap();
+        assert_eq!(reply.code, 451);
+        assert!(
+            reply
+                .text()
+                .contains("MTA-STS policy of b.test (enforce, id id1)"),
+            "{reply:?}"
+        );
+        assert!(sts.policy_reply(&ConnectError::NoStartTls("no".into())).is_some());
+        assert!(
+            sts.policy_reply(&ConnectError::Unreachable("down".into()))
+                .is_none()
+        );
+        let testing = applied(Mode::Testing, &["mx1.b.test"]);
+        assert!(testing.policy_reply(&cert).is_none());
+        assert_eq!(
+            failure_of(&cert).map(|f| f.result_type),
+            Some(TlsRptResultType::CertificateHostMismatch)
+        );
+    }
+}

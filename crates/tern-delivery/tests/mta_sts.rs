@@ -1,0 +1,461 @@
+//! MTA-STS enforcement in delivery, with real peers: redis-server as the queue and the policy store,
+//! dnsmasq serving the MX, A and `_mta-sts` TXT records, an HTTPS policy server with a test CA, and a
+//! receiving SMTP server that offers STARTTLS with a certificate for its MX name (or no STARTTLS).
+//!
+//! Where a test changes the domain's TXT record under a running worker, the cache asks a second dnsmasq
+//! from then on (dnsmasq cannot change a record while it runs): [`SwitchableTxt`].
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use common::fake_mx::{Behaviour, FakeMx};
+use common::policy_server::PolicyServer;
+use common::*;
+use tern_core::HumanDuration;
+use tern_delivery::Worker;
+use tern_mta_sts::{
+    CacheOptions, FetchOptions, HickoryDns, PolicyCache, PolicyFetcher, TxtLookup, TxtResolver,
+};
+use tern_queue::{EventKind, PolicyStore, Queue, RedisQueue, RedisQueueOptions};
+use tern_testkit::{Dnsmasq, DnsmasqBuilder, RedisServer, ServerCert, TestCa, free_port};
+
+static PREFIX: AtomicU32 = AtomicU32::new(0);
+
+/// A policy: `mode`, and the one `mx` pattern.
+fn policy(mode: &str, mx: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+/// What the receiving MX offers.
+enum Receiver {
+    /// STARTTLS with a certificate for these names, from the test CA.
+    StartTls(&'static [&'static str]),
+    /// No STARTTLS.
+    Plain,
+}
+
+/// One test's domain and peers.
+struct Setup {
+    domain: &'static str,
+    /// The domain's one MX, at 127.0.0.`last`.
+    mx_name: &'static str,
+    last: u8,
+    /// The policy served from `mta-sts.<domain>`, if any.
+    policy: Option<String>,
+    /// The TXT record announces the policy (id 1) from the start; otherwise only after
+    /// [`World::announce_new_id`].
+    announced: bool,
+    /// The cache asks [`SwitchableTxt`] for TXT records (otherwise it is wired as in production, with
+    /// `PolicyCache::with_dns`), so that [`World::announce_new_id`] works.
+    switchable: bool,
+    receiver: Receiver,
+    /// The cache's memory TTL (default 60 s).
+    memory_ttl: Option<Duration>,
+    /// `delivery.max_age` (default 5 days).
+    max_age: Option<Duration>,
+}
+
+impl Setup {
+    fn new(domain: &'static str, mx_name: &'static str, last: u8, receiver: Receiver) -> Setup {
+        Setup {
+            domain,
+            mx_name,
+            last,
+            policy: None,
+            announced: true,
+            switchable: false,
+            receiver,
+            memory_ttl: None,
+            max_age: None,
+        }
+    }
+
+    fn policy(mut self, text: String) -> Setup {
+        self.policy = Some(text);
+        self
+    }
+}
+
+/// The cache's TXT resolver: hickory asking one dnsmasq, switchable to another while the worker runs.
+struct SwitchableTxt(RwLock<HickoryDns>);
+
+impl TxtResolver for SwitchableTxt {
+    // What `#[async_trait]` makes of `async fn lookup_txt(&self, name: &str) -> TxtLookup`.
+    fn lookup_txt<'a, 'b, 'c>(&'a self, name: &'b str) -> Pin<Box<dyn Future<Output = TxtLookup> + Send + 'c>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        let dns = self.0.read().unwrap().clone();
+        Box::pin(async move { dns.lookup_txt(name).await })
+    }
+}
+
+/// A running test: its peers, the queue and a worker with the policy cache.
+struct World {
+    _dir: tempfile::TempDir,
+    policy_server: Option<PolicyServer>,
+    _dns: Dnsmasq,
+    /// The same records, with the TXT record announcing id 2.
+    dns_next: Dnsmasq,
+    txt: Arc<SwitchableTxt>,
+    _redis: RedisServer,
+    mx: FakeMx,
+    queue: Arc<dyn Queue>,
+    worker: RunningWorker,
+}
+
+impl World {
+    async fn start(setup: Setup) -> World {
+        let Setup {
+            domain,
+            mx_name,
+            last,
+            ..
+        } = setup;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new().unwrap();
+        let ca_file: PathBuf = ca.write_to(dir.path()).unwrap();
+        let policy_host = format!("mta-sts.{domain}");
+        let records = || {
+            Dnsmasq::builder()
+                .mx(domain, mx_name, 10)
+                .host(mx_name, ip(last))
+                .host(&policy_host, Ipv4Addr::LOCALHOST)
+        };
+        let announce =
+            |b: DnsmasqBuilder, id: u32| b.txt(&format!("_mta-sts.{domain}"), &format!("v=STSv1; id={id}"));
+        let first = if setup.policy.is_some() && setup.announced {
+            announce(records(), 1)
+        } else {
+            records()
+        };
+        let dns = first.start().expect("dnsmasq");
+        let dns_next = announce(records(), 2).start().expect("dnsmasq");
+        let policy_server = match &setup.policy {
+            Some(text) => Some(PolicyServer::start(&ca, &ca.issue(&[&policy_host]).unwrap(), text).await),
+            None => None,
+        };
+        let port = free_port().unwrap();
+        let tls: Option<ServerCert> = match setup.receiver {
+            Receiver::StartTls(names) => Some(ca.issue(names).unwrap()),
+            Receiver::Plain => None,
+        };
+        let mx = FakeMx::start(
+            sa(last, port),
+            Behaviour {
+                tls,
+                ..Default::default()
+            },
+        )
+        .await;
+
+        let redis = RedisServer::start().unwrap();
+        let store = Arc::new(
+            RedisQueue::connect(RedisQueueOptions {
+                url: redis.url(),
+                key_prefix: format!("sts{}", PREFIX.fetch_add(1, Ordering::Relaxed)),
+                lease: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(2),
+                response_timeout: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .await
+            .expect("connect to redis"),
+        );
+        let queue: Arc<dyn Queue> = store.clone();
+        let policies: Arc<dyn PolicyStore> = store;
+        let fetch = FetchOptions {
+            timeout: Duration::from_secs(10),
+            https_port: policy_server.as_ref().map_or(443, |s| s.port),
+            extra_ca_file: Some(ca_file.clone()),
+        };
+        let mut options = CacheOptions::default();
+        if let Some(ttl) = setup.memory_ttl {
+            options.memory_ttl = ttl;
+        }
+        let hickory = HickoryDns::from_servers(&[dns.addr()]).unwrap();
+        let txt = Arc::new(SwitchableTxt(RwLock::new(hickory.clone())));
+        let cache = if setup.switchable {
+            let fetcher = PolicyFetcher::new(fetch, Arc::new(hickory)).unwrap();
+            PolicyCache::new(policies, Arc::new(fetcher), txt.clone(), "w1".into(), options)
+        } else {
+            PolicyCache::with_dns(policies, hickory, fetch, "w1".into(), options).unwrap()
+        };
+
+        let mut cfg = config(&dns, port);
+        cfg.extra_ca_file = Some(ca_file);
+        if let Some(max_age) = setup.max_age {
+            cfg.max_age = HumanDuration(max_age);
+        }
+        let worker = Worker::new(&cfg, queue.clone(), "w1")
+            .expect("worker")
+            .with_lease(Duration::from_secs(30))
+            .with_mta_sts(Some(cache));
+        let token = tokio_util::sync::CancellationToken::new();
+        let t = token.clone();
+        let handle = tokio::spawn(async move { worker.run(t).await });
+        World {
+            _dir: dir,
+            policy_server,
+            _dns: dns,
+            dns_next,
+            txt,
+            _redis: redis,
+            mx,
+            queue,
+            worker: RunningWorker {
+                token,
+                handle: Some(handle),
+            },
+        }
+    }
+
+    /// The domain's TXT record announces policy id 2 from now on (to a cache built with
+    /// `Setup::switchable`).
+    fn announce_new_id(&self) {
+        *self.txt.0.write().unwrap() = HickoryDns::from_servers(&[self.dns_next.addr()]).unwrap();
+    }
+
+    async fn stop(self) {
+        self.worker.stop().await;
+    }
+}
+
+/// The events of `kind` so far.
+async fn events_of(queue: &Arc<dyn Queue>, kind: EventKind) -> Vec<tern_queue::Event> {
+    events(queue)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforce_policy_whose_mx_matches_delivers_over_verified_tls() {
+    let w = World::start(
+        Setup::new(
+            "enf.test",
+            "mx.enf.test",
+            81,
+            Receiver::StartTls(&["mx.enf.test"]),
+        )
+        .policy(policy("enforce", "mx.enf.test")),
+    )
+    .await;
+    send(&w.queue, "s@a.test", &["r@enf.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Delivered).await;
+    let tls = e.tls.clone().unwrap_or_default();
+    assert!(tls.contains(" verified"), "{e:?}");
+    assert!(tls.ends_with("; mta-sts=enforce"), "{e:?}");
+    assert_eq!(e.remote_mx.as_deref(), Some("mx.enf.test"));
+    let messages = w.mx.messages();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].tls);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforce_policy_whose_mx_does_not_match_defers_with_4_7_5_and_delivers_nothing() {
+    let w = World::start(
+        Setup::new(
+            "nomatch.test",
+            "mx.elsewhere.test",
+            82,
+            Receiver::StartTls(&["mx.elsewhere.test"]),
+        )
+        .policy(policy("enforce", "mx.nomatch.test")),
+    )
+    .await;
+    send(&w.queue, "s@a.test", &["r@nomatch.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Deferred).await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(reply.starts_with("451 4.7.5 "), "{e:?}");
+    assert!(
+        reply.contains("MTA-STS") && reply.contains("no MX host matches"),
+        "{e:?}"
+    );
+    // Not delivered, and not even connected to.
+    let seen = w.mx.seen.lock().unwrap().sessions;
+    assert_eq!(seen, 0);
+    assert!(w.mx.messages().is_empty());
+    let counts = w.queue.counts().await.unwrap();
+    assert_eq!(counts.total, 1, "{counts:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforce_policy_with_a_receiver_without_starttls_defers_with_4_7_5_never_in_plaintext() {
+    let w = World::start(
+        Setup::new("plain.test", "mx.plain.test", 83, Receiver::Plain)
+            .policy(policy("enforce", "mx.plain.test")),
+    )
+    .await;
+    send(&w.queue, "s@a.test", &["r@plain.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Deferred).await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(reply.starts_with("451 4.7.5 "), "{e:?}");
+    assert!(reply.contains("MTA-STS") && reply.contains("STARTTLS"), "{e:?}");
+    assert!(w.mx.messages().is_empty());
+    assert!(
+        !w.mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        w.mx.commands()
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enforce_policy_with_a_certificate_for_another_name_defers_with_4_7_5_never_in_plaintext() {
+    let w = World::start(
+        Setup::new(
+            "badcert.test",
+            "mx.badcert.test",
+            84,
+            Receiver::StartTls(&["other.name.test"]),
+        )
+        .policy(policy("enforce", "mx.badcert.test")),
+    )
+    .await;
+    send(&w.queue, "s@a.test", &["r@badcert.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Deferred).await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(reply.starts_with("451 4.7.5 "), "{e:?}");
+    assert!(reply.contains("MTA-STS"), "{e:?}");
+    assert!(w.mx.messages().is_empty());
+    assert!(
+        !w.mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        w.mx.commands()
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_testing_policy_whose_mx_does_not_match_delivers_and_records_the_policy_failure() {
+    let w = World::start(
+        Setup::new(
+            "tst.test",
+            "mx.tst.test",
+            85,
+            Receiver::StartTls(&["mx.tst.test"]),
+        )
+        .policy(policy("testing", "mx.elsewhere.test")),
+    )
+    .await;
+    send(&w.queue, "s@a.test", &["r@tst.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Delivered).await;
+    let tls = e.tls.clone().unwrap_or_default();
+    assert!(
+        tls.ends_with("; mta-sts=testing; mta-sts-failure=validation-failure"),
+        "{e:?}"
+    );
+    assert_eq!(w.mx.messages().len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_domain_without_a_policy_is_delivered_as_before_and_says_so() {
+    let w = World::start(Setup::new(
+        "nopolicy.test",
+        "mx.nopolicy.test",
+        86,
+        Receiver::StartTls(&["mx.nopolicy.test"]),
+    ))
+    .await;
+    send(&w.queue, "s@a.test", &["r@nopolicy.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Delivered).await;
+    let tls = e.tls.clone().unwrap_or_default();
+    assert!(
+        tls.contains(" verified") && tls.ends_with("; mta-sts=none"),
+        "{e:?}"
+    );
+    assert_eq!(w.mx.messages().len(), 1);
+    w.stop().await;
+}
+
+/// An idle connection opened under no policy, with TLS whose certificate does not verify, is not reused
+/// once the domain's policy is enforced: the next message needs verified TLS, which this receiver cannot
+/// give, so it waits (4.7.5) instead of going over the idle connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_connection_without_verified_tls_is_not_reused_once_the_policy_is_enforced() {
+    let mut setup = Setup::new(
+        "pool.test",
+        "mx.pool.test",
+        87,
+        Receiver::StartTls(&["other.name.test"]),
+    )
+    .policy(policy("enforce", "mx.pool.test"));
+    setup.announced = false;
+    setup.switchable = true;
+    setup.memory_ttl = Some(Duration::ZERO);
+    let w = World::start(setup).await;
+    send(&w.queue, "s@a.test", &["r1@pool.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Delivered).await;
+    assert!(
+        e.tls
+            .as_deref()
+            .unwrap_or("")
+            .ends_with(" unverified; mta-sts=none"),
+        "{e:?}"
+    );
+    // The connection is idle now (kept for 5 s); the policy appears.
+    w.announce_new_id();
+    send(&w.queue, "s@a.test", &["r2@pool.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Deferred).await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(
+        reply.starts_with("451 4.7.5 ") && reply.contains("MTA-STS"),
+        "{e:?}"
+    );
+    assert_eq!(w.mx.messages().len(), 1, "only the first message went");
+    assert!(
+        w.mx.seen.lock().unwrap().sessions >= 2,
+        "a new connection was tried"
+    );
+    assert_eq!(w.policy_server.as_ref().unwrap().requests(), 1);
+    w.stop().await;
+}
+
+/// A message that would expire on a policy failure has the policy re-checked first (RFC 8461 §5.1): the
+/// TXT id changed and the new policy allows the MX, so it is delivered, although this worker's memory
+/// (60 s) still held the old policy and the message is past its `max_age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_failure_at_max_age_rechecks_the_policy_and_delivers_under_the_new_one() {
+    let mut setup = Setup::new("re.test", "mx.re.test", 88, Receiver::StartTls(&["mx.re.test"]))
+        .policy(policy("enforce", "mx.old.test"));
+    setup.max_age = Some(Duration::from_secs(3));
+    setup.switchable = true;
+    let w = World::start(setup).await;
+    send(&w.queue, "s@a.test", &["r@re.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Deferred).await;
+    assert!(
+        e.reply.as_deref().unwrap_or("").starts_with("451 4.7.5 "),
+        "{e:?}"
+    );
+    w.policy_server
+        .as_ref()
+        .unwrap()
+        .set_policy(&policy("enforce", "mx.re.test"));
+    w.announce_new_id();
+    let e = wait_event(&w.queue, EventKind::Delivered).await;
+    assert!(
+        e.tls
+            .as_deref()
+            .unwrap_or("")
+            .ends_with(" verified; mta-sts=enforce"),
+        "{e:?}"
+    );
+    assert!(events_of(&w.queue, EventKind::Expired).await.is_empty());
+    assert_eq!(w.mx.messages().len(), 1);
+    w.stop().await;
+}
