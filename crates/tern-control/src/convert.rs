@@ -259,7 +259,11 @@ pub fn attempt(e: &Event) -> pb::Attempt {
         remote_mx: e.remote_mx.clone().unwrap_or_default(),
         remote_ip: e.remote_ip.clone().unwrap_or_default(),
         reply: e.reply.clone().unwrap_or_default(),
-        tls: e.tls.as_ref().is_some_and(|t| !t.is_empty()),
+        // A plaintext session can carry details too (an MTA-STS testing failure): it was not TLS.
+        tls: e
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.is_empty() && !t.starts_with("plaintext")),
         tls_details: e.tls.clone().unwrap_or_default(),
         attempt: e.attempt,
     }

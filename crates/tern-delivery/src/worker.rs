@@ -82,6 +82,8 @@ struct Inner {
     sandbox: Option<Sandbox>,
     /// The MTA-STS policy cache, shared by the process's workers and the cluster (`None`: MTA-STS off).
     mta_sts: Option<tern_mta_sts::PolicyCache>,
+    /// The queue's TLS-RPT counters (`delivery.tls_rpt.enabled`), fed by the MTA-STS step.
+    tls_reports: mta_sts::TlsReports,
     settings: SessionSettings,
     retry: RetrySchedule,
     cfg: DeliveryConfig,
@@ -175,6 +177,7 @@ impl Worker {
                 router,
                 sandbox: cfg.sandbox_dir.as_deref().map(Sandbox::open),
                 mta_sts: None,
+                tls_reports: mta_sts::TlsReports::default(),
                 settings,
                 retry,
                 cfg: cfg.clone(),
@@ -204,6 +207,15 @@ impl Worker {
     pub fn with_mta_sts(mut self, cache: Option<tern_mta_sts::PolicyCache>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.mta_sts = cache;
+        }
+        self
+    }
+
+    /// Sets where TLS results are counted for TLS-RPT reports (RFC 8460): the queue store's counters when
+    /// `delivery.tls_rpt.enabled`, `None` otherwise. Call before [`Worker::run`].
+    pub fn with_tls_reports(mut self, store: Option<Arc<dyn tern_queue::TlsReportStore>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tls_reports = mta_sts::TlsReports(store);
         }
         self
     }

@@ -24,7 +24,9 @@ use tern_delivery::Worker;
 use tern_mta_sts::{
     CacheOptions, FetchOptions, HickoryDns, PolicyCache, PolicyFetcher, TxtLookup, TxtResolver,
 };
-use tern_queue::{EventKind, PolicyStore, Queue, RedisQueue, RedisQueueOptions};
+use tern_queue::{
+    EventKind, PolicyStore, Queue, RedisQueue, RedisQueueOptions, TlsReportStore, TlsSessionKey,
+};
 use tern_testkit::{Dnsmasq, DnsmasqBuilder, RedisServer, ServerCert, TestCa, free_port};
 
 static PREFIX: AtomicU32 = AtomicU32::new(0);
@@ -111,6 +113,8 @@ struct World {
     _redis: RedisServer,
     mx: FakeMx,
     queue: Arc<dyn Queue>,
+    /// The TLS-RPT counters the worker adds to.
+    reports: Arc<dyn TlsReportStore>,
     worker: RunningWorker,
 }
 
@@ -173,6 +177,7 @@ impl World {
             .expect("connect to redis"),
         );
         let queue: Arc<dyn Queue> = store.clone();
+        let reports: Arc<dyn TlsReportStore> = store.clone();
         let policies: Arc<dyn PolicyStore> = store;
         let fetch = FetchOptions {
             timeout: Duration::from_secs(10),
@@ -200,7 +205,8 @@ impl World {
         let worker = Worker::new(&cfg, queue.clone(), "w1")
             .expect("worker")
             .with_lease(Duration::from_secs(30))
-            .with_mta_sts(Some(cache));
+            .with_mta_sts(Some(cache))
+            .with_tls_reports(Some(reports.clone()));
         let token = tokio_util::sync::CancellationToken::new();
         let t = token.clone();
         let handle = tokio::spawn(async move { worker.run(t).await });
@@ -213,6 +219,7 @@ impl World {
             _redis: redis,
             mx,
             queue,
+            reports,
             worker: RunningWorker {
                 token,
                 handle: Some(handle),
@@ -229,6 +236,20 @@ impl World {
     async fn stop(self) {
         self.worker.stop().await;
     }
+}
+
+/// Today's TLS-RPT counters of `domain` once they hold `n` sessions (the worker adds them in the
+/// background).
+async fn tls_report_counts(w: &World, domain: &str, n: u64) -> Vec<(TlsSessionKey, u64)> {
+    let day = tern_queue::tls_report::utc_day(tern_core::time::now_ms());
+    for _ in 0..100 {
+        let rows = w.reports.tls_report_read(&day, domain).await.unwrap();
+        if rows.iter().map(|(_, c)| c).sum::<u64>() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} TLS-RPT counts for {domain}");
 }
 
 /// The events of `kind` so far.
@@ -261,6 +282,16 @@ async fn an_enforce_policy_whose_mx_matches_delivers_over_verified_tls() {
     let messages = w.mx.messages();
     assert_eq!(messages.len(), 1);
     assert!(messages[0].tls);
+    // Counted for TLS-RPT: one successful session under the sts policy, to that MX.
+    let rows = tls_report_counts(&w, "enf.test", 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (key, count) = &rows[0];
+    assert_eq!(
+        (key.policy_type.as_str(), key.result_type.as_deref(), *count),
+        ("sts", None, 1)
+    );
+    assert_eq!(key.mx_host, "mx.enf.test");
+    assert!(key.policy_string.iter().any(|l| l == "mode: enforce"), "{key:?}");
     w.stop().await;
 }
 
@@ -360,6 +391,12 @@ async fn a_testing_policy_whose_mx_does_not_match_delivers_and_records_the_polic
         "{e:?}"
     );
     assert_eq!(w.mx.messages().len(), 1);
+    // Counted for TLS-RPT as a failure of its type, with the receiving MX and address.
+    let rows = tls_report_counts(&w, "tst.test", 1).await;
+    let (key, count) = &rows[0];
+    assert_eq!(key.result_type.as_deref(), Some("validation-failure"), "{rows:?}");
+    assert_eq!((key.mx_host.as_str(), *count), ("mx.tst.test", 1));
+    assert!(!key.receiving_ip.is_empty(), "{key:?}");
     w.stop().await;
 }
 

@@ -26,11 +26,12 @@
 //! under a policy; nothing, as before, for a plaintext session without one).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_resolver::proto::rr::Name;
 use tern_core::time::now_ms;
 use tern_mta_sts::{ActivePolicy, Mode, PolicyCache, TlsRptResultType};
-use tern_queue::ClaimedJob;
+use tern_queue::{ClaimedJob, TlsReportStore, TlsSessionKey};
 use tern_smtp::Reply;
 use tern_telemetry::metrics::MtaStsMode;
 use tracing::{debug, info, warn};
@@ -52,6 +53,63 @@ pub(super) struct StsApplied {
     domain: Option<String>,
     /// The policy in force (`enforce` or `testing`); `None`: no policy.
     policy: Option<ActivePolicy>,
+    /// Where the session results are counted for TLS-RPT (`delivery.tls_rpt.enabled`).
+    reports: TlsReports,
+}
+
+/// The queue's TLS-RPT counters, when reporting is on. Compares equal always: it is where results go, not
+/// part of what a delivery applies.
+#[derive(Clone, Default)]
+pub(crate) struct TlsReports(pub(crate) Option<Arc<dyn TlsReportStore>>);
+
+impl PartialEq for TlsReports {
+    fn eq(&self, _: &TlsReports) -> bool {
+        true
+    }
+}
+
+impl Eq for TlsReports {}
+
+impl std::fmt::Debug for TlsReports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "TlsReports(on)"
+        } else {
+            "TlsReports(off)"
+        })
+    }
+}
+
+impl TlsReports {
+    /// Counts one session result into today's (UTC) report of its policy domain, in the background: a
+    /// count lost to a queue outage costs a line of a report, never mail.
+    fn add(&self, r: &TlsResult<'_>) {
+        let Some(store) = self.0.clone() else {
+            return;
+        };
+        let (policy_type, policy_string) = match r.policy {
+            Some(p) => ("sts".to_string(), p.policy.to_lines()),
+            None => ("no-policy-found".to_string(), Vec::new()),
+        };
+        let key = TlsSessionKey {
+            policy_type,
+            policy_string,
+            mx_host: r.mx.to_string(),
+            result_type: r.result.err().map(|t| t.as_str().to_string()),
+            // The sending address is the one the kernel chose for the connection, which the client does
+            // not keep; reports leave it empty.
+            sending_mta_ip: String::new(),
+            receiving_ip: r.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            receiving_mx_helo: None,
+            failure_reason_code: r.reason.clone().filter(|_| r.result.is_err()),
+        };
+        let (day, domain) = (tern_queue::tls_report::utc_day(now_ms()), r.domain.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = store.tls_report_add(&day, &domain, &key, 1).await {
+                debug!(domain = %domain, error = %e, "TLS-RPT count not recorded");
+            }
+        });
+    }
 }
 
 /// Why a session did not meet the policy.
@@ -109,14 +167,17 @@ impl StsApplied {
             return Ok(kept);
         }
         for h in &dropped {
-            record_tls_result(&TlsResult {
-                domain: self.domain(),
-                policy: Some(policy),
-                mx: &h.name,
-                ip: None,
-                result: Err(TlsRptResultType::ValidationFailure),
-                reason: Some("mx-mismatch".into()),
-            });
+            record_tls_result(
+                &self.reports,
+                &TlsResult {
+                    domain: self.domain(),
+                    policy: Some(policy),
+                    mx: &h.name,
+                    ip: None,
+                    result: Err(TlsRptResultType::ValidationFailure),
+                    reason: Some("mx-mismatch".into()),
+                },
+            );
         }
         let names: Vec<&str> = dropped.iter().map(|h| h.name.as_str()).collect();
         Err(Reply::new(
@@ -227,14 +288,17 @@ impl StsApplied {
                 None => return,
             },
         };
-        record_tls_result(&TlsResult {
-            domain: self.domain(),
-            policy: self.policy.as_ref(),
-            mx: &host.name,
-            ip: Some(ip),
-            result,
-            reason,
-        });
+        record_tls_result(
+            &self.reports,
+            &TlsResult {
+                domain: self.domain(),
+                policy: self.policy.as_ref(),
+                mx: &host.name,
+                ip: Some(ip),
+                result,
+                reason,
+            },
+        );
     }
 }
 
@@ -298,11 +362,12 @@ pub(crate) struct TlsResult<'a> {
     pub(crate) reason: Option<String>,
 }
 
-/// The TLS-RPT seam: every TLS result of a delivery to a looked-up domain comes here, once per session
-/// attempt (and once per failed policy fetch). For now it logs and counts `tern_mta_sts_total` (mode, and
-/// whether the session met the policy; a session without a policy always does); counting the result
-/// into the queue's TLS-RPT store goes here too.
-pub(crate) fn record_tls_result(r: &TlsResult<'_>) {
+/// Every TLS result of a delivery to a looked-up domain comes here, once per session attempt (and once per
+/// failed policy fetch): it is counted for TLS-RPT (`reports`, when reporting is on), logged, and counted
+/// in `tern_mta_sts_total` (mode, and whether the session met the policy; a session without a policy
+/// always does).
+pub(crate) fn record_tls_result(reports: &TlsReports, r: &TlsResult<'_>) {
+    reports.add(r);
     let policy_id = r.policy.map_or("", |p| p.id.as_str());
     let mode = mode_of(r.policy);
     let ip = r.ip.map(|ip| ip.to_string()).unwrap_or_default();
@@ -361,18 +426,22 @@ impl Inner {
         };
         let lookup = cache.lookup(&domain).await;
         if let Some(result_type) = lookup.tls_rpt_failure() {
-            record_tls_result(&TlsResult {
-                domain: &domain,
-                policy: lookup.active.as_ref(),
-                mx: "",
-                ip: None,
-                result: Err(result_type),
-                reason: None,
-            });
+            record_tls_result(
+                &self.tls_reports,
+                &TlsResult {
+                    domain: &domain,
+                    policy: lookup.active.as_ref(),
+                    mx: "",
+                    ip: None,
+                    result: Err(result_type),
+                    reason: None,
+                },
+            );
         }
         let applied = StsApplied {
             domain: Some(domain),
             policy: lookup.active,
+            reports: self.tls_reports.clone(),
         };
         debug!(
             domain = applied.domain(),
@@ -410,6 +479,7 @@ impl Inner {
         (!same).then(|| StsApplied {
             domain: Some(domain.to_owned()),
             policy,
+            reports: self.tls_reports.clone(),
         })
     }
 
@@ -437,6 +507,7 @@ mod tests {
     fn applied(mode: Mode, mx: &[&str]) -> StsApplied {
         let policy = Policy::new(mode, mx.iter().map(|m| m.to_string()).collect(), 86400).unwrap();
         StsApplied {
+            reports: TlsReports::default(),
             domain: Some("b.test".into()),
             policy: Some(ActivePolicy {
                 domain: "b.test".into(),
