@@ -4,7 +4,9 @@
 //! hosts may be used, what their connections ask of TLS, and whether an idle connection may be reused.
 //! For each job: **open or reuse** a connection (the current one while it is usable and under
 //! `messages_per_connection`; otherwise a new one, to the **next host** when the current one broke, the
-//! domain routed on first need), **send** the message, and **record** the outcome. A host that fails
+//! domain routed on first need), **send** the message, and **record** the outcome (in the background while
+//! the connection carries the next message; the last job's after every other, so that its completion
+//! still frees the claim's slot). A host that fails
 //! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
 //! next host, once per host. A reused connection found stale (its RSET fails) is replaced, once. After the
 //! last job, **keep or close**: the connection goes idle keeping the domain's slot as a hold, or is closed.
@@ -14,10 +16,13 @@
 //! With `delivery.sandbox_dir` set there is no routing and no connection: each job is **written** to a file
 //! (`crate::sandbox`) and **recorded** with the replies that gives, as a transaction's would be.
 
+use std::sync::Arc;
+
 use tern_core::{Recipient, Shutdown};
 use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, SlotHold};
 use tern_smtp::Reply;
 use tern_telemetry::metrics::ConnectionKind;
+use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Inner;
@@ -32,7 +37,7 @@ const RELAY_POOL_KEY: &str = "#relay";
 
 /// The delivery of one domain's share of a claim.
 pub(super) struct DomainDelivery<'a> {
-    inner: &'a Inner,
+    inner: &'a Arc<Inner>,
     domain: &'a str,
     shutdown: &'a Shutdown,
     /// Where this destination's idle connections are pooled: the domain, or the relay's key.
@@ -49,11 +54,15 @@ pub(super) struct DomainDelivery<'a> {
     sts: StsApplied,
     /// The last reply the batch was to take was the MTA-STS policy's (no matching MX, no verified TLS).
     policy_failed: bool,
+    /// Outcomes being recorded while the connection carries the next message: the queue's round trip is
+    /// off the SMTP session's path. Drained before the batch's last job, or any job not sent, is recorded,
+    /// so that the claim's last completion (which frees its slot) is still the last.
+    finishing: JoinSet<()>,
 }
 
 impl<'a> DomainDelivery<'a> {
     /// A delivery to `domain` for `inner`, stopping at `shutdown`.
-    pub(super) fn new(inner: &'a Inner, domain: &'a str, shutdown: &'a Shutdown) -> DomainDelivery<'a> {
+    pub(super) fn new(inner: &'a Arc<Inner>, domain: &'a str, shutdown: &'a Shutdown) -> DomainDelivery<'a> {
         let pool_key = if inner.cfg.relay_host.is_some() {
             RELAY_POOL_KEY.to_string()
         } else {
@@ -70,7 +79,13 @@ impl<'a> DomainDelivery<'a> {
             host_index: 0,
             sts: StsApplied::not_applicable(),
             policy_failed: false,
+            finishing: JoinSet::new(),
         }
+    }
+
+    /// Waits for the outcomes still being recorded.
+    async fn drain_finishing(&mut self) {
+        while self.finishing.join_next().await.is_some() {}
     }
 
     /// Delivers `jobs` in order, starting with the idle connection whose hold the claim took over
@@ -93,6 +108,7 @@ impl<'a> DomainDelivery<'a> {
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             if self.shutdown.is_cancelled() {
+                self.drain_finishing().await;
                 self.release(job, jobs).await;
                 break;
             }
@@ -104,10 +120,12 @@ impl<'a> DomainDelivery<'a> {
             }
             if let Err(reply) = result {
                 // No route, or no host took a connection: the rest of the batch would fare no better.
+                self.drain_finishing().await;
                 self.inner.fail_all(job, jobs, &reply).await;
                 return;
             }
         }
+        self.drain_finishing().await;
         self.keep_or_close().await;
     }
 
@@ -342,15 +360,22 @@ impl<'a> DomainDelivery<'a> {
             .connection
             .as_ref()
             .is_some_and(|c| c.client.capabilities().dsn);
-        if last {
-            if self.keepable() {
-                self.hold = self.inner.hold_for_idle(job).await;
-            }
-            if self.hold.is_none()
-                && let Some(connection) = self.connection.take()
-            {
-                connection.quit().await;
-            }
+        if !last {
+            let (inner, job, replies) = (Arc::clone(self.inner), job.clone(), replies.to_vec());
+            self.finishing.spawn(
+                async move { inner.finish(&job, &replies, attempt, dsn_passed_on).await }
+                    .instrument(tracing::Span::current()),
+            );
+            return;
+        }
+        self.drain_finishing().await;
+        if self.keepable() {
+            self.hold = self.inner.hold_for_idle(job).await;
+        }
+        if self.hold.is_none()
+            && let Some(connection) = self.connection.take()
+        {
+            connection.quit().await;
         }
         self.inner.finish(job, replies, attempt, dsn_passed_on).await;
     }
