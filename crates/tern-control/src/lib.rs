@@ -23,6 +23,7 @@
 //! | [`admin`] | QueueAdmin: status, shape, listing, one message, retry/bounce/delete, suspensions |
 //! | [`events`] | Events: Watch |
 //! | [`mta_sts`] | MtaSts: the cluster-shared MTA-STS policy cache (get, refresh, list, evict) |
+//! | [`tls_rpt`] | MtaSts: TLS reporting (a domain's counts, a report run on demand) |
 //! | [`scaler`] | KEDA's external scaler (`externalscaler.ExternalScaler`): due jobs per worker, no admin key |
 //! | [`shape`] | the qshape age buckets (pure) |
 //! | [`convert`] | queue model to protobuf, filters, error statuses |
@@ -34,6 +35,7 @@ pub mod events;
 pub mod mta_sts;
 pub mod scaler;
 pub mod shape;
+pub mod tls_rpt;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -77,6 +79,16 @@ pub enum ControlError {
     Server(#[from] GrpcServerError),
 }
 
+/// What `tern.v1.MtaSts` serves: the process's MTA-STS policy cache and its TLS reporter; a part that is
+/// `None` (off in the configuration) answers FAILED_PRECONDITION.
+#[derive(Clone, Debug, Default)]
+pub struct StsServices {
+    /// The policy cache (`delivery.mta_sts`): Get, Refresh, List, Evict.
+    pub cache: Option<tern_mta_sts::PolicyCache>,
+    /// The TLS reporter (`delivery.tls_rpt`): Report, SendReports.
+    pub reporter: Option<tern_mta_sts::TlsReporter>,
+}
+
 /// The control-plane server.
 #[derive(Debug)]
 pub struct ControlServer;
@@ -96,11 +108,24 @@ impl ControlServer {
     }
 
     /// [`ControlServer::bind`], also serving `tern.v1.MtaSts` over `sts`, the process's MTA-STS policy cache
-    /// (`None`: MTA-STS is off, and the service answers FAILED_PRECONDITION).
+    /// (`None`: MTA-STS is off, and the service answers FAILED_PRECONDITION), without TLS reporting.
     pub async fn bind_with(
         config: &ControlConfig,
         queue: Arc<dyn Queue>,
         sts: Option<tern_mta_sts::PolicyCache>,
+    ) -> Result<Bound, ControlError> {
+        let services = StsServices {
+            cache: sts,
+            reporter: None,
+        };
+        Self::bind_with_services(config, queue, services).await
+    }
+
+    /// [`ControlServer::bind`], also serving `tern.v1.MtaSts` over the process's MTA-STS `services`.
+    pub async fn bind_with_services(
+        config: &ControlConfig,
+        queue: Arc<dyn Queue>,
+        services: StsServices,
     ) -> Result<Bound, ControlError> {
         let auth = Arc::new(Authenticator::for_listener(
             "control",
@@ -119,7 +144,8 @@ impl ControlServer {
         );
         // Served even when MTA-STS is off, so that a client learns why (FAILED_PRECONDITION) rather than
         // meeting UNIMPLEMENTED.
-        let mta_sts = MtaStsServer::with_interceptor(MtaStsService::new(sts), AuthInterceptor::new(auth));
+        let service = MtaStsService::with_reporter(services.cache, services.reporter);
+        let mta_sts = MtaStsServer::with_interceptor(service, AuthInterceptor::new(auth));
         // No admin key: KEDA sends none, and the scaler only tells how many jobs are due (see `scaler`).
         let scaler = ExternalScalerServer::new(ScalerService::new(queue));
         let listener = GrpcServerBuilder::new(ServerLimits::default())

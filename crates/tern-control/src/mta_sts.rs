@@ -4,11 +4,11 @@
 //! Get, List and Evict read and write the queue's store directly; Refresh fetches now through the cache
 //! (under the domain's cluster-wide lock). A refresh that fetched nothing is an error status, never an
 //! answer that looks like success: the failure is recorded in the entry by the cache, and Get shows it
-//! next to the policy that still applies. Without a cache (`delivery.mta_sts.enabled = false`) every call
-//! is FAILED_PRECONDITION.
+//! next to the policy that still applies. Without a cache (`delivery.mta_sts.enabled = false`) every policy
+//! call is FAILED_PRECONDITION. The TLS reporting calls (Report, SendReports) are in [`crate::tls_rpt`].
 
 use tern_core::time::now_ms;
-use tern_mta_sts::{ActivePolicy, CacheError, Mode, PolicyCache};
+use tern_mta_sts::{ActivePolicy, CacheError, Mode, PolicyCache, TlsReporter};
 use tern_proto::v1 as pb;
 use tern_proto::v1::mta_sts_server::MtaSts;
 use tern_queue::StsEntry;
@@ -27,17 +27,24 @@ const MAX_DOMAIN_LEN: usize = 253;
 /// What every call answers without a cache.
 const OFF: &str = "MTA-STS is off (delivery.mta_sts.enabled = false)";
 
-/// The MtaSts service over the process's policy cache (`None`: MTA-STS is off). Authentication is done by
-/// the server's interceptor.
+/// The MtaSts service over the process's policy cache (`None`: MTA-STS is off) and TLS reporter (`None`:
+/// TLS reporting is off). Authentication is done by the server's interceptor.
 #[derive(Clone, Debug)]
 pub struct MtaStsService {
     cache: Option<PolicyCache>,
+    reporter: Option<TlsReporter>,
 }
 
 impl MtaStsService {
-    /// The service over `cache`; with `None` every call answers FAILED_PRECONDITION.
+    /// The service over `cache`, without TLS reporting; with `None` every policy call answers
+    /// FAILED_PRECONDITION.
     pub fn new(cache: Option<PolicyCache>) -> Self {
-        MtaStsService { cache }
+        Self::with_reporter(cache, None)
+    }
+
+    /// The service over `cache` and `reporter` (the TLS reporting calls; `None`: FAILED_PRECONDITION).
+    pub fn with_reporter(cache: Option<PolicyCache>, reporter: Option<TlsReporter>) -> Self {
+        MtaStsService { cache, reporter }
     }
 
     fn cache(&self) -> Result<&PolicyCache, Status> {
@@ -192,6 +199,24 @@ impl MtaSts for MtaStsService {
         let evicted = cache.evict(&domain).await.map_err(|e| cache_status(&domain, e))?;
         tracing::info!(domain = %domain, evicted, "control: MTA-STS policy evicted");
         Ok(Response::new(pb::EvictPolicyResponse { evicted }))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportCounts>, Status> {
+        crate::tls_rpt::report(self.reporter.as_ref(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn send_reports(
+        &self,
+        request: Request<pb::SendReportsRequest>,
+    ) -> Result<Response<pb::SendReportsResponse>, Status> {
+        crate::tls_rpt::send_reports(self.reporter.as_ref(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -404,7 +404,7 @@ impl PolicyFetcher {
 }
 
 /// The web PKI roots plus the certificates in `extra_ca_file`.
-fn root_store(extra_ca_file: Option<&Path>) -> Result<RootCertStore, SetupError> {
+pub(crate) fn root_store(extra_ca_file: Option<&Path>) -> Result<RootCertStore, SetupError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let Some(path) = extra_ca_file else {

@@ -11,6 +11,8 @@
 //! | [`tlsrpt`] | [`TlsRptResultType`]: RFC 8460 failure result types |
 //! | [`dns`] | [`HickoryDns`]: the TXT lookup ([`TxtResolver`]) and the policy host's addresses, through hickory |
 //! | [`cache`] | [`PolicyCache`]: the cluster-shared cache over the queue's [`tern_queue::PolicyStore`] |
+//! | [`report`] | TLS-RPT (RFC 8460): the `_smtp._tls` record, the JSON report, its gzip and its mail |
+//! | [`reporter`] | [`TlsReporter`]: the daily run that sends each policy domain its report |
 //!
 //! The flow for one domain, as [`PolicyCache`] runs it:
 //!
@@ -34,6 +36,7 @@ pub mod fetch;
 pub mod matching;
 pub mod policy;
 pub mod report;
+pub mod reporter;
 pub mod resolve;
 pub mod tlsrpt;
 pub mod txt;
@@ -53,6 +56,9 @@ pub use policy::{MAX_AGE_LIMIT, Mode, Policy, PolicyError};
 pub use report::{
     ReportError, ReportMail, ReportUri, Submitter, TlsRptRecord, TlsRptRecordError, build_report,
     build_report_mail, report_filename, report_id, select_tlsrpt_record, tlsrpt_record_name,
+};
+pub use reporter::{
+    DomainOutcome, DomainStatus, PostError, ReporterError, ReporterOptions, RunSummary, TlsReporter,
 };
 pub use resolve::{HostResolver, ResolveError, StaticResolver, SystemResolver};
 pub use tlsrpt::TlsRptResultType;

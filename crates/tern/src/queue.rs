@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tern_config::{Config, QueueBackend, QueueConfig};
 use tern_queue::{
     Coalescing, CoalescingOptions, EmbeddedQueue, EmbeddedQueueOptions, PolicyStore, Queue, QueueError,
-    RedisQueue, RedisQueueOptions,
+    RedisQueue, RedisQueueOptions, TlsReportStore,
 };
 
 /// Connections of the telemetry's own Redis handle (the probe and the sampler).
@@ -111,6 +111,8 @@ pub struct OpenedQueue {
     pub telemetry: Arc<dyn Queue>,
     /// The MTA-STS policy table of the same store (the backend itself: policies need no group commit).
     pub policies: Arc<dyn PolicyStore>,
+    /// The TLS-RPT counters of the same store (the backend itself, as `policies`).
+    pub reports: Arc<dyn TlsReportStore>,
 }
 
 /// Opens the queue.
@@ -146,7 +148,8 @@ async fn open_embedded(config: &Config) -> anyhow::Result<OpenedQueue> {
     Ok(OpenedQueue {
         shared: queue.clone(),
         telemetry: queue.clone(),
-        policies: queue,
+        policies: queue.clone(),
+        reports: queue,
     })
 }
 
@@ -170,6 +173,7 @@ async fn open_redis(config: &Config) -> anyhow::Result<OpenedQueue> {
     }
     let queue = Arc::new(queue);
     let policies: Arc<dyn PolicyStore> = queue.clone();
+    let reports: Arc<dyn TlsReportStore> = queue.clone();
     let shared: Arc<dyn Queue> = match group_commit_options(config) {
         Some(options) => Arc::new(Coalescing::new(queue, options)),
         None => queue,
@@ -185,6 +189,7 @@ async fn open_redis(config: &Config) -> anyhow::Result<OpenedQueue> {
         shared,
         telemetry,
         policies,
+        reports,
     })
 }
 

@@ -69,7 +69,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DomainCommand,
     },
-    /// MTA-STS policies cached by the cluster: show, refresh now, list, evict.
+    /// MTA-STS policies cached by the cluster (show, refresh now, list, evict) and TLS reports (counts,
+    /// send now).
     Sts {
         /// What to do.
         #[command(subcommand)]
@@ -225,6 +226,25 @@ pub enum StsCommand {
     Evict {
         /// The policy domain (A-label form).
         domain: String,
+    },
+    /// A policy domain's TLS session counts (TLS-RPT, RFC 8460) of one UTC day: successes and failures
+    /// by result type, MX host and addresses.
+    Report {
+        /// The policy domain (A-label form).
+        domain: String,
+        /// The UTC day, YYYY-MM-DD (default: today).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        day: Option<String>,
+    },
+    /// Send the TLS reports of a day now, as the daily run does: each domain with counts that publishes
+    /// a _smtp._tls record and was not sent its report yet.
+    ///
+    /// Prints per domain where the report went and what failed; exit 1 when a domain's report was not
+    /// sent (no URI took it, its TXT lookup failed, it could not be made) or the run was cut short.
+    SendReports {
+        /// The UTC day, YYYY-MM-DD, or `today` (its counts are not complete yet). Default: yesterday.
+        #[arg(long, value_name = "YYYY-MM-DD|today")]
+        day: Option<String>,
     },
 }
 

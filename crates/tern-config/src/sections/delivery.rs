@@ -100,6 +100,78 @@ impl MtaStsConfig {
     }
 }
 
+/// `[delivery.tls_rpt]`: SMTP TLS reporting (TLS-RPT, RFC 8460). Workers count, per UTC day and policy
+/// domain, the TLS sessions they tried and how they ended; once a day, `send_at` after midnight UTC, one
+/// node of the cluster sends each domain that publishes a `_smtp._tls` TXT record the report of the day
+/// before: by mail through tern's own queue (`mailto:`) and by HTTPS POST (`https:`, trusting the web PKI
+/// roots and `delivery.extra_ca_file`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsRptConfig {
+    /// Send the daily reports. Off by default.
+    pub enabled: bool,
+    /// The report's `organization-name`: who sends it.
+    pub organization_name: String,
+    /// The report's `contact-info`: how to reach the sender (an address or a URL).
+    pub contact_info: String,
+    /// The reporting address: the From and envelope sender of report mails; its domain names the
+    /// submitter (the `TLS-Report-Submitter` header, the report id and the file name).
+    pub report_from: String,
+    /// When the day's run starts, as the time after midnight UTC (less than a day).
+    pub send_at: HumanDuration,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: false,
+            organization_name: String::new(),
+            contact_info: String::new(),
+            report_from: String::new(),
+            send_at: HumanDuration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl TlsRptConfig {
+    /// Checks what serde cannot express; returns the offending key (within `[delivery.tls_rpt]`) and why.
+    /// The names and the address are only required when reporting is on.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.send_at.get() >= Duration::from_secs(24 * 3600) {
+            return Err((
+                "send_at".into(),
+                format!(
+                    "{} is not within a day (the time after midnight UTC)",
+                    self.send_at
+                ),
+            ));
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        for (key, value) in [
+            ("organization_name", &self.organization_name),
+            ("contact_info", &self.contact_info),
+            ("report_from", &self.report_from),
+        ] {
+            if value.trim().is_empty() {
+                return Err((key.into(), "must be set when enabled = true".into()));
+            }
+            // They become header fields of the report mail and fields of the report.
+            if value.chars().any(char::is_control) {
+                return Err((key.into(), format!("{value:?} holds a control character")));
+            }
+        }
+        if tern_core::Mailbox::parse(self.report_from.trim(), false).is_err() {
+            return Err((
+                "report_from".into(),
+                format!("{:?} is not an address (local@domain)", self.report_from),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The `[delivery]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -184,6 +256,8 @@ pub struct DeliveryConfig {
     pub sandbox_dir: Option<PathBuf>,
     /// `[delivery.mta_sts]`: MTA-STS policies of recipient domains.
     pub mta_sts: MtaStsConfig,
+    /// `[delivery.tls_rpt]`: the daily TLS reports (RFC 8460) to policy domains.
+    pub tls_rpt: TlsRptConfig,
 }
 
 impl Default for DeliveryConfig {
@@ -221,6 +295,7 @@ impl Default for DeliveryConfig {
             poll_interval: HumanDuration::from_secs(1),
             sandbox_dir: None,
             mta_sts: MtaStsConfig::default(),
+            tls_rpt: TlsRptConfig::default(),
         }
     }
 }
@@ -317,6 +392,9 @@ impl DeliveryConfig {
         self.mta_sts
             .validate()
             .map_err(|(k, m)| (format!("mta_sts.{k}"), m))?;
+        self.tls_rpt
+            .validate()
+            .map_err(|(k, m)| (format!("tls_rpt.{k}"), m))?;
         self.retry()?;
         Ok(())
     }
@@ -572,6 +650,156 @@ mod tests {
         assert!(text.contains("[delivery.mta_sts]"), "{text}");
         let back: Wrap = toml::from_str(&text).unwrap();
         assert_eq!(back.delivery, c, "{text}");
+    }
+
+    fn reporting() -> TlsRptConfig {
+        TlsRptConfig {
+            enabled: true,
+            organization_name: "Example Mail".into(),
+            contact_info: "postmaster@example.com".into(),
+            report_from: "tls-reports@example.com".into(),
+            send_at: HumanDuration::from_secs(3600 + 15 * 60),
+        }
+    }
+
+    #[test]
+    fn tls_rpt_is_off_by_default_and_sends_at_half_past_midnight() {
+        let c = TlsRptConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(!c.enabled, "TLS reporting is off by default");
+        assert_eq!(c.send_at, HumanDuration::from_secs(30 * 60));
+        assert!(c.organization_name.is_empty() && c.report_from.is_empty());
+        assert_eq!(DeliveryConfig::default().tls_rpt, c);
+    }
+
+    #[test]
+    fn tls_rpt_keys_parse_from_their_sub_table_and_the_environment() {
+        #[derive(Deserialize)]
+        struct Wrap {
+            delivery: DeliveryConfig,
+        }
+        let w: Wrap = toml::from_str(
+            r#"
+            [delivery.tls_rpt]
+            enabled = true
+            organization_name = "Example Mail"
+            contact_info = "postmaster@example.com"
+            report_from = "tls-reports@example.com"
+            send_at = "1h15m"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(w.delivery.validate(), Ok(()));
+        assert_eq!(w.delivery.tls_rpt, reporting());
+        assert!(toml::from_str::<DeliveryConfig>("[tls_rpt]\nenable = true\n").is_err());
+        let vars = [
+            ("TERN_DELIVERY__TLS_RPT__ENABLED".to_string(), "true".to_string()),
+            ("TERN_DELIVERY__TLS_RPT__SEND_AT".to_string(), "2h".to_string()),
+        ];
+        let c = crate::Config::from_toml_str(
+            "[delivery.tls_rpt]\norganization_name = \"O\"\ncontact_info = \"c@o.example\"\n\
+             report_from = \"r@o.example\"\n",
+            "t.toml",
+            vars,
+        )
+        .unwrap();
+        assert!(c.delivery.tls_rpt.enabled);
+        assert_eq!(c.delivery.tls_rpt.send_at, HumanDuration::from_secs(7200));
+    }
+
+    #[test]
+    fn tls_rpt_needs_names_and_an_address_only_when_enabled() {
+        let off = TlsRptConfig {
+            report_from: "not an address".into(),
+            ..Default::default()
+        };
+        assert_eq!(off.validate(), Ok(()), "nothing is required while it is off");
+        for (bad, key) in [
+            (
+                TlsRptConfig {
+                    organization_name: " ".into(),
+                    ..reporting()
+                },
+                "tls_rpt.organization_name",
+            ),
+            (
+                TlsRptConfig {
+                    contact_info: String::new(),
+                    ..reporting()
+                },
+                "tls_rpt.contact_info",
+            ),
+            (
+                TlsRptConfig {
+                    report_from: String::new(),
+                    ..reporting()
+                },
+                "tls_rpt.report_from",
+            ),
+            (
+                TlsRptConfig {
+                    report_from: "tls-reports".into(),
+                    ..reporting()
+                },
+                "tls_rpt.report_from",
+            ),
+            (
+                TlsRptConfig {
+                    organization_name: "Example\r\nBcc: x@y".into(),
+                    ..reporting()
+                },
+                "tls_rpt.organization_name",
+            ),
+            (
+                TlsRptConfig {
+                    send_at: HumanDuration::from_secs(24 * 3600),
+                    ..reporting()
+                },
+                "tls_rpt.send_at",
+            ),
+        ] {
+            let c = DeliveryConfig {
+                tls_rpt: bad,
+                ..Default::default()
+            };
+            assert_eq!(c.validate().unwrap_err().0, key);
+        }
+        let err = crate::Config::from_toml_str("[delivery.tls_rpt]\nenabled = true\n", "t.toml", Vec::new())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("delivery.tls_rpt.organization_name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_rpt_settings_print_and_read_back() {
+        #[derive(Serialize, Deserialize)]
+        struct Wrap {
+            delivery: DeliveryConfig,
+        }
+        let c = DeliveryConfig {
+            routes: vec![RouteConfig {
+                domain: "b.test".into(),
+                host: "[127.0.0.9]:25".into(),
+            }],
+            tls_rpt: reporting(),
+            ..Default::default()
+        };
+        let text = toml::to_string(&Wrap { delivery: c.clone() }).unwrap();
+        assert!(text.contains("[delivery.tls_rpt]"), "{text}");
+        assert!(text.contains("send_at = \"1h15m\""), "{text}");
+        let back: Wrap = toml::from_str(&text).unwrap();
+        assert_eq!(back.delivery, c, "{text}");
+        let text = toml::to_string(&Wrap {
+            delivery: DeliveryConfig::default(),
+        })
+        .unwrap();
+        assert_eq!(
+            toml::from_str::<Wrap>(&text).unwrap().delivery.tls_rpt,
+            TlsRptConfig::default(),
+            "{text}"
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ mod telemetry;
 
 pub use control::ControlConfig;
 pub use delivery::{
-    DeliveryConfig, IpVersion, MtaStsConfig, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, split_host_port,
+    DeliveryConfig, IpVersion, MtaStsConfig, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, TlsRptConfig,
+    split_host_port,
 };
 pub use ingest::IngestConfig;
 pub use queue::{QueueBackend, QueueConfig};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tern_config::Config;
 use tern_core::Shutdown;
-use tern_mta_sts::PolicyCache;
+use tern_mta_sts::{PolicyCache, TlsReporter};
 use tern_queue::Queue;
 use tern_telemetry::Readiness;
 
@@ -21,15 +21,18 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Binds the listener, then serves until `shutdown`; its gRPC health follows `readiness`. `sts` is the
-/// process's MTA-STS policy cache, served as `tern.v1.MtaSts` (`None`: `delivery.mta_sts.enabled` is off).
+/// process's MTA-STS policy cache and `reporter` its TLS reporter, served as `tern.v1.MtaSts` (`None`:
+/// `delivery.mta_sts.enabled`, `delivery.tls_rpt.enabled` is off).
 pub async fn serve(
     config: &Config,
     queue: Arc<dyn Queue>,
     sts: Option<PolicyCache>,
+    reporter: Option<TlsReporter>,
     shutdown: Shutdown,
     readiness: &Readiness,
 ) -> anyhow::Result<()> {
-    let bound = tern_control::ControlServer::bind_with(&config.control, queue, sts).await?;
+    let services = tern_control::StsServices { cache: sts, reporter };
+    let bound = tern_control::ControlServer::bind_with_services(&config.control, queue, services).await?;
     tracing::info!(grpc = %bound.local_addr(), "control plane listening");
     crate::telemetry::follow_health(readiness, bound.health(), shutdown.clone());
     readiness.role_started();

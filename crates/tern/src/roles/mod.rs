@@ -125,6 +125,17 @@ async fn run_roles(
     let sts = crate::mta_sts::policy_cache(config, opened.policies, owner.clone())?;
     let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(opened.shared));
     running.watch_queue(opened.telemetry);
+    // The TLS reports: sent daily by worker processes (one of them a day, under the store's lock), and on
+    // demand through the control plane.
+    let reporter = if roles.iter().any(|r| matches!(r, Role::Worker | Role::Control)) {
+        crate::mta_sts::tls_reporter(config, opened.reports, queue.clone(), owner.clone())?
+    } else {
+        None
+    };
+    let daily_reports = reporter
+        .clone()
+        .filter(|_| roles.contains(&Role::Worker))
+        .map(|r| r.spawn_daily(shutdown.clone()));
     // Its own signal: the reaper keeps returning expired leases until every role has stopped.
     let reaper_stop = Shutdown::new();
     let reaper = tern_queue::reaper::spawn_reaper(queue.clone(), REAP_EVERY, reaper_stop.clone());
@@ -141,22 +152,51 @@ async fn run_roles(
     for &role in roles {
         let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
         let (readiness, owner, sts) = (running.readiness().clone(), owner.clone(), sts.clone());
+        let reporter = reporter.clone();
         tasks.spawn(async move {
             let result = match role {
                 Role::Ingest => ingest::serve(&config, queue, shutdown, &readiness).await,
-                Role::Worker => worker::serve(&config, queue, sts, owner, shutdown, &readiness).await,
-                Role::Control => control::serve(&config, queue, sts, shutdown, &readiness).await,
+                Role::Worker => {
+                    // Session results are counted for TLS-RPT only while reports are sent.
+                    let counts = reporter.as_ref().map(|r| Arc::clone(r.store()));
+                    let mta_sts = worker::MtaSts {
+                        cache: sts,
+                        tls_reports: counts,
+                    };
+                    worker::serve(&config, queue, mta_sts, owner, shutdown, &readiness).await
+                }
+                Role::Control => control::serve(&config, queue, sts, reporter, shutdown, &readiness).await,
             };
             result.with_context(|| role.name())
         });
     }
     let outcome = wait_all(&mut tasks, &shutdown).await;
+    if let Some(daily) = daily_reports {
+        // Cancelled with the roles: a run under way stops after its current domain.
+        stop_within("TLS reports", daily, REPORTS_GRACE).await;
+    }
     reaper_stop.cancel();
     let _ = reaper.await;
     running.stop().await;
     outcome?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a TLS report run under way at shutdown may take to finish its current domain.
+const REPORTS_GRACE: Duration = Duration::from_secs(30);
+
+/// Waits for a background task that was told to stop, for at most `grace`, then aborts it.
+async fn stop_within(what: &str, task: tokio::task::JoinHandle<()>, grace: Duration) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(grace, task).await.is_err() {
+        tracing::warn!(
+            task = what,
+            grace_ms = grace.as_millis() as u64,
+            "did not stop in time; aborted"
+        );
+        abort.abort();
+    }
 }
 
 /// An id unique to this process in the cluster, for lease owners and the MTA-STS refresh lock: the host

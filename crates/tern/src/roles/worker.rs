@@ -5,8 +5,16 @@ use std::sync::Arc;
 use tern_config::Config;
 use tern_core::Shutdown;
 use tern_mta_sts::PolicyCache;
-use tern_queue::Queue;
+use tern_queue::{Queue, TlsReportStore};
 use tern_telemetry::Readiness;
+
+/// What a worker needs for MTA-STS (RFC 8461) and TLS-RPT (RFC 8460).
+pub struct MtaSts {
+    /// The process's policy cache (`None`: `delivery.mta_sts.enabled` is off).
+    pub cache: Option<PolicyCache>,
+    /// The queue store's TLS-RPT counters (`None`: `delivery.tls_rpt.enabled` is off).
+    pub tls_reports: Option<Arc<dyn TlsReportStore>>,
+}
 
 /// Every check [`serve`] makes before it starts (the `[delivery]` section, its resolver settings, its CA
 /// file): `tern check-config` runs it.
@@ -19,19 +27,19 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 /// `delivery.shutdown_grace`) and releases the rest of its claims. It has no listener: it counts as started
 /// once built.
 ///
-/// `sts` is the process's MTA-STS policy cache (`None`: `delivery.mta_sts.enabled` is off); `owner` names
-/// the worker's leases.
+/// `mta_sts` is the process's MTA-STS policy cache and TLS-RPT counters; `owner` names the worker's leases.
 pub async fn serve(
     config: &Config,
     queue: Arc<dyn Queue>,
-    sts: Option<PolicyCache>,
+    mta_sts: MtaSts,
     owner: String,
     shutdown: Shutdown,
     readiness: &Readiness,
 ) -> anyhow::Result<()> {
     let worker = tern_delivery::Worker::new(&config.delivery, queue, owner.clone())?
         .with_lease(config.queue.lease.get())
-        .with_mta_sts(sts);
+        .with_mta_sts(mta_sts.cache)
+        .with_tls_reports(mta_sts.tls_reports);
     readiness.role_started();
     tracing::info!(owner = %owner, "delivery worker started");
     worker.run(shutdown).await;

@@ -8,6 +8,7 @@ mod output;
 mod queue;
 mod send;
 mod sts;
+mod tlsrpt;
 
 use crate::cli::{Command, Global};
 

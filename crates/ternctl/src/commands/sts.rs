@@ -1,4 +1,5 @@
-//! `ternctl sts show|refresh|list|evict`: the cluster's MTA-STS policy cache (`tern.v1.MtaSts`).
+//! `ternctl sts show|refresh|list|evict`: the cluster's MTA-STS policy cache (`tern.v1.MtaSts`); `sts report`
+//! and `sts send-reports` are in [`super::tlsrpt`].
 
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub async fn run(global: &Global, command: StsCommand) -> anyhow::Result<()> {
             print_policy(global, &info);
         }
         StsCommand::List(args) => list(global, args).await?,
+        StsCommand::Report { domain, day } => super::tlsrpt::report(global, domain, day).await?,
+        StsCommand::SendReports { day } => super::tlsrpt::send_reports(global, day).await?,
         StsCommand::Evict { domain } => {
             let mut client = mta_sts(global, CALL_TIMEOUT).await?;
             let r = client
