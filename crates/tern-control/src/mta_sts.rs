@@ -145,11 +145,17 @@ impl MtaSts for MtaStsService {
         &self,
         request: Request<pb::RefreshPolicyRequest>,
     ) -> Result<Response<pb::PolicyInfo>, Status> {
-        let cache = self.cache()?;
+        let cache = self.cache()?.clone();
         let domain = policy_domain("domain", &request.get_ref().domain)?;
-        let entry = cache
-            .refresh(&domain)
+        // On its own task: a client that goes away (or times out) must not drop the fetch while it holds
+        // the domain's cluster-wide lock, which would then linger until its TTL.
+        let fetch = {
+            let domain = domain.clone();
+            tokio::spawn(async move { cache.refresh(&domain).await })
+        };
+        let entry = fetch
             .await
+            .map_err(|e| Status::internal(format!("the MTA-STS refresh failed: {e}")))?
             .map_err(|e| cache_status(&domain, e))?;
         tracing::info!(domain = %domain, policy_id = %entry.policy_id, "control: MTA-STS policy refreshed");
         Ok(Response::new(policy_info(&entry, now_ms())))

@@ -11,8 +11,9 @@
 //!    failed lookup: an unexpired cached policy still applies, and without one there is no policy.
 //! 3. Every fetch, in the foreground or the background, runs under the domain's lock in the store
 //!    ([`PolicyStore::sts_try_lock`], named by the worker's owner string), so one worker of the cluster
-//!    fetches a domain at a time; tasks of one process share one fetch. A delivery never waits for another
-//!    worker's fetch: it uses what is cached (or no policy) meanwhile.
+//!    fetches a domain at a time; tasks of one process share one fetch. A delivery uses what is cached
+//!    while another worker fetches; with nothing usable cached it waits for that worker's result (at most
+//!    [`CacheOptions::lock_wait`], polling the store), so that it does not go out without a policy.
 //! 4. A failed fetch is recorded in the entry ([`PolicyStore::sts_record_error`]) and no worker fetches
 //!    the domain again sooner than [`CacheOptions::retry_failed_after`] after it; the cached policy, while
 //!    unexpired, keeps applying.
@@ -35,7 +36,7 @@ use crate::fetch::{DEFAULT_FETCH_TIMEOUT, FetchError, FetchOptions, PolicyFetche
 use crate::policy::{Mode, Policy, PolicyError};
 use crate::tlsrpt::TlsRptResultType;
 use crate::txt::{TxtError, record_name, select_record};
-use plan::{Known, Plan, millis, plan};
+use plan::{Known, Plan, applies_at, millis, plan};
 
 /// Default [`CacheOptions::memory_ttl`]: 60 s.
 pub const DEFAULT_MEMORY_TTL: Duration = Duration::from_secs(60);
@@ -45,6 +46,8 @@ pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_RETRY_FAILED_AFTER: Duration = Duration::from_secs(300);
 /// How much longer than a fetch the refresh lock lasts ([`CacheOptions::for_fetch_timeout`]).
 pub const LOCK_MARGIN: Duration = Duration::from_secs(30);
+/// How often a lookup waiting for another worker's fetch reads the store again.
+const LOCK_POLL: Duration = Duration::from_millis(250);
 /// The most domains a process remembers; past it, what is older than the memory TTL is forgotten.
 const MEMORY_LIMIT: usize = 100_000;
 
@@ -63,6 +66,9 @@ pub struct CacheOptions {
     /// The time to live of a domain's refresh lock; longer than a fetch may take (the fetch timeout), so
     /// that a lock never lapses under a fetch. Default: the default fetch timeout plus 30 s.
     pub lock_ttl: Duration,
+    /// How long a lookup with nothing usable cached waits for another worker's fetch of the domain (it
+    /// holds the lock) before going on without a policy; default: the fetch timeout.
+    pub lock_wait: Duration,
 }
 
 impl Default for CacheOptions {
@@ -79,6 +85,7 @@ impl CacheOptions {
             refresh_before: DEFAULT_REFRESH_BEFORE,
             retry_failed_after: DEFAULT_RETRY_FAILED_AFTER,
             lock_ttl: fetch_timeout.saturating_add(LOCK_MARGIN),
+            lock_wait: fetch_timeout,
         }
     }
 
@@ -157,7 +164,8 @@ pub enum LookupOutcome {
     /// A fetch was due, but the domain's last fetch failed less than `retry_failed_after` ago.
     RetryLater,
     /// A fetch was due, but another worker (this owner) is fetching the domain: what is cached applies
-    /// meanwhile.
+    /// meanwhile. With nothing usable cached, the lookup first waited (up to
+    /// [`CacheOptions::lock_wait`]) for that worker to store its result.
     Locked(String),
     /// The domain publishes no valid MTA-STS TXT record (an unexpired cached policy still applies).
     NoRecord(TxtError),
@@ -179,10 +187,11 @@ pub struct PolicyLookup {
 }
 
 impl PolicyLookup {
-    /// The TLS-RPT failure to record for the policy domain: a fetch that failed now.
+    /// The TLS-RPT failure to record for the policy domain: a fetch that failed now. A failure remembered
+    /// from an earlier lookup was recorded then, and is not counted again.
     pub fn tls_rpt_failure(&self) -> Option<TlsRptResultType> {
         match &self.outcome {
-            LookupOutcome::FetchFailed(e) => Some(e.result_type()),
+            LookupOutcome::FetchFailed(e) if !self.from_memory => Some(e.result_type()),
             _ => None,
         }
     }
@@ -388,10 +397,15 @@ impl PolicyCache {
     fn remembered(&self, domain: &str, now_ms: u64) -> Option<PolicyLookup> {
         let memory = lock(&self.inner.memory);
         let r = memory.get(domain)?;
-        let fresh = r.checked_at.elapsed() < self.inner.options.memory_ttl;
-        let expired = r.known.policy.as_ref().is_some_and(|p| p.is_expired_at(now_ms));
+        let options = &self.inner.options;
+        let fresh = r.checked_at.elapsed() < options.memory_ttl;
+        let expired = r
+            .known
+            .policy
+            .as_ref()
+            .is_some_and(|p| !applies_at(p, now_ms, options));
         (fresh && !expired).then(|| PolicyLookup {
-            active: r.known.applicable(now_ms),
+            active: r.known.applicable(now_ms, options),
             outcome: r.outcome.clone(),
             from_memory: true,
         })
@@ -399,7 +413,11 @@ impl PolicyCache {
 
     /// Remembers what was found of `domain`, and answers with it.
     fn finish(&self, domain: &str, known: Known, outcome: LookupOutcome) -> PolicyLookup {
-        let active = known.applicable(now_ms());
+        let active = match outcome {
+            // Fetched for this lookup: it applies to this delivery whatever its max_age.
+            LookupOutcome::Fetched => known.usable(),
+            _ => known.applicable(now_ms(), &self.inner.options),
+        };
         // Another worker's fetch ends soon: the next lookup should see its result, not this stopgap.
         if !matches!(outcome, LookupOutcome::Locked(_)) {
             self.remember(domain, known, outcome.clone());
@@ -496,16 +514,9 @@ impl PolicyCache {
         trigger: &'static str,
     ) -> (Known, LookupOutcome) {
         let inner = &self.inner;
-        let locked = match inner
-            .store
-            .sts_try_lock(domain, &inner.owner, inner.options.lock_ttl)
-            .await
-        {
-            Ok(LockOutcome::Acquired) => true,
-            Ok(LockOutcome::HeldBy(owner)) => {
-                debug!(domain, owner = %owner, "another worker is fetching the MTA-STS policy; using what is cached");
-                return (before, LookupOutcome::Locked(owner));
-            }
+        let locked = match self.lock_or_wait(domain, &before).await {
+            Ok(None) => true,
+            Ok(Some((known, owner))) => return (known, LookupOutcome::Locked(owner)),
             Err(e) => {
                 // No store, no lock: fetch anyway, so that deliveries get the policy; the store cannot
                 // take the result either, so this process keeps it in memory.
@@ -533,6 +544,49 @@ impl PolicyCache {
             self.unlock(domain).await;
         }
         result
+    }
+
+    /// Takes the cluster lock of `domain` (`Ok(None)`). While another worker holds it: with a usable
+    /// policy in `before`, answers at once with it and the holder; with none, reads the store every
+    /// [`LOCK_POLL`] until the entry changes (the holder stored its result), the lock is free (taken then),
+    /// or [`CacheOptions::lock_wait`] has passed, and answers with what is stored then.
+    async fn lock_or_wait(
+        &self,
+        domain: &str,
+        before: &Known,
+    ) -> Result<Option<(Known, String)>, QueueError> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.options.lock_wait;
+        let mut waited = false;
+        loop {
+            let owner = match inner
+                .store
+                .sts_try_lock(domain, &inner.owner, inner.options.lock_ttl)
+                .await?
+            {
+                LockOutcome::Acquired => return Ok(None),
+                LockOutcome::HeldBy(owner) => owner,
+            };
+            if before.applicable(now_ms(), &inner.options).is_some() {
+                debug!(domain, owner = %owner, "another worker is fetching the MTA-STS policy; using what is cached");
+                return Ok(Some((before.clone(), owner)));
+            }
+            if !waited {
+                debug!(domain, owner = %owner, "another worker is fetching the MTA-STS policy; waiting for it");
+                waited = true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(domain, owner = %owner,
+                    "another worker's MTA-STS fetch did not end in time; going on without a policy");
+                return Ok(Some((before.clone(), owner)));
+            }
+            tokio::time::sleep(left.min(LOCK_POLL)).await;
+            let known = self.read_known(domain).await;
+            if known != *before {
+                return Ok(Some((known, owner)));
+            }
+        }
     }
 
     /// Fetches `domain`'s policy for the TXT id `id` and stores the result: the policy, or the error
@@ -575,7 +629,7 @@ impl PolicyCache {
                 }
             }
             Err(error) => {
-                let keeps = known.applicable(now).is_some();
+                let keeps = known.applicable(now, &inner.options).is_some();
                 warn!(domain, policy_id = id, error = %error, result_type = %error.result_type(), trigger,
                     cached_policy_applies = keeps, "fetching the MTA-STS policy failed");
                 let store_error = inner

@@ -270,10 +270,11 @@ fn split_field(line: &str) -> Result<(&str, &str), String> {
     if value.is_empty() {
         return Err(format!("field {key:?} has no value"));
     }
-    // sts-policy-vchar: printable ASCII or any non-ASCII UTF-8, with single spaces inside; no controls.
+    // sts-policy-vchar: printable ASCII or any non-ASCII UTF-8, with WSP (space or tab) inside; no other
+    // controls.
     if let Some(c) = value
         .chars()
-        .find(|&c| c != ' ' && (c.is_ascii_control() || c == '\u{7f}'))
+        .find(|&c| !is_wsp(c) && (c.is_ascii_control() || c == '\u{7f}'))
     {
         return Err(format!(
             "field {key:?} holds the control character {:#04x}",
@@ -442,6 +443,14 @@ mod tests {
     fn extension_values_may_hold_inner_spaces_and_utf8() {
         let body = format!("{GOOD}note: hello world ü\n");
         assert!(Policy::parse(&body).is_ok());
+    }
+
+    #[test]
+    fn values_may_hold_inner_tabs_like_spaces() {
+        let body = format!("{GOOD}note: hello\tworld \t again\n");
+        assert!(Policy::parse(&body).is_ok());
+        let mode = "version: STSv1\nmode:\tenforce\t\nmx: a.example.test\nmax_age: 5\n";
+        assert_eq!(Policy::parse(mode).unwrap().mode(), Mode::Enforce);
     }
 
     #[test]

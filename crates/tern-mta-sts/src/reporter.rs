@@ -56,8 +56,11 @@ pub const DEFAULT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_RETRY_PAUSE: Duration = Duration::from_secs(10);
 /// How long the day's lock is held: renewed before each domain, so a run only needs it per domain.
 pub const LOCK_TTL: Duration = Duration::from_secs(600);
-/// After a run that failed (the store unreachable), when the daily task tries again (the same day only).
+/// After a run that failed (the store unreachable) or left its day unfinished, when the daily task tries
+/// that day again.
 pub const RUN_RETRY: Duration = Duration::from_secs(300);
+/// How many times a run that left its day unfinished is tried again for that day.
+pub const RUN_RETRIES: u32 = 6;
 
 /// How a [`TlsReporter`] reports (the `[delivery.tls_rpt]` settings and `delivery.extra_ca_file`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -497,13 +500,17 @@ impl TlsReporter {
 
     /// Runs the reports every day, `send_at` after midnight UTC, for the day before, until `shutdown`;
     /// a process started after today's send time runs at once for yesterday. A run that fails (the store
-    /// unreachable) is tried again [`RUN_RETRY`] later, the same day only. A run under way when `shutdown`
-    /// comes stops between domains.
+    /// unreachable) is tried again [`RUN_RETRY`] later; one that left its day unfinished
+    /// ([`schedule::unfinished`]) too, at most [`RUN_RETRIES`] times; both for the same day, until the
+    /// next day's run is due. A run under way when `shutdown` comes stops between domains.
     pub fn spawn_daily(mut self, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
         self.stop = shutdown.clone();
         tokio::spawn(async move {
             let send_at = self.inner.options.send_at;
-            let mut run_at = schedule::first_run_ms(now_ms(), send_at);
+            // The regular run whose day is being reported (retries keep it), and when to run next.
+            let mut slot = schedule::first_run_ms(now_ms(), send_at);
+            let mut run_at = slot;
+            let mut retries = 0;
             info!(
                 send_at = %HumanDuration(send_at), first_run_ms = run_at,
                 first_day = %schedule::report_day(run_at),
@@ -513,21 +520,30 @@ impl TlsReporter {
                 if !sleep_until(run_at, &shutdown).await {
                     return;
                 }
-                let day = schedule::report_day(run_at);
-                run_at = match self.run_once(&day).await {
+                let day = schedule::report_day(slot);
+                let retry = match self.run_once(&day).await {
                     Ok(summary) => {
+                        let unfinished = schedule::unfinished(&summary);
                         info!(
                             day = %day, domains = summary.domains.len(), sent = summary.sent(),
-                            held_by = summary.held_by.as_deref().unwrap_or(""),
+                            held_by = summary.held_by.as_deref().unwrap_or(""), unfinished,
                             "TLS report run done"
                         );
-                        schedule::next_run_ms(run_at, send_at)
+                        (unfinished && retries < RUN_RETRIES).then_some(RUN_RETRY)
                     }
                     Err(e) => {
                         warn!(day = %day, error = %e, "TLS report run failed");
-                        schedule::retry_run_ms(run_at, now_ms(), RUN_RETRY, send_at)
+                        Some(RUN_RETRY)
                     }
                 };
+                let (at, same_day) = schedule::after_run(slot, now_ms(), retry, send_at);
+                run_at = at;
+                if same_day {
+                    retries += 1;
+                } else {
+                    slot = at;
+                    retries = 0;
+                }
             }
         })
     }

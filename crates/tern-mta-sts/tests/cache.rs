@@ -326,7 +326,12 @@ async fn while_another_worker_holds_the_lock_nothing_is_fetched() {
     store.sts_try_lock(DOMAIN, "worker-9", minute).await.unwrap();
 
     let txt = Arc::new(SwitchableDns::new(&world.dns));
-    let worker = world.worker_with("worker-1", no_memory(), txt.clone()).await;
+    // The holder stores nothing: the lookup waits for it only this long.
+    let options = CacheOptions {
+        lock_wait: Duration::from_millis(300),
+        ..no_memory()
+    };
+    let worker = world.worker_with("worker-1", options, txt.clone()).await;
     let found = worker.lookup(DOMAIN).await;
     assert_eq!(found.outcome, LookupOutcome::Locked("worker-9".into()));
     assert_eq!(found.active, None, "nothing cached: no policy for now");

@@ -40,12 +40,21 @@ impl Known {
         }
     }
 
-    /// The policy that applies at `now_ms`: the cached one while it is unexpired, unless its mode is
-    /// `none` (which is no policy).
-    pub(super) fn applicable(&self, now_ms: u64) -> Option<ActivePolicy> {
+    /// The policy that applies at `now_ms`: the cached one while it applies ([`applies_at`]), unless its
+    /// mode is `none` (which is no policy).
+    pub(super) fn applicable(&self, now_ms: u64, options: &CacheOptions) -> Option<ActivePolicy> {
         self.policy
             .as_ref()
-            .filter(|p| !p.is_expired_at(now_ms) && p.policy.mode() != Mode::None)
+            .filter(|p| applies_at(p, now_ms, options))
+            .and_then(|_| self.usable())
+    }
+
+    /// The cached policy whatever its age, unless its mode is `none`: what a lookup that fetched it
+    /// applies (a policy fetched for a delivery applies to it, even one of `max_age` 0).
+    pub(super) fn usable(&self) -> Option<ActivePolicy> {
+        self.policy
+            .as_ref()
+            .filter(|p| p.policy.mode() != Mode::None)
             .cloned()
     }
 
@@ -109,7 +118,7 @@ pub(super) fn plan(
     let current = known
         .policy
         .as_ref()
-        .is_some_and(|p| p.id == id && !p.is_expired_at(now_ms));
+        .is_some_and(|p| p.id == id && applies_at(p, now_ms, options));
     if current {
         if !backoff && known.due_for_refresh(&id, now_ms, options) {
             Plan::KeepAndRefresh { id }
@@ -121,6 +130,16 @@ pub(super) fn plan(
     } else {
         Plan::Fetch { id }
     }
+}
+
+/// Whether a cached policy still applies at `now_ms`: until its expiry, but at least
+/// [`CacheOptions::memory_ttl`] after it was fetched, so that a policy of a tiny `max_age` (even 0) is
+/// applied and not fetched again on every lookup.
+pub(super) fn applies_at(p: &ActivePolicy, now_ms: u64, options: &CacheOptions) -> bool {
+    let until = p
+        .expires_at_ms
+        .max(p.fetched_at_ms.saturating_add(millis(options.memory_ttl)));
+    now_ms < until
 }
 
 /// A duration in whole milliseconds, saturating.
@@ -224,7 +243,7 @@ mod tests {
             plan(&expired, &txt("a"), NOW, &options(), false),
             Plan::Fetch { id: "a".into() }
         );
-        assert_eq!(expired.applicable(NOW), None);
+        assert_eq!(expired.applicable(NOW, &options()), None);
     }
 
     #[test]
@@ -250,16 +269,37 @@ mod tests {
                 Plan::Keep(outcome)
             );
         }
-        assert!(fresh.applicable(NOW).is_some(), "the cached policy still applies");
+        assert!(
+            fresh.applicable(NOW, &options()).is_some(),
+            "the cached policy still applies"
+        );
     }
 
     #[test]
     fn mode_none_is_cached_but_never_applies() {
         let none = cached("a", Mode::None, NOW - 1000, 86_400);
-        assert_eq!(none.applicable(NOW), None);
+        assert_eq!(none.applicable(NOW, &options()), None);
         assert_eq!(
             plan(&none, &txt("a"), NOW, &options(), false),
             Plan::Keep(LookupOutcome::Current)
+        );
+    }
+
+    #[test]
+    fn a_policy_of_max_age_zero_applies_for_the_memory_ttl_after_its_fetch() {
+        let zero = cached("a", Mode::Enforce, NOW - 1000, 0);
+        assert!(zero.usable().is_some());
+        assert!(zero.applicable(NOW, &options()).is_some());
+        assert_eq!(
+            plan(&zero, &txt("a"), NOW, &options(), false),
+            Plan::Keep(LookupOutcome::Current),
+            "not fetched again within the memory ttl"
+        );
+        let later = NOW + millis(options().memory_ttl);
+        assert_eq!(zero.applicable(later, &options()), None);
+        assert_eq!(
+            plan(&zero, &txt("a"), later, &options(), false),
+            Plan::Fetch { id: "a".into() }
         );
     }
 

@@ -302,3 +302,108 @@ async fn an_empty_domain_has_no_policy() {
     assert_eq!(cache.lookup(".").await.outcome, LookupOutcome::InvalidDomain);
     assert_eq!(s.txt.lookups.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn with_nothing_cached_a_lookup_waits_for_the_lock_holders_policy() {
+    let s = setup(Duration::ZERO);
+    s.txt.id("one");
+    s.store
+        .sts_try_lock("example.test", "w2", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let holder = {
+        let store = s.store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = now_ms();
+            let active = ActivePolicy {
+                domain: "example.test".into(),
+                id: "one".into(),
+                policy: policy(Mode::Enforce, 86_400),
+                fetched_at_ms: now,
+                expires_at_ms: now + 86_400_000,
+            };
+            store.sts_put(&active.to_entry()).await.unwrap();
+            active
+        })
+    };
+    let cache = s.cache("w1", no_memory());
+    let l = cache.lookup("example.test").await;
+    let stored = holder.await.unwrap();
+    assert_eq!(l.outcome, LookupOutcome::Locked("w2".into()));
+    assert_eq!(l.active, Some(stored), "the holder's policy applies");
+    assert_eq!(s.source.fetches(), 0, "this worker fetched nothing");
+}
+
+#[tokio::test]
+async fn a_lookup_waiting_for_the_lock_holder_fetches_itself_once_the_lock_is_free() {
+    let s = setup(Duration::ZERO);
+    s.txt.id("one");
+    s.store
+        .sts_try_lock("example.test", "w2", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let store = s.store.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.sts_unlock("example.test", "w2").await.unwrap();
+    });
+    let cache = s.cache("w1", no_memory());
+    let l = cache.lookup("example.test").await;
+    assert_eq!(l.outcome, LookupOutcome::Fetched);
+    assert_eq!(l.active.map(|p| p.id), Some("one".to_owned()));
+}
+
+#[tokio::test]
+async fn a_policy_of_max_age_zero_applies_to_the_lookup_that_fetched_it_and_stays_in_memory() {
+    let s = setup(Duration::ZERO);
+    s.txt.id("one");
+    *lock(&s.source.answer) = Ok(policy(Mode::Enforce, 0));
+    let cache = s.cache(
+        "w1",
+        CacheOptions {
+            memory_ttl: Duration::from_secs(3600),
+            ..CacheOptions::default()
+        },
+    );
+    let first = cache.lookup("example.test").await;
+    assert_eq!(first.outcome, LookupOutcome::Fetched);
+    assert!(first.active.is_some(), "it applies to this delivery");
+    let second = cache.lookup("example.test").await;
+    assert!(second.from_memory);
+    assert_eq!(second.active, first.active);
+    assert_eq!(s.source.fetches(), 1, "not fetched on every lookup");
+
+    // Without memory, it still applies to the delivery it was fetched for.
+    let bare = s.cache("w2", no_memory());
+    s.txt.id("two");
+    let l = bare.lookup("example.test").await;
+    assert_eq!(l.outcome, LookupOutcome::Fetched);
+    assert_eq!(l.active.map(|p| p.id), Some("two".to_owned()));
+}
+
+#[tokio::test]
+async fn a_fetch_failure_counts_for_tls_rpt_once_not_again_from_memory() {
+    let s = setup(Duration::ZERO);
+    s.txt.id("one");
+    *lock(&s.source.answer) = Err(FetchError::Status {
+        host: "mta-sts.example.test".into(),
+        status: 500,
+    });
+    let cache = s.cache(
+        "w1",
+        CacheOptions {
+            memory_ttl: Duration::from_secs(3600),
+            ..CacheOptions::default()
+        },
+    );
+    let first = cache.lookup("example.test").await;
+    assert_eq!(
+        first.tls_rpt_failure(),
+        Some(TlsRptResultType::StsPolicyFetchError)
+    );
+    let again = cache.lookup("example.test").await;
+    assert!(again.from_memory);
+    assert!(matches!(again.outcome, LookupOutcome::FetchFailed(_)));
+    assert_eq!(again.tls_rpt_failure(), None);
+}

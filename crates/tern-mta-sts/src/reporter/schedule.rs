@@ -3,11 +3,15 @@
 //!
 //! A run happens `send_at` after midnight UTC and reports the day before. A process that starts after
 //! today's send time runs at once for yesterday (the domains already sent are skipped), so that a node
-//! that was down at the send time does not lose the day.
+//! that was down at the send time does not lose the day. A run that failed, or left the day unfinished
+//! (another node held its lock, a shutdown stopped it, a TXT lookup failed), is tried again for the same
+//! day a little later, until the next day's run is due ([`after_run`]).
 
 use std::time::Duration;
 
 use tern_queue::tls_report::utc_day;
+
+use super::{DomainStatus, RunSummary};
 
 /// A day in milliseconds.
 pub const DAY_MS: u64 = 24 * 3600 * 1000;
@@ -48,6 +52,30 @@ pub fn retry_run_ms(run_ms: u64, now: u64, retry: Duration, send_at: Duration) -
         again
     } else {
         next_run_ms(run_ms, send_at)
+    }
+}
+
+/// Whether a run left its day unfinished, so that a later run of the same day may do more: another node
+/// held the day's lock (its run may fail or be cut short), a shutdown stopped it, or a domain's TXT lookup
+/// failed (the domain is not marked sent). Undelivered reports are marked sent already: a retry would not
+/// send them.
+pub fn unfinished(summary: &RunSummary) -> bool {
+    summary.held_by.is_some()
+        || summary.stopped
+        || summary
+            .domains
+            .iter()
+            .any(|d| d.status == DomainStatus::LookupFailed)
+}
+
+/// The next run after one for the day of the regular run at `slot` that ended at `now`: the same day again
+/// `retry` later when `retry` is given (the run failed or left the day unfinished) and that is still before
+/// the next day's run; else the next day's run. Returns the time and whether it retries `slot`'s day.
+pub fn after_run(slot: u64, now: u64, retry: Option<Duration>, send_at: Duration) -> (u64, bool) {
+    let next = next_run_ms(slot, send_at);
+    match retry {
+        Some(pause) if now.saturating_add(millis(pause)) < next => (now.saturating_add(millis(pause)), true),
+        _ => (next, false),
     }
 }
 
@@ -103,6 +131,58 @@ mod tests {
         assert_eq!(
             report_day(next_run_ms(at("2024-02-29", 30 * MIN), HALF_PAST)),
             "2024-02-29"
+        );
+    }
+
+    fn summary(held_by: Option<&str>, stopped: bool, statuses: &[DomainStatus]) -> RunSummary {
+        RunSummary {
+            day: "2026-05-09".into(),
+            held_by: held_by.map(str::to_owned),
+            stopped,
+            domains: statuses
+                .iter()
+                .map(|&status| super::super::DomainOutcome {
+                    domain: "example.test".into(),
+                    status,
+                    sent_to: vec![],
+                    errors: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_run_held_elsewhere_stopped_or_with_a_failed_lookup_is_unfinished() {
+        use DomainStatus::*;
+        assert!(unfinished(&summary(Some("node-2"), false, &[])));
+        assert!(unfinished(&summary(None, true, &[Sent])));
+        assert!(unfinished(&summary(None, false, &[Sent, LookupFailed])));
+        assert!(!unfinished(&summary(
+            None,
+            false,
+            &[Sent, Undelivered, AlreadySent, NoRecord, NotMade]
+        )));
+        assert!(!unfinished(&summary(None, false, &[])));
+    }
+
+    #[test]
+    fn an_unfinished_run_is_tried_again_for_its_day_until_the_next_days_run() {
+        let slot = at("2026-05-10", 30 * MIN);
+        let retry = Some(Duration::from_secs(600));
+        let (again, same_day) = after_run(slot, slot + MIN, retry, HALF_PAST);
+        assert_eq!((again, same_day), (slot + 11 * MIN, true));
+        // Past midnight it still reports 2026-05-09 (the caller keeps the slot), until the next run is due.
+        let late = at("2026-05-11", 5 * MIN);
+        assert_eq!(after_run(slot, late, retry, HALF_PAST), (late + 10 * MIN, true));
+        let too_late = at("2026-05-11", 25 * MIN);
+        assert_eq!(
+            after_run(slot, too_late, retry, HALF_PAST),
+            (at("2026-05-11", 30 * MIN), false)
+        );
+        // A finished run (or no retries left) moves to the next day.
+        assert_eq!(
+            after_run(slot, slot + MIN, None, HALF_PAST),
+            (at("2026-05-11", 30 * MIN), false)
         );
     }
 
