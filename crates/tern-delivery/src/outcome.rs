@@ -217,11 +217,14 @@ pub fn decide(job: &Job, results: &[(u32, RecipientReply)], ctx: &DecideContext<
     out.outcome.reply = first_bad.or(last);
     // The queue's events pair the replies with the attempt's server. The model has no mark for a reply tern
     // made, so when no server replied at all (content the server cannot take, a session that broke before
-    // any answer) the events name no server: they must not say the MX said it.
+    // any answer) the events name no server: they must not say the MX said it. An attempt that names no
+    // server (a batch deferred before any session, with its MTA-STS mode) is kept.
     out.outcome.attempt = if results.iter().any(|(_, r)| r.is_remote()) {
         ctx.attempt.clone()
     } else {
-        None
+        ctx.attempt
+            .clone()
+            .filter(|a| a.remote_mx.is_none() && a.remote_ip.is_none())
     };
     out
 }
@@ -459,6 +462,23 @@ mod tests {
             Some("552 5.3.4 message size 20 exceeds the server's limit of 10")
         );
         assert_eq!(d.outcome.attempt, None);
+    }
+
+    #[test]
+    fn an_attempt_naming_no_server_is_kept_for_tern_s_own_replies() {
+        let s = RetrySchedule::default();
+        let mut c = ctx(&s, MIN);
+        c.attempt = Some(DeliveryAttempt {
+            remote_mx: None,
+            remote_ip: None,
+            tls: Some("mta-sts=enforce".into()),
+        });
+        let d = decide(
+            &job(1, 0, 0),
+            &[(0, local(451, "4.7.5", "MTA-STS policy not met"))],
+            &c,
+        );
+        assert_eq!(d.outcome.attempt, c.attempt);
     }
 
     #[test]

@@ -327,21 +327,31 @@ impl Inner {
         let _stop = heartbeat.clone().drop_guard();
         tokio::spawn(self.clone().heartbeat(ids, heartbeat));
 
-        let mut by_domain: Vec<(String, Vec<ClaimedJob>)> = Vec::new();
+        // Grouped by domain and by whether the job is TLS-RPT report mail, which goes without MTA-STS.
+        let mut groups: Vec<((String, bool), Vec<ClaimedJob>)> = Vec::new();
         for cj in claim.jobs {
             if cj.job.admin_bounce {
                 self.admin_bounce(cj).await;
                 continue;
             }
-            match by_domain.iter_mut().find(|(d, _)| *d == cj.job.domain) {
+            let key = (cj.job.domain.clone(), is_tls_report(&cj));
+            match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(cj),
-                None => by_domain.push((cj.job.domain.clone(), vec![cj])),
+                None => groups.push((key, vec![cj])),
             }
         }
-        for (domain, jobs) in by_domain {
-            DomainDelivery::new(&self, &domain, &shutdown)
-                .deliver(jobs, claim.took_hold.as_deref())
-                .await;
+        let count = groups.len();
+        for (n, ((domain, report), jobs)) in groups.into_iter().enumerate() {
+            let mut delivery = DomainDelivery::new(&self, &domain, &shutdown);
+            if report {
+                delivery = delivery.without_mta_sts();
+            }
+            // Only the claim's last group may keep its connection idle on the claim's slot: an earlier
+            // one would make the slot a hold while the claim still has jobs to deliver.
+            if n + 1 < count {
+                delivery = delivery.closing_at_end();
+            }
+            delivery.deliver(jobs, claim.took_hold.as_deref()).await;
         }
         drop(slot);
         self.batch_done.notify_one();
@@ -375,6 +385,15 @@ impl Inner {
         }
     }
 }
+
+/// Whether `cj` is a TLS-RPT report (RFC 8460 §3, tagged `tlsrpt` by the reporter): it must be delivered
+/// despite TLS failures, so no MTA-STS policy applies to it and its sessions are not reported on.
+fn is_tls_report(cj: &ClaimedJob) -> bool {
+    cj.job.tags.contains_key(TLS_REPORT_TAG)
+}
+
+/// The tag the TLS-RPT reporter puts on the report mail it queues (`tlsrpt=<policy domain>`).
+const TLS_REPORT_TAG: &str = "tlsrpt";
 
 /// How long a worker whose claim found nothing waits for a wake: until the next due time the queue named
 /// (`next_due_ms`, Unix ms, against `now`), at most `poll`, at least [`MIN_IDLE_WAIT`].

@@ -252,6 +252,23 @@ async fn tls_report_counts(w: &World, domain: &str, n: u64) -> Vec<(TlsSessionKe
     panic!("fewer than {n} TLS-RPT counts for {domain}");
 }
 
+/// The event (a deferral before any session) names the enforced policy's mode, and no server.
+fn assert_enforce_mode(e: &tern_queue::Event) {
+    assert!(
+        e.tls.as_deref().unwrap_or("").ends_with("mta-sts=enforce"),
+        "{e:?}"
+    );
+    assert_eq!(e.remote_mx, None, "{e:?}");
+}
+
+/// Today's TLS-RPT counters of `domain`, after the background counts of a finished delivery have had
+/// time to land.
+async fn tls_report_settled(w: &World, domain: &str) -> Vec<(TlsSessionKey, u64)> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let day = tern_queue::tls_report::utc_day(tern_core::time::now_ms());
+    w.reports.tls_report_read(&day, domain).await.unwrap()
+}
+
 /// The events of `kind` so far.
 async fn events_of(queue: &Arc<dyn Queue>, kind: EventKind) -> Vec<tern_queue::Event> {
     events(queue)
@@ -292,6 +309,7 @@ async fn an_enforce_policy_whose_mx_matches_delivers_over_verified_tls() {
     );
     assert_eq!(key.mx_host, "mx.enf.test");
     assert!(key.policy_string.iter().any(|l| l == "mode: enforce"), "{key:?}");
+    assert!(key.sending_mta_ip.starts_with("127.0.0."), "{key:?}");
     w.stop().await;
 }
 
@@ -311,6 +329,7 @@ async fn an_enforce_policy_whose_mx_does_not_match_defers_with_4_7_5_and_deliver
     let e = wait_event(&w.queue, EventKind::Deferred).await;
     let reply = e.reply.clone().unwrap_or_default();
     assert!(reply.starts_with("451 4.7.5 "), "{e:?}");
+    assert_enforce_mode(&e);
     assert!(
         reply.contains("MTA-STS") && reply.contains("no MX host matches"),
         "{e:?}"
@@ -335,6 +354,7 @@ async fn an_enforce_policy_with_a_receiver_without_starttls_defers_with_4_7_5_ne
     let e = wait_event(&w.queue, EventKind::Deferred).await;
     let reply = e.reply.clone().unwrap_or_default();
     assert!(reply.starts_with("451 4.7.5 "), "{e:?}");
+    assert_enforce_mode(&e);
     assert!(reply.contains("MTA-STS") && reply.contains("STARTTLS"), "{e:?}");
     assert!(w.mx.messages().is_empty());
     assert!(
@@ -361,6 +381,7 @@ async fn an_enforce_policy_with_a_certificate_for_another_name_defers_with_4_7_5
     let e = wait_event(&w.queue, EventKind::Deferred).await;
     let reply = e.reply.clone().unwrap_or_default();
     assert!(reply.starts_with("451 4.7.5 "), "{e:?}");
+    assert_enforce_mode(&e);
     assert!(reply.contains("MTA-STS"), "{e:?}");
     assert!(w.mx.messages().is_empty());
     assert!(
@@ -397,6 +418,7 @@ async fn a_testing_policy_whose_mx_does_not_match_delivers_and_records_the_polic
     assert_eq!(key.result_type.as_deref(), Some("validation-failure"), "{rows:?}");
     assert_eq!((key.mx_host.as_str(), *count), ("mx.tst.test", 1));
     assert!(!key.receiving_ip.is_empty(), "{key:?}");
+    assert!(key.sending_mta_ip.starts_with("127.0.0."), "{key:?}");
     w.stop().await;
 }
 
@@ -417,6 +439,50 @@ async fn a_domain_without_a_policy_is_delivered_as_before_and_says_so() {
         "{e:?}"
     );
     assert_eq!(w.mx.messages().len(), 1);
+    // No policy: nothing to report on, so nothing is counted for TLS-RPT.
+    let rows = tls_report_settled(&w, "nopolicy.test").await;
+    assert!(rows.is_empty(), "{rows:?}");
+    w.stop().await;
+}
+
+/// TLS-RPT report mail (tagged `tlsrpt`) must get through despite TLS and policy failures (RFC 8460 §3):
+/// it goes to the MX that the enforced policy does not allow, and is not counted, while ordinary mail to
+/// the same domain waits with 4.7.5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_report_mail_is_delivered_despite_an_enforced_policy_that_defers_other_mail() {
+    let w = World::start(
+        Setup::new(
+            "rpt.test",
+            "mx.elsewhere.test",
+            89,
+            Receiver::StartTls(&["mx.elsewhere.test"]),
+        )
+        .policy(policy("enforce", "mx.rpt.test")),
+    )
+    .await;
+    let report = tern_queue::NewMessage::new(envelope("s@a.test", &["tlsrpt@rpt.test"]), BODY.to_vec())
+        .with_tag("tlsrpt", "x");
+    w.queue.enqueue(report).await.unwrap();
+    send(&w.queue, "s@a.test", &["r@rpt.test"]).await;
+    let delivered = wait_event(&w.queue, EventKind::Delivered).await;
+    assert_eq!(delivered.remote_mx.as_deref(), Some("mx.elsewhere.test"));
+    assert_eq!(delivered.tags.get("tlsrpt").map(String::as_str), Some("x"));
+    let deferred = wait_event(&w.queue, EventKind::Deferred).await;
+    assert!(
+        deferred.reply.as_deref().unwrap_or("").starts_with("451 4.7.5 "),
+        "{deferred:?}"
+    );
+    assert!(!deferred.tags.contains_key("tlsrpt"), "{deferred:?}");
+    assert_enforce_mode(&deferred);
+    let messages = w.mx.messages();
+    assert_eq!(messages.len(), 1, "only the report went");
+    // Only the ordinary mail's policy failure is counted: the report's session is not.
+    let rows = tls_report_settled(&w, "rpt.test").await;
+    assert!(
+        rows.iter()
+            .all(|(k, _)| k.result_type.as_deref() == Some("validation-failure")),
+        "{rows:?}"
+    );
     w.stop().await;
 }
 
@@ -454,6 +520,7 @@ async fn an_idle_connection_without_verified_tls_is_not_reused_once_the_policy_i
         reply.starts_with("451 4.7.5 ") && reply.contains("MTA-STS"),
         "{e:?}"
     );
+    assert_enforce_mode(&e);
     assert_eq!(w.mx.messages().len(), 1, "only the first message went");
     assert!(
         w.mx.seen.lock().unwrap().sessions >= 2,
@@ -479,6 +546,7 @@ async fn a_policy_failure_at_max_age_rechecks_the_policy_and_delivers_under_the_
         e.reply.as_deref().unwrap_or("").starts_with("451 4.7.5 "),
         "{e:?}"
     );
+    assert_enforce_mode(&e);
     w.policy_server
         .as_ref()
         .unwrap()

@@ -74,6 +74,8 @@ pub struct SmtpClient {
     /// The server's host name (for errors, and the TLS name).
     pub(super) server: String,
     pub(super) addr: SocketAddr,
+    /// This side's address of the connection (the kernel chose it), when the socket could tell.
+    pub(super) local: Option<SocketAddr>,
     /// What the server advertised in its last EHLO reply (nothing after HELO).
     pub(super) caps: Capabilities,
     /// The name given in EHLO/HELO, repeated after STARTTLS.
@@ -93,6 +95,12 @@ impl SmtpClient {
     /// The address connected to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This side's address of the connection (TLS-RPT's `sending-mta-ip`); `None` when the socket could
+    /// not tell.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
     }
 
     /// What the server advertised (after TLS, when used; nothing after HELO).

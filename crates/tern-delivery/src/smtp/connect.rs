@@ -71,7 +71,8 @@ impl SmtpClient {
         options: &ClientOptions,
     ) -> Result<SmtpClient, ConnectError> {
         let tcp = tcp_connect(server, addr, options).await?;
-        SmtpClient::greet(server, addr, Stream::Plain(tcp), None, options).await
+        let local = tcp.local_addr().ok();
+        SmtpClient::greet(server, addr, local, Stream::Plain(tcp), None, options).await
     }
 
     /// Connects to `addr` with TLS from the first byte (implicit TLS, RFC 8314), checking the certificate
@@ -84,16 +85,18 @@ impl SmtpClient {
         verify: bool,
     ) -> Result<SmtpClient, ConnectError> {
         let tcp = tcp_connect(server, addr, options).await?;
+        let local = tcp.local_addr().ok();
         let (stream, session) = tls
             .handshake(tcp, server, verify, options.timeouts.tls_handshake)
             .await?;
         let stream = Stream::Tls(Box::new(stream));
-        SmtpClient::greet(server, addr, stream, Some(session), options).await
+        SmtpClient::greet(server, addr, local, stream, Some(session), options).await
     }
 
     async fn greet(
         server: &str,
         addr: SocketAddr,
+        local: Option<SocketAddr>,
         stream: Stream,
         tls: Option<TlsSession>,
         options: &ClientOptions,
@@ -107,6 +110,7 @@ impl SmtpClient {
             timeouts: options.timeouts.clone(),
             server: server.to_string(),
             addr,
+            local,
             caps: Capabilities::default(),
             helo: None,
             tls,

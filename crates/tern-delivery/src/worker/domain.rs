@@ -2,6 +2,7 @@
 //!
 //! First the **policy step** looks the domain's MTA-STS policy up (`worker/mta_sts.rs`): it decides which
 //! hosts may be used, what their connections ask of TLS, and whether an idle connection may be reused.
+//! TLS-RPT report mail skips it (RFC 8460 §3).
 //! For each job: **open or reuse** a connection (the current one while it is usable and under
 //! `messages_per_connection`; otherwise a new one, to the **next host** when the current one broke, the
 //! domain routed on first need), **send** the message, and **record** the outcome (in the background while
@@ -52,6 +53,10 @@ pub(super) struct DomainDelivery<'a> {
     host_index: usize,
     /// The domain's MTA-STS policy, from the policy step.
     sts: StsApplied,
+    /// The policy step runs (off for TLS-RPT report mail, which MTA-STS must not hold up).
+    sts_step: bool,
+    /// The connection may go idle after the last job (not when more of the claim's jobs follow).
+    may_keep: bool,
     /// The last reply the batch was to take was the MTA-STS policy's (no matching MX, no verified TLS).
     policy_failed: bool,
     /// Outcomes being recorded while the connection carries the next message: the queue's round trip is
@@ -78,9 +83,25 @@ impl<'a> DomainDelivery<'a> {
             hosts: None,
             host_index: 0,
             sts: StsApplied::not_applicable(),
+            sts_step: true,
+            may_keep: true,
             policy_failed: false,
             finishing: JoinSet::new(),
         }
+    }
+
+    /// Skips the MTA-STS policy step: the jobs go as without MTA-STS (no enforcement, no TLS results),
+    /// for TLS-RPT report mail (RFC 8460 §3).
+    pub(super) fn without_mta_sts(mut self) -> Self {
+        self.sts_step = false;
+        self
+    }
+
+    /// Closes the connection after the last job instead of keeping it idle: more of the claim's jobs
+    /// follow in another delivery.
+    pub(super) fn closing_at_end(mut self) -> Self {
+        self.may_keep = false;
+        self
     }
 
     /// Waits for the outcomes still being recorded.
@@ -96,7 +117,14 @@ impl<'a> DomainDelivery<'a> {
             self.deliver_to_sandbox(sandbox, jobs).await;
             return;
         }
-        self.sts = self.inner.sts_lookup(self.domain).await;
+        if self.sts_step {
+            self.sts = self.inner.sts_lookup(self.domain).await;
+        } else {
+            debug!(
+                domain = self.domain,
+                "TLS-RPT report mail: no MTA-STS policy step"
+            );
+        }
         self.connection = self.inner.take_idle(&self.pool_key, took_hold).await;
         if let Some(c) = self.connection.take_if(|c| !self.sts.allows_reuse(&c.client)) {
             debug!(
@@ -121,7 +149,8 @@ impl<'a> DomainDelivery<'a> {
             if let Err(reply) = result {
                 // No route, or no host took a connection: the rest of the batch would fare no better.
                 self.drain_finishing().await;
-                self.inner.fail_all(job, jobs, &reply).await;
+                let attempt = self.sts.batch_attempt();
+                self.inner.fail_all(job, jobs, &reply, attempt).await;
                 return;
             }
         }
@@ -342,7 +371,9 @@ impl<'a> DomainDelivery<'a> {
     /// Whether the current connection can be kept for more messages.
     fn keepable(&self) -> bool {
         let limit = self.inner.cfg.messages_per_connection;
-        self.connection.as_ref().is_some_and(|c| c.reusable(limit)) && !self.shutdown.is_cancelled()
+        self.may_keep
+            && self.connection.as_ref().is_some_and(|c| c.reusable(limit))
+            && !self.shutdown.is_cancelled()
     }
 
     /// Records the job's replies. Completing the claim's last job frees the domain's connection slot for

@@ -52,12 +52,14 @@ impl Inner {
     }
 
     /// The whole batch (from `first` on) takes `reply`, tern's own (no route, or no host took a
-    /// connection), without a connection attempt per message.
+    /// connection), without a connection attempt per message. `attempt` names no server: it carries the
+    /// MTA-STS mode for the events, when the policy step applied.
     pub(super) async fn fail_all(
         &self,
         first: ClaimedJob,
         rest: impl Iterator<Item = ClaimedJob>,
         reply: &Reply,
+        attempt: Option<DeliveryAttempt>,
     ) {
         for cj in std::iter::once(first).chain(rest) {
             let results: Vec<(u32, RecipientReply)> = cj
@@ -65,7 +67,7 @@ impl Inner {
                 .pending()
                 .map(|(i, _)| (i, RecipientReply::Local(reply.clone())))
                 .collect();
-            self.finish(&cj, &results, None, false).await;
+            self.finish(&cj, &results, attempt.clone(), false).await;
         }
     }
 

@@ -20,10 +20,15 @@
 //! - **none** (or no policy): nothing changes.
 //!
 //! Every session to a looked-up domain's MX, and every failed policy fetch, is one TLS result
-//! ([`TlsResult`]) handed to [`record_tls_result`]: the seam where TLS-RPT (RFC 8460) counting goes. The
-//! `tls` field of the delivery event names the mode: `<TLS description>; mta-sts=<mode>`, with
-//! `; mta-sts-failure=<result type>` after a testing failure (`plaintext; ...` for a plaintext session
-//! under a policy; nothing, as before, for a plaintext session without one).
+//! ([`TlsResult`]) handed to [`record_tls_result`]: the seam where TLS-RPT (RFC 8460) counting goes. Only
+//! sessions under a policy (enforce or testing) and failed fetches are counted for reports; sessions
+//! without one only feed the metric. The `tls` field of the delivery event names the mode:
+//! `<TLS description>; mta-sts=<mode>`, with `; mta-sts-failure=<result type>` after a testing failure
+//! (`plaintext; ...` for a plaintext session under a policy; nothing, as before, for a plaintext session
+//! without one); a batch deferred or expired before any session says `mta-sts=<mode>` alone.
+//!
+//! TLS-RPT report mail (jobs tagged `tlsrpt`) has no policy step at all (RFC 8460 §3: it must get
+//! through despite TLS failures, and is not reported on): see `worker.rs`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use std::sync::Arc;
 use hickory_resolver::proto::rr::Name;
 use tern_core::time::now_ms;
 use tern_mta_sts::{ActivePolicy, Mode, PolicyCache, TlsRptResultType};
-use tern_queue::{ClaimedJob, TlsReportStore, TlsSessionKey};
+use tern_queue::{ClaimedJob, DeliveryAttempt, TlsReportStore, TlsSessionKey};
 use tern_smtp::Reply;
 use tern_telemetry::metrics::MtaStsMode;
 use tracing::{debug, info, warn};
@@ -82,11 +87,15 @@ impl std::fmt::Debug for TlsReports {
 
 impl TlsReports {
     /// Counts one session result into today's (UTC) report of its policy domain, in the background: a
-    /// count lost to a queue outage costs a line of a report, never mail.
+    /// count lost to a queue outage costs a line of a report, never mail. Only results under a policy
+    /// (enforce or testing) and failed fetches count: a domain without a policy has nothing to report on.
     fn add(&self, r: &TlsResult<'_>) {
         let Some(store) = self.0.clone() else {
             return;
         };
+        if !r.mx.is_empty() && mode_of(r.policy) == MtaStsMode::None {
+            return;
+        }
         let (policy_type, policy_string) = match r.policy {
             Some(p) => ("sts".to_string(), p.policy.to_lines()),
             None => ("no-policy-found".to_string(), Vec::new()),
@@ -96,9 +105,8 @@ impl TlsReports {
             policy_string,
             mx_host: r.mx.to_string(),
             result_type: r.result.err().map(|t| t.as_str().to_string()),
-            // The sending address is the one the kernel chose for the connection, which the client does
-            // not keep; reports leave it empty.
-            sending_mta_ip: String::new(),
+            // Empty when no connection was made (no MX matched, or the session failed while opening).
+            sending_mta_ip: r.local_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             receiving_ip: r.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             receiving_mx_helo: None,
             failure_reason_code: r.reason.clone().filter(|_| r.result.is_err()),
@@ -174,6 +182,7 @@ impl StsApplied {
                     policy: Some(policy),
                     mx: &h.name,
                     ip: None,
+                    local_ip: None,
                     result: Err(TlsRptResultType::ValidationFailure),
                     reason: Some("mx-mismatch".into()),
                 },
@@ -271,6 +280,18 @@ impl StsApplied {
         Some(note)
     }
 
+    /// The attempt a batch deferred or expired without a session records (`fail_all`): no server, and the
+    /// mode as its `tls` (`mta-sts=<mode>`), so that every delivery event of a looked-up domain names it.
+    /// `None` when MTA-STS does not apply.
+    pub(super) fn batch_attempt(&self) -> Option<DeliveryAttempt> {
+        self.domain.as_ref()?;
+        Some(DeliveryAttempt {
+            remote_mx: None,
+            remote_ip: None,
+            tls: Some(format!("mta-sts={}", self.mode().as_str())),
+        })
+    }
+
     /// Hands the TLS result of one session attempt (to `host` at `ip`) to [`record_tls_result`]: a session
     /// that opened, checked against the policy, or one that failed for TLS (not the network's failures,
     /// which are no TLS result).
@@ -278,6 +299,11 @@ impl StsApplied {
         if self.domain.is_none() {
             return;
         }
+        let local_ip = opened
+            .as_ref()
+            .ok()
+            .and_then(SmtpClient::local_addr)
+            .map(|a| a.ip());
         let (result, reason) = match opened {
             Ok(client) => match self.check(client) {
                 Ok(()) => (Ok(()), None),
@@ -295,6 +321,7 @@ impl StsApplied {
                 policy: self.policy.as_ref(),
                 mx: &host.name,
                 ip: Some(ip),
+                local_ip,
                 result,
                 reason,
             },
@@ -356,6 +383,8 @@ pub(crate) struct TlsResult<'a> {
     pub(crate) mx: &'a str,
     /// The receiving MX's address (`receiving-ip`), when one was tried.
     pub(crate) ip: Option<IpAddr>,
+    /// This side's address of the session (`sending-mta-ip`), when a session was opened.
+    pub(crate) local_ip: Option<IpAddr>,
     /// A successful session, or the failure's `result-type`.
     pub(crate) result: Result<(), TlsRptResultType>,
     /// A more precise reason (`failure-reason-code`), for a failure.
@@ -363,7 +392,8 @@ pub(crate) struct TlsResult<'a> {
 }
 
 /// Every TLS result of a delivery to a looked-up domain comes here, once per session attempt (and once per
-/// failed policy fetch): it is counted for TLS-RPT (`reports`, when reporting is on), logged, and counted
+/// failed policy fetch): it is counted for TLS-RPT (`reports`, when reporting is on and a policy applies or
+/// the fetch failed), logged, and counted
 /// in `tern_mta_sts_total` (mode, and whether the session met the policy; a session without a policy
 /// always does).
 pub(crate) fn record_tls_result(reports: &TlsReports, r: &TlsResult<'_>) {
@@ -433,6 +463,7 @@ impl Inner {
                     policy: lookup.active.as_ref(),
                     mx: "",
                     ip: None,
+                    local_ip: None,
                     result: Err(result_type),
                     reason: None,
                 },
