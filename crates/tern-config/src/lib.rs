@@ -15,9 +15,7 @@ pub mod redact;
 pub mod sections;
 
 pub use error::ConfigError;
-pub use sections::{
-    ControlConfig, DeliveryConfig, IngestConfig, QueueBackend, QueueConfig, TelemetryConfig,
-};
+pub use sections::{ControlConfig, DeliveryConfig, IngestConfig, QueueBackend, QueueConfig, TelemetryConfig};
 
 use serde::{Deserialize, Serialize};
 
