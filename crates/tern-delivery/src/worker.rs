@@ -234,7 +234,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(inner.cfg.max_connections as usize));
         let mut tasks = JoinSet::new();
         let reaper = tokio::spawn(idle_reaper(inner.clone(), shutdown.clone()));
-        let batch = inner.cfg.messages_per_connection as usize;
+        let batch = claim_size(inner.cfg.messages_per_connection);
         let poll = inner.cfg.poll_interval.get();
         // Claim failures in a row: the pause after one grows with them (see `claim_backoff`).
         let mut failures = 0u32;
@@ -414,9 +414,31 @@ fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
         .mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
+/// The most jobs one claim takes. A claim's jobs are heartbeated one call each every third of the lease
+/// while its batch runs; a claim of tens of thousands of jobs (a `messages_per_connection` of 100,000)
+/// could not be extended in time, its leases ran out and the reaper gave its jobs to other workers, which
+/// sent them again. A connection outlives its claim (it goes idle with its slot and the next claim takes
+/// it), so `messages_per_connection` still counts over several claims.
+const MAX_CLAIM_JOBS: usize = 500;
+
+/// How many jobs to claim at once: a connection's worth, at most [`MAX_CLAIM_JOBS`].
+fn claim_size(messages_per_connection: u32) -> usize {
+    usize::try_from(messages_per_connection)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CLAIM_JOBS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_takes_a_connections_worth_of_jobs_but_never_more_than_can_be_heartbeated() {
+        assert_eq!(claim_size(100), 100);
+        assert_eq!(claim_size(1), 1);
+        assert_eq!(claim_size(0), 1);
+        assert_eq!(claim_size(100_000), MAX_CLAIM_JOBS);
+    }
 
     #[test]
     fn an_idle_worker_waits_until_the_next_due_time_within_the_poll_interval() {
