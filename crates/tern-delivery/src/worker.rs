@@ -290,9 +290,15 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        // Released together, under one bound: with the queue stalled, one by one they could outlast the
+        // pod's termination grace. What is not released comes back when its lease runs out.
         let left: Vec<JobLease> = lock(&inner.leases).drain().map(|(_, l)| l).collect();
-        for l in &left {
-            inner.release_lease(l).await;
+        let releases = futures::future::join_all(left.iter().map(|l| inner.release_lease(l)));
+        if tokio::time::timeout(RELEASE_BOUND, releases).await.is_err() {
+            warn!(
+                jobs = left.len(),
+                "releasing the claims took too long; their leases will run out"
+            );
         }
         // The reaper stops at its next tick; awaiting it lets the closes under way drop their holds.
         let _ = reaper.await;
@@ -413,6 +419,9 @@ fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
         .min(CLAIM_BACKOFF_MAX)
         .mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
 }
+
+/// How long a stopping worker spends giving its unstarted claims back to the queue.
+const RELEASE_BOUND: Duration = Duration::from_secs(10);
 
 /// The most jobs one claim takes. A claim's jobs are heartbeated one call each every third of the lease
 /// while its batch runs; a claim of tens of thousands of jobs (a `messages_per_connection` of 100,000)

@@ -73,6 +73,9 @@ fn check_store_fits_roles(config: &tern_config::Config, roles: &[Role]) -> anyho
     Ok(())
 }
 
+/// How long the exit waits for the last spans and metrics to be exported.
+const TELEMETRY_FLUSH: Duration = Duration::from_secs(5);
+
 /// How often the reaper runs: it returns expired leases to scheduling, ends expired suspensions and finishes
 /// enqueues interrupted between their durable intake record and their jobs.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -94,7 +97,16 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
         };
         let telemetry = tern_telemetry::Telemetry::init(&config.telemetry, process)?;
         let result = run_roles(&config, roles, &telemetry).await;
-        telemetry.shutdown().await;
+        // Bounded: an OTLP collector that does not answer must not hold the exit past the pod's grace.
+        if tokio::time::timeout(TELEMETRY_FLUSH, telemetry.shutdown())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "tern: telemetry not flushed within {}s",
+                TELEMETRY_FLUSH.as_secs()
+            );
+        }
         result
     })
 }
