@@ -18,9 +18,12 @@
 //! [`QueueError::NotSent`] (no connection could be had, so the call never left this process) proves that the
 //! write was never sent; every other outage (a timeout, a dropped connection, a replica that did not
 //! acknowledge, and in cluster mode even a refused connection, since the cluster client repeats a call by
-//! itself) may have stored the message, and the answer must say so. A write that certainly stored nothing,
-//! with no doubtful attempt before it, is not repeated: the queue is plainly down, "nothing was queued" is
-//! the truth, and the client is not kept waiting. Repeats are for learning what a doubtful attempt did.
+//! itself) may have stored the message, and the answer must say so. A write refused outright (nothing listens
+//! where the queue should be), with no doubtful attempt before it, is not repeated: the queue is plainly
+//! down, "nothing was queued" is the truth, and the client is not kept waiting. A write that was not sent
+//! because the queue accepted connections and then stalled (no connection could be set up in time) is
+//! repeated like a doubtful one: nothing was sent, so repeating is safe, and a stall shorter than the window
+//! then ends in a 250 instead of a refusal.
 
 use std::time::{Duration, SystemTime};
 
@@ -207,7 +210,8 @@ pub async fn enqueue(
         maybe_queued |= !certainly_not_applied(&error);
         let wait = jittered(backoff);
         let stopped = bounds.stop.as_ref().is_some_and(Shutdown::is_cancelled);
-        if !is_retryable(&error) || !maybe_queued || stopped || Instant::now() + wait >= until {
+        let plainly_down = !maybe_queued && error.is_refused();
+        if !is_retryable(&error) || plainly_down || stopped || Instant::now() + wait >= until {
             return Err(EnqueueFailure {
                 error,
                 maybe_queued,
@@ -266,7 +270,8 @@ pub async fn enqueue_batch(
                 Ok(receipt) => results[i] = Some(Ok(own_write_found(receipt, messages[i].id, attempts))),
                 Err(error) => {
                     maybe_queued[i] |= !certainly_not_applied(&error);
-                    if is_retryable(&error) && maybe_queued[i] && !last {
+                    let plainly_down = !maybe_queued[i] && error.is_refused();
+                    if is_retryable(&error) && !plainly_down && !last {
                         again.push(i);
                     } else {
                         results[i] = Some(Err(EnqueueFailure {

@@ -128,3 +128,39 @@ async fn a_repeat_that_finds_its_own_earlier_write_is_no_duplicate() {
     assert!(!receipt.duplicate, "{receipt:?}");
     assert_eq!(queue.counts().await.unwrap().total, 2, "each message once");
 }
+
+/// A Redis that accepts connections and then stalls: the first write finds no connection it can set up in
+/// time (`NotSent`: nothing was sent). That is a stall, not a Redis plainly down, so the write is repeated
+/// and ends in a receipt once Redis resumes within the window, instead of a refusal. (A refused connection is
+/// answered at once: `a_single_redis_that_refuses_connections_answers_that_nothing_was_queued_at_once`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_not_sent_because_redis_stalls_is_repeated_until_it_resumes() {
+    let redis = RedisServer::start().expect("start redis-server");
+    let queue = RedisQueue::new(RedisQueueOptions {
+        url: redis.url(),
+        key_prefix: "stalled-connect".into(),
+        connect_timeout: Duration::from_millis(500),
+        response_timeout: Duration::from_secs(2),
+        pool_size: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let retry = EnqueueRetry::default();
+    let bounds = Bounds::default();
+    // Stalled before the pool made its first connection: setting it up times out, nothing is sent.
+    let mut stall = redis_stall::Stall::start(&redis);
+    let probe = queue.enqueue(message()).await;
+    assert!(
+        matches!(probe, Err(tern_queue::QueueError::NotSent(_))),
+        "a write while Redis stalls before any connection: {probe:?}"
+    );
+    let m = message();
+    let id = m.id;
+    let (receipt, ()) = tokio::join!(enqueue::enqueue(&queue, m, &retry, &bounds), async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stall.resume();
+    });
+    let receipt = receipt.expect("queued once Redis is back, not refused");
+    assert_eq!(Some(receipt.message), id);
+    assert_eq!(queue.counts().await.unwrap().total, 1, "the message once");
+}

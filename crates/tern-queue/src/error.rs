@@ -54,4 +54,14 @@ impl QueueError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, QueueError::Unavailable(_) | QueueError::NotSent(_))
     }
+
+    /// Whether the store refused the connection outright (nothing listens there): the store is plainly
+    /// down, unlike a store that accepted the connection and stalled, which may answer again soon. The
+    /// backend keeps the operating system's reason in the message ("Connection refused").
+    pub fn is_refused(&self) -> bool {
+        match self {
+            QueueError::Unavailable(m) | QueueError::NotSent(m) => m.to_ascii_lowercase().contains("refused"),
+            _ => false,
+        }
+    }
 }

@@ -61,8 +61,10 @@ fn a_flushed_function_library_is_loaded_again_and_mail_still_flows() {
     let listed = node.redis.cli(&["FUNCTION", "LIST"]).unwrap();
     assert!(listed.contains("tern_"), "tern's library after start: {listed}");
 
-    node.redis.cli(&["FUNCTION", "FLUSH"]).unwrap();
-    assert!(!node.redis.cli(&["FUNCTION", "LIST"]).unwrap().contains("tern_"));
+    // No check that the library is gone after the flush: the running node's next call (a worker's claim,
+    // the reaper, the readiness probe) may load it again at once, which is the behaviour under test.
+    let flushed = node.redis.cli(&["FUNCTION", "FLUSH"]).unwrap();
+    assert!(flushed.contains("OK"), "FUNCTION FLUSH: {flushed}");
 
     let queued = smtp_submit(
         node.smtp,
