@@ -111,19 +111,42 @@ impl TxtRecord {
 /// Whether a TXT record is an MTA-STS record: it begins with `v=STSv1`, then optional spaces or tabs
 /// and `;`. Records that are not are discarded before counting.
 pub fn is_sts_record(record: &str) -> bool {
+    is_versioned(record, TXT_VERSION)
+}
+
+/// Whether a TXT record begins with `version` (`v=STSv1`, `v=TLSRPTv1`), then optional spaces or tabs and
+/// `;`: the test both RFC 8461 and RFC 8460 apply before counting records.
+pub(crate) fn is_versioned(record: &str, version: &str) -> bool {
     record
-        .strip_prefix(TXT_VERSION)
+        .strip_prefix(version)
         .is_some_and(|rest| rest.trim_start_matches(is_wsp).starts_with(';'))
+}
+
+/// How many of a name's TXT records carry `version` when it is not exactly one.
+pub(crate) enum NotOne {
+    /// None does.
+    None,
+    /// This many do.
+    Many(usize),
+}
+
+/// The one TXT record of `records` that begins with `version` ([`is_versioned`]).
+pub(crate) fn the_one<'a>(records: &'a [String], version: &str) -> Result<&'a str, NotOne> {
+    let mut found = records.iter().filter(|r| is_versioned(r, version));
+    match (found.next(), found.count()) {
+        (None, _) => Err(NotOne::None),
+        (Some(one), 0) => Ok(one),
+        (Some(_), more) => Err(NotOne::Many(more + 1)),
+    }
 }
 
 /// Picks the MTA-STS record out of all the TXT records at `_mta-sts.<domain>` and parses it: exactly one
 /// must begin with `v=STSv1;`, and it must parse. Any error means the domain has no policy.
 pub fn select_record(records: &[String]) -> Result<TxtRecord, TxtError> {
-    let mut sts = records.iter().filter(|r| is_sts_record(r));
-    match (sts.next(), sts.count()) {
-        (None, _) => Err(TxtError::NoRecord),
-        (Some(one), 0) => TxtRecord::parse(one),
-        (Some(_), more) => Err(TxtError::Multiple(more + 1)),
+    match the_one(records, TXT_VERSION) {
+        Ok(one) => TxtRecord::parse(one),
+        Err(NotOne::None) => Err(TxtError::NoRecord),
+        Err(NotOne::Many(n)) => Err(TxtError::Multiple(n)),
     }
 }
 
@@ -132,7 +155,7 @@ pub fn record_name(domain: &str) -> String {
     format!("_mta-sts.{}", domain.trim_end_matches('.'))
 }
 
-fn is_wsp(c: char) -> bool {
+pub(crate) fn is_wsp(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
@@ -140,8 +163,9 @@ fn valid_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// `1*(%x21-3A / %x3C / %x3E-7E)`: printable ASCII except `=` and `;` (and space).
-fn valid_ext_value(value: &str) -> bool {
+/// `1*(%x21-3A / %x3C / %x3E-7E)`: printable ASCII except `=` and `;` (and space); the extension value
+/// of both RFC 8461 and RFC 8460 records.
+pub(crate) fn valid_ext_value(value: &str) -> bool {
     !value.is_empty()
         && value
             .bytes()

@@ -14,6 +14,7 @@
 //! are one record: the caller concatenates them before handing the records over.
 
 use crate::policy::valid_field_name;
+use crate::txt::{NotOne, is_versioned, is_wsp, the_one, valid_ext_value};
 
 /// The version tag every TLS-RPT TXT record starts with.
 pub const TLSRPT_VERSION: &str = "v=TLSRPTv1";
@@ -122,19 +123,16 @@ impl TlsRptRecord {
 /// Whether a TXT record is a TLS-RPT record: it begins with `v=TLSRPTv1`, then optional spaces or tabs
 /// and `;`. Records that are not are discarded before counting.
 pub fn is_tlsrpt_record(record: &str) -> bool {
-    record
-        .strip_prefix(TLSRPT_VERSION)
-        .is_some_and(|rest| rest.trim_start_matches(is_wsp).starts_with(';'))
+    is_versioned(record, TLSRPT_VERSION)
 }
 
 /// Picks the TLS-RPT record out of all the TXT records at `_smtp._tls.<domain>` and parses it: exactly
 /// one must begin with `v=TLSRPTv1;`, and it must parse. Any error means the domain wants no reports.
 pub fn select_tlsrpt_record(records: &[String]) -> Result<TlsRptRecord, TlsRptRecordError> {
-    let mut found = records.iter().filter(|r| is_tlsrpt_record(r));
-    match (found.next(), found.count()) {
-        (None, _) => Err(TlsRptRecordError::NoRecord),
-        (Some(one), 0) => TlsRptRecord::parse(one),
-        (Some(_), more) => Err(TlsRptRecordError::Multiple(more + 1)),
+    match the_one(records, TLSRPT_VERSION) {
+        Ok(one) => TlsRptRecord::parse(one),
+        Err(NotOne::None) => Err(TlsRptRecordError::NoRecord),
+        Err(NotOne::Many(n)) => Err(TlsRptRecordError::Multiple(n)),
     }
 }
 
@@ -198,18 +196,6 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-fn is_wsp(c: char) -> bool {
-    c == ' ' || c == '\t'
-}
-
-/// `1*(%x21-3A / %x3C / %x3E-7E)`: printable ASCII except `=` and `;` (and space).
-fn valid_ext_value(value: &str) -> bool {
-    !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b'=' && b != b';')
 }
 
 #[cfg(test)]
