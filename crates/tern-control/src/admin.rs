@@ -147,7 +147,7 @@ impl AdminService {
             } else {
                 let r = match action {
                     Action::Retry => self.queue.retry_now(target).await,
-                    Action::Bounce => self.queue.bounce(target).await,
+                    Action::Bounce => self.queue.bounce(target, None).await,
                     Action::Delete => self.queue.delete(target).await,
                 };
                 match r {
@@ -162,7 +162,10 @@ impl AdminService {
         if !req.dry_run {
             tracing::info!(action = ?action, count, "control: queue action");
         }
-        Ok(Response::new(pb::ActionResponse { count }))
+        Ok(Response::new(pb::ActionResponse {
+            count,
+            sample_ids: Vec::new(),
+        }))
     }
 
     /// The last error of one of `domain`'s deferred jobs.
@@ -264,6 +267,7 @@ impl QueueAdmin for AdminService {
                 suspended_domains: counts.suspended_domains,
                 bounce_pending: counts.bounce_pending,
                 queued: counts.queued,
+                held: counts.held,
             }),
             oldest_age_ms: oldest.map_or(0, |o| now.saturating_sub(o)),
             domains,
@@ -417,6 +421,7 @@ impl QueueAdmin for AdminService {
             body,
             content_available,
             content_note,
+            ..Default::default()
         }))
     }
 
@@ -498,5 +503,44 @@ impl QueueAdmin for AdminService {
         Ok(Response::new(pb::ListSuspensionsResponse {
             suspensions: list.iter().map(convert::suspension).collect(),
         }))
+    }
+
+    async fn hold(&self, _request: Request<pb::ActionRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+        Err(Status::unimplemented("hold"))
+    }
+
+    async fn release(
+        &self,
+        _request: Request<pb::ActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        Err(Status::unimplemented("release"))
+    }
+
+    async fn find_messages(
+        &self,
+        _request: Request<pb::FindMessagesRequest>,
+    ) -> Result<Response<pb::FindMessagesResponse>, Status> {
+        Err(Status::unimplemented("find"))
+    }
+
+    async fn route_domain(
+        &self,
+        _request: Request<pb::RouteDomainRequest>,
+    ) -> Result<Response<pb::RouteDomainResponse>, Status> {
+        Err(Status::unimplemented("route"))
+    }
+
+    async fn unroute_domain(
+        &self,
+        _request: Request<pb::UnrouteDomainRequest>,
+    ) -> Result<Response<pb::UnrouteDomainResponse>, Status> {
+        Err(Status::unimplemented("unroute"))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        Err(Status::unimplemented("routes"))
     }
 }

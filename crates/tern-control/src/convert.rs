@@ -246,6 +246,7 @@ pub fn event(e: &Event, position: String) -> pb::QueueEvent {
         tls: e.tls.clone().unwrap_or_default(),
         id: e.id.clone(),
         position,
+        dsn_id: e.dsn.clone().unwrap_or_default(),
     }
 }
 
@@ -266,6 +267,7 @@ pub fn attempt(e: &Event) -> pb::Attempt {
             .is_some_and(|t| !t.is_empty() && !t.starts_with("plaintext")),
         tls_details: e.tls.clone().unwrap_or_default(),
         attempt: e.attempt,
+        dsn_id: e.dsn.clone().unwrap_or_default(),
     }
 }
 

@@ -154,6 +154,8 @@ mod tests {
             remote_mx: None,
             remote_ip: None,
             tls: None,
+            sender: None,
+            dsn: None,
             id: id.into(),
             position: EventPos::default(),
         }

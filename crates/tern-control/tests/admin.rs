@@ -126,7 +126,10 @@ async fn status_shape_list_and_get_show_real_states() {
     }
 
     let shape = admin
-        .get_shape(pb::GetShapeRequest { top_domains: 0 })
+        .get_shape(pb::GetShapeRequest {
+            top_domains: 0,
+            by: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();

@@ -292,6 +292,7 @@ mod tests {
             tags: BTreeMap::new(),
             trace: None,
             admin_bounce: false,
+            bounce_reason: None,
             owner: None,
             lease_until_ms: None,
         }
@@ -307,6 +308,7 @@ mod tests {
                 remote_mx: Some("mx1.b.test".into()),
                 remote_ip: Some("127.0.0.1".into()),
                 tls: None,
+                dsn: None,
             }),
             dsn_passed_on: false,
         }
@@ -472,6 +474,7 @@ mod tests {
             remote_mx: None,
             remote_ip: None,
             tls: Some("mta-sts=enforce".into()),
+            dsn: None,
         });
         let d = decide(
             &job(1, 0, 0),

@@ -587,8 +587,16 @@ impl Queue for Coalescing {
         self.inner.delete(target).await
     }
 
-    async fn bounce(&self, target: &Target) -> Result<u64, QueueError> {
-        self.inner.bounce(target).await
+    async fn bounce(&self, target: &Target, reason: Option<&str>) -> Result<u64, QueueError> {
+        self.inner.bounce(target, reason).await
+    }
+
+    async fn hold(&self, target: &Target) -> Result<u64, QueueError> {
+        self.inner.hold(target).await
+    }
+
+    async fn unhold(&self, target: &Target) -> Result<u64, QueueError> {
+        self.inner.unhold(target).await
     }
 
     async fn suspend(&self, domain: &str, until_ms: Option<u64>, reason: &str) -> Result<(), QueueError> {

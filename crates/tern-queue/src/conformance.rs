@@ -529,6 +529,7 @@ async fn complete_delivered_removes_job(q: Arc<dyn Queue>) {
         remote_mx: Some("mx.d.test".into()),
         remote_ip: Some("192.0.2.1".into()),
         tls: Some("TLSv1.3".into()),
+        dsn: None,
     };
     let done = q
         .complete(
@@ -1088,7 +1089,7 @@ async fn admin_bounce_bypasses_suspension(q: Arc<dyn Queue>) {
     let r = enqueue(&q, &["a@stuck.test", "b@stuck.test"]).await;
     let other = enqueue(&q, &["c@stuck.test"]).await;
     assert!(claim(&q, "w", 10).await.is_none(), "suspended");
-    assert_eq!(q.bounce(&Target::Job(r.jobs[0].0)).await.expect("bounce"), 1);
+    assert_eq!(q.bounce(&Target::Job(r.jobs[0].0), None).await.expect("bounce"), 1);
     let c = claim(&q, "w", 10)
         .await
         .expect("bounce is claimable despite the suspension");
@@ -1109,7 +1110,7 @@ async fn admin_bounce_bypasses_suspension(q: Arc<dyn Queue>) {
         "the other job stays suspended"
     );
     assert_eq!(
-        q.bounce(&Target::Domain("stuck.test".into()))
+        q.bounce(&Target::Domain("stuck.test".into()), None)
             .await
             .expect("bounce domain"),
         1

@@ -23,7 +23,9 @@
 //! pass is public behind the `conformance` feature.
 //!
 //! Beside the queue, the store keeps the cluster's MTA-STS policy cache: [`PolicyStore`] (in [`sts`]), and
-//! its TLS-RPT (RFC 8460) counters: [`TlsReportStore`] (in [`tls_report`]); both backends implement both.
+//! its TLS-RPT (RFC 8460) counters: [`TlsReportStore`] (in [`tls_report`]); the history of finished messages
+//! ([`HistoryStore`]), operators' reroutes of domains ([`RouteStore`]), and the bus that carries live SMTP
+//! traces from every worker to the control plane ([`TraceBus`]). Both backends implement all of them.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -35,11 +37,14 @@ mod coalesce;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
+pub mod history;
 pub mod model;
 pub mod reaper;
 pub mod redis;
+pub mod routes;
 pub mod sts;
 pub mod tls_report;
+pub mod trace;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -48,10 +53,13 @@ pub use coalesce::{Coalescing, CoalescingOptions};
 #[cfg(feature = "embedded")]
 pub use embedded::{EmbeddedQueue, EmbeddedQueueOptions};
 pub use error::QueueError;
+pub use history::{FinalOutcome, HistoryQuery, HistoryStore, MessageHistory};
 pub use model::*;
 pub use redis::{RedisQueue, RedisQueueOptions};
+pub use routes::{Route, RouteStore};
 pub use sts::{LockOutcome, PolicyStore, StsEntry};
 pub use tls_report::{TlsReportStore, TlsSessionKey};
+pub use trace::{TraceBus, TraceFilter, TraceRecord, TraceSubscription};
 
 /// A durable delivery queue. Every method is safe to call concurrently from many tasks and many nodes, and
 /// safe to repeat after [`QueueError::Unavailable`] (the call may or may not have taken effect).
@@ -222,7 +230,27 @@ pub trait Queue: Send + Sync {
     /// recipients (the delivery crate composes it) and completes the job with [`Outcome::fail`]. A job in
     /// flight is flagged and moves there when its current attempt ends without finishing it. Returns how
     /// many jobs were flagged.
-    async fn bounce(&self, target: &Target) -> Result<u64, QueueError>;
+    ///
+    /// `reason`, the operator's words, is kept with the job ([`Job::bounce_reason`]) for the DSN, which
+    /// also quotes the job's last remote reply.
+    async fn bounce(&self, target: &Target, reason: Option<&str>) -> Result<u64, QueueError>;
+
+    /// Holds waiting jobs (Postfix `postsuper -h`): a held job is never claimed, shown as
+    /// [`JobState::Held`], counted in [`QueueCounts::held`], and keeps its attempts and recipients until
+    /// [`Queue::unhold`]. Jobs in flight are left alone (not counted); hold them again once their attempt
+    /// ended. Each job held gets a `held` event. Returns how many jobs were held (already held ones are not
+    /// counted again).
+    async fn hold(&self, target: &Target) -> Result<u64, QueueError> {
+        let _ = target;
+        Err(QueueError::Backend("this queue store cannot hold jobs".into()))
+    }
+
+    /// Releases held jobs (Postfix `postsuper -H`): they are due at once (an `unheld` event each, and a
+    /// wake), deferred again if they had been tried. Returns how many were released.
+    async fn unhold(&self, target: &Target) -> Result<u64, QueueError> {
+        let _ = target;
+        Err(QueueError::Backend("this queue store cannot hold jobs".into()))
+    }
 
     /// Suspends a domain cluster-wide (optionally until `until_ms`): no claim takes its jobs until resumed.
     async fn suspend(&self, domain: &str, until_ms: Option<u64>, reason: &str) -> Result<(), QueueError>;

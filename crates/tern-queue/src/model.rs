@@ -87,6 +87,9 @@ pub enum JobState {
     Deferred,
     /// Claimed by a worker, under a lease.
     InFlight,
+    /// Held by an operator ([`Queue::hold`](crate::Queue::hold)): never claimed until released
+    /// ([`Queue::unhold`](crate::Queue::unhold)), and never expired meanwhile.
+    Held,
 }
 
 impl JobState {
@@ -96,6 +99,7 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Deferred => "deferred",
             JobState::InFlight => "inflight",
+            JobState::Held => "held",
         }
     }
 }
@@ -107,6 +111,7 @@ impl FromStr for JobState {
             "queued" => Ok(JobState::Queued),
             "deferred" => Ok(JobState::Deferred),
             "inflight" | "in-flight" => Ok(JobState::InFlight),
+            "held" => Ok(JobState::Held),
             other => Err(format!("unknown job state {other:?}")),
         }
     }
@@ -169,6 +174,8 @@ pub struct Job {
     /// An operator asked for the job to be bounced: the claimer sends a DSN for its pending recipients and
     /// completes it as failed (see [`Queue::bounce`](crate::Queue::bounce)).
     pub admin_bounce: bool,
+    /// The operator's reason given with the admin bounce, for the DSN (`None`: none given).
+    pub bounce_reason: Option<String>,
     /// The owner while in flight.
     pub owner: Option<String>,
     /// The lease deadline while in flight (Unix ms).
@@ -277,6 +284,9 @@ pub struct DeliveryAttempt {
     pub remote_ip: Option<String>,
     /// The TLS version and cipher, if TLS was used.
     pub tls: Option<String>,
+    /// The id of the DSN queued for the recipients this attempt failed or expired, if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<String>,
 }
 
 /// How the attempt ended for the job as a whole; recipients without an explicit result take this.
@@ -452,6 +462,8 @@ pub struct QueueCounts {
     pub deferred: u64,
     /// Claimed by workers.
     pub in_flight: u64,
+    /// Held by an operator.
+    pub held: u64,
     /// All jobs.
     pub total: u64,
     /// Jobs waiting on the admin-bounce schedule.
@@ -488,7 +500,9 @@ pub struct DomainDepth {
     pub waiting: u64,
     /// Waiting jobs already due.
     pub due: u64,
-    /// All jobs (waiting and in flight).
+    /// Jobs held by an operator (not counted in `waiting`).
+    pub held: u64,
+    /// All jobs (waiting, held and in flight).
     pub total: u64,
     /// The earliest due time of a waiting job (Unix ms).
     pub earliest_due_ms: Option<u64>,
@@ -524,6 +538,10 @@ pub enum EventKind {
     Retried,
     /// An operator asked for the job to be bounced.
     Bounced,
+    /// An operator held the job.
+    Held,
+    /// An operator released a held job.
+    Unheld,
     /// A domain was suspended.
     Suspended,
     /// A domain was resumed.
@@ -544,6 +562,8 @@ impl EventKind {
             EventKind::Released => "released",
             EventKind::Retried => "retried",
             EventKind::Bounced => "bounced",
+            EventKind::Held => "held",
+            EventKind::Unheld => "unheld",
             EventKind::Suspended => "suspended",
             EventKind::Resumed => "resumed",
         }
@@ -564,6 +584,8 @@ impl FromStr for EventKind {
             "released" => EventKind::Released,
             "retried" => EventKind::Retried,
             "bounced" => EventKind::Bounced,
+            "held" => EventKind::Held,
+            "unheld" => EventKind::Unheld,
             "suspended" => EventKind::Suspended,
             "resumed" => EventKind::Resumed,
             other => return Err(format!("unknown event kind {other:?}")),
@@ -604,6 +626,13 @@ pub struct Event {
     pub remote_ip: Option<String>,
     /// TLS details.
     pub tls: Option<String>,
+    /// The envelope sender (`""` for the null sender): set on `queued` events read from a message's
+    /// history ([`HistoryStore`](crate::HistoryStore)); `None` elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The id of the DSN queued for this event's recipients (failed or expired), if one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<String>,
     /// The event's id, unique in the queue.
     pub id: String,
     /// Where to read on from to get the events after this one (events stored together, by one batched

@@ -204,6 +204,7 @@ mod tests {
             domain: domain.into(),
             waiting: total,
             due,
+            held: 0,
             total,
             earliest_due_ms: None,
             active_claims: 0,

@@ -222,8 +222,16 @@ impl<Q: Queue + ?Sized> Queue for TracedQueue<Q> {
         counted(StoreOperation::Other, self.inner.delete(target).await)
     }
 
-    async fn bounce(&self, target: &Target) -> Result<u64, QueueError> {
-        counted(StoreOperation::Other, self.inner.bounce(target).await)
+    async fn bounce(&self, target: &Target, reason: Option<&str>) -> Result<u64, QueueError> {
+        counted(StoreOperation::Other, self.inner.bounce(target, reason).await)
+    }
+
+    async fn hold(&self, target: &Target) -> Result<u64, QueueError> {
+        counted(StoreOperation::Other, self.inner.hold(target).await)
+    }
+
+    async fn unhold(&self, target: &Target) -> Result<u64, QueueError> {
+        counted(StoreOperation::Other, self.inner.unhold(target).await)
     }
 
     async fn suspend(&self, domain: &str, until_ms: Option<u64>, reason: &str) -> Result<(), QueueError> {

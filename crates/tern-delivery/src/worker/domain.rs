@@ -385,6 +385,7 @@ impl<'a> DomainDelivery<'a> {
             remote_mx: Some(c.client.server().to_string()),
             remote_ip: Some(c.client.addr().ip().to_string()),
             tls: self.sts.event_tls(&c.client),
+            dsn: None,
         });
         // NOTIFY went on with each RCPT (RFC 3461): the server reports successes from here on.
         let dsn_passed_on = self

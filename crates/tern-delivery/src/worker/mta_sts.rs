@@ -289,6 +289,7 @@ impl StsApplied {
             remote_mx: None,
             remote_ip: None,
             tls: Some(format!("mta-sts={}", self.mode().as_str())),
+            dsn: None,
         })
     }
 

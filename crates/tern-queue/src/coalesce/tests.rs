@@ -185,7 +185,7 @@ impl Queue for Recorder {
         unused()
     }
 
-    async fn bounce(&self, _: &Target) -> Result<u64, QueueError> {
+    async fn bounce(&self, _: &Target, _: Option<&str>) -> Result<u64, QueueError> {
         unused()
     }
 

@@ -409,7 +409,7 @@ impl Queue for EmbeddedQueue {
         self.admin(AdminAction::Delete, target).await
     }
 
-    async fn bounce(&self, target: &Target) -> Result<u64, QueueError> {
+    async fn bounce(&self, target: &Target, _reason: Option<&str>) -> Result<u64, QueueError> {
         self.admin(AdminAction::Bounce, target).await
     }
 

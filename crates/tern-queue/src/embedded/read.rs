@@ -89,6 +89,7 @@ impl State {
             queued: self.counts.queued,
             deferred: self.counts.deferred,
             in_flight: self.counts.in_flight,
+            held: self.counts.held,
             total: self.jobs.len() as u64,
             bounce_pending: self.schedules.get(BOUNCE_SCHEDULE).map_or(0, |s| s.len() as u64),
             suspended_domains: self.suspensions.len() as u64,
@@ -117,6 +118,7 @@ impl State {
             domain: domain.to_string(),
             waiting: waiting.map_or(0, |s| s.len() as u64),
             due: waiting.map_or(0, |s| s.iter().take_while(|(due, _)| *due <= now).count() as u64),
+            held: 0,
             total: self.domain_live.get(domain).copied().unwrap_or(0),
             earliest_due_ms: self.earliest_due(domain),
             active_claims: self

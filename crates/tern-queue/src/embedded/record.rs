@@ -133,6 +133,7 @@ impl LiveJob {
             tags: r.tags.clone(),
             trace: r.trace.clone(),
             admin_bounce: r.bounce,
+            bounce_reason: None,
             owner: self.flight.as_ref().map(|f| f.owner.clone()),
             lease_until_ms: self.flight.as_ref().map(|f| f.lease_until),
         }

@@ -26,6 +26,7 @@ pub(crate) struct Counts {
     pub queued: u64,
     pub deferred: u64,
     pub in_flight: u64,
+    pub held: u64,
 }
 
 impl Counts {
@@ -34,6 +35,7 @@ impl Counts {
             JobState::Queued => &mut self.queued,
             JobState::Deferred => &mut self.deferred,
             JobState::InFlight => &mut self.in_flight,
+            JobState::Held => &mut self.held,
         }
     }
 
@@ -459,6 +461,8 @@ impl State {
             remote_mx: None,
             remote_ip: None,
             tls: None,
+            sender: None,
+            dsn: None,
             id: String::new(),
             position: EventPos::default(),
         });

@@ -219,6 +219,7 @@ pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueE
         tags,
         trace: nonempty("trace"),
         admin_bounce: f.get("bounce").is_some_and(|b| b == "1"),
+        bounce_reason: None,
         owner: if state == JobState::InFlight {
             nonempty("owner")
         } else {
@@ -354,6 +355,7 @@ pub(crate) fn claimed_job(
         tags,
         trace: get(8).filter(|s| !s.is_empty()),
         admin_bounce: get(9).as_deref() == Some("1"),
+        bounce_reason: None,
         owner: Some(owner.to_string()),
         lease_until_ms: Some(lease_until_ms),
     })

@@ -527,7 +527,7 @@ impl Queue for RedisQueue {
         self.admin(ops::admin::AdminAction::Delete, target).await
     }
 
-    async fn bounce(&self, target: &Target) -> Result<u64, QueueError> {
+    async fn bounce(&self, target: &Target, _reason: Option<&str>) -> Result<u64, QueueError> {
         self.admin(ops::admin::AdminAction::Bounce, target).await
     }
 

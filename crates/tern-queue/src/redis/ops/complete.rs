@@ -198,6 +198,7 @@ mod tests {
             remote_mx: Some("mx.d.test".into()),
             remote_ip: Some("192.0.2.1".into()),
             tls: Some("TLSv1.3".into()),
+            dsn: None,
         });
         let first = JobOutcome::new(&lease(0), outcome.clone()).expect("outcome");
         outcome.recipients = vec![RecipientResult {

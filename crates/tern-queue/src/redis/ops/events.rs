@@ -118,6 +118,8 @@ pub(crate) fn event_from_fields(shard: u16, stream_id: &str, f: &HashMap<String,
         remote_mx: nonempty("mx"),
         remote_ip: nonempty("ip"),
         tls: nonempty("tls"),
+        sender: None,
+        dsn: nonempty("dsn"),
         id: format!("s{shard:02}/{stream_id}"),
         position: EventPos::default(),
     })

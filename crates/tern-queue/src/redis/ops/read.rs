@@ -138,6 +138,7 @@ fn depth(rec: &[Value]) -> Option<DomainDepth> {
     Some(DomainDepth {
         waiting: int(waiting).max(0) as u64,
         due: int(due).max(0) as u64,
+        held: 0,
         total: int(total).max(0) as u64,
         earliest_due_ms: u64::try_from(int(earliest)).ok(),
         active_claims: int(active).max(0) as u64,
