@@ -505,7 +505,10 @@ impl QueueAdmin for AdminService {
         }))
     }
 
-    async fn hold(&self, _request: Request<pb::ActionRequest>) -> Result<Response<pb::ActionResponse>, Status> {
+    async fn hold(
+        &self,
+        _request: Request<pb::ActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
         Err(Status::unimplemented("hold"))
     }
 

@@ -346,7 +346,10 @@ async fn admin_bounce_sends_a_dsn_without_delivery() {
         .unwrap();
     let e = wait_event(&q, EventKind::Deferred).await;
     assert!(e.reply.as_deref().unwrap_or("").contains("4.4.1"), "{e:?}");
-    assert_eq!(q.bounce(&Target::Message(receipt.message), None).await.unwrap(), 1);
+    assert_eq!(
+        q.bounce(&Target::Message(receipt.message), None).await.unwrap(),
+        1
+    );
     wait_dsn(
         &sender_mx,
         &[

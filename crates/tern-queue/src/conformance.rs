@@ -1089,7 +1089,10 @@ async fn admin_bounce_bypasses_suspension(q: Arc<dyn Queue>) {
     let r = enqueue(&q, &["a@stuck.test", "b@stuck.test"]).await;
     let other = enqueue(&q, &["c@stuck.test"]).await;
     assert!(claim(&q, "w", 10).await.is_none(), "suspended");
-    assert_eq!(q.bounce(&Target::Job(r.jobs[0].0), None).await.expect("bounce"), 1);
+    assert_eq!(
+        q.bounce(&Target::Job(r.jobs[0].0), None).await.expect("bounce"),
+        1
+    );
     let c = claim(&q, "w", 10)
         .await
         .expect("bounce is claimable despite the suspension");

@@ -182,12 +182,18 @@ impl MessageHistory {
     /// Whether the message passes `query` (its time is checked by the listing, not here).
     pub fn matches(&self, query: &HistoryQuery) -> bool {
         if let Some(want) = &query.recipient
-            && !self.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(want))
+            && !self
+                .recipients
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(want))
         {
             return false;
         }
         if let Some(want) = &query.sender
-            && !self.sender.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(want))
+            && !self
+                .sender
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(want))
         {
             return false;
         }
@@ -242,7 +248,11 @@ pub trait HistoryStore: Send + Sync + Debug {
     /// Up to `limit` messages (queued or finished) passing `query`, newest first, looking at no more than
     /// [`FIND_BUDGET`] messages. Returns them and whether the search covered every message since
     /// `query.since_ms` (false: it stopped at the budget).
-    async fn find(&self, query: &HistoryQuery, limit: usize) -> Result<(Vec<MessageHistory>, bool), QueueError> {
+    async fn find(
+        &self,
+        query: &HistoryQuery,
+        limit: usize,
+    ) -> Result<(Vec<MessageHistory>, bool), QueueError> {
         const PAGE: usize = 500;
         let mut found = Vec::new();
         let mut before = None;

@@ -33,7 +33,10 @@ impl TraceFilter {
     /// Whether a delivery to `domain` through `mx` (host name) at `ip` passes. `mx` and `ip` are `None`
     /// before the connection is made: a filter on the MX then passes, and the records are checked again.
     pub fn matches(&self, domain: &str, mx: Option<&str>, ip: Option<&str>) -> bool {
-        let same = |a: &str, b: &str| a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'));
+        let same = |a: &str, b: &str| {
+            a.trim_end_matches('.')
+                .eq_ignore_ascii_case(b.trim_end_matches('.'))
+        };
         if let Some(want) = &self.domain
             && !same(want, domain)
         {

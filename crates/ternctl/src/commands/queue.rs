@@ -173,7 +173,13 @@ fn domains_table(domains: &[pb::DomainStatus], now: u64) -> String {
 async fn shape(global: &Global, top: u32) -> anyhow::Result<()> {
     let mut client = admin(global).await?;
     let shape = client
-        .get_shape(req(global, pb::GetShapeRequest { top_domains: top })?)
+        .get_shape(req(
+            global,
+            pb::GetShapeRequest {
+                top_domains: top,
+                by: String::new(),
+            },
+        )?)
         .await
         .map_err(failed(global))?
         .into_inner();
