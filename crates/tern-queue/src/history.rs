@@ -28,6 +28,9 @@ use tern_core::MessageId;
 
 use crate::{Event, EventKind, QueueError};
 
+/// How long a message's history is kept after its last event unless configured (`queue.history`): 7 days.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// How many messages [`HistoryStore::find`] looks at, at most, for one call.
 pub const FIND_BUDGET: usize = 20_000;
 

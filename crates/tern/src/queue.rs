@@ -19,6 +19,7 @@ pub fn redis_options(config: &Config) -> RedisQueueOptions {
     RedisQueueOptions {
         default_domain_concurrency: config.delivery.connections_per_domain,
         repeat_window: config.ingest.enqueue_retry_for.get(),
+        history: config.queue.history.get(),
         url: cfg.url.clone(),
         cluster: cfg.cluster,
         shards: cfg.shards,
@@ -38,6 +39,7 @@ pub fn embedded_options(config: &Config) -> anyhow::Result<EmbeddedQueueOptions>
         lease: config.queue.lease.get(),
         default_domain_concurrency: config.delivery.connections_per_domain,
         repeat_window: config.ingest.enqueue_retry_for.get(),
+        history: config.queue.history.get(),
         ..EmbeddedQueueOptions::default()
     })
 }
@@ -210,9 +212,11 @@ mod tests {
             wait_replicas: 1,
             group_commit: true,
             group_commit_max: 32,
+            history: tern_core::HumanDuration::from_secs(3600),
         };
         let o = redis_options(&config);
         assert_eq!(o.default_domain_concurrency, 3);
+        assert_eq!(o.history, std::time::Duration::from_secs(3600));
         assert_eq!(o.url, "redis://h:1/2");
         assert_eq!(o.shards, 4);
         assert_eq!(o.lease, std::time::Duration::from_secs(90));
@@ -236,6 +240,7 @@ mod tests {
         assert_eq!(o.path, PathBuf::from("/var/lib/tern"));
         assert_eq!(o.lease, std::time::Duration::from_secs(90));
         assert_eq!(o.default_domain_concurrency, 3);
+        assert_eq!(o.history, std::time::Duration::from_secs(3600));
         assert_eq!(o.repeat_window, config.ingest.enqueue_retry_for.get());
         config.queue.url = String::new();
         assert_eq!(

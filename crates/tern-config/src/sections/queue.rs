@@ -30,6 +30,9 @@ pub struct QueueConfig {
     pub group_commit: bool,
     /// The most messages (or job outcomes) one group-commit call carries.
     pub group_commit_max: u32,
+    /// How long a message's history (envelope, tags, every attempt, how it ended) stays readable after its
+    /// last event, for `ternctl msg show` and `msg find`; `0s` keeps none.
+    pub history: HumanDuration,
 }
 
 impl Default for QueueConfig {
@@ -43,6 +46,7 @@ impl Default for QueueConfig {
             wait_replicas: 0,
             group_commit: true,
             group_commit_max: 64,
+            history: HumanDuration::from_secs(7 * 24 * 3600),
         }
     }
 }

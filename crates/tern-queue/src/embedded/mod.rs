@@ -90,6 +90,9 @@ pub struct EmbeddedQueueOptions {
     /// message is remembered (in memory) that long, so that a repeat arriving after its jobs were delivered
     /// and removed makes nothing.
     pub repeat_window: Duration,
+    /// How long a message's history ([`crate::HistoryStore`]) is kept after its last event: `queue.history`
+    /// (default 7 days; zero keeps none).
+    pub history: Duration,
 }
 
 impl Default for EmbeddedQueueOptions {
@@ -101,6 +104,7 @@ impl Default for EmbeddedQueueOptions {
             events_max_len: 1_000_000,
             cache_bytes: 64 << 20,
             repeat_window: Duration::from_secs(60),
+            history: crate::history::DEFAULT_RETENTION,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct RedisQueueOptions {
     /// bytes per message for that time (`docs/configuration.md`). It is the enqueuing process's setting:
     /// the messages a handle writes are remembered as long as this handle says.
     pub repeat_window: Duration,
+    /// How long a message's history ([`crate::HistoryStore`]) is kept after its last event: `queue.history`
+    /// (default 7 days; zero keeps none).
+    pub history: Duration,
 }
 
 impl Default for RedisQueueOptions {
@@ -92,6 +95,7 @@ impl Default for RedisQueueOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
             repeat_window: Duration::from_secs(60),
+            history: crate::history::DEFAULT_RETENTION,
         }
     }
 }
