@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use tern_config::{Config, QueueBackend, QueueConfig};
 use tern_queue::{
-    Coalescing, CoalescingOptions, EmbeddedQueue, EmbeddedQueueOptions, PolicyStore, Queue, QueueError,
-    RedisQueue, RedisQueueOptions, TlsReportStore,
+    Coalescing, CoalescingOptions, EmbeddedQueue, EmbeddedQueueOptions, HistoryStore, PolicyStore, Queue,
+    QueueError, RedisQueue, RedisQueueOptions, RouteStore, TlsReportStore, TraceBus,
 };
 
 /// Connections of the telemetry's own Redis handle (the probe and the sampler).
@@ -115,6 +115,12 @@ pub struct OpenedQueue {
     pub policies: Arc<dyn PolicyStore>,
     /// The TLS-RPT counters of the same store (the backend itself, as `policies`).
     pub reports: Arc<dyn TlsReportStore>,
+    /// Messages' history, queued and finished (the backend itself).
+    pub history: Arc<dyn HistoryStore>,
+    /// Operators' domain routes (the backend itself).
+    pub routes: Arc<dyn RouteStore>,
+    /// The live SMTP trace bus (the backend itself).
+    pub traces: Arc<dyn TraceBus>,
 }
 
 /// Opens the queue.
@@ -151,7 +157,10 @@ async fn open_embedded(config: &Config) -> anyhow::Result<OpenedQueue> {
         shared: queue.clone(),
         telemetry: queue.clone(),
         policies: queue.clone(),
-        reports: queue,
+        reports: queue.clone(),
+        history: queue.clone(),
+        routes: queue.clone(),
+        traces: queue,
     })
 }
 
@@ -176,6 +185,9 @@ async fn open_redis(config: &Config) -> anyhow::Result<OpenedQueue> {
     let queue = Arc::new(queue);
     let policies: Arc<dyn PolicyStore> = queue.clone();
     let reports: Arc<dyn TlsReportStore> = queue.clone();
+    let history: Arc<dyn HistoryStore> = queue.clone();
+    let routes: Arc<dyn RouteStore> = queue.clone();
+    let traces: Arc<dyn TraceBus> = queue.clone();
     let shared: Arc<dyn Queue> = match group_commit_options(config) {
         Some(options) => Arc::new(Coalescing::new(queue, options)),
         None => queue,
@@ -192,6 +204,9 @@ async fn open_redis(config: &Config) -> anyhow::Result<OpenedQueue> {
         telemetry,
         policies,
         reports,
+        history,
+        routes,
+        traces,
     })
 }
 
