@@ -3,23 +3,28 @@
 //! Listing filters the queue offers (domain, state, sender, recipient) are applied by the queue; the rest
 //! (minimum attempts, age, tag) here, page by page. The shape and filter-based actions with more than a
 //! domain walk the job list; they stop after [`SCAN_BUDGET`] jobs. The status needs no walk.
+//!
+//! The repair actions are in [`crate::actions`], finished messages and FindMessages in [`crate::history`],
+//! routes in [`crate::routes`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tern_core::time::now_ms;
 use tern_proto::v1 as pb;
 use tern_proto::v1::queue_admin_server::QueueAdmin;
-use tern_queue::{BOUNCE_SCHEDULE, Cursor, EventKind, Job, JobState, ListFilter, Queue, QueueError, Target};
+use tern_queue::{
+    BOUNCE_SCHEDULE, Cursor, HistoryStore, Job, JobState, ListFilter, Queue, QueueError, RouteStore,
+};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{self, AnyId, Filter, invalid, queue_status};
+use crate::actions::Action;
+use crate::convert::{self, Filter, invalid, queue_status};
 use crate::shape::{self, Shape};
 
 /// The most jobs one call walks (shape, filtered actions).
 pub const SCAN_BUDGET: usize = 1_000_000;
-/// The most events GetMessage reads looking for a message's history.
-pub const HISTORY_BUDGET: usize = 200_000;
 /// Jobs per page when walking the list.
 const PAGE: usize = 1000;
 /// The default and largest page of ListMessages.
@@ -31,7 +36,11 @@ const DEFAULT_TOP: usize = 10;
 /// The QueueAdmin service over a queue. Authentication is done by the server's interceptor.
 #[derive(Clone)]
 pub struct AdminService {
-    queue: Arc<dyn Queue>,
+    pub(crate) queue: Arc<dyn Queue>,
+    /// Messages' history (finished messages, FindMessages); `None`: those answer FAILED_PRECONDITION.
+    pub(crate) history: Option<Arc<dyn HistoryStore>>,
+    /// Domain routes; `None`: the route calls answer FAILED_PRECONDITION.
+    pub(crate) routes: Option<Arc<dyn RouteStore>>,
 }
 
 impl std::fmt::Debug for AdminService {
@@ -43,13 +52,43 @@ impl std::fmt::Debug for AdminService {
 impl AdminService {
     /// The service over `queue`.
     pub fn new(queue: Arc<dyn Queue>) -> Self {
-        AdminService { queue }
+        AdminService {
+            queue,
+            history: None,
+            routes: None,
+        }
+    }
+
+    /// The service also serving finished messages and FindMessages from `history`, and routes from
+    /// `routes` (both normally the queue's own store).
+    pub fn with_stores(mut self, history: Arc<dyn HistoryStore>, routes: Arc<dyn RouteStore>) -> Self {
+        self.history = Some(history);
+        self.routes = Some(routes);
+        self
+    }
+
+    /// The domains suspended now.
+    pub(crate) async fn suspended_domains(&self) -> Result<HashSet<String>, Status> {
+        Ok(self
+            .queue
+            .suspensions()
+            .await
+            .map_err(queue_status)?
+            .into_iter()
+            .map(|s| s.domain)
+            .collect())
     }
 
     /// Calls `each` for every job passing `filter`, up to `budget` jobs looked at. Returns whether the walk
     /// reached the end.
-    async fn walk(&self, filter: &Filter, budget: usize, mut each: impl FnMut(Job)) -> Result<bool, Status> {
+    pub(crate) async fn walk(
+        &self,
+        filter: &Filter,
+        budget: usize,
+        mut each: impl FnMut(Job),
+    ) -> Result<bool, Status> {
         let now = now_ms();
+        let suspended = self.suspended_domains().await?;
         let mut cursor = None;
         let mut seen = 0usize;
         loop {
@@ -60,7 +99,7 @@ impl AdminService {
                 .map_err(queue_status)?;
             seen += page.items.len();
             for job in page.items {
-                if filter.matches_rest(&job, now) {
+                if filter.matches_rest(&job, now, &suspended) {
                     each(job);
                 }
             }
@@ -70,102 +109,6 @@ impl AdminService {
                 None => return Ok(true),
             }
         }
-    }
-
-    /// The targets an action applies to: the ids (each checked to exist), or the filter (a domain as a
-    /// whole, or else every matching job).
-    async fn targets(&self, req: &pb::ActionRequest) -> Result<Vec<Target>, Status> {
-        if !req.ids.is_empty() {
-            let mut targets = Vec::with_capacity(req.ids.len());
-            for raw in &req.ids {
-                let id = AnyId::parse("ids", raw)?;
-                let info = self.queue.get_message(id.message()).await.map_err(queue_status)?;
-                let exists = match (&info, id) {
-                    (None, _) => false,
-                    (Some(_), AnyId::Message(_)) => true,
-                    (Some(info), AnyId::Job(j)) => info.jobs.iter().any(|job| job.id == j),
-                };
-                if !exists {
-                    if req.skip_missing {
-                        continue;
-                    }
-                    return Err(Status::not_found(match id {
-                        AnyId::Message(m) => format!("no message {m} in the queue"),
-                        AnyId::Job(j) => format!("no job {j} in the queue"),
-                    }));
-                }
-                targets.push(match id {
-                    AnyId::Message(m) => Target::Message(m),
-                    AnyId::Job(j) => Target::Job(j),
-                });
-            }
-            return Ok(targets);
-        }
-        let filter = Filter::from_proto(req.filter.as_ref())?;
-        if filter.is_empty() {
-            return Err(invalid(
-                "filter",
-                "give message ids or a filter (acting on the whole queue is refused)",
-            ));
-        }
-        if filter.is_domain_only()
-            && let Some(d) = &filter.list.domain
-        {
-            return Ok(vec![Target::Domain(d.clone())]);
-        }
-        let mut targets = Vec::new();
-        self.walk(&filter, SCAN_BUDGET, |job| targets.push(Target::Job(job.id)))
-            .await?;
-        Ok(targets)
-    }
-
-    /// How many jobs `target` would touch.
-    async fn count(&self, target: &Target) -> Result<u64, Status> {
-        match target {
-            Target::Job(_) => Ok(1),
-            Target::Message(m) => Ok(self
-                .queue
-                .get_message(*m)
-                .await
-                .map_err(queue_status)?
-                .map_or(0, |i| i.jobs.len() as u64)),
-            Target::Domain(d) => Ok(self.queue.domain_depth(d).await.map_err(queue_status)?.waiting),
-        }
-    }
-
-    /// Runs one action over the request's targets; returns the count.
-    async fn act(
-        &self,
-        req: pb::ActionRequest,
-        action: Action,
-    ) -> Result<Response<pb::ActionResponse>, Status> {
-        let targets = self.targets(&req).await?;
-        let mut count = 0u64;
-        for target in &targets {
-            let n = if req.dry_run {
-                self.count(target).await?
-            } else {
-                let r = match action {
-                    Action::Retry => self.queue.retry_now(target).await,
-                    Action::Bounce => self.queue.bounce(target, None).await,
-                    Action::Delete => self.queue.delete(target).await,
-                };
-                match r {
-                    Ok(n) => n,
-                    // A job that finished between the listing and the action is simply not counted.
-                    Err(QueueError::NotFound(_)) => 0,
-                    Err(e) => return Err(queue_status(e)),
-                }
-            };
-            count = count.saturating_add(n);
-        }
-        if !req.dry_run {
-            tracing::info!(action = ?action, count, "control: queue action");
-        }
-        Ok(Response::new(pb::ActionResponse {
-            count,
-            sample_ids: Vec::new(),
-        }))
     }
 
     /// The last error of one of `domain`'s deferred jobs.
@@ -186,19 +129,11 @@ impl AdminService {
     }
 }
 
-/// The three repair actions.
-#[derive(Clone, Copy, Debug)]
-enum Action {
-    Retry,
-    Bounce,
-    Delete,
-}
-
 fn top_n(n: u32) -> usize {
     if n == 0 { DEFAULT_TOP } else { n as usize }
 }
 
-fn check_domain(field: &str, d: &str) -> Result<String, Status> {
+pub(crate) fn check_domain(field: &str, d: &str) -> Result<String, Status> {
     let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
     if d.is_empty() || d.contains(['@', ' ', '#', '/', ':']) {
         return Err(invalid(field, format!("{d:?} is not a domain")));
@@ -215,7 +150,12 @@ impl QueueAdmin for AdminService {
         let top = top_n(request.get_ref().top_domains);
         let counts = self.queue.counts().await.map_err(queue_status)?;
         let mut depths = self.queue.domain_depths().await.map_err(queue_status)?;
-        let due_now: u64 = depths.iter().map(|d| d.due).sum();
+        // Jobs of a suspended domain are not due, whatever their due time says.
+        let due_now: u64 = depths
+            .iter()
+            .filter(|d| d.suspension.is_none())
+            .map(|d| d.due)
+            .sum();
         let suspended: u64 = depths
             .iter()
             .filter(|d| d.suspension.is_some())
@@ -235,7 +175,7 @@ impl QueueAdmin for AdminService {
                 last_error: self.last_error(&d.domain).await?,
                 in_flight: d.total.saturating_sub(d.waiting),
                 depth: d.total,
-                due: d.due,
+                due: if d.suspension.is_some() { 0 } else { d.due },
                 active_claims: d.active_claims,
                 suspension: d.suspension.as_ref().map(convert::suspension),
                 domain: d.domain,
@@ -281,11 +221,21 @@ impl QueueAdmin for AdminService {
         request: Request<pb::GetShapeRequest>,
     ) -> Result<Response<pb::GetShapeResponse>, Status> {
         let top = top_n(request.get_ref().top_domains);
+        let by_sender = match request.get_ref().by.trim().to_ascii_lowercase().as_str() {
+            "" | "domain" => false,
+            "sender" => true,
+            other => return Err(invalid("by", format!("{other:?} is not domain or sender"))),
+        };
         let now = now_ms();
         let mut shape = Shape::new();
         let complete = self
             .walk(&Filter::default(), SCAN_BUDGET, |job| {
-                shape.add(&job.domain, job.first_queued_ms, now);
+                if by_sender {
+                    let sender = convert::sender_text(&job.envelope.sender);
+                    shape.add(&sender, job.first_queued_ms, now);
+                } else {
+                    shape.add(&job.domain, job.first_queued_ms, now);
+                }
             })
             .await?;
         let (rows, total) = shape.finish(top);
@@ -315,6 +265,7 @@ impl QueueAdmin for AdminService {
         };
         let mut cursor = (!req.cursor.is_empty()).then(|| Cursor(req.cursor.clone()));
         let now = now_ms();
+        let suspended = self.suspended_domains().await?;
         let mut jobs = Vec::new();
         let mut seen = 0usize;
         let budget = limit.saturating_mul(10).max(10_000);
@@ -332,8 +283,8 @@ impl QueueAdmin for AdminService {
             jobs.extend(
                 page.items
                     .iter()
-                    .filter(|j| filter.matches_rest(j, now))
-                    .map(convert::job_summary),
+                    .filter(|j| filter.matches_rest(j, now, &suspended))
+                    .map(|j| convert::job_summary_in(j, &suspended)),
             );
             cursor = page.next;
             if cursor.is_none() || jobs.len() >= limit || seen >= budget {
@@ -350,100 +301,28 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
-        let req = request.into_inner();
-        if req.id.trim().is_empty() {
-            return Err(invalid("id", "is empty"));
-        }
-        let id = AnyId::parse("id", &req.id)?.message();
-        let info = self
-            .queue
-            .get_message(id)
-            .await
-            .map_err(queue_status)?
-            .ok_or_else(|| Status::not_found(format!("no message {id} in the queue")))?;
-        // The job record keeps only the attempt count and the last error: the history comes from the
-        // event streams (the events still retained), filtered by message id.
-        let mut attempts = Vec::new();
-        let mut pos = None;
-        let mut read = 0usize;
-        while read < HISTORY_BUDGET {
-            let (events, next) = self
-                .queue
-                .read_events(pos.as_ref(), PAGE, None)
-                .await
-                .map_err(queue_status)?;
-            if events.is_empty() {
-                break;
-            }
-            read += events.len();
-            attempts.extend(
-                events
-                    .iter()
-                    .filter(|e| {
-                        e.message == Some(id) && !matches!(e.kind, EventKind::Suspended | EventKind::Resumed)
-                    })
-                    .map(convert::attempt),
-            );
-            pos = Some(next);
-        }
-        let content = self.queue.read_body(id).await.map_err(queue_status)?;
-        let (headers, body, content_available, content_note) = match content {
-            Some(msg) => {
-                let headers = String::from_utf8_lossy(tern_core::message::header_section(&msg)).into_owned();
-                let body = if req.include_body {
-                    msg.to_vec()
-                } else {
-                    Vec::new()
-                };
-                (headers, body, true, String::new())
-            }
-            // Its last job finished between the two reads.
-            None => (
-                String::new(),
-                Vec::new(),
-                false,
-                "the message left the queue while it was read".into(),
-            ),
-        };
-        let first = info.jobs.first();
-        Ok(Response::new(pb::GetMessageResponse {
-            message_id: id.to_string(),
-            size: info.body_size,
-            sender: first
-                .map(|j| convert::sender_text(&j.envelope.sender))
-                .unwrap_or_default(),
-            tags: first
-                .map(|j| j.tags.clone().into_iter().collect())
-                .unwrap_or_default(),
-            jobs: info.jobs.iter().map(convert::job_detail).collect(),
-            attempts,
-            headers,
-            body,
-            content_available,
-            content_note,
-            ..Default::default()
-        }))
+        self.message(request.into_inner()).await
     }
 
     async fn retry_now(
         &self,
         request: Request<pb::ActionRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        self.act(request.into_inner(), Action::Retry).await
+        self.act(request, Action::Retry).await
     }
 
     async fn bounce(
         &self,
         request: Request<pb::ActionRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        self.act(request.into_inner(), Action::Bounce).await
+        self.act(request, Action::Bounce).await
     }
 
     async fn delete(
         &self,
         request: Request<pb::ActionRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        self.act(request.into_inner(), Action::Delete).await
+        self.act(request, Action::Delete).await
     }
 
     async fn suspend_domain(
@@ -521,29 +400,29 @@ impl QueueAdmin for AdminService {
 
     async fn find_messages(
         &self,
-        _request: Request<pb::FindMessagesRequest>,
+        request: Request<pb::FindMessagesRequest>,
     ) -> Result<Response<pb::FindMessagesResponse>, Status> {
-        Err(Status::unimplemented("find"))
+        self.find(request.into_inner()).await
     }
 
     async fn route_domain(
         &self,
-        _request: Request<pb::RouteDomainRequest>,
+        request: Request<pb::RouteDomainRequest>,
     ) -> Result<Response<pb::RouteDomainResponse>, Status> {
-        Err(Status::unimplemented("route"))
+        self.route(request.into_inner()).await
     }
 
     async fn unroute_domain(
         &self,
-        _request: Request<pb::UnrouteDomainRequest>,
+        request: Request<pb::UnrouteDomainRequest>,
     ) -> Result<Response<pb::UnrouteDomainResponse>, Status> {
-        Err(Status::unimplemented("unroute"))
+        self.unroute(request.into_inner()).await
     }
 
     async fn list_routes(
         &self,
         _request: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
-        Err(Status::unimplemented("routes"))
+        self.list_routes_now().await
     }
 }

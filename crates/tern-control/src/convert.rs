@@ -1,5 +1,6 @@
 //! Queue model to protobuf and back: jobs, events, suspensions, filters and errors.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tern_core::{JobId, MessageId};
@@ -80,6 +81,16 @@ impl TagFilter {
         }))
     }
 
+    /// The tag's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The value asked for; `None`: any value.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+
     /// Whether `tags` pass.
     pub fn matches(&self, tags: &std::collections::BTreeMap<String, String>) -> bool {
         match (tags.get(&self.key), &self.value) {
@@ -101,6 +112,10 @@ pub struct Filter {
     pub older_than: Option<Duration>,
     /// Tag.
     pub tag: Option<TagFilter>,
+    /// How jobs of suspended domains are treated: `Some(true)` keeps only waiting jobs of suspended domains
+    /// (the shown state `suspended`), `Some(false)` leaves them out (the states `queued` and `deferred`
+    /// mean jobs that can go), `None` does not look.
+    pub suspended: Option<bool>,
 }
 
 impl Filter {
@@ -119,13 +134,19 @@ impl Filter {
         {
             return Err(invalid("filter.domain", format!("{d:?} is not a domain")));
         }
-        let state = match nonempty(&f.state) {
-            Some(s) => Some(
-                s.to_ascii_lowercase()
-                    .parse::<JobState>()
-                    .map_err(|e| invalid("filter.state", format!("{e} (queued, deferred or inflight)")))?,
-            ),
-            None => None,
+        let (state, suspended) = match nonempty(&f.state).map(|s| s.to_ascii_lowercase()) {
+            Some(s) if s == SUSPENDED => (None, Some(true)),
+            Some(s) => {
+                let state = s.parse::<JobState>().map_err(|e| {
+                    invalid(
+                        "filter.state",
+                        format!("{e} (queued, deferred, inflight, held or suspended)"),
+                    )
+                })?;
+                let waiting = matches!(state, JobState::Queued | JobState::Deferred);
+                (Some(state), waiting.then_some(false))
+            }
+            None => (None, None),
         };
         let sender = nonempty(&f.sender).map(|s| s.trim_matches(['<', '>']).to_string());
         let recipient = nonempty(&f.recipient).map(|s| s.trim_matches(['<', '>']).to_string());
@@ -139,6 +160,7 @@ impl Filter {
             min_attempts: f.min_attempts,
             older_than: (f.older_than_seconds > 0).then(|| Duration::from_secs(f.older_than_seconds)),
             tag: TagFilter::parse("filter.tag", &f.tag)?,
+            suspended,
         })
     }
 
@@ -151,6 +173,7 @@ impl Filter {
             && self.min_attempts == 0
             && self.older_than.is_none()
             && self.tag.is_none()
+            && self.suspended.is_none()
     }
 
     /// Whether the filter selects nothing in particular (every job).
@@ -158,8 +181,14 @@ impl Filter {
         *self == Filter::default()
     }
 
-    /// Whether `job` passes the filters the queue does not apply (`now_ms`: the current time).
-    pub fn matches_rest(&self, job: &Job, now_ms: u64) -> bool {
+    /// Whether `job` passes the filters the queue does not apply (`now_ms`: the current time; `suspended`:
+    /// the domains suspended now).
+    pub fn matches_rest(&self, job: &Job, now_ms: u64, suspended: &HashSet<String>) -> bool {
+        if let Some(want) = self.suspended
+            && is_suspended(job, suspended) != want
+        {
+            return false;
+        }
         if job.attempts < self.min_attempts {
             return false;
         }
@@ -171,6 +200,25 @@ impl Filter {
         }
         self.tag.as_ref().is_none_or(|t| t.matches(&job.tags))
     }
+}
+
+/// The state shown for waiting jobs of a suspended domain: they are not due, whatever their due time says.
+pub const SUSPENDED: &str = "suspended";
+
+/// Whether `job` waits on a suspended domain (a job in flight or held is what it is).
+pub fn is_suspended(job: &Job, suspended: &HashSet<String>) -> bool {
+    matches!(job.state, JobState::Queued | JobState::Deferred)
+        && !job.admin_bounce
+        && suspended.contains(&job.domain)
+}
+
+/// A job as listed, its state shown as `suspended` when it waits on a suspended domain.
+pub fn job_summary_in(job: &Job, suspended: &HashSet<String>) -> pb::JobSummary {
+    let mut summary = job_summary(job);
+    if is_suspended(job, suspended) {
+        summary.state = SUSPENDED.to_string();
+    }
+    summary
 }
 
 /// A job as listed.
@@ -197,9 +245,9 @@ pub fn job_summary(job: &Job) -> pb::JobSummary {
 }
 
 /// A job with its recipients, as shown by GetMessage.
-pub fn job_detail(job: &Job) -> pb::JobDetail {
+pub fn job_detail(job: &Job, suspended: &HashSet<String>) -> pb::JobDetail {
     pb::JobDetail {
-        job: Some(job_summary(job)),
+        job: Some(job_summary_in(job, suspended)),
         recipients: job
             .recipients
             .iter()

@@ -20,7 +20,11 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`admin`] | QueueAdmin: status, shape, listing, one message, retry/bounce/delete, suspensions |
+//! | [`admin`] | QueueAdmin: status, shape, listing, suspensions |
+//! | [`actions`] | QueueAdmin: retry, bounce, delete, hold, release (ids or a filter, dry run, audit line) |
+//! | [`history`] | QueueAdmin: one message, queued or finished; FindMessages |
+//! | [`routes`] | QueueAdmin: domain routes |
+//! | [`trace`] | SmtpTrace: live SMTP conversations from every worker |
 //! | [`events`] | Events: Watch |
 //! | [`mta_sts`] | MtaSts: the cluster-shared MTA-STS policy cache (get, refresh, list, evict) |
 //! | [`tls_rpt`] | MtaSts: TLS reporting (a domain's counts, a report run on demand) |
@@ -29,13 +33,17 @@
 //! | [`convert`] | queue model to protobuf, filters, error statuses |
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod admin;
 pub mod convert;
 pub mod events;
+pub mod history;
 pub mod mta_sts;
+pub mod routes;
 pub mod scaler;
 pub mod shape;
 pub mod tls_rpt;
+pub mod trace;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -48,7 +56,8 @@ use tern_proto::v1::FILE_DESCRIPTOR_SET;
 use tern_proto::v1::events_server::EventsServer;
 use tern_proto::v1::mta_sts_server::MtaStsServer;
 use tern_proto::v1::queue_admin_server::QueueAdminServer;
-use tern_queue::Queue;
+use tern_proto::v1::smtp_trace_server::SmtpTraceServer;
+use tern_queue::{HistoryStore, Queue, RouteStore, TraceBus};
 use tern_server::auth::{AuthError, AuthInterceptor, Authenticator};
 use tern_server::grpc::{BoundGrpcServer, GrpcServerBuilder, GrpcServerError, HealthHandle, ServerLimits};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -57,12 +66,13 @@ pub use admin::AdminService;
 pub use events::EventsService;
 pub use mta_sts::{MTA_STS_SERVICE, MtaStsService};
 pub use scaler::ScalerService;
+pub use trace::TraceService;
 
 /// The former name of [`tern_core::Shutdown`], kept so that callers outside the role crates that still use
 /// it (ternctl's tests) build; new code names [`tern_core::Shutdown`].
 pub use tern_core::Shutdown as CancellationToken;
 
-pub use tern_proto::v1::{EVENTS_SERVICE, QUEUE_ADMIN_SERVICE};
+pub use tern_proto::v1::{EVENTS_SERVICE, QUEUE_ADMIN_SERVICE, SMTP_TRACE_SERVICE};
 
 /// Why the control plane could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +97,19 @@ pub struct StsServices {
     pub cache: Option<tern_mta_sts::PolicyCache>,
     /// The TLS reporter (`delivery.tls_rpt`): Report, SendReports.
     pub reporter: Option<tern_mta_sts::TlsReporter>,
+}
+
+/// The queue store's side stores the operator's toolkit needs: messages' history (finished messages,
+/// FindMessages), domain routes, and the live SMTP trace bus. Normally the queue's own backend; without them
+/// those calls answer FAILED_PRECONDITION and `tern.v1.SmtpTrace` is not served.
+#[derive(Clone, Debug)]
+pub struct OperatorStores {
+    /// Messages' history.
+    pub history: Arc<dyn HistoryStore>,
+    /// Domain routes.
+    pub routes: Arc<dyn RouteStore>,
+    /// The live SMTP trace bus.
+    pub traces: Arc<dyn TraceBus>,
 }
 
 /// The control-plane server.
@@ -127,6 +150,17 @@ impl ControlServer {
         queue: Arc<dyn Queue>,
         services: StsServices,
     ) -> Result<Bound, ControlError> {
+        Self::bind_all(config, queue, services, None).await
+    }
+
+    /// [`ControlServer::bind_with_services`], also serving the operator's toolkit over `stores`: finished
+    /// messages, FindMessages, routes and `tern.v1.SmtpTrace`. What `tern control` and `tern all` bind.
+    pub async fn bind_all(
+        config: &ControlConfig,
+        queue: Arc<dyn Queue>,
+        services: StsServices,
+        stores: Option<OperatorStores>,
+    ) -> Result<Bound, ControlError> {
         let auth = Arc::new(Authenticator::for_listener(
             "control",
             config.grpc_listen,
@@ -134,10 +168,19 @@ impl ControlServer {
         )?);
         let tls = tls_config(config)?;
         let has_tls = tls.is_some();
-        let admin = QueueAdminServer::with_interceptor(
-            AdminService::new(Arc::clone(&queue)),
-            AuthInterceptor::new(Arc::clone(&auth)),
-        );
+        let mut admin_service = AdminService::new(Arc::clone(&queue));
+        if let Some(stores) = &stores {
+            admin_service =
+                admin_service.with_stores(Arc::clone(&stores.history), Arc::clone(&stores.routes));
+        }
+        let admin =
+            QueueAdminServer::with_interceptor(admin_service, AuthInterceptor::new(Arc::clone(&auth)));
+        let trace = stores.map(|s| {
+            SmtpTraceServer::with_interceptor(
+                TraceService::new(s.traces),
+                AuthInterceptor::new(Arc::clone(&auth)),
+            )
+        });
         let events = EventsServer::with_interceptor(
             EventsService::new(Arc::clone(&queue)),
             AuthInterceptor::new(Arc::clone(&auth)),
@@ -148,14 +191,16 @@ impl ControlServer {
         let mta_sts = MtaStsServer::with_interceptor(service, AuthInterceptor::new(auth));
         // No admin key: KEDA sends none, and the scaler only tells how many jobs are due (see `scaler`).
         let scaler = ExternalScalerServer::new(ScalerService::new(queue));
-        let listener = GrpcServerBuilder::new(ServerLimits::default())
+        let mut builder = GrpcServerBuilder::new(ServerLimits::default())
             .tls(tls)
             .service(admin, FILE_DESCRIPTOR_SET)
             .service(events, FILE_DESCRIPTOR_SET)
             .service(mta_sts, FILE_DESCRIPTOR_SET)
-            .service(scaler, tern_proto::keda::FILE_DESCRIPTOR_SET)
-            .bind(config.grpc_listen)
-            .await?;
+            .service(scaler, tern_proto::keda::FILE_DESCRIPTOR_SET);
+        if let Some(trace) = trace {
+            builder = builder.service(trace, FILE_DESCRIPTOR_SET);
+        }
+        let listener = builder.bind(config.grpc_listen).await?;
         Ok(Bound { listener, has_tls })
     }
 }
@@ -202,7 +247,7 @@ impl Bound {
     /// then health reports NOT_SERVING, no new connection is accepted, and calls in progress finish (open
     /// Watch streams end).
     pub async fn run(self, shutdown: Shutdown) -> Result<(), ControlError> {
-        tracing::info!(addr = %self.local_addr(), tls = self.has_tls, "control plane listening");
+        tracing::info!(grpc = %self.local_addr(), tls = self.has_tls, "control plane listening");
         Ok(self.listener.serve(shutdown).await?)
     }
 }

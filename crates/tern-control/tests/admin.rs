@@ -618,7 +618,8 @@ async fn a_public_listener_needs_keys_and_health_and_reflection_answer() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    // Reflection lists the admin services (MtaSts too, even with MTA-STS off) and KEDA's external scaler.
+    // Reflection lists the admin services (MtaSts too, even with MTA-STS off; SmtpTrace, served over the
+    // store's trace bus) and KEDA's external scaler.
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -651,6 +652,7 @@ async fn a_public_listener_needs_keys_and_health_and_reflection_answer() {
             tern_control::EVENTS_SERVICE,
             tern_control::MTA_STS_SERVICE,
             tern_control::QUEUE_ADMIN_SERVICE,
+            tern_proto::v1::SMTP_TRACE_SERVICE,
         ]
     );
     let mut replies = reflection

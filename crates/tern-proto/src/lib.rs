@@ -70,6 +70,9 @@ pub mod v1 {
 
     /// The fully qualified name of the control plane's event stream service.
     pub const EVENTS_SERVICE: &str = "tern.v1.Events";
+
+    /// The fully qualified name of the control plane's live SMTP trace service.
+    pub const SMTP_TRACE_SERVICE: &str = "tern.v1.SmtpTrace";
 }
 
 #[cfg(test)]

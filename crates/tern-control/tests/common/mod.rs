@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_config::ControlConfig;
-use tern_control::ControlServer;
+use tern_control::{ControlServer, OperatorStores, StsServices};
 use tern_core::Shutdown;
 use tern_core::{Envelope, Mailbox, Recipient, ReversePath};
 use tern_proto::v1::events_client::EventsClient;
@@ -20,6 +20,8 @@ use tonic::transport::Channel;
 pub struct Control {
     pub redis: RedisServer,
     pub queue: Arc<dyn Queue>,
+    /// The same store, for its side stores (history, routes, trace bus).
+    pub store: Arc<RedisQueue>,
     pub url: String,
     pub stop: Shutdown,
 }
@@ -36,6 +38,13 @@ impl Control {
         QueueAdminClient::connect(self.url.clone()).await.unwrap()
     }
 
+    /// An SmtpTrace client.
+    pub async fn trace(&self) -> tern_proto::v1::smtp_trace_client::SmtpTraceClient<Channel> {
+        tern_proto::v1::smtp_trace_client::SmtpTraceClient::connect(self.url.clone())
+            .await
+            .unwrap()
+    }
+
     /// An Events client.
     pub async fn events(&self) -> EventsClient<Channel> {
         EventsClient::connect(self.url.clone()).await.unwrap()
@@ -45,7 +54,7 @@ impl Control {
 /// A control server without keys (loopback) or with the keys file `keys`.
 pub async fn start(keys: Option<PathBuf>) -> Control {
     let redis = RedisServer::start().unwrap();
-    let queue: Arc<dyn Queue> = Arc::new(
+    let store = Arc::new(
         RedisQueue::connect(RedisQueueOptions {
             url: redis.url(),
             shards: 4,
@@ -56,18 +65,27 @@ pub async fn start(keys: Option<PathBuf>) -> Control {
         .await
         .unwrap(),
     );
+    let queue: Arc<dyn Queue> = store.clone();
+    let operator = OperatorStores {
+        history: store.clone(),
+        routes: store.clone(),
+        traces: store.clone(),
+    };
     let config = ControlConfig {
         grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_keys_file: keys,
         ..ControlConfig::default()
     };
-    let server = ControlServer::bind(&config, queue.clone()).await.unwrap();
+    let server = ControlServer::bind_all(&config, queue.clone(), StsServices::default(), Some(operator))
+        .await
+        .unwrap();
     let url = format!("http://{}", server.local_addr());
     let stop = Shutdown::new();
     tokio::spawn(server.run(stop.clone()));
     Control {
         redis,
         queue,
+        store,
         url,
         stop,
     }

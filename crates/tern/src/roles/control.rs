@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_config::Config;
+use tern_control::{OperatorStores, StsServices};
 use tern_core::Shutdown;
-use tern_mta_sts::{PolicyCache, TlsReporter};
 use tern_queue::Queue;
 use tern_telemetry::Readiness;
 
@@ -20,20 +20,20 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds the listener, then serves until `shutdown`; its gRPC health follows `readiness`. `sts` is the
-/// process's MTA-STS policy cache and `reporter` its TLS reporter, served as `tern.v1.MtaSts` (`None`:
-/// `delivery.mta_sts.enabled`, `delivery.tls_rpt.enabled` is off).
+/// Binds the listener, then serves until `shutdown`; its gRPC health follows `readiness`. `services` are
+/// the process's MTA-STS policy cache and TLS reporter, served as `tern.v1.MtaSts` (`None` where
+/// `delivery.mta_sts.enabled`, `delivery.tls_rpt.enabled` is off); `operator` the store's history, routes and
+/// trace bus.
 pub async fn serve(
     config: &Config,
     queue: Arc<dyn Queue>,
-    sts: Option<PolicyCache>,
-    reporter: Option<TlsReporter>,
+    services: StsServices,
+    operator: OperatorStores,
     shutdown: Shutdown,
     readiness: &Readiness,
 ) -> anyhow::Result<()> {
-    let services = tern_control::StsServices { cache: sts, reporter };
-    let bound = tern_control::ControlServer::bind_with_services(&config.control, queue, services).await?;
-    tracing::info!(grpc = %bound.local_addr(), "control plane listening");
+    let bound =
+        tern_control::ControlServer::bind_all(&config.control, queue, services, Some(operator)).await?;
     crate::telemetry::follow_health(readiness, bound.health(), shutdown.clone());
     readiness.role_started();
     let task = tokio::spawn(bound.run(shutdown.clone()));

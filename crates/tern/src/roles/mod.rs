@@ -134,6 +134,13 @@ async fn run_roles(
         None => crate::queue::open(config).await?,
     };
     let owner = owner_id();
+    // The store's side stores: messages' history, domain routes and the SMTP trace bus, for the control
+    // plane (and routes and traces for workers).
+    let operator = tern_control::OperatorStores {
+        history: opened.history,
+        routes: opened.routes,
+        traces: opened.traces,
+    };
     let sts = crate::mta_sts::policy_cache(config, opened.policies, owner.clone())?;
     let queue: Arc<dyn Queue> = Arc::new(tern_telemetry::TracedQueue::new(opened.shared));
     running.watch_queue(opened.telemetry);
@@ -165,6 +172,7 @@ async fn run_roles(
         let (config, queue, shutdown) = (config.clone(), queue.clone(), shutdown.clone());
         let (readiness, owner, sts) = (running.readiness().clone(), owner.clone(), sts.clone());
         let reporter = reporter.clone();
+        let operator = operator.clone();
         tasks.spawn(async move {
             let result = match role {
                 Role::Ingest => ingest::serve(&config, queue, shutdown, &readiness).await,
@@ -175,9 +183,16 @@ async fn run_roles(
                         cache: sts,
                         tls_reports: counts,
                     };
-                    worker::serve(&config, queue, mta_sts, owner, shutdown, &readiness).await
+                    let stores = worker::Operator {
+                        routes: operator.routes.clone(),
+                        traces: operator.traces.clone(),
+                    };
+                    worker::serve(&config, queue, mta_sts, stores, owner, shutdown, &readiness).await
                 }
-                Role::Control => control::serve(&config, queue, sts, reporter, shutdown, &readiness).await,
+                Role::Control => {
+                    let services = tern_control::StsServices { cache: sts, reporter };
+                    control::serve(&config, queue, services, operator, shutdown, &readiness).await
+                }
             };
             result.with_context(|| role.name())
         });

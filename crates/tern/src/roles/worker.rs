@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tern_config::Config;
 use tern_core::Shutdown;
 use tern_mta_sts::PolicyCache;
-use tern_queue::{Queue, TlsReportStore};
+use tern_queue::{Queue, RouteStore, TlsReportStore, TraceBus};
 use tern_telemetry::Readiness;
 
 /// What a worker needs for MTA-STS (RFC 8461) and TLS-RPT (RFC 8460).
@@ -14,6 +14,15 @@ pub struct MtaSts {
     pub cache: Option<PolicyCache>,
     /// The queue store's TLS-RPT counters (`None`: `delivery.tls_rpt.enabled` is off).
     pub tls_reports: Option<Arc<dyn TlsReportStore>>,
+}
+
+/// What a worker needs of the operator's toolkit (`ternctl domain route`, `ternctl trace`): the queue
+/// store's domain routes and its live SMTP trace bus.
+pub struct Operator {
+    /// Operators' domain routes, re-read by the worker every few seconds.
+    pub routes: Arc<dyn RouteStore>,
+    /// Where the SMTP conversations of traced deliveries are published.
+    pub traces: Arc<dyn TraceBus>,
 }
 
 /// Every check [`serve`] makes before it starts (the `[delivery]` section, its resolver settings, its CA
@@ -27,11 +36,13 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
 /// `delivery.shutdown_grace`) and releases the rest of its claims. It has no listener: it counts as started
 /// once built.
 ///
-/// `mta_sts` is the process's MTA-STS policy cache and TLS-RPT counters; `owner` names the worker's leases.
+/// `mta_sts` is the process's MTA-STS policy cache and TLS-RPT counters; `operator` the store's domain
+/// routes and trace bus; `owner` names the worker's leases.
 pub async fn serve(
     config: &Config,
     queue: Arc<dyn Queue>,
     mta_sts: MtaSts,
+    operator: Operator,
     owner: String,
     shutdown: Shutdown,
     readiness: &Readiness,
@@ -39,9 +50,11 @@ pub async fn serve(
     let worker = tern_delivery::Worker::new(&config.delivery, queue, owner.clone())?
         .with_lease(config.queue.lease.get())
         .with_mta_sts(mta_sts.cache)
-        .with_tls_reports(mta_sts.tls_reports);
+        .with_tls_reports(mta_sts.tls_reports)
+        .with_routes(operator.routes)
+        .with_trace_bus(operator.traces);
     readiness.role_started();
-    tracing::info!(owner = %owner, "delivery worker started");
+    // The worker logs its own start (and stop) lines.
     worker.run(shutdown).await;
     Ok(())
 }
