@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The MTA-STS policy cache ([`crate::PolicyStore`]) and the TLS-RPT counters ([`crate::TlsReportStore`]),
-//! which every store implements beside its queue, have their own cases in [`sts`] and [`tls_report`].
+//! which every store implements beside its queue, have their own cases in [`sts`] and [`tls_report`]; the
+//! message history ([`crate::HistoryStore`]) in [`history`], whose factory also takes the retention.
 // This module is a test suite shipped as library code: a failed expectation is a test failure.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -27,8 +28,11 @@ use tern_core::{Envelope, MessageId, Recipient, ReversePath};
 use crate::model::*;
 use crate::{Queue, QueueError};
 
+pub mod history;
+pub mod routes;
 pub mod sts;
 pub mod tls_report;
+pub mod trace;
 
 /// Makes a fresh, empty queue for the named case.
 pub type Factory = Arc<dyn Fn(String) -> BoxFuture<'static, Arc<dyn Queue>> + Send + Sync>;
@@ -87,6 +91,13 @@ cases!(
     a_freed_slot_wakes_a_waiter,
     new_work_for_a_held_domain_wakes_its_holder,
     a_late_repeat_of_a_finished_enqueue_makes_nothing,
+    a_held_job_is_never_claimed_until_unheld,
+    hold_leaves_jobs_in_flight_alone_and_unhold_makes_a_tried_job_deferred,
+    held_jobs_can_be_deleted_and_bounced_but_not_retried,
+    unholding_wakes_a_waiter,
+    holds_outlast_a_domain_chunk,
+    a_bounce_reason_reaches_the_claimer,
+    failed_and_expired_events_carry_the_dsn_id,
 );
 
 /// Runs every case (four at a time), each on a fresh queue, and panics listing the cases that failed.
@@ -1842,5 +1853,379 @@ async fn a_late_repeat_of_a_finished_enqueue_makes_nothing(q: Arc<dyn Queue>) {
     assert_eq!(
         counts.total, 2,
         "only the new message's job and the undelivered job are queued: {counts:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------- hold, bounce reason, DSN
+
+/// Jobs listed with `state`.
+async fn listed(q: &Arc<dyn Queue>, state: JobState) -> Vec<Job> {
+    let filter = ListFilter {
+        state: Some(state),
+        ..Default::default()
+    };
+    q.list(&filter, None, 1000).await.expect("list").items
+}
+
+/// Held jobs are off their schedule: never claimed, shown and counted as held, until unheld; then they are
+/// due at once. Each job held or unheld has its event; holding a held job (or unholding one not held)
+/// changes nothing and counts nothing.
+async fn a_held_job_is_never_claimed_until_unheld(q: Arc<dyn Queue>) {
+    let first = enqueue(&q, &["a@hold.test"]).await;
+    let second = enqueue(&q, &["b@hold.test"]).await;
+    let other = enqueue(&q, &["c@other.test"]).await;
+    let hold_domain = Target::Domain("HOLD.test".into());
+    assert_eq!(q.hold(&hold_domain).await.expect("hold"), 2);
+    assert_eq!(q.hold(&hold_domain).await.expect("hold again"), 0);
+    assert_eq!(
+        q.hold(&Target::Job(first.jobs[0].0)).await.expect("hold again"),
+        0,
+        "an already held job is not counted again"
+    );
+    let c = q.counts().await.expect("counts");
+    assert_eq!(
+        (c.held, c.queued, c.deferred, c.in_flight, c.total),
+        (2, 1, 0, 0, 3),
+        "{c:?}"
+    );
+    let held = listed(&q, JobState::Held).await;
+    let mut ids: Vec<_> = held.iter().map(|j| j.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![first.jobs[0].0, second.jobs[0].0]);
+    assert!(
+        held.iter()
+            .all(|j| j.state == JobState::Held && j.owner.is_none())
+    );
+    assert_eq!(listed(&q, JobState::Queued).await.len(), 1);
+    let info = q.get_message(first.message).await.expect("get").expect("kept");
+    assert_eq!(info.jobs[0].state, JobState::Held);
+    let depth = q.domain_depth("hold.test").await.expect("depth");
+    assert_eq!(
+        (depth.held, depth.waiting, depth.due, depth.total),
+        (2, 0, 0, 2),
+        "{depth:?}"
+    );
+    assert_eq!(depth.earliest_due_ms, None, "held jobs are due for no one");
+    // Only the other domain is claimable.
+    let c = claim(&q, "w", 10).await.expect("the other domain");
+    assert_eq!(c.domain, "other.test");
+    assert_eq!(c.jobs[0].job.id, other.jobs[0].0);
+    assert!(claim(&q, "w", 10).await.is_none(), "held jobs are never claimed");
+    // Unhold one job: due now, queued again (never tried).
+    let before = now_ms();
+    assert_eq!(q.unhold(&Target::Job(first.jobs[0].0)).await.expect("unhold"), 1);
+    assert_eq!(q.unhold(&Target::Job(first.jobs[0].0)).await.expect("again"), 0);
+    let info = q.get_message(first.message).await.expect("get").expect("kept");
+    assert_eq!(info.jobs[0].state, JobState::Queued);
+    assert!(info.jobs[0].next_attempt_ms <= now_ms());
+    assert!(info.jobs[0].next_attempt_ms + 5_000 >= before, "due now");
+    let c = claim(&q, "w", 10).await.expect("unheld and due");
+    assert_eq!(c.domain, "hold.test");
+    assert_eq!(
+        c.jobs.iter().map(|j| j.job.id).collect::<Vec<_>>(),
+        vec![first.jobs[0].0],
+        "the other held job stays held"
+    );
+    assert_eq!(q.counts().await.expect("counts").held, 1);
+    // Unhold by message, and by domain when nothing is held any more.
+    assert_eq!(
+        q.unhold(&Target::Message(second.message)).await.expect("unhold"),
+        1
+    );
+    assert_eq!(q.unhold(&hold_domain).await.expect("unhold"), 0);
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.held, c.queued, c.in_flight), (0, 1, 2), "{c:?}");
+    assert_eq!(q.domain_depth("hold.test").await.expect("depth").held, 0);
+    assert!(
+        claim(&q, "w", 10)
+            .await
+            .is_some_and(|c| c.jobs[0].job.id == second.jobs[0].0)
+    );
+    let events = all_events(&q).await;
+    for job in [first.jobs[0].0, second.jobs[0].0] {
+        let kinds = kinds_for(&events, job);
+        assert_eq!(
+            kinds,
+            vec![EventKind::Queued, EventKind::Held, EventKind::Unheld],
+            "{job}"
+        );
+    }
+    let held_event = events
+        .iter()
+        .find(|e| e.kind == EventKind::Held)
+        .expect("a held event");
+    assert_eq!(held_event.domain, "hold.test");
+    assert_eq!(held_event.message, Some(held_event.job.expect("job").message));
+    assert_eq!(held_event.recipients.len(), 1);
+    assert!(kinds_for(&events, other.jobs[0].0) == vec![EventKind::Queued]);
+}
+
+/// A job in flight is not held (its attempt goes on); once the attempt deferred it, it can be held, and
+/// unholding makes it due at once as deferred, with its attempts and recipients kept.
+async fn hold_leaves_jobs_in_flight_alone_and_unhold_makes_a_tried_job_deferred(q: Arc<dyn Queue>) {
+    let r = enqueue(&q, &["a@fly.test", "b@fly.test"]).await;
+    let job = r.jobs[0].0;
+    let c = claim(&q, "w", 10).await.expect("work");
+    assert_eq!(q.hold(&Target::Job(job)).await.expect("hold"), 0);
+    assert_eq!(q.hold(&Target::Domain("fly.test".into())).await.expect("hold"), 0);
+    assert_eq!(q.hold(&Target::Message(r.message)).await.expect("hold"), 0);
+    let counts = q.counts().await.expect("counts");
+    assert_eq!((counts.held, counts.in_flight), (0, 1));
+    let later = now_ms() + 3_600_000;
+    let done = q
+        .complete(
+            "w",
+            &c.jobs[0].lease,
+            Outcome::defer(later, "451 4.7.1 try later").with_result(0, RecipientStatus::Delivered, None),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(
+        done,
+        Completion::Deferred {
+            next_attempt_ms: later
+        }
+    );
+    assert_eq!(q.hold(&Target::Job(job)).await.expect("hold"), 1);
+    let info = q.get_message(r.message).await.expect("get").expect("kept");
+    let held = &info.jobs[0];
+    assert_eq!((held.state, held.attempts), (JobState::Held, 1));
+    assert_eq!(held.recipients[0].status, RecipientStatus::Delivered);
+    assert_eq!(held.recipients[1].status, RecipientStatus::Pending);
+    assert_eq!(q.counts().await.expect("counts").deferred, 0);
+    assert_eq!(q.unhold(&Target::Job(job)).await.expect("unhold"), 1);
+    let info = q.get_message(r.message).await.expect("get").expect("kept");
+    let back = &info.jobs[0];
+    assert_eq!((back.state, back.attempts), (JobState::Deferred, 1));
+    assert!(back.next_attempt_ms <= now_ms(), "due now, not at its retry time");
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.held, c.deferred), (0, 1));
+    let c = claim(&q, "w", 10).await.expect("due at once");
+    assert_eq!(c.jobs[0].job.id, job);
+    assert_eq!(c.jobs[0].job.pending().count(), 1);
+    deliver(&q, "w", &c.jobs[0].lease).await;
+}
+
+/// A held job can be deleted (no DSN) or bounced (it moves to the bounce schedule and is held no more);
+/// retry-now leaves held jobs alone.
+async fn held_jobs_can_be_deleted_and_bounced_but_not_retried(q: Arc<dyn Queue>) {
+    let later = now_ms() + 3_600_000;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let r = q
+            .enqueue(message(&[&format!("r{i}@held.test")]).not_before(later))
+            .await
+            .expect("enqueue");
+        ids.push(r.jobs[0].0);
+    }
+    let domain = Target::Domain("held.test".into());
+    assert_eq!(q.hold(&Target::Job(ids[0])).await.expect("hold"), 1);
+    assert_eq!(q.hold(&Target::Job(ids[1])).await.expect("hold"), 1);
+    assert_eq!(q.hold(&Target::Job(ids[2])).await.expect("hold"), 1);
+    assert_eq!(q.retry_now(&Target::Job(ids[0])).await.expect("retry"), 0);
+    assert_eq!(
+        q.retry_now(&domain).await.expect("retry"),
+        1,
+        "only the job not held is made due"
+    );
+    assert_eq!(q.counts().await.expect("counts").held, 3);
+    let info = q.get_message(ids[0].message).await.expect("get").expect("kept");
+    assert_eq!(info.jobs[0].state, JobState::Held);
+    assert!(
+        info.jobs[0].next_attempt_ms >= later,
+        "a held job is not made due"
+    );
+    assert_eq!(q.delete(&Target::Job(ids[3])).await.expect("delete"), 1);
+    // Delete.
+    assert_eq!(q.delete(&Target::Job(ids[0])).await.expect("delete"), 1);
+    assert!(q.get_message(ids[0].message).await.expect("get").is_none());
+    assert_eq!(q.counts().await.expect("counts").held, 2);
+    // Bounce: claimable at once on the bounce schedule, with the operator's reason.
+    assert_eq!(
+        q.bounce(&Target::Job(ids[1]), Some("held too long"))
+            .await
+            .expect("bounce"),
+        1
+    );
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.held, c.bounce_pending), (1, 1), "{c:?}");
+    let c = claim(&q, "w", 10).await.expect("the bounce");
+    assert_eq!(c.domain, BOUNCE_SCHEDULE);
+    assert_eq!(c.jobs.len(), 1);
+    let bounced = &c.jobs[0].job;
+    assert_eq!(bounced.id, ids[1]);
+    assert!(bounced.admin_bounce);
+    assert_eq!(bounced.state, JobState::InFlight);
+    assert_eq!(bounced.bounce_reason.as_deref(), Some("held too long"));
+    q.complete(
+        "w",
+        &c.jobs[0].lease,
+        Outcome::fail("5.0.0 bounced by the operator"),
+    )
+    .await
+    .expect("complete");
+    assert!(claim(&q, "w", 10).await.is_none());
+    // Delete by domain takes held jobs too.
+    assert_eq!(q.delete(&domain).await.expect("delete"), 1);
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.held, c.total), (0, 0), "{c:?}");
+    let depth = q.domain_depth("held.test").await.expect("depth");
+    assert_eq!((depth.held, depth.total), (0, 0));
+    let events = all_events(&q).await;
+    assert_eq!(
+        kinds_for(&events, ids[0]),
+        vec![EventKind::Queued, EventKind::Held, EventKind::Deleted]
+    );
+    assert_eq!(
+        kinds_for(&events, ids[1]),
+        vec![
+            EventKind::Queued,
+            EventKind::Held,
+            EventKind::Bounced,
+            EventKind::Failed
+        ]
+    );
+    assert_eq!(
+        kinds_for(&events, ids[2]),
+        vec![EventKind::Queued, EventKind::Held, EventKind::Deleted]
+    );
+}
+
+/// Unholding makes jobs due now: one waiting worker is woken, as for retry-now. Holding wakes no one.
+async fn unholding_wakes_a_waiter(q: Arc<dyn Queue>) {
+    let r = enqueue(&q, &["a@wake-hold.test"]).await;
+    assert_eq!(q.hold(&Target::Job(r.jobs[0].0)).await.expect("hold"), 1);
+    drain_wakes(&q).await;
+    let waiter = waiters(&q, 1, Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(
+        q.unhold(&Target::Domain("wake-hold.test".into()))
+            .await
+            .expect("unhold"),
+        1
+    );
+    assert_eq!(woken(waiter).await, 1, "the unheld job is due now");
+    assert!(started.elapsed() < WAKE_WITHIN);
+    assert!(claim(&q, "w", 10).await.is_some());
+}
+
+/// Holding and unholding a domain deeper than one call's chunk takes every job, and counts each once.
+async fn holds_outlast_a_domain_chunk(q: Arc<dyn Queue>) {
+    const N: usize = 700;
+    let messages: Vec<NewMessage> = (0..N)
+        .map(|i| message(&[&format!("r{i}@deep-hold.test")]))
+        .collect();
+    for r in q.enqueue_batch(messages).await {
+        r.expect("enqueue");
+    }
+    let domain = Target::Domain("deep-hold.test".into());
+    assert_eq!(q.hold(&domain).await.expect("hold"), N as u64);
+    let depth = q.domain_depth("deep-hold.test").await.expect("depth");
+    assert_eq!((depth.held, depth.waiting, depth.total), (N as u64, 0, N as u64));
+    assert!(claim(&q, "w", 10).await.is_none());
+    assert_eq!(q.unhold(&domain).await.expect("unhold"), N as u64);
+    let c = q.counts().await.expect("counts");
+    assert_eq!((c.held, c.queued), (0, N as u64));
+    assert_eq!(claim(&q, "w", 10).await.expect("due").jobs.len(), 10);
+}
+
+/// The operator's reason given with a bounce is kept with the job and shown to the claimer (for the DSN)
+/// and to operators; a bounce without a reason has none.
+async fn a_bounce_reason_reaches_the_claimer(q: Arc<dyn Queue>) {
+    q.suspend("reason.test", None, "blocked").await.expect("suspend");
+    let with = enqueue(&q, &["a@reason.test"]).await;
+    let without = enqueue(&q, &["b@reason.test"]).await;
+    assert_eq!(
+        q.bounce(&Target::Message(with.message), Some("Recipient asked us to stop"))
+            .await
+            .expect("bounce"),
+        1
+    );
+    let info = q.get_message(with.message).await.expect("get").expect("kept");
+    assert_eq!(
+        info.jobs[0].bounce_reason.as_deref(),
+        Some("Recipient asked us to stop")
+    );
+    assert_eq!(
+        q.bounce(&Target::Job(without.jobs[0].0), None)
+            .await
+            .expect("bounce"),
+        1
+    );
+    let c = claim(&q, "w", 10).await.expect("bounces are claimable");
+    assert_eq!(c.domain, BOUNCE_SCHEDULE);
+    assert_eq!(c.jobs.len(), 2);
+    for j in &c.jobs {
+        assert!(j.job.admin_bounce);
+        let want = (j.job.id == with.jobs[0].0).then_some("Recipient asked us to stop");
+        assert_eq!(j.job.bounce_reason.as_deref(), want, "{}", j.job.id);
+    }
+    // A job in flight keeps the reason for when its attempt ends without finishing it.
+    let r = enqueue(&q, &["c@fly-reason.test"]).await;
+    let c2 = claim(&q, "w", 10).await.expect("work");
+    assert_eq!(c2.jobs[0].job.id, r.jobs[0].0);
+    assert_eq!(
+        q.bounce(&Target::Job(r.jobs[0].0), Some("stop"))
+            .await
+            .expect("bounce"),
+        1
+    );
+    q.release("w", &c2.jobs[0].lease).await.expect("release");
+    let c3 = claim(&q, "w", 10).await.expect("on the bounce schedule");
+    assert_eq!(c3.domain, BOUNCE_SCHEDULE);
+    assert_eq!(c3.jobs[0].job.bounce_reason.as_deref(), Some("stop"));
+}
+
+/// The id of the DSN an attempt queued (`DeliveryAttempt::dsn`) is carried by its `failed` and `expired`
+/// events, with the attempt's MX, IP and TLS; other events carry none.
+async fn failed_and_expired_events_carry_the_dsn_id(q: Arc<dyn Queue>) {
+    let failed = enqueue(&q, &["a@dsn.test", "b@dsn.test"]).await;
+    let expired = enqueue(&q, &["c@dsn-old.test"]).await;
+    let attempt = |dsn: &str| DeliveryAttempt {
+        remote_mx: Some("mx.dsn.test".into()),
+        remote_ip: Some("192.0.2.7".into()),
+        tls: Some("TLSv1.3 TLS_AES_128_GCM_SHA256".into()),
+        dsn: Some(dsn.into()),
+    };
+    while let Some(c) = claim(&q, "w", 10).await {
+        for j in c.jobs {
+            let outcome = if j.job.id == failed.jobs[0].0 {
+                Outcome::fail("550 5.1.1 no such user")
+                    .with_result(1, RecipientStatus::Delivered, Some("250 ok".into()))
+                    .with_attempt(attempt("DSN-FAILED"))
+            } else {
+                Outcome::expire("4.4.7 too old").with_attempt(attempt("DSN-EXPIRED"))
+            };
+            assert_eq!(
+                q.complete("w", &j.lease, outcome).await.expect("complete"),
+                Completion::Finished
+            );
+        }
+    }
+    let events = all_events(&q).await;
+    let find = |kind: EventKind| {
+        events
+            .iter()
+            .find(|e| e.kind == kind)
+            .unwrap_or_else(|| panic!("a {kind} event"))
+    };
+    let f = find(EventKind::Failed);
+    assert_eq!(f.dsn.as_deref(), Some("DSN-FAILED"));
+    assert_eq!(f.recipients, vec!["a@dsn.test".to_string()]);
+    assert_eq!(f.remote_mx.as_deref(), Some("mx.dsn.test"));
+    assert_eq!(f.remote_ip.as_deref(), Some("192.0.2.7"));
+    let d = find(EventKind::Delivered);
+    assert_eq!(d.dsn, None, "a delivery queues no DSN");
+    assert_eq!(d.remote_mx.as_deref(), Some("mx.dsn.test"));
+    let e = find(EventKind::Expired);
+    assert_eq!(e.dsn.as_deref(), Some("DSN-EXPIRED"));
+    assert_eq!(e.job, Some(expired.jobs[0].0));
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::Queued)
+            .all(|e| e.dsn.is_none() && e.sender.is_none()),
+        "the stream's queued events carry no sender (only the history's do)"
     );
 }

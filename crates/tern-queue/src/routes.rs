@@ -6,8 +6,9 @@
 //! (workers re-read the routes every few seconds), until it is removed or its time runs out.
 //!
 //! Every backend keeps the same rules (the conformance suite checks them): domains are matched without
-//! regard to case and stored lower-case; setting a route for a domain replaces the one it had; a route
-//! whose `until_ms` has passed is no longer listed.
+//! regard to case and stored lower-case (without a trailing dot); setting a route for a domain replaces the
+//! one it had; a route whose `until_ms` has passed is no longer listed (and is dropped by the store in time);
+//! a route without a domain or a host is refused.
 
 use std::fmt::Debug;
 
@@ -52,20 +53,45 @@ impl Route {
     }
 }
 
+/// A domain as routes are keyed: lower-case, without surrounding blanks or a trailing dot.
+pub(crate) fn route_domain(domain: &str) -> String {
+    domain.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A route as stored: its domain as [`route_domain`] makes it, its host trimmed; an empty domain or host is
+/// [`QueueError::InvalidMessage`].
+pub(crate) fn stored_route(route: &Route) -> Result<Route, QueueError> {
+    let domain = route_domain(&route.domain);
+    if domain.is_empty() {
+        return Err(QueueError::InvalidMessage("a route needs a domain".into()));
+    }
+    let host = route.host.trim();
+    if host.is_empty() {
+        return Err(QueueError::InvalidMessage(format!(
+            "the route of {domain} needs a host"
+        )));
+    }
+    Ok(Route {
+        domain,
+        host: host.to_string(),
+        ..route.clone()
+    })
+}
+
 /// The cluster's domain routes, kept in the queue's store.
 ///
 /// Every method is safe to call concurrently from many nodes, and safe to repeat after
 /// [`QueueError::Unavailable`].
 #[async_trait]
 pub trait RouteStore: Send + Sync + Debug {
-    /// Sets (or replaces) the route of `route.domain`. An empty domain or host is
-    /// [`QueueError::InvalidMessage`].
+    /// Sets (or replaces) the route of `route.domain`, durably: every node sees it once this returns. An
+    /// empty domain or host is [`QueueError::InvalidMessage`].
     async fn set_route(&self, route: &Route) -> Result<(), QueueError>;
 
     /// Removes the route of `domain` (any case); returns whether there was one in force.
     async fn remove_route(&self, domain: &str) -> Result<bool, QueueError>;
 
-    /// Every route in force, by domain.
+    /// Every route in force, in domain order.
     async fn routes(&self) -> Result<Vec<Route>, QueueError>;
 }
 
@@ -88,5 +114,35 @@ mod tests {
         route.until_ms = Some(10);
         assert!(route.in_force(9));
         assert!(!route.in_force(10));
+    }
+
+    #[test]
+    fn a_stored_route_is_keyed_lower_case_and_needs_a_domain_and_a_host() {
+        let route = Route {
+            domain: " Example.COM. ".into(),
+            host: " relay.example.net ".into(),
+            ..Default::default()
+        };
+        let stored = stored_route(&route).expect("valid");
+        assert_eq!(
+            (stored.domain.as_str(), stored.host.as_str()),
+            ("example.com", "relay.example.net")
+        );
+        let no_domain = Route {
+            domain: ".".into(),
+            ..route.clone()
+        };
+        assert!(matches!(
+            stored_route(&no_domain),
+            Err(QueueError::InvalidMessage(_))
+        ));
+        let no_host = Route {
+            host: "  ".into(),
+            ..route
+        };
+        assert!(matches!(
+            stored_route(&no_host),
+            Err(QueueError::InvalidMessage(_))
+        ));
     }
 }

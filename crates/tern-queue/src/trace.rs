@@ -49,6 +49,14 @@ impl TraceFilter {
     }
 }
 
+/// Whether `record` passes `filter` (its empty MX host and IP address standing for none yet).
+pub(crate) fn record_passes(filter: &TraceFilter, record: &TraceRecord) -> bool {
+    fn given(s: &str) -> Option<&str> {
+        (!s.is_empty()).then_some(s)
+    }
+    filter.matches(&record.domain, given(&record.mx), given(&record.ip))
+}
+
 /// One line of a traced SMTP conversation.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceRecord {

@@ -1,11 +1,11 @@
-//! The conformance suites (the queue's, the MTA-STS policy cache's and the TLS-RPT counters') against the
-//! embedded store, each case in a fresh directory.
+//! The conformance suites (the queue's, the MTA-STS policy cache's, the TLS-RPT counters' and the message
+//! history's) against the embedded store, each case in a fresh directory.
 #![cfg(feature = "embedded")]
 
 use std::sync::Arc;
 
 use tern_queue::conformance;
-use tern_queue::{EmbeddedQueue, EmbeddedQueueOptions, PolicyStore, Queue, TlsReportStore};
+use tern_queue::{EmbeddedQueue, EmbeddedQueueOptions, HistoryStore, PolicyStore, Queue, TlsReportStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_embedded() {
@@ -59,4 +59,28 @@ async fn tls_report_store_conformance_embedded() {
         })
     });
     conformance::tls_report::run_all(factory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_store_conformance_embedded() {
+    let root = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let dirs = Arc::clone(&root);
+    let factory: conformance::history::Factory = Arc::new(move |name: String, history| {
+        let path = dirs.path().join(name);
+        Box::pin(async move {
+            let store = Arc::new(
+                EmbeddedQueue::open(EmbeddedQueueOptions {
+                    path,
+                    history,
+                    ..Default::default()
+                })
+                .expect("open the embedded store"),
+            );
+            conformance::history::Stores {
+                queue: Arc::clone(&store) as Arc<dyn Queue>,
+                history: store as Arc<dyn HistoryStore>,
+            }
+        })
+    });
+    conformance::history::run_all(factory).await;
 }

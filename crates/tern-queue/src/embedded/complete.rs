@@ -151,6 +151,9 @@ impl State {
                 event.remote_mx.clone_from(&attempt_details.remote_mx);
                 event.remote_ip.clone_from(&attempt_details.remote_ip);
                 event.tls.clone_from(&attempt_details.tls);
+                if state == RecipientStatus::Failed {
+                    event.dsn.clone_from(&attempt_details.dsn);
+                }
             }
         }
         if !changes.iter().any(|(_, s, _)| *s == RecipientStatus::Pending) {

@@ -111,6 +111,8 @@ impl State {
                 attempts: 0,
                 error: None,
                 bounce: false,
+                bounce_reason: None,
+                held: false,
                 done_token: None,
                 body_size: msg.body.len() as u64,
             };
@@ -131,6 +133,13 @@ impl State {
                 self.recent_ends.insert((until, id));
             }
             self.changes.bodies.insert(id, Some(Bytes::clone(&msg.body)));
+            let sender = msg
+                .envelope
+                .sender
+                .mailbox()
+                .map(|m| m.to_string())
+                .unwrap_or_default();
+            self.history_sender(id, sender);
             self.stat(now, "messages", 1);
             self.stat(now, "enqueued", recipients);
         }

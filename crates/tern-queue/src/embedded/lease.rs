@@ -114,6 +114,7 @@ impl State {
             self.wakes += 1;
         }
         self.expire_keys(now);
+        self.history_due(now);
         // Returned jobs are due now: a waiting worker each.
         self.wakes += expired.len() as u32;
         expired.len()

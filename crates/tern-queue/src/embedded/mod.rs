@@ -13,9 +13,11 @@
 //!   writer (bodies, events). `lock.rs`: one process per directory.
 //! - `sts.rs`: the MTA-STS policy cache ([`crate::PolicyStore`]), its entries written through the writer.
 //! - `tls_report.rs`: the TLS-RPT counters ([`crate::TlsReportStore`]), written through the writer.
+//! - `history.rs`: each message's history ([`crate::HistoryStore`]), written with the events it copies.
 //!
-//! What is on disk: every job's record (everything but a claim), bodies, events, idempotency keys,
-//! suspensions, limits, counters, the MTA-STS policy cache and the TLS-RPT counters. Claims, leases, slots and holds are kept in memory only: they belong
+//! What is on disk: every job's record (everything but a claim; held jobs and bounce reasons too), bodies,
+//! events, message histories, idempotency keys, suspensions, limits, counters, the MTA-STS policy cache
+//! and the TLS-RPT counters. Claims, leases, slots and holds are kept in memory only: they belong
 //! to workers of this same process, so they cannot outlive it. After a crash every job is waiting again,
 //! due when it was (a job that was in flight at the crash is due at once), as if the reaper had returned
 //! every lease.
@@ -34,6 +36,7 @@ mod state;
 mod store;
 mod sts;
 mod tls_report;
+mod trace;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -124,6 +127,8 @@ pub struct EmbeddedQueue {
     sts_locks: sts::StsLocks,
     /// The TLS-RPT report locks, one per day (memory only, as the MTA-STS ones).
     tls_report_locks: sts::StsLocks,
+    /// The live SMTP trace bus (memory only: every tracer and worker is in this process).
+    traces: Arc<trace::Bus>,
     // Released after the writer (fields drop in order): the store is closed before another process may open
     // it.
     _lock: DirLock,
@@ -154,6 +159,7 @@ impl EmbeddedQueue {
             default_limit: opts.default_domain_concurrency,
             events_max: opts.events_max_len,
             repeat_window_ms: duration_ms(opts.repeat_window),
+            history_ms: duration_ms(opts.history),
         };
         let state = store::load(&db, settings)?;
         tracing::info!(
@@ -170,6 +176,7 @@ impl EmbeddedQueue {
             wakes,
             sts_locks: sts::StsLocks::default(),
             tls_report_locks: sts::StsLocks::default(),
+            traces: Arc::new(trace::Bus::new()),
             _lock: lock,
         })
     }
@@ -200,10 +207,10 @@ impl EmbeddedQueue {
     async fn admin(&self, action: AdminAction, target: &Target) -> Result<u64, QueueError> {
         let mut changed = 0;
         loop {
-            let target = target.clone();
+            let (target, action) = (target.clone(), action.clone());
             let (done, more) = self
                 .writer
-                .run(move |s| s.admin(action, &target, now_ms()))
+                .run(move |s| s.admin(&action, &target, now_ms()))
                 .await?;
             changed += done;
             if !more {
@@ -415,8 +422,20 @@ impl Queue for EmbeddedQueue {
         self.admin(AdminAction::Delete, target).await
     }
 
-    async fn bounce(&self, target: &Target, _reason: Option<&str>) -> Result<u64, QueueError> {
-        self.admin(AdminAction::Bounce, target).await
+    async fn bounce(&self, target: &Target, reason: Option<&str>) -> Result<u64, QueueError> {
+        let reason = reason
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(str::to_string);
+        self.admin(AdminAction::Bounce(reason), target).await
+    }
+
+    async fn hold(&self, target: &Target) -> Result<u64, QueueError> {
+        self.admin(AdminAction::Hold, target).await
+    }
+
+    async fn unhold(&self, target: &Target) -> Result<u64, QueueError> {
+        self.admin(AdminAction::Unhold, target).await
     }
 
     async fn suspend(&self, domain: &str, until_ms: Option<u64>, reason: &str) -> Result<(), QueueError> {

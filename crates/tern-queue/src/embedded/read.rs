@@ -118,7 +118,7 @@ impl State {
             domain: domain.to_string(),
             waiting: waiting.map_or(0, |s| s.len() as u64),
             due: waiting.map_or(0, |s| s.iter().take_while(|(due, _)| *due <= now).count() as u64),
-            held: 0,
+            held: self.held.get(domain).map_or(0, |h| h.len() as u64),
             total: self.domain_live.get(domain).copied().unwrap_or(0),
             earliest_due_ms: self.earliest_due(domain),
             active_claims: self

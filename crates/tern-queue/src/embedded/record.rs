@@ -43,6 +43,12 @@ pub(crate) struct JobRecord {
     /// An operator asked for a bounce.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bounce: bool,
+    /// The operator's reason given with the bounce, for the DSN.
+    #[serde(rename = "why", default, skip_serializing_if = "Option::is_none")]
+    pub bounce_reason: Option<String>,
+    /// Held by an operator: off its schedule, never claimed, until unheld.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     /// `c:<token>` or `r:<token>`: the claim that last completed (without finishing the job) or released it,
     /// so that a repeated call is recognised.
     #[serde(rename = "done", default, skip_serializing_if = "Option::is_none")]
@@ -58,9 +64,11 @@ impl JobRecord {
         self.schedule.as_deref().unwrap_or(&self.domain)
     }
 
-    /// The state of a job that is not in flight: deferred once it has been tried.
+    /// The state of a job that is not in flight: held by an operator, or deferred once it has been tried.
     pub(crate) fn waiting_state(&self) -> JobState {
-        if self.attempts > 0 {
+        if self.held {
+            JobState::Held
+        } else if self.attempts > 0 {
             JobState::Deferred
         } else {
             JobState::Queued
@@ -133,7 +141,7 @@ impl LiveJob {
             tags: r.tags.clone(),
             trace: r.trace.clone(),
             admin_bounce: r.bounce,
-            bounce_reason: None,
+            bounce_reason: r.bounce_reason.clone(),
             owner: self.flight.as_ref().map(|f| f.owner.clone()),
             lease_until_ms: self.flight.as_ref().map(|f| f.lease_until),
         }
@@ -170,6 +178,8 @@ mod tests {
             attempts: 0,
             error: None,
             bounce: false,
+            bounce_reason: None,
+            held: false,
             done_token: None,
             body_size: 10,
         }
@@ -179,7 +189,13 @@ mod tests {
     fn a_record_round_trips_and_leaves_defaults_out() {
         let r = record();
         let json = serde_json::to_string(&r).expect("json");
-        assert!(!json.contains("sched") && !json.contains("bounce") && !json.contains("tags"));
+        assert!(
+            !json.contains("sched")
+                && !json.contains("bounce")
+                && !json.contains("tags")
+                && !json.contains("why")
+                && !json.contains("held")
+        );
         let back: JobRecord = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, r);
     }
@@ -210,5 +226,13 @@ mod tests {
         );
         live.record.schedule = Some(BOUNCE_SCHEDULE.into());
         assert_eq!(live.record.schedule(), BOUNCE_SCHEDULE);
+        live.flight = None;
+        live.record.held = true;
+        live.record.bounce_reason = Some("spam".into());
+        let job = live.view(id);
+        assert_eq!(
+            (job.state, job.bounce_reason.as_deref()),
+            (JobState::Held, Some("spam"))
+        );
     }
 }

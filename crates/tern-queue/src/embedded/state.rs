@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use bytes::Bytes;
 use tern_core::{JobId, MessageId};
 
+use super::history::{HistoryChanges, HistoryLog};
 use super::record::{Flight, LiveJob};
 use super::sts::StsCache;
 use super::tls_report::{TlsReportChanges, TlsReports};
@@ -80,6 +81,8 @@ pub(crate) struct Changes {
     pub sts: HashSet<String>,
     /// TLS-RPT counters and sent marks to write (or delete when gone).
     pub tls_report: TlsReportChanges,
+    /// What the history needs beside the batch's events (`history.rs`).
+    pub history: HistoryChanges,
 }
 
 impl Changes {
@@ -97,6 +100,7 @@ impl Changes {
             && self.minutes_dropped.is_empty()
             && self.sts.is_empty()
             && self.tls_report.is_empty()
+            && self.history.is_empty()
     }
 }
 
@@ -109,6 +113,8 @@ pub(crate) struct Settings {
     pub events_max: u64,
     /// How long a message made with its own id is remembered against repeats (ms; 0: not at all).
     pub repeat_window_ms: u64,
+    /// How long a message's history is kept after its last event (ms; 0: none is kept).
+    pub history_ms: u64,
 }
 
 /// The bounded event history: sequence numbers of the oldest entry kept and of the next one.
@@ -146,8 +152,10 @@ pub(crate) struct State {
     /// Domain → suspension, and the suspensions with an end by their end.
     pub suspensions: BTreeMap<String, Suspension>,
     pub suspension_ends: BTreeSet<(u64, String)>,
-    /// Domain → live jobs (waiting and in flight, bounced ones under their domain).
+    /// Domain → live jobs (waiting, held and in flight, bounced ones under their domain).
     pub domain_live: HashMap<String, u64>,
+    /// Domain → its jobs held by an operator (off every schedule until unheld).
+    pub held: HashMap<String, BTreeSet<JobId>>,
     pub counts: Counts,
     /// Message → its live jobs: the body goes with the last.
     pub messages: HashMap<MessageId, u32>,
@@ -176,6 +184,8 @@ pub(crate) struct State {
     pub sts: StsCache,
     /// The TLS-RPT counters (`tls_report.rs`).
     pub tls_reports: TlsReports,
+    /// The message history's retention and next pruning time (the history itself is on disk only).
+    pub history: HistoryLog,
     /// Wakes for waiting workers given since the last commit (see `Queue::wait_for_work`).
     pub wakes: u32,
     pub changes: Changes,
@@ -186,6 +196,7 @@ impl State {
     pub(crate) fn with(settings: Settings) -> State {
         let mut state = State::new(settings.default_limit, settings.events_max);
         state.repeat_window = settings.repeat_window_ms;
+        state.history.retention = settings.history_ms;
         state
     }
 
@@ -204,6 +215,7 @@ impl State {
             suspensions: BTreeMap::new(),
             suspension_ends: BTreeSet::new(),
             domain_live: HashMap::new(),
+            held: HashMap::new(),
             counts: Counts::default(),
             messages: HashMap::new(),
             idempotency: HashMap::new(),
@@ -221,6 +233,7 @@ impl State {
             clock: 0,
             sts: StsCache::default(),
             tls_reports: TlsReports::default(),
+            history: HistoryLog::default(),
             wakes: 0,
             changes: Changes::default(),
         }
@@ -402,6 +415,9 @@ impl State {
         let Some(live) = self.jobs.remove(&id) else {
             return;
         };
+        if live.record.held {
+            self.held_remove(&live.record.domain, id);
+        }
         self.changes.jobs.insert(id);
         self.counts.moved(Some(live.state()), None);
         let schedule = live.record.schedule().to_string();
@@ -416,6 +432,21 @@ impl State {
             }
         }
         self.drop_body_ref(id.message);
+    }
+
+    /// Adds a held job to its domain's held jobs.
+    pub(crate) fn held_add(&mut self, domain: &str, id: JobId) {
+        self.held.entry(domain.to_string()).or_default().insert(id);
+    }
+
+    /// Takes a job out of its domain's held jobs.
+    pub(crate) fn held_remove(&mut self, domain: &str, id: JobId) {
+        if let Some(held) = self.held.get_mut(domain) {
+            held.remove(&id);
+            if held.is_empty() {
+                self.held.remove(domain);
+            }
+        }
     }
 
     /// One job of the message fewer; the last one takes the body along.
@@ -524,16 +555,20 @@ impl State {
 
     // ---------------------------------------------------------------------------------------- admission
 
-    /// Adds a live job (made by an enqueue, or read at start) to every index; `flight` must be `None`.
-    /// Whether its schedule's place in the domain index changed.
+    /// Adds a live job (made by an enqueue, or read at start) to every index; `flight` must be `None`. A
+    /// held job goes on no schedule. Whether its schedule's place in the domain index changed.
     pub(crate) fn admit(&mut self, id: JobId, live: LiveJob) -> bool {
         let schedule = live.record.schedule().to_string();
         let due = live.record.next;
+        let held = live.record.held;
+        if held {
+            self.held_add(&live.record.domain, id);
+        }
         *self.domain_live.entry(live.record.domain.clone()).or_default() += 1;
         *self.messages.entry(id.message).or_default() += 1;
         self.counts.moved(None, Some(live.state()));
         self.jobs.insert(id, live);
-        self.schedule_job(&schedule, id, due)
+        !held && self.schedule_job(&schedule, id, due)
     }
 }
 

@@ -15,6 +15,8 @@
 //! | `sts` | domain → (JSON, keep until ms) | the MTA-STS policy cache: each entry ([`StsEntry`]) and until when it is kept |
 //! | `tls_report` | (day, domain, session key JSON) → count | the TLS-RPT counters (`tls_report.rs`) |
 //! | `tls_report_sent` | (day, domain) → ms | the TLS-RPT reports marked sent, and when |
+//! | `history`, `history_messages`, `history_ends` | see `history.rs` | each message's history, kept for the retention after its last event |
+//! | `routes` | domain → JSON | operators' domain routes (`routes.rs`), made by the first change |
 //! | `meta` | name → number | `format`: the layout's version |
 //!
 //! Everything else (schedules, the domain index, leases, slots, counts) is rebuilt from `jobs` at start.
@@ -82,6 +84,7 @@ pub(crate) fn open(dir: &Path, cache_bytes: usize) -> Result<Database, QueueErro
         // Added after the layout's first version: made here on a store of before, which had no cache.
         txn.open_table(STS).map_err(store_error)?;
         super::tls_report::create_tables(&txn)?;
+        super::history::create_tables(&txn)?;
         let mut meta = txn.open_table(META).map_err(store_error)?;
         let format = meta.get("format").map_err(store_error)?.map(|v| v.value());
         match format {
@@ -189,6 +192,7 @@ pub(crate) fn load(db: &Database, settings: Settings) -> Result<State, QueueErro
         state.sts.set(sts, keep_until);
     }
     super::tls_report::load(&txn, &mut state)?;
+    super::history::load(&txn, &mut state)?;
     let events = txn.open_table(EVENTS).map_err(store_error)?;
     let first = events.first().map_err(store_error)?.map(|(k, _)| k.value());
     let last = events.last().map_err(store_error)?.map(|(k, _)| k.value());
@@ -247,6 +251,8 @@ pub(crate) fn commit(db: &Database, state: &mut State) -> Result<bool, QueueErro
                 events.retain_in(..first, |_, _| false).map_err(store_error)?;
             }
         }
+        // Each message's events go to its history in the same transaction.
+        super::history::write(&txn, &mut state.history, &changes.events, &changes.history)?;
         if !changes.idempotency.is_empty() {
             let mut keys = txn.open_table(IDEMPOTENCY).map_err(store_error)?;
             for (key, value) in &changes.idempotency {
