@@ -146,11 +146,7 @@ impl AdminService {
         request: Request<pb::ActionRequest>,
         action: Action,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        let key = request
-            .extensions()
-            .get::<Principal>()
-            .and_then(|p| p.name.clone())
-            .unwrap_or_else(|| "-".into());
+        let key = key_name(&request);
         let req = request.into_inner();
         let reason = req.reason.trim();
         if !reason.is_empty() && action != Action::Bounce {
@@ -202,6 +198,16 @@ impl AdminService {
         }
         Ok(Response::new(pb::ActionResponse { count, sample_ids }))
     }
+}
+
+/// The name of the admin key a request was authenticated with, for audit lines; `-` without one (a
+/// loopback listener without a keys file).
+pub fn key_name<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Principal>()
+        .and_then(|p| p.name.clone())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// A filter in one line for the audit log: `domain=x sender=y tag=k=v older_than=3600s state=deferred`.

@@ -329,6 +329,7 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<pb::SuspendDomainRequest>,
     ) -> Result<Response<pb::SuspendDomainResponse>, Status> {
+        let key = crate::actions::key_name(&request);
         let req = request.into_inner();
         let domain = check_domain("domain", &req.domain)?;
         let now = now_ms();
@@ -343,7 +344,13 @@ impl QueueAdmin for AdminService {
             .suspend(&domain, until, &reason)
             .await
             .map_err(queue_status)?;
-        tracing::info!(%domain, ?until, %reason, "control: domain suspended");
+        tracing::info!(
+            domain = %domain,
+            until_ms = until.unwrap_or(0),
+            reason = %reason,
+            key = %key,
+            "control: domain suspended"
+        );
         let suspension = self
             .queue
             .suspensions()
@@ -369,7 +376,8 @@ impl QueueAdmin for AdminService {
     ) -> Result<Response<pb::ResumeDomainResponse>, Status> {
         let domain = check_domain("domain", &request.get_ref().domain)?;
         let was_suspended = self.queue.resume(&domain).await.map_err(queue_status)?;
-        tracing::info!(%domain, was_suspended, "control: domain resumed");
+        let key = crate::actions::key_name(&request);
+        tracing::info!(domain = %domain, was_suspended, key = %key, "control: domain resumed");
         Ok(Response::new(pb::ResumeDomainResponse { was_suspended }))
     }
 
@@ -409,14 +417,16 @@ impl QueueAdmin for AdminService {
         &self,
         request: Request<pb::RouteDomainRequest>,
     ) -> Result<Response<pb::RouteDomainResponse>, Status> {
-        self.route(request.into_inner()).await
+        let key = crate::actions::key_name(&request);
+        self.route(request.into_inner(), &key).await
     }
 
     async fn unroute_domain(
         &self,
         request: Request<pb::UnrouteDomainRequest>,
     ) -> Result<Response<pb::UnrouteDomainResponse>, Status> {
-        self.unroute(request.into_inner()).await
+        let key = crate::actions::key_name(&request);
+        self.unroute(request.into_inner(), &key).await
     }
 
     async fn list_routes(

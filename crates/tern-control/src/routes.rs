@@ -20,6 +20,7 @@ impl AdminService {
     pub(crate) async fn route(
         &self,
         req: pb::RouteDomainRequest,
+        key: &str,
     ) -> Result<Response<pb::RouteDomainResponse>, Status> {
         let store = self.route_store()?;
         let domain = check_domain("domain", &req.domain)?;
@@ -40,6 +41,7 @@ impl AdminService {
             target = %route.target(),
             until_ms = route.until_ms.unwrap_or(0),
             reason = %route.reason,
+            key = %key,
             "control: domain routed"
         );
         Ok(Response::new(pb::RouteDomainResponse {
@@ -51,11 +53,12 @@ impl AdminService {
     pub(crate) async fn unroute(
         &self,
         req: pb::UnrouteDomainRequest,
+        key: &str,
     ) -> Result<Response<pb::UnrouteDomainResponse>, Status> {
         let store = self.route_store()?;
         let domain = check_domain("domain", &req.domain)?;
         let was_routed = store.remove_route(&domain).await.map_err(queue_status)?;
-        tracing::info!(domain = %domain, was_routed, "control: domain route removed");
+        tracing::info!(domain = %domain, was_routed, key = %key, "control: domain route removed");
         Ok(Response::new(pb::UnrouteDomainResponse { was_routed }))
     }
 

@@ -1,7 +1,8 @@
 //! Routing: which hosts, in which order, receive a domain's mail (RFC 5321 section 5.1, RFC 7505).
 //!
-//! The order of decisions: a configured `relay_host` takes everything; a `[[delivery.routes]]` entry sends
-//! its domain to a fixed host; otherwise the domain's MX records are looked up (answers are cached by TTL in
+//! The order of decisions: an operator's reroute (`ternctl domain route`, [`Router::route_to`], chosen by
+//! the worker) sends its domain to the route's host; a configured `relay_host` takes everything else; a
+//! `[[delivery.routes]]` entry sends its domain to a fixed host; otherwise the domain's MX records are looked up (answers are cached by TTL in
 //! the resolver). MX hosts are sorted by preference with equal preferences shuffled; no MX records means the
 //! domain itself is the only host (implicit MX); a null MX (RFC 7505) or a non-existent domain fails at once.
 //! The host itself and every worse preference are dropped (loop prevention).
@@ -218,6 +219,27 @@ impl Router {
     pub fn routes_by_mx(&self, domain: &str) -> bool {
         let domain = normalize(domain);
         self.relay.is_none() && !domain.starts_with('[') && !self.routes.iter().any(|(d, _, _)| *d == domain)
+    }
+
+    /// The host of an operator's reroute (`ternctl domain route`): the route's host name looked up for
+    /// A/AAAA (not MX), or its IP address as it is, on the route's port or `smtp_port`. TLS as for an MX
+    /// host (STARTTLS per `delivery.tls`); no AUTH. A name without an address defers (4.4.3), as a
+    /// configured host's does.
+    pub async fn route_to(&self, route: &tern_queue::Route) -> Result<Vec<Host>, RouteFailure> {
+        let host = route
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.');
+        let addrs = self
+            .addresses(host, route.port.unwrap_or(self.port), AddressOf::Host)
+            .await?;
+        Ok(vec![Host {
+            name: host.to_ascii_lowercase(),
+            addrs,
+            implicit_tls: false,
+            relay: false,
+        }])
     }
 
     /// The hosts to try for `domain`, best first.

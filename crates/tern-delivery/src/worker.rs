@@ -17,6 +17,8 @@
 //! | `tls_policy.rs` | what a connection asks of TLS, and the hosts reached in plaintext after STARTTLS failed |
 //! | `pool.rs` | the worker's connection slots, the idle pool, its holds and its reaper |
 //! | `finish.rs` | an attempt's end: outcome, DSNs, completing (or releasing) the job, admin bounces |
+//! | `reroute.rs` | operators' reroutes (`ternctl domain route`), re-read every few seconds |
+//! | `trace.rs` | live SMTP traces (`ternctl trace`): matching sessions published on the trace bus |
 //!
 //! With `delivery.sandbox_dir` set, `domain.rs` hands each job to `crate::sandbox` instead of routing and
 //! connecting, and records its replies through the same `finish`.
@@ -26,7 +28,9 @@ mod domain;
 mod finish;
 mod mta_sts;
 mod pool;
+mod reroute;
 mod tls_policy;
+mod trace;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +40,7 @@ use std::time::Duration;
 use tern_config::DeliveryConfig;
 use tern_core::time::now_ms;
 use tern_core::{JobId, RetrySchedule, Shutdown};
-use tern_queue::{Claim, ClaimOutcome, ClaimedJob, JobLease, Queue};
+use tern_queue::{Claim, ClaimOutcome, ClaimedJob, JobLease, Queue, RouteStore, TraceBus};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -48,7 +52,9 @@ use crate::smtp::{Timeouts, TlsClients};
 use connect::SessionSettings;
 use domain::DomainDelivery;
 use pool::{Idle, idle_reaper};
+use reroute::Reroutes;
 use tls_policy::TlsFailures;
+use trace::Tracer;
 
 /// How long QUIT may take when a connection is closed.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +84,10 @@ struct Inner {
     queue: Arc<dyn Queue>,
     owner: String,
     router: Router,
+    /// Operators' reroutes in force (`ternctl domain route`), re-read while the worker runs.
+    reroutes: Arc<Reroutes>,
+    /// The live SMTP trace bus's worker side (`None`: no bus, nothing traced).
+    tracer: Option<Arc<Tracer>>,
     /// Where messages are written instead of sent (`delivery.sandbox_dir`).
     sandbox: Option<Sandbox>,
     /// The MTA-STS policy cache, shared by the process's workers and the cluster (`None`: MTA-STS off).
@@ -175,6 +185,8 @@ impl Worker {
                 queue,
                 owner: owner.into(),
                 router,
+                reroutes: Arc::new(Reroutes::default()),
+                tracer: None,
                 sandbox: cfg.sandbox_dir.as_deref().map(Sandbox::open),
                 mta_sts: None,
                 tls_reports: mta_sts::TlsReports::default(),
@@ -220,6 +232,27 @@ impl Worker {
         self
     }
 
+    /// Sets where operators' domain routes are read (`ternctl domain route`; the queue store's
+    /// [`RouteStore`]): a domain with a route in force goes to the route's host instead of its MX hosts.
+    /// The routes are read when the worker starts and every few seconds while it runs. Call before
+    /// [`Worker::run`].
+    pub fn with_routes(mut self, store: Arc<dyn RouteStore>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.reroutes = Arc::new(Reroutes::new(Some(store)));
+        }
+        self
+    }
+
+    /// Sets the live SMTP trace bus (`ternctl trace`; the queue store's [`TraceBus`]): the SMTP
+    /// conversations of deliveries that match an open trace are published on it. Call before
+    /// [`Worker::run`].
+    pub fn with_trace_bus(mut self, bus: Arc<dyn TraceBus>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.tracer = Some(Arc::new(Tracer::new(bus, &inner.owner)));
+        }
+        self
+    }
+
     /// The owner name used with the queue.
     pub fn owner(&self) -> &str {
         &self.inner.owner
@@ -230,10 +263,23 @@ impl Worker {
     /// released (and what could not be).
     pub async fn run(&self, shutdown: Shutdown) -> Stopped {
         let inner = &self.inner;
+        // The routes in force before the first claim, so that no batch goes to its MX hosts meanwhile.
+        if !inner.reroutes.refresh().await {
+            warn!("domain routes unreadable at start; none applies until they can be read");
+        }
         info!(owner = %inner.owner, hostname = %inner.hostname, "delivery worker started");
         let slots = Arc::new(Semaphore::new(inner.cfg.max_connections as usize));
         let mut tasks = JoinSet::new();
         let reaper = tokio::spawn(idle_reaper(inner.clone(), shutdown.clone()));
+        // Background readers of the routes and trace filters, and the trace publisher: stopped after the
+        // last connection closed, so that the traces see the closes.
+        let background_stop = Shutdown::new();
+        let mut background = JoinSet::new();
+        background.spawn(inner.reroutes.clone().poll(background_stop.clone()));
+        if let Some(tracer) = &inner.tracer {
+            background.spawn(tracer.clone().poll_filters(background_stop.clone()));
+            background.spawn(tracer.clone().publish(background_stop.clone()));
+        }
         let batch = claim_size(inner.cfg.messages_per_connection);
         let poll = inner.cfg.poll_interval.get();
         // Claim failures in a row: the pause after one grows with them (see `claim_backoff`).
@@ -274,7 +320,8 @@ impl Worker {
                     drop(permit);
                     failures = failures.saturating_add(1);
                     let pause = claim_backoff(poll, failures, rand::random::<f64>());
-                    warn!(error = %e, failures, retry_in = ?pause, "claim failed");
+                    let retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+                    warn!(error = %e, failures, retry_in_ms, "claim failed");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(pause) => {}
@@ -286,7 +333,8 @@ impl Worker {
         let grace = inner.cfg.shutdown_grace.get();
         let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            warn!(grace = ?grace, "shutdown grace over: interrupting batches under way");
+            let grace_s = grace.as_secs_f64();
+            warn!(grace_s, "shutdown grace over: interrupting batches under way");
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
@@ -304,6 +352,15 @@ impl Worker {
         let _ = reaper.await;
         let idle: Vec<Idle> = lock(&inner.idle).drain().flat_map(|(_, v)| v).collect();
         inner.close_all_idle(idle).await;
+        background_stop.cancel();
+        if tokio::time::timeout(BACKGROUND_BOUND, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            background.shutdown().await;
+        }
         let stopped = Stopped {
             released: inner.released.load(Ordering::Relaxed),
             not_released: inner.not_released.load(Ordering::Relaxed),
@@ -419,6 +476,9 @@ fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
         .min(CLAIM_BACKOFF_MAX)
         .mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
 }
+
+/// How long a stopping worker waits for its background tasks (the last trace records published).
+const BACKGROUND_BOUND: Duration = Duration::from_secs(5);
 
 /// How long a stopping worker spends giving its unstarted claims back to the queue.
 const RELEASE_BOUND: Duration = Duration::from_secs(10);

@@ -156,3 +156,33 @@ async fn a_relay_or_route_host_that_does_not_exist_defers() {
         .unwrap_err();
     assert_eq!((e.is_permanent(), e.status()), (true, "5.1.2"), "{e:?}");
 }
+
+/// An operator's reroute names a host (looked up for A, not MX) or an address, with a port or the
+/// configured one; a name without an address defers, as a configured host's does.
+#[tokio::test]
+async fn a_reroute_goes_to_its_host_by_address_lookup_on_its_port_or_the_configured_one() {
+    let dns = authoritative(Dnsmasq::builder().host("relay.ops.test", [127, 0, 0, 9]));
+    let r = router(dns.addr(), |c| c.smtp_port = 2525);
+    let route = |host: &str, port: Option<u16>| tern_queue::Route {
+        domain: "b.test".into(),
+        host: host.into(),
+        port,
+        ..Default::default()
+    };
+    let hosts = r.route_to(&route("Relay.Ops.test.", None)).await.expect("a host");
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].name, "relay.ops.test");
+    assert_eq!(hosts[0].addrs, vec![SocketAddr::from(([127, 0, 0, 9], 2525))]);
+    assert!(!hosts[0].relay && !hosts[0].implicit_tls);
+    let hosts = r.route_to(&route("::1", Some(26))).await.expect("an address");
+    assert_eq!(hosts[0].addrs, vec!["[::1]:26".parse::<SocketAddr>().unwrap()]);
+    let hosts = r
+        .route_to(&route("[192.0.2.7]", Some(27)))
+        .await
+        .expect("a bracketed address");
+    assert_eq!(
+        hosts[0].addrs,
+        vec!["192.0.2.7:27".parse::<SocketAddr>().unwrap()]
+    );
+    assert_temporary(r.route_to(&route("smtp.nowhere.test", None)).await, "4.4.3");
+}

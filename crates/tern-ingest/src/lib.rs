@@ -33,6 +33,7 @@
 pub mod enqueue;
 mod error;
 pub mod grpc;
+mod log_fields;
 pub mod smtp;
 mod telemetry;
 

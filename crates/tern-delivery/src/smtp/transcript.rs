@@ -27,16 +27,21 @@ pub enum TranscriptEntry<'a> {
     Reply(&'a Reply),
     /// A TLS handshake completed (implicit TLS, or after STARTTLS): version, cipher and verification.
     Tls(&'a str),
+    /// The connection failed (a timeout, the peer closed it, a socket or TLS error): nothing more will be
+    /// read or written on it.
+    Error(&'a str),
 }
 
 impl fmt::Display for TranscriptEntry<'_> {
-    /// One line: `C: MAIL FROM:<a@b.test>`, `C: <body 120 octets>`, `S: 250 2.0.0 ok`, `TLS: TLSv1_3 ...`.
+    /// One line: `C: MAIL FROM:<a@b.test>`, `C: <body 120 octets>`, `S: 250 2.0.0 ok`, `TLS: TLSv1_3 ...`,
+    /// `ERROR: timeout waiting for DATA`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TranscriptEntry::Command(line) => write!(f, "C: {line}"),
             TranscriptEntry::Body { octets } => write!(f, "C: <body {octets} octets>"),
             TranscriptEntry::Reply(reply) => write!(f, "S: {reply}"),
             TranscriptEntry::Tls(desc) => write!(f, "TLS: {desc}"),
+            TranscriptEntry::Error(what) => write!(f, "ERROR: {what}"),
         }
     }
 }

@@ -90,6 +90,15 @@ impl Wire {
         }
     }
 
+    /// The connection failed with `e`: it is unusable, and the transcript says why (once: a session that
+    /// already broke says nothing more).
+    fn failed(&mut self, e: &WireError) {
+        if !self.broken && self.transcript.is_some() {
+            self.note(TranscriptEntry::Error(&e.to_string()));
+        }
+        self.broken = true;
+    }
+
     /// Writes all of `data` within `timeout`.
     async fn write(&mut self, data: &[u8], timeout: Duration, what: &'static str) -> Result<(), WireError> {
         let fut = async {
@@ -110,7 +119,9 @@ impl Wire {
             Ok(Err(e)) => Err(io_error(what, &e)),
             Err(_) => Err(WireError::Timeout(what)),
         };
-        self.broken |= result.is_err();
+        if let Err(e) = &result {
+            self.failed(e);
+        }
         result
     }
 
@@ -174,7 +185,7 @@ impl Wire {
                 // 421: the server is closing the connection (RFC 5321 3.8).
                 self.broken |= reply.code == 421;
             }
-            Err(_) => self.broken = true,
+            Err(e) => self.failed(e),
         }
         result
     }

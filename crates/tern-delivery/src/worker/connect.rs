@@ -1,9 +1,11 @@
 //! Opening a connection for delivery: each host from a starting one, each of its addresses, a worker slot
 //! for each try; and the session set up the way `[delivery]` and the domain's MTA-STS policy ask (STARTTLS
 //! per the host's [`TlsPolicy`], plaintext on the same host when opportunistic TLS fails, AUTH towards the
-//! relay). Each try's TLS result goes to the MTA-STS step ([`StsApplied::record_session`]).
+//! relay). Each try's TLS result goes to the MTA-STS step ([`StsApplied::record_session`]), and each try is
+//! a live trace session (`trace.rs`) with its `connect` and, when it fails, `error` records.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tern_config::sections::TlsMode;
@@ -14,9 +16,11 @@ use super::Inner;
 use super::mta_sts::StsApplied;
 use super::pool::Connection;
 use super::tls_policy::{TlsFailures, TlsPolicy};
+use super::trace::TraceSession;
 use crate::route::Host;
 use crate::smtp::{
-    ClientOptions, ConnectError, SmtpClient, StartTls, Timeouts, TlsClients, reply_line, tracing_transcript,
+    ClientOptions, ConnectError, SmtpClient, StartTls, Timeouts, TlsClients, Transcript, TranscriptEntry,
+    TranscriptHook, reply_line, tracing_transcript,
 };
 
 /// How the worker opens sessions.
@@ -55,8 +59,15 @@ impl Inner {
             let host = &hosts[i];
             for addr in &host.addrs {
                 let slot = self.connection_slot().await?;
+                let trace = self
+                    .tracer
+                    .as_ref()
+                    .map(|t| Arc::new(t.session(domain, &host.name, *addr)));
+                if let Some(t) = &trace {
+                    t.connect("");
+                }
                 let span = tracing::info_span!("connect", mx = %host.name, ip = %addr);
-                let opened = open_session(host, *addr, &self.settings, sts)
+                let opened = open_session(host, *addr, &self.settings, sts, trace.as_ref())
                     .instrument(span)
                     .await;
                 sts.record_session(host, addr.ip(), &opened);
@@ -65,9 +76,12 @@ impl Inner {
                         tern_telemetry::metrics().connection(ConnectionKind::Opened);
                         let tls = client.tls().unwrap_or("-");
                         debug!(domain, mx = %host.name, ip = %addr, tls, "connected");
-                        return Ok((Connection::new(client, slot), i));
+                        return Ok((Connection::new(client, slot, trace), i));
                     }
                     Err(e) => {
+                        if let Some(t) = &trace {
+                            t.error(&e.to_string());
+                        }
                         info!(
                             domain, mx = %host.name, ip = %addr, error = %e,
                             "host not usable, trying the next"
@@ -92,10 +106,22 @@ async fn open_session(
     addr: SocketAddr,
     s: &SessionSettings,
     sts: &StsApplied,
+    trace: Option<&Arc<TraceSession>>,
 ) -> Result<SmtpClient, ConnectError> {
+    let log = tracing_transcript(&host.name, addr);
+    let transcript: TranscriptHook = match trace {
+        Some(t) => {
+            let t = Arc::clone(t);
+            Arc::new(move |entry: TranscriptEntry<'_>| {
+                log.record(entry);
+                t.record(entry);
+            })
+        }
+        None => log,
+    };
     let options = ClientOptions {
         timeouts: s.timeouts.clone(),
-        transcript: Some(tracing_transcript(&host.name, addr)),
+        transcript: Some(transcript),
     };
     let mut client = if host.implicit_tls {
         SmtpClient::connect_tls(&host.name, addr, &options, &s.tls, true).await?
@@ -106,7 +132,7 @@ async fn open_session(
 
     if client.tls().is_none() {
         let policy = sts.tls_policy(TlsPolicy::for_host(s.tls_mode, host.relay));
-        client = secure(client, host, addr, policy, s, &options).await?;
+        client = secure(client, host, addr, policy, s, &options, trace).await?;
     }
 
     if host.relay
@@ -132,6 +158,7 @@ async fn secure(
     policy: TlsPolicy,
     s: &SessionSettings,
     options: &ClientOptions,
+    trace: Option<&Arc<TraceSession>>,
 ) -> Result<SmtpClient, ConnectError> {
     if !policy.starttls {
         return Ok(client);
@@ -180,6 +207,10 @@ async fn secure(
                 mx = %host.name, ip = %addr, error = %e, remembered,
                 "STARTTLS failed: going on in plaintext on a new connection (opportunistic TLS)"
             );
+            if let Some(t) = trace {
+                t.error(&format!("STARTTLS failed: {e}"));
+                t.connect("again, in plaintext (opportunistic TLS)");
+            }
             let mut plain = SmtpClient::connect(&host.name, addr, options).await?;
             plain.ehlo(&s.helo).await?;
             Ok(plain)

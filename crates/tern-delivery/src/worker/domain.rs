@@ -2,7 +2,8 @@
 //!
 //! First the **policy step** looks the domain's MTA-STS policy up (`worker/mta_sts.rs`): it decides which
 //! hosts may be used, what their connections ask of TLS, and whether an idle connection may be reused.
-//! TLS-RPT report mail skips it (RFC 8460 §3).
+//! TLS-RPT report mail skips it (RFC 8460 §3), and so does a domain an operator rerouted
+//! (`worker/reroute.rs`): its one host is the route's, its connections pooled apart from the MX hosts'.
 //! For each job: **open or reuse** a connection (the current one while it is usable and under
 //! `messages_per_connection`; otherwise a new one, to the **next host** when the current one broke, the
 //! domain routed on first need), **send** the message, and **record** the outcome (in the background while
@@ -20,7 +21,7 @@
 use std::sync::Arc;
 
 use tern_core::{Recipient, Shutdown};
-use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, SlotHold};
+use tern_queue::{ClaimedJob, DeliveryAttempt, Outcome, Route, SlotHold};
 use tern_smtp::Reply;
 use tern_telemetry::metrics::ConnectionKind;
 use tokio::task::JoinSet;
@@ -29,7 +30,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::Inner;
 use super::mta_sts::StsApplied;
 use super::pool::Connection;
-use crate::route::Host;
+use crate::route::{Host, RouteFailure};
 use crate::sandbox::Sandbox;
 use crate::smtp::{NotStarted, RecipientReply, reply_line};
 
@@ -41,8 +42,13 @@ pub(super) struct DomainDelivery<'a> {
     inner: &'a Arc<Inner>,
     domain: &'a str,
     shutdown: &'a Shutdown,
-    /// Where this destination's idle connections are pooled: the domain, or the relay's key.
+    /// Where this destination's idle connections are pooled: the domain, the relay's key, or a reroute's
+    /// key (its domain and target, so that connections to the MX hosts and to the route's host are never
+    /// taken for one another when the route is set or removed).
     pool_key: String,
+    /// The operator's reroute in force for the domain (`ternctl domain route`), read when the delivery
+    /// began: its host replaces the MX hosts (and the relay).
+    reroute: Option<Route>,
     /// The connection in use.
     connection: Option<Connection>,
     /// The domain slot kept for the connection after the claim's last job, to go idle with it.
@@ -68,16 +74,18 @@ pub(super) struct DomainDelivery<'a> {
 impl<'a> DomainDelivery<'a> {
     /// A delivery to `domain` for `inner`, stopping at `shutdown`.
     pub(super) fn new(inner: &'a Arc<Inner>, domain: &'a str, shutdown: &'a Shutdown) -> DomainDelivery<'a> {
-        let pool_key = if inner.cfg.relay_host.is_some() {
-            RELAY_POOL_KEY.to_string()
-        } else {
-            domain.to_string()
+        let reroute = inner.reroutes.get(domain);
+        let pool_key = match &reroute {
+            Some(route) => format!("#route:{domain}:{}", route.target()),
+            None if inner.cfg.relay_host.is_some() => RELAY_POOL_KEY.to_string(),
+            None => domain.to_string(),
         };
         DomainDelivery {
             inner,
             domain,
             shutdown,
             pool_key,
+            reroute,
             connection: None,
             hold: None,
             hosts: None,
@@ -117,7 +125,15 @@ impl<'a> DomainDelivery<'a> {
             self.deliver_to_sandbox(sandbox, jobs).await;
             return;
         }
-        if self.sts_step {
+        if let Some(route) = &self.reroute {
+            debug!(
+                domain = self.domain, route = %route.target(),
+                "domain rerouted by an operator: to the route's host, without MTA-STS"
+            );
+            if self.inner.mta_sts.is_some() {
+                self.sts = StsApplied::rerouted();
+            }
+        } else if self.sts_step {
             self.sts = self.inner.sts_lookup(self.domain).await;
         } else {
             debug!(
@@ -307,7 +323,7 @@ impl<'a> DomainDelivery<'a> {
         if self.hosts.is_some() {
             return Ok(());
         }
-        let routed = match self.inner.router.route(self.domain).await {
+        let routed = match self.lookup_hosts().await {
             Ok(hosts) => hosts,
             Err(failure) => {
                 let reply = failure.reply();
@@ -334,6 +350,15 @@ impl<'a> DomainDelivery<'a> {
         }
     }
 
+    /// The domain's hosts: the reroute's host when an operator rerouted the domain, otherwise as the router
+    /// says (relay, fixed route, MX records).
+    async fn lookup_hosts(&self) -> Result<Vec<Host>, RouteFailure> {
+        match &self.reroute {
+            Some(route) => self.inner.router.route_to(route).await,
+            None => self.inner.router.route(self.domain).await,
+        }
+    }
+
     /// Sends the job's message to its pending recipients on the current connection, counting the
     /// transactions it took against the connection's reuse limit.
     async fn send(
@@ -342,6 +367,9 @@ impl<'a> DomainDelivery<'a> {
         pending: &[(u32, &Recipient)],
     ) -> Result<Vec<(u32, RecipientReply)>, NotStarted> {
         let connection = self.connection.as_mut().ok_or(NotStarted)?;
+        if let Some(trace) = &connection.trace {
+            trace.set_domain(self.domain);
+        }
         let sent = crate::telemetry::transaction(connection.client.send_message(
             &job.job.envelope,
             pending,
@@ -362,7 +390,7 @@ impl<'a> DomainDelivery<'a> {
     /// pool came without routing: the hosts are learnt now.
     async fn another_host_left(&mut self, tried: usize) -> bool {
         if self.hosts.is_none() {
-            let routed = self.inner.router.route(self.domain).await.ok();
+            let routed = self.lookup_hosts().await.ok();
             self.hosts = routed.and_then(|hosts| self.sts.filter_hosts(hosts).ok());
         }
         tried + 1 < self.hosts.as_ref().map_or(0, Vec::len)

@@ -25,7 +25,9 @@
 //! without one only feed the metric. The `tls` field of the delivery event names the mode:
 //! `<TLS description>; mta-sts=<mode>`, with `; mta-sts-failure=<result type>` after a testing failure
 //! (`plaintext; ...` for a plaintext session under a policy; nothing, as before, for a plaintext session
-//! without one); a batch deferred or expired before any session says `mta-sts=<mode>` alone.
+//! without one); a batch deferred or expired before any session says `mta-sts=<mode>` alone. A domain an
+//! operator rerouted (`ternctl domain route`) has no policy step while MTA-STS is on, and its events say
+//! `<TLS description or plaintext>; mta-sts=none (rerouted)`.
 //!
 //! TLS-RPT report mail (jobs tagged `tlsrpt`) has no policy step at all (RFC 8460 §3: it must get
 //! through despite TLS failures, and is not reported on): see `worker.rs`.
@@ -46,6 +48,9 @@ use super::tls_policy::TlsPolicy;
 use crate::route::Host;
 use crate::smtp::{CertificateProblem, ConnectError, SmtpClient};
 
+/// What the `tls` field of a rerouted domain's delivery events says about MTA-STS.
+const REROUTED: &str = "mta-sts=none (rerouted)";
+
 /// How close to its `max_age` a message counts as expiring at this attempt (the outcome is decided a
 /// moment after the policy failure): the TXT id is checked again before such a failure.
 const EXPIRY_MARGIN_MS: u64 = 60_000;
@@ -60,6 +65,9 @@ pub(super) struct StsApplied {
     policy: Option<ActivePolicy>,
     /// Where the session results are counted for TLS-RPT (`delivery.tls_rpt.enabled`).
     reports: TlsReports,
+    /// The domain is rerouted by an operator while MTA-STS is on: no policy applies, and the delivery
+    /// events say so (`mta-sts=none (rerouted)`).
+    rerouted: bool,
 }
 
 /// The queue's TLS-RPT counters, when reporting is on. Compares equal always: it is where results go, not
@@ -133,6 +141,15 @@ impl StsApplied {
     /// No MTA-STS for this delivery.
     pub(super) fn not_applicable() -> StsApplied {
         StsApplied::default()
+    }
+
+    /// No MTA-STS for this delivery because an operator rerouted the domain (`ternctl domain route`): the
+    /// operator chose the host, so the domain's policy (which names its MX hosts) cannot apply.
+    pub(super) fn rerouted() -> StsApplied {
+        StsApplied {
+            rerouted: true,
+            ..StsApplied::default()
+        }
     }
 
     /// The mode, as the metric labels it.
@@ -268,6 +285,9 @@ impl StsApplied {
     /// The delivery event's `tls` field for a delivery over `client`: its TLS description, the mode, and a
     /// testing failure. A plaintext session without a policy has none, as without MTA-STS.
     pub(super) fn event_tls(&self, client: &SmtpClient) -> Option<String> {
+        if self.rerouted {
+            return Some(format!("{}; {REROUTED}", client.tls().unwrap_or("plaintext")));
+        }
         let tls = match client.tls() {
             Some(t) => t,
             None if self.policy.is_none() => return None,
@@ -284,6 +304,12 @@ impl StsApplied {
     /// mode as its `tls` (`mta-sts=<mode>`), so that every delivery event of a looked-up domain names it.
     /// `None` when MTA-STS does not apply.
     pub(super) fn batch_attempt(&self) -> Option<DeliveryAttempt> {
+        if self.rerouted {
+            return Some(DeliveryAttempt {
+                tls: Some(REROUTED.to_string()),
+                ..DeliveryAttempt::default()
+            });
+        }
         self.domain.as_ref()?;
         Some(DeliveryAttempt {
             remote_mx: None,
@@ -474,6 +500,7 @@ impl Inner {
             domain: Some(domain),
             policy: lookup.active,
             reports: self.tls_reports.clone(),
+            rerouted: false,
         };
         debug!(
             domain = applied.domain(),
@@ -512,6 +539,7 @@ impl Inner {
             domain: Some(domain.to_owned()),
             policy,
             reports: self.tls_reports.clone(),
+            rerouted: false,
         })
     }
 
@@ -540,6 +568,7 @@ mod tests {
         let policy = Policy::new(mode, mx.iter().map(|m| m.to_string()).collect(), 86400).unwrap();
         StsApplied {
             reports: TlsReports::default(),
+            rerouted: false,
             domain: Some("b.test".into()),
             policy: Some(ActivePolicy {
                 domain: "b.test".into(),
@@ -558,6 +587,19 @@ mod tests {
             implicit_tls: false,
             relay: false,
         }
+    }
+
+    #[test]
+    fn a_rerouted_domain_has_no_policy_and_its_events_say_so() {
+        let sts = StsApplied::rerouted();
+        assert_eq!(sts.mode(), MtaStsMode::None);
+        assert_eq!(sts.tls_policy(TlsPolicy::OPPORTUNISTIC), TlsPolicy::OPPORTUNISTIC);
+        assert_eq!(
+            sts.filter_hosts(vec![host("relay.ops.test")]).map(|h| h.len()),
+            Ok(1)
+        );
+        let attempt = sts.batch_attempt().expect("an attempt naming the mode");
+        assert_eq!(attempt.tls.as_deref(), Some("mta-sts=none (rerouted)"));
     }
 
     #[test]

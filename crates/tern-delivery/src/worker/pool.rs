@@ -11,6 +11,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tracing::debug;
 
+use super::trace::TraceSession;
 use super::{Inner, lock};
 use crate::smtp::{ConnectError, SmtpClient};
 
@@ -21,22 +22,30 @@ const HOLD_MARGIN: Duration = Duration::from_secs(10);
 /// How many idle connections a stopping worker closes at once.
 const CLOSE_AT_ONCE: usize = 64;
 
-/// An open connection as the worker keeps it: the client, the worker slot it takes, and its reuse count.
+/// An open connection as the worker keeps it: the client, the worker slot it takes, its reuse count, and
+/// its live trace session.
 pub(super) struct Connection {
     pub(super) client: SmtpClient,
     /// One of the worker's `max_connections` slots, given back when the connection is dropped.
     _slot: OwnedSemaphorePermit,
     /// Transactions started on it, against `messages_per_connection`.
     pub(super) transactions: u32,
+    /// Its live SMTP trace session (when the worker has a trace bus); says `close` when dropped.
+    pub(super) trace: Option<Arc<TraceSession>>,
 }
 
 impl Connection {
-    /// A new connection holding `slot`.
-    pub(super) fn new(client: SmtpClient, slot: OwnedSemaphorePermit) -> Connection {
+    /// A new connection holding `slot`, traced by `trace`.
+    pub(super) fn new(
+        client: SmtpClient,
+        slot: OwnedSemaphorePermit,
+        trace: Option<Arc<TraceSession>>,
+    ) -> Connection {
         Connection {
             client,
             _slot: slot,
             transactions: 0,
+            trace,
         }
     }
 
@@ -47,7 +56,15 @@ impl Connection {
 
     /// QUIT (when still usable) and close; the slot goes back.
     pub(super) async fn quit(self) {
+        let usable = self.client.is_usable();
         self.client.quit().await;
+        if let Some(trace) = &self.trace {
+            trace.close(if usable {
+                "closed after QUIT"
+            } else {
+                "closed (the connection had failed)"
+            });
+        }
     }
 }
 
@@ -101,6 +118,35 @@ impl Inner {
     /// An idle connection for `key` (the one whose hold the claim took over, if any); a hold that the
     /// claim did not take over is given up, as the claim's own slot now covers the connection.
     pub(super) async fn take_idle(&self, key: &str, took_hold: Option<&str>) -> Option<Connection> {
+        let taken = self.take_idle_of_key(key, took_hold).await;
+        if let Some(stale) = took_hold.and_then(|t| self.take_idle_holding(t)) {
+            // The claim took over the hold of a connection pooled under another key: one to the domain's
+            // former destination (a reroute set or removed since). Its slot is the claim's now, and it
+            // would carry mail to the wrong host: closed.
+            debug!(mx = %stale.connection.client.server(), "closing an idle connection to the domain's former destination");
+            stale.connection.quit().await;
+        }
+        taken
+    }
+
+    /// The idle connection under any key that keeps the hold `hold_id`, taken out of the pool.
+    fn take_idle_holding(&self, hold_id: &str) -> Option<Idle> {
+        let mut idle = lock(&self.idle);
+        let (key, pos) = idle.iter().find_map(|(k, v)| {
+            v.iter()
+                .position(|i| i.hold.as_ref().is_some_and(|h| h.id == hold_id))
+                .map(|p| (k.clone(), p))
+        })?;
+        let v = idle.get_mut(&key)?;
+        let i = v.remove(pos);
+        if v.is_empty() {
+            idle.remove(&key);
+        }
+        Some(i)
+    }
+
+    /// [`Inner::take_idle`] within `key`.
+    async fn take_idle_of_key(&self, key: &str, took_hold: Option<&str>) -> Option<Connection> {
         let taken = {
             let mut idle = lock(&self.idle);
             let v = idle.get_mut(key)?;

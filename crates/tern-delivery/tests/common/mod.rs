@@ -21,6 +21,11 @@ static PREFIX: AtomicU32 = AtomicU32::new(0);
 
 /// A queue on `redis` with its own key prefix.
 pub async fn queue(redis: &RedisServer, name: &str, lease: Duration) -> Arc<dyn Queue> {
+    store(redis, name, lease).await
+}
+
+/// [`queue`] as the store itself, for its other sides (routes, trace bus).
+pub async fn store(redis: &RedisServer, name: &str, lease: Duration) -> Arc<RedisQueue> {
     let opts = RedisQueueOptions {
         url: redis.url(),
         key_prefix: format!("d{}-{name}", PREFIX.fetch_add(1, Ordering::Relaxed)),
@@ -77,6 +82,11 @@ pub fn start_worker(
     lease: Duration,
 ) -> RunningWorker {
     let worker = Worker::new(cfg, queue, owner).expect("worker").with_lease(lease);
+    run_worker(worker)
+}
+
+/// Runs a worker built by the test.
+pub fn run_worker(worker: Worker) -> RunningWorker {
     let token = CancellationToken::new();
     let t = token.clone();
     let handle = tokio::spawn(async move { worker.run(t).await });

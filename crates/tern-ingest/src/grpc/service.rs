@@ -145,7 +145,7 @@ impl SubmissionService {
             }
             Ok(_) => None,
             Err(e) => {
-                tracing::warn!(message = %receipt.message, error = %e, "cannot read the first message of a repeated idempotency key");
+                tracing::warn!(message_id = %receipt.message, error = %e, "cannot read the first message of a repeated idempotency key");
                 None
             }
         }
@@ -433,13 +433,7 @@ impl SubmissionService {
         .await
         .map_err(|f| queue_status(&f))?;
         let first = self.first_recipients(&receipt).await;
-        tracing::info!(
-            message_id = %receipt.message,
-            key = principal.name.as_deref().unwrap_or("-"),
-            recipients = prepared.accepted.len(),
-            duplicate = receipt.duplicate,
-            "queued via gRPC"
-        );
+        log_queued(&prepared, &receipt, principal.name.as_deref(), "queued via gRPC");
         Ok(Response::new(prepared.response(receipt, first)))
     }
 
@@ -486,6 +480,12 @@ impl SubmissionService {
             results[i] = Some(match outcome {
                 Ok(receipt) => {
                     queued += 1;
+                    log_queued(
+                        &prepared,
+                        &receipt,
+                        principal.name.as_deref(),
+                        "queued via gRPC (batch)",
+                    );
                     let first = self.first_recipients(&receipt).await;
                     send_result::Result::Ok(prepared.response(receipt, first))
                 }
@@ -506,6 +506,24 @@ impl SubmissionService {
             .collect();
         Ok(Response::new(SendBatchResponse { results }))
     }
+}
+
+/// The `queued` line of a message: its id, sender, recipients and their domains, as every lifecycle line
+/// of a message has them, and the API key's name. A repeated idempotency key queued nothing: the line says
+/// so, with the first message's id.
+fn log_queued(prepared: &Prepared, receipt: &EnqueueReceipt, key: Option<&str>, what: &str) {
+    let envelope = &prepared.message.envelope;
+    tracing::info!(
+        message_id = %receipt.message,
+        sender = crate::log_fields::sender(&envelope.sender),
+        recipients = crate::log_fields::recipients(&envelope.recipients),
+        recipient_count = envelope.recipients.len(),
+        domain = crate::log_fields::domains(&envelope.recipients),
+        size = prepared.message.body.len(),
+        key = key.unwrap_or("-"),
+        duplicate = receipt.duplicate,
+        "{what}"
+    );
 }
 
 /// A per-message error of a batch.

@@ -30,6 +30,16 @@ pub enum LimitExceeded {
     PerIp,
 }
 
+impl LimitExceeded {
+    /// The name of the limit, as logged: `max_connections` or `max_connections_per_ip`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitExceeded::Total => "max_connections",
+            LimitExceeded::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
 /// One counted connection; dropping it releases the slot.
 #[derive(Debug)]
 pub struct ConnPermit {

@@ -238,7 +238,10 @@ impl BoundSmtpServer {
             });
         }
         drop(tx);
-        info!(smtp = ?self.smtp_addrs, smtps = ?self.smtps_addrs, hostname = %self.shared.hostname, "SMTP submission listening");
+        info!(
+            smtp = %addr_list(&self.smtp_addrs), smtps = %addr_list(&self.smtps_addrs),
+            hostname = %self.shared.hostname, "SMTP submission listening"
+        );
 
         let mut sessions = JoinSet::new();
         loop {
@@ -256,7 +259,11 @@ impl BoundSmtpServer {
         }
         accept_tasks.abort_all();
         drop(rx);
-        info!(open = sessions.len(), grace = ?self.grace, "SMTP submission shutting down");
+        info!(
+            open = sessions.len(),
+            grace_s = self.grace.as_secs_f64(),
+            "SMTP submission shutting down"
+        );
         let drained = tokio::time::timeout(self.grace, async {
             while sessions.join_next().await.is_some() {}
         })
@@ -273,6 +280,18 @@ impl BoundSmtpServer {
     }
 }
 
+/// Addresses as a log value: comma-joined, `-` for none.
+fn addr_list(addrs: &[SocketAddr]) -> String {
+    if addrs.is_empty() {
+        return "-".to_string();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Takes one accepted connection: counts it, does the implicit TLS handshake, runs the session.
 async fn handle_connection(
     shared: Arc<Shared>,
@@ -286,7 +305,7 @@ async fn handle_connection(
     if implicit_tls && let Err(which) = &permit {
         // No handshake for a connection that will be refused: it would cost up to the handshake timeout
         // each, with no cap. A client of implicit TLS cannot read a plaintext 421; it sees a close.
-        info!(peer = %peer.ip(), limit = ?which, "connection refused: too many connections");
+        info!(peer = %peer.ip(), limit = which.as_str(), "connection refused: too many connections");
         return;
     }
     let mut stream = if implicit_tls {
@@ -310,7 +329,7 @@ async fn handle_connection(
     let permit = match permit {
         Ok(p) => p,
         Err(which) => {
-            info!(peer = %peer.ip(), limit = ?which, "connection refused: too many connections");
+            info!(peer = %peer.ip(), limit = which.as_str(), "connection refused: too many connections");
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
                 let _ = stream
                     .write_all(b"421 4.7.0 Too many connections, try again later\r\n")

@@ -51,6 +51,7 @@ use super::received::{self, MAX_RECEIVED, Protocol, ReceivedInfo};
 use super::stream::Stream;
 use super::{CLOSE_TIMEOUT, HANDSHAKE_TIMEOUT, Shared};
 use crate::enqueue::{self, Bounds, EnqueueFailure, EnqueueRetry};
+use crate::log_fields;
 use deadline::{Deadline, LineClock, TransferClock};
 
 mod deadline;
@@ -583,7 +584,11 @@ impl Session {
             return Flow::Close;
         };
         if decoder.overflowed() {
-            info!(id = %tx.id, size = decoder.total_len(), "message refused: too big");
+            info!(
+                message_id = %tx.id, sender = log_fields::sender(&tx.from),
+                recipients = log_fields::recipients(&tx.rcpts), domain = log_fields::domains(&tx.rcpts),
+                size = decoder.total_len(), "message refused: too big"
+            );
             return self.message_reply(Reply::new(
                 552,
                 "5.3.4",
@@ -592,7 +597,12 @@ impl Session {
         }
         let v = decoder.violations();
         if v.any() {
-            warn!(id = %tx.id, violations = ?v, "message refused: malformed line endings (smuggling attempt?)");
+            warn!(
+                message_id = %tx.id, sender = log_fields::sender(&tx.from),
+                recipients = log_fields::recipients(&tx.rcpts), domain = log_fields::domains(&tx.rcpts),
+                violations = log_fields::violations(v),
+                "message refused: malformed line endings (smuggling attempt?)"
+            );
             return self.message_reply(Reply::new(554, "5.6.0", describe(v)));
         }
         self.submit(tx, body).await
@@ -685,7 +695,11 @@ impl Session {
             return Flow::Close;
         };
         if chunks.overflow {
-            info!(id = %tx.id, size = chunks.total, "message refused: too big");
+            info!(
+                message_id = %tx.id, sender = log_fields::sender(&tx.from),
+                recipients = log_fields::recipients(&tx.rcpts), domain = log_fields::domains(&tx.rcpts),
+                size = chunks.total, "message refused: too big"
+            );
             return self.message_reply(Reply::new(
                 552,
                 "5.3.4",
@@ -694,7 +708,11 @@ impl Session {
         }
         let v = chunks.checker.finish();
         if !binary && v.any() {
-            warn!(id = %tx.id, violations = ?v, "message refused: malformed line endings");
+            warn!(
+                message_id = %tx.id, sender = log_fields::sender(&tx.from),
+                recipients = log_fields::recipients(&tx.rcpts), domain = log_fields::domains(&tx.rcpts),
+                violations = log_fields::violations(v), "message refused: malformed line endings"
+            );
             return self.message_reply(Reply::new(554, "5.6.0", describe(v)));
         }
         self.submit(tx, chunks.body).await
@@ -710,12 +728,20 @@ impl Session {
         // Nothing to deliver (`BDAT 0 LAST`, or DATA with a blank body): refused like a malformed message
         // rather than queued as the few headers tern would add.
         if body.iter().all(u8::is_ascii_whitespace) {
-            info!(id = %tx.id, size = body.len(), "message refused: empty");
+            info!(
+                message_id = %tx.id, sender = log_fields::sender(&tx.from),
+                recipients = log_fields::recipients(&tx.rcpts), domain = log_fields::domains(&tx.rcpts),
+                size = body.len(), "message refused: empty"
+            );
             return self.message_reply(Reply::new(554, "5.6.0", "Message rejected: empty message"));
         }
         let scan = received::scan_headers(&body);
         if scan.received > MAX_RECEIVED {
-            warn!(id = %tx.id, received = scan.received, "message refused: mail loop");
+            warn!(
+                message_id = %tx.id, sender = log_fields::sender(&tx.from),
+                recipients = log_fields::recipients(&tx.rcpts), domain = log_fields::domains(&tx.rcpts),
+                received = scan.received, "message refused: mail loop"
+            );
             return self.message_reply(Reply::new(554, "5.4.6", "Too many Received headers: mail loop"));
         }
         let id = tx.id.to_string();
@@ -742,7 +768,11 @@ impl Session {
         let message = received::prepare_message(&body, &scan, &header, &id, &self.shared.hostname, now);
         drop(body);
         let size = message.len();
-        let recipients = tx.rcpts.len();
+        // The message's log fields, from the envelope before it moves into the queue's message.
+        let sender = log_fields::sender(&tx.from);
+        let recipients = log_fields::recipients(&tx.rcpts);
+        let domain = log_fields::domains(&tx.rcpts);
+        let recipient_count = tx.rcpts.len();
         let mut envelope = Envelope::new(tx.from, tx.rcpts);
         envelope.envid = tx.params.envid;
         envelope.ret = tx.params.ret;
@@ -753,7 +783,10 @@ impl Session {
         if let Some(user) = &self.user {
             new = new.with_tag("auth_user", user.name.clone());
         }
-        let user = self.user.as_ref().map(|u| u.name.clone());
+        let user = self
+            .user
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |u| u.name.clone());
         let retry = self.enqueue_retry();
         let bounds = Bounds {
             until: None,
@@ -762,7 +795,10 @@ impl Session {
         match enqueue::enqueue(self.shared.queue.as_ref(), new, &retry, &bounds).await {
             Ok(receipt) => {
                 self.junk = 0;
-                info!(message_id = %receipt.message, user = ?user, recipients, size, "message queued");
+                info!(
+                    message_id = %receipt.message, sender, recipients, recipient_count, domain, user, size,
+                    client = %self.ip, "message queued"
+                );
                 self.message_reply(Reply::new(
                     250,
                     "2.0.0",
@@ -772,6 +808,9 @@ impl Session {
             Err(failure) => {
                 warn!(
                     message_id = %id,
+                    sender,
+                    recipients,
+                    domain,
                     error = %failure.error,
                     attempts = failure.attempts,
                     maybe_queued = failure.maybe_queued,

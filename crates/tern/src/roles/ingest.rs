@@ -41,9 +41,8 @@ pub async fn serve(
     let smtp = tern_ingest::SmtpServer::new(&config.ingest, queue)?
         .bind()
         .await?;
-    tracing::info!(
-        smtp = ?smtp.smtp_addrs(), smtps = ?smtp.smtps_addrs(), grpc = %grpc.local_addr(), "ingest listening"
-    );
+    // The listeners' addresses are logged by the listeners themselves ("SMTP submission listening", "gRPC
+    // Send API listening").
     crate::telemetry::follow_health(readiness, grpc.health(), shutdown.clone());
     readiness.role_started();
     let calls = grpc.calls_in_progress();

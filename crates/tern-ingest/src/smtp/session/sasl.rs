@@ -119,8 +119,9 @@ impl Session {
         }
         let delay = self.shared.lockout.record_failure(self.ip, Instant::now());
         self.auth_failures += 1;
-        // Debug-escaped: the name is the client's text (and sometimes a mistyped password).
-        warn!(user = ?user, failures = self.auth_failures, "authentication failed");
+        // Escaped (control characters and quotes, without Rust's debug quoting): the name is the client's
+        // text (and sometimes a mistyped password).
+        warn!(user = %user.escape_debug(), failures = self.auth_failures, "authentication failed");
         tokio::time::sleep(delay).await;
         let flow = self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
         if flow == Flow::Continue && self.auth_failures >= MAX_SESSION_AUTH_FAILURES {
