@@ -1,9 +1,9 @@
 //! tern's configuration.
 //!
 //! One TOML file, given with `--config FILE`, with one table per role: `[queue]`, `[ingest]`, `[delivery]`,
-//! `[control]` and `[telemetry]`. Every key can be overridden by an environment variable (see [`mod@env`] for the
-//! exact rule). Unknown keys and bad values are errors that name the key and the file, so that a typo never
-//! silently falls back to a default.
+//! `[control]` and `[telemetry]`, and one `[[dkim]]` entry per DKIM signing key. Every key can be overridden
+//! by an environment variable (see [`mod@env`] for the exact rule). Unknown keys and bad values are errors
+//! that name the key and the file, so that a typo never silently falls back to a default.
 //!
 //! `docs/configuration.md` lists every key; keep it in step with the section modules.
 #![forbid(unsafe_code)]
@@ -15,7 +15,9 @@ pub mod redact;
 pub mod sections;
 
 pub use error::ConfigError;
-pub use sections::{ControlConfig, DeliveryConfig, IngestConfig, QueueBackend, QueueConfig, TelemetryConfig};
+pub use sections::{
+    ControlConfig, DeliveryConfig, DkimConfig, IngestConfig, QueueBackend, QueueConfig, TelemetryConfig,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,9 @@ pub struct Config {
     pub control: ControlConfig,
     /// `[telemetry]`: logs, metrics and traces.
     pub telemetry: TelemetryConfig,
+    /// `[[dkim]]`: the DKIM signing keys, one entry per key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dkim: Vec<DkimConfig>,
 }
 
 impl Config {
@@ -75,6 +80,7 @@ impl Config {
         self.control
             .validate()
             .map_err(|(k, m)| (format!("control.{k}"), m))?;
+        sections::dkim::validate_dkim(&self.dkim)?;
         Ok(())
     }
 }

@@ -68,6 +68,51 @@ pub enum Command {
         #[arg(long, value_name = "DOMAIN")]
         domains: Vec<String>,
     },
+    /// DKIM signing keys.
+    Dkim {
+        /// What to do.
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Print the version.
     Version,
+}
+
+/// `tern dkim` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DkimCommand {
+    /// Make a DKIM signing key: writes the private key (PEM, mode 0600) and prints the DNS TXT record that
+    /// publishes the public key and the `[[dkim]]` lines for the configuration.
+    Keygen {
+        /// The signing domain (d=), e.g. example.com.
+        #[arg(long, value_name = "DOMAIN")]
+        domain: String,
+        /// The selector (s=): the record goes at <SELECTOR>._domainkey.<DOMAIN>.
+        #[arg(long, value_name = "SELECTOR")]
+        selector: String,
+        /// The key type. Ed25519 keys are not checked by every receiver yet: use one beside an RSA key.
+        #[arg(long, value_enum, default_value_t = DkimKeyAlgorithm::Rsa)]
+        algorithm: DkimKeyAlgorithm,
+        /// The RSA key size in bits, 2048 to 4096 (RSA only). Default: 2048.
+        #[arg(long, value_name = "BITS")]
+        bits: Option<usize>,
+        /// Where to write the private key. Default: <SELECTOR>._domainkey.<DOMAIN>.pem in the current
+        /// directory.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Overwrite FILE when it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The key types `tern dkim keygen` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DkimKeyAlgorithm {
+    /// RSA (rsa-sha256).
+    #[value(alias = "rsa-sha256")]
+    Rsa,
+    /// Ed25519 (ed25519-sha256, RFC 8463).
+    #[value(alias = "ed25519-sha256")]
+    Ed25519,
 }

@@ -3,6 +3,7 @@
 
 mod control;
 mod delivery;
+pub mod dkim;
 mod ingest;
 mod queue;
 mod telemetry;
@@ -12,6 +13,7 @@ pub use delivery::{
     DeliveryConfig, IpVersion, MtaStsConfig, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, TlsRptConfig,
     split_host_port,
 };
+pub use dkim::{DkimAlgorithm, DkimCanonicalization, DkimConfig};
 pub use ingest::IngestConfig;
 pub use queue::{QueueBackend, QueueConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};

@@ -2,6 +2,7 @@
 
 mod apikey;
 mod check_config;
+mod dkim;
 mod passwd;
 
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         ),
         Command::Passwd => passwd::run(),
         Command::Apikey { name, domains } => apikey::run(&name, &domains),
+        Command::Dkim { command } => dkim::run(command),
         Command::Version => {
             println!("tern {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
