@@ -31,8 +31,9 @@ ROUNDS, ROUND = 4, 50
 BODY = 'x' * 1024
 # The fast path's materialise arguments before the message count: no intake marker, the repeat set of the
 # messages' id bucket kept for the default repeat window and a call's time (60 s + 7 s), the default domain
-# concurrency.
-FAST_PATH = ['0', 'seen:%d' % (NOW // 10000), '67000', '10']
+# concurrency, and the message history's retention (queue.history's default, 7 days, in ms; '0' keeps none).
+HISTORY = str(7 * 24 * 3600 * 1000)
+FAST_PATH = ['0', 'seen:%d' % (NOW // 10000), '67000', '10', HISTORY]
 ENV = '{"from":"bench@sender.test","rcpt":[{"addr":"user1@d1.test"}],"ret":null,"envid":null}'
 
 
@@ -124,7 +125,7 @@ def main():
         header = 'q' + '-' * 26 + '\t' + '\t'.join(
             [domain, '1', str(NOW), str(NOW), 'bench@sender.test', '{}', '', '1', rcpt])
         put = ['SET', shard + 'jd:' + msg + '.0', header + '\n' + ENV + '\n' + BODY, 'NX', 'PX', '3600000']
-        return put, [msg, '', 'bench@sender.test', str(NOW), '{}', '1', '1', msg + '.0', domain, str(NOW), '1', rcpt]
+        return put, [msg, '', 'bench@sender.test', str(NOW), '{}', '1', '1', str(NOW), msg + '.0', domain, str(NOW), '1', rcpt]
 
     claims_made = [0]
 
@@ -144,11 +145,11 @@ def main():
         return claim_id, ids, rep[0].decode()
 
     def complete(shard, now, claim_id, ids):
-        args = ['w1', str(len(ids))]
+        args = ['w1', HISTORY, str(len(ids))]
         for k, i in enumerate(ids):
             if k == 0:
                 args += [i.decode(), claim_id, 'delivered', '', '250 2.0.0 ok', 'mx.d1.test', '127.0.0.1', 'TLSv1.3',
-                         '0']
+                         '', '0']
             else:
                 args += [i.decode(), '=', '0']
         res = r.cmd(*call(shard, now, 'complete', *args))

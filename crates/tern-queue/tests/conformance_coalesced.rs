@@ -1,12 +1,14 @@
-//! The conformance suite against the group-commit wrapper ([`Coalescing`]) over one real redis-server: the
-//! wrapper answers every case as the bare backend does.
+//! The conformance suites of the queue and of the message history against the group-commit wrapper
+//! ([`Coalescing`]) over one real redis-server: the wrapper answers every case as the bare backend does,
+//! and what it records shows in the backend's history.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tern_queue::conformance;
-use tern_queue::{Coalescing, CoalescingOptions, Queue};
+use tern_queue::{Coalescing, CoalescingOptions, HistoryStore, Queue, RedisQueueOptions};
 use tern_testkit::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,5 +23,31 @@ async fn conformance_coalesced_single_redis() {
         })
     });
     conformance::run_all(factory).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_conformance_coalesced_single_redis() {
+    let server = RedisServer::start().expect("start redis-server");
+    let url = server.url();
+    let factory: conformance::history::Factory = Arc::new(move |name: String, retention: Duration| {
+        let url = url.clone();
+        Box::pin(async move {
+            let opts = RedisQueueOptions {
+                history: retention,
+                ..common::single(&url, &name)
+            };
+            let store = common::redis_queue(opts).await;
+            let queue = Arc::new(Coalescing::new(
+                Arc::clone(&store) as Arc<dyn Queue>,
+                CoalescingOptions::default(),
+            ));
+            conformance::history::Stores {
+                queue,
+                history: store as Arc<dyn HistoryStore>,
+            }
+        })
+    });
+    conformance::history::run_all(factory).await;
     drop(server);
 }

@@ -1,11 +1,12 @@
-//! The conformance suites (the queue's, the MTA-STS policy cache's and the TLS-RPT counters') against one
-//! real redis-server.
+//! The conformance suites (the queue's, the message history's, the MTA-STS policy cache's and the TLS-RPT
+//! counters') against one real redis-server.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tern_queue::{PolicyStore, TlsReportStore, conformance};
+use tern_queue::{HistoryStore, PolicyStore, Queue, RedisQueueOptions, TlsReportStore, conformance};
 use tern_testkit::redis::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,5 +46,27 @@ async fn tls_report_store_conformance_single_redis() {
         )
     });
     conformance::tls_report::run_all(factory).await;
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_conformance_single_redis() {
+    let server = RedisServer::start().expect("start redis-server");
+    let url = server.url();
+    let factory: conformance::history::Factory = Arc::new(move |name: String, retention: Duration| {
+        let url = url.clone();
+        Box::pin(async move {
+            let opts = RedisQueueOptions {
+                history: retention,
+                ..common::single(&url, &name)
+            };
+            let store = common::redis_queue(opts).await;
+            conformance::history::Stores {
+                queue: Arc::clone(&store) as Arc<dyn Queue>,
+                history: store as Arc<dyn HistoryStore>,
+            }
+        })
+    });
+    conformance::history::run_all(factory).await;
     drop(server);
 }

@@ -219,7 +219,7 @@ pub(crate) fn job_from_fields(f: &HashMap<String, String>) -> Result<Job, QueueE
         tags,
         trace: nonempty("trace"),
         admin_bounce: f.get("bounce").is_some_and(|b| b == "1"),
-        bounce_reason: None,
+        bounce_reason: nonempty("breason"),
         owner: if state == JobState::InFlight {
             nonempty("owner")
         } else {
@@ -302,7 +302,8 @@ pub(crate) fn header_job(
 }
 
 /// A claimed job from `claim.lua`'s list of its fields (id, dom, n, att, first, next, err, tags, trace,
-/// bounce, then state and reply per recipient) and its envelope (JSON), now in flight for `owner` until
+/// bounce, then state and reply per recipient, then an admin-bounced job's reason) and its envelope (JSON),
+/// now in flight for `owner` until
 /// `lease_until_ms`. A job never tried may come as the compact list (att, n, first, tags, trace, next, id;
 /// see [`header_job`]): its domain is the claim's `domain`, and it has no error and every recipient pending
 /// with no reply.
@@ -342,6 +343,13 @@ pub(crate) fn claimed_job(
     let n = int(2, "n")? as usize;
     let recipients = recipient_states(&envelope, n, |i| (get(10 + 2 * i), get(11 + 2 * i)));
     let tags = tags_of(get(7).as_deref(), &raw_id)?;
+    let admin_bounce = get(9).as_deref() == Some("1");
+    // After the recipients' fields.
+    let bounce_reason = if admin_bounce {
+        get(10 + 2 * n).filter(|s| !s.is_empty())
+    } else {
+        None
+    };
     Ok(Job {
         id,
         domain: get(1).ok_or_else(|| corrupt("dom", &raw_id))?,
@@ -354,8 +362,8 @@ pub(crate) fn claimed_job(
         last_error: get(6).filter(|s| !s.is_empty()),
         tags,
         trace: get(8).filter(|s| !s.is_empty()),
-        admin_bounce: get(9).as_deref() == Some("1"),
-        bounce_reason: None,
+        admin_bounce,
+        bounce_reason,
         owner: Some(owner.to_string()),
         lease_until_ms: Some(lease_until_ms),
     })
@@ -529,5 +537,63 @@ mod tests {
                 .all(|r| r.status == RecipientStatus::Pending && r.reply.is_none())
         );
         assert_eq!((job.owner.as_deref(), job.lease_until_ms), (Some("w1"), Some(99)));
+    }
+
+    #[test]
+    fn an_admin_bounced_job_reads_back_its_reason_in_both_forms() {
+        let env = Envelope::new(
+            ReversePath::Mailbox("s@a.test".parse().unwrap()),
+            vec![Recipient::new("x@b.test".parse().unwrap())],
+        );
+        let id = JobId::new(MessageId::new(), 0);
+        let json = serde_json::to_string(&env).unwrap();
+        let mut map: HashMap<String, String> = [
+            ("id", id.to_string()),
+            ("dom", "b.test".into()),
+            ("env", json.clone()),
+            ("n", "1".into()),
+            ("att", "2".into()),
+            ("first", "1".into()),
+            ("next", "2".into()),
+            ("state", "held".into()),
+            ("bounce", "1".into()),
+            ("breason", "spam\trun".into()),
+            ("ra:0", "x@b.test".into()),
+            ("rs:0", "p".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let job = job_from_fields(&map).unwrap();
+        assert_eq!(job.state, JobState::Held);
+        assert!(job.admin_bounce);
+        assert_eq!(job.bounce_reason.as_deref(), Some("spam\trun"));
+        map.remove("breason");
+        assert_eq!(job_from_fields(&map).unwrap().bounce_reason, None);
+
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        // id, dom, n, att, first, next, err, tags, trace, bounce, rs:0, rr:0, the reason.
+        let mut list = vec![
+            b(&id.to_string()),
+            b("b.test"),
+            b("1"),
+            b("2"),
+            b("1"),
+            b("2"),
+            b("421 later"),
+            b("{}"),
+            Value::Nil,
+            b("1"),
+            b("p"),
+            Value::Nil,
+            b("operator says no"),
+        ];
+        let job = claimed_job(&list, json.as_bytes(), "#bounce", "w1", 9).unwrap();
+        assert!(job.admin_bounce);
+        assert_eq!(job.bounce_reason.as_deref(), Some("operator says no"));
+        assert_eq!(job.recipients.len(), 1);
+        list[12] = b("");
+        let job = claimed_job(&list, json.as_bytes(), "#bounce", "w1", 9).unwrap();
+        assert_eq!(job.bounce_reason, None);
     }
 }

@@ -20,6 +20,7 @@
 //! | `body:<msg id>` | string | the message, once per message and shard, for messages with several jobs only |
 //! | `msg:<msg id>` | hash | `live` (jobs of the message left in this shard), `ids` (its job ids, space-separated), `sender`, `created`; messages with several jobs only |
 //! | `due:<schedule>` | zset | the schedule's waiting jobs by due time (ms); a schedule is a domain, or `#bounce` for admin bounces |
+//! | `held:<domain>` | zset | the domain's held jobs (on no schedule until released), by when they were held (ms) |
 //! | `domains` | zset | the domain index: each schedule with waiting jobs, by its earliest due time (a domain at its limit pushed back; suspended domains left out) |
 //! | `inflight` | zset | jobs in flight by lease deadline (what the reaper scans; the lease of a job in the string form) |
 //! | `slots:<domain>` | zset | the domain's live claims (member: the claim id) and holds of idle connections (`h:<claim id>/<waiter>`, the waiter being the holding worker's queue handle) by deadline: its concurrency |
@@ -29,9 +30,11 @@
 //! | `susp`, `suspu` | hash, zset | domain → suspension (JSON: reason, since, until); domain → expiry time |
 //! | `jobs` | zset | every job id (score 0, lexical order = time order of ULIDs), for listing |
 //! | `dlive` | hash | domain → live jobs |
-//! | `cnt` | hash | jobs by state: `queued`, `deferred`, `inflight` |
+//! | `cnt` | hash | jobs by state: `queued`, `deferred`, `inflight`, `held` |
 //! | `stats`, `min:<minute>` | hash | counters since the queue was made, and per-minute counters kept two hours (`<minute>`: Unix ms / 60000) |
 //! | `events` | stream | the shard's events, capped with `XADD MAXLEN ~`; an entry holds one event or all events of one batched call (fields below) |
+//! | `hist:<msg id>` | string | the message's history in this shard: a record per event of its jobs here (below), one after another in the order written; a job's `queued` record comes with its first change (until then its `jd:` record in the string form stands for it). Its TTL is the history retention (`queue.history`), set again by every write (`SET NX PX`, else `APPEND` and `PEXPIRE`). Not written with a retention of zero |
+//! | `hidx` | zset | the shard's history index: each message with jobs enqueued here (member: its id), scored by the time in its id (ULID ms); trimmed by the reaper of messages older than the retention (`ops/history.rs`). Not written with a retention of zero |
 //! | `intake:<msg id>`, `intakes` | hash, zset | intake records (`p` payload JSON, `b` body, `at` time) of enqueues that span shards, and their age |
 //! | `badintakes` | zset | intake records the reaper could not read, kept for an operator |
 //! | `mat:<msg id>` | string | "this shard materialised that intake" marker, 24 h TTL |
@@ -46,6 +49,8 @@
 //! | `tlsrptdom:<day>` | set | the shard's policy domains with TLS-RPT counters that day; same expiry |
 //! | `tlsrptsent:<day>:<domain>` | string | the domain's report for the day was sent (when, ms; `SET NX`); same expiry |
 //! | `tlsrptlock:<day>` | string | the day's report lock, in the shard the day's text hashes to: its owner's name, with the lock's TTL |
+//! | `routes` | hash | shard 0 only: operators' domain routes, domain (lower-cased) → the `Route` as JSON; a route past its `until_ms` is left out by readers and deleted by the first that meets it (`ops/routes.rs`) |
+//! | `tracers` | hash | shard 0 only: the open traces, trace id (a ULID) → JSON `{"filter", "until_ms"}`, written again every 2 s while the trace is open, deleted when it closes; one past its `until_ms` is ignored and deleted by the next reader (`ops/trace.rs`). Beside it, `trace` is the pub/sub channel that carries the records (JSON arrays), no key |
 //!
 //! # A job's header line (the string form)
 //!
@@ -78,10 +83,11 @@
 //! | `n`, `ra:<i>`, `rs:<i>`, `rr:<i>` | recipient count; per recipient (from 0): address, state `p` (pending), `d` (delivered) or `f` (failed), last reply |
 //! | `solo` | `1` when the job is its message's only job: `jd:<job id>` holds the message (no `msg:`/`body:` keys) |
 //! | `tags`, `trace` | tags (JSON); opaque trace context |
-//! | `state` | `queued`, `deferred` or `inflight` |
+//! | `state` | `queued`, `deferred`, `inflight` or `held` (on no schedule: in `held:<domain>`) |
 //! | `att`, `first`, `next`, `err` | finished attempts, first-queued ms, due ms, last error |
 //! | `sender` | lower-cased sender address, for listing |
 //! | `bounce` | `1` after an admin bounce (absent before) |
+//! | `breason` | the operator's reason given with the admin bounce (absent: none) |
 //! | `owner`, `tok`, `lease`, `cdom` | while in flight: owner, claim token (the claim id), lease deadline ms, the schedule it was claimed from |
 //! | `donetok` | `c:<token>` or `r:<token>`: the last claim that completed or released the job (a repeated call is recognised by it) |
 //!
@@ -94,9 +100,21 @@
 //!
 //! `kind` (each event of an entry starts with it), `job`, `msg` (left out when the job id names it),
 //! `rcpts` (newline-separated), `ts` (ms), `dom`, `att`, `tags`, `reply`, `mx`, `ip`, `tls`, `bounce`,
-//! `owner`. An event after the first of an entry leaves out `ts` and the fields `dom`, `att`, `tags`,
-//! `reply`, `mx`, `ip`, `tls` and `bounce` when they equal the previous event's (an empty value stands for
-//! none); the first event leaves out `att` when 0 and `tags` when empty.
+//! `owner`, `dsn` (the id of the DSN queued for a failed or expired event's recipients; absent: none). An
+//! event after the first of an entry leaves out `ts` and the fields `dom`, `att`, `tags`, `reply`, `mx`,
+//! `ip`, `tls` and `bounce` when they equal the previous event's (an empty value stands for none); the first
+//! event leaves out `att` when 0 and `tags` when empty.
+//!
+//! # A record of a message's history (`hist:<msg id>`)
+//!
+//! One event: its fields, each ended by the ASCII unit separator (`\x1f`), in this order: kind, time (ms; a
+//! `queued` record's is when the job was queued, its header's first-queued time), the job's number in the
+//! message (the `n` of `<msg id>.<n>`), domain, attempt (empty for 0), recipients (newline-separated), MX,
+//! IP, TLS, DSN id, sender and tags (JSON; both on `queued` records only, the sender lower-cased and empty
+//! for `<>`; empty on other records, whose tags are the message's); then the reply's length in bytes, a
+//! separator, and the reply (empty: none), which may hold any byte. Records follow each other with nothing
+//! between them. No field but the reply can hold the separator: the client replaces it in the attempt
+//! details (`ops/complete.rs`), and addresses, domains, numbers and JSON have none.
 
 /// The key namer of one queue.
 #[derive(Clone, Debug)]

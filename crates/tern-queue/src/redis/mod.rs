@@ -212,6 +212,11 @@ impl RedisQueue {
         duration_ms(self.opts.repeat_window + self.op_timeout())
     }
 
+    /// The history retention in ms, as the functions that write events take it (0: no history kept).
+    fn history_ms(&self) -> u64 {
+        duration_ms(self.opts.history)
+    }
+
     /// Bounds a call so that it never hangs.
     async fn timed<T>(&self, fut: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
         match tokio::time::timeout(self.op_timeout(), fut).await {
@@ -524,15 +529,23 @@ impl Queue for RedisQueue {
     }
 
     async fn retry_now(&self, target: &Target) -> Result<u64, QueueError> {
-        self.admin(ops::admin::AdminAction::Retry, target).await
+        self.admin(ops::admin::AdminAction::Retry, target, None).await
     }
 
     async fn delete(&self, target: &Target) -> Result<u64, QueueError> {
-        self.admin(ops::admin::AdminAction::Delete, target).await
+        self.admin(ops::admin::AdminAction::Delete, target, None).await
     }
 
-    async fn bounce(&self, target: &Target, _reason: Option<&str>) -> Result<u64, QueueError> {
-        self.admin(ops::admin::AdminAction::Bounce, target).await
+    async fn bounce(&self, target: &Target, reason: Option<&str>) -> Result<u64, QueueError> {
+        self.admin(ops::admin::AdminAction::Bounce, target, reason).await
+    }
+
+    async fn hold(&self, target: &Target) -> Result<u64, QueueError> {
+        self.admin(ops::admin::AdminAction::Hold, target, None).await
+    }
+
+    async fn unhold(&self, target: &Target) -> Result<u64, QueueError> {
+        self.admin(ops::admin::AdminAction::Unhold, target, None).await
     }
 
     async fn suspend(&self, domain: &str, until_ms: Option<u64>, reason: &str) -> Result<(), QueueError> {

@@ -1,5 +1,9 @@
 //! Operator actions (`admin.lua`: `admin`, `suspend`, `resume`), and the plain-command ones: the
 //! suspensions in force and per-domain concurrency limits.
+//!
+//! `admin` retries, deletes, bounces, holds and releases held jobs. A held job (state `held`) is on no
+//! schedule: it waits in its domain's `held:<domain>` index, counted under `held` in `cnt`, until it is
+//! released (back on its schedule, due now), bounced or deleted.
 
 use redis::Value;
 use tern_core::time::now_ms;
@@ -22,6 +26,10 @@ pub(crate) enum AdminAction {
     Delete,
     /// The job is flagged for an admin bounce and moves to the `#bounce` schedule.
     Bounce,
+    /// A waiting job is held: off its schedule until released.
+    Hold,
+    /// A held job goes back to its schedule, due now.
+    Unhold,
 }
 
 impl AdminAction {
@@ -30,6 +38,8 @@ impl AdminAction {
             AdminAction::Retry => "retry",
             AdminAction::Delete => "delete",
             AdminAction::Bounce => "bounce",
+            AdminAction::Hold => "hold",
+            AdminAction::Unhold => "unhold",
         }
     }
 }
@@ -43,14 +53,26 @@ pub(crate) enum AdminScope<'a> {
     Domain { domain: &'a str, limit: u32 },
 }
 
-/// The arguments of one `admin` call.
-pub(crate) fn admin_args(action: AdminAction, scope: AdminScope<'_>) -> Vec<Arg> {
-    match scope {
-        AdminScope::Job(id) => vec![arg(action.as_str()), arg("id"), arg(id), arg(1)],
-        AdminScope::Domain { domain, limit } => {
-            vec![arg(action.as_str()), arg("domain"), arg(domain), arg(limit)]
-        }
-    }
+/// The arguments of one `admin` call: the action, its scope, the history retention (ms; 0: none kept) and
+/// the operator's reason for a bounce.
+pub(crate) fn admin_args(
+    action: AdminAction,
+    scope: AdminScope<'_>,
+    history_ms: u64,
+    reason: Option<&str>,
+) -> Vec<Arg> {
+    let (mode, target, limit) = match scope {
+        AdminScope::Job(id) => ("id", id, 1),
+        AdminScope::Domain { domain, limit } => ("domain", domain, limit),
+    };
+    vec![
+        arg(action.as_str()),
+        arg(mode),
+        arg(target),
+        arg(limit),
+        arg(history_ms),
+        reason.unwrap_or("").as_bytes().to_vec(),
+    ]
 }
 
 /// What `admin` answers: jobs changed, jobs examined.
@@ -70,9 +92,18 @@ pub(crate) fn suspend_args(rec: &Suspension) -> Result<Vec<Arg>, QueueError> {
 }
 
 impl RedisQueue {
-    /// [`crate::Queue::retry_now`], [`crate::Queue::delete`] and [`crate::Queue::bounce`].
-    pub(crate) async fn admin(&self, action: AdminAction, target: &Target) -> Result<u64, QueueError> {
+    /// [`crate::Queue::retry_now`], [`crate::Queue::delete`], [`crate::Queue::bounce`] (with the operator's
+    /// `reason`), [`crate::Queue::hold`] and [`crate::Queue::unhold`].
+    pub(crate) async fn admin(
+        &self,
+        action: AdminAction,
+        target: &Target,
+        reason: Option<&str>,
+    ) -> Result<u64, QueueError> {
         let now = now_ms();
+        let history_ms = self.history_ms();
+        // An empty reason is none.
+        let reason = reason.filter(|r| !r.is_empty());
         match target {
             Target::Job(id) => {
                 // The job's shard is its domain's, which the id does not tell: every shard is asked.
@@ -85,7 +116,7 @@ impl RedisQueue {
                                 Function::Admin,
                                 shard,
                                 now,
-                                admin_args(action, AdminScope::Job(id)),
+                                admin_args(action, AdminScope::Job(id), history_ms, reason),
                             )
                             .await?;
                         Ok(decode_admin(&v).0)
@@ -106,7 +137,7 @@ impl RedisQueue {
                             Function::Admin,
                             shard,
                             now,
-                            admin_args(action, AdminScope::Job(&id)),
+                            admin_args(action, AdminScope::Job(&id), history_ms, reason),
                         )
                         .await?;
                     changed += decode_admin(&v).0;
@@ -123,7 +154,12 @@ impl RedisQueue {
                 let mut changed = 0;
                 loop {
                     let v = self
-                        .call(Function::Admin, shard, now_ms(), admin_args(action, scope))
+                        .call(
+                            Function::Admin,
+                            shard,
+                            now_ms(),
+                            admin_args(action, scope, history_ms, reason),
+                        )
                         .await?;
                     let (done, examined) = decode_admin(&v);
                     changed += done;
@@ -153,7 +189,7 @@ impl RedisQueue {
         let shard = self.keys.shard_of_domain(&domain);
         self.call(Function::Suspend, shard, now, suspend_args(&rec)?)
             .await?;
-        tracing::info!(domain = %domain, reason, until_ms, "domain suspended");
+        // The caller logs the change (the control plane's audit line names the key): one line, not two.
         Ok(())
     }
 
@@ -164,9 +200,7 @@ impl RedisQueue {
         let v = self
             .call(Function::Resume, shard, now_ms(), vec![arg(&domain)])
             .await?;
-        let was = codec::int(&v).unwrap_or(0) == 1;
-        tracing::info!(domain = %domain, was_suspended = was, "domain resumed");
-        Ok(was)
+        Ok(codec::int(&v).unwrap_or(0) == 1)
     }
 
     /// [`crate::Queue::suspensions`].
@@ -214,20 +248,33 @@ mod tests {
     use crate::redis::ops::test_values::{array, texts};
 
     #[test]
-    fn admin_sends_the_action_and_its_scope() {
+    fn admin_sends_the_action_its_scope_the_retention_and_the_reason() {
         assert_eq!(
-            texts(&admin_args(AdminAction::Bounce, AdminScope::Job("M.0"))),
-            ["bounce", "id", "M.0", "1"]
+            texts(&admin_args(
+                AdminAction::Bounce,
+                AdminScope::Job("M.0"),
+                9,
+                Some("spam run\tstopped")
+            )),
+            ["bounce", "id", "M.0", "1", "9", "spam run\tstopped"]
         );
         let scope = AdminScope::Domain {
             domain: "d.test",
             limit: 500,
         };
         assert_eq!(
-            texts(&admin_args(AdminAction::Retry, scope)),
-            ["retry", "domain", "d.test", "500"]
+            texts(&admin_args(AdminAction::Retry, scope, 0, None)),
+            ["retry", "domain", "d.test", "500", "0", ""]
         );
-        assert_eq!(texts(&admin_args(AdminAction::Delete, scope))[0], "delete");
+        assert_eq!(
+            texts(&admin_args(AdminAction::Delete, scope, 0, None))[0],
+            "delete"
+        );
+        assert_eq!(texts(&admin_args(AdminAction::Hold, scope, 0, None))[0], "hold");
+        assert_eq!(
+            texts(&admin_args(AdminAction::Unhold, scope, 0, None))[0],
+            "unhold"
+        );
         assert_eq!(
             decode_admin(&array(vec![Value::Int(2), Value::Int(500)])),
             (2, 500)

@@ -15,7 +15,8 @@
 -- looked at (args[10] 0); else {domain, hold taken over (or ''), job1, job2, ...} (the caller knows the
 -- claim id and the deadline):
 -- each job is the list of its fields id, dom, n, att, first, next, err, tags, trace, bounce, then rs:<i>,
--- rr:<i> per recipient, as they were BEFORE this claim (the caller knows the new state, owner and lease),
+-- rr:<i> per recipient, then for an admin-bounced job the operator's reason (`breason`, or ""), as they
+-- were BEFORE this claim (the caller knows the new state, owner and lease),
 -- or for a job in the string form its id alone (the caller reads the job from the header of its data).
 -- The caller then reads each job's data `jd:<id>` (header, envelope, and a solo job's body) and the shared
 -- `body:<msg>` of the others. The claim's owner and schedule go to `cinfo` (for the jobs in the string form).
@@ -108,6 +109,8 @@ local function take(schedule, scanning)
       job = {id, fields[7], fields[2], fields[1], fields[3], fields[6], fields[8], fields[4], fields[5],
              fields[9], fields[11], fields[12]}
       append_recipients(job_key, count, 'rs', 'rr', job)
+      -- Asked of bounced jobs only: a field missing from the hash costs a scan of all of it.
+      if fields[9] == '1' then job[#job + 1] = redis_call('HGET', job_key, 'breason') or '' end
       redis_call('HSET', job_key, 'state', 'inflight', 'owner', owner, 'tok', claim_id, 'lease', deadline,
                  'cdom', schedule)
     end

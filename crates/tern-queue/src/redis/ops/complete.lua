@@ -1,9 +1,10 @@
 -- complete: records the outcomes of delivery attempts of jobs owned by the caller: one job, or many
 -- (typically the jobs of one claim), in one atomic call.
--- args[5] owner, [6] job count, then per job: job id, the attempt details: token (the claim id), kind
--- (delivered|deferred|failed|expired), retry time ms (used when recipients stay pending), reply, remote mx,
--- remote ip, tls (or "=" alone: the previous job's details), number of per-recipient results, then that many
--- triples: recipient index, state (d|p|f), reply.
+-- args[5] owner, [6] the history retention (ms; "0": no history), [7] job count, then per job: job id, the
+-- attempt details: token (the claim id), kind (delivered|deferred|failed|expired), retry time ms (used when
+-- recipients stay pending), reply, remote mx, remote ip, tls, the id of the DSN queued for the recipients
+-- it failed or expired ("" none) (or "=" alone: the previous job's details), number of per-recipient
+-- results, then that many triples: recipient index, state (d|p|f), reply.
 -- Recipients not listed take the kind's state (deferred leaves them pending). When none is pending the job
 -- is removed (and the body with the last job of the message); otherwise it waits for the retry time.
 -- Each job is checked and changed on its own, in order (a job listed twice is seen changed the second
@@ -19,11 +20,12 @@ local DUPLICATE = {'dup'}
 -- A job's events go in this order of its recipients' new state: delivered, failed, still pending.
 local STATE_ORDER = {'d', 'f', 'p'}
 -- The head of a job's data (its first 256 bytes) in the string form: the form, the token (26 characters),
--- then from the header's fields (see keys.rs) the domain, recipient count, tags, solo and the first
--- recipient, and the character after it: a newline ends the header (every recipient read), a tab means more
--- recipients. One pattern: each string function called from Lua costs about a thousand instructions.
+-- then from the header's fields (see keys.rs) the domain, recipient count, first-queued time, sender, tags,
+-- solo and the first recipient, and the character after it: a newline ends the header (every recipient
+-- read), a tab means more recipients. One pattern: each string function called from Lua costs about a
+-- thousand instructions.
 local HEAD_PATTERN = '^(.)(..........................)' ..
-                     '\t([^\t]*)\t([^\t]*)\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)\t[^\t]*\t([^\t]*)' ..
+                     '\t([^\t]*)\t([^\t]*)\t([^\t]*)\t[^\t]*\t([^\t]*)\t([^\t]*)\t[^\t]*\t([^\t]*)' ..
                      '\t([^\t\n]*)([\t\n])'
 
 -- The call's state, reset at its start. Lists are kept between calls and used up to their counts; the
@@ -38,7 +40,7 @@ local delivered_count, failed_count, expired_count, deferred_count
 -- The last claim whose ownership was checked, and whether the caller owns it (string form).
 local checked_claim, checked_claim_owned
 -- The attempt details of the job being recorded (a job that sends "=" keeps the previous job's).
-local token, kind, retry, reply, mx, ip, tls
+local token, kind, retry, reply, mx, ip, tls, dsn
 
 -- The job leaves flight: out of the in-flight index, and one job fewer for its claim (taken from
 -- `schedule`).
@@ -127,9 +129,12 @@ local function complete_hashed(args, x, id, results_at, result_count, rest, fail
   leave_flight(id, token, schedule)
   local ends = first_state == 'd' or first_state == 'f'
   if count == 1 and first_recipient_state == 'p' and ends and only_first then
-    local event_kind = failed_kind
-    if first_state == 'd' then event_kind = 'delivered' end
-    event_add(event_kind, id, domain, attempt_text, tags, first_recipient, first_reply, mx, ip, tls, bounce)
+    if first_state == 'd' then
+      event_add('delivered', id, domain, attempt_text, tags, first_recipient, first_reply, mx, ip, tls, bounce)
+    else
+      event_add(failed_kind, id, domain, attempt_text, tags, first_recipient, first_reply, mx, ip, tls, bounce,
+                nil, dsn)
+    end
     count_outcome(first_state, failed_kind, 1)
     finish(id, domain, solo, job_key, PREFIX .. 'jd:' .. id)
     results[x] = FINISHED
@@ -174,12 +179,15 @@ local function complete_hashed(args, x, id, results_at, result_count, rest, fail
   end
   local event_kinds = {d = 'delivered', f = failed_kind, p = 'deferred'}
   for _, state in ipairs(STATE_ORDER) do
+    -- The DSN is for the failed (or expired) recipients.
+    local event_dsn = nil
+    if state == 'f' then event_dsn = dsn end
     for _, group_key in ipairs(group_order) do
       local group = groups[group_key]
       if group[1] == state then
         local addresses = table_concat(group[3], '\n')
         event_add(event_kinds[state], id, domain, attempt_text, tags, addresses, group[2], mx, ip, tls,
-                  bounce)
+                  bounce, nil, event_dsn)
       end
     end
   end
@@ -205,8 +213,8 @@ local function complete_one(args, x, i)
     i = i + 2
   else
     token, kind, retry, reply = args[i + 1], args[i + 2], args[i + 3], args[i + 4]
-    mx, ip, tls = args[i + 5], args[i + 6], args[i + 7]
-    i = i + 8
+    mx, ip, tls, dsn = args[i + 5], args[i + 6], args[i + 7], args[i + 8]
+    i = i + 9
   end
   local result_count = SMALL_NUMBERS[args[i]] or number_of(args[i])
   local results_at = i + 1
@@ -231,11 +239,12 @@ local function complete_one(args, x, i)
     results[x] = GONE
     return next_job_at
   end
-  local form, header_token, domain, count, tags, solo, recipient, after = string_match(head, HEAD_PATTERN)
+  local form, header_token, domain, count, first, sender, tags, solo, recipient, after =
+    string_match(head, HEAD_PATTERN)
   if not form then
     -- A header longer than the head read: all of it. (One that still does not match, which tern does not
     -- write, takes the general path.)
-    form, header_token, domain, count, tags, solo, recipient, after =
+    form, header_token, domain, count, first, sender, tags, solo, recipient, after =
       string_match(header_line(id) .. '\n', HEAD_PATTERN)
     if not form then form, header_token = string_sub(head, 1, 1), string_sub(head, 2, TOKEN_WIDTH + 1) end
   end
@@ -249,10 +258,12 @@ local function complete_one(args, x, i)
     end
     if count == '1' and after == '\n' and (first_state == 'd' or first_state == 'f') and only_first then
       leave_flight(id, token, domain)
+      -- The job's `queued` record, which its record stood for until now (see shared.lua).
+      if HISTORY_TTL then history_add(queued_record(id, first, domain, recipient, sender, tags)) end
       if first_state == 'd' then
         event_add('delivered', id, domain, '1', tags, recipient, first_reply, mx, ip, tls)
       else
-        event_add(failed_kind, id, domain, '1', tags, recipient, first_reply, mx, ip, tls)
+        event_add(failed_kind, id, domain, '1', tags, recipient, first_reply, mx, ip, tls, nil, nil, dsn)
       end
       count_outcome(first_state, failed_kind, 1)
       finish(id, domain, solo, data_key)
@@ -269,15 +280,16 @@ end
 
 register('complete', function(args)
   owner, results = args[5], {}
+  history_keep(args[6])
   leaving_count, finished_count = 0, 0
   first_claim, first_claim_schedule, first_claim_jobs, other_claims = nil, nil, 0, nil
   first_domain, first_domain_jobs, other_domains = nil, 0, nil
   delivered_count, failed_count, expired_count, deferred_count = 0, 0, 0, 0
   checked_claim, checked_claim_owned = nil, false
-  token, kind, retry, reply, mx, ip, tls = nil, nil, nil, nil, nil, nil, nil
+  token, kind, retry, reply, mx, ip, tls, dsn = nil, nil, nil, nil, nil, nil, nil, nil
 
-  local at = 7
-  for x = 1, SMALL_NUMBERS[args[6]] or number_of(args[6]) do at = complete_one(args, x, at) end
+  local at = 8
+  for x = 1, SMALL_NUMBERS[args[7]] or number_of(args[7]) do at = complete_one(args, x, at) end
   if leaving_count > 0 then
     call_in_slices('ZREM', PREFIX .. 'inflight', leaving_ids, leaving_count)
     claim_done(first_claim, first_claim_schedule, first_claim_jobs)

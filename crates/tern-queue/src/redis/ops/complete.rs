@@ -17,11 +17,21 @@ use crate::redis::library::Function;
 const COMPLETE_MAX_JOBS: usize = 200;
 
 /// The arguments of one job in a `complete` call: its id, the attempt details (token, kind, retry time,
-/// reply, MX, IP, TLS) and its per-recipient results.
+/// reply, MX, IP, TLS, DSN id) and its per-recipient results.
 pub(crate) struct JobOutcome {
     id: Arg,
-    details: [Arg; 7],
+    details: [Arg; 8],
     results: Vec<Arg>,
+}
+
+/// An attempt detail (MX, IP, TLS, DSN id) as stored: a unit separator (which separates the fields of a
+/// history line, `keys.rs`) becomes a space. Such details come from DNS and the TLS library; none holds one.
+fn detail(value: Option<String>) -> Arg {
+    let mut value = value.unwrap_or_default();
+    if value.contains('\u{1f}') {
+        value = value.replace('\u{1f}', " ");
+    }
+    value.into_bytes()
 }
 
 impl JobOutcome {
@@ -61,26 +71,29 @@ impl JobOutcome {
                 arg(kind),
                 arg(retry),
                 outcome.reply.unwrap_or_default().into_bytes(),
-                attempt.remote_mx.unwrap_or_default().into_bytes(),
-                attempt.remote_ip.unwrap_or_default().into_bytes(),
-                attempt.tls.unwrap_or_default().into_bytes(),
+                detail(attempt.remote_mx),
+                detail(attempt.remote_ip),
+                detail(attempt.tls),
+                detail(attempt.dsn),
             ],
             results,
         })
     }
 }
 
-/// The arguments of one `complete` call: the owner, then each job. A job whose attempt details are the
-/// previous job's sends `=` for them (the jobs of one claim usually share them).
-pub(crate) fn complete_args(owner: &str, jobs: &[&JobOutcome]) -> Vec<Arg> {
+/// The arguments of one `complete` call: the owner, the history retention (ms, 0: none kept), then each
+/// job. A job whose attempt details are the previous job's sends `=` for them (the jobs of one claim usually
+/// share them).
+pub(crate) fn complete_args(owner: &str, history_ms: u64, jobs: &[&JobOutcome]) -> Vec<Arg> {
     let size = jobs
         .iter()
         .map(|j| 2 + j.details.len() + j.results.len())
         .sum::<usize>();
-    let mut args = Vec::with_capacity(2 + size);
+    let mut args = Vec::with_capacity(3 + size);
     args.push(arg(owner));
+    args.push(arg(history_ms));
     args.push(arg(jobs.len()));
-    let mut previous: Option<&[Arg; 7]> = None;
+    let mut previous: Option<&[Arg; 8]> = None;
     for job in jobs {
         args.push(job.id.clone());
         if previous == Some(&job.details) {
@@ -134,12 +147,13 @@ impl RedisQueue {
             ids.push(lease.job);
         }
         let now = now_ms();
+        let history_ms = self.history_ms();
         let runs = per_shard.into_iter().map(|(shard, list)| async move {
             let mut members = Vec::new();
             let mut calls = Vec::new();
             for chunk in list.chunks(COMPLETE_MAX_JOBS) {
                 let jobs: Vec<&JobOutcome> = chunk.iter().map(|(_, j)| j).collect();
-                calls.push(complete_args(owner, &jobs));
+                calls.push(complete_args(owner, history_ms, &jobs));
                 members.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
             }
             let replies = self
@@ -207,12 +221,13 @@ mod tests {
             reply: Some("550 no".into()),
         }];
         let second = JobOutcome::new(&lease(1), outcome).expect("outcome");
-        let args = texts(&complete_args("w1", &[&first, &second]));
+        let args = texts(&complete_args("w1", 7, &[&first, &second]));
         let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
         assert_eq!(
             args,
             [
                 "w1",
+                "7",
                 "2",
                 &format!("{id}.0"),
                 "01ARZ3NDEKTSV4RRFFQ69G5FAW",
@@ -222,6 +237,7 @@ mod tests {
                 "mx.d.test",
                 "192.0.2.1",
                 "TLSv1.3",
+                "",
                 "0",
                 &format!("{id}.1"),
                 "=",
@@ -234,11 +250,36 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_carries_its_dsn_id_and_details_lose_unit_separators() {
+        let outcome = Outcome::fail("550 no").with_attempt(DeliveryAttempt {
+            remote_mx: Some("mx\u{1f}.d.test".into()),
+            remote_ip: None,
+            tls: None,
+            dsn: Some("01ARZ3NDEKTSV4RRFFQ69G5FAX".into()),
+        });
+        let job = JobOutcome::new(&lease(0), outcome).expect("outcome");
+        let args = texts(&complete_args("w1", 1000, &[&job]));
+        assert_eq!(
+            args[4..12],
+            [
+                "01ARZ3NDEKTSV4RRFFQ69G5FAW",
+                "failed",
+                "",
+                "550 no",
+                "mx .d.test",
+                "",
+                "",
+                "01ARZ3NDEKTSV4RRFFQ69G5FAX"
+            ]
+        );
+    }
+
+    #[test]
     fn a_deferral_carries_its_retry_time_and_pending_needs_one() {
         let job =
             JobOutcome::new(&lease(0), Outcome::defer(1_795_889_291_049, "421 later")).expect("outcome");
-        let args = texts(&complete_args("w1", &[&job]));
-        assert_eq!(args[4..7], ["deferred", "1795889291049", "421 later"]);
+        let args = texts(&complete_args("w1", 0, &[&job]));
+        assert_eq!(args[5..8], ["deferred", "1795889291049", "421 later"]);
         let mut pending = Outcome::fail("550 no");
         pending.recipients = vec![RecipientResult {
             index: 0,

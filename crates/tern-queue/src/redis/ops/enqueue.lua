@@ -5,11 +5,12 @@
 -- atomic call.
 -- args[5] "1" to record a 24 h materialised marker per message (intake path: a re-drive is then a no-op),
 -- [6] the name of the call's repeat set (fast path: `seen:<n>`, see below; "" for none), [7] how long that
--- set is kept after this call (ms), [8] the default domain concurrency (for wakes), [9] message count, then
--- per message:
+-- set is kept after this call (ms), [8] the default domain concurrency (for wakes), [9] the history
+-- retention (ms; "0": no history: the messages join no history index), [10] message count, then per message:
 --   id, body ("" when solo), sender (lower-cased), created ms, tags (JSON), solo ("1": the message has
 --   exactly one job in all, whose data `jd:<job>` then holds the body after the envelope, with no
---   `msg:`/`body:` keys), job count, then per job:
+--   `msg:`/`body:` keys), job count, the time in its id (ULID ms: its score in the history index `hidx`),
+--   then per job:
 --     id, domain, due ms, recipient count, recipients (newline-separated).
 -- The caller has stored each job's data `jd:<job>` just before, with a TTL: its header line in the string
 -- form 'q', a newline, the envelope (JSON), and for a solo message a newline and the body. A job whose data
@@ -24,12 +25,13 @@
 -- (the writer's repeat window): a message found in it was made before, and a repeat of it makes nothing.
 -- A message with several jobs in this shard stores its body once in `body:<msg>` and counts its live jobs
 -- in `msg:<msg>` (the last one to go deletes both).
--- Idempotent: an existing job is left alone. The `queued` events of the call go into one stream entry;
+-- Idempotent: an existing job is left alone. The `queued` events of the call go into one stream entry (the
+-- history records them with the jobs' first change, see shared.lua; here the messages join the index);
 -- schedules, counters and stats are updated once per call. A domain that became due now (it was not due in
 -- the index before) wakes one waiting worker, if one can claim it (see `claimant` in shared.lua). Returns
 -- the number of jobs created.
-local MESSAGE_FIELDS, JOB_FIELDS = 7, 5
-local FIRST_MESSAGE = 10
+local MESSAGE_FIELDS, JOB_FIELDS = 8, 5
+local FIRST_MESSAGE = 11
 -- The TTL of an unkept record (ms), as the client sets it (UNKEPT_DATA_TTL_MS in enqueue.rs).
 local UNKEPT_TTL_MS = '3600000'
 
@@ -39,8 +41,9 @@ local record_keys, record_new = {}, {}
 -- new jobs count; `schedule_index` maps a schedule to its place. Lists kept between calls, cleared by count.
 local schedules, schedule_jobs, schedule_earliest, schedule_live, schedule_count = {}, {}, {}, {}, 0
 local schedule_index = {}
--- The call's message ids (for the repeat set) and the schedules that became due now, kept between calls.
-local message_ids, newly_due = {}, {}
+-- The call's message ids (for the repeat set), the schedules that became due now, and the history index's
+-- new entries (score, id, ...), kept between calls.
+local message_ids, newly_due, history_entries = {}, {}, {}
 
 -- Gives back their TTL to the first `count` records of the call (kept by PERSIST), so that the call changes
 -- nothing.
@@ -91,7 +94,9 @@ local function materialise(args)
   local mark = args[5] == '1'
   local seen = nil
   if args[6] ~= '' then seen = PREFIX .. args[6] end
-  local message_count = SMALL_NUMBERS[args[9]] or number_of(args[9])
+  -- History: the index only (the `queued` records come later, see shared.lua).
+  local indexed = args[9] ~= '0' and args[9] ~= ''
+  local message_count = SMALL_NUMBERS[args[10]] or number_of(args[10])
   for k = 1, schedule_count do schedule_index[schedules[k]] = nil end
   schedule_count = 0
 
@@ -131,7 +136,7 @@ local function materialise(args)
   end
   if seen then remember(seen, args[7], message_count) end
 
-  local made_all, recipients, messages = 0, 0, 0
+  local made_all, recipients, messages, history_count = 0, 0, 0, 0
   local listing = {}
   local next_record = 0
   at = FIRST_MESSAGE
@@ -139,6 +144,7 @@ local function materialise(args)
     local message, body, sender, created, tags, solo = args[at], args[at + 1], args[at + 2], args[at + 3],
                                                        args[at + 4], args[at + 5]
     local job_count = SMALL_NUMBERS[args[at + 6]] or number_of(args[at + 6])
+    local id_time = args[at + 7]
     at = at + MESSAGE_FIELDS
     local skip = handled and handled[m]
     if mark and not skip then redis_call('SET', PREFIX .. 'mat:' .. message, '1', 'EX', '86400') end
@@ -191,6 +197,11 @@ local function materialise(args)
       end
       messages = messages + 1
       made_all = made_all + made
+      if indexed then
+        history_entries[history_count + 1] = id_time
+        history_entries[history_count + 2] = message
+        history_count = history_count + 2
+      end
     end
   end
   if made_all > 0 then
@@ -212,6 +223,7 @@ local function materialise(args)
       redis_call('HINCRBY', live_key, schedule, SMALL_DECIMALS[live] or decimal(live))
     end
     call_in_slices('ZADD', PREFIX .. 'jobs', listing)
+    if history_count > 0 then call_in_slices('ZADD', PREFIX .. 'hidx', history_entries, history_count) end
     redis_call('HINCRBY', PREFIX .. 'cnt', 'queued', SMALL_DECIMALS[made_all] or decimal(made_all))
     stat('enqueued', recipients)
     stat('messages', messages)

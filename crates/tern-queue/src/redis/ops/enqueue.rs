@@ -100,13 +100,18 @@ pub(crate) enum Remember {
 }
 
 /// The index of the message count among a call's arguments.
-const MESSAGE_COUNT_ARG: usize = 4;
+const MESSAGE_COUNT_ARG: usize = 5;
 
 impl MaterialiseCall {
     /// An empty call remembering its messages as `remember` says, in the repeat set of `bucket` on the fast
     /// path; `default_limit`: the default domain concurrency (a domain that becomes due with a free slot
-    /// wakes a waiting worker).
-    pub(crate) fn new(remember: Remember, bucket: u64, default_limit: u32) -> MaterialiseCall {
+    /// wakes a waiting worker); `history_ms`: the history retention (0: none kept).
+    pub(crate) fn new(
+        remember: Remember,
+        bucket: u64,
+        default_limit: u32,
+        history_ms: u64,
+    ) -> MaterialiseCall {
         let (mark, seen, ttl) = match remember {
             Remember::Intake => ("1", String::new(), 0),
             Remember::Repeats { ttl_ms: 0 } => ("0", String::new(), 0),
@@ -115,14 +120,21 @@ impl MaterialiseCall {
         MaterialiseCall {
             members: Vec::new(),
             records: Vec::new(),
-            args: vec![arg(mark), arg(seen), arg(ttl), arg(default_limit), arg(0)],
+            args: vec![
+                arg(mark),
+                arg(seen),
+                arg(ttl),
+                arg(default_limit),
+                arg(history_ms),
+                arg(0),
+            ],
         }
     }
 
     /// Adds message `member` with its jobs of this call's shard.
     pub(crate) fn push_message(&mut self, member: usize, p: &Prepared, jobs: &[&JobSpec]) {
         self.members.push(member);
-        self.args.reserve(7 + jobs.len() * 5);
+        self.args.reserve(8 + jobs.len() * 5);
         // A message with one job in all keeps its body inline in that job: its record (header, envelope,
         // body) is joined here rather than in the function, and the body argument is left empty.
         let solo = p.specs.len() == 1;
@@ -133,6 +145,8 @@ impl MaterialiseCall {
         self.args.push(p.tags_json.as_bytes().to_vec());
         self.args.push(arg(if solo { "1" } else { "0" }));
         self.args.push(arg(jobs.len()));
+        // The time in its id: the message's score in the history index.
+        self.args.push(arg(p.payload.id.timestamp_ms()));
         for j in jobs {
             let mut record = codec::job_header(j, &p.payload, &p.sender, &p.tags_json, solo);
             record.reserve(j.env_json.len() + 2 + if solo { p.body.len() } else { 0 });
@@ -166,6 +180,7 @@ impl MaterialiseCall {
         messages: &[(&Prepared, Vec<&JobSpec>)],
         remember: Remember,
         default_limit: u32,
+        history_ms: u64,
     ) -> Vec<MaterialiseCall> {
         let bucket = |p: &Prepared| match remember {
             Remember::Repeats { ttl_ms } if ttl_ms > 0 => repeat_bucket(p.payload.id),
@@ -186,7 +201,7 @@ impl MaterialiseCall {
                 bytes += messages[end].0.body.len();
                 end += 1;
             }
-            let mut call = MaterialiseCall::new(remember, first_bucket, default_limit);
+            let mut call = MaterialiseCall::new(remember, first_bucket, default_limit, history_ms);
             for (member, (p, jobs)) in messages.iter().enumerate().take(end).skip(start) {
                 call.push_message(member, p, jobs);
             }
@@ -365,6 +380,7 @@ impl RedisQueue {
                     ttl_ms: self.repeat_ttl_ms(),
                 },
                 self.opts.default_domain_concurrency,
+                self.history_ms(),
             );
             async move {
                 let res = self.materialise(shard, now, calls, true).await;
@@ -445,7 +461,12 @@ impl RedisQueue {
             }
         }
         let results = join_all(per_shard.into_iter().map(|(shard, msgs)| async move {
-            let calls = MaterialiseCall::split(&msgs, Remember::Intake, self.opts.default_domain_concurrency);
+            let calls = MaterialiseCall::split(
+                &msgs,
+                Remember::Intake,
+                self.opts.default_domain_concurrency,
+                self.history_ms(),
+            );
             self.materialise(shard, now, calls, false).await
         }))
         .await;
@@ -500,7 +521,7 @@ mod tests {
         let p = prepared(&["x@b.test"], "Subject: hi\r\n\r\nhi\r\n");
         let jobs: Vec<&JobSpec> = p.specs.iter().collect();
         let remember = Remember::Repeats { ttl_ms: 67_000 };
-        let mut call = MaterialiseCall::new(remember, repeat_bucket(p.payload.id), 10);
+        let mut call = MaterialiseCall::new(remember, repeat_bucket(p.payload.id), 10, 604_800_000);
         call.push_message(3, &p, &jobs);
         let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
         assert_eq!(
@@ -511,6 +532,8 @@ mod tests {
                 "seen:146992285",
                 "67000",
                 "10",
+                // The history retention.
+                "604800000",
                 "1",
                 id,
                 "",
@@ -519,6 +542,8 @@ mod tests {
                 "{}",
                 "1",
                 "1",
+                // The time in the id (its score in the history index).
+                "1469922850259",
                 &format!("{id}.0"),
                 "b.test",
                 "20",
@@ -540,14 +565,14 @@ mod tests {
     fn a_message_with_several_jobs_sends_its_body_once() {
         let p = prepared(&["x@b.test", "y@c.test"], "body");
         let jobs: Vec<&JobSpec> = p.specs.iter().collect();
-        let mut call = MaterialiseCall::new(Remember::Intake, 0, 10);
+        let mut call = MaterialiseCall::new(Remember::Intake, 0, 10, 0);
         call.push_message(0, &p, &jobs);
         let args = texts(call.args());
-        assert_eq!(args[..5], ["1", "", "0", "10", "1"]);
-        assert_eq!(args[6], "body");
-        assert_eq!(args[10], "0", "not solo");
-        assert_eq!(args[11], "2", "two jobs");
-        assert_eq!(args.len(), 5 + 7 + 2 * 5);
+        assert_eq!(args[..6], ["1", "", "0", "10", "0", "1"]);
+        assert_eq!(args[7], "body");
+        assert_eq!(args[11], "0", "not solo");
+        assert_eq!(args[12], "2", "two jobs");
+        assert_eq!(args.len(), 6 + 8 + 2 * 5);
         assert!(call.records.iter().all(|(_, r)| !r.ends_with(b"body")));
     }
 
@@ -558,7 +583,7 @@ mod tests {
             .map(|_| (&small, small.specs.iter().collect()))
             .collect();
         let fast = Remember::Repeats { ttl_ms: 1 };
-        let calls = MaterialiseCall::split(&many, fast, 10);
+        let calls = MaterialiseCall::split(&many, fast, 10, 0);
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1].members, [MATERIALISE_MAX_MESSAGES]);
         let big = prepared(&["x@b.test"], &"x".repeat(MATERIALISE_MAX_BYTES));
@@ -566,7 +591,7 @@ mod tests {
             (&big, big.specs.iter().collect()),
             (&small, small.specs.iter().collect()),
         ];
-        let calls = MaterialiseCall::split(&two, fast, 10);
+        let calls = MaterialiseCall::split(&two, fast, 10, 0);
         assert_eq!(
             calls.iter().map(|c| c.members.clone()).collect::<Vec<_>>(),
             [vec![0], vec![1]]
@@ -586,7 +611,7 @@ mod tests {
             .into_iter()
             .map(|p| (p, p.specs.iter().collect()))
             .collect();
-        let calls = MaterialiseCall::split(&messages, Remember::Repeats { ttl_ms: 5 }, 10);
+        let calls = MaterialiseCall::split(&messages, Remember::Repeats { ttl_ms: 5 }, 10, 0);
         assert_eq!(
             calls.iter().map(|c| c.members.clone()).collect::<Vec<_>>(),
             [vec![0, 1], vec![2]]
@@ -600,7 +625,7 @@ mod tests {
             ]
         );
         // Nothing remembered: one call, no set.
-        let calls = MaterialiseCall::split(&messages, Remember::Repeats { ttl_ms: 0 }, 10);
+        let calls = MaterialiseCall::split(&messages, Remember::Repeats { ttl_ms: 0 }, 10, 0);
         assert_eq!(calls.len(), 1);
         assert_eq!(texts(calls[0].args())[..3], ["0", "", "0"]);
     }

@@ -20,6 +20,7 @@ pub(crate) mod routes;
 pub(crate) mod stats;
 pub(crate) mod sts;
 pub(crate) mod tls_report;
+pub(crate) mod trace;
 
 use redis::Value;
 

@@ -6,9 +6,12 @@
 --              args[10] sender, args[11] recipient ("" = any; sender and recipient compared lower-cased)
 --              -> {last id scanned or "", done "1"/"0", job fields...}
 --   "counts":  -> {queued, deferred, inflight, jobs, oldest due or -1, bounce due, suspended domains,
---              the smallest job id or "" (ids start with a ULID, so this is the oldest message)}
+--              the smallest job id or "" (ids start with a ULID, so this is the oldest message), held}
 --   "depths":  args[6] domain or "" for all -> {domain, waiting, due now, live jobs, earliest due or -1,
---              active claims, limit override or -1, suspension record or ""} repeated
+--              active claims, limit override or -1, suspension record or "", held jobs} repeated
+--   "history": args[6] message id, args[7] "1" to make the `queued` records of its jobs here that are still
+--              in the string form (their data stands for them, see shared.lua) -> {the message's history
+--              records here or false, queued record, ...}
 
 local function message_view(message)
   local ids = redis_call('HGET', PREFIX .. 'msg:' .. message, 'ids')
@@ -73,7 +76,7 @@ local function page_view(args)
 end
 
 local function counts_view()
-  local counts = redis_call('HMGET', PREFIX .. 'cnt', 'queued', 'deferred', 'inflight')
+  local counts = redis_call('HMGET', PREFIX .. 'cnt', 'queued', 'deferred', 'inflight', 'held')
   local oldest = -1
   local function consider(schedule)
     local first = earliest_due(schedule)
@@ -88,7 +91,7 @@ local function counts_view()
   return {to_number(counts[1] or '0'), to_number(counts[2] or '0'), to_number(counts[3] or '0'),
           redis_call('ZCARD', PREFIX .. 'jobs'), oldest,
           redis_call('ZCARD', PREFIX .. 'due:' .. BOUNCE_SCHEDULE),
-          redis_call('HLEN', PREFIX .. 'susp'), first_job}
+          redis_call('HLEN', PREFIX .. 'susp'), first_job, to_number(counts[4] or '0')}
 end
 
 local function depths_view(only)
@@ -115,6 +118,29 @@ local function depths_view(only)
     out[#out + 1] = redis_call('ZCOUNT', PREFIX .. 'slots:' .. domain, '(' .. NOW_TEXT, '+inf')
     out[#out + 1] = to_number(redis_call('HGET', PREFIX .. 'conc', domain) or '-1')
     out[#out + 1] = redis_call('HGET', PREFIX .. 'susp', domain) or ''
+    out[#out + 1] = redis_call('ZCARD', PREFIX .. 'held:' .. domain)
+  end
+  return out
+end
+
+local function history_view(message, make_queued)
+  local out = {redis_call('GET', PREFIX .. 'hist:' .. message)}
+  if make_queued ~= '1' then return out end
+  local ids = redis_call('HGET', PREFIX .. 'msg:' .. message, 'ids')
+  local jobs
+  if ids then
+    jobs = {}
+    for id in string.gmatch(ids, '%S+') do jobs[#jobs + 1] = id end
+  else
+    -- A message with one job in all keeps no `msg:` record.
+    jobs = {message .. '.0'}
+  end
+  for _, id in ipairs(jobs) do
+    local line = header_line(id)
+    local form = string_sub(line, 1, 1)
+    if (form == 'q' or form == 'i') and not unkept(id, line) then
+      out[#out + 1] = header_queued_record(id, header_of(line))
+    end
   end
   return out
 end
@@ -130,6 +156,7 @@ register('read', function(args)
   elseif view == 'page' then return page_view(args)
   elseif view == 'counts' then return counts_view()
   elseif view == 'depths' then return depths_view(args[6])
+  elseif view == 'history' then return history_view(args[6], args[7])
   end
   return redis.error_reply('ERR unknown view ' .. tostring(view))
 end, READ_ONLY)

@@ -36,6 +36,9 @@ pub(crate) enum View<'a> {
     Counts,
     /// One domain's depth, or every domain's (`""`).
     Depths(&'a str),
+    /// A message's history records in the shard, and (with `true`) the `queued` lines of its jobs there that
+    /// are still in the string form.
+    History(MessageId, bool),
 }
 
 impl View<'_> {
@@ -61,6 +64,7 @@ impl View<'_> {
             ],
             View::Counts => vec![arg("counts")],
             View::Depths(domain) => vec![arg("depths"), arg(domain)],
+            View::History(id, queued) => vec![arg("history"), arg(id), arg(if queued { "1" } else { "0" })],
         }
     }
 }
@@ -106,6 +110,7 @@ pub(crate) fn add_counts(total: &mut QueueCounts, v: &Value) -> Result<(), Queue
         let t = m.timestamp_ms();
         total.oldest_message_ms = Some(total.oldest_message_ms.map_or(t, |x| x.min(t)));
     }
+    total.held += count(items.get(8));
     total.queued += queued.max(0) as u64;
     total.deferred += deferred.max(0) as u64;
     total.in_flight += inflight.max(0) as u64;
@@ -120,11 +125,11 @@ pub(crate) fn add_counts(total: &mut QueueCounts, v: &Value) -> Result<(), Queue
 
 /// A `depths` view: one depth per domain.
 pub(crate) fn decode_depths(v: &Value) -> Vec<DomainDepth> {
-    codec::items(v).chunks(8).filter_map(depth).collect()
+    codec::items(v).chunks(9).filter_map(depth).collect()
 }
 
 fn depth(rec: &[Value]) -> Option<DomainDepth> {
-    let [d, waiting, due, total, earliest, active, limit, suspension] = rec else {
+    let [d, waiting, due, total, earliest, active, limit, suspension, held] = rec else {
         return None;
     };
     let domain = codec::text(d)?;
@@ -138,7 +143,7 @@ fn depth(rec: &[Value]) -> Option<DomainDepth> {
     Some(DomainDepth {
         waiting: int(waiting).max(0) as u64,
         due: int(due).max(0) as u64,
-        held: 0,
+        held: int(held).max(0) as u64,
         total: int(total).max(0) as u64,
         earliest_due_ms: u64::try_from(int(earliest)).ok(),
         active_claims: int(active).max(0) as u64,
@@ -149,7 +154,7 @@ fn depth(rec: &[Value]) -> Option<DomainDepth> {
 }
 
 impl RedisQueue {
-    async fn view(&self, shard: u16, now: u64, view: View<'_>) -> Result<Value, QueueError> {
+    pub(crate) async fn view(&self, shard: u16, now: u64, view: View<'_>) -> Result<Value, QueueError> {
         self.call(Function::Read, shard, now, view.into_args()).await
     }
 
@@ -311,6 +316,10 @@ mod tests {
         assert_eq!(texts(&View::Body(id).into_args())[0], "body");
         assert_eq!(texts(&View::Counts.into_args()), ["counts"]);
         assert_eq!(texts(&View::Depths("d.test").into_args()), ["depths", "d.test"]);
+        assert_eq!(
+            texts(&View::History(id, true).into_args()),
+            ["history", "01ARZ3NDEKTSV4RRFFQ69G5FAV", "1"]
+        );
         let page = View::Page {
             after: "M.0",
             scan: 500,
@@ -338,6 +347,7 @@ mod tests {
                 Value::Int(0),
                 Value::Int(1),
                 bulk(&format!("{id}.0")),
+                Value::Int(queued - 1),
             ])
         };
         let mut total = QueueCounts::default();
@@ -348,6 +358,7 @@ mod tests {
             (5, 2, 4, 11)
         );
         assert_eq!((total.oldest_due_ms, total.suspended_domains), (Some(50), 2));
+        assert_eq!(total.held, 3);
         assert_eq!(total.oldest_message_ms, Some(id.timestamp_ms()));
         assert!(add_counts(&mut total, &array(vec![Value::Int(1)])).is_err());
     }
@@ -364,11 +375,13 @@ mod tests {
             Value::Int(1),
             Value::Int(-1),
             bulk(suspension),
+            Value::Int(2),
         ]);
         let depths = decode_depths(&v);
         assert_eq!(depths.len(), 1);
         let d = &depths[0];
         assert_eq!((d.waiting, d.due, d.total, d.active_claims), (3, 2, 4, 1));
+        assert_eq!(d.held, 2);
         assert_eq!((d.earliest_due_ms, d.concurrency_limit), (None, None));
         assert_eq!(d.suspension.as_ref().map(|s| s.domain.as_str()), Some("d.test"));
     }

@@ -1,7 +1,14 @@
 -- reap: returns jobs whose lease expired to their schedule (due now), with a lease-expired event each, and
--- ends suspensions whose time is up. Safe to run on many nodes at once: each job is handled by one call.
--- args[5] the most jobs to handle in this call. Returns {jobs returned, suspensions ended}.
+-- ends suspensions whose time is up, and trims the history index. Safe to run on many nodes at once: each
+-- job is handled by one call.
+-- args[5] the most jobs to handle in this call, [6] the history retention (ms; "0": no history), [7] the
+-- history index's horizon (ms: now - the retention): messages whose id's time is before it leave `hidx`
+-- (their history lists expire by themselves), at most HISTORY_TRIM per call.
+-- Returns {jobs returned, suspensions ended}.
+local HISTORY_TRIM = 1000
+
 register('reap', function(args)
+  history_keep(args[6])
   local ids = redis_call('ZRANGEBYSCORE', PREFIX .. 'inflight', '-inf', NOW_TEXT, 'LIMIT', '0', args[5])
   local returned = 0
   for _, id in ipairs(ids) do
@@ -28,6 +35,12 @@ register('reap', function(args)
     reindex(domain, nil)
     domain_event('resumed', domain, 'suspension expired')
     ended = ended + 1
+  end
+  local index_key = PREFIX .. 'hidx'
+  local old = redis_call('ZCOUNT', index_key, '-inf', '(' .. args[7])
+  if old > 0 then
+    if old > HISTORY_TRIM then old = HISTORY_TRIM end
+    redis_call('ZREMRANGEBYRANK', index_key, '0', decimal(old - 1))
   end
   -- Returned jobs are due now, and a resumed domain may have due jobs: a waiting worker each (as many as the
   -- wake list takes).

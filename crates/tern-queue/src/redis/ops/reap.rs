@@ -18,9 +18,10 @@ const INTAKE_REDRIVE_AFTER_MS: u64 = 5_000;
 /// Intake records looked at per shard and pass.
 const REDRIVE_BATCH: u32 = 100;
 
-/// The arguments of one `reap` call: the most jobs it handles.
-pub(crate) fn reap_args(limit: u32) -> Vec<Arg> {
-    vec![arg(limit)]
+/// The arguments of one `reap` call: the most jobs it handles, the history retention (ms) and the history
+/// index's horizon (now - the retention: older messages leave the index).
+pub(crate) fn reap_args(limit: u32, now: u64, history_ms: u64) -> Vec<Arg> {
+    vec![arg(limit), arg(history_ms), arg(now.saturating_sub(history_ms))]
 }
 
 /// What `reap` answers: jobs returned to their schedule, suspensions ended.
@@ -32,12 +33,13 @@ pub(crate) fn decode_reap(v: &Value) -> (u64, u64) {
 impl RedisQueue {
     /// [`crate::Queue::reap`].
     pub(crate) async fn reap_expired(&self, now: u64) -> Result<u64, QueueError> {
+        let history_ms = self.history_ms();
         let counts = self
             .on_all_shards(|shard| async move {
                 let mut returned = 0u64;
                 loop {
                     let v = self
-                        .call(Function::Reap, shard, now, reap_args(REAP_CHUNK))
+                        .call(Function::Reap, shard, now, reap_args(REAP_CHUNK, now, history_ms))
                         .await?;
                     let (got, _) = decode_reap(&v);
                     returned += got;
@@ -128,6 +130,7 @@ impl RedisQueue {
                 &[(&p, jobs)],
                 Remember::Intake,
                 self.opts.default_domain_concurrency,
+                self.history_ms(),
             );
             for (_, r) in self.materialise(job_shard, now, calls, false).await {
                 r?;
@@ -147,7 +150,8 @@ mod tests {
 
     #[test]
     fn reap_sends_its_chunk_and_reads_both_counts() {
-        assert_eq!(texts(&reap_args(500)), ["500"]);
+        assert_eq!(texts(&reap_args(500, 10_000, 3_000)), ["500", "3000", "7000"]);
+        assert_eq!(texts(&reap_args(500, 10_000, 0))[1..], ["0", "10000"]);
         assert_eq!(decode_reap(&array(vec![Value::Int(3), Value::Int(1)])), (3, 1));
         assert_eq!(decode_reap(&Value::Nil), (0, 0));
     }

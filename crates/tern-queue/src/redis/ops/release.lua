@@ -1,7 +1,9 @@
 -- release: gives a job the caller owns back unchanged, due now (as on shutdown).
--- args[5] job id, [6] owner, [7] token. Returns {"ok"} | {"dup"} | {"notowner"} | {"gone"}.
+-- args[5] job id, [6] owner, [7] token, [8] the history retention (ms; "0": no history).
+-- Returns {"ok"} | {"dup"} | {"notowner"} | {"gone"}.
 register('release', function(args)
   local id, caller, claim = args[5], args[6], args[7]
+  history_keep(args[8])
   local job_key = job_hash_key(id)
   if not promote(id) then return {'gone'} end
   -- `donetok`: the last claim that completed (c:) or released (r:) the job.

@@ -16,11 +16,18 @@ pub(crate) struct ReleaseArgs<'a> {
     pub owner: &'a str,
     /// The claim id.
     pub token: &'a str,
+    /// The history retention (ms; 0: none kept).
+    pub history_ms: u64,
 }
 
 impl ReleaseArgs<'_> {
     pub(crate) fn into_args(self) -> Vec<Arg> {
-        vec![arg(self.job), arg(self.owner), arg(self.token)]
+        vec![
+            arg(self.job),
+            arg(self.owner),
+            arg(self.token),
+            arg(self.history_ms),
+        ]
     }
 }
 
@@ -53,6 +60,7 @@ impl RedisQueue {
             job: job.job,
             owner,
             token: &job.token,
+            history_ms: self.history_ms(),
         };
         let v = self
             .call(Function::Release, shard, now_ms(), args.into_args())
@@ -78,8 +86,12 @@ mod tests {
             job,
             owner: "w1",
             token: "tok",
+            history_ms: 60_000,
         };
-        assert_eq!(texts(&args.into_args()), [job.to_string().as_str(), "w1", "tok"]);
+        assert_eq!(
+            texts(&args.into_args()),
+            [job.to_string().as_str(), "w1", "tok", "60000"]
+        );
     }
 
     #[test]

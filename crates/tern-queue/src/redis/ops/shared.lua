@@ -129,8 +129,88 @@ end
 local EVENT_BUFFER, EVENT_COUNT = {}, 0
 local LAST_DOMAIN, LAST_ATTEMPTS, LAST_TAGS, LAST_REPLY, LAST_MX, LAST_IP, LAST_TLS, LAST_BOUNCE
 
--- Appends the entry being built to the shard's stream.
-local function events_flush()
+-- Message history (`hist:<msg>`, `hidx`; layout in keys.rs). Every event of a job is also recorded in its
+-- message's history, in the same call, when the call keeps history: HISTORY_TTL is the retention (ms, a
+-- decimal string) that the operation's caller passed (`history_keep`), nil when none is kept. A record is
+-- the event's fields, each ended by the unit separator (US, \31), then the reply's length, a US and the
+-- reply, so that a reply may hold any byte; no other field can hold a US (the client replaces it in the
+-- attempt details). Records follow each other with nothing between them.
+--
+-- A job's `queued` record is written with its first change after the enqueue, from its header (the time:
+-- when it was queued): when it leaves the string form (`promote`) or finishes in it (complete.lua). Until
+-- then the job's record itself tells it (the `history` read view makes the record from its header). So an
+-- enqueue writes no history but the index, and a job delivered at its first attempt writes both its records
+-- with one SET.
+--
+-- The records of one message made in a row (those of one job's events, of a promotion and the event that
+-- follows) are written together: HISTORY_RECORDS[1 .. HISTORY_COUNT] are records of HISTORY_MESSAGE not
+-- written yet.
+local US = '\31'
+local HISTORY_TTL
+local HISTORY_MESSAGE, HISTORY_RECORDS, HISTORY_COUNT = nil, {}, 0
+-- The last job a record was made for, its message and its number in the message (`<msg>.<n>`): a job's
+-- records are usually made one after another. Kept between calls (they depend on the id alone).
+local HISTORY_JOB, HISTORY_JOB_MESSAGE, HISTORY_JOB_NUMBER
+
+-- Keeps history in this call for `retention` (ms, a decimal string; '0', '' or nil: none).
+local function history_keep(retention)
+  if retention and retention ~= '' and retention ~= '0' then HISTORY_TTL = retention end
+end
+
+-- Makes job `id` the one records are made for (HISTORY_JOB_MESSAGE, HISTORY_JOB_NUMBER).
+local function history_job(id)
+  if id ~= HISTORY_JOB then
+    -- Job ids are `<message id: a ULID, 26 characters>.<n>`.
+    HISTORY_JOB, HISTORY_JOB_MESSAGE, HISTORY_JOB_NUMBER = id, string_sub(id, 1, 26), string_sub(id, 28)
+  end
+end
+
+-- Writes the records of HISTORY_MESSAGE not written yet, and keeps its history the retention from now: one
+-- SET when the message has none in this shard yet (the usual case), else APPEND and PEXPIRE.
+local function history_flush()
+  local data
+  if HISTORY_COUNT == 1 then
+    data = HISTORY_RECORDS[1]
+  else
+    data = table_concat(HISTORY_RECORDS, '', 1, HISTORY_COUNT)
+  end
+  HISTORY_COUNT = 0
+  local key = PREFIX .. 'hist:' .. HISTORY_MESSAGE
+  if not redis_call('SET', key, data, 'NX', 'PX', HISTORY_TTL) then
+    redis_call('APPEND', key, data)
+    redis_call('PEXPIRE', key, HISTORY_TTL)
+  end
+end
+
+-- Adds a record of the job history_job() named.
+local function history_add(record)
+  if HISTORY_JOB_MESSAGE ~= HISTORY_MESSAGE then
+    if HISTORY_COUNT > 0 then history_flush() end
+    HISTORY_MESSAGE = HISTORY_JOB_MESSAGE
+  end
+  HISTORY_COUNT = HISTORY_COUNT + 1
+  HISTORY_RECORDS[HISTORY_COUNT] = record
+end
+
+-- The history record of the `queued` event of job `id`: queued at `first` (ms) for `domain`, with its
+-- recipients (newline-separated), the message's sender (lower-cased, '' for <>) and tags (JSON).
+local function queued_record(id, first, domain, recipients, sender, tags)
+  history_job(id)
+  if tags == '{}' then tags = '' end
+  return 'queued' .. US .. first .. US .. HISTORY_JOB_NUMBER .. US .. domain .. US .. US .. recipients .. US ..
+    US .. US .. US .. US .. sender .. US .. tags .. US .. '0' .. US
+end
+
+-- queued_record from a job's header fields (see header_of).
+local function header_queued_record(id, header)
+  local count = number_of(header[HEADER_RECIPIENT_COUNT]) or 1
+  return queued_record(id, header[HEADER_FIRST_QUEUED], header[HEADER_DOMAIN],
+                       table_concat(header, '\n', HEADER_FIRST_RECIPIENT, HEADER_FIRST_RECIPIENT + count - 1),
+                       header[HEADER_SENDER] or '', header[HEADER_TAGS] or '')
+end
+
+-- Appends the stream entry being built to the shard's stream.
+local function stream_flush()
   if EVENT_COUNT > 0 then
     local count = EVENT_COUNT
     EVENT_COUNT = 0
@@ -139,13 +219,23 @@ local function events_flush()
   end
 end
 
+-- Writes what the call's events left to write: the history records and the stream entry.
+local function events_flush()
+  if HISTORY_COUNT > 0 then history_flush() end
+  stream_flush()
+end
+
 -- Adds one event of job `id` to the entry being built (a new entry when there is none, or a new one after
--- 3000 fields). `recipients` are the addresses joined with newlines; `mx`, `ip`, `tls` the attempt's
--- details, `bounce` '1' for an admin-bounced job, `owner` the owner of an expired lease (nil: none).
-local function event_add(kind, id, domain, attempts, tags, recipients, reply, mx, ip, tls, bounce, owner)
+-- 3000 fields), and to its message's history when the call keeps it (materialise keeps none: a job's
+-- `queued` record comes later, see above).
+-- `recipients` are the addresses joined with newlines; `mx`, `ip`, `tls` the attempt's details, `bounce`
+-- '1' for an admin-bounced job, `owner` the owner of an expired lease, `dsn` the id of the DSN queued for a
+-- failed or expired event's recipients; nil: none.
+local function event_add(kind, id, domain, attempts, tags, recipients, reply, mx, ip, tls, bounce, owner, dsn)
   local out, n = EVENT_BUFFER, EVENT_COUNT
+  recipients = recipients or ''
   out[n + 1] = 'kind'; out[n + 2] = kind; out[n + 3] = 'job'; out[n + 4] = id
-  out[n + 5] = 'rcpts'; out[n + 6] = recipients or ''
+  out[n + 5] = 'rcpts'; out[n + 6] = recipients
   if n == 0 then
     out[7] = 'ts'; out[8] = NOW_TEXT
     n = 8
@@ -172,14 +262,24 @@ local function event_add(kind, id, domain, attempts, tags, recipients, reply, mx
     LAST_BOUNCE = bounce; out[n + 1] = 'bounce'; out[n + 2] = bounce; n = n + 2
   end
   if owner then out[n + 1] = 'owner'; out[n + 2] = owner; n = n + 2 end
+  if dsn and dsn ~= '' then out[n + 1] = 'dsn'; out[n + 2] = dsn; n = n + 2 end
   EVENT_COUNT = n
-  if n >= 3000 then events_flush() end
+  if HISTORY_TTL then
+    -- The record: kind, time, the job's number in its message, domain, attempt, recipients, MX, IP, TLS, DSN,
+    -- sender and tags (both on queued records only), the reply's length, the reply.
+    history_job(id)
+    history_add(kind .. US .. NOW_TEXT .. US .. HISTORY_JOB_NUMBER .. US .. domain .. US .. attempts .. US ..
+      recipients .. US .. mx .. US .. ip .. US .. tls .. US .. (dsn or '') .. US .. US .. US ..
+      (SMALL_DECIMALS[#reply] or decimal(#reply)) .. US .. reply)
+  end
+  if n >= 3000 then stream_flush() end
 end
 
 -- One event of the job in the hash form (`recipients` a list of addresses), as its own stream entry.
 local function job_event(kind, job_key, recipients, owner)
   local fields = redis_call('HMGET', job_key, 'dom', 'att', 'tags')
-  events_flush()
+  -- Its own stream entry; its history records go with those made before it (a promotion's).
+  stream_flush()
   local id = string_sub(job_key, #PREFIX + 5)
   local addresses = table_concat(recipients, '\n')
   event_add(kind, id, fields[1], fields[2], fields[3], addresses, nil, nil, nil, nil, nil, owner)
@@ -209,7 +309,7 @@ local function recipients_in(job_key, state)
   return out
 end
 
--- Moves the job between the per-shard state counters (queued, deferred, inflight); nil removes it.
+-- Moves the job between the per-shard state counters (queued, deferred, inflight, held); nil removes it.
 local function set_state(job_key, new_state)
   local old_state = redis_call('HGET', job_key, 'state')
   if old_state == new_state then return end
@@ -367,7 +467,11 @@ local function remove_job(job_key, id)
   if state == 'inflight' then unlease(job_key, id) end
   set_state(job_key, nil)
   local was_due = 0
-  if state ~= 'inflight' then was_due = redis_call('ZREM', PREFIX .. 'due:' .. schedule, id) end
+  if state == 'held' then
+    redis_call('ZREM', PREFIX .. 'held:' .. domain, id)
+  elseif state ~= 'inflight' then
+    was_due = redis_call('ZREM', PREFIX .. 'due:' .. schedule, id)
+  end
   redis_call('ZREM', PREFIX .. 'jobs', id)
   redis_call('DEL', job_key, job_data_key(id))
   if was_due == 1 then reindex(schedule, nil) end
@@ -458,20 +562,22 @@ local function append_recipients(job_key, count, first_name, second_name, out)
   end
 end
 
--- Turns a job in the string form into the hash form (nothing to do for one in the hash form already). Every
--- function but the common paths of claim, complete and extend works on the hash. Returns false when there
--- is no job.
+-- Turns a job in the string form into the hash form (nothing to do for one in the hash form already), and
+-- records its `queued` event in the history when the call keeps it. Every function but the common paths of
+-- claim, complete and extend works on the hash. Returns false when there is no job.
 local function promote(id)
   local data_key = job_data_key(id)
   local form = redis_call('GETRANGE', data_key, '0', '0')
   if form == '' then return false end
   if form == 'h' then return true end
   if unkept(id, form) then return false end
-  local line = split_data(redis_call('GET', data_key))
-  local fields = header_fields(id, header_of(line))
+  local header = header_of((split_data(redis_call('GET', data_key))))
+  local fields = header_fields(id, header)
   local job_key = job_hash_key(id)
   call_in_slices('HSET', job_key, fields)
   redis_call('SETRANGE', data_key, '0', 'h')
+  -- The job's `queued` record, which its record in the string form stood for until now.
+  if HISTORY_TTL then history_add(header_queued_record(id, header)) end
   return true
 end
 
@@ -517,6 +623,7 @@ local function begin_call(args)
   end
   PREFIX, NOW_TEXT, EVENTS_MAX_LEN, MINUTE = args[1], args[2], args[3], args[4]
   NOW, ANY_SUSPENDED, MINUTE_KEY, EVENT_COUNT = nil, nil, nil, 0
+  HISTORY_TTL, HISTORY_MESSAGE, HISTORY_COUNT = nil, nil, 0
 end
 
 -- Function flags. By default a function may write, and Redis refuses it whole while it is out of memory
