@@ -394,16 +394,16 @@ impl QueueAdmin for AdminService {
 
     async fn hold(
         &self,
-        _request: Request<pb::ActionRequest>,
+        request: Request<pb::ActionRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        Err(Status::unimplemented("hold"))
+        self.act(request, Action::Hold).await
     }
 
     async fn release(
         &self,
-        _request: Request<pb::ActionRequest>,
+        request: Request<pb::ActionRequest>,
     ) -> Result<Response<pb::ActionResponse>, Status> {
-        Err(Status::unimplemented("release"))
+        self.act(request, Action::Release).await
     }
 
     async fn find_messages(
