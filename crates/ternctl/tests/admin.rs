@@ -2,98 +2,33 @@
 //! redis-server.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
-use std::net::SocketAddr;
-use std::process::{Output, Stdio};
-use std::sync::Arc;
+use std::process::Stdio;
 use std::time::Duration;
 
 mod common;
 
-use common::{Server, redis_queue, stderr, stdout};
+use common::{Control, Store, enqueue, fails_one_line, json, ok, stderr, ternctl_at as ternctl};
 use serde_json::Value;
-use tern_config::ControlConfig;
-use tern_control::{CancellationToken, ControlServer};
 use tern_core::{Envelope, Mailbox, Recipient, ReversePath};
-use tern_queue::{NewMessage, Outcome, Queue};
+use tern_queue::{NewMessage, Outcome};
 
-async fn control(keys_file: Option<std::path::PathBuf>) -> Server {
-    let (redis, queue) = redis_queue(4).await;
-    let config = ControlConfig {
-        grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        api_keys_file: keys_file,
-        ..ControlConfig::default()
-    };
-    let server = ControlServer::bind(&config, queue.clone()).await.unwrap();
-    let url = format!("http://{}", server.local_addr());
-    let stop = CancellationToken::new();
-    tokio::spawn(server.run(stop.clone()));
-    Server {
-        redis,
-        queue,
-        url,
-        stop,
-    }
-}
-
-async fn enqueue(queue: &Arc<dyn Queue>, from: &str, to: &str) -> String {
-    let env = Envelope::new(
-        ReversePath::Mailbox(Mailbox::parse(from, false).unwrap()),
-        vec![Recipient::new(Mailbox::parse(to, false).unwrap())],
-    );
-    let body = format!("From: {from}\r\nTo: {to}\r\nSubject: hi\r\n\r\nHello\r\n");
-    queue
-        .enqueue(NewMessage::new(env, body.into_bytes()).with_tag("tenant", "t1"))
-        .await
-        .unwrap()
-        .message
-        .to_string()
-}
-
-async fn ternctl(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
-        .arg("--server")
-        .arg(url)
-        .args(args)
-        .env_remove("TERN_TOKEN")
-        .env_remove("TERN_SERVER")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap()
-}
-
-fn ok(o: &Output) -> String {
-    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(o));
-    stdout(o)
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", stdout(o)))
-}
-
-/// Exit 1 with exactly one line on stderr; returns it.
-fn fails_one_line(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout: {} stderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-    let err = stderr(o);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("ternctl: error: "), "{err}");
-    err
+#[tokio::test]
+async fn queue_commands_show_tables_and_json_on_redis() {
+    queue_commands_show_tables_and_json(Store::Redis).await;
 }
 
 #[tokio::test]
-async fn queue_commands_show_tables_and_json() {
-    let c = control(None).await;
+async fn queue_commands_show_tables_and_json_on_the_embedded_store() {
+    queue_commands_show_tables_and_json(Store::Embedded).await;
+}
+
+async fn queue_commands_show_tables_and_json(store: Store) {
+    let c = Control::start(store, None).await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(enqueue(&c.queue, "a@sender.example", &format!("r{i}@one.example")).await);
+        ids.push(enqueue(&c.queue, "a@sender.example", &[&format!("r{i}@one.example")]).await);
     }
-    ids.push(enqueue(&c.queue, "b@sender.example", "r@two.example").await);
+    ids.push(enqueue(&c.queue, "b@sender.example", &["r@two.example"]).await);
     // One deferred job, so that there is a last error.
     let claim = c
         .queue
@@ -140,6 +75,19 @@ async fn queue_commands_show_tables_and_json() {
     let doc = json(&ternctl(&c.url, &["--json", "queue", "shape"]).await);
     assert_eq!(doc["total"]["total"], 4);
     assert_eq!(doc["buckets"].as_array().unwrap().len(), 8);
+    // By sender: the same age buckets, a row per sender.
+    let out = ok(&ternctl(&c.url, &["queue", "shape", "--by", "sender"]).await);
+    let header = out.lines().next().unwrap();
+    assert!(header.starts_with("SENDER") && header.ends_with("320m+"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("a@sender.example ") && l.split_whitespace().nth(1) == Some("3")),
+        "{out}"
+    );
+    let doc = json(&ternctl(&c.url, &["--json", "queue", "shape", "--by", "sender"]).await);
+    assert_eq!(doc["by"], "sender");
+    assert_eq!(doc["rows"][0]["sender"], "a@sender.example", "{doc}");
+    assert_eq!(doc["rows"][0]["total"], 3);
 
     let out = ok(&ternctl(&c.url, &["queue", "list"]).await);
     assert_eq!(out.lines().count(), 5, "{out}");
@@ -178,23 +126,34 @@ async fn queue_commands_show_tables_and_json() {
     let doc = json(&ternctl(&c.url, &["--json", "queue", "list", "--rcpt", "r1@one.example"]).await);
     assert_eq!(doc["jobs"].as_array().unwrap().len(), 1);
 
-    // Bad filters: one line, exit 1.
-    let err = fails_one_line(&ternctl(&c.url, &["queue", "list", "--older-than", "soon"]).await);
-    assert!(err.contains("--older-than"), "{err}");
-    let err = fails_one_line(&ternctl(&c.url, &["queue", "list", "--state", "bogus"]).await);
-    assert!(err.contains("filter.state"), "{err}");
+    // Bad filters are usage errors: exit 2, naming the flag.
+    let out = ternctl(&c.url, &["queue", "list", "--older-than", "soon"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--older-than"), "{}", stderr(&out));
+    let out = ternctl(&c.url, &["queue", "list", "--state", "bogus"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("held"),
+        "the states are listed: {}",
+        stderr(&out)
+    );
+    // host:port works as well as a URL.
+    let bare = c.url.trim_start_matches("http://");
+    let doc = json(&ternctl(bare, &["--json", "queue", "status"]).await);
+    assert_eq!(doc["totals"]["total"], 4);
 
     let out = ok(&ternctl(&c.url, &["queue", "top", "--iterations", "2"]).await);
     assert!(out.contains("rates") && out.contains("depth: 4 jobs"), "{out}");
+    assert!(out.contains("held 0"), "{out}");
 }
 
 #[tokio::test]
 async fn msg_commands_show_and_act() {
-    let c = control(None).await;
-    let a = enqueue(&c.queue, "a@sender.example", "x@three.example").await;
-    let b = enqueue(&c.queue, "a@sender.example", "y@three.example").await;
+    let c = Control::start(Store::Redis, None).await;
+    let a = enqueue(&c.queue, "a@sender.example", &["x@three.example"]).await;
+    let b = enqueue(&c.queue, "a@sender.example", &["y@three.example"]).await;
     for i in 0..3 {
-        enqueue(&c.queue, "a@sender.example", &format!("z{i}@four.example")).await;
+        enqueue(&c.queue, "a@sender.example", &[&format!("z{i}@four.example")]).await;
     }
 
     let out = ok(&ternctl(&c.url, &["msg", "show", &a]).await);
@@ -229,6 +188,17 @@ async fn msg_commands_show_and_act() {
     let err = fails_one_line(&ternctl(&c.url, &["msg", "delete", "--domain", "four.example"]).await);
     assert!(err.contains("--yes"), "{err}");
     assert_eq!(c.queue.domain_depth("four.example").await.unwrap().total, 3);
+    // A dry run needs no confirmation and changes nothing.
+    let out = ok(&ternctl(
+        &c.url,
+        &["msg", "delete", "--domain", "four.example", "--dry-run"],
+    )
+    .await);
+    assert!(
+        out.starts_with("would delete 3 jobs matching domain=four.example; nothing was changed"),
+        "{out}"
+    );
+    assert_eq!(c.queue.domain_depth("four.example").await.unwrap().total, 3);
     let out = ok(&ternctl(&c.url, &["msg", "delete", "--domain", "four.example", "--yes"]).await);
     assert_eq!(out.trim(), "deleted 3 jobs");
     assert_eq!(c.queue.domain_depth("four.example").await.unwrap().total, 0);
@@ -245,9 +215,18 @@ async fn msg_commands_show_and_act() {
 }
 
 #[tokio::test]
-async fn domain_and_events_commands() {
-    let c = control(None).await;
-    let id = enqueue(&c.queue, "a@sender.example", "x@five.example").await;
+async fn domain_and_events_commands_on_redis() {
+    domain_and_events_commands(Store::Redis).await;
+}
+
+#[tokio::test]
+async fn domain_and_events_commands_on_the_embedded_store() {
+    domain_and_events_commands(Store::Embedded).await;
+}
+
+async fn domain_and_events_commands(store: Store) {
+    let c = Control::start(store, None).await;
+    let id = enqueue(&c.queue, "a@sender.example", &["x@five.example"]).await;
 
     let out = ok(&ternctl(
         &c.url,
@@ -262,9 +241,10 @@ async fn domain_and_events_commands() {
         ],
     )
     .await);
+    // "until 15:04 UTC (in 1h)": the clock time, and how far.
+    assert!(out.starts_with("suspended five.example until "), "{out}");
     assert!(
-        out.starts_with("suspended five.example until in 59m")
-            || out.starts_with("suspended five.example until in 1h"),
+        (out.contains(" UTC (in 59m") || out.contains(" UTC (in 1h)")) && out.contains("(receiver asked)"),
         "{out}"
     );
     assert!(
@@ -277,9 +257,18 @@ async fn domain_and_events_commands() {
     let out = ok(&ternctl(&c.url, &["domain", "list"]).await);
     assert!(out.starts_with("DOMAIN"), "{out}");
     assert!(
-        out.contains("five.example") && out.contains("receiver asked"),
+        out.contains("five.example") && out.contains("suspended") && out.contains("receiver asked"),
         "{out}"
     );
+    // The job of a suspended domain shows as suspended, not as due.
+    let doc = json(&ternctl(&c.url, &["--json", "queue", "list", "--domain", "five.example"]).await);
+    assert_eq!(doc["jobs"][0]["state"], "suspended", "{doc}");
+    let out = ok(&ternctl(&c.url, &["queue", "list", "--domain", "five.example"]).await);
+    assert!(out.contains("when resumed"), "{out}");
+    let doc = json(&ternctl(&c.url, &["--json", "queue", "status"]).await);
+    assert_eq!(doc["totals"]["due_now"], 0, "{doc}");
+    let out = ok(&ternctl(&c.url, &["queue", "status"]).await);
+    assert!(out.contains("1 (1 domain)"), "{out}");
     let doc = json(&ternctl(&c.url, &["--json", "domain", "list"]).await);
     assert_eq!(doc["suspensions"][0]["domain"], "five.example");
     assert!(doc["suspensions"][0]["until_ms"].is_u64());
@@ -287,22 +276,39 @@ async fn domain_and_events_commands() {
     assert_eq!(out.trim(), "resumed five.example");
     let doc = json(&ternctl(&c.url, &["--json", "domain", "resume", "five.example"]).await);
     assert_eq!(doc["was_suspended"], false);
-    let err =
-        fails_one_line(&ternctl(&c.url, &["domain", "suspend", "five.example", "--for", "a while"]).await);
-    assert!(err.contains("--for"), "{err}");
+    let out = ternctl(&c.url, &["domain", "suspend", "five.example", "--for", "a while"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--for"), "{}", stderr(&out));
 
-    // Events: JSON lines, the message's life in order.
-    let out = ok(&ternctl(&c.url, &["events", "--domain", "five.example"]).await);
+    // Events: with --json, JSON lines, the message's life in order.
+    let out = ok(&ternctl(&c.url, &["events", "--json", "--domain", "five.example"]).await);
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds: Vec<&str> = lines.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["queued", "suspended", "resumed"], "{out}");
     assert_eq!(lines[0]["message_id"], id.as_str());
+    assert!(lines[0]["position"].is_string());
+    // Without: one line for people each, no position.
+    let out = ok(&ternctl(&c.url, &["events", "--domain", "five.example"]).await);
+    let text: Vec<&str> = out.lines().collect();
+    assert_eq!(text.len(), 3, "{out}");
+    assert!(
+        text[0].contains("  queued ")
+            && text[0].contains(&format!("{id}."))
+            && text[0].contains("x@five.example"),
+        "{out}"
+    );
+    let position = lines[0]["position"].as_str().unwrap();
+    assert!(!out.contains(position), "{out}");
     let out = ok(&ternctl(&c.url, &["events", "--type", "queued"]).await);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let out = ok(&ternctl(&c.url, &["events", "--kind", "resumed", "--json"]).await);
     assert_eq!(out.lines().count(), 1, "{out}");
 
     // --follow: new events as they come.
     let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
-        .args(["--server", &c.url, "events", "--follow", "--type", "queued"])
+        .args([
+            "--server", &c.url, "events", "--follow", "--json", "--type", "queued",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -314,7 +320,7 @@ async fn domain_and_events_commands() {
     let mut sent = Vec::new();
     let line = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
-            sent.push(enqueue(&c.queue, "a@sender.example", "later@five.example").await);
+            sent.push(enqueue(&c.queue, "a@sender.example", &["later@five.example"]).await);
             if let Ok(line) = tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await {
                 return line.unwrap().unwrap();
             }
@@ -336,11 +342,41 @@ async fn failures_exit_1_with_one_line() {
         let digest = hex::encode(sha2::Sha256::digest(b"right-key"));
         std::fs::write(&keys, format!("ops:{digest}\n")).unwrap();
     }
-    let c = control(Some(keys)).await;
+    let c = Control::start(Store::Redis, Some(keys)).await;
     let err = fails_one_line(&ternctl(&c.url, &["--token", "wrong-key", "queue", "status"]).await);
-    assert!(err.contains("refused the key"), "{err}");
-    fails_one_line(&ternctl(&c.url, &["queue", "status"]).await);
+    assert!(
+        err.contains("refused the key") && err.contains("--token") && err.contains("TERN_ADMIN_TOKEN"),
+        "{err}"
+    );
+    // A missing key: the error names the flag and the variable.
+    let err = fails_one_line(&ternctl(&c.url, &["queue", "status"]).await);
+    assert!(
+        err.contains("the control plane needs an admin key: pass --token or set TERN_ADMIN_TOKEN"),
+        "{err}"
+    );
     ok(&ternctl(&c.url, &["--token", "right-key", "queue", "status"]).await);
+    ok(&ternctl(&c.url, &["queue", "status", "--token", "right-key"]).await);
+    // The admin key comes from TERN_ADMIN_TOKEN; TERN_TOKEN is send's and is not sent to the control
+    // plane (the error says so).
+    let with_env = |var: &'static str| {
+        let url = c.url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
+                .args(["--server", &url, "queue", "status"])
+                .env_remove("TERN_TOKEN")
+                .env_remove("TERN_ADMIN_TOKEN")
+                .env(var, "right-key")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    ok(&with_env("TERN_ADMIN_TOKEN").await);
+    let err = fails_one_line(&with_env("TERN_TOKEN").await);
+    assert!(
+        err.contains("TERN_ADMIN_TOKEN") && err.contains("TERN_TOKEN is set"),
+        "{err}"
+    );
 
     // Unreachable: a port nobody listens on.
     let port = tern_testkit::ports::free_port().unwrap();
@@ -350,7 +386,14 @@ async fn failures_exit_1_with_one_line() {
 
 #[tokio::test]
 async fn completions_print_a_script() {
+    // Dynamic by default: the script asks ternctl.
     let out = ternctl("http://127.0.0.1:1", &["completions", "bash"]).await;
+    let script = ok(&out);
+    assert!(
+        script.contains("_clap_complete_ternctl()") && script.contains("COMPLETE=\"bash\""),
+        "{script}"
+    );
+    let out = ternctl("http://127.0.0.1:1", &["completions", "bash", "--static"]).await;
     let script = ok(&out);
     assert!(
         script.contains("_ternctl()") && script.contains("complete"),
@@ -371,7 +414,7 @@ async fn completions_print_a_script() {
 
 #[tokio::test]
 async fn bulk_actions_over_1000_messages_show_progress() {
-    let c = control(None).await;
+    let c = Control::start(Store::Redis, None).await;
     let batch: Vec<NewMessage> = (0..1005)
         .map(|i| {
             let env = Envelope::new(

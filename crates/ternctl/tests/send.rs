@@ -33,6 +33,7 @@ async fn ternctl(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
         .args(args)
         .env_remove("TERN_TOKEN")
+        .env_remove("TERN_ADMIN_TOKEN")
         .env_remove("TERN_INGEST")
         .output()
         .await
@@ -180,4 +181,84 @@ async fn wrong_key_exits_1_saying_the_key_was_refused() {
 async fn missing_content_is_a_usage_error() {
     let out = ternctl(&["send", "--from", "a@s.test", "--to", "r@d.test"]).await;
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_is_said_to_be_a_duplicate() {
+    let ing = ingest(None).await;
+    // host:port works as well as a URL; --json and the key may follow `send`.
+    let bare = ing.url.trim_start_matches("http://").to_string();
+    let send = |json: bool| {
+        let bare = bare.clone();
+        async move {
+            let mut args = vec![
+                "send",
+                "--ingest",
+                &bare,
+                "--from",
+                "a@s.test",
+                "--to",
+                "r@d.test",
+                "--text",
+                "x",
+                "--idempotency-key",
+                "order-42",
+            ];
+            if json {
+                args.push("--json");
+            }
+            ternctl(&args).await
+        }
+    };
+    let first = send(false).await;
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(!stderr(&first).contains("duplicate"), "{}", stderr(&first));
+    let again = send(false).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), stdout(&first), "the first message's id");
+    assert!(stderr(&again).contains("duplicate"), "{}", stderr(&again));
+    let doc: serde_json::Value = serde_json::from_str(stdout(&send(true).await).trim()).unwrap();
+    assert_eq!(doc["duplicate"], true);
+}
+
+#[tokio::test]
+async fn the_ingest_key_comes_from_token_or_tern_token_and_a_missing_one_says_so() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let digest = hex::encode(sha2::Sha256::digest(b"ingest-key"));
+    std::fs::write(&keys, format!("app:{digest}\n")).unwrap();
+    let ing = ingest(Some(keys)).await;
+    let args = [
+        "send", "--ingest", &ing.url, "--from", "a@s.test", "--to", "r@d.test", "--text", "x",
+    ];
+    let out = ternctl(&args).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the ingest node needs an ingest API key: pass --token or set TERN_TOKEN"),
+        "{err}"
+    );
+    let mut with_flag = args.to_vec();
+    with_flag.extend(["--token", "ingest-key"]);
+    let out = ternctl(&with_flag).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_with = |var: &'static str| {
+        let args = args.map(str::to_string);
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_ternctl"))
+                .args(args)
+                .env_remove("TERN_TOKEN")
+                .env_remove("TERN_ADMIN_TOKEN")
+                .env(var, "ingest-key")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = run_with("TERN_TOKEN").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The admin key's variable is not send's.
+    let out = run_with("TERN_ADMIN_TOKEN").await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }

@@ -314,7 +314,7 @@ async fn with_mta_sts_off_every_command_says_so() {
 
 #[tokio::test]
 async fn completions_know_the_sts_commands() {
-    let out = ok(&ternctl("http://127.0.0.1:1", &["completions", "bash"]).await);
+    let out = ok(&ternctl("http://127.0.0.1:1", &["completions", "bash", "--static"]).await);
     for want in [
         "ternctl__subcmd__sts__subcmd__show",
         "ternctl__subcmd__sts__subcmd__refresh",

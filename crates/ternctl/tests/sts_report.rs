@@ -274,7 +274,7 @@ async fn with_tls_reporting_off_both_commands_say_so() {
 
 #[tokio::test]
 async fn completions_know_the_report_commands() {
-    let out = ok(&ternctl("http://127.0.0.1:1", &["completions", "bash"]).await);
+    let out = ok(&ternctl("http://127.0.0.1:1", &["completions", "bash", "--static"]).await);
     for want in [
         "ternctl__subcmd__sts__subcmd__report",
         "ternctl__subcmd__sts__subcmd__send__subcmd__reports",

@@ -1,48 +1,47 @@
-//! `ternctl domain suspend|resume|list`.
+//! `ternctl domain suspend|resume|route|unroute|list`.
 
 use serde_json::json;
 use tern_proto::v1 as pb;
 
-use super::output::{self, admin, failed, req, table, when};
+use super::output::{self, admin, dash, failed, req, secs, table, until, when};
+use super::queue_status::suspension_json;
 use crate::cli::{DomainCommand, Global};
 
-fn suspension_json(s: &pb::Suspension) -> serde_json::Value {
+fn route_json(r: &pb::Route) -> serde_json::Value {
     json!({
-        "domain": s.domain,
-        "reason": s.reason,
-        "since_ms": s.since_ms,
-        "until_ms": (s.until_ms > 0).then_some(s.until_ms),
+        "domain": r.domain,
+        "target": r.target,
+        "reason": r.reason,
+        "since_ms": r.since_ms,
+        "until_ms": (r.until_ms > 0).then_some(r.until_ms),
     })
 }
 
-fn until(s: &pb::Suspension, now: u64) -> String {
-    if s.until_ms == 0 {
-        "until resumed".to_string()
+/// `(why)` after a line, when there is a reason.
+fn why(reason: &str) -> String {
+    if reason.is_empty() {
+        String::new()
     } else {
-        format!("until {}", when(s.until_ms, now))
+        format!(" ({reason})")
     }
 }
 
 /// Runs one `domain` subcommand.
 pub async fn run(global: &Global, command: DomainCommand) -> anyhow::Result<()> {
     let now = output::now_ms();
+    let mut client = admin(global).await?;
     match command {
         DomainCommand::Suspend {
             domain,
             duration,
             reason,
         } => {
-            let duration_seconds = match &duration {
-                Some(t) => output::duration_flag("--for", t)?.as_secs().max(1),
-                None => 0,
-            };
-            let mut client = admin(global).await?;
             let s = client
                 .suspend_domain(req(
                     global,
                     pb::SuspendDomainRequest {
                         domain,
-                        duration_seconds,
+                        duration_seconds: duration.map_or(0, secs),
                         reason: reason.unwrap_or_default(),
                     },
                 )?)
@@ -54,11 +53,15 @@ pub async fn run(global: &Global, command: DomainCommand) -> anyhow::Result<()> 
             if global.json {
                 println!("{}", suspension_json(&s));
             } else {
-                println!("suspended {} {} ({})", s.domain, until(&s, now), s.reason);
+                println!(
+                    "suspended {} {}{}",
+                    s.domain,
+                    until(s.until_ms, now, "until resumed"),
+                    why(&s.reason)
+                );
             }
         }
         DomainCommand::Resume { domain } => {
-            let mut client = admin(global).await?;
             let r = client
                 .resume_domain(req(
                     global,
@@ -80,31 +83,120 @@ pub async fn run(global: &Global, command: DomainCommand) -> anyhow::Result<()> 
                 println!("{domain} was not suspended");
             }
         }
+        DomainCommand::Route {
+            domain,
+            target,
+            duration,
+            reason,
+        } => {
+            let r = client
+                .route_domain(req(
+                    global,
+                    pb::RouteDomainRequest {
+                        domain,
+                        target,
+                        duration_seconds: duration.map_or(0, secs),
+                        reason: reason.unwrap_or_default(),
+                    },
+                )?)
+                .await
+                .map_err(failed(global))?
+                .into_inner()
+                .route
+                .unwrap_or_default();
+            if global.json {
+                println!("{}", route_json(&r));
+            } else {
+                println!(
+                    "routed {} to {} {}{}",
+                    r.domain,
+                    r.target,
+                    until(r.until_ms, now, "until unrouted"),
+                    why(&r.reason)
+                );
+            }
+        }
+        DomainCommand::Unroute { domain } => {
+            let r = client
+                .unroute_domain(req(
+                    global,
+                    pb::UnrouteDomainRequest {
+                        domain: domain.clone(),
+                    },
+                )?)
+                .await
+                .map_err(failed(global))?
+                .into_inner();
+            if global.json {
+                println!("{}", json!({ "domain": domain, "was_routed": r.was_routed }));
+            } else if r.was_routed {
+                println!("unrouted {domain}: its mail goes to its MX hosts again");
+            } else {
+                println!("{domain} had no route");
+            }
+        }
         DomainCommand::List => {
-            let mut client = admin(global).await?;
-            let list = client
+            let suspensions = client
                 .list_suspensions(req(global, pb::ListSuspensionsRequest {})?)
                 .await
                 .map_err(failed(global))?
                 .into_inner()
                 .suspensions;
+            let routes = match client.list_routes(req(global, pb::ListRoutesRequest {})?).await {
+                Ok(r) => r.into_inner().routes,
+                // A control plane without routes (older, or without the store) still has suspensions to
+                // show.
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unimplemented | tonic::Code::FailedPrecondition
+                    ) =>
+                {
+                    eprintln!(
+                        "ternctl: {} does not serve routes ({}): suspensions only",
+                        global.server,
+                        s.message()
+                    );
+                    Vec::new()
+                }
+                Err(s) => return Err(failed(global)(s)),
+            };
             if global.json {
-                let doc = json!({ "suspensions": list.iter().map(suspension_json).collect::<Vec<_>>() });
+                let doc = json!({
+                    "suspensions": suspensions.iter().map(suspension_json).collect::<Vec<_>>(),
+                    "routes": routes.iter().map(route_json).collect::<Vec<_>>(),
+                });
                 println!("{doc}");
-            } else {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.domain.clone(),
-                            when(s.since_ms, now),
-                            until(s, now),
-                            s.reason.clone(),
-                        ]
-                    })
-                    .collect();
-                print!("{}", table(&["DOMAIN", "SINCE", "UNTIL", "REASON"], &rows));
+                return Ok(());
             }
+            let mut rows: Vec<Vec<String>> = suspensions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.domain.clone(),
+                        "suspended".into(),
+                        "-".into(),
+                        when(s.since_ms, now),
+                        until(s.until_ms, now, "until resumed"),
+                        dash(&s.reason),
+                    ]
+                })
+                .collect();
+            rows.extend(routes.iter().map(|r| {
+                vec![
+                    r.domain.clone(),
+                    "routed".into(),
+                    r.target.clone(),
+                    when(r.since_ms, now),
+                    until(r.until_ms, now, "until unrouted"),
+                    dash(&r.reason),
+                ]
+            }));
+            rows.sort_by(|a, b| a[0].cmp(&b[0]).then_with(|| a[1].cmp(&b[1])));
+            print!(
+                "{}",
+                table(&["DOMAIN", "STATE", "TO", "SINCE", "UNTIL", "REASON"], &rows)
+            );
         }
     }
     Ok(())

@@ -3,22 +3,21 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tern_core::HumanDuration;
-use tern_proto::v1::events_client::EventsClient;
 use tern_proto::v1::mta_sts_client::MtaStsClient;
 use tern_proto::v1::queue_admin_client::QueueAdminClient;
 use tonic::transport::Channel;
 
 use crate::cli::Global;
-use crate::grpc;
+use crate::grpc::{self, KeyHint};
 
 /// A QueueAdmin client for `--server`.
 pub async fn admin(global: &Global) -> anyhow::Result<QueueAdminClient<Channel>> {
     Ok(QueueAdminClient::new(grpc::connect(&global.server).await?))
 }
 
-/// An Events client for `--server`.
-pub async fn events(global: &Global) -> anyhow::Result<EventsClient<Channel>> {
-    Ok(EventsClient::new(grpc::connect(&global.server).await?))
+/// A channel to `--server` for a stream that runs until stopped.
+pub async fn stream_channel(global: &Global) -> anyhow::Result<Channel> {
+    grpc::connect_stream(&global.server).await
 }
 
 /// An MtaSts client for `--server`; its calls may take `call_timeout` (a refresh fetches over the network).
@@ -33,9 +32,68 @@ pub fn req<T>(global: &Global, message: T) -> anyhow::Result<tonic::Request<T>> 
     grpc::request(message, global.token.as_deref())
 }
 
+/// The key the control plane wants, for error messages.
+fn admin_key(global: &Global) -> KeyHint {
+    KeyHint {
+        server: "the control plane",
+        key: "an admin key",
+        var: "TERN_ADMIN_TOKEN",
+        sent: global.token.is_some(),
+    }
+}
+
 /// A gRPC status from `--server` as a one-line error.
 pub fn failed(global: &Global) -> impl Fn(tonic::Status) -> anyhow::Error + '_ {
-    move |s| grpc::status_error(&global.server, s)
+    move |s| {
+        let e = grpc::status_error(&global.server, &s, admin_key(global));
+        if s.code() == tonic::Code::Unauthenticated
+            && global.token.is_none()
+            && super::env("TERN_TOKEN").is_some()
+        {
+            // One variable used to serve both keys: say that it no longer does.
+            return anyhow::anyhow!(
+                "{e}; TERN_TOKEN is set, but it is send's ingest key: the admin commands read TERN_ADMIN_TOKEN"
+            );
+        }
+        e
+    }
+}
+
+/// `n` and the word, plural unless `n` is 1: `1 job`, `3 jobs`.
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The end of a suspension or route: `until 15:04 UTC (in 1h)`, or `open` when it has none.
+pub fn until(until_ms: u64, now: u64, open: &str) -> String {
+    if until_ms == 0 {
+        open.to_string()
+    } else {
+        format!("until {}", crate::timefmt::at(until_ms, now))
+    }
+}
+
+/// `s`, or `-` when empty.
+pub fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// When a waiting job is next tried, for people: held and suspended jobs are not tried at all.
+pub fn next_attempt(state: &str, next_attempt_ms: u64, now: u64) -> String {
+    match state {
+        "held" => "when released".into(),
+        "suspended" => "when resumed".into(),
+        "inflight" => "-".into(),
+        _ => when(next_attempt_ms, now),
+    }
 }
 
 /// The current time, Unix ms.
@@ -66,11 +124,9 @@ pub fn when(ms: u64, now: u64) -> String {
     }
 }
 
-/// Parses a duration flag (`90s`, `30m`, `1h`); the error names the flag.
-pub fn duration_flag(flag: &str, text: &str) -> anyhow::Result<Duration> {
-    text.parse::<HumanDuration>()
-        .map(|d| d.0)
-        .map_err(|e| anyhow::anyhow!("{flag}: {text:?} is not a duration like 90s, 30m or 1h ({e})"))
+/// A duration flag's value in whole seconds, at least 1 (0 means "none" to the server).
+pub fn secs(d: Duration) -> u64 {
+    d.as_secs().max(1)
 }
 
 /// Rows under headers, each column as wide as its widest cell, two spaces apart; the last column is not
@@ -141,7 +197,10 @@ mod tests {
         assert_eq!(when(0, 5), "-");
         assert_eq!(when(10_000, 70_000), "1m ago");
         assert_eq!(when(130_000, 70_000), "in 1m");
-        assert!(duration_flag("--older-than", "soon").is_err());
-        assert_eq!(duration_flag("--for", "1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(plural(1, "domain"), "1 domain");
+        assert_eq!(plural(0, "job"), "0 jobs");
+        assert_eq!(until(0, 5, "until resumed"), "until resumed");
+        assert_eq!(next_attempt("held", 10_000, 70_000), "when released");
+        assert_eq!(next_attempt("deferred", 10_000, 70_000), "1m ago");
     }
 }

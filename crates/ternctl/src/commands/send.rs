@@ -9,20 +9,44 @@ use tern_proto::v1::{
     submission_client::SubmissionClient,
 };
 
-use crate::cli::{Global, SendArgs};
-use crate::grpc;
+use crate::Usage;
+use crate::cli::{SendArgs, TopFlags};
+use crate::grpc::{self, KeyHint};
 
 /// Builds the request from the flags, sends it, and prints the message id (or the whole response as JSON).
-pub async fn run(global: &Global, args: SendArgs) -> anyhow::Result<()> {
+///
+/// The ingest node is `--ingest` (`TERN_INGEST`), and the key `--token` (`TERN_TOKEN`), after `send` or
+/// before it; `--server`, the control plane's address, does not apply and is refused.
+pub async fn run(top: &TopFlags, args: SendArgs) -> anyhow::Result<()> {
+    if top.server.is_some() {
+        return Err(Usage(
+            "--server is the control plane's address; send talks to an ingest node: pass --ingest or set \
+             TERN_INGEST"
+                .into(),
+        )
+        .into());
+    }
+    let token = args
+        .token
+        .clone()
+        .or_else(|| top.token.clone())
+        .or_else(|| super::env("TERN_TOKEN"));
+    let json = args.json || top.json;
     let request = build(&args)?;
     let channel = grpc::connect(&args.ingest).await?;
     let mut client = SubmissionClient::new(channel);
+    let key = KeyHint {
+        server: "the ingest node",
+        key: "an ingest API key",
+        var: "TERN_TOKEN",
+        sent: token.is_some(),
+    };
     let response = client
-        .send(grpc::request(request, global.token.as_deref())?)
+        .send(grpc::request(request, token.as_deref())?)
         .await
-        .map_err(|s| grpc::status_error(&args.ingest, s))?
+        .map_err(|s| grpc::status_error(&args.ingest, &s, key))?
         .into_inner();
-    if global.json {
+    if json {
         let rejected: Vec<_> = response
             .rejected
             .iter()
@@ -37,6 +61,12 @@ pub async fn run(global: &Global, args: SendArgs) -> anyhow::Result<()> {
         println!("{doc}");
     } else {
         println!("{}", response.message_id);
+        if response.duplicate {
+            eprintln!(
+                "ternctl: duplicate: the idempotency key was used before; nothing new was queued (this is the \
+                 first message's id)"
+            );
+        }
         for r in &response.rejected {
             eprintln!("ternctl: rejected {}: {}", r.address, r.reason);
         }

@@ -169,9 +169,9 @@ fn run_text(r: &pb::SendReportsResponse) -> String {
         .map(|d| vec![d.domain.clone(), d.status.clone(), cell(&d.sent_to.join(" "))])
         .collect();
     let mut out = format!(
-        "TLS reports of {}: {sent} of {} domains sent now\n",
+        "TLS reports of {}: {sent} of {} sent now\n",
         r.day,
-        r.domains.len()
+        super::output::plural(r.domains.len() as u64, "domain")
     );
     out.push_str(&table(&["DOMAIN", "STATUS", "SENT TO"], &rows));
     for d in &r.domains {
