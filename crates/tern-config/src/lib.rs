@@ -16,7 +16,8 @@ pub mod sections;
 
 pub use error::ConfigError;
 pub use sections::{
-    ControlConfig, DeliveryConfig, DkimConfig, IngestConfig, QueueBackend, QueueConfig, TelemetryConfig,
+    ControlConfig, DeliveryConfig, DkimConfig, IngestConfig, IngestOauthConfig, QueueBackend, QueueConfig,
+    TelemetryConfig,
 };
 
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,8 @@
 //!
 //! Two front doors over one queue: SMTP submission (RFC 6409, in [`smtp`]) and the gRPC Send API
 //! (`tern.v1.Submission`, in [`grpc`]). The SMTP side has: plain listeners with STARTTLS (RFC 3207), implicit-TLS
-//! listeners (RFC 8314), AUTH PLAIN and LOGIN (RFC 4954) against a users file, PIPELINING, SIZE, 8BITMIME,
+//! listeners (RFC 8314), AUTH PLAIN and LOGIN (RFC 4954) against a users file, XOAUTH2 and OAUTHBEARER
+//! (RFC 7628) with JWTs checked against a JWKS, PIPELINING, SIZE, 8BITMIME,
 //! BINARYMIME and CHUNKING (RFC 3030), SMTPUTF8, DSN parameters (RFC 3461) and ENHANCEDSTATUSCODES. Ingest
 //! nodes are stateless: a message is acknowledged (`250 2.0.0 Ok: queued as <id>`) only once
 //! [`tern_queue::Queue::enqueue`] has returned, and nothing else is kept between sessions except the
@@ -27,6 +28,7 @@
 //! | [`smtp::body`] | line checks of BDAT chunks (pure) |
 //! | [`smtp::limits`] | connection counting |
 //! | [`smtp::tls`] | the rustls server configuration from PEM files |
+//! | [`oauth`] | AUTH XOAUTH2 / OAUTHBEARER: JWT verification against a JWKS (file or URL) |
 //! | [`grpc`] | the gRPC Send API: MIME composition, validation, per-call limits |
 #![forbid(unsafe_code)]
 
@@ -34,6 +36,7 @@ pub mod enqueue;
 mod error;
 pub mod grpc;
 mod log_fields;
+pub mod oauth;
 pub mod smtp;
 mod telemetry;
 

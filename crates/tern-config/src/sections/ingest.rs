@@ -38,7 +38,9 @@ pub struct IngestConfig {
     #[serde(deserialize_with = "networks")]
     pub relay_networks: Vec<IpNet>,
     /// The users file: one `user:<argon2id PHC hash>` per line (made by `tern passwd`), optionally followed by
-    /// `:domain,domain` to restrict the sender domains the user may use. Unset: AUTH is not offered.
+    /// `:domain,domain` to restrict the sender domains the user may use. The hash `!` marks a user without a
+    /// password, listed only to set the sender domains of an OAuth user. Unset: AUTH PLAIN and LOGIN are not
+    /// offered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub users_file: Option<PathBuf>,
     /// Failed AUTH attempts from one client address after which that address is locked out for 15 minutes.
@@ -68,6 +70,141 @@ pub struct IngestConfig {
     /// only when `grpc_listen` is a loopback address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys_file: Option<PathBuf>,
+    /// `[ingest.oauth]`: AUTH XOAUTH2 and OAUTHBEARER (RFC 7628) with bearer JWTs. Unset: not offered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<IngestOauthConfig>,
+}
+
+/// The signature algorithms `[ingest.oauth] allowed_algorithms` may name (JWA names, RFC 7518 and RFC 8037).
+/// No HMAC: a JWKS is public, and a shared secret in it would let anyone mint tokens.
+pub const OAUTH_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// The `[ingest.oauth]` table: bearer JWTs for AUTH XOAUTH2 and OAUTHBEARER, verified against the identity
+/// provider's JSON Web Key Set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestOauthConfig {
+    /// A JWKS file (`{"keys": [...]}`) with the provider's public keys, read at start. Exactly one of
+    /// `jwks_file` and `jwks_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// The provider's JWKS URL (`https://`; `http://` only to a loopback address, for tests). Fetched on first
+    /// use, refreshed every `jwks_refresh` and when a token names a key id it does not hold (at most once a
+    /// minute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// The `iss` every token must carry (required).
+    pub issuer: String,
+    /// A value the token's `aud` must hold (required).
+    pub audience: String,
+    /// The claim naming the user (default `email`); its value is the authenticated user.
+    pub user_claim: String,
+    /// The signature algorithms accepted (default `RS256`, `ES256`, `EdDSA`).
+    pub allowed_algorithms: Vec<String>,
+    /// Clock skew allowed when checking `exp` and `nbf` (default 60s, at most 10m).
+    pub leeway: HumanDuration,
+    /// How often a `jwks_url` is fetched again (default 10m, at least 1m).
+    pub jwks_refresh: HumanDuration,
+    /// The scope named in the error challenge of a failed exchange (RFC 7628 3.2.2), for example
+    /// `https://mail.google.com/`. Unset: no scope is named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl Default for IngestOauthConfig {
+    fn default() -> Self {
+        IngestOauthConfig {
+            jwks_file: None,
+            jwks_url: None,
+            issuer: String::new(),
+            audience: String::new(),
+            user_claim: "email".into(),
+            allowed_algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            leeway: HumanDuration::from_secs(60),
+            jwks_refresh: HumanDuration::from_secs(600),
+            scope: None,
+        }
+    }
+}
+
+impl IngestOauthConfig {
+    /// Checks the table; returns the offending key (relative to `[ingest.oauth]`) and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_string(), m));
+        match (&self.jwks_file, &self.jwks_url) {
+            (None, None) => return err("jwks_file", "one of jwks_file and jwks_url is required".into()),
+            (Some(_), Some(_)) => return err("jwks_url", "set only one of jwks_file and jwks_url".into()),
+            _ => {}
+        }
+        if let Some(url) = &self.jwks_url {
+            check_jwks_url(url).map_err(|m| ("jwks_url".to_string(), m))?;
+        }
+        if self.issuer.trim().is_empty() {
+            return err("issuer", "is required".into());
+        }
+        if self.audience.trim().is_empty() {
+            return err("audience", "is required".into());
+        }
+        if self.user_claim.trim().is_empty() {
+            return err("user_claim", "must not be empty".into());
+        }
+        if self.allowed_algorithms.is_empty() {
+            return err("allowed_algorithms", "must name at least one algorithm".into());
+        }
+        if let Some(a) = self
+            .allowed_algorithms
+            .iter()
+            .find(|a| !OAUTH_ALGORITHMS.contains(&a.as_str()))
+        {
+            return err(
+                "allowed_algorithms",
+                format!("{a:?} is not one of {}", OAUTH_ALGORITHMS.join(", ")),
+            );
+        }
+        if self.leeway.get() > Duration::from_secs(600) {
+            return err("leeway", format!("{} is longer than 10m", self.leeway));
+        }
+        if self.jwks_refresh.get() < Duration::from_secs(60) {
+            return err(
+                "jwks_refresh",
+                format!("{} is shorter than 1m", self.jwks_refresh),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A JWKS URL is `https://host[:port]/path`, or `http://` to a loopback host (a token's keys fetched in
+/// clear could be replaced by anyone on the path).
+fn check_jwks_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not an http(s) URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() || authority.contains('@') {
+        return Err(format!("{url:?} has no host (or has credentials in it)"));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{url:?}: http:// is allowed only to a loopback address; use https://"
+                ))
+            }
+        }
+        _ => Err(format!("{url:?} is not an http(s) URL")),
+    }
 }
 
 impl Default for IngestConfig {
@@ -92,6 +229,7 @@ impl Default for IngestConfig {
             enqueue_retry_for: HumanDuration::from_secs(60),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
             api_keys_file: None,
+            oauth: None,
         }
     }
 }
@@ -164,6 +302,9 @@ impl IngestConfig {
                 "enqueue_retry_for",
                 format!("{} is longer than 10m", self.enqueue_retry_for),
             );
+        }
+        if let Some(oauth) = &self.oauth {
+            oauth.validate().map_err(|(k, m)| (format!("oauth.{k}"), m))?;
         }
         Ok(())
     }
@@ -291,6 +432,110 @@ mod tests {
             }),
             "enqueue_retry_for"
         );
+    }
+
+    #[test]
+    fn oauth_table_parses_with_defaults_and_round_trips() {
+        let c: IngestConfig = toml::from_str(
+            "[oauth]\njwks_file = \"/etc/tern/jwks.json\"\nissuer = \"https://idp.example\"\naudience = \"smtp\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        let o = c.oauth.clone().unwrap();
+        assert_eq!(o.user_claim, "email");
+        assert_eq!(o.allowed_algorithms, ["RS256", "ES256", "EdDSA"]);
+        assert_eq!(o.leeway.get(), Duration::from_secs(60));
+        assert_eq!(o.jwks_refresh.get(), Duration::from_secs(600));
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<IngestConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn oauth_mistakes_name_the_key() {
+        let good = IngestOauthConfig {
+            jwks_url: Some("https://idp.example/keys".into()),
+            issuer: "https://idp.example".into(),
+            audience: "smtp".into(),
+            ..IngestOauthConfig::default()
+        };
+        let key = |o: IngestOauthConfig| {
+            IngestConfig {
+                oauth: Some(o),
+                ..IngestConfig::default()
+            }
+            .validate()
+            .unwrap_err()
+            .0
+        };
+        assert_eq!(good.validate(), Ok(()));
+        for (url, ok) in [
+            ("http://127.0.0.1:8080/jwks", true),
+            ("http://[::1]:8080/jwks", true),
+            ("http://localhost/jwks", true),
+            ("http://idp.example/jwks", false),
+            ("ftp://idp.example/jwks", false),
+            ("https://", false),
+        ] {
+            let o = IngestOauthConfig {
+                jwks_url: Some(url.into()),
+                ..good.clone()
+            };
+            assert_eq!(o.validate().is_ok(), ok, "{url}");
+        }
+        let cases = [
+            (
+                IngestOauthConfig {
+                    jwks_url: None,
+                    ..good.clone()
+                },
+                "oauth.jwks_file",
+            ),
+            (
+                IngestOauthConfig {
+                    jwks_file: Some("/k".into()),
+                    ..good.clone()
+                },
+                "oauth.jwks_url",
+            ),
+            (
+                IngestOauthConfig {
+                    issuer: String::new(),
+                    ..good.clone()
+                },
+                "oauth.issuer",
+            ),
+            (
+                IngestOauthConfig {
+                    audience: " ".into(),
+                    ..good.clone()
+                },
+                "oauth.audience",
+            ),
+            (
+                IngestOauthConfig {
+                    allowed_algorithms: vec!["HS256".into()],
+                    ..good.clone()
+                },
+                "oauth.allowed_algorithms",
+            ),
+            (
+                IngestOauthConfig {
+                    leeway: HumanDuration::from_secs(3600),
+                    ..good.clone()
+                },
+                "oauth.leeway",
+            ),
+            (
+                IngestOauthConfig {
+                    jwks_refresh: HumanDuration::from_secs(5),
+                    ..good.clone()
+                },
+                "oauth.jwks_refresh",
+            ),
+        ];
+        for (o, k) in cases {
+            assert_eq!(key(o), k);
+        }
     }
 
     #[test]

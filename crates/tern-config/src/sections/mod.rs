@@ -14,6 +14,6 @@ pub use delivery::{
     split_host_port,
 };
 pub use dkim::{DkimAlgorithm, DkimCanonicalization, DkimConfig};
-pub use ingest::IngestConfig;
+pub use ingest::{IngestConfig, IngestOauthConfig};
 pub use queue::{QueueBackend, QueueConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};

@@ -4,7 +4,9 @@
 //! The users file (`ingest.users_file`) has one user per line, `user:<argon2id PHC hash>` (as printed by
 //! `tern passwd`), optionally followed by `:domain,domain,...`: the only sender domains that user may put in
 //! `MAIL FROM` (`553 5.7.1` otherwise; the null sender is then refused too). Empty lines and lines starting
-//! with `#` are ignored.
+//! with `#` are ignored. The hash `!` marks a user without a password (`alice@example.com:!:example.com`):
+//! PLAIN and LOGIN never accept it, and the line only gives the sender domains of a user who authenticates
+//! with an OAuth token (see [`crate::oauth::sender_domains`]).
 //!
 //! Verification runs argon2 on the blocking pool. An unknown user is verified against another user's hash,
 //! so that the reply takes as long as for a known user with a wrong password.
@@ -30,6 +32,9 @@ use crate::IngestError;
 
 /// How long an address stays locked out, and the window in which its failures are counted.
 pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The hash of a user who has no password (an OAuth-only user).
+const NO_PASSWORD: &str = "!";
 
 /// One line of the users file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +122,7 @@ impl UserDb {
             if parts.next().is_some() || user.is_empty() {
                 return Err(format!("line {}: expected user:hash[:domains]", n + 1));
             }
-            if PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2") {
+            if hash != NO_PASSWORD && (PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2")) {
                 return Err(format!(
                     "line {}: the hash of {user:?} is not an argon2 PHC string",
                     n + 1
@@ -152,6 +157,23 @@ impl UserDb {
         self.users.is_empty()
     }
 
+    /// Whether some user has a password (PLAIN and LOGIN are offered only then).
+    pub fn has_passwords(&self) -> bool {
+        self.users.values().any(|e| e.hash != NO_PASSWORD)
+    }
+
+    /// The sender domains of `user` if the file lists it (the name compared without ASCII case, as user
+    /// names from tokens are often addresses): `Some(None)` when its line names none (any domain).
+    pub fn domains_of(&self, user: &str) -> Option<Option<Vec<String>>> {
+        let entry = self.users.get(user).or_else(|| {
+            self.users
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(user))
+                .map(|(_, e)| e)
+        })?;
+        Some(entry.domains.clone())
+    }
+
     /// Checks `password` for `user` on the blocking pool, at most one check per core at a time (the others
     /// wait their turn; the session's idle timeout still applies around the whole command).
     pub async fn verify(self: &Arc<Self>, user: &str, password: &str) -> Option<AuthedUser> {
@@ -167,10 +189,11 @@ impl UserDb {
 
     /// Checks `password` for `user` on the calling thread (CPU-heavy).
     pub fn verify_blocking(&self, user: &str, password: &str) -> Option<AuthedUser> {
-        let (entry, known) = match self.users.get(user) {
+        let with_password = |e: &&UserEntry| e.hash != NO_PASSWORD;
+        let (entry, known) = match self.users.get(user).filter(with_password) {
             Some(e) => (e, true),
             // Spend the same time as for a wrong password.
-            None => (self.users.values().next()?, false),
+            None => (self.users.values().find(with_password)?, false),
         };
         let hash = PasswordHash::new(&entry.hash).ok()?;
         let ok = argon2::Argon2::default()
@@ -323,6 +346,25 @@ mod tests {
         assert!(!bob.may_send_from(&from("x@example.net")));
         assert!(!bob.may_send_from(&ReversePath::Null));
         assert!(alice.may_send_from(&ReversePath::Null));
+    }
+
+    #[test]
+    fn a_user_without_password_gives_domains_but_never_logs_in() {
+        let text = format!(
+            "alice@example.com:!:example.com,example.org\nbob:{}\ncarol@x.test:!\n",
+            cheap_hash("pw")
+        );
+        let db = UserDb::parse(&text).unwrap();
+        assert!(db.has_passwords());
+        assert!(db.verify_blocking("alice@example.com", "!").is_none());
+        assert!(db.verify_blocking("alice@example.com", "").is_none());
+        assert_eq!(
+            db.domains_of("Alice@Example.com"),
+            Some(Some(vec!["example.com".into(), "example.org".into()]))
+        );
+        assert_eq!(db.domains_of("carol@x.test"), Some(None));
+        assert_eq!(db.domains_of("dave@x.test"), None);
+        assert!(!UserDb::parse("a:!\n").unwrap().has_passwords());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) users: Option<Arc<UserDb>>,
+    /// `[ingest.oauth]`: the verifier of AUTH XOAUTH2 and OAUTHBEARER tokens.
+    pub(crate) oauth: Option<Arc<crate::oauth::OauthVerifier>>,
     pub(crate) lockout: Lockout,
     pub(crate) allow_plaintext_auth: bool,
     pub(crate) relay_networks: Vec<IpNet>,
@@ -91,8 +93,16 @@ impl std::fmt::Debug for SmtpServer {
     }
 }
 
-/// Validates the section and loads the files it names: the TLS certificate and key, and the users file.
-fn load_files(config: &IngestConfig) -> Result<(Option<TlsAcceptor>, Option<Arc<UserDb>>), IngestError> {
+/// What [`load_files`] loads.
+struct Loaded {
+    tls: Option<TlsAcceptor>,
+    users: Option<Arc<UserDb>>,
+    oauth: Option<Arc<crate::oauth::OauthVerifier>>,
+}
+
+/// Validates the section and loads the files it names: the TLS certificate and key, the users file and the
+/// OAuth JWKS file.
+fn load_files(config: &IngestConfig) -> Result<Loaded, IngestError> {
     config.validate().map_err(|(key, message)| IngestError::Config {
         key: format!("ingest.{key}"),
         message,
@@ -105,7 +115,8 @@ fn load_files(config: &IngestConfig) -> Result<(Option<TlsAcceptor>, Option<Arc<
         Some(path) => Some(Arc::new(UserDb::load(path)?)),
         None => None,
     };
-    Ok((tls, users))
+    let oauth = crate::oauth::OauthVerifier::from_config(config)?;
+    Ok(Loaded { tls, users, oauth })
 }
 
 impl SmtpServer {
@@ -118,7 +129,7 @@ impl SmtpServer {
     /// Builds the server from the `[ingest]` section: validates it, loads the TLS certificate and the users
     /// file. Nothing listens yet.
     pub fn new(config: &IngestConfig, queue: Arc<dyn Queue>) -> Result<SmtpServer, IngestError> {
-        let (tls, users) = load_files(config)?;
+        let Loaded { tls, users, oauth } = load_files(config)?;
         let limiter = ConnLimiter::new(
             usize::try_from(config.max_connections).unwrap_or(usize::MAX),
             usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),
@@ -131,6 +142,7 @@ impl SmtpServer {
             queue,
             tls,
             users: users.filter(|u| !u.is_empty()),
+            oauth,
             lockout: Lockout::new(config.auth_max_failures),
             allow_plaintext_auth: config.allow_plaintext_auth,
             relay_networks: config.relay_networks.clone(),

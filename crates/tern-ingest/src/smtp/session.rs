@@ -37,8 +37,8 @@ use std::time::{Instant, SystemTime};
 use tern_core::{Envelope, MessageId, Recipient, Shutdown};
 use tern_queue::NewMessage;
 use tern_smtp::{
-    Body, Capabilities, Command, DataDecoder, DataStatus, LineError, LineFramer, MailParams, Mailbox,
-    ParseContext, RcptParams, Reply, ReversePath, Violations, parse_command_with,
+    Body, Capabilities, Command, CommandError, DataDecoder, DataStatus, LineError, LineFramer, MailParams,
+    Mailbox, ParseContext, RcptParams, Reply, ReversePath, Violations, parse_command_with,
 };
 use tern_telemetry::metrics::Listener;
 use tern_telemetry::trace::message_span;
@@ -55,6 +55,7 @@ use crate::log_fields;
 use deadline::{Deadline, LineClock, TransferClock};
 
 mod deadline;
+mod oauth;
 mod sasl;
 
 /// Size of the read buffer.
@@ -245,6 +246,9 @@ impl Session {
                     );
                     Flow::Close
                 }
+                Err(CommandError::UnknownAuthMechanism(m)) if self.offers_oauth(&m) => {
+                    self.oauth_auth(&line).await
+                }
                 Err(e) => self.reply(e.reply()),
             };
             if flow == Flow::Close {
@@ -433,9 +437,9 @@ impl Session {
         }
     }
 
-    /// Whether AUTH is offered on this connection now.
+    /// Whether AUTH may be used on this connection now (TLS, or `allow_plaintext_auth`).
     fn auth_offered(&self) -> bool {
-        self.shared.users.is_some() && (self.tls || self.shared.allow_plaintext_auth)
+        self.tls || self.shared.allow_plaintext_auth
     }
 
     /// EHLO / HELO: greets, resets the transaction, lists the extensions (EHLO only).
@@ -450,11 +454,7 @@ impl Session {
             size: Some(self.shared.max_message_size),
             pipelining: true,
             starttls: self.shared.tls.is_some() && !self.tls,
-            auth: if self.auth_offered() {
-                vec!["PLAIN".into(), "LOGIN".into()]
-            } else {
-                Vec::new()
-            },
+            auth: self.auth_mechanisms(),
             eight_bit_mime: true,
             smtputf8: true,
             chunking: true,

@@ -12,7 +12,7 @@ use super::{Flow, Input, MAX_SESSION_AUTH_FAILURES, Session, bad_sequence};
 
 impl Session {
     /// Sends a 334 challenge and reads the response line. `None`: the connection ended.
-    async fn challenge(&mut self, text: &str) -> Option<Result<String, SaslError>> {
+    pub(super) async fn challenge(&mut self, text: &str) -> Option<Result<String, SaslError>> {
         self.reply(Reply::new(334, None, auth::encode(text)));
         loop {
             match self.framer.next_line_with_limit(MAX_AUTH_LINE) {
@@ -72,22 +72,25 @@ impl Session {
         }
     }
 
-    /// AUTH PLAIN / LOGIN (RFC 4954).
-    pub(super) async fn auth(&mut self, mechanism: AuthMechanism, initial: Option<String>) -> Flow {
+    /// The refusal of an AUTH out of sequence: before EHLO, after a success, inside a transaction.
+    pub(super) fn auth_sequence_error(&self) -> Option<Reply> {
         if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
-            return self.reply(bad_sequence("Send EHLO first"));
+            return Some(bad_sequence("Send EHLO first"));
         }
         if self.user.is_some() {
-            return self.reply(bad_sequence("Already authenticated"));
+            return Some(bad_sequence("Already authenticated"));
         }
         if self.tx.is_some() {
-            return self.reply(bad_sequence("AUTH not allowed during a mail transaction"));
+            return Some(bad_sequence("AUTH not allowed during a mail transaction"));
         }
-        let Some(users) = self.shared.users.clone() else {
-            return self.reply(Reply::new(502, "5.5.1", "AUTH not available"));
-        };
+        None
+    }
+
+    /// The refusal of an AUTH on this connection now: without TLS (unless `allow_plaintext_auth`), or from a
+    /// client address locked out.
+    pub(super) fn auth_transport_error(&self) -> Option<Reply> {
         if !self.auth_offered() {
-            return self.reply(Reply::new(
+            return Some(Reply::new(
                 538,
                 "5.7.11",
                 "Encryption required for requested authentication mechanism",
@@ -95,11 +98,25 @@ impl Session {
         }
         if self.shared.lockout.is_locked(self.ip, Instant::now()) {
             info!("AUTH refused: address locked out");
-            return self.reply(Reply::new(
+            return Some(Reply::new(
                 454,
                 "4.7.0",
                 "Too many authentication failures, try again later",
             ));
+        }
+        None
+    }
+
+    /// AUTH PLAIN / LOGIN (RFC 4954).
+    pub(super) async fn auth(&mut self, mechanism: AuthMechanism, initial: Option<String>) -> Flow {
+        if let Some(r) = self.auth_sequence_error() {
+            return self.reply(r);
+        }
+        let Some(users) = self.shared.users.clone().filter(|u| u.has_passwords()) else {
+            return self.reply(Reply::new(502, "5.5.1", "AUTH not available"));
+        };
+        if let Some(r) = self.auth_transport_error() {
+            return self.reply(r);
         }
         let (user, password) = match self.credentials(mechanism, initial).await {
             None => return Flow::Close,
@@ -122,6 +139,12 @@ impl Session {
         // Escaped (control characters and quotes, without Rust's debug quoting): the name is the client's
         // text (and sometimes a mistyped password).
         warn!(user = %user.escape_debug(), failures = self.auth_failures, "authentication failed");
+        self.auth_failed(delay).await
+    }
+
+    /// The end of a failed AUTH, after the delay the lockout asks for: `535 5.7.8`, and after the
+    /// [`MAX_SESSION_AUTH_FAILURES`]th in the session, `421 4.7.0` and close.
+    pub(super) async fn auth_failed(&mut self, delay: std::time::Duration) -> Flow {
         tokio::time::sleep(delay).await;
         let flow = self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
         if flow == Flow::Continue && self.auth_failures >= MAX_SESSION_AUTH_FAILURES {
