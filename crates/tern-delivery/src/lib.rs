@@ -13,6 +13,7 @@
 pub mod dsn;
 pub mod error;
 mod log_fields;
+pub mod oauth;
 pub mod outcome;
 pub mod route;
 mod sandbox;

@@ -49,7 +49,7 @@ use crate::error::DeliveryError;
 use crate::route::Router;
 use crate::sandbox::Sandbox;
 use crate::smtp::{Timeouts, TlsClients};
-use connect::SessionSettings;
+use connect::{RelayCredentials, SessionSettings};
 use domain::DomainDelivery;
 use pool::{Idle, idle_reaper};
 use reroute::Reroutes;
@@ -176,7 +176,7 @@ impl Worker {
                 data_done: cfg.data_done_timeout.get(),
                 quit: QUIT_TIMEOUT,
             },
-            relay_auth: cfg.relay_username.clone().zip(cfg.relay_password.clone()),
+            relay_auth: RelayCredentials::from_config(cfg, &tls),
             tls,
             tls_failures: Arc::new(TlsFailures::new(cfg.tls_failure_memory.get())),
         };

@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tern_core::{HumanDuration, RetrySchedule};
 
+mod relay_oauth;
+pub use relay_oauth::{RelayAuth, RelayOAuthConfig};
+
 /// Which address families the worker connects over.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,12 +201,19 @@ pub struct DeliveryConfig {
     /// A smart host (`"[host]:port"` or `"host:port"`) that takes all mail, bypassing MX lookup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_host: Option<String>,
-    /// AUTH user name for `relay_host` (AUTH PLAIN, only over TLS).
+    /// AUTH user name for `relay_host` (only sent over TLS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_username: Option<String>,
-    /// AUTH password for `relay_host`.
+    /// AUTH password for `relay_host` (`plain` and `login`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_password: Option<String>,
+    /// The AUTH mechanism towards `relay_host`: `plain`, `login` or `xoauth2`. Unset: `plain` when
+    /// `relay_username` and `relay_password` are set, no AUTH otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_auth: Option<RelayAuth>,
+    /// `[delivery.relay_oauth]`: the access token for `relay_auth = "xoauth2"`.
+    #[serde(skip_serializing_if = "RelayOAuthConfig::is_empty")]
+    pub relay_oauth: RelayOAuthConfig,
     /// How the relay connection is secured: `starttls` (as `tls` says) or `implicit`. TLS to the relay is
     /// always verified (trust a private CA with `extra_ca_file`), and credentials are only sent over TLS.
     pub relay_tls: RelayTls,
@@ -274,6 +284,8 @@ impl Default for DeliveryConfig {
             relay_host: None,
             relay_username: None,
             relay_password: None,
+            relay_auth: None,
+            relay_oauth: RelayOAuthConfig::default(),
             relay_tls: RelayTls::Starttls,
             routes: Vec::new(),
             tls: TlsMode::Opportunistic,
@@ -342,15 +354,7 @@ impl DeliveryConfig {
         {
             return err("relay_host", format!("{r:?} is not \"[host]:port\""));
         }
-        if self.relay_username.is_some() != self.relay_password.is_some() {
-            return err(
-                "relay_username",
-                "relay_username and relay_password go together".into(),
-            );
-        }
-        if self.relay_username.is_some() && self.relay_host.is_none() {
-            return err("relay_username", "needs relay_host".into());
-        }
+        self.validate_relay_auth()?;
         for (i, r) in self.routes.iter().enumerate() {
             if r.domain.trim().is_empty() {
                 return err(&format!("routes[{i}].domain"), "must not be empty".into());

@@ -10,8 +10,8 @@ mod telemetry;
 
 pub use control::ControlConfig;
 pub use delivery::{
-    DeliveryConfig, IpVersion, MtaStsConfig, RETRY_JITTER, RelayTls, RouteConfig, TlsMode, TlsRptConfig,
-    split_host_port,
+    DeliveryConfig, IpVersion, MtaStsConfig, RETRY_JITTER, RelayAuth, RelayOAuthConfig, RelayTls,
+    RouteConfig, TlsMode, TlsRptConfig, split_host_port,
 };
 pub use dkim::{DkimAlgorithm, DkimCanonicalization, DkimConfig};
 pub use ingest::{IngestConfig, IngestOauthConfig};

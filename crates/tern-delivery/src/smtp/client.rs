@@ -144,6 +144,11 @@ impl SmtpClient {
         }
     }
 
+    /// QUIT and close, leaving the session unusable (for a caller that gives up on it before using it).
+    pub async fn give_up(&mut self) {
+        self.hang_up().await;
+    }
+
     /// QUIT and close after a refusal that ends the session; the session is unusable afterwards.
     pub(super) async fn hang_up(&mut self) {
         let timeout = self.timeouts.quit.min(self.timeouts.command);

@@ -1,5 +1,6 @@
 //! What a message needs from the server, pure: the content checks against the EHLO capabilities (SIZE,
-//! SMTPUTF8, 8BITMIME) and the MAIL and RCPT parameters to send (DSN ones only when offered).
+//! SMTPUTF8, 8BITMIME, CHUNKING and BINARYMIME) and the MAIL and RCPT parameters to send (DSN ones only
+//! when offered).
 
 use tern_core::{Envelope, Recipient};
 use tern_smtp::{Body, Capabilities, MailParams, RcptParams, Reply};
@@ -26,6 +27,19 @@ pub fn content_check(
             553,
             "5.6.7",
             "the message needs SMTPUTF8, which the server does not offer",
+        ));
+    }
+    if env.body == Some(Body::BinaryMime) {
+        // RFC 3030 3: binary content cannot be converted here; it goes only by BDAT to a server that
+        // takes BINARYMIME, and otherwise bounces.
+        if caps.chunking && caps.binarymime {
+            return None;
+        }
+        return Some(Reply::new(
+            554,
+            "5.6.3",
+            "conversion required but not supported: the message is BINARYMIME and the server does not \
+             offer CHUNKING and BINARYMIME",
         ));
     }
     if is_eight_bit(env, body) && !caps.eight_bit_mime {
@@ -57,7 +71,11 @@ pub fn mail_params(
 ) -> MailParams {
     MailParams {
         size: caps.size.map(|_| body.len() as u64),
-        body: (is_eight_bit(env, body) && caps.eight_bit_mime).then_some(Body::EightBitMime),
+        body: if env.body == Some(Body::BinaryMime) && caps.chunking && caps.binarymime {
+            Some(Body::BinaryMime)
+        } else {
+            (is_eight_bit(env, body) && caps.eight_bit_mime).then_some(Body::EightBitMime)
+        },
         smtputf8: needs_smtputf8(env, recipients) && caps.smtputf8,
         ret: if caps.dsn { env.ret } else { None },
         envid: if caps.dsn { env.envid.clone() } else { None },
@@ -126,6 +144,38 @@ mod tests {
             mail_params(&e, &rs, "caf\u{e9}".as_bytes(), &caps).body,
             Some(Body::EightBitMime)
         );
+    }
+
+    #[test]
+    fn binarymime_needs_chunking_and_binarymime_or_bounces_5_6_3() {
+        let e = env(Some(Body::BinaryMime));
+        let rs: Vec<(u32, &Recipient)> = vec![(0, &e.recipients[0])];
+        let eight = Capabilities {
+            eight_bit_mime: true,
+            ..Default::default()
+        };
+        let chunking_only = Capabilities {
+            chunking: true,
+            ..eight.clone()
+        };
+        for caps in [&eight, &chunking_only] {
+            let r = content_check(&e, &rs, b"x\0y", caps).unwrap();
+            assert_eq!((r.code, r.enhanced.unwrap().to_string()), (554, "5.6.3".into()));
+        }
+        let both = Capabilities {
+            chunking: true,
+            binarymime: true,
+            ..Default::default()
+        };
+        assert!(content_check(&e, &rs, b"x\0y", &both).is_none());
+        assert_eq!(mail_params(&e, &rs, b"x\0y", &both).body, Some(Body::BinaryMime));
+        // An 8-bit message to a server with BINARYMIME still says 8BITMIME.
+        let e8 = env(Some(Body::EightBitMime));
+        let all = Capabilities {
+            eight_bit_mime: true,
+            ..both
+        };
+        assert_eq!(mail_params(&e8, &rs, b"x", &all).body, Some(Body::EightBitMime));
     }
 
     #[test]

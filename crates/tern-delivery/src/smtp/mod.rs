@@ -4,9 +4,10 @@
 //! SmtpClient::connect / connect_tls   connect.rs      TCP (TLS from the first byte), greeting
 //!   .ehlo(name)                       connect.rs      EHLO, HELO when EHLO is not understood
 //!   .starttls(&tls, verify)           tls.rs          STARTTLS, handshake, EHLO again
-//!   .auth_plain(user, password)       auth.rs         AUTH PLAIN, over TLS only
+//!   .auth_plain / auth_login / auth_xoauth2   auth.rs  AUTH PLAIN, LOGIN or XOAUTH2, over TLS only
 //!   .send_message(env, rcpts, body)   transaction.rs  content checks, MAIL..DATA, RSET, 452 continuation
 //!                                     pipeline.rs     the MAIL/RCPT/DATA group, pipelined when offered
+//!                                     chunking.rs     BDAT instead of DATA when CHUNKING is offered
 //!   .quit()                           client.rs       QUIT and close
 //! ```
 //!
@@ -16,6 +17,7 @@
 //! session (connection limits, reuse, holds, MX failover) is the worker's business, not the client's.
 
 mod auth;
+pub mod chunking;
 pub mod client;
 pub mod connect;
 pub mod content;

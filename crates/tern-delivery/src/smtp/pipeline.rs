@@ -5,6 +5,9 @@
 //! client must check every reply; when no RCPT was accepted it must still look at the DATA reply, and if
 //! DATA was accepted anyway (354) it sends the terminating dot alone, so that no content goes out and the
 //! server ends the (empty, failing) transaction.
+//!
+//! A message that goes by BDAT (RFC 3030) has no DATA in the group: the chunks follow once a recipient
+//! was accepted (`chunking.rs`).
 
 use tern_smtp::{Command, Reply};
 
@@ -14,32 +17,37 @@ use super::wire::{Wire, WireError};
 /// The replies of a group: MAIL's, one per RCPT, and DATA's (`None` when DATA was not sent).
 pub(crate) type Exchange = (Reply, Vec<Reply>, Option<Reply>);
 
-/// MAIL, every RCPT and DATA in one write; then the replies, matched by count (RFC 2920).
+/// MAIL, every RCPT and DATA (unless `with_data` is false: BDAT follows) in one write; then the replies,
+/// matched by count (RFC 2920).
 pub(crate) async fn pipelined(
     wire: &mut Wire,
     mail: &Command,
     rcpts: &[Command],
+    with_data: bool,
     t: &Timeouts,
 ) -> Result<Exchange, WireError> {
-    let group: Vec<&Command> = std::iter::once(mail)
-        .chain(rcpts)
-        .chain(std::iter::once(&Command::Data))
-        .collect();
+    let data = with_data.then_some(&Command::Data);
+    let group: Vec<&Command> = std::iter::once(mail).chain(rcpts).chain(data).collect();
     wire.send_group(&group, t.mail, "MAIL").await?;
     let mail_reply = wire.read_reply(t.mail, "MAIL").await?;
     let mut replies = Vec::with_capacity(rcpts.len());
     for _ in rcpts {
         replies.push(wire.read_reply(t.rcpt, "RCPT").await?);
     }
+    if !with_data {
+        return Ok((mail_reply, replies, None));
+    }
     let data = wire.read_reply(t.data, "DATA").await?;
     Ok((mail_reply, replies, Some(data)))
 }
 
-/// One command at a time, stopping at the first failure that makes the rest pointless.
+/// One command at a time, stopping at the first failure that makes the rest pointless; DATA last unless
+/// `with_data` is false.
 pub(crate) async fn lockstep(
     wire: &mut Wire,
     mail: &Command,
     rcpts: &[Command],
+    with_data: bool,
     t: &Timeouts,
 ) -> Result<Exchange, WireError> {
     wire.send(mail, t.mail).await?;
@@ -62,7 +70,7 @@ pub(crate) async fn lockstep(
     if let Some(last) = replies.last().filter(|r| r.code == 421).cloned() {
         replies.resize(rcpts.len().max(replies.len()), last);
     }
-    if !replies.iter().any(Reply::is_positive) || replies.iter().any(|r| r.code == 421) {
+    if !with_data || !replies.iter().any(Reply::is_positive) || replies.iter().any(|r| r.code == 421) {
         return Ok((mail_reply, replies, None));
     }
     wire.send(&Command::Data, t.data).await?;

@@ -1,11 +1,13 @@
 //! One message over an open session: the content checks, then MAIL..DATA transactions (RSET before each
 //! one but the session's first) until every recipient has a final reply; recipients refused with 452 go
-//! in the next transaction. Each final reply says whether the server sent it or the client made it
+//! in the next transaction. A server that offers CHUNKING gets the message by BDAT instead of DATA
+//! (`chunking.rs`); a `BODY=BINARYMIME` message goes only that way. Each final reply says whether the server sent it or the client made it
 //! ([`RecipientReply`]), so that a report never presents the client's own decision as the server's.
 
 use tern_core::{Envelope, Recipient};
 use tern_smtp::{Command, Reply};
 
+use super::chunking::{CHUNK_SIZE, WINDOW, bdat_payload, send_chunks};
 use super::client::SmtpClient;
 use super::content::{content_check, mail_params, rcpt_params};
 use super::pipeline::{Next, RcptVerdict, lockstep, match_replies, pipelined};
@@ -135,10 +137,11 @@ impl SmtpClient {
                 params: rcpt_params(r, &self.caps),
             })
             .collect();
+        let bdat = self.caps.chunking;
         let exchange = if self.caps.pipelining {
-            pipelined(&mut self.wire, &mail, &rcpts, &self.timeouts).await
+            pipelined(&mut self.wire, &mail, &rcpts, !bdat, &self.timeouts).await
         } else {
-            lockstep(&mut self.wire, &mail, &rcpts, &self.timeouts).await
+            lockstep(&mut self.wire, &mail, &rcpts, !bdat, &self.timeouts).await
         };
         let (mail_reply, mut replies, data_reply) = match exchange {
             Ok(x) => x,
@@ -170,6 +173,21 @@ impl SmtpClient {
             }
         }
         end.accepted = accepted.len();
+        let stopped = std::iter::once(&mail_reply)
+            .chain(&replies)
+            .any(|r| r.code == 421);
+        if bdat && next == Next::Done && !accepted.is_empty() && !stopped && self.wire.is_usable() {
+            let window = if self.caps.pipelining { WINDOW } else { 1 };
+            let payload = bdat_payload(envelope, body);
+            let sent = send_chunks(&mut self.wire, &payload, CHUNK_SIZE, window, &self.timeouts).await;
+            let final_reply = match sent {
+                Ok(r) => RecipientReply::Remote(r),
+                Err(e) => RecipientReply::Local(e.as_reply()),
+            };
+            end.done
+                .extend(accepted.into_iter().map(|i| (i, final_reply.clone())));
+            return end;
+        }
         match next {
             Next::Done => {
                 // Accepted recipients whose DATA was never sent (the exchange stopped at a 421): deferred.

@@ -166,6 +166,46 @@ impl Wire {
         self.write(&out, block_timeout, "message data").await
     }
 
+    /// Sends one BDAT chunk (RFC 3030): the command line and the chunk's octets as they are (no
+    /// dot-stuffing, no terminator), in one write bounded by `block_timeout`. The transcript sees
+    /// `BDAT <n> [LAST]` and the chunk's size, never its bytes.
+    pub(crate) async fn send_chunk(
+        &mut self,
+        chunk: &[u8],
+        last: bool,
+        block_timeout: Duration,
+    ) -> Result<(), WireError> {
+        let cmd = Command::Bdat {
+            size: chunk.len() as u64,
+            last,
+        };
+        if self.transcript.is_some() {
+            self.note(TranscriptEntry::Command(&command_line(&cmd)));
+            self.note(TranscriptEntry::Body { octets: chunk.len() });
+        }
+        let line = cmd.to_bytes();
+        let mut out = Vec::with_capacity(line.len() + chunk.len());
+        out.extend_from_slice(&line);
+        out.extend_from_slice(chunk);
+        self.write(&out, block_timeout, "BDAT").await
+    }
+
+    /// Sends a line that is no command, such as a SASL response (RFC 4954): the transcript sees `shown`
+    /// instead of the line (credentials masked).
+    pub(crate) async fn send_line(
+        &mut self,
+        line: &str,
+        shown: &str,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<(), WireError> {
+        self.note(TranscriptEntry::Command(shown));
+        let mut out = Vec::with_capacity(line.len() + 2);
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.write(&out, timeout, what).await
+    }
+
     /// Sends the terminating dot alone (after a 354 when no recipient was accepted, RFC 2920 3.1).
     pub(crate) async fn send_dot(&mut self, timeout: Duration) -> Result<(), WireError> {
         self.note(TranscriptEntry::Command("."));

@@ -10,18 +10,62 @@ use std::time::Instant;
 
 use tern_config::sections::TlsMode;
 use tern_telemetry::metrics::ConnectionKind;
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use super::Inner;
 use super::mta_sts::StsApplied;
 use super::pool::Connection;
 use super::tls_policy::{TlsFailures, TlsPolicy};
 use super::trace::TraceSession;
+use crate::oauth::TokenSource;
 use crate::route::Host;
 use crate::smtp::{
     ClientOptions, ConnectError, SmtpClient, StartTls, Timeouts, TlsClients, Transcript, TranscriptEntry,
     TranscriptHook, reply_line, tracing_transcript,
 };
+
+/// How the worker authenticates to the relay (`delivery.relay_auth`).
+#[derive(Clone)]
+pub(super) enum RelayCredentials {
+    /// AUTH PLAIN: user and password.
+    Plain(String, String),
+    /// AUTH LOGIN: user and password.
+    Login(String, String),
+    /// AUTH XOAUTH2: user, and where the access token comes from.
+    Xoauth2(String, Arc<TokenSource>),
+}
+
+impl RelayCredentials {
+    /// What `[delivery]` asks for; `tls` for a token endpoint over HTTPS.
+    pub(super) fn from_config(cfg: &tern_config::DeliveryConfig, tls: &TlsClients) -> Option<Self> {
+        let user = cfg.relay_username.clone()?;
+        let password = || cfg.relay_password.clone().unwrap_or_default();
+        match cfg.relay_auth_mechanism()?.as_str() {
+            "login" => Some(RelayCredentials::Login(user, password())),
+            "xoauth2" => {
+                let source = TokenSource::from_config(cfg, tls.clone(), cfg.command_timeout.get())?;
+                Some(RelayCredentials::Xoauth2(user, Arc::new(source)))
+            }
+            _ => Some(RelayCredentials::Plain(user, password())),
+        }
+    }
+
+    /// AUTH on `client`; a token that cannot be had ends the session like a refusal.
+    async fn authenticate(&self, client: &mut SmtpClient) -> Result<(), ConnectError> {
+        match self {
+            RelayCredentials::Plain(user, password) => client.auth_plain(user, password).await,
+            RelayCredentials::Login(user, password) => client.auth_login(user, password).await,
+            RelayCredentials::Xoauth2(user, source) => match source.token().await {
+                Ok(token) => client.auth_xoauth2(user, &token).await,
+                Err(e) => {
+                    warn!(relay = %client.server(), error = %e, "no OAuth token for the relay");
+                    client.give_up().await;
+                    Err(ConnectError::Rejected(e.to_string()))
+                }
+            },
+        }
+    }
+}
 
 /// How the worker opens sessions.
 #[derive(Clone)]
@@ -32,8 +76,8 @@ pub(super) struct SessionSettings {
     pub(super) tls_mode: TlsMode,
     /// The deadlines.
     pub(super) timeouts: Timeouts,
-    /// AUTH PLAIN credentials for the relay host.
-    pub(super) relay_auth: Option<(String, String)>,
+    /// AUTH towards the relay host.
+    pub(super) relay_auth: Option<RelayCredentials>,
     /// The TLS clients.
     pub(super) tls: TlsClients,
     /// The hosts whose STARTTLS failed recently (reached in plaintext meanwhile under opportunistic TLS).
@@ -136,9 +180,9 @@ async fn open_session(
     }
 
     if host.relay
-        && let Some((user, password)) = &s.relay_auth
+        && let Some(auth) = &s.relay_auth
     {
-        client.auth_plain(user, password).await?;
+        auth.authenticate(&mut client).await?;
     }
     Ok(client)
 }

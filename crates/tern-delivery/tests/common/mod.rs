@@ -119,6 +119,7 @@ pub fn ip(last: u8) -> Ipv4Addr {
 pub mod fake_dns;
 pub mod fake_mx;
 pub mod policy_server;
+pub mod py_peer;
 
 /// Waits (bounded) until `f` holds.
 pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
