@@ -32,6 +32,7 @@
 //! | [`grpc`] | the gRPC Send API: MIME composition, validation, per-call limits |
 #![forbid(unsafe_code)]
 
+pub mod dkim;
 pub mod enqueue;
 mod error;
 pub mod grpc;

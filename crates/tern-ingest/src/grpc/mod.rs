@@ -143,6 +143,15 @@ impl GrpcServer {
 
     /// Loads the keys file, checks that a keyless listener is on loopback, and binds the listener.
     pub async fn bind(settings: &GrpcSettings, queue: Arc<dyn Queue>) -> Result<BoundGrpcServer, GrpcError> {
+        Self::bind_with_dkim(settings, queue, None).await
+    }
+
+    /// [`GrpcServer::bind`], signing every message with the DKIM keys of `dkim` before it is queued.
+    pub async fn bind_with_dkim(
+        settings: &GrpcSettings,
+        queue: Arc<dyn Queue>,
+        dkim: Option<Arc<tern_dkim::SharedSigners>>,
+    ) -> Result<BoundGrpcServer, GrpcError> {
         let auth = Authenticator::for_listener("ingest", settings.listen, settings.api_keys_file.as_deref())?;
         let hostname = settings
             .hostname
@@ -160,7 +169,8 @@ impl GrpcServer {
             },
         )
         .with_enqueue_retry(settings.enqueue_retry)
-        .with_stop(stop.clone());
+        .with_stop(stop.clone())
+        .with_dkim(dkim);
         let max_send = settings.max_message_size.saturating_add(REQUEST_OVERHEAD);
         let max_batch = settings
             .max_message_size

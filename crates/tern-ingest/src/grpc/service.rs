@@ -53,6 +53,8 @@ pub struct SubmissionService {
     limits: Arc<Limits>,
     retry: EnqueueRetry,
     stop: Shutdown,
+    /// `[[dkim]]`: the keys messages are signed with before they are queued.
+    dkim: Option<Arc<tern_dkim::SharedSigners>>,
 }
 
 impl std::fmt::Debug for SubmissionService {
@@ -106,7 +108,14 @@ impl SubmissionService {
             limits: Arc::new(limits),
             retry: EnqueueRetry::default(),
             stop: Shutdown::new(),
+            dkim: None,
         }
+    }
+
+    /// Signs every message with the DKIM keys of `dkim` before it is queued (see [`crate::dkim`]).
+    pub fn with_dkim(mut self, dkim: Option<Arc<tern_dkim::SharedSigners>>) -> Self {
+        self.dkim = dkim;
+        self
     }
 
     /// Sets the signal that ends the repeats of queue writes: once it is cancelled, a call repeating a write
@@ -268,10 +277,17 @@ impl SubmissionService {
         if built.body.iter().any(|b| *b >= 0x80) {
             envelope.body = Some(tern_core::Body::EightBitMime);
         }
+        let body = crate::dkim::sign(self.dkim.as_ref(), built.body, req.sign).map_err(|e| match e {
+            crate::dkim::SignError::Required(_) => Status::failed_precondition(format!("sign: {e}")),
+            crate::dkim::SignError::Failed(_) => {
+                tracing::warn!(message_id = %id, error = %e, "message refused: DKIM signing failed");
+                Status::unavailable(format!("{e}; nothing was queued"))
+            }
+        })?;
         let message = NewMessage {
             id: Some(id),
             envelope,
-            body: built.body.into(),
+            body: body.into(),
             tags,
             trace: trace.map(str::to_owned),
             idempotency_key,

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) users: Option<Arc<UserDb>>,
+    /// `[[dkim]]`: the keys messages are signed with before they are queued.
+    pub(crate) dkim: Option<Arc<tern_dkim::SharedSigners>>,
     /// `[ingest.oauth]`: the verifier of AUTH XOAUTH2 and OAUTHBEARER tokens.
     pub(crate) oauth: Option<Arc<crate::oauth::OauthVerifier>>,
     pub(crate) lockout: Lockout,
@@ -129,6 +131,15 @@ impl SmtpServer {
     /// Builds the server from the `[ingest]` section: validates it, loads the TLS certificate and the users
     /// file. Nothing listens yet.
     pub fn new(config: &IngestConfig, queue: Arc<dyn Queue>) -> Result<SmtpServer, IngestError> {
+        Self::with_dkim(config, queue, None)
+    }
+
+    /// [`SmtpServer::new`], signing every message with the DKIM keys of `dkim` before it is queued.
+    pub fn with_dkim(
+        config: &IngestConfig,
+        queue: Arc<dyn Queue>,
+        dkim: Option<Arc<tern_dkim::SharedSigners>>,
+    ) -> Result<SmtpServer, IngestError> {
         let Loaded { tls, users, oauth } = load_files(config)?;
         let limiter = ConnLimiter::new(
             usize::try_from(config.max_connections).unwrap_or(usize::MAX),
@@ -142,6 +153,7 @@ impl SmtpServer {
             queue,
             tls,
             users: users.filter(|u| !u.is_empty()),
+            dkim,
             oauth,
             lockout: Lockout::new(config.auth_max_failures),
             allow_plaintext_auth: config.allow_plaintext_auth,

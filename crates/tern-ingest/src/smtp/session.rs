@@ -767,6 +767,15 @@ impl Session {
         });
         let message = received::prepare_message(&body, &scan, &header, &id, &self.shared.hostname, now);
         drop(body);
+        let Ok(message) = crate::dkim::sign(self.shared.dkim.as_ref(), message, None)
+            .inspect_err(|e| warn!(message_id = %id, error = %e, "message refused: DKIM signing failed"))
+        else {
+            return self.message_reply(Reply::new(
+                451,
+                "4.3.0",
+                "Cannot sign the message now; try again later",
+            ));
+        };
         let size = message.len();
         // The message's log fields, from the envelope before it moves into the queue's message.
         let sender = log_fields::sender(&tx.from);

@@ -96,7 +96,7 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
             _ => "all",
         };
         let telemetry = tern_telemetry::Telemetry::init(&config.telemetry, process)?;
-        let result = run_roles(&config, roles, &telemetry).await;
+        let result = run_roles(&config, path, roles, &telemetry).await;
         // Bounded: an OTLP collector that does not answer must not hold the exit past the pod's grace.
         if tokio::time::timeout(TELEMETRY_FLUSH, telemetry.shutdown())
             .await
@@ -115,6 +115,7 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
 /// the rest starts), then the queue, the reaper and the roles.
 async fn run_roles(
     config: &tern_config::Config,
+    path: Option<&Path>,
     roles: &[Role],
     telemetry: &tern_telemetry::Telemetry,
 ) -> anyhow::Result<ExitCode> {
@@ -134,6 +135,11 @@ async fn run_roles(
         None => crate::queue::open(config).await?,
     };
     let owner = owner_id();
+    let dkim = if roles.contains(&Role::Ingest) {
+        ingest::load_dkim(config, path, &shutdown)?
+    } else {
+        None
+    };
     // The store's side stores: messages' history, domain routes and the SMTP trace bus, for the control
     // plane (and routes and traces for workers).
     let operator = tern_control::OperatorStores {
@@ -173,9 +179,10 @@ async fn run_roles(
         let (readiness, owner, sts) = (running.readiness().clone(), owner.clone(), sts.clone());
         let reporter = reporter.clone();
         let operator = operator.clone();
+        let dkim = dkim.clone();
         tasks.spawn(async move {
             let result = match role {
-                Role::Ingest => ingest::serve(&config, queue, shutdown, &readiness).await,
+                Role::Ingest => ingest::serve(&config, queue, dkim, shutdown, &readiness).await,
                 Role::Worker => {
                     // Session results are counted for TLS-RPT only while reports are sent.
                     let counts = reporter.as_ref().map(|r| Arc::clone(r.store()));
