@@ -120,6 +120,10 @@ impl AdminService {
                 .map(|job| job.id.to_string())
                 .collect()),
             Target::Domain(d) => {
+                // What the queue's domain-wide actions touch: the domain's own schedule (not jobs an admin
+                // bounce moved to the bounce schedule), never jobs in flight, and for a retry only jobs not
+                // due yet (due ones need no retry).
+                let now = tern_core::time::now_ms();
                 let filter = Filter {
                     list: tern_queue::ListFilter {
                         domain: Some(d.clone()),
@@ -130,7 +134,12 @@ impl AdminService {
                 let mut ids = Vec::new();
                 self.walk(&filter, SCAN_BUDGET, |job| {
                     // A domain-wide action leaves jobs in flight alone (see `Queue::delete` and friends).
-                    if applies(&job) && job.state != tern_queue::JobState::InFlight {
+                    let not_retried = action == Action::Retry && job.next_attempt_ms <= now;
+                    if applies(&job)
+                        && job.state != tern_queue::JobState::InFlight
+                        && !job.admin_bounce
+                        && !not_retried
+                    {
                         ids.push(job.id.to_string());
                     }
                 })

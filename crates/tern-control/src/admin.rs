@@ -173,7 +173,8 @@ impl QueueAdmin for AdminService {
         for d in depths {
             domains.push(pb::DomainStatus {
                 last_error: self.last_error(&d.domain).await?,
-                in_flight: d.total.saturating_sub(d.waiting),
+                in_flight: d.total.saturating_sub(d.waiting).saturating_sub(d.held),
+                held: d.held,
                 depth: d.total,
                 due: if d.suspension.is_some() { 0 } else { d.due },
                 active_claims: d.active_claims,

@@ -65,7 +65,17 @@ async fn a_held_message_is_never_claimed_shows_held_and_is_due_again_once_releas
         .unwrap()
         .into_inner();
     let totals = status.totals.unwrap();
-    assert_eq!((totals.held, totals.due_now), (1, 0));
+    assert_eq!((totals.held, totals.due_now, totals.in_flight), (1, 0, 0));
+    let domain = status
+        .domains
+        .iter()
+        .find(|d| d.domain == "held.test")
+        .expect("the domain");
+    assert_eq!(
+        (domain.held, domain.in_flight),
+        (1, 0),
+        "a held job is not in flight"
+    );
     assert!(
         c.queue
             .claim("w", 10, Duration::from_secs(30))

@@ -12,8 +12,11 @@
 //! - **Every job event of a message**, oldest first, with the fields the event stream carries, plus the
 //!   envelope sender on `queued` events ([`Event::sender`]) and the DSN's id on `failed` and `expired`
 //!   events whose attempt queued one ([`Event::dsn`]). Domain events (suspend, resume) are not kept.
-//! - **Retention**: a message's history is kept at least the retention after its last event, then
-//!   forgotten; a retention of zero keeps none.
+//! - **Retention**: a message's history is kept at least the retention after its last event, and forgotten
+//!   by twice the retention (the Redis backend keeps each shard's part of a message twice the retention after
+//!   that shard's last event, so that the part of a job that finished early outlives the message's last
+//!   event); a retention of zero keeps none. A message that stays queued (held, or retried) longer than the
+//!   retention may lose the records of its early events.
 //! - **Listing**: [`HistoryStore::history_ids`] pages through the messages with history, newest first (by
 //!   the time in their ids, when they were accepted), from a time on.
 //!

@@ -239,11 +239,12 @@ impl HistoryStore for RedisQueue {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Messages older than the retention have no history left to show (the reaper trims them from the
-        // index at its own pace).
+        // A message accepted long ago may have ended recently, and its history is kept the retention after
+        // its last event: the index keeps ids twice the retention after they were accepted (the reaper's
+        // horizon), and an id whose history is gone reads back empty and is skipped by the caller.
         let retention = self.history_ms();
         let min = if retention > 0 {
-            since_ms.max(now_ms().saturating_sub(retention))
+            since_ms.max(now_ms().saturating_sub(retention.saturating_mul(2)))
         } else {
             since_ms
         };

@@ -19,9 +19,17 @@ const INTAKE_REDRIVE_AFTER_MS: u64 = 5_000;
 const REDRIVE_BATCH: u32 = 100;
 
 /// The arguments of one `reap` call: the most jobs it handles, the history retention (ms) and the history
-/// index's horizon (now - the retention: older messages leave the index).
+/// index's horizon (now - twice the retention: older messages leave the index; a message's history lives up
+/// to twice the retention after its first shard's last event, see `history_keep` in `shared.lua`). A node
+/// that keeps no history (retention 0) trims nothing: horizon 0, so that it cannot empty the index the other
+/// nodes fill.
 pub(crate) fn reap_args(limit: u32, now: u64, history_ms: u64) -> Vec<Arg> {
-    vec![arg(limit), arg(history_ms), arg(now.saturating_sub(history_ms))]
+    let horizon = if history_ms == 0 {
+        0
+    } else {
+        now.saturating_sub(history_ms.saturating_mul(2))
+    };
+    vec![arg(limit), arg(history_ms), arg(horizon)]
 }
 
 /// What `reap` answers: jobs returned to their schedule, suspensions ended.
@@ -150,8 +158,9 @@ mod tests {
 
     #[test]
     fn reap_sends_its_chunk_and_reads_both_counts() {
-        assert_eq!(texts(&reap_args(500, 10_000, 3_000)), ["500", "3000", "7000"]);
-        assert_eq!(texts(&reap_args(500, 10_000, 0))[1..], ["0", "10000"]);
+        assert_eq!(texts(&reap_args(500, 10_000, 3_000)), ["500", "3000", "4000"]);
+        // A node that keeps no history leaves the index alone.
+        assert_eq!(texts(&reap_args(500, 10_000, 0))[1..], ["0", "0"]);
         assert_eq!(decode_reap(&array(vec![Value::Int(3), Value::Int(1)])), (3, 1));
         assert_eq!(decode_reap(&Value::Nil), (0, 0));
     }

@@ -152,9 +152,15 @@ local HISTORY_MESSAGE, HISTORY_RECORDS, HISTORY_COUNT = nil, {}, 0
 -- records are usually made one after another. Kept between calls (they depend on the id alone).
 local HISTORY_JOB, HISTORY_JOB_MESSAGE, HISTORY_JOB_NUMBER
 
--- Keeps history in this call for `retention` (ms, a decimal string; '0', '' or nil: none).
+-- Keeps history in this call for `retention` (ms, a decimal string; '0', '' or nil: none). Each shard's part
+-- of a message's history lives twice the retention after that shard's last record: the jobs of one message
+-- finish at different times in different shards, and the part of the shard that finished first must outlive
+-- the retention after the message's LAST event (in any shard) as long as the message stayed queued no longer
+-- than the retention.
 local function history_keep(retention)
-  if retention and retention ~= '' and retention ~= '0' then HISTORY_TTL = retention end
+  if retention and retention ~= '' and retention ~= '0' then
+    HISTORY_TTL = string_format('%d', 2 * to_number(retention))
+  end
 end
 
 -- Makes job `id` the one records are made for (HISTORY_JOB_MESSAGE, HISTORY_JOB_NUMBER).
@@ -641,7 +647,11 @@ local function register(name, run, flags)
     function_name = FUNCTION_PREFIX .. name,
     callback = function(_, args)
       begin_call(args)
-      return run(args)
+      local reply = run(args)
+      -- Records buffered by a step that then changed nothing (a job promoted to the hash form, whose
+      -- `queued` record the promotion made, by an action that skipped it) are still the job's history.
+      if HISTORY_COUNT > 0 then history_flush() end
+      return reply
     end,
     flags = flags,
   }
