@@ -255,7 +255,7 @@ mod tests {
         assert_eq!(o.path, PathBuf::from("/var/lib/tern"));
         assert_eq!(o.lease, std::time::Duration::from_secs(90));
         assert_eq!(o.default_domain_concurrency, 3);
-        assert_eq!(o.history, std::time::Duration::from_secs(3600));
+        assert_eq!(o.history, config.queue.history.get());
         assert_eq!(o.repeat_window, config.ingest.enqueue_retry_for.get());
         config.queue.url = String::new();
         assert_eq!(
