@@ -28,6 +28,8 @@ pub enum OptionalKeys {
 pub struct Signed {
     /// The signing domain (`d=`): the From domain or the nearest parent with keys.
     pub domain: String,
+    /// The From header's domain (lower-case), which chose the keys.
+    pub from_domain: String,
     /// The selectors that signed, in configuration order (one signature each).
     pub selectors: Vec<String>,
     /// The `DKIM-Signature:` header fields, CRLF-terminated and folded, to put before the message's first
@@ -185,6 +187,7 @@ impl DkimSigners {
         };
         let mut signed = Signed {
             domain: domain.clone(),
+            from_domain: from_domain.to_ascii_lowercase(),
             selectors: Vec::new(),
             headers: Vec::new(),
         };

@@ -23,11 +23,15 @@ pub enum SignError {
 }
 
 /// Signs `message` with the keys of `signers` (nothing to do without any); `sign == Some(false)` leaves out
-/// optional keys and refuses when a key that is not optional applies. Returns the message to queue.
+/// optional keys and refuses when a key that is not optional applies. `sender_domains` are the domains the
+/// submitter (an SMTP user, a gRPC API key) may send from (`None`: any): a message whose From domain is not
+/// one of them is queued unsigned, so that a user allowed one domain cannot get another domain's signature.
+/// Returns the message to queue.
 pub fn sign(
     signers: Option<&Arc<SharedSigners>>,
     message: Vec<u8>,
     sign: Option<bool>,
+    sender_domains: Option<&[String]>,
 ) -> Result<Vec<u8>, SignError> {
     let Some(signers) = signers else {
         return Ok(message);
@@ -42,11 +46,72 @@ pub fn sign(
         OptionalKeys::Use
     };
     match keys.sign_with(&message, mode)? {
+        Some(signed)
+            if sender_domains.is_some_and(|allowed| {
+                !allowed
+                    .iter()
+                    .any(|d| d.eq_ignore_ascii_case(&signed.from_domain))
+            }) =>
+        {
+            tracing::warn!(
+                from_domain = %signed.from_domain,
+                "not DKIM-signed: the From domain is not one the submitter may send from"
+            );
+            Ok(message)
+        }
         Some(signed) if mode == OptionalKeys::Skip => Err(SignError::Required(signed.domain)),
         Some(signed) => {
             tracing::debug!(domain = %signed.domain, selectors = %signed.selectors.join(","), "DKIM signed");
             Ok(signed.prepend_to(&message))
         }
         None => Ok(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use tern_config::sections::{DkimAlgorithm, DkimConfig};
+    use tern_dkim::keygen::GeneratedKey;
+
+    use super::*;
+
+    fn signers(dir: &std::path::Path) -> Arc<SharedSigners> {
+        let key = GeneratedKey::ed25519().unwrap();
+        let path = dir.join("bank.pem");
+        std::fs::write(&path, key.private_key_pem).unwrap();
+        let mut entry = DkimConfig::new("bank.test", "s1", path);
+        entry.algorithm = DkimAlgorithm::Ed25519Sha256;
+        Arc::new(SharedSigners::load(&[entry]).unwrap())
+    }
+
+    const MESSAGE: &[u8] = b"From: ceo@bank.test\r\nTo: x@dest.test\r\nSubject: pay\r\n\r\nNow.\r\n";
+
+    #[test]
+    fn a_submitter_gets_a_signature_only_for_a_from_domain_it_may_send_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = signers(dir.path());
+        let signed = |domains: Option<&[String]>| {
+            let out = sign(Some(&keys), MESSAGE.to_vec(), None, domains).unwrap();
+            out.starts_with(b"DKIM-Signature:")
+        };
+        assert!(signed(None), "a submitter with no domain list may sign any From");
+        assert!(signed(Some(&["bank.test".to_string()])));
+        assert!(
+            !signed(Some(&["a.test".to_string()])),
+            "a user allowed a.test must not get bank.test's signature"
+        );
+    }
+
+    #[test]
+    fn sign_false_is_refused_when_a_key_is_not_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = signers(dir.path());
+        let refused = sign(Some(&keys), MESSAGE.to_vec(), Some(false), None).unwrap_err();
+        assert!(
+            matches!(refused, SignError::Required(ref d) if d == "bank.test"),
+            "{refused}"
+        );
     }
 }

@@ -277,7 +277,13 @@ impl SubmissionService {
         if built.body.iter().any(|b| *b >= 0x80) {
             envelope.body = Some(tern_core::Body::EightBitMime);
         }
-        let body = crate::dkim::sign(self.dkim.as_ref(), built.body, req.sign).map_err(|e| match e {
+        let body = crate::dkim::sign(
+            self.dkim.as_ref(),
+            built.body,
+            req.sign,
+            principal.domains.as_deref(),
+        )
+        .map_err(|e| match e {
             crate::dkim::SignError::Required(_) => Status::failed_precondition(format!("sign: {e}")),
             crate::dkim::SignError::Failed(_) => {
                 tracing::warn!(message_id = %id, error = %e, "message refused: DKIM signing failed");

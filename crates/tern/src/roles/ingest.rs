@@ -27,17 +27,16 @@ fn grpc_call_grace(config: &Config) -> Duration {
 
 /// The `[[dkim]]` keys, loaded at start (a bad key file stops the start, naming the file), and read again
 /// from the configuration file `path` on SIGHUP: a reload with a bad key keeps the keys in use and says why.
-/// `None` without keys.
+/// Without keys at start the set is empty, and a SIGHUP after keys were added to the file loads them.
 pub fn load_dkim(
     config: &Config,
     path: Option<&Path>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Option<Arc<SharedSigners>>> {
-    if config.dkim.is_empty() {
-        return Ok(None);
-    }
     let signers = Arc::new(SharedSigners::load(&config.dkim)?);
-    tracing::info!(keys = config.dkim.len(), "DKIM keys loaded");
+    if !config.dkim.is_empty() {
+        tracing::info!(keys = config.dkim.len(), "DKIM keys loaded");
+    }
     if let Some(path) = path {
         spawn_dkim_reload(path.to_path_buf(), Arc::clone(&signers), shutdown.clone())?;
     }

@@ -174,7 +174,10 @@ grpc_listen = "127.0.0.1:{control_port}"
 /// Runs `ternctl --server SERVER [--token TOKEN] ARGS` to completion.
 pub fn ternctl_at(server: &str, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(ternctl_path());
-    cmd.arg("--server").arg(server);
+    // `send` talks to an ingest node (`--ingest`), and refuses the control plane's `--server`.
+    if !args.contains(&"send") {
+        cmd.arg("--server").arg(server);
+    }
     if let Some(t) = token {
         cmd.arg("--token").arg(t);
     }
