@@ -78,6 +78,19 @@ impl TokenSource {
         })))
     }
 
+    /// Forgets `token` after the relay refused it (revoked or rotated at the provider before it expired), so
+    /// that the next use fetches a new one instead of repeating the refused token until its expiry. A token
+    /// file is the operator's to rewrite: it is read again when it changes.
+    pub async fn refused(&self, token: &str) {
+        if let TokenSource::Grant(g) = self {
+            let mut cache = g.cache.lock().await;
+            if cache.as_ref().is_some_and(|(cached, _)| cached == token) {
+                *cache = None;
+                debug!(url = %g.url, "the relay refused the cached OAuth token; the next use fetches a new one");
+            }
+        }
+    }
+
     /// The current access token.
     pub async fn token(&self) -> Result<String, TokenError> {
         match self {
@@ -120,15 +133,15 @@ impl Grant {
     async fn token(&self) -> Result<String, TokenError> {
         // Held across the fetch: one task refreshes, the others wait and take its token.
         let mut cache = self.cache.lock().await;
-        if let Some((token, expires)) = cache.as_ref()
-            && Instant::now() + EARLY < *expires
+        if let Some((token, refresh_at)) = cache.as_ref()
+            && Instant::now() < *refresh_at
         {
             return Ok(token.clone());
         }
         let (token, lifetime) = tokio::time::timeout(self.timeout, self.fetch())
             .await
             .map_err(|_| TokenError(format!("no answer from {} in time", self.url)))??;
-        *cache = Some((token.clone(), Instant::now() + lifetime));
+        *cache = Some((token.clone(), Instant::now() + refresh_after(lifetime)));
         debug!(url = %self.url, expires_in = lifetime.as_secs(), "fetched the relay's OAuth token");
         Ok(token)
     }
@@ -253,9 +266,27 @@ fn form_encode(s: &str) -> String {
     out
 }
 
+/// How long a token that lives `lifetime` is used before a new one is fetched: until [`EARLY`] before it
+/// expires, or half its life for a short-lived one (a token of 60 s or less is not fetched anew for every
+/// connection).
+fn refresh_after(lifetime: Duration) -> Duration {
+    lifetime.saturating_sub(EARLY.min(lifetime / 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_refreshed_a_minute_early_or_at_half_life_when_short() {
+        assert_eq!(
+            refresh_after(Duration::from_secs(3600)),
+            Duration::from_secs(3540)
+        );
+        assert_eq!(refresh_after(Duration::from_secs(60)), Duration::from_secs(30));
+        assert_eq!(refresh_after(Duration::from_secs(10)), Duration::from_secs(5));
+        assert_eq!(refresh_after(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn urls_and_form_values() {

@@ -196,3 +196,63 @@ async fn one_token_fetch_serves_many_deliveries_with_the_client_credentials_gran
             .all(|p| p.ends_with("auth=Bearer eyJ.granted\u{1}\u{1}"))
     );
 }
+
+/// A token the relay refuses before it expires (revoked or rotated at the provider) is forgotten: the next
+/// attempt fetches a new one instead of repeating the refused one until its expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_granted_token_the_relay_refuses_is_fetched_anew_for_the_next_attempt() {
+    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (peer, dns, ca_file) = relay(dir.path(), 153, port, &["eyJ.rotated"]);
+    let token_port = free_port().unwrap();
+    let endpoint = PyPeer::start(
+        "token-endpoint",
+        "oauth_peers.py",
+        &["token"],
+        sa(1, token_port),
+        &[
+            "--client-id",
+            "tern-client",
+            "--secret",
+            "s3cr3t",
+            "--token",
+            "eyJ.revoked",
+            "--token",
+            "eyJ.rotated",
+        ],
+    );
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "s3cr3t\n").unwrap();
+    let mut cfg = xoauth2_config(&dns, port, &ca_file);
+    cfg.relay_oauth.token_url = Some(format!("http://127.0.0.1:{token_port}/oauth2/token"));
+    cfg.relay_oauth.client_id = Some("tern-client".into());
+    cfg.relay_oauth.client_secret_file = Some(secret_file);
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "xo-rotated", Duration::from_secs(30)).await;
+    send(&q, "s@a.test", &["r@b.test"]).await;
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    wait_event(&q, EventKind::Deferred).await;
+    q.retry_now(&tern_queue::Target::Domain("b.test".into()))
+        .await
+        .unwrap();
+    wait_for("the message at the relay", WAIT, || {
+        peer.log("messages.log").len() == 1
+    })
+    .await;
+    w.stop().await;
+    assert_eq!(
+        endpoint.log("requests.log").len(),
+        2,
+        "a second fetch after the refusal"
+    );
+    let payloads = auth_payloads(&peer);
+    assert_eq!(payloads.len(), 2, "{payloads:?}");
+    assert!(
+        payloads[0].ends_with("auth=Bearer eyJ.revoked\u{1}\u{1}"),
+        "{payloads:?}"
+    );
+    assert!(
+        payloads[1].ends_with("auth=Bearer eyJ.rotated\u{1}\u{1}"),
+        "{payloads:?}"
+    );
+}

@@ -56,7 +56,13 @@ impl RelayCredentials {
             RelayCredentials::Plain(user, password) => client.auth_plain(user, password).await,
             RelayCredentials::Login(user, password) => client.auth_login(user, password).await,
             RelayCredentials::Xoauth2(user, source) => match source.token().await {
-                Ok(token) => client.auth_xoauth2(user, &token).await,
+                Ok(token) => {
+                    let result = client.auth_xoauth2(user, &token).await;
+                    if matches!(result, Err(ConnectError::Rejected(_))) {
+                        source.refused(&token).await;
+                    }
+                    result
+                }
                 Err(e) => {
                     warn!(relay = %client.server(), error = %e, "no OAuth token for the relay");
                     client.give_up().await;

@@ -5,7 +5,7 @@ relay HOST PORT DIR --cert C --key K --accept TOKEN [--accept TOKEN...]
     a payload `user=<u>\\x01auth=Bearer <accepted token>\\x01\\x01` gets 235; any other the 334 JSON error
     challenge, then (after the client's empty line, logged as `<empty>` in DIR/commands.log) 535 5.7.8.
     Messages (DATA) are counted in DIR/messages.log.
-token HOST PORT DIR --client-id ID --secret S --token T [--expires N]
+token HOST PORT DIR --client-id ID --secret S --token T [--token T2 ...] [--expires N]
     POST with a client_credentials form for ID/S answers {"access_token": T, "expires_in": N}; anything
     else 401 {"error": "invalid_client"}. Each request's form goes to DIR/requests.log.
 """
@@ -30,7 +30,8 @@ ap.add_argument("--key")
 ap.add_argument("--accept", action="append", default=[])
 ap.add_argument("--client-id")
 ap.add_argument("--secret")
-ap.add_argument("--token")
+# Repeated: the tokens handed out in turn, the last one from then on (a rotation at the provider).
+ap.add_argument("--token", action="append", default=[])
 ap.add_argument("--expires", type=int, default=3600)
 args = ap.parse_args()
 
@@ -114,13 +115,18 @@ async def relay():
 
 
 class TokenHandler(BaseHTTPRequestHandler):
+    served = 0
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode()
         log("requests.log", json.dumps({"path": self.path, "type": self.headers.get("Content-Type"), "form": body}))
         form = urllib.parse.parse_qs(body)
         good = (form.get("grant_type") == ["client_credentials"] and form.get("client_id") == [args.client_id]
                 and form.get("client_secret") == [args.secret])
-        answer = {"access_token": args.token, "token_type": "Bearer", "expires_in": args.expires} if good \
+        token = args.token[min(TokenHandler.served, len(args.token) - 1)]
+        if good:
+            TokenHandler.served += 1
+        answer = {"access_token": token, "token_type": "Bearer", "expires_in": args.expires} if good \
             else {"error": "invalid_client"}
         data = json.dumps(answer).encode()
         self.send_response(200 if good else 401)
