@@ -40,6 +40,19 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     )
 }
 
+/// `ms` (Unix ms) as an RFC 3339 UTC time to the second: `2026-11-28T13:26:49Z`.
+pub fn rfc3339_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 /// Year, month (1..=12) and day (1..=31) of the `days`th day after 1970-01-01 (Howard Hinnant's
 /// days-to-civil algorithm, restricted to dates after the epoch).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
