@@ -291,3 +291,20 @@ fn completions_offer_states_and_event_kinds_not_file_names() {
     assert!(domains.is_empty(), "{domains:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// A key may start with `-` (`tern apikey` writes base64url, whose alphabet has it): `--token -Tx` is the
+/// key, not an unknown flag (a usage error, exit 2); here the server cannot be reached (exit 1).
+#[test]
+fn a_key_that_starts_with_a_hyphen_is_taken_as_the_key() {
+    let port = tern_testkit::ports::free_port().unwrap();
+    for args in [
+        vec!["--token", "-Tx", "queue", "status", "--server"],
+        vec!["queue", "status", "--token", "-Tx", "--server"],
+    ] {
+        let server = format!("127.0.0.1:{port}");
+        let mut args = args.clone();
+        args.push(&server);
+        let o = ternctl(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", err(&o));
+    }
+}

@@ -48,7 +48,7 @@ pub struct TopFlags {
 
     /// The API key: an admin key for the admin commands [env: TERN_ADMIN_TOKEN], an ingest key for `send`
     /// [env: TERN_TOKEN].
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
     pub token: Option<String>,
 
     /// Print JSON (one document, or JSON lines for streams) instead of text for people.
@@ -67,7 +67,7 @@ pub struct Conn {
     pub server: Option<String>,
 
     /// The admin key, sent as `authorization: Bearer <key>` [env: TERN_ADMIN_TOKEN].
-    #[arg(long, global = true, value_name = "KEY")]
+    #[arg(long, global = true, value_name = "KEY", allow_hyphen_values = true)]
     pub token: Option<String>,
 
     /// Print JSON (one document, or JSON lines for streams) instead of text for people.
@@ -201,7 +201,7 @@ pub struct SendArgs {
     pub ingest: String,
 
     /// The ingest API key, sent as `authorization: Bearer <key>` [env: TERN_TOKEN].
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
     pub token: Option<String>,
 
     /// Print the response as JSON (message id, accepted, rejected, duplicate).
@@ -243,7 +243,7 @@ pub struct SendArgs {
 
     /// A key that makes retries safe: the same key within 24 h queues nothing new and returns the first
     /// message's id (said on stderr: "duplicate").
-    #[arg(long, value_name = "KEY")]
+    #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
     pub idempotency_key: Option<String>,
 }
 
