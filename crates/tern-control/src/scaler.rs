@@ -1,16 +1,22 @@
-//! KEDA's external scaler (`externalscaler.ExternalScaler`, `proto/keda/externalscaler.proto`): the due jobs
-//! per worker, so that KEDA runs as many workers as the due mail needs, and none when nothing is due.
+//! KEDA's external scaler (`externalscaler.ExternalScaler`, `proto/keda/externalscaler.proto`): the jobs
+//! due or in delivery per worker, so that KEDA runs as many workers as the mail needs, and none when there
+//! is nothing to do.
+//!
+//! Jobs in delivery count as much as due ones: a worker claims up to `delivery.max_batch` jobs at once, so
+//! a busy cluster can have almost nothing due while thousands of jobs are in flight. Counting only the due
+//! ones would scale the workers down (or to zero) in the middle of their batches; the stopped workers
+//! would release their claims, the jobs would be due again, and KEDA would scale up again.
 //!
 //! | call | answer |
 //! |---|---|
-//! | `IsActive` | `true` while any job is due ([`tern_telemetry::gauges::due_jobs`]) |
+//! | `IsActive` | `true` while any job is due or in delivery ([`work`]) |
 //! | `StreamIsActive` | the same, sent at once and then whenever it changes (checked every 5 s) |
-//! | `GetMetricSpec` | one metric, `tern_due_jobs`, with the target `jobsPerWorker` (metadata, default 100) |
-//! | `GetMetrics` | the due jobs now, under the metric name asked for |
+//! | `GetMetricSpec` | one metric, `tern_jobs_due_or_in_flight`, with the target `jobsPerWorker` (metadata, default 100) |
+//! | `GetMetrics` | the jobs due or in flight now, under the metric name asked for |
 //! | `StreamMetricSpec` | `UNIMPLEMENTED` (optional: KEDA falls back to `GetMetricSpec`) |
 //!
 //! The service is served without the admin key: KEDA's gRPC client sends no bearer token, and the answers
-//! reveal only how many jobs are due. Who may reach the port is the network's business (the NetworkPolicy
+//! reveal only how many jobs are due or in flight. Who may reach the port is the network's business (the NetworkPolicy
 //! `tern-control` lets in the `keda` namespace and ternctl pods). A queue that cannot be read answers
 //! `UNAVAILABLE`, and KEDA then holds the ScaledObject's fallback replica count.
 
@@ -32,8 +38,8 @@ use tonic::{Request, Response, Status};
 
 use crate::convert::queue_status;
 
-/// The metric KEDA's HPA scales on: due jobs.
-pub const METRIC_NAME: &str = "tern_due_jobs";
+/// The metric KEDA's HPA scales on: jobs due now or in delivery.
+pub const METRIC_NAME: &str = "tern_jobs_due_or_in_flight";
 /// The ScaledObject metadata key of the due jobs one worker should take.
 pub const JOBS_PER_WORKER_KEY: &str = "jobsPerWorker";
 /// `jobsPerWorker` when the metadata has none.
@@ -59,11 +65,21 @@ impl ScalerService {
         ScalerService { queue }
     }
 
-    /// Jobs due now that a worker could claim.
+    /// The work for workers now: see [`work`].
     async fn due(&self) -> Result<u64, Status> {
         let depths = self.queue.domain_depths().await.map_err(queue_status)?;
-        Ok(tern_telemetry::gauges::due_jobs(&depths))
+        Ok(work(&depths))
     }
+}
+
+/// The jobs a worker has to do now: those due (and claimable: a suspended domain's are not) plus those in
+/// delivery, of every domain. Held jobs and jobs waiting for a later retry are not work yet.
+pub fn work(depths: &[tern_queue::DomainDepth]) -> u64 {
+    let in_flight: u64 = depths
+        .iter()
+        .map(|d| d.total.saturating_sub(d.waiting).saturating_sub(d.held))
+        .sum();
+    tern_telemetry::gauges::due_jobs(depths).saturating_add(in_flight)
 }
 
 /// `jobsPerWorker` from a ScaledObject's metadata: a whole number from 1 on.
@@ -186,6 +202,31 @@ impl ExternalScaler for ScalerService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn depth(domain: &str, waiting: u64, due: u64, held: u64, in_flight: u64) -> tern_queue::DomainDepth {
+        tern_queue::DomainDepth {
+            domain: domain.into(),
+            waiting,
+            due,
+            held,
+            total: waiting + held + in_flight,
+            earliest_due_ms: None,
+            active_claims: u64::from(in_flight > 0),
+            concurrency_limit: None,
+            suspension: None,
+        }
+    }
+
+    #[test]
+    fn work_counts_due_and_in_flight_jobs_but_not_held_or_later_ones() {
+        let depths = [
+            depth("busy.test", 30, 10, 0, 500),
+            depth("later.test", 40, 0, 0, 0),
+            depth("held.test", 0, 0, 7, 0),
+        ];
+        assert_eq!(work(&depths), 510);
+        assert_eq!(work(&[depth("idle.test", 0, 0, 0, 0)]), 0);
+    }
 
     #[test]
     fn jobs_per_worker_defaults_to_100_and_refuses_nonsense() {

@@ -50,7 +50,16 @@ pub fn render(config: &Config, metrics_addr: SocketAddr) -> String {
         "every client must authenticate".to_string()
     } else {
         let networks: Vec<String> = ingest.relay_networks.iter().map(ToString::to_string).collect();
-        format!("relaying without AUTH from {} only", networks.join(", "))
+        let loopback_only = ingest
+            .relay_networks
+            .iter()
+            .all(|net| net.network().is_loopback() && net.broadcast().is_loopback());
+        let which = if loopback_only {
+            "loopback"
+        } else {
+            "these networks"
+        };
+        format!("relaying without AUTH from {which} only: {}", networks.join(", "))
     };
     let _ = writeln!(
         out,
@@ -75,11 +84,22 @@ pub fn render(config: &Config, metrics_addr: SocketAddr) -> String {
         None => "to the recipients' MX hosts".to_string(),
     };
     let _ = writeln!(out, "  delivery          {delivery}");
-    let _ = writeln!(out, "A first message:");
     let ingest_url = format!("http://{}", ingest.grpc_listen);
+    // Without the sandbox the message really goes out, and example.net publishes a null MX (RFC 7505): a
+    // newcomer copying the sandbox's command would see a bounce, so name a recipient of their own instead.
+    let recipient = if config.delivery.sandbox_dir.is_some() {
+        let _ = writeln!(out, "A first message:");
+        "friend@example.net"
+    } else {
+        let _ = writeln!(
+            out,
+            "A first message (it is really sent: put a mailbox you own after --to):"
+        );
+        "you@your-domain.example"
+    };
     let _ = writeln!(
         out,
-        "  ternctl send --ingest {ingest_url} --from you@example.com --to friend@example.net --subject hello --text hi"
+        "  ternctl send --ingest {ingest_url} --from you@example.com --to {recipient} --subject hello --text hi"
     );
     out
 }
@@ -104,7 +124,7 @@ mod tests {
         let text = render(&config, config.telemetry.metrics_listen);
         for expected in [
             "SMTP submission   127.0.0.1:2587",
-            "relaying without AUTH from 127.0.0.0/8, ::1/128 only",
+            "relaying without AUTH from loopback only: 127.0.0.0/8, ::1/128",
             "gRPC Send API     127.0.0.1:7071",
             "control (ternctl) 127.0.0.1:7070",
             "embedded store in ",
@@ -120,8 +140,24 @@ mod tests {
     fn the_banner_says_when_mail_goes_to_the_sandbox() {
         let mut config = Config::default();
         config.delivery.sandbox_dir = Some("mail-out".into());
-        assert!(
-            render(&config, config.telemetry.metrics_listen).contains("mail-out/<id>.eml, nothing is sent")
-        );
+        let text = render(&config, config.telemetry.metrics_listen);
+        assert!(text.contains("mail-out/<id>.eml, nothing is sent"), "{text}");
+        assert!(text.contains("--to friend@example.net"), "{text}");
+    }
+
+    #[test]
+    fn without_the_sandbox_the_first_command_names_no_domain_that_bounces() {
+        let config = Config::default();
+        let text = render(&config, config.telemetry.metrics_listen);
+        assert!(!text.contains("example.net"), "{text}");
+        assert!(text.contains("it is really sent"), "{text}");
+    }
+
+    #[test]
+    fn relay_networks_beyond_loopback_are_not_called_loopback() {
+        let mut config = Config::default();
+        config.ingest.relay_networks = vec!["10.0.0.0/8".parse().unwrap()];
+        let text = render(&config, config.telemetry.metrics_listen);
+        assert!(text.contains("from these networks only: 10.0.0.0/8"), "{text}");
     }
 }

@@ -309,6 +309,23 @@ fn the_quick_start_delivers_a_first_message_into_the_sandbox() {
     assert!(text.contains("Delivered-To: friend@example.net"), "{text}");
     assert!(text.contains("Hello from tern"), "{text}");
     assert!(cwd.path().join("tern-data").is_dir());
+
+    // The finished message stays readable from the embedded store's history, as the quick start says.
+    let control = ports.control_url();
+    let mut shown = serde_json::Value::Null;
+    tern_testkit::ports::wait_until(
+        "msg show to report the message finished",
+        SOON,
+        Duration::from_millis(100),
+        || {
+            let out = ternctl_at(&control, None, &["--json", "msg", "show", &id]);
+            shown = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            Ok(shown["finished"] == true)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", tern.logs()));
+    assert_eq!(shown["outcome"], "delivered", "{shown}");
+    assert_eq!(shown["message_id"], id.as_str(), "{shown}");
     let status = tern.terminate(Duration::from_secs(30)).unwrap();
     assert!(status.success(), "exit {status:?}\n{}", tern.logs());
 }

@@ -1,6 +1,7 @@
 //! KEDA's external scaler on the control plane, asked by a gRPC client generated from the same
 //! `proto/keda/externalscaler.proto` KEDA publishes: without the admin key (KEDA sends none) while the
-//! admin services still require it, with the due jobs as the metric and `jobsPerWorker` as the target.
+//! admin services still require it, with the jobs due or in flight as the metric and `jobsPerWorker` as the
+//! target.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 mod common;
@@ -37,11 +38,11 @@ fn message(domain: &str, i: usize) -> NewMessage {
     NewMessage::new(env, b"Subject: keda\r\n\r\nhello\r\n".to_vec())
 }
 
-/// IsActive, StreamIsActive, GetMetricSpec and GetMetrics answer from the queue's due jobs (those of a
-/// suspended domain left out) without a key; a bad `jobsPerWorker` is INVALID_ARGUMENT; StreamMetricSpec is
+/// IsActive, StreamIsActive, GetMetricSpec and GetMetrics answer from the queue's jobs due (those of a
+/// suspended domain left out) or in flight without a key; a bad `jobsPerWorker` is INVALID_ARGUMENT; StreamMetricSpec is
 /// UNIMPLEMENTED (optional in KEDA's contract); the admin API on the same port still wants its key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_external_scaler_reports_due_jobs_per_worker_without_the_admin_key() {
+async fn the_external_scaler_reports_jobs_due_or_in_flight_per_worker_without_the_admin_key() {
     let redis = RedisServer::start().unwrap();
     let dns = Dnsmasq::builder().start().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -64,7 +65,7 @@ async fn the_external_scaler_reports_due_jobs_per_worker_without_the_admin_key()
         .unwrap_or_else(|e| panic!("{e:?}\n{}", logs()))
         .into_inner();
     assert_eq!(spec.metric_specs.len(), 1);
-    assert_eq!(spec.metric_specs[0].metric_name, "tern_due_jobs");
+    assert_eq!(spec.metric_specs[0].metric_name, "tern_jobs_due_or_in_flight");
     assert_eq!(spec.metric_specs[0].target_size, 50);
     assert_eq!(spec.metric_specs[0].target_size_float, 50.0);
     let default = scaler.get_metric_spec(object(None)).await.unwrap().into_inner();
@@ -102,18 +103,45 @@ async fn the_external_scaler_reports_due_jobs_per_worker_without_the_admin_key()
     let metrics = scaler
         .get_metrics(GetMetricsRequest {
             scaled_object_ref: Some(object(Some("50"))),
-            metric_name: "s0-tern_due_jobs".into(),
+            metric_name: "s0-tern_jobs_due_or_in_flight".into(),
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(metrics.metric_values.len(), 1);
-    assert_eq!(metrics.metric_values[0].metric_name, "s0-tern_due_jobs");
+    assert_eq!(
+        metrics.metric_values[0].metric_name,
+        "s0-tern_jobs_due_or_in_flight"
+    );
     assert_eq!(
         metrics.metric_values[0].metric_value, 100,
         "the suspended domain's 20 are not due"
     );
     assert_eq!(metrics.metric_values[0].metric_value_float, 100.0);
+
+    // Jobs claimed by a worker are still work: scaling down in the middle of a batch would release it.
+    let tern_queue::ClaimOutcome::Claimed(claim) = queue
+        .claim_next("keda-test-worker", 60, Duration::from_secs(60), &[])
+        .await
+        .unwrap()
+    else {
+        panic!("a claim of due.test's jobs");
+    };
+    assert!(!claim.jobs.is_empty());
+    let metrics = scaler
+        .get_metrics(GetMetricsRequest {
+            scaled_object_ref: Some(object(None)),
+            metric_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        metrics.metric_values[0].metric_value,
+        100,
+        "due and claimed jobs together: {} claimed",
+        claim.jobs.len()
+    );
 
     let unimplemented = scaler.stream_metric_spec(object(None)).await.unwrap_err();
     assert_eq!(unimplemented.code(), Code::Unimplemented);

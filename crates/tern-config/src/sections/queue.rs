@@ -55,7 +55,11 @@ impl QueueConfig {
     /// Checks ranges serde cannot express; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.backend() == QueueBackend::Embedded {
-            if matches!(self.url.trim(), "embedded://" | "embedded:///") {
+            // `embedded:////` and the like name the root directory, which is never meant.
+            let url = self.url.trim();
+            if url.starts_with("embedded://")
+                && url.trim_start_matches("embedded://").trim_matches('/').is_empty()
+            {
                 return Err((
                     "url".into(),
                     "an embedded:// URL names a directory: embedded:///path/to/dir".into(),
@@ -65,6 +69,13 @@ impl QueueConfig {
                 return Err((
                     "cluster".into(),
                     "the embedded store is one process's; a cluster needs a Redis URL".into(),
+                ));
+            }
+            if self.wait_replicas > 0 {
+                return Err((
+                    "wait_replicas".into(),
+                    "the embedded store has no replicas (it syncs to its own disk); replicas need a Redis URL"
+                        .into(),
                 ));
             }
             return self.validate_shared();
@@ -153,6 +164,10 @@ mod tests {
         assert_eq!(with_url("redis://h:1").backend(), QueueBackend::Redis);
         assert!(matches!(with_url("embedded://").validate(), Err((key, _)) if key == "url"));
         assert!(matches!(with_url("embedded:///").validate(), Err((key, _)) if key == "url"));
+        assert!(matches!(with_url("embedded:////").validate(), Err((key, _)) if key == "url"));
+        let mut replicated = with_url("embedded:///var/lib/tern");
+        replicated.wait_replicas = 1;
+        assert!(matches!(replicated.validate(), Err((key, _)) if key == "wait_replicas"));
         assert!(matches!(with_url("mysql://h").validate(), Err((key, _)) if key == "url"));
         let clustered = QueueConfig {
             cluster: true,
