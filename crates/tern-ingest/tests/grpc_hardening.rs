@@ -1,6 +1,6 @@
 //! The gRPC Send API hardening (issue #14), with a real tonic client over loopback and a real redis-server
 //! behind the queue: the raw path's line checks and line endings, the answer to a repeated idempotency key,
-//! and a queue write that stalls or fails answered honestly.
+//! the reserved `tlsrpt` tag, and a queue write that stalls or fails answered honestly.
 //!
 //! The service is served here by plain tonic, without the listener's limits, so that each test can set the
 //! retry window (`ingest.enqueue_retry_for`) itself.
@@ -240,6 +240,65 @@ async fn client_idempotency_keys_may_not_use_the_internal_prefix() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().starts_with("idempotency_key: "), "{err:?}");
+}
+
+/// The `tlsrpt` tag marks TLS-RPT report mail, which workers deliver without MTA-STS (RFC 8460 section 3):
+/// a client that could set it would send past an enforced policy. Refused in any case, in Send and in each
+/// message of SendBatch, and nothing is queued; other tags, and `tlsrpt` as a value, pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_report_tag_is_reserved_for_terns_own_report_mail() {
+    let h = Harness::start(WINDOW).await;
+    let tagged = |name: &str| SendRequest {
+        tags: [(name.to_owned(), "victim.test".to_owned())].into(),
+        ..to(&["ann@victim.test"], "")
+    };
+    for name in ["tlsrpt", "TLSRPT", "TlsRpt"] {
+        let err = h.send(tagged(name)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("tags[{name:?}]: ")),
+            "{name}: {err:?}"
+        );
+        assert!(
+            err.message().contains("\"tlsrpt\" is reserved"),
+            "{name}: {err:?}"
+        );
+    }
+    let reply = h
+        .client()
+        .await
+        .send_batch(SendBatchRequest {
+            messages: vec![tagged("tenant"), tagged("tlsrpt")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.results.len(), 2, "{reply:?}");
+    let ok = match &reply.results[0].result {
+        Some(tern_proto::v1::send_result::Result::Ok(ok)) => ok.message_id.clone(),
+        other => panic!("the untagged message: {other:?}"),
+    };
+    match &reply.results[1].result {
+        Some(tern_proto::v1::send_result::Result::Error(e)) => {
+            assert_eq!(e.code, Code::InvalidArgument as i32, "{e:?}");
+            assert!(e.message.contains("\"tlsrpt\" is reserved"), "{e:?}");
+        }
+        other => panic!("the tagged message: {other:?}"),
+    }
+    let value = SendRequest {
+        tags: [("campaign".to_owned(), "tlsrpt".to_owned())].into(),
+        ..to(&["bob@victim.test"], "")
+    };
+    let by_value = h.send(value).await.expect("tlsrpt as a tag value").message_id;
+    let jobs = h.claim_all().await;
+    let ids: Vec<String> = jobs.iter().map(|j| j.job.id.message.to_string()).collect();
+    assert_eq!(ids.len(), 2, "only the two allowed messages: {ids:?}");
+    assert!(ids.contains(&ok) && ids.contains(&by_value), "{ids:?}");
+    assert!(
+        jobs.iter()
+            .all(|j| !j.job.tags.keys().any(|k| k.eq_ignore_ascii_case("tlsrpt"))),
+        "{jobs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,7 +77,7 @@ fn bytes_pipelined_after_starttls_are_discarded_and_ehlo_is_required_again() {
     // The first reply under TLS answers our MAIL, not the injected NOOP; and MAIL needs EHLO again.
     let r = t.cmd("MAIL FROM:<a@example.test>");
     assert_eq!(
-        (r.code, r.enhanced.map(|e| e.to_string())),
+        (r.code, r.enhanced.as_ref().map(ToString::to_string)),
         (503, Some("5.5.1".into())),
         "{r}"
     );
@@ -448,9 +448,12 @@ fn connection_limits_and_idle_timeout_answer_421() {
     );
 }
 
+/// Shutdown: the idle session gets `421 4.3.2`, the message in progress finishes (250, then 421); while it
+/// does, the listeners stay open and answer each new connection `421 4.3.2` at once (implicit TLS: after the
+/// handshake); once it is done, they close.
 #[test]
 fn shutdown_lets_a_message_in_progress_finish_and_closes_idle_sessions() {
-    let mut h = Harness::start(false, &[], |_| {});
+    let mut h = Harness::start(true, &[], |_| {});
     let mut idle = h.client();
     ehlo(&mut idle);
     let mut busy = h.client();
@@ -466,9 +469,28 @@ fn shutdown_lets_a_message_in_progress_finish_and_closes_idle_sessions() {
         (421, "4.3.2".into()),
         "{r}"
     );
-    common::wait_until(Duration::from_secs(2), "the listener to close", || {
-        std::net::TcpStream::connect(h.smtp).is_err()
-    });
+    let shutting_down = |r: &tern_smtp::Reply| {
+        assert_eq!(
+            (r.code, r.enhanced.as_ref().map(ToString::to_string)),
+            (421, Some("4.3.2".into())),
+            "{r}"
+        );
+        assert_eq!(
+            r.lines.first().map(String::as_str),
+            Some(format!("{HOSTNAME} Service shutting down, try again later").as_str()),
+            "{r}"
+        );
+    };
+    for _ in 0..3 {
+        let mut late = Client::connect_raw(h.smtp);
+        shutting_down(&late.read_reply());
+        assert!(late.try_read_reply().is_none(), "closed after the 421");
+    }
+    let tcp = std::net::TcpStream::connect(h.smtps.unwrap()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut late_tls = Client::new(common::tls_client(&h.ca, tcp));
+    shutting_down(&late_tls.read_reply());
+
     busy.send(b"part two\r\n.\r\n");
     let r = busy.read_reply();
     assert_eq!(r.code, 250, "{r}");
@@ -476,6 +498,10 @@ fn shutdown_lets_a_message_in_progress_finish_and_closes_idle_sessions() {
     assert_eq!(r.code, 421, "{r}");
     let took = h.stop(Duration::from_secs(5));
     assert!(took < Duration::from_secs(5));
+    assert!(
+        std::net::TcpStream::connect(h.smtp).is_err(),
+        "the listener is closed once the drain is over"
+    );
     assert_eq!(h.counts().total, 1);
 }
 

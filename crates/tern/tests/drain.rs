@@ -1,6 +1,7 @@
 //! Graceful drain on SIGTERM, with real processes: a worker under load finishes its transactions, gives the
 //! rest back and exits within its grace time, losing nothing; ingest finishes the message in flight, answers
-//! the idle sessions 421 and says `draining` on `/readyz`.
+//! the idle sessions and new connections 421 and says `draining` on `/readyz`, and lets a gRPC Send in
+//! flight finish while new calls get `UNAVAILABLE`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 mod common;
@@ -107,8 +108,9 @@ async fn sigterm_to_a_worker_under_load_loses_no_message_and_exits_within_its_gr
 }
 
 /// An ingest node gets SIGTERM with one session in the middle of DATA and one idle: the idle one gets
-/// `421 4.3.2` at once, new connections are refused, `/readyz` says `draining` (503), the message in flight
-/// is finished and queued (250), and the process exits 0 within `ingest.shutdown_grace`.
+/// `421 4.3.2` at once, so does a connection opened during the drain (the listener stays open until the
+/// session in flight is done), `/readyz` says `draining` (503), the message in flight is finished and queued
+/// (250), and the process exits 0 within `ingest.shutdown_grace`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_ingest_finishes_the_message_in_flight_and_answers_idle_sessions_421() {
     let redis = RedisServer::start().unwrap();
@@ -153,16 +155,18 @@ async fn sigterm_to_ingest_finishes_the_message_in_flight_and_answers_idle_sessi
     assert!(reply.starts_with("421 4.3.2"), "idle session: {reply}");
     let (status, reason) = get(ports.metrics_addr(), "/readyz");
     assert_eq!((status, reason.trim()), (503, "draining"));
-    // The listener closes as the drain starts; the 421 to idle sessions and /readyz may come a moment before
-    // the accept loop notices, so allow it that moment (still long before the busy session ends).
-    let closing = Instant::now();
-    while TcpStream::connect(ports.smtp_addr()).is_ok() {
-        assert!(
-            closing.elapsed() < Duration::from_secs(5),
-            "the listener is closed during the drain"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // A connection opened during the drain is answered at once, and closed.
+    let late = TcpStream::connect(ports.smtp_addr()).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut late_reader = BufReader::new(late);
+    let reply = smtp_reply(&mut late_reader);
+    assert_eq!(
+        reply,
+        "421 4.3.2 tern.test Service shutting down, try again later\r\n",
+        "a connection opened during the drain\n{}",
+        ingest.logs()
+    );
+    assert_eq!(smtp_reply(&mut late_reader), "", "closed after the 421");
 
     busy.write_all(b"second half\r\n.\r\n").unwrap();
     let reply = smtp_reply(&mut busy_reader);
@@ -186,5 +190,119 @@ async fn sigterm_to_ingest_finishes_the_message_in_flight_and_answers_idle_sessi
         queue.counts().await.unwrap().total,
         1,
         "the message in flight was queued"
+    );
+}
+
+/// Resumes a SIGSTOPped process when dropped, so that a failing test does not leave Redis stopped (its
+/// guard could not stop it then).
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+/// An ingest node gets SIGTERM with a gRPC Send in flight (its queue write waits on a Redis stopped with
+/// SIGSTOP): the gRPC listener closes at once, so a new Send gets `UNAVAILABLE`; the call in flight
+/// completes OK once Redis resumes, its message is queued, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_ingest_lets_a_grpc_send_in_flight_finish_and_new_sends_get_unavailable() {
+    use common::http::redis_pid;
+    use common::nodes::raw_request;
+    use tern_proto::v1::submission_client::SubmissionClient;
+
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::free();
+    // An ingest node resolves nothing: the delivery section's DNS server is never asked.
+    let unused_dns = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
+    let text = config(&redis.url(), unused_dns, 25, &ports, &Sections::default());
+    let mut ingest = spawn("ingest", "ingest", dir.path(), &text, &ports, &[]);
+    wait_ready(&ports, 200, Duration::from_secs(20), || ingest.logs());
+
+    let mut client = SubmissionClient::connect(ports.grpc_url()).await.unwrap();
+    // Every pooled Redis connection (16, taken in turn) is made before the stall: one made while Redis is
+    // stopped would fail the write at once instead of letting it wait for Redis.
+    const WARM: usize = 32;
+    for i in 0..WARM {
+        client
+            .send(raw_request(
+                "app@sender.test",
+                "user@example.test",
+                &format!("warm {i}"),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("warm-up Send {i}: {e:?}\n{}", ingest.logs()));
+    }
+
+    let pid = redis_pid(&redis);
+    signal(pid, "-STOP");
+    let resume = Resume(pid);
+    let stalled_at = Instant::now();
+    let in_flight = tokio::spawn(async move {
+        client
+            .send(raw_request("app@sender.test", "user@example.test", "in flight"))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!in_flight.is_finished(), "the Send waits for the stopped Redis");
+
+    signal(ingest.pid(), "-TERM");
+    // The gRPC listener closes as the drain starts (a plain TCP connect tells, without starting a call that
+    // would wait on the stopped Redis too).
+    let grpc_addr = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, ports.grpc));
+    let closing = Instant::now();
+    while TcpStream::connect(grpc_addr).is_ok() {
+        assert!(
+            closing.elapsed() < Duration::from_secs(2),
+            "the gRPC listener closes at SIGTERM\n{}",
+            ingest.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let channel = tonic::transport::Channel::from_shared(ports.grpc_url())
+        .unwrap()
+        .connect_lazy();
+    let refused = SubmissionClient::new(channel)
+        .send(raw_request("app@sender.test", "user@example.test", "too late"))
+        .await
+        .expect_err("a Send after SIGTERM");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(!refused.message().is_empty(), "{refused:?}");
+
+    // Well within the queue's reply timeout (5 s), so the write in progress is not given up.
+    assert!(
+        stalled_at.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        stalled_at.elapsed()
+    );
+    drop(resume);
+    let reply = in_flight
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the Send in flight: {e:?}\n{}", ingest.logs()))
+        .into_inner();
+    assert!(!reply.duplicate);
+
+    let status = ingest.wait_timeout(Duration::from_secs(30)).unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running\n{}", ingest.logs()));
+    assert!(status.success(), "{status:?}\n{}", ingest.logs());
+
+    let queue = RedisQueue::connect(RedisQueueOptions {
+        url: redis.url(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let id = reply.message_id.parse().unwrap();
+    assert!(
+        queue.get_message(id).await.unwrap().is_some(),
+        "the message of the call in flight was queued"
+    );
+    assert_eq!(
+        queue.counts().await.unwrap().total,
+        WARM as u64 + 1,
+        "the warm-up messages and the one in flight; nothing of the refused call"
     );
 }

@@ -23,6 +23,12 @@ pub const MAX_TAG_KEY_LEN: usize = 128;
 pub const MAX_TAG_VALUE_LEN: usize = 1024;
 /// The longest ENVID (RFC 3461 section 4.4 allows 100 characters).
 pub const MAX_ENVID_LEN: usize = 100;
+/// Tag names a client may not set, compared without regard to ASCII case. `tlsrpt` marks TLS-RPT report
+/// mail (RFC 8460 section 3), which the TLS-RPT reporter queues itself and which delivery workers send
+/// without MTA-STS (`tern-delivery`'s `TLS_REPORT_TAG`): a client setting it would send its message past an
+/// enforced MTA-STS policy. `auth_user` names the SMTP user that submitted a message: a client setting it
+/// would pass its mail off as that user's in events and history.
+pub const RESERVED_TAGS: &[&str] = &["tlsrpt", "auth_user"];
 
 /// A bad field: where, and what is wrong. Displays as `path: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,8 +159,8 @@ pub fn idempotency_key(path: &str, key: &str) -> Result<Option<String>, FieldErr
     Ok(Some(key.to_owned()))
 }
 
-/// The tags: at most [`MAX_TAGS`], names non-empty and at most [`MAX_TAG_KEY_LEN`] bytes, values at most
-/// [`MAX_TAG_VALUE_LEN`] bytes.
+/// The tags: at most [`MAX_TAGS`], names non-empty, at most [`MAX_TAG_KEY_LEN`] bytes and none of
+/// [`RESERVED_TAGS`], values at most [`MAX_TAG_VALUE_LEN`] bytes.
 pub fn tags(
     path: &str,
     tags: &std::collections::HashMap<String, String>,
@@ -169,6 +175,14 @@ pub fn tags(
             return Err(FieldError::new(
                 p,
                 format!("tag names must be 1 to {MAX_TAG_KEY_LEN} bytes"),
+            ));
+        }
+        // Any case: the worker matches the name exactly today, but a reserved name is refused in every
+        // spelling so that no later normalisation of tag names can reopen the bypass.
+        if let Some(reserved) = RESERVED_TAGS.iter().find(|r| k.eq_ignore_ascii_case(r)) {
+            return Err(FieldError::new(
+                p,
+                format!("the tag name {reserved:?} is reserved for tern's own use"),
             ));
         }
         if v.len() > MAX_TAG_VALUE_LEN {
@@ -321,6 +335,29 @@ mod tests {
         let e = idempotency_key("idempotency_key", "tern:01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap_err();
         assert_eq!(e.path, "idempotency_key");
         assert!(e.message.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn the_tls_report_tag_is_reserved_in_any_case() {
+        for name in ["tlsrpt", "TLSRPT", "TlsRpt"] {
+            let tags = [(name.to_owned(), "victim.test".to_owned())].into();
+            let e = super::tags("tags", &tags).unwrap_err();
+            assert_eq!(e.path, format!("tags[{name:?}]"));
+            assert!(e.message.contains("\"tlsrpt\" is reserved"), "{e}");
+        }
+        let fine = [
+            ("tlsrpt-campaign".to_owned(), "x".to_owned()),
+            ("tenant".to_owned(), "tlsrpt".to_owned()),
+        ]
+        .into();
+        assert_eq!(super::tags("tags", &fine).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_smtp_user_tag_is_reserved() {
+        let tags = [("Auth_User".to_owned(), "someone-else".to_owned())].into();
+        let e = super::tags("tags", &tags).unwrap_err();
+        assert!(e.message.contains("\"auth_user\" is reserved"), "{e}");
     }
 
     #[test]

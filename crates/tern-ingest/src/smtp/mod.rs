@@ -1,9 +1,11 @@
 //! The SMTP submission server: listeners, connection limits and graceful shutdown. One
 //! `session` per connection does the protocol.
 //!
-//! Shutdown ([`BoundSmtpServer::run`]'s token is cancelled): the listeners close at once; sessions waiting for a
-//! command get `421 4.3.2` and are closed; sessions in the middle of DATA or BDAT may finish their message
-//! (and get its reply) for up to `ingest.shutdown_grace`, after which whatever is left is dropped.
+//! Shutdown ([`BoundSmtpServer::run`]'s token is cancelled): sessions waiting for a command get `421 4.3.2` and
+//! are closed; sessions in the middle of DATA or BDAT may finish their message (and get its reply) for up to
+//! `ingest.shutdown_grace`, after which whatever is left is dropped. Until then the listeners stay open and
+//! answer every new connection `421 4.3.2` at once (implicit TLS: after the handshake); they close when the
+//! last session has ended or the grace is over.
 
 pub mod auth;
 pub mod body;
@@ -26,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::IngestError;
 use auth::{Lockout, UserDb};
@@ -75,6 +77,20 @@ impl Shared {
         let networks: Vec<String> = self.relay_networks.iter().map(ToString::to_string).collect();
         networks.join(",")
     }
+}
+
+/// `ingest.relay_networks`' default (loopback only) for a log line, as [`Shared::relay_networks_text`]
+/// writes the configured value: taken from the configuration's own default, so the two cannot drift.
+pub(crate) fn default_relay_networks_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let networks: Vec<String> = IngestConfig::default()
+            .relay_networks
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        networks.join(",")
+    })
 }
 
 /// An SMTP submission server, configured but not yet listening. [`SmtpServer::bind`] opens the listeners.
@@ -281,18 +297,39 @@ impl BoundSmtpServer {
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
         }
-        accept_tasks.abort_all();
-        drop(rx);
         info!(
             open = sessions.len(),
             grace_s = self.grace.as_secs_f64(),
-            "SMTP submission shutting down"
+            "SMTP submission shutting down: sessions in flight may finish, new connections get 421 4.3.2"
         );
-        let drained = tokio::time::timeout(self.grace, async {
-            while sessions.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
+        // The listeners stay open through the drain (issue #18: sessions in flight finish, the others get
+        // 421): a client connecting now is told to try again later, at this node or another, rather than
+        // being refused without a reply. The refusals are not sessions: they do not hold the drain open.
+        let mut refusals = JoinSet::new();
+        let mut accepting = true;
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        let drained = loop {
+            tokio::select! {
+                biased;
+                () = &mut grace => break false,
+                joined = sessions.join_next() => if joined.is_none() { break true },
+                accepted = rx.recv(), if accepting => match accepted {
+                    Some((stream, peer, implicit)) => {
+                        refusals.spawn(refuse_draining(Arc::clone(&self.shared), stream, peer, implicit));
+                    }
+                    None => accepting = false,
+                },
+                Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
+            }
+        };
+        // Closing the listeners: connections from now on are refused by the kernel, and those accepted but
+        // not yet taken are closed.
+        accept_tasks.abort_all();
+        while accept_tasks.join_next().await.is_some() {}
+        drop(rx);
+        refusals.abort_all();
+        if !drained {
             warn!(
                 left = sessions.len(),
                 "shutdown grace over: dropping the remaining SMTP sessions"
@@ -300,6 +337,7 @@ impl BoundSmtpServer {
             sessions.abort_all();
             while sessions.join_next().await.is_some() {}
         }
+        while refusals.join_next().await.is_some() {}
         Ok(())
     }
 }
@@ -314,6 +352,41 @@ fn addr_list(addrs: &[SocketAddr]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A connection accepted during the drain: `421 4.3.2` at once, then close (RFC 5321 section 3.1 lets a server
+/// refuse at the greeting). A client of implicit TLS cannot read a plaintext reply, so it gets the handshake
+/// first; those handshakes count against the connection limits, so that a flood of them during the drain
+/// stays bounded (over the limits, the connection is just closed, as outside the drain).
+async fn refuse_draining(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
+    let _ = tcp.set_nodelay(true);
+    let (mut stream, _permit) = if implicit_tls {
+        let Ok(permit) = shared.limiter.try_acquire(peer.ip()) else {
+            debug!(peer = %peer.ip(), "connection closed: shutting down, and too many connections");
+            return;
+        };
+        let Some(acceptor) = shared.tls.clone() else {
+            return;
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => (stream::Stream::Tls(Box::new(tls)), Some(permit)),
+            Ok(Err(e)) => {
+                debug!(peer = %peer.ip(), error = %e, "TLS handshake failed during the drain");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        (stream::Stream::Plain(tcp), None)
+    };
+    // Debug, not info: a client retrying in a loop during the drain would fill the log.
+    debug!(peer = %peer.ip(), tls = implicit_tls, "connection refused with 421 4.3.2: shutting down");
+    let reply = session::shutting_down_reply(&shared.hostname).to_bytes();
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 /// Takes one accepted connection: counts it, does the implicit TLS handshake, runs the session.

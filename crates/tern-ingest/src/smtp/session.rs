@@ -149,6 +149,16 @@ pub(crate) struct Session {
     listener: Listener,
 }
 
+/// The `421 4.3.2` of a server that shuts down: to sessions waiting for a command, and to connections
+/// accepted during the drain (see [`super::BoundSmtpServer::run`]).
+pub(crate) fn shutting_down_reply(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.3.2",
+        format!("{hostname} Service shutting down, try again later"),
+    )
+}
+
 fn bad_sequence(text: &str) -> Reply {
     Reply::new(503, "5.5.1", text)
 }
@@ -288,9 +298,8 @@ impl Session {
 
     /// Queues the `421 4.3.2` sent when the server shuts down.
     fn shutting_down(&mut self) {
-        let text = format!("{} Service shutting down, try again later", self.shared.hostname);
         self.out
-            .extend_from_slice(&Reply::new(421, "4.3.2", text).to_bytes());
+            .extend_from_slice(&shutting_down_reply(&self.shared.hostname).to_bytes());
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -476,11 +485,15 @@ impl Session {
             return self.reply(bad_sequence("Nested MAIL command"));
         }
         if self.user.is_none() && !self.shared.is_relay_client(self.ip) {
+            // The default is named because a client outside loopback is refused by a configuration that
+            // never mentions relay_networks (issue #16): the line says where to look.
             info!(
                 sender = %from,
                 client = %self.ip,
+                reply = 530,
                 relay_networks = %self.shared.relay_networks_text(),
-                "MAIL refused: not authenticated, and the client is outside ingest.relay_networks"
+                relay_networks_default = super::default_relay_networks_text(),
+                "MAIL refused: not authenticated, and relaying is allowed from ingest.relay_networks only (default: loopback)"
             );
             return self.reply(Reply::new(530, "5.7.0", "Authentication required"));
         }
