@@ -308,11 +308,7 @@ pub fn attempt(e: &Event) -> pb::Attempt {
         remote_mx: e.remote_mx.clone().unwrap_or_default(),
         remote_ip: e.remote_ip.clone().unwrap_or_default(),
         reply: e.reply.clone().unwrap_or_default(),
-        // A plaintext session can carry details too (an MTA-STS testing failure): it was not TLS.
-        tls: e
-            .tls
-            .as_ref()
-            .is_some_and(|t| !t.is_empty() && !t.starts_with("plaintext")),
+        tls: e.tls.as_deref().is_some_and(was_tls),
         tls_details: e.tls.clone().unwrap_or_default(),
         attempt: e.attempt,
         dsn_id: e.dsn.clone().unwrap_or_default(),
@@ -328,9 +324,27 @@ pub fn sender_text(sender: &tern_core::ReversePath) -> String {
     }
 }
 
+/// Whether an event's `tls` text describes a TLS session. Every delivery event's text names MTA-STS, so a
+/// plaintext session (`plaintext; mta-sts=...`) and an outcome without a session (`mta-sts=...` alone: a
+/// deferral before any connection, a sandbox delivery) carry text too, and were not TLS.
+fn was_tls(text: &str) -> bool {
+    !text.is_empty() && !text.starts_with("plaintext") && !text.starts_with("mta-sts=")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_tls_session_counts_as_tls() {
+        assert!(was_tls(
+            "TLSv1_3 TLS13_AES_256_GCM_SHA384 verified; mta-sts=enforce"
+        ));
+        assert!(!was_tls("plaintext; mta-sts=none"));
+        assert!(!was_tls("mta-sts=not-applied (sandbox)"));
+        assert!(!was_tls("mta-sts=enforce"));
+        assert!(!was_tls(""));
+    }
 
     #[test]
     fn filter_errors_name_the_field() {

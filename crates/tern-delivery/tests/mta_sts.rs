@@ -63,6 +63,8 @@ struct Setup {
     memory_ttl: Option<Duration>,
     /// `delivery.max_age` (default 5 days).
     max_age: Option<Duration>,
+    /// `delivery.messages_per_connection` (default 100).
+    messages_per_connection: Option<u32>,
 }
 
 impl Setup {
@@ -77,6 +79,7 @@ impl Setup {
             receiver,
             memory_ttl: None,
             max_age: None,
+            messages_per_connection: None,
         }
     }
 
@@ -102,9 +105,23 @@ impl TxtResolver for SwitchableTxt {
     }
 }
 
+/// What a receiving MX that offers what `receiver` says does, its certificate from `ca`.
+fn behaviour(ca: &TestCa, receiver: Receiver) -> Behaviour {
+    let tls: Option<ServerCert> = match receiver {
+        Receiver::StartTls(names) => Some(ca.issue(names).unwrap()),
+        Receiver::Plain => None,
+    };
+    Behaviour {
+        tls,
+        ..Default::default()
+    }
+}
+
 /// A running test: its peers, the queue and a worker with the policy cache.
 struct World {
     _dir: tempfile::TempDir,
+    /// The test CA (the policy host's and the receiver's certificates).
+    ca: TestCa,
     policy_server: Option<PolicyServer>,
     _dns: Dnsmasq,
     /// The same records, with the TXT record announcing id 2.
@@ -150,18 +167,7 @@ impl World {
             None => None,
         };
         let port = free_port().unwrap();
-        let tls: Option<ServerCert> = match setup.receiver {
-            Receiver::StartTls(names) => Some(ca.issue(names).unwrap()),
-            Receiver::Plain => None,
-        };
-        let mx = FakeMx::start(
-            sa(last, port),
-            Behaviour {
-                tls,
-                ..Default::default()
-            },
-        )
-        .await;
+        let mx = FakeMx::start(sa(last, port), behaviour(&ca, setup.receiver)).await;
 
         let redis = RedisServer::start().unwrap();
         let store = Arc::new(
@@ -202,6 +208,9 @@ impl World {
         if let Some(max_age) = setup.max_age {
             cfg.max_age = HumanDuration(max_age);
         }
+        if let Some(n) = setup.messages_per_connection {
+            cfg.messages_per_connection = n;
+        }
         let worker = Worker::new(&cfg, queue.clone(), "w1")
             .expect("worker")
             .with_lease(Duration::from_secs(30))
@@ -212,6 +221,7 @@ impl World {
         let handle = tokio::spawn(async move { worker.run(t).await });
         World {
             _dir: dir,
+            ca,
             policy_server,
             _dns: dns,
             dns_next,
@@ -233,9 +243,53 @@ impl World {
         *self.txt.0.write().unwrap() = HickoryDns::from_servers(&[self.dns_next.addr()]).unwrap();
     }
 
+    /// The receiving MX offers what `receiver` says from now on: a new server at the same address (the
+    /// old one's sessions go on until they end).
+    async fn replace_receiver(&mut self, receiver: Receiver) {
+        let addr = self.mx.addr;
+        self.mx.stop().await;
+        self.mx = FakeMx::start(addr, behaviour(&self.ca, receiver)).await;
+    }
+
     async fn stop(self) {
         self.worker.stop().await;
     }
+}
+
+/// The first event of `kind` for `recipient`, waiting up to [`WAIT`] for it.
+async fn wait_event_for(queue: &Arc<dyn Queue>, kind: EventKind, recipient: &str) -> tern_queue::Event {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = events_of(queue, kind)
+            .await
+            .into_iter()
+            .find(|e| e.recipients.iter().any(|r| r == recipient));
+        if let Some(e) = found {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind:?} event for {recipient}: {:?}",
+            events(queue).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The TLS-RPT counter of a `result_type` failure for `domain`, once counted.
+async fn tls_report_failure(w: &World, domain: &str, result_type: &str) -> TlsSessionKey {
+    let day = tern_queue::tls_report::utc_day(tern_core::time::now_ms());
+    for _ in 0..100 {
+        let rows = w.reports.tls_report_read(&day, domain).await.unwrap();
+        if let Some((key, _)) = rows
+            .into_iter()
+            .find(|(k, _)| k.result_type.as_deref() == Some(result_type))
+        {
+            return key;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {result_type} counted for {domain}");
 }
 
 /// Today's TLS-RPT counters of `domain` once they hold `n` sessions (the worker adds them in the
@@ -362,6 +416,13 @@ async fn an_enforce_policy_with_a_receiver_without_starttls_defers_with_4_7_5_ne
         "{:?}",
         w.mx.commands()
     );
+    // The failure's details name the sending address and the MX's EHLO name, although the session
+    // never opened.
+    let key = tls_report_failure(&w, "plain.test", "starttls-not-supported").await;
+    assert!(key.sending_mta_ip.starts_with("127.0.0."), "{key:?}");
+    assert_eq!(key.receiving_ip, "127.0.0.83", "{key:?}");
+    assert_eq!(key.receiving_mx_helo.as_deref(), Some("fake.test"), "{key:?}");
+    assert_eq!(key.mx_host, "mx.plain.test", "{key:?}");
     w.stop().await;
 }
 
@@ -389,6 +450,11 @@ async fn an_enforce_policy_with_a_certificate_for_another_name_defers_with_4_7_5
         "{:?}",
         w.mx.commands()
     );
+    // The handshake failed: the details still name the sending address and the MX's EHLO name.
+    let key = tls_report_failure(&w, "badcert.test", "certificate-host-mismatch").await;
+    assert!(key.sending_mta_ip.starts_with("127.0.0."), "{key:?}");
+    assert_eq!(key.receiving_ip, "127.0.0.84", "{key:?}");
+    assert_eq!(key.receiving_mx_helo.as_deref(), Some("fake.test"), "{key:?}");
     w.stop().await;
 }
 
@@ -467,6 +533,14 @@ async fn tls_report_mail_is_delivered_despite_an_enforced_policy_that_defers_oth
     let delivered = wait_event(&w.queue, EventKind::Delivered).await;
     assert_eq!(delivered.remote_mx.as_deref(), Some("mx.elsewhere.test"));
     assert_eq!(delivered.tags.get("tlsrpt").map(String::as_str), Some("x"));
+    assert!(
+        delivered
+            .tls
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("; mta-sts=not-applied (report mail)"),
+        "{delivered:?}"
+    );
     let deferred = wait_event(&w.queue, EventKind::Deferred).await;
     assert!(
         deferred.reply.as_deref().unwrap_or("").starts_with("451 4.7.5 "),
@@ -562,5 +636,81 @@ async fn a_policy_failure_at_max_age_rechecks_the_policy_and_delivers_under_the_
     );
     assert!(events_of(&w.queue, EventKind::Expired).await.is_empty());
     assert_eq!(w.mx.messages().len(), 1);
+    w.stop().await;
+}
+
+/// A plaintext session to a domain looked up without a policy says so: the event names the lookup's
+/// result (`mta-sts=none`), which tells it apart from mail MTA-STS did not apply to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plaintext_delivery_to_a_domain_without_a_policy_says_mta_sts_none() {
+    let w = World::start(Setup::new(
+        "plainnone.test",
+        "mx.plainnone.test",
+        91,
+        Receiver::Plain,
+    ))
+    .await;
+    send(&w.queue, "s@a.test", &["r@plainnone.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Delivered).await;
+    assert_eq!(e.tls.as_deref(), Some("plaintext; mta-sts=none"), "{e:?}");
+    assert_eq!(e.remote_mx.as_deref(), Some("mx.plainnone.test"));
+    assert!(!w.mx.messages()[0].tls);
+    w.stop().await;
+}
+
+/// With the policy server down and a valid cached policy, the cached policy is still enforced. The first
+/// delivery fetches the enforce policy; then the policy server stops, and each lookup reads the store and
+/// DNS (no memory): with the TXT id unchanged, a receiver without STARTTLS gets nothing (4.7.5, never
+/// plaintext). Then a new id is announced (the fetch fails: the server is down) and the receiver offers
+/// STARTTLS with a certificate for the MX name: the message goes over verified TLS under the cached
+/// policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_policy_server_down_the_cached_policy_is_still_enforced() {
+    let mut setup = Setup::new(
+        "down.test",
+        "mx.down.test",
+        90,
+        Receiver::StartTls(&["mx.down.test"]),
+    )
+    .policy(policy("enforce", "mx.down.test"));
+    setup.memory_ttl = Some(Duration::ZERO);
+    setup.switchable = true;
+    // No idle connection outlives a message: the next one opens a session to the receiver of the time.
+    setup.messages_per_connection = Some(1);
+    let mut w = World::start(setup).await;
+    send(&w.queue, "s@a.test", &["r1@down.test"]).await;
+    let e = wait_event_for(&w.queue, EventKind::Delivered, "r1@down.test").await;
+    let tls = e.tls.clone().unwrap_or_default();
+    assert!(tls.ends_with(" verified; mta-sts=enforce"), "{e:?}");
+    assert_eq!(w.policy_server.as_ref().unwrap().requests(), 1);
+
+    w.policy_server.as_mut().unwrap().stop().await;
+    w.replace_receiver(Receiver::Plain).await;
+    send(&w.queue, "s@a.test", &["r2@down.test"]).await;
+    let e = wait_event_for(&w.queue, EventKind::Deferred, "r2@down.test").await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(
+        reply.starts_with("451 4.7.5 ") && reply.contains("MTA-STS") && reply.contains("STARTTLS"),
+        "{e:?}"
+    );
+    assert_enforce_mode(&e);
+    assert!(w.mx.messages().is_empty());
+    assert!(
+        !w.mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        w.mx.commands()
+    );
+
+    w.announce_new_id();
+    w.replace_receiver(Receiver::StartTls(&["mx.down.test"])).await;
+    let e = wait_event_for(&w.queue, EventKind::Delivered, "r2@down.test").await;
+    let tls = e.tls.clone().unwrap_or_default();
+    assert!(tls.ends_with(" verified; mta-sts=enforce"), "{e:?}");
+    let messages = w.mx.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(messages[0].tls);
+    // The failed fetch of the new id was counted for TLS-RPT, beside the sessions.
+    let key = tls_report_failure(&w, "down.test", "sts-policy-fetch-error").await;
+    assert_eq!(key.mx_host, "", "{key:?}");
     w.stop().await;
 }

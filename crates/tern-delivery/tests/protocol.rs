@@ -510,7 +510,11 @@ async fn a_failed_starttls_falls_back_to_plaintext_on_the_same_host_and_is_remem
     let e = wait_event(&q, EventKind::Delivered).await;
     assert_eq!(e.attempt, 1, "delivered on the first attempt: {e:?}");
     assert_eq!(e.remote_mx.as_deref(), Some("mx.brokentls.test"), "{e:?}");
-    assert_eq!(e.tls, None, "{e:?}");
+    assert_eq!(
+        e.tls.as_deref(),
+        Some("plaintext; mta-sts=not-applied (disabled)"),
+        "{e:?}"
+    );
     assert_eq!(mx.messages().len(), 1);
     assert!(!mx.messages()[0].tls);
     assert_eq!(

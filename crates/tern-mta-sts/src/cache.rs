@@ -95,6 +95,17 @@ impl CacheOptions {
     pub fn refresh_window(&self, max_age: Duration) -> Duration {
         self.refresh_before.max(max_age / 10).min(max_age / 2)
     }
+
+    /// How long a task waits for another task of this process that is fetching the same domain (they
+    /// share its fetch). That task may first wait up to `lock_wait` for another worker's lock, then fetch
+    /// for up to `lock_ttl` (the fetch's own bound), with the store's round trips around both
+    /// ([`LOCK_MARGIN`]): waiting less would give up on a fetch still in time, and the waiter would go on
+    /// without a policy while the fetch it waited for succeeds.
+    pub fn flight_wait(&self) -> Duration {
+        self.lock_wait
+            .saturating_add(self.lock_ttl)
+            .saturating_add(LOCK_MARGIN)
+    }
 }
 
 /// A cached policy, parsed: what a delivery to its domain applies while it is unexpired.
@@ -359,7 +370,7 @@ impl PolicyCache {
         .id()
         .to_owned();
         let flight = self.flight(&domain);
-        let guard = tokio::time::timeout(self.inner.options.lock_ttl, flight.clone().lock_owned()).await;
+        let guard = tokio::time::timeout(self.inner.options.flight_wait(), flight.clone().lock_owned()).await;
         let result = match guard {
             Ok(_guard) => self.refresh_locked(&domain, &id).await,
             Err(_) => Err(CacheError::Locked {
@@ -483,8 +494,8 @@ impl PolicyCache {
         }
     }
 
-    /// Fetches for a delivery: one fetch per domain in this process (the others wait for it, at most the
-    /// lock's time), under the cluster lock.
+    /// Fetches for a delivery: one fetch per domain in this process (the others wait for it, at most
+    /// [`CacheOptions::flight_wait`], which covers the fetching task's worst case), under the cluster lock.
     async fn fetch_shared(
         &self,
         domain: &str,
@@ -494,7 +505,8 @@ impl PolicyCache {
         trigger: &'static str,
     ) -> (Known, LookupOutcome) {
         let flight = self.flight(domain);
-        let waited = tokio::time::timeout(self.inner.options.lock_ttl, flight.clone().lock_owned()).await;
+        let waited =
+            tokio::time::timeout(self.inner.options.flight_wait(), flight.clone().lock_owned()).await;
         let result = match waited {
             Ok(_guard) => self.fetch_locked(domain, known, txt, recheck, trigger).await,
             Err(_) => (known, LookupOutcome::Locked(self.inner.owner.clone())),

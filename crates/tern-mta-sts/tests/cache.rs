@@ -11,10 +11,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{DOMAIN, POLICY, Pki, PolicyServer, pki, response, text_plain};
+use common::{Answer, DOMAIN, POLICY, Pki, PolicyServer, pki, response, text_plain};
 use tern_mta_sts::{
-    CacheError, CacheOptions, FetchError, FetchOptions, HickoryDns, LookupOutcome, Mode, PolicyCache,
-    PolicyFetcher, TlsRptResultType, TxtLookup, TxtResolver,
+    CacheError, CacheOptions, FetchError, FetchOptions, HickoryDns, LookupOutcome, MAX_POLICY_BYTES, Mode,
+    PolicyCache, PolicyFetcher, TlsRptResultType, TxtLookup, TxtResolver,
 };
 use tern_queue::{PolicyStore, RedisQueue, RedisQueueOptions};
 use tern_testkit::{Dnsmasq, RedisServer};
@@ -299,6 +299,77 @@ async fn a_failed_fetch_is_not_tried_again_by_any_worker_within_the_retry_time()
     assert_eq!(world.server.requests(), 2);
     let entry = first.get(DOMAIN).await.unwrap().unwrap();
     assert_eq!(entry.last_error, None, "a stored policy clears the error");
+}
+
+/// A body of `len` bytes that would be a valid policy but for its size.
+fn oversized_policy(len: usize) -> String {
+    let mut body = POLICY.to_owned();
+    body.push_str("pad: ");
+    body.push_str(&"a".repeat(len - body.len() - 2));
+    body.push_str("\r\n");
+    body
+}
+
+/// A redirect, a wrong content type and a body over 64 KiB each leave the domain with no policy, as a
+/// 404 does: the failed fetch is recorded (no worker fetches again within the retry time) and no policy
+/// is cached.
+#[tokio::test]
+async fn a_redirect_a_wrong_content_type_or_an_oversized_body_leaves_the_domain_with_no_policy() {
+    let world = World::start(POLICY).await;
+    let location = format!(
+        "https://mta-sts.example.test:{}/.well-known/mta-sts.txt",
+        world.server.port
+    );
+    type Expected = fn(&FetchError) -> bool;
+    let cases: [(&str, Answer, Expected); 3] = [
+        (
+            "a redirect",
+            response(
+                "301 Moved Permanently",
+                &[("Location", &location), ("Content-Type", "text/plain")],
+                POLICY,
+            ),
+            |e| matches!(e, FetchError::Redirect { status: 301, .. }),
+        ),
+        (
+            "a wrong content type",
+            response("200 OK", &[("Content-Type", "text/html")], POLICY),
+            |e| matches!(e, FetchError::ContentType { .. }),
+        ),
+        (
+            "a body over 64 KiB",
+            text_plain(&oversized_policy(MAX_POLICY_BYTES + 1)),
+            |e| matches!(e, FetchError::TooLarge { .. }),
+        ),
+    ];
+    for (n, (what, answer, expected)) in cases.into_iter().enumerate() {
+        world.server.set_answer(answer);
+        let first = world.worker("worker-1", no_memory()).await;
+        let found = first.lookup(DOMAIN).await;
+        match &found.outcome {
+            LookupOutcome::FetchFailed(e) => assert!(expected(e), "{what}: {e:?}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(found.active, None, "{what}");
+        assert!(found.tls_rpt_failure().is_some(), "{what}");
+        assert_eq!(
+            world.server.requests(),
+            n + 1,
+            "{what}: one request, nothing followed"
+        );
+
+        let entry = first.get(DOMAIN).await.unwrap().expect("the failure is recorded");
+        assert!(!entry.has_policy(), "{what}: {entry:?}");
+        assert!(entry.last_error.is_some(), "{what}: {entry:?}");
+        // Another worker finds no policy either, and does not fetch again within the retry time.
+        let second = world.worker("worker-2", no_memory()).await;
+        let found = second.lookup(DOMAIN).await;
+        assert_eq!(found.outcome, LookupOutcome::RetryLater, "{what}");
+        assert_eq!(found.active, None, "{what}");
+        assert_eq!(second.policy_for(DOMAIN).await, None, "{what}");
+        assert_eq!(world.server.requests(), n + 1, "{what}");
+        assert!(first.evict(DOMAIN).await.unwrap());
+    }
 }
 
 #[tokio::test]

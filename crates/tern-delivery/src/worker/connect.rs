@@ -1,14 +1,17 @@
 //! Opening a connection for delivery: each host from a starting one, each of its addresses, a worker slot
 //! for each try; and the session set up the way `[delivery]` and the domain's MTA-STS policy ask (STARTTLS
 //! per the host's [`TlsPolicy`], plaintext on the same host when opportunistic TLS fails, AUTH towards the
-//! relay). Each try's TLS result goes to the MTA-STS step ([`StsApplied::record_session`]), and each try is
-//! a live trace session (`trace.rs`) with its `connect` and, when it fails, `error` records.
+//! relay). Each try's TLS result goes to the MTA-STS step ([`StsApplied::record_session`]), with what the
+//! try learnt before it opened or failed ([`SessionFacts`]), and each try is a live trace session
+//! (`trace.rs`) with its `connect` and, when it fails, `error` records.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tern_config::sections::TlsMode;
+use tern_smtp::Reply;
 use tern_telemetry::metrics::ConnectionKind;
 use tracing::{Instrument, debug, info, warn};
 
@@ -117,10 +120,12 @@ impl Inner {
                     t.connect("");
                 }
                 let span = tracing::info_span!("connect", mx = %host.name, ip = %addr);
-                let opened = open_session(host, *addr, &self.settings, sts, trace.as_ref())
+                // Only a looked-up domain's sessions are TLS results, which need these.
+                let facts = sts.looked_up_domain().then(|| Arc::new(SessionFacts::default()));
+                let opened = open_session(host, *addr, &self.settings, sts, trace.as_ref(), facts.as_ref())
                     .instrument(span)
                     .await;
-                sts.record_session(host, addr.ip(), &opened);
+                sts.record_session(host, addr.ip(), &opened, facts.as_deref());
                 match opened {
                     Ok(client) => {
                         tern_telemetry::metrics().connection(ConnectionKind::Opened);
@@ -148,36 +153,114 @@ impl Inner {
     }
 }
 
+/// What a session attempt learnt before it opened or failed, for the TLS-RPT details of a failure
+/// (RFC 8460 §4.3): this side's address of the TCP connection (`sending-mta-ip`) and the name the server
+/// gave in its EHLO reply, or else its greeting (`receiving-mx-helo`). A session that fails STARTTLS or
+/// its certificate check is dropped with its client, so these are noted as the attempt goes: the address
+/// once connected, the names from the transcript.
+#[derive(Debug, Default)]
+pub(super) struct SessionFacts {
+    local: OnceLock<SocketAddr>,
+    /// A reply was read: the next ones are no greeting.
+    greeted: AtomicBool,
+    greeting_name: OnceLock<String>,
+    hello_name: OnceLock<String>,
+}
+
+impl SessionFacts {
+    /// Notes what `entry` tells: the first reply is the greeting, and the first 250 reply after it
+    /// answers EHLO (or the HELO after a refused EHLO). Quick once the EHLO name is known.
+    fn note(&self, entry: TranscriptEntry<'_>) {
+        if self.hello_name.get().is_some() {
+            return;
+        }
+        let TranscriptEntry::Reply(reply) = entry else {
+            return;
+        };
+        let target = if !self.greeted.swap(true, Ordering::Relaxed) {
+            &self.greeting_name
+        } else if reply.code == 250 {
+            &self.hello_name
+        } else {
+            return;
+        };
+        if let Some(name) = announced_name(reply) {
+            let _ = target.set(name);
+        }
+    }
+
+    /// Notes this side's address of the connection.
+    fn connected(&self, client: &SmtpClient) {
+        if let Some(local) = client.local_addr() {
+            let _ = self.local.set(local);
+        }
+    }
+
+    /// This side's address, once connected.
+    pub(super) fn local_ip(&self) -> Option<IpAddr> {
+        self.local.get().map(SocketAddr::ip)
+    }
+
+    /// The server's name from its EHLO reply, or else from its greeting.
+    pub(super) fn helo(&self) -> Option<&str> {
+        self.hello_name
+            .get()
+            .or_else(|| self.greeting_name.get())
+            .map(String::as_str)
+    }
+}
+
+/// The host name a server gives first in a reply (`220 mx.b.test ESMTP ready`, `250-mx.b.test hello`):
+/// its first word, when that looks like a host name or an address literal (it goes into reports as it is).
+fn announced_name(reply: &Reply) -> Option<String> {
+    let word = reply.lines.first()?.split_ascii_whitespace().next()?;
+    let plausible = word.len() <= 255
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    plausible.then(|| word.to_string())
+}
+
 /// Opens a session to `host` at `addr`: connect (TLS from the first byte for an implicit-TLS relay), EHLO,
 /// STARTTLS as the host's [`TlsPolicy`] says ([`secure`]; verified and required under an enforced MTA-STS
-/// policy), then AUTH towards the relay.
+/// policy), then AUTH towards the relay. `facts`, when given, learns what the attempt finds out.
 async fn open_session(
     host: &Host,
     addr: SocketAddr,
     s: &SessionSettings,
     sts: &StsApplied,
     trace: Option<&Arc<TraceSession>>,
+    facts: Option<&Arc<SessionFacts>>,
 ) -> Result<SmtpClient, ConnectError> {
-    let log = tracing_transcript(&host.name, addr);
-    let transcript: TranscriptHook = match trace {
-        Some(t) => {
-            let t = Arc::clone(t);
-            Arc::new(move |entry: TranscriptEntry<'_>| {
-                log.record(entry);
-                t.record(entry);
-            })
-        }
-        None => log,
-    };
+    let mut transcript: TranscriptHook = tracing_transcript(&host.name, addr);
+    if let Some(t) = trace {
+        let (log, t) = (transcript, Arc::clone(t));
+        transcript = Arc::new(move |entry: TranscriptEntry<'_>| {
+            log.record(entry);
+            t.record(entry);
+        });
+    }
+    if let Some(f) = facts {
+        let (inner, f) = (transcript, Arc::clone(f));
+        transcript = Arc::new(move |entry: TranscriptEntry<'_>| {
+            inner.record(entry);
+            f.note(entry);
+        });
+    }
     let options = ClientOptions {
         timeouts: s.timeouts.clone(),
         transcript: Some(transcript),
     };
     let mut client = if host.implicit_tls {
+        // A handshake that fails takes the connection's address with it; no policy applies to the
+        // implicit-TLS relay, so no TLS result needs it.
         SmtpClient::connect_tls(&host.name, addr, &options, &s.tls, true).await?
     } else {
         SmtpClient::connect(&host.name, addr, &options).await?
     };
+    if let Some(f) = facts {
+        f.connected(&client);
+    }
     client.ehlo(&s.helo).await?;
 
     if client.tls().is_none() {
@@ -266,5 +349,52 @@ async fn secure(
             Ok(plain)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, lines: &[&str]) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_mx_name_comes_from_the_ehlo_reply_or_else_the_greeting() {
+        let facts = SessionFacts::default();
+        assert_eq!(facts.helo(), None);
+        facts.note(TranscriptEntry::Reply(&reply(220, &["greet.b.test ESMTP ready"])));
+        assert_eq!(facts.helo(), Some("greet.b.test"));
+        facts.note(TranscriptEntry::Command("EHLO tern.a.test"));
+        // EHLO refused, HELO answered.
+        facts.note(TranscriptEntry::Reply(&reply(502, &["5.5.2 no"])));
+        assert_eq!(facts.helo(), Some("greet.b.test"));
+        facts.note(TranscriptEntry::Reply(&reply(
+            250,
+            &["mx.b.test hello", "PIPELINING"],
+        )));
+        assert_eq!(facts.helo(), Some("mx.b.test"));
+        // Later replies (after STARTTLS, MAIL) change nothing.
+        facts.note(TranscriptEntry::Reply(&reply(220, &["2.0.0 go ahead"])));
+        facts.note(TranscriptEntry::Reply(&reply(250, &["other.b.test"])));
+        assert_eq!(facts.helo(), Some("mx.b.test"));
+        assert_eq!(facts.local_ip(), None);
+    }
+
+    #[test]
+    fn a_greeting_without_a_plausible_name_names_nothing() {
+        let facts = SessionFacts::default();
+        facts.note(TranscriptEntry::Reply(&reply(220, &["<script>"])));
+        facts.note(TranscriptEntry::Reply(&reply(250, &[""])));
+        assert_eq!(facts.helo(), None);
+        let facts = SessionFacts::default();
+        facts.note(TranscriptEntry::Reply(&reply(220, &[])));
+        facts.note(TranscriptEntry::Reply(&reply(250, &["[192.0.2.1]"])));
+        assert_eq!(facts.helo(), Some("[192.0.2.1]"));
     }
 }

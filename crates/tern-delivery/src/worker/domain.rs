@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Inner;
-use super::mta_sts::StsApplied;
+use super::mta_sts::{NotApplied, StsApplied};
 use super::pool::Connection;
 use crate::route::{Host, RouteFailure};
 use crate::sandbox::Sandbox;
@@ -57,7 +57,7 @@ pub(super) struct DomainDelivery<'a> {
     hosts: Option<Vec<Host>>,
     /// The host to connect to next (into `hosts`, wrapping).
     host_index: usize,
-    /// The domain's MTA-STS policy, from the policy step.
+    /// The domain's MTA-STS policy, from the policy step (or why none applies).
     sts: StsApplied,
     /// The policy step runs (off for TLS-RPT report mail, which MTA-STS must not hold up).
     sts_step: bool,
@@ -90,7 +90,8 @@ impl<'a> DomainDelivery<'a> {
             hold: None,
             hosts: None,
             host_index: 0,
-            sts: StsApplied::not_applicable(),
+            // Until `deliver` runs the policy step.
+            sts: StsApplied::not_applied(NotApplied::Disabled),
             sts_step: true,
             may_keep: true,
             policy_failed: false,
@@ -125,22 +126,21 @@ impl<'a> DomainDelivery<'a> {
             self.deliver_to_sandbox(sandbox, jobs).await;
             return;
         }
-        if let Some(route) = &self.reroute {
+        self.sts = if let Some(route) = &self.reroute {
             debug!(
                 domain = self.domain, route = %route.target(),
                 "domain rerouted by an operator: to the route's host, without MTA-STS"
             );
-            if self.inner.mta_sts.is_some() {
-                self.sts = StsApplied::rerouted();
-            }
+            self.inner.sts_not_applied(NotApplied::Rerouted)
         } else if self.sts_step {
-            self.sts = self.inner.sts_lookup(self.domain).await;
+            self.inner.sts_lookup(self.domain).await
         } else {
             debug!(
                 domain = self.domain,
                 "TLS-RPT report mail: no MTA-STS policy step"
             );
-        }
+            self.inner.sts_not_applied(NotApplied::ReportMail)
+        };
         self.connection = self.inner.take_idle(&self.pool_key, took_hold).await;
         if let Some(c) = self.connection.take_if(|c| !self.sts.allows_reuse(&c.client)) {
             debug!(
@@ -166,7 +166,7 @@ impl<'a> DomainDelivery<'a> {
                 // No route, or no host took a connection: the rest of the batch would fare no better.
                 self.drain_finishing().await;
                 let attempt = self.sts.batch_attempt();
-                self.inner.fail_all(job, jobs, &reply, attempt).await;
+                self.inner.fail_all(job, jobs, &reply, Some(attempt)).await;
                 return;
             }
         }
@@ -202,6 +202,8 @@ impl<'a> DomainDelivery<'a> {
     /// replies (success, or a 451 when the write failed) are recorded as a transaction's would be, with no
     /// server named. On shutdown the jobs not started are released.
     async fn deliver_to_sandbox(&self, sandbox: &Sandbox, jobs: Vec<ClaimedJob>) {
+        // No server named, but the events say that MTA-STS did not apply.
+        let attempt = StsApplied::not_applied(NotApplied::Sandbox).batch_attempt();
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             if self.shutdown.is_cancelled() {
@@ -215,7 +217,9 @@ impl<'a> DomainDelivery<'a> {
                     return;
                 }
                 let replies = sandbox.deliver(&job).await;
-                self.inner.finish(&job, &replies, None, false).await;
+                self.inner
+                    .finish(&job, &replies, Some(attempt.clone()), false)
+                    .await;
             }
             .instrument(span)
             .await;
@@ -412,7 +416,7 @@ impl<'a> DomainDelivery<'a> {
         let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
             remote_mx: Some(c.client.server().to_string()),
             remote_ip: Some(c.client.addr().ip().to_string()),
-            tls: self.sts.event_tls(&c.client),
+            tls: Some(self.sts.event_tls(&c.client)),
             dsn: None,
         });
         // NOTIFY went on with each RCPT (RFC 3461): the server reports successes from here on.

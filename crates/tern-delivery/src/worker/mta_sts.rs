@@ -22,12 +22,19 @@
 //! Every session to a looked-up domain's MX, and every failed policy fetch, is one TLS result
 //! ([`TlsResult`]) handed to [`record_tls_result`]: the seam where TLS-RPT (RFC 8460) counting goes. Only
 //! sessions under a policy (enforce or testing) and failed fetches are counted for reports; sessions
-//! without one only feed the metric. The `tls` field of the delivery event names the mode:
-//! `<TLS description>; mta-sts=<mode>`, with `; mta-sts-failure=<result type>` after a testing failure
-//! (`plaintext; ...` for a plaintext session under a policy; nothing, as before, for a plaintext session
-//! without one); a batch deferred or expired before any session says `mta-sts=<mode>` alone. A domain an
-//! operator rerouted (`ternctl domain route`) has no policy step while MTA-STS is on, and its events say
-//! `<TLS description or plaintext>; mta-sts=none (rerouted)`.
+//! without one only feed the metric. A failure keeps what the attempt learnt before it failed: this
+//! side's address (`sending-mta-ip`) and the name the MX gave in its greeting or EHLO reply
+//! (`receiving-mx-helo`), from `connect.rs`'s `SessionFacts`.
+//!
+//! Every delivery event says whether MTA-STS applied, in its `tls` field:
+//!
+//! - `<TLS description or plaintext>; mta-sts=<mode>` for a session to a looked-up domain's MX (`none`:
+//!   looked up, and no policy found), with `; mta-sts-failure=<result type>` after a testing failure;
+//! - `<TLS description or plaintext>; mta-sts=not-applied (<reason>)` when the delivery had no policy step
+//!   ([`NotApplied`]: MTA-STS disabled, the relay, a fixed route, an operator's reroute, an address
+//!   literal, TLS-RPT report mail, the sandbox);
+//! - `mta-sts=<mode>` or `mta-sts=not-applied (<reason>)` alone for a batch deferred or expired before any
+//!   session, and for sandbox deliveries, which have none.
 //!
 //! TLS-RPT report mail (jobs tagged `tlsrpt`) has no policy step at all (RFC 8460 §3: it must get
 //! through despite TLS failures, and is not reported on): see `worker.rs`.
@@ -44,30 +51,64 @@ use tern_telemetry::metrics::MtaStsMode;
 use tracing::{debug, info, warn};
 
 use super::Inner;
+use super::connect::SessionFacts;
 use super::tls_policy::TlsPolicy;
 use crate::route::Host;
 use crate::smtp::{CertificateProblem, ConnectError, SmtpClient};
-
-/// What the `tls` field of a rerouted domain's delivery events says about MTA-STS.
-const REROUTED: &str = "mta-sts=none (rerouted)";
 
 /// How close to its `max_age` a message counts as expiring at this attempt (the outcome is decided a
 /// moment after the policy failure): the TXT id is checked again before such a failure.
 const EXPIRY_MARGIN_MS: u64 = 60_000;
 
+/// Why MTA-STS does not apply to a delivery (no policy step): the delivery events say
+/// `mta-sts=not-applied (<reason>)`, so that they are told apart from a domain looked up without a policy
+/// (`mta-sts=none`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NotApplied {
+    /// MTA-STS is off (`delivery.mta_sts.enabled = false`).
+    Disabled,
+    /// All mail goes through `delivery.relay_host`: the operator chose the host.
+    Relayed,
+    /// A `[[delivery.routes]]` entry sends the domain's mail to a fixed host.
+    Routed,
+    /// An operator rerouted the domain (`ternctl domain route`): the route's host replaces its MX hosts.
+    Rerouted,
+    /// The domain is an address literal: there is no MX host, nor policy domain.
+    AddressLiteral,
+    /// The domain is no domain name a policy could be looked up for.
+    NotADomain,
+    /// TLS-RPT report mail (RFC 8460 §3): it must get through despite TLS failures.
+    ReportMail,
+    /// `delivery.sandbox_dir`: the mail is written to files, with no connection at all.
+    Sandbox,
+}
+
+impl NotApplied {
+    /// The reason as the delivery events give it.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            NotApplied::Disabled => "disabled",
+            NotApplied::Relayed => "relayed",
+            NotApplied::Routed => "routed",
+            NotApplied::Rerouted => "rerouted",
+            NotApplied::AddressLiteral => "address literal",
+            NotApplied::NotADomain => "not a domain name",
+            NotApplied::ReportMail => "report mail",
+            NotApplied::Sandbox => "sandbox",
+        }
+    }
+}
+
 /// The MTA-STS policy a domain's delivery applies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct StsApplied {
-    /// The policy domain (A-label, lower case); `None` when MTA-STS does not apply to this delivery (off,
-    /// the relay, a fixed route, an address literal).
-    domain: Option<String>,
+    /// The policy domain (A-label, lower case), when the policy step looked it up; `Err`: why MTA-STS
+    /// does not apply to this delivery.
+    domain: Result<String, NotApplied>,
     /// The policy in force (`enforce` or `testing`); `None`: no policy.
     policy: Option<ActivePolicy>,
     /// Where the session results are counted for TLS-RPT (`delivery.tls_rpt.enabled`).
     reports: TlsReports,
-    /// The domain is rerouted by an operator while MTA-STS is on: no policy applies, and the delivery
-    /// events say so (`mta-sts=none (rerouted)`).
-    rerouted: bool,
 }
 
 /// The queue's TLS-RPT counters, when reporting is on. Compares equal always: it is where results go, not
@@ -113,10 +154,11 @@ impl TlsReports {
             policy_string,
             mx_host: r.mx.to_string(),
             result_type: r.result.err().map(|t| t.as_str().to_string()),
-            // Empty when no connection was made (no MX matched, or the session failed while opening).
+            // Empty when no connection was made (no MX matched).
             sending_mta_ip: r.local_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             receiving_ip: r.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            receiving_mx_helo: None,
+            // A failure's detail (RFC 8460 §4.3): successful sessions are counted without it.
+            receiving_mx_helo: r.helo.filter(|_| r.result.is_err()).map(str::to_owned),
             failure_reason_code: r.reason.clone().filter(|_| r.result.is_err()),
         };
         let (day, domain) = (tern_queue::tls_report::utc_day(now_ms()), r.domain.to_string());
@@ -138,17 +180,21 @@ pub(super) struct StsFailure {
 }
 
 impl StsApplied {
-    /// No MTA-STS for this delivery.
-    pub(super) fn not_applicable() -> StsApplied {
-        StsApplied::default()
+    /// No MTA-STS for this delivery, for `reason`.
+    pub(super) fn not_applied(reason: NotApplied) -> StsApplied {
+        StsApplied {
+            domain: Err(reason),
+            policy: None,
+            reports: TlsReports::default(),
+        }
     }
 
-    /// No MTA-STS for this delivery because an operator rerouted the domain (`ternctl domain route`): the
-    /// operator chose the host, so the domain's policy (which names its MX hosts) cannot apply.
-    pub(super) fn rerouted() -> StsApplied {
+    /// The policy step's result for the policy domain `domain`: `policy` (`None`: no policy).
+    fn looked_up(domain: String, policy: Option<ActivePolicy>, reports: TlsReports) -> StsApplied {
         StsApplied {
-            rerouted: true,
-            ..StsApplied::default()
+            domain: Ok(domain),
+            policy,
+            reports,
         }
     }
 
@@ -168,6 +214,20 @@ impl StsApplied {
 
     fn domain(&self) -> &str {
         self.domain.as_deref().unwrap_or("")
+    }
+
+    /// Whether the policy step looked the domain up: its sessions are TLS results (`record_session`).
+    pub(super) fn looked_up_domain(&self) -> bool {
+        self.domain.is_ok()
+    }
+
+    /// What the delivery events say of MTA-STS: `mta-sts=<mode>` for a looked-up domain, or
+    /// `mta-sts=not-applied (<reason>)`.
+    fn note(&self) -> String {
+        match &self.domain {
+            Ok(_) => format!("mta-sts={}", self.mode().as_str()),
+            Err(reason) => format!("mta-sts=not-applied ({})", reason.as_str()),
+        }
     }
 
     /// What a connection asks of TLS: `base` (from `delivery.tls`), but verified TLS with no plaintext
@@ -200,6 +260,7 @@ impl StsApplied {
                     mx: &h.name,
                     ip: None,
                     local_ip: None,
+                    helo: None,
                     result: Err(TlsRptResultType::ValidationFailure),
                     reason: Some("mx-mismatch".into()),
                 },
@@ -282,55 +343,53 @@ impl StsApplied {
         self.enforce() && failure_of(e).is_some()
     }
 
-    /// The delivery event's `tls` field for a delivery over `client`: its TLS description, the mode, and a
-    /// testing failure. A plaintext session without a policy has none, as without MTA-STS.
-    pub(super) fn event_tls(&self, client: &SmtpClient) -> Option<String> {
-        if self.rerouted {
-            return Some(format!("{}; {REROUTED}", client.tls().unwrap_or("plaintext")));
-        }
-        let tls = match client.tls() {
-            Some(t) => t,
-            None if self.policy.is_none() => return None,
-            None => "plaintext",
-        };
-        let mut note = format!("{tls}; mta-sts={}", self.mode().as_str());
+    /// The delivery event's `tls` field for a delivery over `client`: its TLS description (or
+    /// `plaintext`), whether MTA-STS applied and its mode, and a testing failure. Always present, so that
+    /// every delivery event says whether MTA-STS applied.
+    pub(super) fn event_tls(&self, client: &SmtpClient) -> String {
+        let tls = client.tls().unwrap_or("plaintext");
+        let mut note = format!("{tls}; {}", self.note());
+        // No policy (none found, or not applied): nothing to fail.
         if let Err(f) = self.check(client) {
             note.push_str(&format!("; mta-sts-failure={}", f.result_type));
         }
-        Some(note)
+        note
     }
 
-    /// The attempt a batch deferred or expired without a session records (`fail_all`): no server, and the
-    /// mode as its `tls` (`mta-sts=<mode>`), so that every delivery event of a looked-up domain names it.
-    /// `None` when MTA-STS does not apply.
-    pub(super) fn batch_attempt(&self) -> Option<DeliveryAttempt> {
-        if self.rerouted {
-            return Some(DeliveryAttempt {
-                tls: Some(REROUTED.to_string()),
-                ..DeliveryAttempt::default()
-            });
-        }
-        self.domain.as_ref()?;
-        Some(DeliveryAttempt {
+    /// The attempt a delivery without a session records (a batch deferred or expired before any session
+    /// in `fail_all`, a sandbox delivery): no server, and as its `tls` whether MTA-STS applied and its
+    /// mode (`mta-sts=<mode>`, `mta-sts=not-applied (<reason>)`), so that every delivery event says it.
+    pub(super) fn batch_attempt(&self) -> DeliveryAttempt {
+        DeliveryAttempt {
             remote_mx: None,
             remote_ip: None,
-            tls: Some(format!("mta-sts={}", self.mode().as_str())),
+            tls: Some(self.note()),
             dsn: None,
-        })
+        }
     }
 
     /// Hands the TLS result of one session attempt (to `host` at `ip`) to [`record_tls_result`]: a session
     /// that opened, checked against the policy, or one that failed for TLS (not the network's failures,
-    /// which are no TLS result).
-    pub(super) fn record_session(&self, host: &Host, ip: IpAddr, opened: &Result<SmtpClient, ConnectError>) {
-        if self.domain.is_none() {
+    /// which are no TLS result). `facts`: what the attempt learnt before it opened or failed (this side's
+    /// address, the MX's greeting name), for a failure's details.
+    pub(super) fn record_session(
+        &self,
+        host: &Host,
+        ip: IpAddr,
+        opened: &Result<SmtpClient, ConnectError>,
+        facts: Option<&SessionFacts>,
+    ) {
+        if !self.looked_up_domain() {
             return;
         }
+        // A session that failed while opening (STARTTLS refused, a certificate that does not verify) is
+        // gone: its TCP connection's address was noted before TLS was tried.
         let local_ip = opened
             .as_ref()
             .ok()
             .and_then(SmtpClient::local_addr)
-            .map(|a| a.ip());
+            .map(|a| a.ip())
+            .or_else(|| facts.and_then(SessionFacts::local_ip));
         let (result, reason) = match opened {
             Ok(client) => match self.check(client) {
                 Ok(()) => (Ok(()), None),
@@ -349,6 +408,7 @@ impl StsApplied {
                 mx: &host.name,
                 ip: Some(ip),
                 local_ip,
+                helo: facts.and_then(SessionFacts::helo),
                 result,
                 reason,
             },
@@ -410,8 +470,11 @@ pub(crate) struct TlsResult<'a> {
     pub(crate) mx: &'a str,
     /// The receiving MX's address (`receiving-ip`), when one was tried.
     pub(crate) ip: Option<IpAddr>,
-    /// This side's address of the session (`sending-mta-ip`), when a session was opened.
+    /// This side's address of the session (`sending-mta-ip`), when a TCP connection was made (the session
+    /// may have failed afterwards, in STARTTLS or its certificate check).
     pub(crate) local_ip: Option<IpAddr>,
+    /// The name the receiving MX gave in its EHLO reply or greeting (`receiving-mx-helo`), when it greeted.
+    pub(crate) helo: Option<&'a str>,
     /// A successful session, or the failure's `result-type`.
     pub(crate) result: Result<(), TlsRptResultType>,
     /// A more precise reason (`failure-reason-code`), for a failure.
@@ -475,11 +538,12 @@ pub(super) fn policy_domain(domain: &str) -> Option<String> {
 }
 
 impl Inner {
-    /// The MTA-STS policy step: the policy a delivery to `domain` applies (none when MTA-STS is off or
-    /// the mail does not go to the domain's MX hosts).
+    /// The MTA-STS policy step: the policy a delivery to `domain` applies (not applied when MTA-STS is
+    /// off or the mail does not go to the domain's MX hosts).
     pub(super) async fn sts_lookup(&self, domain: &str) -> StsApplied {
-        let Some((cache, domain)) = self.sts_target(domain) else {
-            return StsApplied::not_applicable();
+        let (cache, domain) = match self.sts_target(domain) {
+            Ok(target) => target,
+            Err(reason) => return StsApplied::not_applied(reason),
         };
         let lookup = cache.lookup(&domain).await;
         if let Some(result_type) = lookup.tls_rpt_failure() {
@@ -491,17 +555,13 @@ impl Inner {
                     mx: "",
                     ip: None,
                     local_ip: None,
+                    helo: None,
                     result: Err(result_type),
                     reason: None,
                 },
             );
         }
-        let applied = StsApplied {
-            domain: Some(domain),
-            policy: lookup.active,
-            reports: self.tls_reports.clone(),
-            rerouted: false,
-        };
+        let applied = StsApplied::looked_up(domain, lookup.active, self.tls_reports.clone());
         debug!(
             domain = applied.domain(),
             mode = applied.mode().as_str(),
@@ -516,7 +576,7 @@ impl Inner {
     /// TXT id is checked again (RFC 8461 §5.1): the policy that applies then, when it differs. `None`:
     /// no job expires now, or the policy is the same, and the failure stands.
     pub(super) async fn sts_recheck(&self, applied: &StsApplied, jobs: &[&ClaimedJob]) -> Option<StsApplied> {
-        let domain = applied.domain.as_deref()?;
+        let domain = applied.domain.as_deref().ok()?;
         let cache = self.mta_sts.as_ref()?;
         let max_age = u64::try_from(self.retry.max_age().as_millis()).unwrap_or(u64::MAX);
         let now = now_ms().saturating_add(EXPIRY_MARGIN_MS);
@@ -535,25 +595,36 @@ impl Inner {
             changed = !same,
             "MTA-STS policy re-checked before a final failure"
         );
-        (!same).then(|| StsApplied {
-            domain: Some(domain.to_owned()),
-            policy,
-            reports: self.tls_reports.clone(),
-            rerouted: false,
+        (!same).then(|| StsApplied::looked_up(domain.to_owned(), policy, self.tls_reports.clone()))
+    }
+
+    /// No policy step for a delivery, for `reason`; but when MTA-STS is off, that is the reason.
+    pub(super) fn sts_not_applied(&self, reason: NotApplied) -> StsApplied {
+        StsApplied::not_applied(if self.mta_sts.is_some() {
+            reason
+        } else {
+            NotApplied::Disabled
         })
     }
 
-    /// The cache and the policy domain, when MTA-STS applies to mail for `domain`.
-    fn sts_target(&self, domain: &str) -> Option<(&PolicyCache, String)> {
-        let cache = self.mta_sts.as_ref()?;
+    /// The cache and the policy domain, when MTA-STS applies to mail for `domain`; otherwise why not.
+    fn sts_target(&self, domain: &str) -> Result<(&PolicyCache, String), NotApplied> {
+        let cache = self.mta_sts.as_ref().ok_or(NotApplied::Disabled)?;
         if !self.router.routes_by_mx(domain) {
-            return None;
+            // The router's reasons, in its order: the relay, an address literal, a fixed route.
+            return Err(if self.cfg.relay_host.is_some() {
+                NotApplied::Relayed
+            } else if domain.trim_start().starts_with('[') {
+                NotApplied::AddressLiteral
+            } else {
+                NotApplied::Routed
+            });
         }
         match policy_domain(domain) {
-            Some(d) => Some((cache, d)),
+            Some(d) => Ok((cache, d)),
             None => {
                 warn!(domain, "not a domain name: no MTA-STS policy applies");
-                None
+                Err(NotApplied::NotADomain)
             }
         }
     }
@@ -566,18 +637,17 @@ mod tests {
 
     fn applied(mode: Mode, mx: &[&str]) -> StsApplied {
         let policy = Policy::new(mode, mx.iter().map(|m| m.to_string()).collect(), 86400).unwrap();
-        StsApplied {
-            reports: TlsReports::default(),
-            rerouted: false,
-            domain: Some("b.test".into()),
-            policy: Some(ActivePolicy {
+        StsApplied::looked_up(
+            "b.test".into(),
+            Some(ActivePolicy {
                 domain: "b.test".into(),
                 id: "id1".into(),
                 policy,
                 fetched_at_ms: 0,
                 expires_at_ms: u64::MAX,
             }),
-        }
+            TlsReports::default(),
+        )
     }
 
     fn host(name: &str) -> Host {
@@ -591,15 +661,46 @@ mod tests {
 
     #[test]
     fn a_rerouted_domain_has_no_policy_and_its_events_say_so() {
-        let sts = StsApplied::rerouted();
+        let sts = StsApplied::not_applied(NotApplied::Rerouted);
         assert_eq!(sts.mode(), MtaStsMode::None);
+        assert!(!sts.looked_up_domain());
         assert_eq!(sts.tls_policy(TlsPolicy::OPPORTUNISTIC), TlsPolicy::OPPORTUNISTIC);
         assert_eq!(
             sts.filter_hosts(vec![host("relay.ops.test")]).map(|h| h.len()),
             Ok(1)
         );
-        let attempt = sts.batch_attempt().expect("an attempt naming the mode");
-        assert_eq!(attempt.tls.as_deref(), Some("mta-sts=none (rerouted)"));
+        let attempt = sts.batch_attempt();
+        assert_eq!(attempt.tls.as_deref(), Some("mta-sts=not-applied (rerouted)"));
+        assert_eq!((attempt.remote_mx, attempt.remote_ip), (None, None));
+    }
+
+    #[test]
+    fn events_tell_a_domain_without_a_policy_from_one_mta_sts_did_not_apply_to() {
+        let none = StsApplied::looked_up("b.test".into(), None, TlsReports::default());
+        assert!(none.looked_up_domain());
+        assert_eq!(none.batch_attempt().tls.as_deref(), Some("mta-sts=none"));
+        assert_eq!(
+            applied(Mode::Testing, &["mx1.b.test"])
+                .batch_attempt()
+                .tls
+                .as_deref(),
+            Some("mta-sts=testing")
+        );
+        for (reason, text) in [
+            (NotApplied::Disabled, "mta-sts=not-applied (disabled)"),
+            (NotApplied::Relayed, "mta-sts=not-applied (relayed)"),
+            (NotApplied::Routed, "mta-sts=not-applied (routed)"),
+            (
+                NotApplied::AddressLiteral,
+                "mta-sts=not-applied (address literal)",
+            ),
+            (NotApplied::ReportMail, "mta-sts=not-applied (report mail)"),
+            (NotApplied::Sandbox, "mta-sts=not-applied (sandbox)"),
+        ] {
+            let sts = StsApplied::not_applied(reason);
+            assert_eq!(sts.batch_attempt().tls.as_deref(), Some(text));
+            assert_eq!(sts.mode(), MtaStsMode::None);
+        }
     }
 
     #[test]
@@ -636,7 +737,7 @@ mod tests {
     fn testing_and_no_policy_keep_every_host_and_the_configured_tls() {
         for sts in [
             applied(Mode::Testing, &["mx1.b.test"]),
-            StsApplied::not_applicable(),
+            StsApplied::not_applied(NotApplied::Disabled),
         ] {
             let kept = sts.filter_hosts(vec![host("other.test")]).unwrap();
             assert_eq!(kept.len(), 1);

@@ -139,6 +139,12 @@ impl FakeMx {
         FakeMx { addr, seen, task }
     }
 
+    /// Stops listening, so that another server can take the address; sessions already open go on.
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     pub fn messages(&self) -> Vec<Received> {
         self.seen.lock().unwrap().messages.clone()
     }

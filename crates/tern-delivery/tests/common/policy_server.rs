@@ -91,6 +91,12 @@ impl PolicyServer {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// Stops listening: connections to the port are refused from now on.
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
 }
 
 fn response_for(policy: &str) -> Vec<u8> {

@@ -407,3 +407,59 @@ async fn a_fetch_failure_counts_for_tls_rpt_once_not_again_from_memory() {
     assert!(matches!(again.outcome, LookupOutcome::FetchFailed(_)));
     assert_eq!(again.tls_rpt_failure(), None);
 }
+
+#[test]
+fn tasks_wait_for_a_shared_fetch_as_long_as_it_may_take() {
+    let options = CacheOptions::for_fetch_timeout(Duration::from_secs(60));
+    // The fetching task may wait lock_wait for another worker's lock, then fetch for up to lock_ttl.
+    assert!(options.flight_wait() >= options.lock_wait + options.lock_ttl);
+    assert_eq!(options.flight_wait(), Duration::from_secs(60 + 90 + 30));
+}
+
+/// The task that fetches first waits for another worker's lock (almost `lock_wait`), then fetches (almost
+/// `lock_ttl`): longer than `lock_ttl` in all. A second task of the process, which shares that fetch,
+/// still gets its policy instead of giving up and going on without one.
+#[tokio::test]
+async fn a_task_sharing_a_fetch_that_first_waited_for_the_lock_gets_its_policy() {
+    let s = setup(Duration::from_millis(2500));
+    s.txt.id("one");
+    s.store
+        .sts_try_lock("example.test", "w2", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let store = s.store.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        store.sts_unlock("example.test", "w2").await.unwrap();
+    });
+    let cache = s.cache(
+        "w1",
+        CacheOptions {
+            lock_wait: Duration::from_millis(1500),
+            lock_ttl: Duration::from_secs(3),
+            ..no_memory()
+        },
+    );
+    let started = Instant::now();
+    let lookups: Vec<_> = (0..2)
+        .map(|_| {
+            let c = cache.clone();
+            tokio::spawn(async move { c.lookup("example.test").await })
+        })
+        .collect();
+    for l in lookups {
+        let l = l.await.unwrap();
+        assert_eq!(
+            l.active.as_ref().map(|p| p.id.as_str()),
+            Some("one"),
+            "{:?}",
+            l.outcome
+        );
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the fetch took longer than lock_ttl: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.source.fetches(), 1);
+}
