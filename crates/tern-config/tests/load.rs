@@ -59,7 +59,12 @@ fn bad_value_names_the_key() {
         msg.contains("a/b.toml") && msg.contains("telemetry.log_format"),
         "{msg}"
     );
-    let err = Config::from_toml_str("[telemetry]\nlog_level = \"loud\"\n", "a/b.toml", no_env()).unwrap_err();
+    let err = Config::from_toml_str(
+        "[telemetry]\nlog_level = \"tern_queue=loud\"\n",
+        "a/b.toml",
+        no_env(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("telemetry.log_level"), "{err}");
 }
 

@@ -53,6 +53,22 @@ pub fn rfc3339_utc(ms: u64) -> String {
     )
 }
 
+/// `t` as an RFC 3339 UTC time with microseconds: `2026-11-28T13:26:49.123456Z` (log timestamps). Times
+/// before 1970 print as the epoch.
+pub fn rfc3339_micros(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_micros()
+    )
+}
+
 /// Year, month (1..=12) and day (1..=31) of the `days`th day after 1970-01-01 (Howard Hinnant's
 /// days-to-civil algorithm, restricted to dates after the epoch).
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -81,6 +97,24 @@ mod tests {
         assert_eq!(
             rfc5322_date(UNIX_EPOCH - Duration::from_secs(5)),
             "Thu, 1 Jan 1970 00:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn rfc3339_micros_keeps_the_microseconds() {
+        let at = |us: u64| UNIX_EPOCH + Duration::from_micros(us);
+        assert_eq!(
+            rfc3339_micros(at(1_700_000_000_123_456)),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(rfc3339_micros(at(0)), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(at(951_782_400_000_001)),
+            "2000-02-29T00:00:00.000001Z"
+        );
+        assert_eq!(
+            rfc3339_micros(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000000Z"
         );
     }
 

@@ -9,8 +9,14 @@
 //! SOA or without), are "no record" ([`TxtLookup::NotFound`]); a referral (NS records without SOA, from a
 //! server that does not recurse), SERVFAIL, REFUSED and timeouts say nothing about the domain
 //! ([`TxtLookup::Failed`]).
+//!
+//! Every query [`HickoryDns`] sends (TXT, and the AAAA and A of a policy host) is reported to the process's
+//! lookup observer, when one is set ([`observe_lookups`]): tern's telemetry sets one that counts them in
+//! `tern_dns_lookups`, as delivery's own MX and address lookups are.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +35,63 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many times a query is tried (as delivery's resolver).
 pub const QUERY_ATTEMPTS: usize = 2;
+
+/// The record type of a query [`HickoryDns`] sent, as reported to the lookup observer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupKind {
+    /// TXT (`_mta-sts.<domain>`, `_smtp._tls.<domain>`).
+    Txt,
+    /// A (the policy host).
+    A,
+    /// AAAA (the policy host).
+    Aaaa,
+}
+
+/// How a query [`HickoryDns`] sent ended, as reported to the lookup observer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupOutcome {
+    /// Records found.
+    Ok,
+    /// The name does not exist.
+    NxDomain,
+    /// The name exists without records of the type (an empty answer that is no referral).
+    NoData,
+    /// No answer: SERVFAIL, REFUSED, a referral, a timeout.
+    Error,
+}
+
+/// What the process calls with every query a [`HickoryDns`] sends.
+pub type LookupObserver = fn(LookupKind, LookupOutcome);
+
+static OBSERVER: OnceLock<LookupObserver> = OnceLock::new();
+
+/// Reports every query that any [`HickoryDns`] of the process sends from now on to `observer` (tern's
+/// telemetry counts them). One observer per process: `false` when one was set already, which stays.
+pub fn observe_lookups(observer: LookupObserver) -> bool {
+    OBSERVER.set(observer).is_ok()
+}
+
+/// Runs one query and reports its kind and outcome to the observer.
+async fn observed<T>(
+    kind: LookupKind,
+    lookup: impl Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    let result = lookup.await;
+    if let Some(observer) = OBSERVER.get() {
+        let outcome = match &result {
+            Ok(_) => LookupOutcome::Ok,
+            Err(NetError::Dns(DnsError::NoRecordsFound(no)))
+                if no.response_code == ResponseCode::NXDomain =>
+            {
+                LookupOutcome::NxDomain
+            }
+            Err(e) if proves_absence(e) => LookupOutcome::NoData,
+            Err(_) => LookupOutcome::Error,
+        };
+        observer(kind, outcome);
+    }
+    result
+}
 
 /// Looks up the TXT records at a DNS name: the seam through which the policy cache discovers policy ids
 /// ([`HickoryDns`] in production).
@@ -121,7 +184,7 @@ fn proves_absence(e: &NetError) -> bool {
 #[async_trait]
 impl TxtResolver for HickoryDns {
     async fn lookup_txt(&self, name: &str) -> TxtLookup {
-        match self.resolver.txt_lookup(fqdn(name)).await {
+        match observed(LookupKind::Txt, self.resolver.txt_lookup(fqdn(name))).await {
             Ok(lookup) => {
                 let records: Vec<String> = lookup
                     .answers()
@@ -155,8 +218,8 @@ impl HostResolver for HickoryDns {
     async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let name = fqdn(host);
         let (v6, v4) = tokio::join!(
-            self.resolver.ipv6_lookup(name.clone()),
-            self.resolver.ipv4_lookup(name)
+            observed(LookupKind::Aaaa, self.resolver.ipv6_lookup(name.clone())),
+            observed(LookupKind::A, self.resolver.ipv4_lookup(name))
         );
         let mut ips = Vec::new();
         let mut failure: Option<NetError> = None;

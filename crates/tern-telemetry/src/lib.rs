@@ -5,10 +5,13 @@
 //!   `telemetry.log_level` (the `RUST_LOG` syntax); JSON lines have unique keys, and no colour codes are
 //!   written unless standard error is a terminal.
 //! * **Traces** ([`trace`], [`TracedQueue`]): `tracing` spans go to OpenTelemetry and are exported over
-//!   OTLP/gRPC when `telemetry.otlp_endpoint` is set. A message's trace context is stored with it in the
+//!   OTLP/gRPC when `telemetry.otlp_endpoint` is set (`https://`: over TLS, the collector verified against the
+//!   Mozilla roots). A message's trace context is stored with it in the
 //!   queue and continued by the worker that delivers it.
 //! * **Metrics** ([`metrics`], [`gauges`]): instruments of the OpenTelemetry metrics API, read by two readers:
-//!   a Prometheus registry served at `/metrics`, and an OTLP exporter when `telemetry.otlp_endpoint` is set.
+//!   a Prometheus registry served at `/metrics`, and an OTLP exporter, every
+//!   `telemetry.otlp_metrics_interval`, when `telemetry.otlp_endpoint` is set. The MTA-STS code's DNS
+//!   lookups are counted through its lookup observer, set here.
 //!   The Prometheus text comes from `opentelemetry-prometheus` (the OpenTelemetry project's exporter, of the
 //!   same release as the SDK): it builds with the workspace's versions and needs no encoder of our own.
 //! * **Health** ([`readiness`], [`http`]): `/healthz`, `/readyz` and `/metrics` on `telemetry.metrics_listen`.
@@ -32,17 +35,18 @@ pub mod readiness;
 pub mod trace;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::tonic_types::transport::ClientTlsConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tern_config::TelemetryConfig;
+use tern_mta_sts::dns::{LookupKind, LookupOutcome};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -50,9 +54,6 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 pub use metrics::{Metrics, metrics};
 pub use queue::{TracedQueue, is_store_error};
 pub use readiness::Readiness;
-
-/// How often metrics are pushed over OTLP.
-const OTLP_METRICS_EVERY: Duration = Duration::from_secs(30);
 
 /// What spans go to OpenTelemetry: tern's at `info` and above, never those of the exporter's own transport
 /// (they would trace every export).
@@ -99,6 +100,51 @@ pub fn prometheus_reader(
         .map_err(|e| TelemetryError::Setup(format!("Prometheus exporter: {e}")))
 }
 
+/// `endpoint`'s channel settings: TLS for `https://`, verified against the Mozilla roots. (Left alone, the
+/// exporter would speak TLS to an `https://` endpoint trusting no root at all, and every export would fail.)
+fn tonic_endpoint<B: WithExportConfig + WithTonicConfig>(builder: B, endpoint: &str) -> B {
+    let builder = builder.with_endpoint(endpoint);
+    if endpoint.starts_with("https://") {
+        builder.with_tls_config(ClientTlsConfig::new().with_webpki_roots())
+    } else {
+        builder
+    }
+}
+
+/// The OTLP/gRPC metric exporter to `endpoint`. Needs a tokio runtime (the channel lives on it).
+fn metric_exporter(endpoint: &str) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+    tonic_endpoint(
+        opentelemetry_otlp::MetricExporter::builder().with_tonic(),
+        endpoint,
+    )
+    .build()
+    .map_err(|e| TelemetryError::Setup(format!("OTLP metrics exporter: {e}")))
+}
+
+/// The OTLP/gRPC span exporter to `endpoint`. Needs a tokio runtime (the channel lives on it).
+fn span_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    tonic_endpoint(opentelemetry_otlp::SpanExporter::builder().with_tonic(), endpoint)
+        .build()
+        .map_err(|e| TelemetryError::Setup(format!("OTLP span exporter: {e}")))
+}
+
+/// Counts one DNS query of the MTA-STS code (its TXT lookups, and its policy hosts' AAAA and A) in
+/// `tern_dns_lookups`, with delivery's own.
+fn count_mta_sts_lookup(kind: LookupKind, outcome: LookupOutcome) {
+    let kind = match kind {
+        LookupKind::Txt => metrics::DnsKind::Txt,
+        LookupKind::A => metrics::DnsKind::A,
+        LookupKind::Aaaa => metrics::DnsKind::Aaaa,
+    };
+    let outcome = match outcome {
+        LookupOutcome::Ok => metrics::DnsOutcome::Ok,
+        LookupOutcome::NxDomain => metrics::DnsOutcome::NxDomain,
+        LookupOutcome::NoData => metrics::DnsOutcome::NoData,
+        LookupOutcome::Error => metrics::DnsOutcome::Error,
+    };
+    metrics().dns_lookup(kind, outcome);
+}
+
 /// The process's telemetry, set up: keep it for the process's life and [`Telemetry::shutdown`] it at the
 /// end, which flushes the spans and metrics not exported yet.
 #[derive(Debug)]
@@ -133,14 +179,9 @@ impl Telemetry {
             .with_resource(resource.clone())
             .with_reader(prometheus_reader);
         if let Some(endpoint) = endpoint {
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|e| TelemetryError::Setup(format!("OTLP metrics exporter: {e}")))?;
             meters = meters.with_reader(
-                PeriodicReader::builder(exporter)
-                    .with_interval(OTLP_METRICS_EVERY)
+                PeriodicReader::builder(metric_exporter(endpoint)?)
+                    .with_interval(cfg.otlp_metrics_interval.get())
                     .build(),
             );
         }
@@ -151,6 +192,8 @@ impl Telemetry {
                 "metrics were recorded before telemetry was set up".into(),
             ));
         }
+        // Set once per process, as the instruments are: a second `init` fails above.
+        tern_mta_sts::dns::observe_lookups(count_mta_sts_lookup);
 
         let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
             logs::layer(cfg.log_format, std::io::stderr, logs::stderr_is_terminal())
@@ -159,11 +202,7 @@ impl Telemetry {
         ];
         let tracer = match endpoint {
             Some(endpoint) => {
-                let exporter = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .build()
-                    .map_err(|e| TelemetryError::Setup(format!("OTLP span exporter: {e}")))?;
+                let exporter = span_exporter(endpoint)?;
                 let provider = SdkTracerProvider::builder()
                     .with_resource(resource)
                     .with_batch_exporter(exporter)
@@ -220,6 +259,21 @@ impl Telemetry {
         .await;
         if let Err(e) = flushed {
             eprintln!("tern: telemetry: shutdown failed: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both exporters build for an `https://` collector (the TLS features are on, with roots to verify it)
+    /// as for an `http://` one.
+    #[tokio::test]
+    async fn exporters_build_for_http_and_https_collectors() {
+        for endpoint in ["http://127.0.0.1:4317", "https://otel.example.com:4317"] {
+            metric_exporter(endpoint).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
+            span_exporter(endpoint).unwrap_or_else(|e| panic!("{endpoint}: {e}"));
         }
     }
 }

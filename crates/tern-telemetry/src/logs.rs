@@ -134,33 +134,7 @@ where
 
 /// The current time, RFC 3339 in UTC with microseconds.
 fn timestamp() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    rfc3339_micros(now)
-}
-
-/// `since_epoch` as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (days to a civil date: H. Hinnant's algorithm).
-fn rfc3339_micros(since_epoch: std::time::Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rest = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since_epoch.subsec_micros()
-    )
+    tern_core::time::rfc3339_micros(std::time::SystemTime::now())
 }
 
 /// An event's fields in the order given: the first `message` is the event's text (tracing puts it first).
@@ -272,15 +246,14 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let t = std::time::Duration::from_micros(1_700_000_000_123_456);
-        assert_eq!(rfc3339_micros(t), "2023-11-14T22:13:20.123456Z");
-        assert_eq!(
-            rfc3339_micros(std::time::Duration::ZERO),
-            "1970-01-01T00:00:00.000000Z"
-        );
-        let leap = std::time::Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339_micros(leap), "2000-02-29T00:00:00.000000Z");
+    fn json_lines_carry_an_rfc3339_utc_timestamp() {
+        let out = capture(LogFormat::Json, false, || tracing::info!("tick"));
+        let line: Value = serde_json::from_str(out.trim()).unwrap();
+        let stamp = line["timestamp"].as_str().unwrap_or_default();
+        // 2026-11-28T13:26:49.123456Z
+        assert_eq!(stamp.len(), 27, "{stamp}");
+        assert!(stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T', "{stamp}");
+        assert!(stamp.as_bytes()[19] == b'.', "{stamp}");
     }
 
     #[test]

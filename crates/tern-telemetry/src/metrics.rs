@@ -93,11 +93,11 @@ pub enum ConnectionKind {
 pub enum DnsKind {
     /// MX.
     Mx,
-    /// A.
+    /// A (delivery's MX hosts, MTA-STS policy hosts).
     A,
-    /// AAAA.
+    /// AAAA (delivery's MX hosts, MTA-STS policy hosts).
     Aaaa,
-    /// TXT (MTA-STS, later).
+    /// TXT (MTA-STS `_mta-sts` and TLS-RPT `_smtp._tls` records).
     Txt,
 }
 

@@ -174,13 +174,17 @@ fn check_config_checks_only_the_roles_named_with_role() {
 
 #[test]
 fn check_config_refuses_a_log_filter_that_startup_refuses() {
-    // The configuration's own check takes the text after `=` for the level; the filter refuses the target.
+    // The configuration's own check follows the filter's grammar but does not compile field values as
+    // regular expressions: `[` passes it, and only the filter's own parse (the startup check) refuses it.
     for args in [&[][..], &["--role", "worker"]] {
-        let (code, err) = check_with("[telemetry]\nlog_level = \"*=debug\"\n", args);
+        let (code, err) = check_with("[telemetry]\nlog_level = \"tern_ingest[{peer=[}]\"\n", args);
         assert_eq!(code, Some(1), "{args:?}: {err}");
         assert!(err.contains("telemetry.log_level"), "{args:?}: {err}");
     }
     let (code, err) = check("[telemetry]\nlog_level = \"info,tern_queue=debug\"\n");
+    assert_eq!(code, Some(0), "{err}");
+    // A bare target is RUST_LOG syntax too (that target at every level).
+    let (code, err) = check("[telemetry]\nlog_level = \"warn,tern_ingest\"\n");
     assert_eq!(code, Some(0), "{err}");
 }
 

@@ -1,5 +1,6 @@
 //! Telemetry of a real `tern all` over a real redis-server, smtp-sink and dnsmasq: the Prometheus text at
-//! `/metrics` after deliveries, `/readyz` and gRPC health while Redis is stopped (SIGSTOP) and after, and
+//! `/metrics` after deliveries, the same metrics pushed over OTLP to a real receiver (the collector's
+//! MetricsService on loopback), `/readyz` and gRPC health while Redis is stopped (SIGSTOP) and after, and
 //! JSON log lines that parse with unique keys and carry no colour codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use common::http::{get, parse_strict, redis_pid, sample, signal, sum_of};
 use common::nodes::{Ports, Sections, config, grpc_send, spawn, wait_ready};
+use common::otlp::OtlpReceiver;
 use tern_testkit::ports::wait_until;
 use tern_testkit::{ChildGuard, Dnsmasq, RedisServer, SmtpSink, free_port};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -53,11 +55,18 @@ fn start(mx_ip: u8, telemetry: &str) -> Setup {
     }
 }
 
-/// One message over SMTP and one over gRPC are delivered; `/metrics` then names every contract metric that
-/// has data, with the contract's labels, and the counts add up.
+/// One message over SMTP and two over gRPC are delivered to one domain, each once the one before has
+/// reached the sink, so that the later ones go over the connection the first one opened (idle in the pool
+/// in between); `/metrics` then names every contract metric that has data, with the contract's labels, and
+/// the counts add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_deliveries_carry_the_contract_names() {
     let s = start(131, "");
+    let delivered = |n: u64| {
+        s.sink
+            .wait_for_messages(n, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", s.tern.logs()));
+    };
     let queued = common::smtp_submit(
         s.ports.smtp_addr(),
         "app@sender.test",
@@ -65,16 +74,17 @@ async fn metrics_after_deliveries_carry_the_contract_names() {
         "Subject: over smtp\r\n\r\nhello",
     );
     assert!(queued.starts_with("250"), "{queued}");
-    grpc_send(
-        &s.ports.grpc_url(),
-        "app@sender.test",
-        "user@metrics.test",
-        "over grpc",
-    )
-    .await;
-    s.sink
-        .wait_for_messages(2, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", s.tern.logs()));
+    delivered(1);
+    for n in 2..=3 {
+        grpc_send(
+            &s.ports.grpc_url(),
+            "app@sender.test",
+            "user@metrics.test",
+            "over grpc",
+        )
+        .await;
+        delivered(n);
+    }
 
     let mut text = String::new();
     wait_until(
@@ -84,7 +94,7 @@ async fn metrics_after_deliveries_carry_the_contract_names() {
         || {
             text = get(s.ports.metrics_addr(), "/metrics").1;
             Ok(
-                sum_of(&text, "tern_deliveries_total", "outcome=\"delivered\"") >= 2.0
+                sum_of(&text, "tern_deliveries_total", "outcome=\"delivered\"") >= 3.0
                     && text.contains("tern_queue_jobs{"),
             )
         },
@@ -106,21 +116,31 @@ async fn metrics_after_deliveries_carry_the_contract_names() {
             "tern_messages_received_total",
             r#"listener="grpc",outcome="accepted""#
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         expect(
             "tern_deliveries_total",
             r#"outcome="delivered",reply_class="2xx""#
         ),
-        2.0
+        3.0
     );
-    assert_eq!(expect("tern_delivery_latency_seconds_count", ""), 2.0);
-    assert!(expect("tern_delivery_latency_seconds_bucket", r#"le="+Inf""#) >= 2.0);
-    assert_eq!(expect("tern_smtp_transaction_duration_seconds_count", ""), 2.0);
-    assert!(expect("tern_connections_total", r#"kind="opened""#) >= 1.0);
+    assert_eq!(expect("tern_delivery_latency_seconds_count", ""), 3.0);
+    assert!(expect("tern_delivery_latency_seconds_bucket", r#"le="+Inf""#) >= 3.0);
+    assert_eq!(expect("tern_smtp_transaction_duration_seconds_count", ""), 3.0);
+    // Three messages: the first opened a connection, the others went over it (a stale one reopened would
+    // count both).
+    let opened = expect("tern_connections_total", r#"kind="opened""#);
+    let reused = expect("tern_connections_total", r#"kind="reused""#);
+    assert!(
+        opened >= 1.0 && reused >= 1.0,
+        "opened {opened}, reused {reused}\n{text}"
+    );
+    assert!(opened + reused >= 3.0, "opened {opened}, reused {reused}\n{text}");
     assert!(expect("tern_dns_lookups_total", r#"kind="mx",outcome="ok""#) >= 1.0);
     assert!(expect("tern_dns_lookups_total", r#"kind="a",outcome="ok""#) >= 1.0);
+    // The MTA-STS discovery's TXT lookup (`_mta-sts.metrics.test`: no such name).
+    assert!(expect("tern_dns_lookups_total", r#"kind="txt",outcome="nxdomain""#) >= 1.0);
     for state in ["due", "scheduled", "in_flight", "deferred", "held", "suspended"] {
         expect("tern_queue_jobs", &format!("state=\"{state}\""));
     }
@@ -140,6 +160,59 @@ async fn metrics_after_deliveries_carry_the_contract_names() {
     }
     // No colour codes in a log written to a file.
     assert!(!s.tern.stderr().contains('\u{1b}'), "{}", s.tern.stderr());
+}
+
+/// With `telemetry.otlp_endpoint` set, the process pushes its metrics over OTLP every
+/// `otlp_metrics_interval`: after one delivery the receiver holds the counters (cumulative), the
+/// histograms and the queue gauges, sent with the process's resource attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_pushed_over_otlp() {
+    let receiver = OtlpReceiver::start();
+    let s = start(
+        134,
+        &format!(
+            "otlp_endpoint = \"{}\"\notlp_metrics_interval = \"1s\"",
+            receiver.endpoint()
+        ),
+    );
+    let queued = common::smtp_submit(
+        s.ports.smtp_addr(),
+        "app@sender.test",
+        "user@metrics.test",
+        "Subject: over otlp\r\n\r\nhello",
+    );
+    assert!(queued.starts_with("250"), "{queued}");
+    s.sink
+        .wait_for_messages(1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", s.tern.logs()));
+
+    let pid = i64::from(s.tern.pid());
+    let delivered = &[("outcome", "delivered"), ("reply_class", "2xx")][..];
+    wait_until(
+        "the delivery to be pushed over OTLP",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || Ok(receiver.latest(pid, "tern_deliveries", delivered) == Some(1.0)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\npoints: {:#?}\n{}", receiver.points(), s.tern.logs()));
+    let accepted = &[("listener", "smtp"), ("outcome", "accepted")][..];
+    assert_eq!(
+        receiver.latest(pid, "tern_messages_received", accepted),
+        Some(1.0)
+    );
+    assert_eq!(
+        receiver.latest(pid, "tern_delivery_latency_seconds", &[]),
+        Some(1.0),
+        "a histogram's count"
+    );
+    assert!(receiver.latest(pid, "tern_connections", &[("kind", "opened")]) >= Some(1.0));
+    assert!(receiver.latest(pid, "tern_dns_lookups", &[("kind", "mx")]) >= Some(1.0));
+    let points = receiver.points();
+    let gauge = points
+        .iter()
+        .find(|p| p.metric == "tern_queue_jobs" && p.pid == pid)
+        .unwrap_or_else(|| panic!("no tern_queue_jobs point: {points:#?}"));
+    assert_eq!((gauge.kind, gauge.role.as_str()), ("gauge", "all"), "{gauge:#?}");
 }
 
 async fn health(port: u16) -> i32 {

@@ -1,7 +1,9 @@
 //! Traces across processes: `tern ingest` and `tern worker` export their spans over OTLP to a real
 //! receiver (the collector's TraceService on loopback); each message's trace runs from its reception on the
 //! ingest node, through the queue, to the SMTP transaction on the worker, and a gRPC caller's own
-//! `traceparent` is continued.
+//! `traceparent` is continued. The worker delivers over verified STARTTLS, to a `tern ingest` offering it
+//! with a certificate from a test CA, so that every span of the telemetry contract is exported: SMTP session,
+//! message receive, enqueue, claim, DNS lookup, connect, TLS, SMTP transaction, complete.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test that cannot set up should fail loudly
 
 mod common;
@@ -9,9 +11,11 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::http::{get, sum_of};
 use common::nodes::{Ports, Sections, config, raw_request, spawn};
 use common::otlp::{OtlpReceiver, ReceivedSpan, summary};
-use tern_testkit::{Dnsmasq, RedisServer, SmtpSink, free_port};
+use tern_testkit::ports::wait_until;
+use tern_testkit::{ChildGuard, Dnsmasq, RedisServer, TestCa, free_port};
 
 /// Faster exports than the SDK's default 5 s, so that the test does not wait.
 const FAST_EXPORT: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "200")];
@@ -68,25 +72,85 @@ fn check_chain(trace: &[&ReceivedSpan], ingest_pid: i64, worker_pid: i64) {
     assert_eq!(complete.parent_span_id, delivery.span_id, "{trace:#?}");
 }
 
+/// The remote MX: a `tern ingest` on its own Redis, offering STARTTLS with a certificate for
+/// `mx.traced.test` from the test CA; nothing delivers what it queues. It exports no spans.
+struct TlsMx {
+    ingest: ChildGuard,
+    ports: Ports,
+    _redis: RedisServer,
+}
+
+impl TlsMx {
+    fn start(dir: &std::path::Path, ca: &TestCa, dns: std::net::SocketAddr, mx_port: u16) -> TlsMx {
+        let cert = ca
+            .issue(&["mx.traced.test"])
+            .unwrap()
+            .write_to(dir, "mx")
+            .unwrap();
+        let redis = RedisServer::start().unwrap();
+        let ports = Ports {
+            smtp: mx_port,
+            ..Ports::free()
+        };
+        let extra = Sections {
+            ingest: format!(
+                "tls_cert = \"{}\"\ntls_key = \"{}\"",
+                cert.cert.display(),
+                cert.key.display()
+            ),
+            ..Sections::default()
+        };
+        let text = config(&redis.url(), dns, mx_port, &ports, &extra);
+        let ingest = spawn("ingest", "mx", dir, &text, &ports, &[]);
+        TlsMx {
+            ingest,
+            ports,
+            _redis: redis,
+        }
+    }
+
+    /// Waits until it has accepted `n` messages.
+    fn wait_for_messages(&self, n: f64, logs: impl Fn() -> String) {
+        let mut text = String::new();
+        wait_until(
+            &format!("the MX to accept {n} messages"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                text = get(self.ports.metrics_addr(), "/metrics").1;
+                Ok(sum_of(&text, "tern_messages_received_total", "outcome=\"accepted\"") >= n)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{text}\n{}\nMX:\n{}", logs(), self.ingest.logs()));
+    }
+}
+
 /// Two messages (SMTP, then gRPC with the caller's `traceparent`) through an ingest process and a worker
-/// process: each has one trace over both processes, from `message_receive` to `complete`; the first one's
-/// also holds the worker's DNS lookups and connect; the gRPC one is in the caller's trace.
+/// process, delivered over verified STARTTLS: each has one trace over both processes, from
+/// `message_receive` to `complete`; the first one's also holds the worker's DNS lookups, connect and TLS,
+/// and its `message_receive` links to the SMTP session's span; the gRPC one is in the caller's trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_trace_runs_from_ingest_to_the_remote_reply_across_processes() {
     let receiver = OtlpReceiver::start();
     let mx_port = free_port().unwrap();
-    let ip = Ipv4Addr::new(127, 0, 0, 151);
     let dns = Dnsmasq::builder()
         .mx("traced.test", "mx.traced.test", 10)
-        .host("mx.traced.test", ip)
+        .host("mx.traced.test", Ipv4Addr::LOCALHOST)
         .start()
         .unwrap();
-    let sink = SmtpSink::start(ip, mx_port).unwrap();
-    let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let ca_file = ca.write_to(dir.path()).unwrap();
+    let mx = TlsMx::start(dir.path(), &ca, dns.addr(), mx_port);
+    let redis = RedisServer::start().unwrap();
     let extra = Sections {
         telemetry: format!("otlp_endpoint = \"{}\"", receiver.endpoint()),
         ..Sections::default()
+    };
+    // Verified TLS or no delivery: the message cannot reach the MX without the `tls` step.
+    let worker_extra = Sections {
+        delivery: format!("tls = \"required\"\nextra_ca_file = \"{}\"", ca_file.display()),
+        ..extra.clone()
     };
     let (ingest_ports, worker_ports) = (Ports::free(), Ports::free());
     let ingest = spawn(
@@ -101,7 +165,7 @@ async fn a_message_trace_runs_from_ingest_to_the_remote_reply_across_processes()
         "worker",
         "worker",
         dir.path(),
-        &config(&redis.url(), dns.addr(), mx_port, &worker_ports, &extra),
+        &config(&redis.url(), dns.addr(), mx_port, &worker_ports, &worker_extra),
         &worker_ports,
         &FAST_EXPORT,
     );
@@ -119,8 +183,7 @@ async fn a_message_trace_runs_from_ingest_to_the_remote_reply_across_processes()
         .next()
         .unwrap_or_else(|| panic!("{reply}"))
         .to_string();
-    sink.wait_for_messages(1, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    mx.wait_for_messages(1.0, logs);
 
     let mut client = tern_proto::v1::submission_client::SubmissionClient::connect(ingest_ports.grpc_url())
         .await
@@ -131,28 +194,30 @@ async fn a_message_trace_runs_from_ingest_to_the_remote_reply_across_processes()
         format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01").parse().unwrap(),
     );
     let grpc_id = client.send(request).await.unwrap().into_inner().message_id;
-    sink.wait_for_messages(2, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    mx.wait_for_messages(2.0, logs);
 
+    let has_trace = |spans: &[ReceivedSpan], id: &str, names: &[&str]| {
+        spans
+            .iter()
+            .find(|s| s.name == "delivery" && s.attributes.get("message_id").map(String::as_str) == Some(id))
+            .is_some_and(|d| {
+                let trace: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.trace_id == d.trace_id).collect();
+                names.iter().all(|n| trace.iter().any(|s| s.name == *n))
+            })
+    };
+    let chain = [
+        "message_receive",
+        "enqueue",
+        "claim",
+        "smtp_transaction",
+        "complete",
+    ];
     let complete_traces = |spans: &[ReceivedSpan]| {
-        [smtp_id.as_str(), grpc_id.as_str()].iter().all(|id| {
-            spans
-                .iter()
-                .find(|s| s.name == "delivery" && s.attributes.get("message_id") == Some(&id.to_string()))
-                .is_some_and(|d| {
-                    let trace: Vec<&ReceivedSpan> =
-                        spans.iter().filter(|s| s.trace_id == d.trace_id).collect();
-                    [
-                        "message_receive",
-                        "enqueue",
-                        "claim",
-                        "smtp_transaction",
-                        "complete",
-                    ]
-                    .iter()
-                    .all(|n| trace.iter().any(|s| s.name == *n))
-                })
-        })
+        has_trace(
+            spans,
+            &smtp_id,
+            &[&chain[..], &["dns_lookup", "connect", "tls"]].concat(),
+        ) && has_trace(spans, &grpc_id, &chain)
     };
     receiver.wait_for("both messages' traces", Duration::from_secs(30), complete_traces);
 
@@ -160,13 +225,42 @@ async fn a_message_trace_runs_from_ingest_to_the_remote_reply_across_processes()
     let (ingest_pid, worker_pid) = (i64::from(ingest.pid()), i64::from(worker.pid()));
     let first = trace_of(&spans, &smtp_id);
     check_chain(&first, ingest_pid, worker_pid);
-    assert!(
-        one(&first, "message_receive").parent_span_id.is_empty(),
-        "a new trace per SMTP message"
-    );
-    one(&first, "dns_lookup");
+    let receive = one(&first, "message_receive");
+    assert!(receive.parent_span_id.is_empty(), "a new trace per SMTP message");
+    // The SMTP session carries many messages: its span is in a trace of its own, linked from each
+    // message's. (It ends with the session; the readiness probes' connections have sessions too.)
+    let [(link_trace, link_span)] = &receive.links[..] else {
+        panic!("message_receive links to one span, its session's: {receive:#?}");
+    };
+    receiver.wait_for("the SMTP session's span", Duration::from_secs(30), |spans| {
+        spans.iter().any(|s| &s.span_id == link_span)
+    });
+    let spans = receiver.spans();
+    let session = spans.iter().find(|s| &s.span_id == link_span).unwrap();
+    assert_eq!(session.name, "smtp_session", "{session:#?}");
+    assert_eq!(&session.trace_id, link_trace, "{session:#?}");
+    assert_ne!(session.trace_id, receive.trace_id, "{session:#?}");
+    assert_eq!((session.pid, session.role.as_str()), (ingest_pid, "ingest"));
+    // The worker's steps, each a child of the delivery attempt (TLS within the connect).
+    let delivery = one(&first, "delivery");
+    for kind in ["mx", "a"] {
+        let lookup = first
+            .iter()
+            .find(|s| s.name == "dns_lookup" && s.attributes.get("kind").map(String::as_str) == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind} dns_lookup: {first:#?}"));
+        assert_eq!(lookup.parent_span_id, delivery.span_id, "{lookup:#?}");
+        assert_eq!(lookup.pid, worker_pid);
+    }
     let connect = one(&first, "connect");
-    assert_eq!(connect.parent_span_id, one(&first, "delivery").span_id);
+    assert_eq!(connect.parent_span_id, delivery.span_id);
+    let tls = one(&first, "tls");
+    assert_eq!(tls.parent_span_id, connect.span_id, "{tls:#?}");
+    assert_eq!(tls.pid, worker_pid);
+    assert_eq!(
+        tls.attributes.get("mx").map(String::as_str),
+        Some("mx.traced.test"),
+        "{tls:#?}"
+    );
 
     let second = trace_of(&spans, &grpc_id);
     check_chain(&second, ingest_pid, worker_pid);

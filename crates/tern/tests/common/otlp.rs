@@ -1,11 +1,21 @@
-//! A real OTLP/gRPC trace receiver on loopback: the collector's `TraceService` (from `opentelemetry-proto`)
-//! served by tonic on its own runtime thread, keeping every span it is sent.
+//! A real OTLP/gRPC receiver on loopback: the collector's `TraceService` and `MetricsService` (from
+//! `opentelemetry-proto`) served by tonic on its own runtime thread, keeping every span and every metric data
+//! point it is sent.
+//!
+//! (The metrics service is generated when `opentelemetry-proto`'s `metrics` feature is on, which tern's own
+//! `opentelemetry-otlp` turns on.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -14,6 +24,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use tern_testkit::ports::wait_until;
 
 /// One span as received.
@@ -32,10 +44,32 @@ pub struct ReceivedSpan {
     pub pid: i64,
     /// The span's attributes, as text.
     pub attributes: HashMap<String, String>,
+    /// The spans it links to (not its parent): `(trace id, span id)`, hex.
+    pub links: Vec<(String, String)>,
+}
+
+/// One metric data point as received: a sum's or gauge's value, or a histogram's count.
+#[derive(Clone, Debug)]
+pub struct ReceivedPoint {
+    /// The instrument's name (`tern_messages_received`: OTLP names carry no `_total`).
+    pub metric: String,
+    /// `sum`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// The point's attributes, as text.
+    pub attributes: HashMap<String, String>,
+    /// The value; a histogram's count.
+    pub value: f64,
+    /// The sending process's `tern.role` resource attribute.
+    pub role: String,
+    /// The sending process's `process.pid`.
+    pub pid: i64,
 }
 
 #[derive(Clone, Default)]
 struct Store(Arc<Mutex<Vec<ReceivedSpan>>>);
+
+#[derive(Clone, Default)]
+struct MetricStore(Arc<Mutex<Vec<ReceivedPoint>>>);
 
 fn text(value: Option<&AnyValue>) -> String {
     match value.and_then(|v| v.value.as_ref()) {
@@ -53,6 +87,13 @@ fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> 
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
+}
+
+fn texts(attributes: &[KeyValue]) -> HashMap<String, String> {
+    attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -79,10 +120,11 @@ impl TraceService for Store {
                         parent_span_id: hex(&span.parent_span_id),
                         role: role.clone(),
                         pid,
-                        attributes: span
-                            .attributes
+                        attributes: texts(&span.attributes),
+                        links: span
+                            .links
                             .iter()
-                            .map(|kv| (kv.key.clone(), text(kv.value.as_ref())))
+                            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                             .collect(),
                     });
                 }
@@ -95,10 +137,70 @@ impl TraceService for Store {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for MetricStore {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut received = Vec::new();
+        for resource_metrics in request.into_inner().resource_metrics {
+            let resource = resource_metrics
+                .resource
+                .map(|r| r.attributes)
+                .unwrap_or_default();
+            let role = text(attribute(&resource, "tern.role"));
+            let pid = text(attribute(&resource, "process.pid")).parse().unwrap_or(-1);
+            for scope in resource_metrics.scope_metrics {
+                for metric in scope.metrics {
+                    let mut point = |kind, attributes: &[KeyValue], value| {
+                        received.push(ReceivedPoint {
+                            metric: metric.name.clone(),
+                            kind,
+                            attributes: texts(attributes),
+                            value,
+                            role: role.clone(),
+                            pid,
+                        });
+                    };
+                    let number = |v: &Option<number_data_point::Value>| match v {
+                        Some(number_data_point::Value::AsDouble(d)) => *d,
+                        Some(number_data_point::Value::AsInt(i)) => *i as f64,
+                        None => f64::NAN,
+                    };
+                    match &metric.data {
+                        Some(Data::Sum(sum)) => {
+                            for p in &sum.data_points {
+                                point("sum", &p.attributes, number(&p.value));
+                            }
+                        }
+                        Some(Data::Gauge(gauge)) => {
+                            for p in &gauge.data_points {
+                                point("gauge", &p.attributes, number(&p.value));
+                            }
+                        }
+                        Some(Data::Histogram(histogram)) => {
+                            for p in &histogram.data_points {
+                                point("histogram", &p.attributes, p.count as f64);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.0.lock().unwrap().extend(received);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 /// The receiver; stops when dropped.
 pub struct OtlpReceiver {
     addr: SocketAddr,
     store: Store,
+    metrics: MetricStore,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -111,6 +213,8 @@ impl OtlpReceiver {
         let addr = listener.local_addr().unwrap();
         let store = Store::default();
         let service = TraceServiceServer::new(store.clone()).max_decoding_message_size(64 << 20);
+        let metrics = MetricStore::default();
+        let metrics_service = MetricsServiceServer::new(metrics.clone()).max_decoding_message_size(64 << 20);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -122,6 +226,7 @@ impl OtlpReceiver {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 tonic::transport::Server::builder()
                     .add_service(service)
+                    .add_service(metrics_service)
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -132,6 +237,7 @@ impl OtlpReceiver {
         OtlpReceiver {
             addr,
             store,
+            metrics,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -145,6 +251,31 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.store.0.lock().unwrap().clone()
+    }
+
+    /// Every metric data point received so far, oldest export first (sums are cumulative: the last
+    /// point of a series is its value).
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.metrics.0.lock().unwrap().clone()
+    }
+
+    /// The latest value of `metric` sent by process `pid` with every attribute of `labels`, summed over
+    /// the series that match (their other attributes differing); `None` before the first such export.
+    pub fn latest(&self, pid: i64, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut series: HashMap<Vec<(String, String)>, f64> = HashMap::new();
+        for p in self.points() {
+            let matches = p.pid == pid
+                && p.metric == metric
+                && labels
+                    .iter()
+                    .all(|(k, v)| p.attributes.get(*k).map(String::as_str) == Some(*v));
+            if matches {
+                let mut key: Vec<(String, String)> = p.attributes.into_iter().collect();
+                key.sort();
+                series.insert(key, p.value);
+            }
+        }
+        (!series.is_empty()).then(|| series.values().sum())
     }
 
     /// Waits until `done` holds for the spans received, polling every 100 ms.
