@@ -38,7 +38,8 @@ pub fn report_day(raw: &str) -> Result<String, Status> {
     day_or(raw, || utc_day(now_ms()))
 }
 
-/// The day of a SendReports request: empty is yesterday (what the daily run reports), `today` is today.
+/// The day of a SendReports request: empty is yesterday (what the daily run reports), `today` is today
+/// (whose reports the reporter sends partial, without marking the day sent).
 pub fn send_day(raw: &str) -> Result<String, Status> {
     if raw.trim().eq_ignore_ascii_case("today") {
         return Ok(utc_day(now_ms()));
@@ -106,6 +107,7 @@ pub fn run_response(summary: RunSummary) -> Result<pb::SendReportsResponse, Stat
     }
     Ok(pb::SendReportsResponse {
         incomplete: summary.held_by.is_some() || summary.stopped,
+        partial: summary.partial,
         day: summary.day,
         domains: summary
             .domains
@@ -115,6 +117,7 @@ pub fn run_response(summary: RunSummary) -> Result<pb::SendReportsResponse, Stat
                 status: d.status.as_str().to_owned(),
                 sent_to: d.sent_to,
                 errors: d.errors,
+                retry_later: d.retry_later,
             })
             .collect(),
     })
@@ -139,7 +142,7 @@ pub async fn send_reports(
             other => Status::internal(other.to_string()),
         })?;
     tracing::info!(
-        day = %summary.day, domains = summary.domains.len(), sent = summary.sent(),
+        day = %summary.day, domains = summary.domains.len(), sent = summary.sent(), partial = summary.partial,
         "control: TLS reports sent on demand"
     );
     run_response(summary)
@@ -213,14 +216,24 @@ mod tests {
                 domain: "a.example".into(),
                 status: DomainStatus::Sent,
                 sent_to: vec!["mailto:r@a.example".into()],
-                errors: vec![],
+                errors: vec!["https://c.a.example/r: timed out".into()],
+                retry_later: vec!["https://c.a.example/r".into()],
             }],
             ..locked
         };
         let r = run_response(cut).unwrap();
         assert!(r.incomplete);
+        assert!(!r.partial);
         assert_eq!(r.domains[0].status, "sent");
         assert_eq!(r.domains[0].sent_to, ["mailto:r@a.example"]);
+        assert_eq!(r.domains[0].retry_later, ["https://c.a.example/r"]);
+        let today = RunSummary {
+            day: "2026-05-01".into(),
+            partial: true,
+            ..Default::default()
+        };
+        let r = run_response(today).unwrap();
+        assert!(r.partial && !r.incomplete);
     }
 
     #[tokio::test]

@@ -7,19 +7,24 @@
 //! | [`mail`] | [`gzip`], the file name ([`report_filename`]) and the mail for a `mailto:` URI ([`build_report_mail`]) |
 //!
 //! Once a day, the node holding the day's report lock, for each policy domain with counters: looks up its
-//! record, builds the report, gzips it, and sends it to each URI (a mail through tern's own queue for
-//! `mailto:`, an HTTPS POST of the gzip with `Content-Type: application/tlsrpt+gzip` for `https:`), then
-//! marks the domain's report sent.
+//! record, builds the report, gzips it, marks the domain's report sent, and sends it to each URI (a mail
+//! through tern's own queue for `mailto:`, DKIM-signed when the reporting domain has keys; an HTTPS POST
+//! of the gzip with `Content-Type: application/tlsrpt+gzip` for `https:`); see [`crate::reporter`]. A
+//! report of a day not over yet (a run forced for today) is a partial one ([`build_partial_report`],
+//! [`partial_report_id`], [`partial_report_filename`]) and marks nothing.
 
 pub mod json;
 pub mod mail;
 pub mod record;
 
 pub use json::{
-    DateRange, FailureDetails, PolicyDetails, PolicyReport, Report, Submitter, Summary, build_report,
-    report_id,
+    DateRange, FailureDetails, PolicyDetails, PolicyReport, Report, Submitter, Summary, build_partial_report,
+    build_report, partial_report_id, report_id,
 };
-pub use mail::{ReportMail, TLSRPT_GZIP, build_report_mail, gzip, report_filename, report_subject};
+pub use mail::{
+    ReportMail, TLSRPT_GZIP, build_report_mail, gzip, partial_report_filename, report_filename,
+    report_subject,
+};
 pub use record::{
     ReportUri, TLSRPT_VERSION, TlsRptRecord, TlsRptRecordError, is_tlsrpt_record, select_tlsrpt_record,
     tlsrpt_record_name,

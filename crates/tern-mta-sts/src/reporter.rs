@@ -11,19 +11,30 @@
 //! 4. builds the report from the day's counters ([`build_report`]), gzips it;
 //! 5. marks the domain's report sent ([`TlsReportStore::tls_report_sent`]); a domain already marked (an
 //!    earlier run, any node) is skipped. The mark comes before the sending because the store can only
-//!    test-and-mark: a run repeated the same day must not send twice, and a node that catches up after a
-//!    restart must skip what was sent;
+//!    test-and-mark (no read of the mark, no unmark): a run repeated the same day, or another node's, must
+//!    not send twice, and a node that catches up after a restart must skip what was sent. So the mark is
+//!    this node's claim on the report, and the URIs that fail for a reason that may pass are remembered
+//!    in memory ([`DomainOutcome::retry_later`]) and offered the same report again by the day's later
+//!    runs on this node (the daily task's retries, a forced run of the day);
 //! 6. delivers the report to each `rua` URI, trying a failed one again ([`ReporterOptions::attempts`]):
-//!    `mailto:` as a mail ([`build_report_mail`]) queued into tern's own queue ([`Queue::enqueue`], from
-//!    the reporting address, with an idempotency key made of the report id and the address), `https:` as
-//!    a POST of the gzip (`Content-Type: application/tlsrpt+gzip`) verified against the web PKI roots and
-//!    the extra CA file.
+//!    `mailto:` as a mail ([`build_report_mail`](crate::report::build_report_mail)) queued into tern's
+//!    own queue ([`Queue::enqueue`], from the reporting address, with an idempotency key made of the report
+//!    id and the address), DKIM-signed when the reporter has keys for the reporting address's domain
+//!    ([`TlsReporter::with_dkim`]);
+//!    `https:` as a POST of the gzip (`Content-Type: application/tlsrpt+gzip`) verified against the web PKI
+//!    roots and the extra CA file.
+//!
+//! A day that is not over yet (a run forced for today) gets a partial report: its `date-range` ends when
+//! its counters were read, it has an id of its own ([`partial_report_id`]), and nothing is marked sent, so
+//! the regular run after midnight still sends the whole day's report ([`RunSummary::partial`]).
 //!
 //! It returns a [`RunSummary`]: per domain what happened, where the report went and what failed.
 //! [`TlsReporter::spawn_daily`] runs it once a day, `send_at` after midnight UTC, for the day before
 //! ([`schedule`]).
 
+mod deliver;
 mod https;
+mod pending;
 pub mod schedule;
 
 use std::path::PathBuf;
@@ -32,9 +43,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_core::time::now_ms;
-use tern_core::{Envelope, HumanDuration, Mailbox, MessageId, Recipient, ReversePath, Shutdown};
+use tern_core::{HumanDuration, Mailbox, Shutdown};
+use tern_dkim::SharedSigners;
 use tern_queue::tls_report::day_start_ms;
-use tern_queue::{LockOutcome, NewMessage, Queue, QueueError, TlsReportStore};
+use tern_queue::{LockOutcome, Queue, QueueError, TlsReportStore};
 use tracing::{debug, info, warn};
 
 pub use https::PostError;
@@ -43,10 +55,12 @@ use crate::discovery::TxtLookup;
 use crate::dns::{HickoryDns, TxtResolver};
 use crate::fetch::SetupError;
 use crate::report::{
-    ReportMail, ReportUri, Submitter, build_report, build_report_mail, gzip, report_filename, report_id,
-    select_tlsrpt_record, tlsrpt_record_name,
+    ReportUri, Submitter, build_partial_report, build_report, gzip, partial_report_filename,
+    partial_report_id, report_filename, report_id, select_tlsrpt_record, tlsrpt_record_name,
 };
 use crate::resolve::HostResolver;
+use deliver::Failure;
+use pending::{Pending, Retry};
 
 /// The deadline of one HTTPS POST of a report.
 pub const DEFAULT_POST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,9 +141,10 @@ pub enum ReporterError {
 /// What became of one policy domain's report in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomainStatus {
-    /// Sent to at least one URI (and marked sent).
+    /// Sent to at least one URI (and marked sent, unless the day is not over).
     Sent,
-    /// Marked sent, but no URI took it (every attempt failed): it is not tried again.
+    /// No URI took it (every attempt failed). Marked sent all the same (unless the day is not over): the
+    /// URIs in [`DomainOutcome::retry_later`] are offered it again by the day's later runs on this node.
     Undelivered,
     /// An earlier run (of any node) sent it.
     AlreadySent,
@@ -167,6 +182,10 @@ pub struct DomainOutcome {
     pub sent_to: Vec<String>,
     /// What failed, one line each (a URI's last error prefixed with the URI, or why nothing was sent).
     pub errors: Vec<String>,
+    /// The URIs that did not take the report for a reason that may pass (an unreachable collector, the
+    /// queue's store down): this process keeps the report in memory and offers it to them again at the
+    /// day's later runs (lost if it stops first). Empty for a partial report: the whole day's follows.
+    pub retry_later: Vec<String>,
 }
 
 /// What a run did.
@@ -179,6 +198,10 @@ pub struct RunSummary {
     pub held_by: Option<String>,
     /// Whether the run stopped early for a shutdown.
     pub stopped: bool,
+    /// The day is not over (a run forced for today): the reports sent are partial, cut when their
+    /// counters were read, and no domain was marked sent, so the regular report after midnight still
+    /// covers the whole day.
+    pub partial: bool,
     /// Each domain looked at, in domain order.
     pub domains: Vec<DomainOutcome>,
 }
@@ -202,6 +225,8 @@ struct Inner {
     from: Mailbox,
     submitter: Submitter,
     options: ReporterOptions,
+    /// The reports marked sent that some URI has yet to take.
+    pending: Pending,
 }
 
 /// Sends the TLS reports of a day (see the module docs). Cheap to clone: every clone shares one store,
@@ -209,6 +234,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct TlsReporter {
     inner: Arc<Inner>,
+    /// The `[[dkim]]` keys report mails are signed with (those of the reporting address's domain).
+    dkim: Option<Arc<SharedSigners>>,
     /// Cancelled at shutdown: a run stops between domains and between attempts.
     stop: Shutdown,
 }
@@ -217,6 +244,7 @@ impl std::fmt::Debug for TlsReporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsReporter")
             .field("options", &self.inner.options)
+            .field("dkim", &self.dkim.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -257,9 +285,28 @@ impl TlsReporter {
                 from,
                 submitter,
                 options,
+                pending: Pending::default(),
             }),
+            dkim: None,
             stop: Shutdown::new(),
         })
+    }
+
+    /// The reporter signing its report mails with `keys` (RFC 8460 §3 wants them DKIM-signed): with every
+    /// key of the reporting address's domain, or of its nearest parent with keys, as ingest signs mail from
+    /// that domain. Without a key for it, report mails go unsigned. The keys in use at each mail are
+    /// taken, so a reload of `keys` (SIGHUP) applies to the next report.
+    pub fn with_dkim(mut self, keys: Arc<SharedSigners>) -> TlsReporter {
+        let domain = self.inner.submitter.domain.clone();
+        match keys.current().signing_domain(&domain) {
+            Some(d) => info!(from_domain = %domain, signing_domain = %d, "TLS report mails are DKIM-signed"),
+            None => info!(
+                from_domain = %domain,
+                "no [[dkim]] key for the reporting domain: TLS report mails go unsigned"
+            ),
+        }
+        self.dkim = Some(keys);
+        self
     }
 
     /// [`TlsReporter::new`] with one hickory resolver for the TXT records and the collectors' addresses.
@@ -284,14 +331,24 @@ impl TlsReporter {
     }
 
     /// Sends the reports of `day` (`YYYY-MM-DD`, UTC) that are not sent yet, if this node gets the day's
-    /// lock. An error only when the day is malformed or the store fails; what failed for a domain is in
-    /// its [`DomainOutcome`].
+    /// lock, and offers again the reports of the day that some URI has yet to take. A day that is not over
+    /// (today) gets partial reports and nothing is marked sent ([`RunSummary::partial`]). An error only
+    /// when the day is malformed or the store fails; what failed for a domain is in its
+    /// [`DomainOutcome`].
     pub async fn run_once(&self, day: &str) -> Result<RunSummary, ReporterError> {
-        if day_start_ms(day).is_none() {
+        let Some(start) = day_start_ms(day) else {
             return Err(ReporterError::Day(day.to_owned()));
+        };
+        let now = now_ms();
+        for (old, domain, uris) in self.inner.pending.prune(now) {
+            warn!(
+                day = %old, domain = %domain, uris = %uris.join(" "),
+                "TLS report never taken by these URIs; its day is past reporting: given up"
+            );
         }
         let mut summary = RunSummary {
             day: day.to_owned(),
+            partial: start.saturating_add(schedule::DAY_MS) > now,
             ..RunSummary::default()
         };
         let domains = match self.lock(day).await? {
@@ -302,7 +359,12 @@ impl TlsReporter {
             }
             None => self.inner.store.tls_report_domains(day).await?,
         };
-        debug!(day, domains = domains.len(), "sending the day's TLS reports");
+        debug!(
+            day,
+            domains = domains.len(),
+            partial = summary.partial,
+            "sending the day's TLS reports"
+        );
         for (i, domain) in domains.iter().enumerate() {
             if self.stop.is_cancelled() {
                 summary.stopped = true;
@@ -317,7 +379,7 @@ impl TlsReporter {
                 summary.held_by = Some(owner);
                 break;
             }
-            let outcome = self.report_domain(day, domain).await?;
+            let outcome = self.report_domain(day, domain, summary.partial).await?;
             log_outcome(day, &outcome);
             summary.domains.push(outcome);
         }
@@ -333,14 +395,26 @@ impl TlsReporter {
         }
     }
 
-    /// One domain: record, report, mark, delivery.
-    async fn report_domain(&self, day: &str, domain: &str) -> Result<DomainOutcome, ReporterError> {
+    /// One domain: record, report, mark (not for a partial report), delivery. A report this node marked
+    /// and some URI has yet to take is offered to those URIs again instead.
+    async fn report_domain(
+        &self,
+        day: &str,
+        domain: &str,
+        partial: bool,
+    ) -> Result<DomainOutcome, ReporterError> {
         let mut outcome = DomainOutcome {
             domain: domain.to_owned(),
             status: DomainStatus::NoRecord,
             sent_to: Vec::new(),
             errors: Vec::new(),
+            retry_later: Vec::new(),
         };
+        if !partial && let Some(retry) = self.inner.pending.take(day, domain) {
+            let Retry { made, uris } = retry;
+            self.send(made, &uris, true, &mut outcome).await;
+            return Ok(outcome);
+        }
         let records = match self.inner.txt.lookup_txt(&tlsrpt_record_name(domain)).await {
             TxtLookup::Records(records) => records,
             TxtLookup::NotFound => {
@@ -362,7 +436,7 @@ impl TlsReporter {
                 return Ok(outcome);
             }
         };
-        let made = match self.make(day, domain).await? {
+        let made = match self.make(day, domain, partial).await? {
             Ok(made) => made,
             Err(why) => {
                 outcome.status = DomainStatus::NotMade;
@@ -370,15 +444,30 @@ impl TlsReporter {
                 return Ok(outcome);
             }
         };
-        if !self.inner.store.tls_report_sent(day, domain).await? {
+        // A day not over is not marked: its partial report is extra, the whole day's follows.
+        if !partial && !self.inner.store.tls_report_sent(day, domain).await? {
             outcome.status = DomainStatus::AlreadySent;
             return Ok(outcome);
         }
-        for uri in &record.rua {
+        self.send(made, &record.rua, !partial, &mut outcome).await;
+        Ok(outcome)
+    }
+
+    /// Offers `made` to each of `uris`, into `outcome`; with `keep`, remembers it for the URIs that failed
+    /// for a reason that may pass, to offer it to them again at a later run.
+    async fn send(&self, made: Made, uris: &[ReportUri], keep: bool, outcome: &mut DomainOutcome) {
+        let mut again = Vec::new();
+        for uri in uris {
             let text = uri_text(uri);
             match self.deliver(&made, uri).await {
                 Ok(()) => outcome.sent_to.push(text),
-                Err(e) => outcome.errors.push(format!("{text}: {e}")),
+                Err(Failure { text: e, retry }) => {
+                    outcome.errors.push(format!("{text}: {e}"));
+                    if keep && retry {
+                        outcome.retry_later.push(text);
+                        again.push(uri.clone());
+                    }
+                }
             }
         }
         outcome.status = if outcome.sent_to.is_empty() {
@@ -386,116 +475,55 @@ impl TlsReporter {
         } else {
             DomainStatus::Sent
         };
-        Ok(outcome)
+        self.inner.pending.put(made, again);
     }
 
-    /// The domain's report of `day`, gzipped; the inner error says why none could be made.
-    async fn make(&self, day: &str, domain: &str) -> Result<Result<Made, String>, ReporterError> {
+    /// The domain's report of `day`, gzipped; the inner error says why none could be made. A `partial`
+    /// report is cut now: its range ends now, its id and file name say so.
+    async fn make(
+        &self,
+        day: &str,
+        domain: &str,
+        partial: bool,
+    ) -> Result<Result<Made, String>, ReporterError> {
         let counters = self.inner.store.tls_report_read(day, domain).await?;
         if counters.is_empty() {
             return Ok(Err("no counters for the day".into()));
         }
         let submitter = &self.inner.submitter;
-        let id = report_id(day, domain, &submitter.domain);
-        let made = build_report(submitter, day, domain, &id, &counters)
-            .and_then(|report| report.to_json())
-            .and_then(|json| gzip(&json))
-            .and_then(|gz| {
-                let filename = report_filename(&submitter.domain, domain, day, None)?;
-                Ok(Made {
-                    day: day.to_owned(),
-                    domain: domain.to_owned(),
-                    id,
-                    filename,
-                    gz: Bytes::from(gz),
+        // The counters were read now: a partial report covers the day until now (at most its end, for a
+        // run that went past midnight).
+        let until = day_start_ms(day).map(|start| {
+            let end = (start + schedule::DAY_MS) / 1000 - 1;
+            (now_ms() / 1000).min(end)
+        });
+        let made = match until.filter(|_| partial) {
+            None => {
+                let id = report_id(day, domain, &submitter.domain);
+                build_report(submitter, day, domain, &id, &counters).and_then(|report| {
+                    let filename = report_filename(&submitter.domain, domain, day, None)?;
+                    Ok((id, filename, report))
                 })
-            });
+            }
+            Some(until) => {
+                let id = partial_report_id(until, domain, &submitter.domain);
+                build_partial_report(submitter, day, until, domain, &id, &counters).and_then(|report| {
+                    let filename = partial_report_filename(&submitter.domain, domain, day, until, None)?;
+                    Ok((id, filename, report))
+                })
+            }
+        }
+        .and_then(|(id, filename, report)| {
+            let gz = gzip(&report.to_json()?)?;
+            Ok(Made {
+                day: day.to_owned(),
+                domain: domain.to_owned(),
+                id,
+                filename,
+                gz: Bytes::from(gz),
+            })
+        });
         Ok(made.map_err(|e| e.to_string()))
-    }
-
-    /// Offers the report to one URI, [`ReporterOptions::attempts`] times at most.
-    async fn deliver(&self, made: &Made, uri: &ReportUri) -> Result<(), String> {
-        let attempts = self.inner.options.attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            let result = match uri {
-                ReportUri::Mailto(address) => self.enqueue(made, address).await,
-                ReportUri::Https(url) => self
-                    .inner
-                    .poster
-                    .post(url, made.gz.clone())
-                    .await
-                    .map(|status| debug!(url = %url, status, "TLS report posted"))
-                    .map_err(|e| Failure {
-                        text: e.to_string(),
-                        retry: !matches!(e, PostError::Url(_)),
-                    }),
-            };
-            let failure = match result {
-                Ok(()) => return Ok(()),
-                Err(failure) => failure,
-            };
-            if !failure.retry || attempt >= attempts || !self.pause().await {
-                return Err(failure.text);
-            }
-            warn!(
-                domain = %made.domain, uri = %uri_text(uri), attempt, error = %failure.text,
-                "offering the TLS report failed; trying again"
-            );
-            attempt += 1;
-        }
-    }
-
-    /// Waits [`ReporterOptions::retry_pause`]; `false` when a shutdown came first.
-    async fn pause(&self) -> bool {
-        tokio::select! {
-            () = self.stop.cancelled() => false,
-            () = tokio::time::sleep(self.inner.options.retry_pause) => true,
-        }
-    }
-
-    /// Queues the report mail to `address` into tern's own queue.
-    async fn enqueue(&self, made: &Made, address: &str) -> Result<(), Failure> {
-        let permanent = |text: String| Failure { text, retry: false };
-        let rcpt = Mailbox::parse(address, true)
-            .map_err(|e| permanent(format!("{address:?} is not an address: {e}")))?;
-        let submitter = &self.inner.submitter;
-        let from = self.inner.from.to_string();
-        let body = build_report_mail(&ReportMail {
-            from: &from,
-            to: address,
-            policy_domain: &made.domain,
-            submitter: &submitter.domain,
-            report_id: &made.id,
-            filename: &made.filename,
-            report_gz: &made.gz,
-            date: now_ms() / 1000,
-        })
-        .map_err(|e| permanent(e.to_string()))?;
-        let mut envelope = Envelope::new(
-            ReversePath::Mailbox(self.inner.from.clone()),
-            vec![Recipient::new(rcpt.clone())],
-        );
-        envelope.smtputf8 = !rcpt.is_ascii();
-        // The key makes a repeated write (an outage that may have stored it) one message; the id, too.
-        let key = format!("tern:tlsrpt:{}:{}", made.id, address.to_ascii_lowercase());
-        let mut message = NewMessage::new(envelope, body)
-            .with_idempotency_key(key)
-            .with_tag("tlsrpt", made.domain.clone());
-        message.id = Some(MessageId::new());
-        match self.inner.queue.enqueue(message).await {
-            Ok(receipt) => {
-                info!(
-                    day = %made.day, domain = %made.domain, to = %address, message_id = %receipt.message,
-                    "TLS report mail queued"
-                );
-                Ok(())
-            }
-            Err(e) => Err(Failure {
-                retry: e.is_unavailable(),
-                text: format!("queueing the report mail: {e}"),
-            }),
-        }
     }
 
     /// Runs the reports every day, `send_at` after midnight UTC, for the day before, until `shutdown`;
@@ -518,6 +546,13 @@ impl TlsReporter {
             );
             loop {
                 if !sleep_until(run_at, &shutdown).await {
+                    // What no later run of this process will offer again: say so, it is lost.
+                    for (day, domain, uris) in self.inner.pending.prune(u64::MAX) {
+                        warn!(
+                            day = %day, domain = %domain, uris = %uris.join(" "),
+                            "stopping with a TLS report these URIs never took: not sent to them"
+                        );
+                    }
                     return;
                 }
                 let day = schedule::report_day(slot);
@@ -549,12 +584,6 @@ impl TlsReporter {
     }
 }
 
-/// A failed offer to one URI, and whether trying again may help.
-struct Failure {
-    text: String,
-    retry: bool,
-}
-
 /// A URI as the summary shows it: `mailto:<address>` or the URL.
 fn uri_text(uri: &ReportUri) -> String {
     match uri {
@@ -565,13 +594,14 @@ fn uri_text(uri: &ReportUri) -> String {
 
 fn log_outcome(day: &str, o: &DomainOutcome) {
     let (sent_to, errors) = (o.sent_to.join(" "), o.errors.join("; "));
+    let retry_later = o.retry_later.join(" ");
     match o.status {
         DomainStatus::Sent if o.errors.is_empty() => {
             info!(day, domain = %o.domain, sent_to = %sent_to, "TLS report sent")
         }
         DomainStatus::Sent | DomainStatus::Undelivered | DomainStatus::NotMade => warn!(
             day, domain = %o.domain, status = o.status.as_str(), sent_to = %sent_to, errors = %errors,
-            "TLS report not sent everywhere"
+            retry_later = %retry_later, "TLS report not sent everywhere"
         ),
         DomainStatus::LookupFailed => {
             warn!(day, domain = %o.domain, error = %errors, "TLS report skipped: the TXT lookup failed")

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use tern_config::Config;
+use tern_dkim::SharedSigners;
 use tern_mta_sts::{CacheOptions, FetchOptions, HickoryDns, PolicyCache, ReporterOptions, TlsReporter};
 use tern_queue::{PolicyStore, Queue, TlsReportStore};
 
@@ -41,11 +42,14 @@ pub fn policy_cache(
 /// The TLS reporter for `config`, or `None` when `delivery.tls_rpt.enabled` is off: it reads the counters in
 /// `store` (the raw backend), queues report mails into `queue` (the handle the roles share), asks
 /// `delivery.dns_servers` for the `_smtp._tls` records and the collectors' addresses, and trusts
-/// `delivery.extra_ca_file` besides the web PKI roots. `owner` names this process in the day's report lock.
+/// `delivery.extra_ca_file` besides the web PKI roots. Report mails are DKIM-signed with `dkim`'s keys of
+/// the reporting address's domain (RFC 8460 §3), when there are any. `owner` names this process in the
+/// day's report lock.
 pub fn tls_reporter(
     config: &Config,
     store: Arc<dyn TlsReportStore>,
     queue: Arc<dyn Queue>,
+    dkim: Option<Arc<SharedSigners>>,
     owner: String,
 ) -> anyhow::Result<Option<TlsReporter>> {
     let delivery = &config.delivery;
@@ -67,5 +71,8 @@ pub fn tls_reporter(
     };
     let reporter = TlsReporter::with_dns(store, queue, dns, options)
         .map_err(|e| anyhow::anyhow!("delivery.tls_rpt: {e}"))?;
-    Ok(Some(reporter))
+    Ok(Some(match dkim {
+        Some(keys) => reporter.with_dkim(keys),
+        None => reporter,
+    }))
 }

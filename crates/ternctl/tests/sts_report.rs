@@ -218,8 +218,56 @@ async fn report_shows_a_domains_counts_of_today_for_people_and_as_json() {
     assert!(err.contains("invalid request"), "{err}");
 }
 
+/// Yesterday (UTC): a completed day, which a run marks sent.
+fn yesterday() -> String {
+    utc_day(now_ms() - 24 * 3600 * 1000)
+}
+
 #[tokio::test]
 async fn send_reports_queues_the_report_mail_once_and_says_what_each_domain_got() {
+    let p = plane(true).await;
+    let day = yesterday();
+    fill(p.store.as_ref(), &day).await;
+
+    // The default day is yesterday: what the daily run reports.
+    let out = ok(&ternctl(&p.url, &["sts", "send-reports"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("TLS reports of {day}: 1 of 2 domains sent now"));
+    assert_eq!(lines[1], "DOMAIN  STATUS     SENT TO");
+    assert_eq!(lines[2], format!("a.test  sent       mailto:{RUA}"));
+    assert_eq!(lines[3], "b.test  no-record  -");
+    assert_eq!(lines[4], "b.test: no TLS-RPT TXT record");
+    assert_eq!(lines.len(), 5, "{out}");
+
+    // The mail is in the queue, for the collector's domain.
+    let queue: &dyn Queue = p.store.as_ref();
+    assert_eq!(queue.domain_depth("collector.test").await.unwrap().due, 1);
+    assert_eq!(queue.counts().await.unwrap().total, 1);
+
+    // Again, as JSON: already sent (the day is marked), nothing more queued.
+    let doc = json(&ternctl(&p.url, &["--json", "sts", "send-reports", "--day", &day]).await);
+    assert_eq!(doc["day"], day.as_str());
+    assert_eq!(doc["incomplete"], false);
+    assert_eq!(doc["partial"], false);
+    assert_eq!(doc["domains"][0]["domain"], "a.test");
+    assert_eq!(doc["domains"][0]["status"], "already-sent");
+    assert_eq!(doc["domains"][0]["sent_to"], serde_json::json!([]));
+    assert_eq!(doc["domains"][0]["retry_later"], serde_json::json!([]));
+    assert_eq!(doc["domains"][1]["status"], "no-record");
+    assert_eq!(queue.counts().await.unwrap().total, 1);
+
+    // A day without counts.
+    let out = ok(&ternctl(&p.url, &["sts", "send-reports", "--day", "2020-01-01"]).await);
+    assert_eq!(out, "no TLS sessions counted on 2020-01-01: no reports to send\n");
+    let err = fails_one_line(&ternctl(&p.url, &["sts", "send-reports", "--day", "soon"]).await);
+    assert!(err.contains("invalid request"), "{err}");
+}
+
+/// A run forced for today sends partial reports and does not mark the day: a second one sends again (a
+/// new report id, so the queue does not take it for a repeat), and the regular run after midnight will
+/// still find the day unmarked and send the whole day's report.
+#[tokio::test]
+async fn send_reports_for_today_is_partial_and_leaves_the_day_to_the_regular_run() {
     let p = plane(true).await;
     let today = utc_day(now_ms());
     fill(p.store.as_ref(), &today).await;
@@ -230,31 +278,31 @@ async fn send_reports_queues_the_report_mail_once_and_says_what_each_domain_got(
         lines[0],
         format!("TLS reports of {today}: 1 of 2 domains sent now")
     );
-    assert_eq!(lines[1], "DOMAIN  STATUS     SENT TO");
-    assert_eq!(lines[2], format!("a.test  sent       mailto:{RUA}"));
-    assert_eq!(lines[3], "b.test  no-record  -");
-    assert_eq!(lines[4], "b.test: no TLS-RPT TXT record");
-
-    // The mail is in the queue, for the collector's domain.
+    assert_eq!(
+        lines[1],
+        "the day is not over: these reports are partial and the day is not marked sent; the regular \
+         report after midnight still covers the whole day"
+    );
+    assert_eq!(lines[2], "DOMAIN  STATUS     SENT TO");
+    assert_eq!(lines[3], format!("a.test  sent       mailto:{RUA}"));
     let queue: &dyn Queue = p.store.as_ref();
-    assert_eq!(queue.domain_depth("collector.test").await.unwrap().due, 1);
     assert_eq!(queue.counts().await.unwrap().total, 1);
 
-    // Again, as JSON: already sent, nothing more queued.
+    // A second later, by date: sent again, not "already-sent".
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let doc = json(&ternctl(&p.url, &["--json", "sts", "send-reports", "--day", &today]).await);
-    assert_eq!(doc["day"], today.as_str());
+    assert_eq!(doc["partial"], true);
     assert_eq!(doc["incomplete"], false);
-    assert_eq!(doc["domains"][0]["domain"], "a.test");
-    assert_eq!(doc["domains"][0]["status"], "already-sent");
-    assert_eq!(doc["domains"][0]["sent_to"], serde_json::json!([]));
-    assert_eq!(doc["domains"][1]["status"], "no-record");
-    assert_eq!(queue.counts().await.unwrap().total, 1);
+    assert_eq!(doc["domains"][0]["status"], "sent");
+    assert_eq!(
+        doc["domains"][0]["sent_to"],
+        serde_json::json!([format!("mailto:{RUA}")])
+    );
+    assert_eq!(queue.counts().await.unwrap().total, 2);
 
-    // Yesterday (the default) has no counts.
-    let out = ok(&ternctl(&p.url, &["sts", "send-reports"]).await);
-    assert!(out.starts_with("no TLS sessions counted on "), "{out}");
-    let err = fails_one_line(&ternctl(&p.url, &["sts", "send-reports", "--day", "soon"]).await);
-    assert!(err.contains("invalid request"), "{err}");
+    // Not marked: the first mark of the day is still to be made (by the regular run after midnight).
+    let store: &dyn TlsReportStore = p.store.as_ref();
+    assert!(store.tls_report_sent(&today, REPORTED).await.unwrap());
 }
 
 #[tokio::test]
@@ -280,5 +328,18 @@ async fn completions_know_the_report_commands() {
         "ternctl__subcmd__sts__subcmd__send__subcmd__reports",
     ] {
         assert!(out.contains(want), "{want} missing");
+    }
+}
+
+#[tokio::test]
+async fn send_reports_help_says_today_is_partial_and_the_whole_day_follows() {
+    let out = ok(&ternctl("http://127.0.0.1:1", &["sts", "send-reports", "--help"]).await);
+    let words = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        "Today (not over yet) gets partial reports",
+        "the regular report after midnight still covers the whole day",
+        "A completed day is marked sent",
+    ] {
+        assert!(words.contains(want), "{want:?} missing in:\n{out}");
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tern_core::time::rfc3339_utc;
 use tern_queue::TlsSessionKey;
 use tern_queue::tls_report::day_start_ms;
 
@@ -152,10 +153,38 @@ pub fn report_id(day: &str, policy_domain: &str, submitter_domain: &str) -> Stri
     )
 }
 
+/// The id of a report of a day that is not over yet, cut at `until` (Unix seconds):
+/// `<YYYY-MM-DD>T<hhmmss>Z_<policy-domain>@<submitter-domain>`. It differs from the whole day's
+/// [`report_id`] on purpose: the whole day's report, sent after midnight, must not be taken for a repeat of
+/// this one (by a collector that drops repeated ids, or by the idempotency key of its mail in the queue).
+pub fn partial_report_id(until: u64, policy_domain: &str, submitter_domain: &str) -> String {
+    // `2026-05-10T13:45:02Z` without its colons, which have no place in a Message-ID or a file name.
+    let cut = rfc3339_utc(until.saturating_mul(1000)).replace(':', "");
+    format!(
+        "{cut}_{}@{}",
+        policy_domain.to_ascii_lowercase(),
+        submitter_domain.to_ascii_lowercase()
+    )
+}
+
 /// The first and last second (Unix) of a UTC day.
 pub(crate) fn day_bounds(day: &str) -> Result<(u64, u64), ReportError> {
     let start = day_start_ms(day).ok_or_else(|| ReportError::Day(day.to_owned()))? / 1000;
     Ok((start, start + 24 * 3600 - 1))
+}
+
+/// The first second of `day` and the last second a report of it covers: the day's last, or `until` for a
+/// report of a day not over yet (which must fall within the day).
+pub(crate) fn report_bounds(day: &str, until: Option<u64>) -> Result<(u64, u64), ReportError> {
+    let (start, end) = day_bounds(day)?;
+    match until {
+        None => Ok((start, end)),
+        Some(until) if (start..=end).contains(&until) => Ok((start, until)),
+        Some(until) => Err(ReportError::Day(format!(
+            "{day} cut at {}",
+            rfc3339_utc(until.saturating_mul(1000))
+        ))),
+    }
 }
 
 /// Builds the report of `policy_domain` for `day` (`YYYY-MM-DD`) from the day's counters. Counters of
@@ -167,7 +196,32 @@ pub fn build_report(
     report_id: &str,
     counters: &[(TlsSessionKey, u64)],
 ) -> Result<Report, ReportError> {
-    day_bounds(day)?;
+    build(submitter, day, None, policy_domain, report_id, counters)
+}
+
+/// Builds the report of a day that is not over yet, from its counters so far: as [`build_report`], but its
+/// `date-range` ends at `until` (Unix seconds, within the day), when the counters were read. Give it a
+/// [`partial_report_id`].
+pub fn build_partial_report(
+    submitter: &Submitter,
+    day: &str,
+    until: u64,
+    policy_domain: &str,
+    report_id: &str,
+    counters: &[(TlsSessionKey, u64)],
+) -> Result<Report, ReportError> {
+    build(submitter, day, Some(until), policy_domain, report_id, counters)
+}
+
+fn build(
+    submitter: &Submitter,
+    day: &str,
+    until: Option<u64>,
+    policy_domain: &str,
+    report_id: &str,
+    counters: &[(TlsSessionKey, u64)],
+) -> Result<Report, ReportError> {
+    let (_, end) = report_bounds(day, until)?;
     let mut policies: BTreeMap<(&str, &[String]), PolicyReport> = BTreeMap::new();
     for (key, count) in counters.iter().filter(|(_, n)| *n > 0) {
         let entry = policies
@@ -210,7 +264,7 @@ pub fn build_report(
         organization_name: submitter.organization_name.clone(),
         date_range: DateRange {
             start_datetime: format!("{day}T00:00:00Z"),
-            end_datetime: format!("{day}T23:59:59Z"),
+            end_datetime: rfc3339_utc(end.saturating_mul(1000)),
         },
         contact_info: submitter.contact_info.clone(),
         report_id: report_id.to_owned(),

@@ -3,8 +3,9 @@
 //! The mail is a `multipart/report; report-type="tlsrpt"` message with the `TLS-Report-Domain` and
 //! `TLS-Report-Submitter` headers, the subject `Report Domain: <d> Submitter: <s> Report-ID: <<id>>`, a
 //! short text part and the gzipped report as an `application/tlsrpt+gzip` attachment. Its Message-ID is the
-//! report id, so that a report sent twice is recognisably one. Signing it (the RFC wants DKIM) is the
-//! sending path's business.
+//! report id, so that a report sent twice is recognisably one. Signing it (RFC 8460 §3 wants DKIM) is the
+//! sender's business: the reporter signs it with the `[[dkim]]` keys of the reporting address's domain
+//! before it queues it (`TlsReporter::with_dkim`).
 
 use std::io::Write;
 
@@ -19,7 +20,7 @@ use mail_builder::headers::raw::Raw;
 use mail_builder::mime::MimePart;
 
 use super::ReportError;
-use super::json::day_bounds;
+use super::json::{day_bounds, report_bounds};
 
 /// The media type of a gzipped report.
 pub const TLSRPT_GZIP: &str = "application/tlsrpt+gzip";
@@ -43,7 +44,27 @@ pub fn report_filename(
     day: &str,
     unique_id: Option<&str>,
 ) -> Result<String, ReportError> {
-    let (begin, end) = day_bounds(day)?;
+    filename(sender, policy_domain, day_bounds(day)?, unique_id)
+}
+
+/// The file name of a report of a day not over yet ([`build_partial_report`](super::build_partial_report)):
+/// as [`report_filename`], its end timestamp `until` (Unix seconds, within the day).
+pub fn partial_report_filename(
+    sender: &str,
+    policy_domain: &str,
+    day: &str,
+    until: u64,
+    unique_id: Option<&str>,
+) -> Result<String, ReportError> {
+    filename(sender, policy_domain, report_bounds(day, Some(until))?, unique_id)
+}
+
+fn filename(
+    sender: &str,
+    policy_domain: &str,
+    (begin, end): (u64, u64),
+    unique_id: Option<&str>,
+) -> Result<String, ReportError> {
     for domain in [sender, policy_domain] {
         if domain.is_empty()
             || domain

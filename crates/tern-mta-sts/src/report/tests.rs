@@ -134,6 +134,39 @@ fn the_report_has_the_rfc_fields_for_the_whole_utc_day() {
     );
 }
 
+/// 2016-04-01T13:45:02Z.
+const CUT: u64 = 1_459_518_302;
+
+#[test]
+fn a_partial_report_ends_when_it_was_cut_and_has_an_id_of_its_own() {
+    let id = partial_report_id(CUT, "Company-Y.example", "Mail.Company-X.example");
+    assert_eq!(id, "2016-04-01T134502Z_company-y.example@mail.company-x.example");
+    assert_ne!(id, report_id(DAY, DOMAIN, "mail.company-x.example"));
+    let partial = build_partial_report(&submitter(), DAY, CUT, DOMAIN, &id, &counters()).expect("a report");
+    let whole = build_report(&submitter(), DAY, DOMAIN, &id, &counters()).expect("a report");
+    assert_eq!(partial.date_range.start_datetime, "2016-04-01T00:00:00Z");
+    assert_eq!(partial.date_range.end_datetime, "2016-04-01T13:45:02Z");
+    assert_eq!(partial.report_id, id);
+    // Only the range differs: the counts are those read.
+    assert_eq!(partial.policies, whole.policies);
+    // The cut must fall within the day.
+    let day_start = 1_459_468_800;
+    for outside in [day_start - 1, day_start + 86_400] {
+        assert!(matches!(
+            build_partial_report(&submitter(), DAY, outside, DOMAIN, &id, &counters()),
+            Err(ReportError::Day(_))
+        ));
+    }
+    assert!(build_partial_report(&submitter(), DAY, day_start, DOMAIN, &id, &counters()).is_ok());
+    assert_eq!(
+        partial_report_filename("mail.sender.example", "example.net", DAY, CUT, None),
+        Ok(format!(
+            "mail.sender.example!example.net!{day_start}!{CUT}.json.gz"
+        ))
+    );
+    assert!(partial_report_filename("mail.sender.example", "example.net", DAY, 5, None).is_err());
+}
+
 #[test]
 fn each_policy_has_its_string_domain_mx_patterns_and_counts() {
     let r = report_json();

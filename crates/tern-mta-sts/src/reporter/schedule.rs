@@ -56,16 +56,16 @@ pub fn retry_run_ms(run_ms: u64, now: u64, retry: Duration, send_at: Duration) -
 }
 
 /// Whether a run left its day unfinished, so that a later run of the same day may do more: another node
-/// held the day's lock (its run may fail or be cut short), a shutdown stopped it, or a domain's TXT lookup
-/// failed (the domain is not marked sent). Undelivered reports are marked sent already: a retry would not
-/// send them.
+/// held the day's lock (its run may fail or be cut short), a shutdown stopped it, a domain's TXT lookup
+/// failed (the domain is not marked sent), or some URI did not take a report for a reason that may pass
+/// (this node offers it again: [`DomainOutcome::retry_later`](super::DomainOutcome::retry_later)).
 pub fn unfinished(summary: &RunSummary) -> bool {
     summary.held_by.is_some()
         || summary.stopped
         || summary
             .domains
             .iter()
-            .any(|d| d.status == DomainStatus::LookupFailed)
+            .any(|d| d.status == DomainStatus::LookupFailed || !d.retry_later.is_empty())
 }
 
 /// The next run after one for the day of the regular run at `slot` that ended at `now`: the same day again
@@ -139,6 +139,7 @@ mod tests {
             day: "2026-05-09".into(),
             held_by: held_by.map(str::to_owned),
             stopped,
+            partial: false,
             domains: statuses
                 .iter()
                 .map(|&status| super::super::DomainOutcome {
@@ -146,6 +147,7 @@ mod tests {
                     status,
                     sent_to: vec![],
                     errors: vec![],
+                    retry_later: vec![],
                 })
                 .collect(),
         }
@@ -163,6 +165,10 @@ mod tests {
             &[Sent, Undelivered, AlreadySent, NoRecord, NotMade]
         )));
         assert!(!unfinished(&summary(None, false, &[])));
+        // A URI to offer a report to again.
+        let mut waiting = summary(None, false, &[Sent, Undelivered]);
+        waiting.domains[1].retry_later = vec!["https://c.test/r".into()];
+        assert!(unfinished(&waiting));
     }
 
     #[test]

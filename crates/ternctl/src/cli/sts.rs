@@ -45,10 +45,15 @@ pub enum StsCommand {
     /// Send the TLS reports of a day now, as the daily run does: each domain with counts that publishes
     /// a _smtp._tls record and was not sent its report yet.
     ///
-    /// Prints per domain where the report went and what failed; exit 1 when a domain's report was not
-    /// sent (no URI took it, its TXT lookup failed, it could not be made) or the run was cut short.
+    /// A completed day is marked sent, as the daily run marks it. Today (not over yet) gets partial
+    /// reports of the counts so far, and is not marked sent: the regular report after midnight still
+    /// covers the whole day. Prints per domain where the report went and what failed; exit 1 when a
+    /// domain's report was not sent (no URI took it, its TXT lookup failed, it could not be made) or the
+    /// run was cut short. A URI that failed for a reason that may pass is offered the report again at the
+    /// day's next run on the same node.
     SendReports {
-        /// The UTC day, YYYY-MM-DD, or `today` (its counts are not complete yet). Default: yesterday.
+        /// The UTC day, YYYY-MM-DD, or `today` (partial: the regular report after midnight still covers
+        /// the whole day). Default: yesterday.
         #[arg(long, value_name = "YYYY-MM-DD|today")]
         day: Option<String>,
     },

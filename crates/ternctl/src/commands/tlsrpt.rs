@@ -38,7 +38,8 @@ pub async fn report(global: &Global, domain: String, day: Option<String>) -> any
     Ok(())
 }
 
-/// `ternctl sts send-reports [--day YYYY-MM-DD|today]`.
+/// `ternctl sts send-reports [--day YYYY-MM-DD|today]`. Today's reports are partial and leave the day
+/// unmarked (the server decides; the output says so).
 pub async fn send_reports(global: &Global, day: Option<String>) -> anyhow::Result<()> {
     let mut client = mta_sts(global, SEND_TIMEOUT).await?;
     let request = pb::SendReportsRequest {
@@ -151,13 +152,19 @@ fn run_json(r: &pb::SendReportsResponse) -> Value {
                 "status": d.status,
                 "sent_to": d.sent_to,
                 "errors": d.errors,
+                "retry_later": d.retry_later,
             })
         })
         .collect();
-    json!({ "day": r.day, "incomplete": r.incomplete, "domains": domains })
+    json!({ "day": r.day, "incomplete": r.incomplete, "partial": r.partial, "domains": domains })
 }
 
-/// A run for people: one row per domain, then each error on a line of its own.
+/// What a run for a day not over yet says.
+const PARTIAL: &str = "the day is not over: these reports are partial and the day is not marked sent; \
+                       the regular report after midnight still covers the whole day";
+
+/// A run for people: one row per domain, then each error on a line of its own, and the URIs the server
+/// offers a report again; a partial run says so first.
 fn run_text(r: &pb::SendReportsResponse) -> String {
     if r.domains.is_empty() {
         return format!("no TLS sessions counted on {}: no reports to send\n", r.day);
@@ -173,10 +180,20 @@ fn run_text(r: &pb::SendReportsResponse) -> String {
         r.day,
         super::output::plural(r.domains.len() as u64, "domain")
     );
+    if r.partial {
+        out.push_str(&format!("{PARTIAL}\n"));
+    }
     out.push_str(&table(&["DOMAIN", "STATUS", "SENT TO"], &rows));
     for d in &r.domains {
         for e in &d.errors {
             out.push_str(&format!("{}: {e}\n", d.domain));
+        }
+        if !d.retry_later.is_empty() {
+            out.push_str(&format!(
+                "{}: offered again at the day's next report run: {}\n",
+                d.domain,
+                d.retry_later.join(" ")
+            ));
         }
     }
     out
@@ -257,14 +274,17 @@ mod tests {
                     status: "sent".into(),
                     sent_to: vec!["mailto:r@a.example".into(), "https://c.a.example/r".into()],
                     errors: vec![],
+                    retry_later: vec![],
                 },
                 pb::DomainReportResult {
                     domain: "b.example".into(),
                     status: "no-record".into(),
                     sent_to: vec![],
                     errors: vec!["no TLS-RPT TXT record".into()],
+                    retry_later: vec![],
                 },
             ],
+            partial: false,
         };
         let text = run_text(&run);
         assert_eq!(
@@ -278,5 +298,39 @@ mod tests {
         let doc = run_json(&run);
         assert_eq!(doc["domains"][0]["sent_to"][1], "https://c.a.example/r");
         assert_eq!(doc["incomplete"], false);
+        assert_eq!(doc["partial"], false);
+        assert_eq!(doc["domains"][0]["retry_later"], json!([]));
+    }
+
+    #[test]
+    fn a_partial_run_says_the_whole_day_follows_and_a_uri_to_retry_is_named() {
+        let run = pb::SendReportsResponse {
+            day: "2026-05-01".into(),
+            incomplete: false,
+            partial: true,
+            domains: vec![pb::DomainReportResult {
+                domain: "a.example".into(),
+                status: "sent".into(),
+                sent_to: vec!["mailto:r@a.example".into()],
+                errors: vec!["https://c.a.example/r: c.a.example answered HTTP status 503".into()],
+                retry_later: vec!["https://c.a.example/r".into()],
+            }],
+        };
+        let text = run_text(&run);
+        assert_eq!(
+            text,
+            format!(
+                "TLS reports of 2026-05-01: 1 of 1 domain sent now\n\
+                 {PARTIAL}\n\
+                 DOMAIN     STATUS  SENT TO\n\
+                 a.example  sent    mailto:r@a.example\n\
+                 a.example: https://c.a.example/r: c.a.example answered HTTP status 503\n\
+                 a.example: offered again at the day's next report run: https://c.a.example/r\n"
+            )
+        );
+        assert!(PARTIAL.contains("the regular report after midnight still covers the whole day"));
+        let doc = run_json(&run);
+        assert_eq!(doc["partial"], true);
+        assert_eq!(doc["domains"][0]["retry_later"][0], "https://c.a.example/r");
     }
 }
