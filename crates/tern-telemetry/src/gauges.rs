@@ -103,8 +103,8 @@ impl QueueSnapshot {
     }
 }
 
-/// Jobs due now that a worker could claim: due jobs of every domain that is not suspended (admin bounces
-/// included: their schedule is never suspended). What KEDA's external scaler reports.
+/// Jobs due now that a worker could claim: due jobs of every domain that is not suspended. (Admin bounces
+/// waiting for their DSN are not among them: no store lists the bounce schedule as a domain.)
 pub fn due_jobs(depths: &[DomainDepth]) -> u64 {
     depths
         .iter()

@@ -87,19 +87,20 @@ pub fn render(config: &Config, metrics_addr: SocketAddr) -> String {
     let ingest_url = format!("http://{}", ingest.grpc_listen);
     // Without the sandbox the message really goes out, and example.net publishes a null MX (RFC 7505): a
     // newcomer copying the sandbox's command would see a bounce, so name a recipient of their own instead.
-    let recipient = if config.delivery.sandbox_dir.is_some() {
+    // The sender too: example.com's SPF and DMARC records say no server may send its mail.
+    let (sender, recipient) = if config.delivery.sandbox_dir.is_some() {
         let _ = writeln!(out, "A first message:");
-        "friend@example.net"
+        ("you@example.com", "friend@example.net")
     } else {
         let _ = writeln!(
             out,
-            "A first message (it is really sent: put a mailbox you own after --to):"
+            "A first message (it is really sent: use a domain you control after --from, a mailbox you own after --to):"
         );
-        "you@your-domain.example"
+        ("you@your-domain.example", "you@your-domain.example")
     };
     let _ = writeln!(
         out,
-        "  ternctl send --ingest {ingest_url} --from you@example.com --to {recipient} --subject hello --text hi"
+        "  ternctl send --ingest {ingest_url} --from {sender} --to {recipient} --subject hello --text hi"
     );
     out
 }
@@ -150,6 +151,7 @@ mod tests {
         let config = Config::default();
         let text = render(&config, config.telemetry.metrics_listen);
         assert!(!text.contains("example.net"), "{text}");
+        assert!(!text.contains("you@example.com"), "{text}");
         assert!(text.contains("it is really sent"), "{text}");
     }
 

@@ -55,11 +55,12 @@ impl QueueConfig {
     /// Checks ranges serde cannot express; returns the offending key and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.backend() == QueueBackend::Embedded {
-            // `embedded:////` and the like name the root directory, which is never meant.
+            // `embedded:///`, `embedded:///./..` and the like name the root directory, which is never meant.
             let url = self.url.trim();
-            if url.starts_with("embedded://")
-                && url.trim_start_matches("embedded://").trim_matches('/').is_empty()
-            {
+            let names_a_directory = std::path::Path::new(url.trim_start_matches("embedded://"))
+                .components()
+                .any(|part| matches!(part, std::path::Component::Normal(_)));
+            if url.starts_with("embedded://") && !names_a_directory {
                 return Err((
                     "url".into(),
                     "an embedded:// URL names a directory: embedded:///path/to/dir".into(),
@@ -164,7 +165,18 @@ mod tests {
         assert_eq!(with_url("redis://h:1").backend(), QueueBackend::Redis);
         assert!(matches!(with_url("embedded://").validate(), Err((key, _)) if key == "url"));
         assert!(matches!(with_url("embedded:///").validate(), Err((key, _)) if key == "url"));
-        assert!(matches!(with_url("embedded:////").validate(), Err((key, _)) if key == "url"));
+        for root in [
+            "embedded:////",
+            "embedded:///.",
+            "embedded:///./..",
+            "embedded:///../",
+        ] {
+            assert!(
+                matches!(with_url(root).validate(), Err((key, _)) if key == "url"),
+                "{root}"
+            );
+        }
+        assert_eq!(with_url("embedded://tern-data").validate(), Ok(()));
         let mut replicated = with_url("embedded:///var/lib/tern");
         replicated.wait_replicas = 1;
         assert!(matches!(replicated.validate(), Err((key, _)) if key == "wait_replicas"));

@@ -69,7 +69,11 @@ pub fn path_from_url(url: &str) -> Option<Result<PathBuf, QueueError>> {
         return Some(Ok(PathBuf::from(DEFAULT_PATH)));
     }
     let path = url.strip_prefix("embedded://")?;
-    if path.is_empty() {
+    // A path of nothing but `/`, `.` and `..` names the root directory (or nothing): never meant.
+    let names_a_directory = PathBuf::from(path)
+        .components()
+        .any(|part| matches!(part, std::path::Component::Normal(_)));
+    if !names_a_directory {
         return Some(Err(QueueError::Config(
             "an embedded:// queue URL names a directory: embedded:///path/to/dir".into(),
         )));
@@ -546,6 +550,14 @@ mod tests {
             path_from_url("embedded://"),
             Some(Err(QueueError::Config(_)))
         ));
+        for root in [
+            "embedded:///",
+            "embedded:////",
+            "embedded:///.",
+            "embedded:///./..",
+        ] {
+            assert!(matches!(path_from_url(root), Some(Err(_))), "{root}");
+        }
         assert_eq!(path_from_url("redis://127.0.0.1:6379"), None);
         assert_eq!(path_from_url("rediss://h:1"), None);
     }
