@@ -10,8 +10,9 @@
 //! with the RCPT and the receiver reports the delivery itself; tern sends nothing. A reply the server sent
 //! is reported as its reply (Remote-MTA, `Diagnostic-Code: smtp`); one tern made
 //! ([`RecipientReply::Local`]) as tern's own (see [`crate::dsn::Diagnostic`]), and an attempt in which only
-//! tern replied records no server for the queue's events. (An attempt with replies of both kinds keeps the
-//! server, for all its events: the queue's model has one attempt per outcome.)
+//! tern replied records no server (nor its TLS session) for the queue's events, only whether MTA-STS
+//! applied. (An attempt with replies of both kinds keeps the server, for all its events: the queue's model
+//! has one attempt per outcome.)
 
 use std::time::Duration;
 
@@ -217,16 +218,32 @@ pub fn decide(job: &Job, results: &[(u32, RecipientReply)], ctx: &DecideContext<
     out.outcome.reply = first_bad.or(last);
     // The queue's events pair the replies with the attempt's server. The model has no mark for a reply tern
     // made, so when no server replied at all (content the server cannot take, a session that broke before
-    // any answer) the events name no server: they must not say the MX said it. An attempt that names no
-    // server (a batch deferred before any session, with its MTA-STS mode) is kept.
+    // any answer) the events name no server: they must not say the MX said it. They still say whether
+    // MTA-STS applied, as every delivery event does ([`without_server`]).
     out.outcome.attempt = if results.iter().any(|(_, r)| r.is_remote()) {
         ctx.attempt.clone()
     } else {
-        ctx.attempt
-            .clone()
-            .filter(|a| a.remote_mx.is_none() && a.remote_ip.is_none())
+        ctx.attempt.as_ref().and_then(without_server)
     };
     out
+}
+
+/// The attempt an outcome only tern replied to records: one that names no server (a batch deferred before
+/// any session) as it is; otherwise without the server, and with its `tls` reduced to its MTA-STS part
+/// (from `mta-sts=` on), so that the event neither names the MX nor claims its TLS session. `None` when
+/// nothing is left to record.
+fn without_server(a: &DeliveryAttempt) -> Option<DeliveryAttempt> {
+    if a.remote_mx.is_none() && a.remote_ip.is_none() {
+        return Some(a.clone());
+    }
+    let tls = a.tls.as_deref()?;
+    let at = tls.find("mta-sts=")?;
+    Some(DeliveryAttempt {
+        remote_mx: None,
+        remote_ip: None,
+        tls: tls.get(at..).map(str::to_owned),
+        dsn: a.dsn.clone(),
+    })
 }
 
 /// A delay notice is due on the first deferral after `delay_notice_after`: the message has waited that
@@ -482,6 +499,45 @@ mod tests {
             &c,
         );
         assert_eq!(d.outcome.attempt, c.attempt);
+    }
+
+    #[test]
+    fn a_session_only_tern_replied_to_names_no_server_but_says_whether_mta_sts_applied() {
+        let s = RetrySchedule::default();
+        for (tls, kept) in [
+            (
+                "TLSv1.3 TLS_AES_256_GCM_SHA384 verified; mta-sts=enforce",
+                "mta-sts=enforce",
+            ),
+            (
+                "plaintext; mta-sts=not-applied (relayed)",
+                "mta-sts=not-applied (relayed)",
+            ),
+            (
+                "TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256 unverified; mta-sts=testing; \
+                 mta-sts-failure=certificate-not-trusted",
+                "mta-sts=testing; mta-sts-failure=certificate-not-trusted",
+            ),
+        ] {
+            let mut c = ctx(&s, MIN);
+            c.attempt = Some(DeliveryAttempt {
+                remote_mx: Some("mx1.b.test".into()),
+                remote_ip: Some("127.0.0.1".into()),
+                tls: Some(tls.into()),
+                dsn: None,
+            });
+            let d = decide(
+                &job(1, 0, 0),
+                &[(0, local(451, "4.4.2", "connection dropped during MAIL"))],
+                &c,
+            );
+            let attempt = d.outcome.attempt.expect("the MTA-STS note");
+            assert_eq!(
+                (attempt.remote_mx, attempt.remote_ip, attempt.tls.as_deref()),
+                (None, None, Some(kept)),
+                "{tls}"
+            );
+        }
     }
 
     #[test]

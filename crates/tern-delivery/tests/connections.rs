@@ -1,6 +1,8 @@
 //! Opening and closing connections against the scriptable server on loopback: a STARTTLS refusal that ends
 //! the session moves on to the next host; the connection lost during the TLS handshake is not remembered as
-//! the host's TLS failing; a worker that stops closes its idle connections at once, not one after another.
+//! the host's TLS failing; a worker that stops closes its idle connections at once, not one after another;
+//! a session that breaks before the server answered records an event that names no server but says
+//! whether MTA-STS applied.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -97,6 +99,50 @@ async fn a_connection_lost_during_the_tls_handshake_is_not_remembered_as_a_tls_f
     let starttls = mx.commands().iter().filter(|c| c.as_str() == "STARTTLS").count();
     assert_eq!(starttls, 2, "TLS is tried again: {:?}", mx.commands());
     assert!(mx.messages().iter().all(|m| !m.tls));
+    w.stop().await;
+}
+
+/// An MX that closes the connection at MAIL without a reply: tern's own 451 defers the message, and its
+/// event names no server (the MX said nothing) nor claims its session's TLS, but still says whether
+/// MTA-STS applied (issue #17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_broken_before_any_reply_still_says_whether_mta_sts_applied() {
+    let port = free_port().unwrap();
+    let dns = Dnsmasq::builder()
+        .mx("a.test", "mx.a.test", 10)
+        .host("mx.a.test", ip(30))
+        .mx("broken.test", "mx.broken.test", 10)
+        .host("mx.broken.test", ip(145))
+        .start()
+        .unwrap();
+    let mx = FakeMx::start(
+        sa(145, port),
+        Behaviour {
+            close_at_mail: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "closedatmail", Duration::from_secs(30)).await;
+    let mut cfg = config(&dns, port);
+    cfg.retry_schedule = vec![HumanDuration(Duration::from_secs(3600))];
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    send(&q, "s@a.test", &["r@broken.test"]).await;
+    let e = wait_event(&q, EventKind::Deferred).await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(reply.starts_with("451 4.4.2"), "{e:?}");
+    assert_eq!(
+        (e.remote_mx.as_deref(), e.remote_ip.as_deref()),
+        (None, None),
+        "{e:?}"
+    );
+    assert_eq!(e.tls.as_deref(), Some("mta-sts=not-applied (disabled)"), "{e:?}");
+    assert!(
+        mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        mx.commands()
+    );
     w.stop().await;
 }
 

@@ -42,6 +42,8 @@ enum Receiver {
     StartTls(&'static [&'static str]),
     /// No STARTTLS.
     Plain,
+    /// STARTTLS as [`Receiver::StartTls`], but the connection is closed at MAIL without a reply.
+    ClosesAtMail(&'static [&'static str]),
 }
 
 /// One test's domain and peers.
@@ -108,11 +110,12 @@ impl TxtResolver for SwitchableTxt {
 /// What a receiving MX that offers what `receiver` says does, its certificate from `ca`.
 fn behaviour(ca: &TestCa, receiver: Receiver) -> Behaviour {
     let tls: Option<ServerCert> = match receiver {
-        Receiver::StartTls(names) => Some(ca.issue(names).unwrap()),
+        Receiver::StartTls(names) | Receiver::ClosesAtMail(names) => Some(ca.issue(names).unwrap()),
         Receiver::Plain => None,
     };
     Behaviour {
         tls,
+        close_at_mail: matches!(receiver, Receiver::ClosesAtMail(_)),
         ..Default::default()
     }
 }
@@ -655,6 +658,37 @@ async fn a_plaintext_delivery_to_a_domain_without_a_policy_says_mta_sts_none() {
     assert_eq!(e.tls.as_deref(), Some("plaintext; mta-sts=none"), "{e:?}");
     assert_eq!(e.remote_mx.as_deref(), Some("mx.plainnone.test"));
     assert!(!w.mx.messages()[0].tls);
+    w.stop().await;
+}
+
+/// A session under an enforced policy that breaks before the server answered (the MX closes the
+/// connection at MAIL): tern's own 451 names no server and claims no TLS session, but the event still says
+/// the policy's mode (issue #17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_broken_before_any_reply_still_names_the_mta_sts_mode() {
+    let w = World::start(
+        Setup::new(
+            "broken.test",
+            "mx.broken.test",
+            93,
+            Receiver::ClosesAtMail(&["mx.broken.test"]),
+        )
+        .policy(policy("enforce", "mx.broken.test")),
+    )
+    .await;
+    send(&w.queue, "s@a.test", &["r@broken.test"]).await;
+    let e = wait_event(&w.queue, EventKind::Deferred).await;
+    let reply = e.reply.clone().unwrap_or_default();
+    assert!(reply.starts_with("451 4.4.2"), "{e:?}");
+    assert_eq!(e.tls.as_deref(), Some("mta-sts=enforce"), "{e:?}");
+    assert_eq!((e.remote_mx, e.remote_ip), (None, None));
+    // The session was verified TLS to the policy's MX: MAIL went out, over TLS.
+    assert!(
+        w.mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "{:?}",
+        w.mx.commands()
+    );
+    assert!(w.mx.messages().is_empty());
     w.stop().await;
 }
 

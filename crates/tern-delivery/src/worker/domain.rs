@@ -263,12 +263,8 @@ impl<'a> DomainDelivery<'a> {
                     // host failure and send the next connection to the next MX.
                     self.connection = None;
                     if tries >= 2 {
-                        let reply = Reply::new(451, "4.4.2", "connection lost before the transaction");
-                        let replies: Vec<(u32, RecipientReply)> = pending
-                            .iter()
-                            .map(|(i, _)| (*i, RecipientReply::Local(reply.clone())))
-                            .collect();
-                        self.inner.finish(job, &replies, None, false).await;
+                        let (replies, attempt) = lost_before_start(&self.sts, &pending);
+                        self.inner.finish(job, &replies, attempt, false).await;
                         return Ok(());
                     }
                 }
@@ -458,6 +454,55 @@ impl<'a> DomainDelivery<'a> {
         }
         if let Some(hold) = self.hold.take() {
             self.inner.drop_hold(&hold).await;
+        }
+    }
+}
+
+/// The replies and the attempt of a message whose connection went stale twice before it started: tern's
+/// own 451 for each pending recipient, and the batch's attempt, which names no server (none replied) but
+/// says whether MTA-STS applied, as every delivery event does.
+fn lost_before_start(
+    sts: &StsApplied,
+    pending: &[(u32, &Recipient)],
+) -> (Vec<(u32, RecipientReply)>, Option<DeliveryAttempt>) {
+    let reply = Reply::new(451, "4.4.2", "connection lost before the transaction");
+    let replies = pending
+        .iter()
+        .map(|(i, _)| (*i, RecipientReply::Local(reply.clone())))
+        .collect();
+    (replies, Some(sts.batch_attempt()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // No network test reaches this path: the second try always opens a new connection, which sends no
+    // RSET before its first transaction, so it cannot be found stale.
+    #[test]
+    fn a_message_whose_connection_went_stale_twice_says_whether_mta_sts_applied() {
+        let rcpts: Vec<Recipient> = ["r1@b.test", "r2@b.test"]
+            .iter()
+            .map(|a| Recipient::new(a.parse().unwrap()))
+            .collect();
+        let pending: Vec<(u32, &Recipient)> = vec![(0, &rcpts[0]), (3, &rcpts[1])];
+        let sts = StsApplied::not_applied(NotApplied::Relayed);
+        let (replies, attempt) = lost_before_start(&sts, &pending);
+        let attempt = attempt.expect("an attempt that says whether MTA-STS applied");
+        assert_eq!(
+            attempt.tls.as_deref(),
+            Some("mta-sts=not-applied (relayed)"),
+            "{attempt:?}"
+        );
+        assert_eq!((attempt.remote_mx, attempt.remote_ip), (None, None));
+        let keys: Vec<u32> = replies.iter().map(|(i, _)| *i).collect();
+        assert_eq!(keys, [0, 3]);
+        for (_, r) in &replies {
+            assert!(!r.is_remote(), "{r:?}");
+            assert_eq!(
+                reply_line(r.reply()),
+                "451 4.4.2 connection lost before the transaction"
+            );
         }
     }
 }

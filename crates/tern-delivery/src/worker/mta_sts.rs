@@ -33,8 +33,12 @@
 //! - `<TLS description or plaintext>; mta-sts=not-applied (<reason>)` when the delivery had no policy step
 //!   ([`NotApplied`]: MTA-STS disabled, the relay, a fixed route, an operator's reroute, an address
 //!   literal, TLS-RPT report mail, the sandbox);
-//! - `mta-sts=<mode>` or `mta-sts=not-applied (<reason>)` alone for a batch deferred or expired before any
-//!   session, and for sandbox deliveries, which have none.
+//! - `mta-sts=<mode>` or `mta-sts=not-applied (<reason>)` alone (with a testing failure's note, when the
+//!   session had one) where the event names no server: a batch deferred or expired before any session, a
+//!   message whose reused connection went stale twice before it started, sandbox deliveries (no session
+//!   at all), and a session only tern replied to (the connection dropped before the server answered,
+//!   content the server cannot take): its event must not name the MX, nor claim its TLS session
+//!   (`crate::outcome`).
 //!
 //! TLS-RPT report mail (jobs tagged `tlsrpt`) has no policy step at all (RFC 8460 §3: it must get
 //! through despite TLS failures, and is not reported on): see `worker.rs`.
@@ -357,8 +361,9 @@ impl StsApplied {
     }
 
     /// The attempt a delivery without a session records (a batch deferred or expired before any session
-    /// in `fail_all`, a sandbox delivery): no server, and as its `tls` whether MTA-STS applied and its
-    /// mode (`mta-sts=<mode>`, `mta-sts=not-applied (<reason>)`), so that every delivery event says it.
+    /// in `fail_all`, a message whose connection went stale twice before it started, a sandbox delivery):
+    /// no server, and as its `tls` whether MTA-STS applied and its mode (`mta-sts=<mode>`,
+    /// `mta-sts=not-applied (<reason>)`), so that every delivery event says it.
     pub(super) fn batch_attempt(&self) -> DeliveryAttempt {
         DeliveryAttempt {
             remote_mx: None,

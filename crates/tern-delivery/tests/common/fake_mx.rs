@@ -1,7 +1,8 @@
 //! A small scriptable SMTP server (tokio + rustls) for protocol details smtp-sink cannot play: STARTTLS with
 //! a test CA certificate, bytes injected after the STARTTLS reply, a broken TLS stack, STARTTLS refused, a
 //! connection closed during the handshake, EHLO refused, 452 after N recipients, DATA accepted with no valid
-//! recipient, 421 mid-session, SMTPUTF8 and DSN offered, QUIT never answered.
+//! recipient, 421 mid-session, the connection closed at MAIL, SMTPUTF8 and DSN offered, QUIT never
+//! answered.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub struct Behaviour {
     /// Never answer QUIT (nor read anything after it), keeping the connection open until the client
     /// closes it.
     pub silent_quit: bool,
+    /// Close the connection at MAIL without answering it: a session that breaks before the server
+    /// replied to anything of the message.
+    pub close_at_mail: bool,
 }
 
 /// A message the server accepted.
@@ -245,6 +249,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 "535 5.7.8 Authentication credentials invalid\r\n".into()
             }
+        } else if upper.starts_with("MAIL") && b.close_at_mail {
+            return None;
         } else if upper.starts_with("MAIL") {
             mail = cmd.clone();
             rcpts.clear();
