@@ -155,15 +155,26 @@ impl Wire {
     pub(crate) async fn send_data(&mut self, body: &[u8], block_timeout: Duration) -> Result<(), WireError> {
         self.note(TranscriptEntry::Body { octets: body.len() });
         let mut enc = tern_smtp::DataEncoder::new();
-        let mut out = Vec::with_capacity(DATA_BLOCK + DATA_BLOCK / 16);
-        for chunk in body.chunks(DATA_BLOCK) {
+        // Sized to the message, not to a whole block: most mail is a few KiB, and glibc consolidates its
+        // heap whenever a chunk of 64 KiB or more is freed.
+        let block = body.len().min(DATA_BLOCK);
+        let mut out = Vec::with_capacity(block + block / 16 + 8);
+        let mut chunks = body.chunks(DATA_BLOCK).peekable();
+        while let Some(chunk) = chunks.next() {
             out.clear();
             enc.encode(chunk, &mut out);
+            if chunks.peek().is_none() {
+                // The terminating dot goes with the last block: one segment for a small message, not two.
+                enc.finish(&mut out);
+            }
             self.write(&out, block_timeout, "message data").await?;
         }
-        out.clear();
-        enc.finish(&mut out);
-        self.write(&out, block_timeout, "message data").await
+        if body.is_empty() {
+            out.clear();
+            enc.finish(&mut out);
+            self.write(&out, block_timeout, "message data").await?;
+        }
+        Ok(())
     }
 
     /// Sends one BDAT chunk (RFC 3030): the command line and the chunk's octets as they are (no

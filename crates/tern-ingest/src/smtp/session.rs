@@ -58,8 +58,14 @@ mod deadline;
 mod oauth;
 mod sasl;
 
-/// Size of the read buffer.
+/// Size of the read buffer at the start of a session: commands and a small message fit.
+const READ_BUF_START: usize = 8 * 1024;
+/// The read buffer's largest size: it doubles up to this while a large message arrives (fewer reads), and
+/// never starts there, because most sessions carry a few KiB and glibc consolidates its heap whenever a
+/// chunk of 64 KiB or more is freed.
 const READ_BUF: usize = 64 * 1024;
+/// The capacity a message body starts with: a typical message fits without a reallocation.
+const BODY_START: usize = 8 * 1024;
 /// Failed AUTH attempts after which a session is closed.
 const MAX_SESSION_AUTH_FAILURES: u32 = 3;
 /// Commands that carry no mail (EHLO, HELO, RSET, NOOP, VRFY, HELP) allowed between two accepted messages
@@ -187,7 +193,7 @@ impl Session {
             ip: peer.ip().to_canonical(),
             shutdown,
             framer: LineFramer::new(),
-            rbuf: vec![0; READ_BUF],
+            rbuf: vec![0; READ_BUF_START],
             out: Vec::with_capacity(1024),
             tls,
             helo: None,
@@ -572,7 +578,7 @@ impl Session {
             self.shared.idle_timeout,
             self.shared.max_message_size,
         );
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(BODY_START);
         let first = self.framer.take_buffered();
         clock.received(first.len());
         let mut done = match decoder.feed(&first, &mut body) {
@@ -592,6 +598,7 @@ impl Session {
                 self.framer.push(&self.rbuf[consumed..n]);
                 done = true;
             }
+            self.grow_read_buffer_if_filled(n);
         }
         let Some(tx) = self.tx.take() else {
             return Flow::Close;
@@ -621,6 +628,14 @@ impl Session {
         self.submit(tx, body).await
     }
 
+    /// Doubles the read buffer (up to [`READ_BUF`]) after a read filled it: a large message is arriving.
+    fn grow_read_buffer_if_filled(&mut self, read: usize) {
+        if read == self.rbuf.len() && self.rbuf.len() < READ_BUF {
+            let larger = (self.rbuf.len() * 2).min(READ_BUF);
+            self.rbuf.resize(larger, 0);
+        }
+    }
+
     /// Reads `size` octets of a BDAT chunk (from what is buffered, then the socket) into `sink`, if any.
     async fn read_chunk(&mut self, size: u64, mut sink: Option<&mut Chunks>, binary: bool) -> Flow {
         let max = self.shared.max_message_size;
@@ -646,6 +661,7 @@ impl Session {
             if k < n {
                 self.framer.push(&self.rbuf[k..n]);
             }
+            self.grow_read_buffer_if_filled(n);
         }
         Flow::Continue
     }
