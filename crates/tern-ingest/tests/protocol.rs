@@ -625,3 +625,53 @@ fn a_bdat_chunk_far_over_the_size_limit_is_not_read() {
     assert_eq!(c.read_reply().code, 421);
     assert!(c.try_read_reply().is_none(), "the session went on");
 }
+
+/// The session's read buffer starts small and grows while a large message arrives: a message many times its
+/// starting size, by DATA (dot-stuffed, lines of every length) and by BDAT, is stored octet for octet, and
+/// the session goes on reading commands correctly after it.
+#[test]
+fn large_messages_arrive_whole_by_data_and_bdat() {
+    let h = Harness::start(false, &[], |c| c.max_message_size = 4 * 1024 * 1024);
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    let mut body = b"Subject: large\r\n\r\n".to_vec();
+    for i in 0..6000 {
+        // Lines of 0 to 199 octets, some starting with a dot.
+        let len = (i * 37) % 200;
+        let line: String = std::iter::repeat_n(char::from(b'a' + (i % 26) as u8), len).collect();
+        if i % 11 == 0 {
+            body.extend_from_slice(b".");
+        }
+        body.extend_from_slice(line.as_bytes());
+        body.extend_from_slice(b"\r\n");
+    }
+    assert!(body.len() > 500 * 1024, "{}", body.len());
+
+    c.expect("MAIL FROM:<a@example.test>", 250);
+    c.expect("RCPT TO:<r@dest.test>", 250);
+    c.expect("DATA", 354);
+    let mut wire = Vec::with_capacity(body.len() + 8192);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b".\r\n");
+    c.send(&wire);
+    let r = c.read_reply();
+    assert_eq!(r.code, 250, "{r}");
+    let stored = h.stored_body(&queued_id(&r.text()).unwrap());
+    assert!(stored.ends_with(&body), "DATA: the stored message differs");
+
+    c.expect("MAIL FROM:<a@example.test>", 250);
+    c.expect("RCPT TO:<r@dest.test>", 250);
+    let mut chunk = format!("BDAT {} LAST\r\n", body.len()).into_bytes();
+    chunk.extend_from_slice(&body);
+    c.send(&chunk);
+    let r = c.read_reply();
+    assert_eq!(r.code, 250, "{r}");
+    let stored = h.stored_body(&queued_id(&r.text()).unwrap());
+    assert!(stored.ends_with(&body), "BDAT: the stored message differs");
+    c.expect("NOOP", 250);
+}
