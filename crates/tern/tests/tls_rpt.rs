@@ -588,6 +588,20 @@ algorithm = "ed25519-sha256"
         assert_eq!(sigs[0]["d"], "reporter.test", "{verdicts}");
         assert_eq!(sigs[0]["s"], SELECTOR, "{verdicts}");
         assert_eq!(sigs[0]["ok"], true, "dkimpy: {}", sigs[0]["log"]);
+        // The signature covers the headers collectors route on (h= lists them).
+        let raw = String::from_utf8_lossy(&std::fs::read(file).unwrap()).to_ascii_lowercase();
+        let start = raw.find("dkim-signature:").unwrap();
+        let mut field = String::new();
+        for (i, line) in raw[start..].split("\r\n").enumerate() {
+            if i > 0 && !line.starts_with([' ', '\t']) {
+                break;
+            }
+            field.push_str(line);
+        }
+        let signed: String = field.chars().filter(|c| !c.is_whitespace()).collect();
+        for name in ["tls-report-domain", "tls-report-submitter"] {
+            assert!(signed.contains(name), "{name} not signed: {field}");
+        }
     }
 
     // The day is not marked sent: a second forced run sends partial reports again.

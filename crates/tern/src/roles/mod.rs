@@ -135,11 +135,7 @@ async fn run_roles(
         None => crate::queue::open(config).await?,
     };
     let owner = owner_id();
-    // The TLS reporter DKIM-signs its report mails (RFC 8460 §3) with the same keys as ingest: a process
-    // that runs one loads them too.
-    let reports =
-        config.delivery.tls_rpt.enabled && roles.iter().any(|r| matches!(r, Role::Worker | Role::Control));
-    let dkim = if roles.contains(&Role::Ingest) || reports {
+    let dkim = if roles.contains(&Role::Ingest) {
         ingest::load_dkim(config, path, &shutdown)?
     } else {
         None
@@ -157,7 +153,7 @@ async fn run_roles(
     // The TLS reports: sent daily by worker processes (one of them a day, under the store's lock), and on
     // demand through the control plane.
     let reporter = if roles.iter().any(|r| matches!(r, Role::Worker | Role::Control)) {
-        crate::mta_sts::tls_reporter(config, opened.reports, queue.clone(), dkim.clone(), owner.clone())?
+        crate::mta_sts::tls_reporter(config, opened.reports, queue.clone(), owner.clone())?
     } else {
         None
     };
