@@ -12,7 +12,8 @@ use common::fake_mx::{Behaviour, FakeMx};
 use common::{envelope, ip, sa};
 use tern_core::Recipient;
 use tern_delivery::smtp::{
-    ClientOptions, ConnectError, SmtpClient, Timeouts, TlsClients, TranscriptEntry, TranscriptHook,
+    ClientOptions, ConnectError, NotStarted, SmtpClient, Timeouts, TlsClients, TranscriptEntry,
+    TranscriptHook,
 };
 use tern_testkit::{SmtpSink, TestCa, free_port};
 
@@ -63,7 +64,7 @@ const FIRST: &[u8] = b"From: s@a.test\r\nTo: r1@b.test, r2@b.test\r\nSubject: on
 const SECOND: &[u8] = b"From: s@a.test\r\nTo: r3@b.test\r\nSubject: two\r\n\r\nThe second body.\r\n.dot\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_alone_sends_two_messages_to_smtp_sink_and_the_transcript_sees_every_command_and_reply() {
+async fn two_messages_of_one_session_need_no_rset_between_them_and_the_transcript_sees_every_command() {
     let port = free_port().unwrap();
     let sink = SmtpSink::builder(ip(95), port).dump_to_tempdir().start().unwrap();
     let (hook, lines) = recorder();
@@ -121,8 +122,8 @@ async fn a_client_alone_sends_two_messages_to_smtp_sink_and_the_transcript_sees_
             "RCPT TO:<r1@b.test>".into(),
             "RCPT TO:<r2@b.test>".into(),
             "DATA".into(),
+            // The end of data ended the first transaction: nothing to reset (RFC 5321 4.1.1.4).
             format!("<body {} octets>", FIRST.len()),
-            "RSET".into(),
             "MAIL FROM:<s@a.test>".into(),
             "RCPT TO:<r3@b.test>".into(),
             "DATA".into(),
@@ -131,8 +132,8 @@ async fn a_client_alone_sends_two_messages_to_smtp_sink_and_the_transcript_sees_
         ],
         "{lines:#?}"
     );
-    // One reply per command, and the greeting: 220, EHLO, MAIL, RCPT x2, DATA, end of data, RSET, MAIL,
-    // RCPT, DATA, end of data, QUIT.
+    // One reply per command, and the greeting: 220, EHLO, MAIL, RCPT x2, DATA, end of data, MAIL, RCPT,
+    // DATA, end of data, QUIT.
     let codes: Vec<&str> = with_prefix(&lines, "S: ")
         .iter()
         .map(|r| r.get(..3).unwrap_or(r))
@@ -140,7 +141,7 @@ async fn a_client_alone_sends_two_messages_to_smtp_sink_and_the_transcript_sees_
     assert_eq!(
         codes,
         vec![
-            "220", "250", "250", "250", "250", "354", "250", "250", "250", "250", "354", "250", "221"
+            "220", "250", "250", "250", "250", "354", "250", "250", "250", "354", "250", "221"
         ],
         "{lines:#?}"
     );
@@ -151,6 +152,99 @@ async fn a_client_alone_sends_two_messages_to_smtp_sink_and_the_transcript_sees_
             .any(|l| l.contains("first body") || l.contains("second body") || l.contains("Subject")),
         "{lines:#?}"
     );
+}
+
+/// A session kept idle between batches is checked with RSET before its next message; with PIPELINING the
+/// RSET leads the message's command group (no round trip of its own) and is answered first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_sat_idle_begins_its_next_message_with_rset() {
+    let port = free_port().unwrap();
+    let sink = SmtpSink::builder(ip(97), port).start().unwrap();
+    let (hook, lines) = recorder();
+    let mut client = SmtpClient::connect("sink.test", sink.addr(), &options(hook))
+        .await
+        .unwrap();
+    client.ehlo("tern.a.test").await.unwrap();
+    let env = envelope("s@a.test", &["r1@b.test"]);
+    for _ in 0..2 {
+        let sent = client
+            .send_message(&env, &keyed(&env.recipients), FIRST)
+            .await
+            .unwrap();
+        assert_eq!(sent.replies[0].1.reply().code, 250, "{:?}", sent.replies);
+        client.going_idle();
+    }
+    client.quit().await;
+    assert_eq!(sink.wait_for_messages(2, Duration::from_secs(10)).unwrap(), 2);
+    let lines = lines.lock().unwrap().clone();
+    let commands: Vec<&str> = with_prefix(&lines, "C: ")
+        .into_iter()
+        .map(|c| c.split(':').next().unwrap_or(c))
+        .collect();
+    let body = format!("<body {} octets>", FIRST.len());
+    assert_eq!(
+        commands,
+        [
+            "EHLO tern.a.test",
+            "MAIL FROM",
+            "RCPT TO",
+            "DATA",
+            &body,
+            "RSET",
+            "MAIL FROM",
+            "RCPT TO",
+            "DATA",
+            &body,
+            "QUIT"
+        ],
+        "{lines:#?}"
+    );
+    let codes: Vec<&str> = with_prefix(&lines, "S: ")
+        .iter()
+        .map(|r| r.get(..3).unwrap_or(r))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "220", "250", "250", "250", "354", "250", "250", "250", "250", "354", "250", "221"
+        ],
+        "{lines:#?}"
+    );
+}
+
+/// A server that closed the session while it sat idle (its 421 waiting unread, as Postfix's idle timeout
+/// leaves it) fails the next message before it started, with or without PIPELINING: nothing of it was
+/// taken, and the caller opens a new session for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_server_closed_while_idle_fails_the_next_message_before_it_started() {
+    for pipelining in [true, false] {
+        let port = free_port().unwrap();
+        let mx = FakeMx::start(
+            sa(98, port),
+            Behaviour {
+                pipelining,
+                close_after_messages: Some(1),
+                ..Default::default()
+            },
+        )
+        .await;
+        let (hook, _lines) = recorder();
+        let mut client = SmtpClient::connect("idle.test", mx.addr, &options(hook))
+            .await
+            .unwrap();
+        client.ehlo("tern.a.test").await.unwrap();
+        let env = envelope("s@a.test", &["r1@b.test"]);
+        let first = client
+            .send_message(&env, &keyed(&env.recipients), FIRST)
+            .await
+            .unwrap();
+        assert_eq!(first.replies[0].1.reply().code, 250, "{:?}", first.replies);
+        client.going_idle();
+        let second = client.send_message(&env, &keyed(&env.recipients), SECOND).await;
+        assert_eq!(second, Err(NotStarted), "pipelining {pipelining}");
+        assert!(!client.is_usable(), "pipelining {pipelining}");
+        assert_eq!(mx.seen.lock().unwrap().messages.len(), 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

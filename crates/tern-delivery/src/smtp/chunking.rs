@@ -6,7 +6,7 @@
 //! Every chunk gets a reply. The first one that is not 2xx decides the message for all its recipients:
 //! no chunk goes out after it (RFC 3030 2: the transaction has failed and the server discards what it
 //! had), the replies to the chunks already sent are read, and the next transaction on the session begins
-//! with RSET, as every transaction but a session's first does.
+//! with RSET (the server may still be inside the failed one; after an accepted last chunk none is sent).
 
 use std::borrow::Cow;
 

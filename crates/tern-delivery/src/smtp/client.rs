@@ -82,7 +82,10 @@ pub struct SmtpClient {
     pub(super) helo: Option<String>,
     /// The TLS session's description and certificate check, when TLS is in use.
     pub(super) tls: Option<TlsSession>,
-    /// A transaction was started on this connection: the next one begins with RSET.
+    /// The next transaction begins with RSET: the last one did not end with the server's reply to its end
+    /// of data (the server may still be inside it), or the session sat idle and RSET finds out whether the
+    /// server still has it. After a transaction that ended there is nothing to reset (RFC 5321 §4.1.1.4:
+    /// the end of data clears the server's buffers), so none is sent between the messages of a batch.
     pub(super) needs_reset: bool,
 }
 
@@ -163,6 +166,13 @@ impl SmtpClient {
             let _ = self.wire.read_reply(timeout, "QUIT").await;
         }
         self.wire.shutdown(timeout).await;
+    }
+
+    /// The session is about to sit idle (kept for a later batch): its next transaction begins with RSET,
+    /// which finds out whether the server closed it meanwhile; a session found closed failed before the
+    /// message was started ([`super::NotStarted`]), so the caller can open a new one.
+    pub fn going_idle(&mut self) {
+        self.needs_reset = true;
     }
 
     /// Resets the session between transactions; `false` (and the session unusable) when that failed.

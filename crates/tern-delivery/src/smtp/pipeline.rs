@@ -1,5 +1,6 @@
 //! The command group of a transaction, MAIL, RCPT... and DATA: sent in one write when the server offers
-//! PIPELINING (RFC 2920), one at a time otherwise; then the pure matching of its replies.
+//! PIPELINING (RFC 2920), one at a time otherwise; then the pure matching of its replies. A pipelined group
+//! may begin with RSET (RFC 2920 §3.1 lets it lead a group), which then costs no round trip of its own.
 //!
 //! Replies come back in the order the commands were sent, so they are matched by count. RFC 2920 3.1: the
 //! client must check every reply; when no RCPT was accepted it must still look at the DATA reply, and if
@@ -17,18 +18,49 @@ use super::wire::{Wire, WireError};
 /// The replies of a group: MAIL's, one per RCPT, and DATA's (`None` when DATA was not sent).
 pub(crate) type Exchange = (Reply, Vec<Reply>, Option<Reply>);
 
-/// MAIL, every RCPT and DATA (unless `with_data` is false: BDAT follows) in one write; then the replies,
-/// matched by count (RFC 2920).
+/// Why a pipelined group gave no replies to match.
+#[derive(Debug)]
+pub(crate) enum GroupFailure {
+    /// The leading RSET was refused, or the connection failed before its reply: the session is not usable
+    /// (a server that closed it while it sat idle), and nothing of the transaction was taken.
+    Reset,
+    /// The connection failed after the RSET (if any) was answered.
+    Wire(WireError),
+}
+
+impl From<WireError> for GroupFailure {
+    fn from(e: WireError) -> Self {
+        GroupFailure::Wire(e)
+    }
+}
+
+/// RSET (when `reset`), MAIL, every RCPT and DATA (unless `with_data` is false: BDAT follows) in one write;
+/// then the replies, matched by count (RFC 2920).
 pub(crate) async fn pipelined(
     wire: &mut Wire,
+    reset: bool,
     mail: &Command,
     rcpts: &[Command],
     with_data: bool,
     t: &Timeouts,
-) -> Result<Exchange, WireError> {
+) -> Result<Exchange, GroupFailure> {
+    let rset = reset.then_some(&Command::Rset);
     let data = with_data.then_some(&Command::Data);
-    let group: Vec<&Command> = std::iter::once(mail).chain(rcpts).chain(data).collect();
-    wire.send_group(&group, t.mail, "MAIL").await?;
+    let group: Vec<&Command> = rset
+        .into_iter()
+        .chain(std::iter::once(mail))
+        .chain(rcpts)
+        .chain(data)
+        .collect();
+    if let Err(e) = wire.send_group(&group, t.mail, "MAIL").await {
+        return Err(if reset { GroupFailure::Reset } else { e.into() });
+    }
+    if reset {
+        match wire.read_reply(t.command, "RSET").await {
+            Ok(r) if r.is_positive() => {}
+            _ => return Err(GroupFailure::Reset),
+        }
+    }
     let mail_reply = wire.read_reply(t.mail, "MAIL").await?;
     let mut replies = Vec::with_capacity(rcpts.len());
     for _ in rcpts {

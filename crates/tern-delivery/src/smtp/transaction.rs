@@ -1,6 +1,7 @@
-//! One message over an open session: the content checks, then MAIL..DATA transactions (RSET before each
-//! one but the session's first) until every recipient has a final reply; recipients refused with 452 go
-//! in the next transaction. A server that offers CHUNKING gets the message by BDAT instead of DATA
+//! One message over an open session: the content checks, then MAIL..DATA transactions until every
+//! recipient has a final reply; recipients refused with 452 go in the next transaction. RSET comes first
+//! only when the server may still be inside a transaction, or the session sat idle (see
+//! `SmtpClient::needs_reset`); with PIPELINING it leads the transaction's command group. A server that offers CHUNKING gets the message by BDAT instead of DATA
 //! (`chunking.rs`); a `BODY=BINARYMIME` message goes only that way. Each final reply says whether the server sent it or the client made it
 //! ([`RecipientReply`]), so that a report never presents the client's own decision as the server's.
 
@@ -10,9 +11,9 @@ use tern_smtp::{Command, Reply};
 use super::chunking::{CHUNK_SIZE, WINDOW, bdat_payload, send_chunks};
 use super::client::SmtpClient;
 use super::content::{content_check, mail_params, rcpt_params};
-use super::pipeline::{Next, RcptVerdict, lockstep, match_replies, pipelined};
+use super::pipeline::{GroupFailure, Next, RcptVerdict, lockstep, match_replies, pipelined};
 
-/// Why a message was not even started (the RSET before it failed): nothing was sent for it, and the
+/// Why a message was not even started (the RSET before it failed): nothing of it was taken, and the
 /// session is no longer usable. The caller can open a new session and try again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the session failed before the message was started")]
@@ -85,17 +86,30 @@ impl SmtpClient {
         let mut todo: Vec<(u32, &Recipient)> = recipients.to_vec();
         let mut transactions = 0u32;
         while !todo.is_empty() {
-            if self.needs_reset && !self.rset().await {
-                if transactions == 0 {
-                    return Err(NotStarted);
-                }
-                let r = Reply::new(451, "4.4.2", "connection lost before a new transaction");
-                out.extend(todo.iter().map(|(i, _)| (*i, RecipientReply::Local(r.clone()))));
-                break;
-            }
+            let reset = std::mem::take(&mut self.needs_reset);
+            let reset_in_group = reset && self.caps.pipelining;
+            let started = if reset && !reset_in_group {
+                self.rset().await
+            } else {
+                true
+            };
+            // Until the transaction ends with the reply to its end of data.
             self.needs_reset = true;
+            let end = if started {
+                self.transaction(envelope, &todo, body, reset_in_group).await
+            } else {
+                Err(NotStarted)
+            };
+            let end = match end {
+                Ok(end) => end,
+                Err(NotStarted) if transactions == 0 => return Err(NotStarted),
+                Err(NotStarted) => {
+                    let r = Reply::new(451, "4.4.2", "connection lost before a new transaction");
+                    out.extend(todo.iter().map(|(i, _)| (*i, RecipientReply::Local(r.clone()))));
+                    break;
+                }
+            };
             transactions += 1;
-            let end = self.transaction(envelope, &todo, body).await;
             out.extend(end.done);
             if end.retry.is_empty() {
                 break;
@@ -119,13 +133,15 @@ impl SmtpClient {
         })
     }
 
-    /// One MAIL..DATA transaction for `todo`.
+    /// One MAIL..DATA transaction for `todo`, led by RSET when `reset` (pipelined only). `Err` when that
+    /// RSET failed: the session is unusable and nothing of the transaction was taken.
     async fn transaction<'a>(
         &mut self,
         envelope: &Envelope,
         todo: &[(u32, &'a Recipient)],
         body: &[u8],
-    ) -> TransactionEnd<'a> {
+        reset: bool,
+    ) -> Result<TransactionEnd<'a>, NotStarted> {
         let mail = Command::Mail {
             from: envelope.sender.clone(),
             params: mail_params(envelope, todo, body, &self.caps),
@@ -139,7 +155,14 @@ impl SmtpClient {
             .collect();
         let bdat = self.caps.chunking;
         let exchange = if self.caps.pipelining {
-            pipelined(&mut self.wire, &mail, &rcpts, !bdat, &self.timeouts).await
+            match pipelined(&mut self.wire, reset, &mail, &rcpts, !bdat, &self.timeouts).await {
+                Ok(x) => Ok(x),
+                Err(GroupFailure::Reset) => {
+                    self.wire.mark_broken();
+                    return Err(NotStarted);
+                }
+                Err(GroupFailure::Wire(e)) => Err(e),
+            }
         } else {
             lockstep(&mut self.wire, &mail, &rcpts, !bdat, &self.timeouts).await
         };
@@ -147,11 +170,11 @@ impl SmtpClient {
             Ok(x) => x,
             Err(e) => {
                 let r = RecipientReply::Local(e.as_reply());
-                return TransactionEnd {
+                return Ok(TransactionEnd {
                     done: todo.iter().map(|(i, _)| (*i, r.clone())).collect(),
                     retry: Vec::new(),
                     accepted: 0,
-                };
+                });
             }
         };
         // Commands not sent (a lock-step exchange stopped at a 452) are retried like the 452 itself.
@@ -181,12 +204,17 @@ impl SmtpClient {
             let payload = bdat_payload(envelope, body);
             let sent = send_chunks(&mut self.wire, &payload, CHUNK_SIZE, window, &self.timeouts).await;
             let final_reply = match sent {
-                Ok(r) => RecipientReply::Remote(r),
+                Ok(r) => {
+                    // Every chunk was taken, the last one included (a refused chunk may leave the server
+                    // inside the transaction: RSET then).
+                    self.needs_reset = !r.is_positive();
+                    RecipientReply::Remote(r)
+                }
                 Err(e) => RecipientReply::Local(e.as_reply()),
             };
             end.done
                 .extend(accepted.into_iter().map(|i| (i, final_reply.clone())));
-            return end;
+            return Ok(end);
         }
         match next {
             Next::Done => {
@@ -204,8 +232,10 @@ impl SmtpClient {
             Next::SendDotOnly => {
                 // Its reply is of no use: the wire notes a failure for the next message.
                 let t = &self.timeouts;
-                if self.wire.send_dot(t.data_block).await.is_ok() {
-                    let _ = self.wire.read_reply(t.data_done, "end of data").await;
+                if self.wire.send_dot(t.data_block).await.is_ok()
+                    && self.wire.read_reply(t.data_done, "end of data").await.is_ok()
+                {
+                    self.needs_reset = false;
                 }
             }
             Next::SendBody => {
@@ -215,13 +245,17 @@ impl SmtpClient {
                     Err(e) => Err(e),
                 };
                 let final_reply = match sent {
-                    Ok(r) => RecipientReply::Remote(r),
+                    Ok(r) => {
+                        // Whatever it said, the end of data ended the transaction.
+                        self.needs_reset = false;
+                        RecipientReply::Remote(r)
+                    }
                     Err(e) => RecipientReply::Local(e.as_reply()),
                 };
                 end.done
                     .extend(accepted.into_iter().map(|i| (i, final_reply.clone())));
             }
         }
-        end
+        Ok(end)
     }
 }

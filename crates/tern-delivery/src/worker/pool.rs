@@ -169,7 +169,8 @@ impl Inner {
     }
 
     /// Keeps `connection` for the next batch to `key`, with the domain slot `hold` it keeps.
-    pub(super) fn put_idle(&self, key: &str, connection: Connection, hold: Option<SlotHold>) {
+    pub(super) fn put_idle(&self, key: &str, mut connection: Connection, hold: Option<SlotHold>) {
+        connection.client.going_idle();
         lock(&self.idle).entry(key.to_string()).or_default().push(Idle {
             since: Instant::now(),
             connection,

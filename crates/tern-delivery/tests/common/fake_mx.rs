@@ -59,6 +59,9 @@ pub struct Behaviour {
     /// Close the connection at MAIL without answering it: a session that breaks before the server
     /// replied to anything of the message.
     pub close_at_mail: bool,
+    /// After this many accepted messages, send `421 4.4.2 idle timeout` unasked and close, as a server
+    /// whose idle timer ran out while the client kept the session.
+    pub close_after_messages: Option<usize>,
 }
 
 /// A message the server accepted.
@@ -301,13 +304,25 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     seen.lock().unwrap().empty_data += 1;
                     "554 5.5.1 no valid recipients\r\n".into()
                 } else {
-                    seen.lock().unwrap().messages.push(Received {
-                        tls,
-                        helo: helo.clone(),
-                        mail: mail.clone(),
-                        rcpts: rcpts.clone(),
-                        data,
-                    });
+                    let accepted = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.messages.push(Received {
+                            tls,
+                            helo: helo.clone(),
+                            mail: mail.clone(),
+                            rcpts: rcpts.clone(),
+                            data,
+                        });
+                        seen.messages.len()
+                    };
+                    if b.close_after_messages.is_some_and(|n| accepted >= n) {
+                        let w = r.get_mut();
+                        w.write_all(b"250 2.0.0 queued\r\n421 4.4.2 idle timeout\r\n")
+                            .await
+                            .ok()?;
+                        w.flush().await.ok()?;
+                        return None;
+                    }
                     "250 2.0.0 queued\r\n".into()
                 }
             }
