@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::join_all;
 use redis::Value;
 use tern_core::time::now_ms;
 
@@ -130,16 +129,6 @@ pub(crate) fn decode_next_due(v: &Value) -> Option<u64> {
     })
 }
 
-/// The score in a `ZRANGE ... WITHSCORES` answer of one member (a flat pair in RESP2, a nested one in
-/// RESP3); `None` for an empty answer.
-fn first_score(v: &Value) -> Option<u64> {
-    match codec::items(v) {
-        [Value::Array(pair), ..] => pair.get(1).and_then(decode_next_due),
-        [_, score, ..] => decode_next_due(score),
-        _ => None,
-    }
-}
-
 /// Splits `data` at its first newline (the rest is empty when there is none).
 fn split_line(data: Bytes) -> (Bytes, Bytes) {
     match data.iter().position(|c| *c == b'\n') {
@@ -149,14 +138,8 @@ fn split_line(data: Bytes) -> (Bytes, Bytes) {
 }
 
 impl RedisQueue {
-    /// [`crate::Queue::claim_next`]: first the shards of held domains (their domains alone), then the shards
-    /// whose domain index has a domain due now, in turn; when none has, the earliest time any shard's domain
-    /// index names.
-    ///
-    /// Which shards have due domains is read first, from every shard at once (the head of each domain
-    /// index, one round trip in all), rather than by calling `claim` on each shard until one has work: with
-    /// work in few shards that cost up to one `claim` round trip per shard, and a claim that found nothing
-    /// anywhere one per shard.
+    /// [`crate::Queue::claim_next`]: tries the shards in turn (held domains' shards first) until one has
+    /// due work; when none has, the earliest time any shard's domain index names.
     pub(crate) async fn claim_jobs(
         &self,
         owner: &str,
@@ -167,27 +150,15 @@ impl RedisQueue {
         let shards = self.keys.shards();
         let start = (self.next_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
         let claim_id = ulid::Ulid::generate().to_string();
-        let heads = self.domain_index_heads().await;
-        let peeked_at = now_ms();
-        let mut next_due_ms: Option<u64> = None;
         // First the held domains alone (scan 0), shard by shard, so that an idle connection is used before
-        // any other domain is taken; then the shards with due domains in turn, the usual way.
+        // any other domain is taken; then every shard in turn, the usual way.
         let rotation = (0..shards).map(|i| (start + i) % shards);
         let held_first = rotation
             .clone()
             .filter(|s| holds.iter().any(|h| self.keys.shard_of_domain(&h.domain) == *s))
             .map(|s| (s, 0));
-        let due = rotation.filter(|s| match heads.get(usize::from(*s)) {
-            Some(Ok(Some(head))) if *head <= peeked_at => true,
-            Some(Ok(Some(head))) => {
-                next_due_ms = Some(next_due_ms.map_or(*head, |d| d.min(*head)));
-                false
-            }
-            Some(Ok(None)) => false,
-            // Unreadable (its node down?): its claim call reports the failure, after the other shards'.
-            Some(Err(_)) | None => true,
-        });
-        let visits: Vec<(u16, u32)> = held_first.chain(due.map(|s| (s, CLAIM_SCAN))).collect();
+        let visits: Vec<(u16, u32)> = held_first.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
+        let mut next_due_ms: Option<u64> = None;
         for (shard, scan) in visits {
             let now = now_ms();
             let lease_until_ms = now.saturating_add(duration_ms(lease).max(1));
@@ -234,21 +205,6 @@ impl RedisQueue {
             return Ok(ClaimOutcome::Claimed(claim));
         }
         Ok(ClaimOutcome::Nothing { next_due_ms })
-    }
-
-    /// The earliest score of each shard's domain index (Unix ms; `None`: the index is empty), read from
-    /// every shard concurrently.
-    async fn domain_index_heads(&self) -> Vec<Result<Option<u64>, QueueError>> {
-        join_all((0..self.keys.shards()).map(|shard| async move {
-            let mut head = redis::cmd("ZRANGE");
-            head.arg(self.keys.key(shard, "domains"))
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES");
-            let v = self.command(head).await?;
-            Ok(first_score(&v))
-        }))
-        .await
     }
 
     /// The claim of `reply`, with each job read from its record.
@@ -397,18 +353,6 @@ mod tests {
         assert_eq!(decode_next_due(&array(vec![bulk("d.test")])), None);
         let claimed = array(vec![bulk("d.test"), bulk(""), bulk("M1.0")]);
         assert_eq!(decode_next_due(&claimed), None);
-    }
-
-    #[test]
-    fn the_head_of_a_domain_index_is_its_first_score_in_either_protocol() {
-        assert_eq!(
-            first_score(&array(vec![bulk("d.test"), bulk("1795889231049")])),
-            Some(1_795_889_231_049)
-        );
-        let resp3 = array(vec![array(vec![bulk("d.test"), bulk("1500")])]);
-        assert_eq!(first_score(&resp3), Some(1_500));
-        assert_eq!(first_score(&array(vec![])), None);
-        assert_eq!(first_score(&Value::Nil), None);
     }
 
     #[test]
