@@ -212,12 +212,13 @@ async fn a_session_that_sat_idle_begins_its_next_message_with_rset() {
     );
 }
 
-/// A server that closed the session while it sat idle (its 421 waiting unread, as Postfix's idle timeout
-/// leaves it) fails the next message before it started, with or without PIPELINING: nothing of it was
-/// taken, and the caller opens a new session for it.
+/// A server that closed the session after a message (its 421 waiting unread, as Postfix's idle timeout or a
+/// server's limit of messages per session leaves it) fails the next message before it started, whether the
+/// session sat idle (RSET first) or not, with or without PIPELINING: nothing of it was taken, and the caller
+/// opens a new session for it instead of taking the 421 as the message's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_the_server_closed_while_idle_fails_the_next_message_before_it_started() {
-    for pipelining in [true, false] {
+async fn a_session_the_server_closed_after_a_message_fails_the_next_message_before_it_started() {
+    for (pipelining, idle) in [(true, true), (false, true), (true, false), (false, false)] {
         let port = free_port().unwrap();
         let mx = FakeMx::start(
             sa(98, port),
@@ -239,11 +240,14 @@ async fn a_session_the_server_closed_while_idle_fails_the_next_message_before_it
             .await
             .unwrap();
         assert_eq!(first.replies[0].1.reply().code, 250, "{:?}", first.replies);
-        client.going_idle();
+        if idle {
+            client.going_idle();
+        }
         let second = client.send_message(&env, &keyed(&env.recipients), SECOND).await;
-        assert_eq!(second, Err(NotStarted), "pipelining {pipelining}");
-        assert!(!client.is_usable(), "pipelining {pipelining}");
-        assert_eq!(mx.seen.lock().unwrap().messages.len(), 1);
+        let case = format!("pipelining {pipelining}, idle {idle}");
+        assert_eq!(second, Err(NotStarted), "{case}");
+        assert!(!client.is_usable(), "{case}");
+        assert_eq!(mx.seen.lock().unwrap().messages.len(), 1, "{case}");
     }
 }
 

@@ -87,6 +87,9 @@ pub struct SmtpClient {
     /// server still has it. After a transaction that ended there is nothing to reset (RFC 5321 §4.1.1.4:
     /// the end of data clears the server's buffers), so none is sent between the messages of a batch.
     pub(super) needs_reset: bool,
+    /// A transaction was started on this session: the next message's first transaction may find the
+    /// session over (see [`super::NotStarted`]).
+    pub(super) carried_mail: bool,
 }
 
 impl SmtpClient {

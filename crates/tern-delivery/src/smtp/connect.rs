@@ -115,6 +115,7 @@ impl SmtpClient {
             helo: None,
             tls,
             needs_reset: false,
+            carried_mail: false,
         };
         let greeting = client
             .wire

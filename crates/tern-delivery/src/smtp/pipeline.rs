@@ -18,13 +18,15 @@ use super::wire::{Wire, WireError};
 /// The replies of a group: MAIL's, one per RCPT, and DATA's (`None` when DATA was not sent).
 pub(crate) type Exchange = (Reply, Vec<Reply>, Option<Reply>);
 
-/// Why a pipelined group gave no replies to match.
+/// Why a group gave no replies to match.
 #[derive(Debug)]
 pub(crate) enum GroupFailure {
-    /// The leading RSET was refused, or the connection failed before its reply: the session is not usable
-    /// (a server that closed it while it sat idle), and nothing of the transaction was taken.
-    Reset,
-    /// The connection failed after the RSET (if any) was answered.
+    /// The session turned out to be over before the transaction started (only asked for with `stale_check`,
+    /// and always with a leading RSET): the RSET was refused or not answered, or MAIL was answered 421 or
+    /// not at all. Nothing of the transaction was taken; a server that closed a kept session (its idle
+    /// timer, its limit of messages per session) does this.
+    Stale,
+    /// The connection failed.
     Wire(WireError),
 }
 
@@ -34,16 +36,29 @@ impl From<WireError> for GroupFailure {
     }
 }
 
+/// The reply to MAIL, or [`GroupFailure::Stale`] (with `stale_check`) when it says the session is over.
+async fn mail_reply(wire: &mut Wire, stale_check: bool, t: &Timeouts) -> Result<Reply, GroupFailure> {
+    match wire.read_reply(t.mail, "MAIL").await {
+        Ok(r) if stale_check && r.code == 421 => Err(GroupFailure::Stale),
+        Ok(r) => Ok(r),
+        Err(_) if stale_check => Err(GroupFailure::Stale),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// RSET (when `reset`), MAIL, every RCPT and DATA (unless `with_data` is false: BDAT follows) in one write;
-/// then the replies, matched by count (RFC 2920).
+/// then the replies, matched by count (RFC 2920). With `stale_check` (a session that carried mail before),
+/// a session found over before MAIL was accepted is [`GroupFailure::Stale`].
 pub(crate) async fn pipelined(
     wire: &mut Wire,
     reset: bool,
+    stale_check: bool,
     mail: &Command,
     rcpts: &[Command],
     with_data: bool,
     t: &Timeouts,
 ) -> Result<Exchange, GroupFailure> {
+    let stale_check = stale_check || reset;
     let rset = reset.then_some(&Command::Rset);
     let data = with_data.then_some(&Command::Data);
     let group: Vec<&Command> = rset
@@ -52,16 +67,21 @@ pub(crate) async fn pipelined(
         .chain(rcpts)
         .chain(data)
         .collect();
-    if let Err(e) = wire.send_group(&group, t.mail, "MAIL").await {
-        return Err(if reset { GroupFailure::Reset } else { e.into() });
+    let first = if reset { "RSET" } else { "MAIL" };
+    if let Err(e) = wire.send_group(&group, t.mail, first).await {
+        return Err(if stale_check {
+            GroupFailure::Stale
+        } else {
+            e.into()
+        });
     }
     if reset {
         match wire.read_reply(t.command, "RSET").await {
             Ok(r) if r.is_positive() => {}
-            _ => return Err(GroupFailure::Reset),
+            _ => return Err(GroupFailure::Stale),
         }
     }
-    let mail_reply = wire.read_reply(t.mail, "MAIL").await?;
+    let mail_reply = mail_reply(wire, stale_check, t).await?;
     let mut replies = Vec::with_capacity(rcpts.len());
     for _ in rcpts {
         replies.push(wire.read_reply(t.rcpt, "RCPT").await?);
@@ -74,16 +94,23 @@ pub(crate) async fn pipelined(
 }
 
 /// One command at a time, stopping at the first failure that makes the rest pointless; DATA last unless
-/// `with_data` is false.
+/// `with_data` is false. `stale_check` as for [`pipelined`] (an RSET was sent before, on its own).
 pub(crate) async fn lockstep(
     wire: &mut Wire,
+    stale_check: bool,
     mail: &Command,
     rcpts: &[Command],
     with_data: bool,
     t: &Timeouts,
-) -> Result<Exchange, WireError> {
-    wire.send(mail, t.mail).await?;
-    let mail_reply = wire.read_reply(t.mail, "MAIL").await?;
+) -> Result<Exchange, GroupFailure> {
+    if let Err(e) = wire.send(mail, t.mail).await {
+        return Err(if stale_check {
+            GroupFailure::Stale
+        } else {
+            e.into()
+        });
+    }
+    let mail_reply = mail_reply(wire, stale_check, t).await?;
     if !mail_reply.is_positive() {
         let replies = rcpts.iter().map(|_| mail_reply.clone()).collect();
         return Ok((mail_reply, replies, None));

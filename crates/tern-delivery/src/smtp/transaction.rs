@@ -86,17 +86,22 @@ impl SmtpClient {
         let mut todo: Vec<(u32, &Recipient)> = recipients.to_vec();
         let mut transactions = 0u32;
         while !todo.is_empty() {
-            let reset = std::mem::take(&mut self.needs_reset);
+            let reset = self.needs_reset;
+            // Until the transaction ends with the reply to its end of data.
+            self.needs_reset = true;
             let reset_in_group = reset && self.caps.pipelining;
             let started = if reset && !reset_in_group {
                 self.rset().await
             } else {
                 true
             };
-            // Until the transaction ends with the reply to its end of data.
-            self.needs_reset = true;
+            // A message's first transaction on a session that carried mail before may find the session over
+            // (the server closed it after the last message): not started, so the caller opens a new one.
+            let stale_check = transactions == 0 && self.carried_mail;
+            self.carried_mail = true;
             let end = if started {
-                self.transaction(envelope, &todo, body, reset_in_group).await
+                self.transaction(envelope, &todo, body, reset_in_group, stale_check)
+                    .await
             } else {
                 Err(NotStarted)
             };
@@ -134,13 +139,15 @@ impl SmtpClient {
     }
 
     /// One MAIL..DATA transaction for `todo`, led by RSET when `reset` (pipelined only). `Err` when that
-    /// RSET failed: the session is unusable and nothing of the transaction was taken.
+    /// RSET failed, or (with `stale_check`) the session was found over before MAIL was accepted: the session
+    /// is unusable and nothing of the transaction was taken.
     async fn transaction<'a>(
         &mut self,
         envelope: &Envelope,
         todo: &[(u32, &'a Recipient)],
         body: &[u8],
         reset: bool,
+        stale_check: bool,
     ) -> Result<TransactionEnd<'a>, NotStarted> {
         let mail = Command::Mail {
             from: envelope.sender.clone(),
@@ -154,17 +161,19 @@ impl SmtpClient {
             })
             .collect();
         let bdat = self.caps.chunking;
+        let t = &self.timeouts;
         let exchange = if self.caps.pipelining {
-            match pipelined(&mut self.wire, reset, &mail, &rcpts, !bdat, &self.timeouts).await {
-                Ok(x) => Ok(x),
-                Err(GroupFailure::Reset) => {
-                    self.wire.mark_broken();
-                    return Err(NotStarted);
-                }
-                Err(GroupFailure::Wire(e)) => Err(e),
-            }
+            pipelined(&mut self.wire, reset, stale_check, &mail, &rcpts, !bdat, t).await
         } else {
-            lockstep(&mut self.wire, &mail, &rcpts, !bdat, &self.timeouts).await
+            lockstep(&mut self.wire, stale_check, &mail, &rcpts, !bdat, t).await
+        };
+        let exchange = match exchange {
+            Ok(x) => Ok(x),
+            Err(GroupFailure::Stale) => {
+                self.wire.mark_broken();
+                return Err(NotStarted);
+            }
+            Err(GroupFailure::Wire(e)) => Err(e),
         };
         let (mail_reply, mut replies, data_reply) = match exchange {
             Ok(x) => x,

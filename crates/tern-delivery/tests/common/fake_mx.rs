@@ -59,8 +59,8 @@ pub struct Behaviour {
     /// Close the connection at MAIL without answering it: a session that breaks before the server
     /// replied to anything of the message.
     pub close_at_mail: bool,
-    /// After this many accepted messages, send `421 4.4.2 idle timeout` unasked and close, as a server
-    /// whose idle timer ran out while the client kept the session.
+    /// After this many accepted messages (counted over every session of the server), send `421 4.4.2 idle
+    /// timeout` unasked and close, as a server whose idle timer ran out while the client kept the session.
     pub close_after_messages: Option<usize>,
 }
 
