@@ -46,6 +46,13 @@ fn options(transcript: TranscriptHook) -> ClientOptions {
     }
 }
 
+/// A session to `addr` (as `server`) after its EHLO.
+async fn session(server: &str, addr: std::net::SocketAddr, hook: TranscriptHook) -> SmtpClient {
+    let mut client = SmtpClient::connect(server, addr, &options(hook)).await.unwrap();
+    client.ehlo("tern.a.test").await.unwrap();
+    client
+}
+
 /// The recipients of an envelope, keyed by index as a job would key them.
 fn keyed(recipients: &[Recipient]) -> Vec<(u32, &Recipient)> {
     recipients
@@ -69,10 +76,7 @@ async fn two_messages_of_one_session_need_no_rset_between_them_and_the_transcrip
     let sink = SmtpSink::builder(ip(95), port).dump_to_tempdir().start().unwrap();
     let (hook, lines) = recorder();
 
-    let mut client = SmtpClient::connect("sink.test", sink.addr(), &options(hook))
-        .await
-        .unwrap();
-    client.ehlo("tern.a.test").await.unwrap();
+    let mut client = session("sink.test", sink.addr(), hook).await;
     let first = envelope("s@a.test", &["r1@b.test", "r2@b.test"]);
     let sent = client
         .send_message(&first, &keyed(&first.recipients), FIRST)
@@ -161,10 +165,7 @@ async fn a_session_that_sat_idle_begins_its_next_message_with_rset() {
     let port = free_port().unwrap();
     let sink = SmtpSink::builder(ip(97), port).start().unwrap();
     let (hook, lines) = recorder();
-    let mut client = SmtpClient::connect("sink.test", sink.addr(), &options(hook))
-        .await
-        .unwrap();
-    client.ehlo("tern.a.test").await.unwrap();
+    let mut client = session("sink.test", sink.addr(), hook).await;
     let env = envelope("s@a.test", &["r1@b.test"]);
     for _ in 0..2 {
         let sent = client
@@ -230,10 +231,7 @@ async fn a_session_the_server_closed_after_a_message_fails_the_next_message_befo
         )
         .await;
         let (hook, _lines) = recorder();
-        let mut client = SmtpClient::connect("idle.test", mx.addr, &options(hook))
-            .await
-            .unwrap();
-        client.ehlo("tern.a.test").await.unwrap();
+        let mut client = session("idle.test", mx.addr, hook).await;
         let env = envelope("s@a.test", &["r1@b.test"]);
         let first = client
             .send_message(&env, &keyed(&env.recipients), FIRST)
@@ -309,10 +307,7 @@ async fn auth_without_tls_sends_nothing_and_ends_the_session() {
     let port = free_port().unwrap();
     let sink = SmtpSink::start(ip(97), port).unwrap();
     let (hook, lines) = recorder();
-    let mut client = SmtpClient::connect("sink.test", sink.addr(), &options(hook))
-        .await
-        .unwrap();
-    client.ehlo("tern.a.test").await.unwrap();
+    let mut client = session("sink.test", sink.addr(), hook).await;
     let refused = client.auth_plain("tern", "s3cret").await;
     assert!(matches!(refused, Err(ConnectError::Tls(_))), "{refused:?}");
     assert!(!client.is_usable());

@@ -1,8 +1,9 @@
 //! One message over an open session: the content checks, then MAIL..DATA transactions until every
 //! recipient has a final reply; recipients refused with 452 go in the next transaction. RSET comes first
 //! only when the server may still be inside a transaction, or the session sat idle (see
-//! `SmtpClient::needs_reset`); with PIPELINING it leads the transaction's command group. A server that offers CHUNKING gets the message by BDAT instead of DATA
-//! (`chunking.rs`); a `BODY=BINARYMIME` message goes only that way. Each final reply says whether the server sent it or the client made it
+//! `SmtpClient::needs_reset`); with PIPELINING it leads the transaction's command group. A server that
+//! offers CHUNKING gets the message by BDAT instead of DATA (`chunking.rs`); a `BODY=BINARYMIME` message
+//! goes only that way. Each final reply says whether the server sent it or the client made it
 //! ([`RecipientReply`]), so that a report never presents the client's own decision as the server's.
 
 use tern_core::{Envelope, Recipient};
@@ -167,17 +168,13 @@ impl SmtpClient {
         } else {
             lockstep(&mut self.wire, stale_check, &mail, &rcpts, !bdat, t).await
         };
-        let exchange = match exchange {
-            Ok(x) => Ok(x),
+        let (mail_reply, mut replies, data_reply) = match exchange {
+            Ok(x) => x,
             Err(GroupFailure::Stale) => {
                 self.wire.mark_broken();
                 return Err(NotStarted);
             }
-            Err(GroupFailure::Wire(e)) => Err(e),
-        };
-        let (mail_reply, mut replies, data_reply) = match exchange {
-            Ok(x) => x,
-            Err(e) => {
+            Err(GroupFailure::Wire(e)) => {
                 let r = RecipientReply::Local(e.as_reply());
                 return Ok(TransactionEnd {
                     done: todo.iter().map(|(i, _)| (*i, r.clone())).collect(),

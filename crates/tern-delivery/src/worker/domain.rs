@@ -10,8 +10,9 @@
 //! the connection carries the next message; the last job's after every other, so that its completion
 //! still frees the claim's slot). A host that fails
 //! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
-//! next host, once per host. A reused connection found stale (its RSET fails, or the server closed it after the last message) is replaced, once. After the
-//! last job, **keep or close**: the connection goes idle keeping the domain's slot as a hold, or is closed.
+//! next host, once per host. A reused connection found stale (its RSET fails, or the server closed it
+//! after the last message) is replaced, once. After the last job, **keep or close**: the connection goes
+//! idle keeping the domain's slot as a hold, or is closed.
 //! A batch about to be deferred for the policy's sake while a message reaches its `max_age` has the policy
 //! **re-checked** first, and is tried once more when it changed.
 //!
