@@ -62,6 +62,14 @@ fn keyed(recipients: &[Recipient]) -> Vec<(u32, &Recipient)> {
         .collect()
 }
 
+/// The code of each server reply the transcript saw, in order.
+fn reply_codes(lines: &[String]) -> Vec<&str> {
+    with_prefix(lines, "S: ")
+        .into_iter()
+        .map(|r| r.get(..3).unwrap_or(r))
+        .collect()
+}
+
 /// What follows `prefix` on each line that starts with it.
 fn with_prefix<'a>(lines: &'a [String], prefix: &str) -> Vec<&'a str> {
     lines.iter().filter_map(|l| l.strip_prefix(prefix)).collect()
@@ -138,10 +146,7 @@ async fn two_messages_of_one_session_need_no_rset_between_them_and_the_transcrip
     );
     // One reply per command, and the greeting: 220, EHLO, MAIL, RCPT x2, DATA, end of data, MAIL, RCPT,
     // DATA, end of data, QUIT.
-    let codes: Vec<&str> = with_prefix(&lines, "S: ")
-        .iter()
-        .map(|r| r.get(..3).unwrap_or(r))
-        .collect();
+    let codes = reply_codes(&lines);
     assert_eq!(
         codes,
         vec![
@@ -200,10 +205,7 @@ async fn a_session_that_sat_idle_begins_its_next_message_with_rset() {
         ],
         "{lines:#?}"
     );
-    let codes: Vec<&str> = with_prefix(&lines, "S: ")
-        .iter()
-        .map(|r| r.get(..3).unwrap_or(r))
-        .collect();
+    let codes = reply_codes(&lines);
     assert_eq!(
         codes,
         [
