@@ -134,7 +134,7 @@ def main():
         claims_made[0] += 1
         claim_id = 'CLAIM%021d' % claims_made[0]
         rep = r.cmd(*call(shard, now, 'claim', 'w1', str(max_jobs), str(now + 300000), str(limit), claim_id, '10',
-                          str(now + 250), str(now + 1), '0'))
+                          str(now + 250), str(now + 1), '1', '0'))
         if rep is None:
             return None
         ids = [e if isinstance(e, bytes) else e[0] for e in rep[2:]]

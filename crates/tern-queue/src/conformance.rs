@@ -90,6 +90,7 @@ cases!(
     a_signal_wakes_one_waiter_per_domain,
     a_freed_slot_wakes_a_waiter,
     new_work_for_a_held_domain_wakes_its_holder,
+    held_domains_that_always_have_due_work_do_not_starve_the_others,
     a_late_repeat_of_a_finished_enqueue_makes_nothing,
     a_held_job_is_never_claimed_until_unheld,
     hold_leaves_jobs_in_flight_alone_and_unhold_makes_a_tried_job_deferred,
@@ -1782,6 +1783,46 @@ async fn a_freed_slot_wakes_a_waiter(q: Arc<dyn Queue>) {
     q.release("w3", &c3.jobs[0].lease).await.expect("release");
     assert_eq!(woken(waiter).await, 1, "a released job is due at once");
     assert!(claim(&q, "w4", 1).await.is_some());
+}
+
+/// Held domains come first, but not always: after a claim that took a hold over, the next one goes by the
+/// domain index, so that a domain without an idle connection gets its turn even while a held domain keeps
+/// having due work (a worker whose idle connection always finds new mail). Each claim here took the held
+/// domain before, and the other domain waited for as long as mail kept coming.
+async fn held_domains_that_always_have_due_work_do_not_starve_the_others(q: Arc<dyn Queue>) {
+    let minute = Duration::from_secs(60);
+    enqueue(&q, &["r@busy.test"]).await;
+    let first = claim(&q, "w1", 10).await.expect("busy.test is due");
+    let mut hold = q
+        .hold_slot("busy.test", &first.claim_id, minute)
+        .await
+        .expect("hold")
+        .expect("the claim's own slot is kept");
+    deliver(&q, "w1", &first.jobs[0].lease).await;
+    enqueue(&q, &["r@quiet.test"]).await;
+    for round in 0..4 {
+        enqueue(&q, &[&format!("r{round}@busy.test")]).await;
+        let c = q
+            .claim_holding("w1", 10, minute, std::slice::from_ref(&hold))
+            .await
+            .expect("claim")
+            .expect("both domains have due work");
+        if c.domain == "quiet.test" {
+            assert!(c.took_hold.is_none(), "quiet.test has no hold");
+            assert!(round >= 1, "the idle connection is used first");
+            return;
+        }
+        assert_eq!(c.took_hold.as_deref(), Some(hold.id.as_str()));
+        hold = q
+            .hold_slot("busy.test", &c.claim_id, minute)
+            .await
+            .expect("hold")
+            .expect("the claim's own slot is kept");
+        for job in &c.jobs {
+            deliver(&q, "w1", &job.lease).await;
+        }
+    }
+    panic!("quiet.test was never claimed while busy.test, held, kept having due work");
 }
 
 /// Every slot of a domain is held by an idle connection: new work for the domain wakes the holder's waiter

@@ -37,8 +37,10 @@ struct Request<'a> {
 
 impl State {
     /// [`crate::Queue::claim_next`]: held domains with due work first, then the due domains in index order;
-    /// a domain at its limit is pushed back, an empty or suspended one leaves the index. When nothing was
-    /// claimed: the earliest time in the domain index, if any.
+    /// a domain at its limit is pushed back, an empty or suspended one leaves the index. After a claim that
+    /// took a hold over, the next one follows the index alone (a held domain met there still takes its
+    /// hold), so that domains without an idle connection are not starved by held ones that always have due
+    /// work. When nothing was claimed: the earliest time in the domain index, if any.
     pub(crate) fn claim(
         &mut self,
         owner: &str,
@@ -47,7 +49,9 @@ impl State {
         holds: &[SlotHold],
         now: u64,
     ) -> Result<Taken, Option<u64>> {
-        let taken = self.claim_taking(owner, max_batch, lease_ms, holds, now);
+        let held_first = !self.took_hold_last;
+        let taken = self.claim_taking(owner, max_batch, lease_ms, holds, held_first, now);
+        self.took_hold_last = taken.as_ref().is_some_and(|t| t.took_hold.is_some());
         // Nothing claimable: when the next domain is due or looked at again, up to which an idle worker may
         // sleep unless woken.
         taken.ok_or_else(|| self.domain_index.first().map(|(score, _, _)| *score))
@@ -59,6 +63,7 @@ impl State {
         max_batch: usize,
         lease_ms: u64,
         holds: &[SlotHold],
+        held_first: bool,
         now: u64,
     ) -> Option<Taken> {
         let mut held = HashMap::new();
@@ -77,9 +82,11 @@ impl State {
             held,
             now,
         };
-        for domain in held_order {
-            if let Some(taken) = self.take(domain, false, &request) {
-                return Some(taken);
+        if held_first {
+            for domain in held_order {
+                if let Some(taken) = self.take(domain, false, &request) {
+                    return Some(taken);
+                }
             }
         }
         // A domain looked at and not claimed leaves the due part of the index (pushed back, re-indexed at

@@ -147,6 +147,8 @@ pub(crate) struct State {
     pub slots: HashMap<String, HashMap<String, u64>>,
     /// Claim id → jobs of the claim still in flight (its slot is freed at 0).
     pub claims: HashMap<String, u64>,
+    /// The last claim took a hold over: the next one follows the domain index first (see `claim.rs`).
+    pub took_hold_last: bool,
     /// Domain → concurrency override.
     pub concurrency: HashMap<String, u32>,
     /// Domain → suspension, and the suspensions with an end by their end.
@@ -211,6 +213,7 @@ impl State {
             inflight: BTreeSet::new(),
             slots: HashMap::new(),
             claims: HashMap::new(),
+            took_hold_last: false,
             concurrency: HashMap::new(),
             suspensions: BTreeMap::new(),
             suspension_ends: BTreeSet::new(),

@@ -21,7 +21,7 @@ pub(crate) mod library;
 pub(crate) mod ops;
 pub(crate) mod wake;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -108,6 +108,8 @@ pub struct RedisQueue {
     library: FunctionLibrary,
     /// The shard the next claim starts at (claims rotate across shards).
     next_shard: AtomicU64,
+    /// The last claim took a hold over: the next one looks at held domains in their turn only.
+    took_hold_last: AtomicBool,
     /// Waiting for work: the wake lists' listeners, started by the first wait.
     wakes: Wakes,
 }
@@ -155,6 +157,7 @@ impl RedisQueue {
             opts,
             backend,
             next_shard: AtomicU64::new(0),
+            took_hold_last: AtomicBool::new(false),
             wakes,
         })
     }

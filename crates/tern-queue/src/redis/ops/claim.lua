@@ -1,11 +1,13 @@
 -- claim: takes up to max due jobs of ONE schedule (domain) of this shard, in due order.
 -- args[5] owner, [6] max batch, [7] the lease deadline (ms), [8] default domain concurrency, [9] claim id
 -- (the token), [10] how many due domains to look at (0: only the held ones), [11] until when (ms) a domain
--- at its limit is pushed back, [12] the domain's next turn (ms: now + 1), [13] the number of slot holds the
--- caller passes, then that many pairs (domain, hold id):
+-- at its limit is pushed back, [12] the domain's next turn (ms: now + 1), [13] "1" when held domains are
+-- looked at first, [14] the number of slot holds the caller passes, then that many pairs (domain, hold id):
 -- slots the caller keeps for idle connections (hold.lua). A claim of a held domain takes its hold over (the
--- idle connection carries the new claim), so the hold does not count against the domain's limit; held
--- domains with due work are looked at first, so that an idle connection is used before it times out.
+-- idle connection carries the new claim), so the hold does not count against the domain's limit. With
+-- args[13] "1", held domains with due work are looked at first, so that an idle connection is used before
+-- it times out; otherwise a held domain takes its hold when the scan comes to it (the caller alternates,
+-- so that held domains that always have due work do not starve the others).
 -- Domains are visited in the order of the domain index (earliest due first). After a claim the domain is
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
 -- A domain at its concurrency limit (live claims and holds = slots, each with a deadline) is skipped and
@@ -171,20 +173,22 @@ register('claim', function(args)
   if redis_call('HEXISTS', PREFIX .. 'claims', claim_id) == 1 then return false end
   in_flight_head = 'i' .. claim_id
   held = nil
-  local hold_count = SMALL_NUMBERS[args[13]] or number_of(args[13] or '0')
+  local hold_count = SMALL_NUMBERS[args[14]] or number_of(args[14] or '0')
   if hold_count > 0 then
     held = {}
     local held_order = {}
     for x = 0, hold_count - 1 do
-      local domain = args[14 + 2 * x]
+      local domain = args[15 + 2 * x]
       if not held[domain] then
-        held[domain] = args[15 + 2 * x]
+        held[domain] = args[16 + 2 * x]
         held_order[#held_order + 1] = domain
       end
     end
-    for _, domain in ipairs(held_order) do
-      local reply = take(domain, false)
-      if reply then return reply end
+    if args[13] == '1' then
+      for _, domain in ipairs(held_order) do
+        local reply = take(domain, false)
+        if reply then return reply end
+      end
     end
   end
   -- The due domains, a few at a time: a domain looked at and not claimed leaves the due part of the index

@@ -34,6 +34,8 @@ pub(crate) struct ClaimArgs<'a> {
     /// How many due domains to look at (0: only the held ones).
     pub scan: u32,
     pub pushback_ms: u64,
+    /// Held domains are looked at before the scan (otherwise a held domain takes its hold in its turn).
+    pub held_first: bool,
     /// The caller's holds in this shard (the first of a domain stands for it).
     pub holds: Vec<&'a SlotHold>,
 }
@@ -53,6 +55,7 @@ impl ClaimArgs<'_> {
             arg(self.now.saturating_add(self.pushback_ms)),
             // A claimed domain's next turn: behind every domain already due.
             arg(self.now.saturating_add(1)),
+            arg(if self.held_first { "1" } else { "0" }),
             arg(self.holds.len()),
         ]);
         for h in self.holds {
@@ -139,7 +142,10 @@ fn split_line(data: Bytes) -> (Bytes, Bytes) {
 
 impl RedisQueue {
     /// [`crate::Queue::claim_next`]: tries the shards in turn (held domains' shards first) until one has
-    /// due work; when none has, the earliest time any shard's domain index names.
+    /// due work; when none has, the earliest time any shard's domain index names. After a claim that took
+    /// a hold over, the next one goes by the shards' domain indexes alone (a held domain met there still
+    /// takes its hold): an idle connection is used soon, but domains without one get every other claim at
+    /// least, however busy the held ones are.
     pub(crate) async fn claim_jobs(
         &self,
         owner: &str,
@@ -151,13 +157,15 @@ impl RedisQueue {
         let start = (self.next_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
         let claim_id = ulid::Ulid::generate().to_string();
         // First the held domains alone (scan 0), shard by shard, so that an idle connection is used before
-        // any other domain is taken; then every shard in turn, the usual way.
+        // any other domain is taken; then every shard in turn, the usual way. Not after a claim that took a
+        // hold over: held domains that always have due work would starve the others.
+        let held_first = !self.took_hold_last.load(Ordering::Relaxed);
         let rotation = (0..shards).map(|i| (start + i) % shards);
-        let held_first = rotation
+        let held_visits = rotation
             .clone()
-            .filter(|s| holds.iter().any(|h| self.keys.shard_of_domain(&h.domain) == *s))
+            .filter(|s| held_first && holds.iter().any(|h| self.keys.shard_of_domain(&h.domain) == *s))
             .map(|s| (s, 0));
-        let visits: Vec<(u16, u32)> = held_first.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
+        let visits: Vec<(u16, u32)> = held_visits.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
         let mut next_due_ms: Option<u64> = None;
         for (shard, scan) in visits {
             let now = now_ms();
@@ -171,6 +179,7 @@ impl RedisQueue {
                 claim_id: &claim_id,
                 scan,
                 pushback_ms: LIMIT_PUSHBACK_MS,
+                held_first,
                 holds: holds
                     .iter()
                     .filter(|h| self.keys.shard_of_domain(&h.domain) == shard)
@@ -197,10 +206,11 @@ impl RedisQueue {
                 .claimed(shard, owner, &claim_id, lease_until_ms, reply)
                 .await?;
             // The next claim of this node starts at the following shard, so that shards (and the domains in
-            // them) take turns whatever the gaps between non-empty shards.
-            if scan > 0 {
-                self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
-            }
+            // them) take turns whatever the gaps between non-empty shards; a claim of a held domain moves it
+            // on too, or the held domains of the first shards would always be looked at first.
+            self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
+            self.took_hold_last
+                .store(claim.took_hold.is_some(), Ordering::Relaxed);
             tracing::debug!(owner, domain = %claim.domain, jobs = claim.jobs.len(), shard, "claimed");
             return Ok(ClaimOutcome::Claimed(claim));
         }
@@ -305,6 +315,7 @@ mod tests {
             claim_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV",
             scan: 32,
             pushback_ms: 250,
+            held_first: true,
             holds: vec![&hold],
         };
         assert_eq!(
@@ -318,6 +329,7 @@ mod tests {
                 "32",
                 "1250",
                 "1001",
+                "1",
                 "1",
                 "d.test",
                 "h:c0"
