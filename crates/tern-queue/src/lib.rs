@@ -85,8 +85,10 @@ pub trait Queue: Send + Sync {
     }
 
     /// [`Queue::claim`] by a worker that keeps idle connections under `holds` ([`Queue::hold_slot`]).
-    /// Domains with a live hold and due jobs are tried first, and a claim of such a domain takes the hold
-    /// over instead of needing a free slot ([`Claim::took_hold`]): the idle connection carries the claim.
+    /// Domains with a live hold and due jobs are tried first, except right after a claim that did so and
+    /// took a hold over (then the due domains' order alone decides, so that held domains that always have
+    /// due work do not starve the others); a claim of a held domain takes the hold over instead of needing
+    /// a free slot ([`Claim::took_hold`]): the idle connection carries the claim.
     async fn claim_holding(
         &self,
         owner: &str,

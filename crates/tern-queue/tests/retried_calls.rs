@@ -65,14 +65,25 @@ async fn a_repeated_claim_takes_nothing_more() {
     let tag = tag_of(&server, &prefix, "due:again.test");
     let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
     // owner, max batch, lease deadline, default limit, claim id, domains to scan, pushed back until, next
-    // turn, no holds.
+    // turn, held domains first, no holds.
     let now = now_ms();
     let (lease, pushed_back, next_turn) = (
         (now + 60_000).to_string(),
         (now + 250).to_string(),
         (now + 1).to_string(),
     );
-    let args = ["w", "1", &lease, "10", id, "10", &pushed_back, &next_turn, "0"];
+    let args = [
+        "w",
+        "1",
+        &lease,
+        "10",
+        id,
+        "10",
+        &pushed_back,
+        &next_turn,
+        "1",
+        "0",
+    ];
     let first = fcall(&server, "claim", &tag, &args);
     assert!(first.contains("again.test"), "first claim: {first:?}");
     let second = fcall(&server, "claim", &tag, &args);

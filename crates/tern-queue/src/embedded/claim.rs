@@ -38,9 +38,10 @@ struct Request<'a> {
 impl State {
     /// [`crate::Queue::claim_next`]: held domains with due work first, then the due domains in index order;
     /// a domain at its limit is pushed back, an empty or suspended one leaves the index. After a claim that
-    /// took a hold over, the next one follows the index alone (a held domain met there still takes its
-    /// hold), so that domains without an idle connection are not starved by held ones that always have due
-    /// work. When nothing was claimed: the earliest time in the domain index, if any.
+    /// looked at held domains first and took a hold over, the next one follows the index alone (a held
+    /// domain met there still takes its hold), so that domains without an idle connection are not starved
+    /// by held ones that always have due work. When nothing was claimed: the earliest time in the domain
+    /// index, if any.
     pub(crate) fn claim(
         &mut self,
         owner: &str,
@@ -51,7 +52,8 @@ impl State {
     ) -> Result<Taken, Option<u64>> {
         let held_first = !self.took_hold_last;
         let taken = self.claim_taking(owner, max_batch, lease_ms, holds, held_first, now);
-        self.took_hold_last = taken.as_ref().is_some_and(|t| t.took_hold.is_some());
+        // Held-first and index-order claims alternate, whoever the index-order claim went to.
+        self.took_hold_last = held_first && taken.as_ref().is_some_and(|t| t.took_hold.is_some());
         // Nothing claimable: when the next domain is due or looked at again, up to which an idle worker may
         // sleep unless woken.
         taken.ok_or_else(|| self.domain_index.first().map(|(score, _, _)| *score))

@@ -6,8 +6,9 @@
 -- slots the caller keeps for idle connections (hold.lua). A claim of a held domain takes its hold over (the
 -- idle connection carries the new claim), so the hold does not count against the domain's limit. With
 -- args[13] "1", held domains with due work are looked at first, so that an idle connection is used before
--- it times out; otherwise a held domain takes its hold when the scan comes to it (the caller alternates,
--- so that held domains that always have due work do not starve the others).
+-- it times out; otherwise a held domain takes its hold when the scan comes to it (the caller alternates the
+-- two after a claim that took a hold over, so that held domains that always have due work do not starve the
+-- others).
 -- Domains are visited in the order of the domain index (earliest due first). After a claim the domain is
 -- put back at max(its next due time, now + 1), behind every domain already due: due domains take turns.
 -- A domain at its concurrency limit (live claims and holds = slots, each with a deadline) is skipped and

@@ -142,10 +142,10 @@ fn split_line(data: Bytes) -> (Bytes, Bytes) {
 
 impl RedisQueue {
     /// [`crate::Queue::claim_next`]: tries the shards in turn (held domains' shards first) until one has
-    /// due work; when none has, the earliest time any shard's domain index names. After a claim that took
-    /// a hold over, the next one goes by the shards' domain indexes alone (a held domain met there still
-    /// takes its hold): an idle connection is used soon, but domains without one get every other claim at
-    /// least, however busy the held ones are.
+    /// due work; when none has, the earliest time any shard's domain index names. After a claim that looked
+    /// at held domains first and took a hold over, the next one goes by the shards' domain indexes alone (a
+    /// held domain met there still takes its hold): an idle connection is used soon, but domains without
+    /// one get every other claim at least, however busy the held ones are.
     pub(crate) async fn claim_jobs(
         &self,
         owner: &str,
@@ -159,7 +159,7 @@ impl RedisQueue {
         // First the held domains alone (scan 0), shard by shard, so that an idle connection is used before
         // any other domain is taken; then every shard in turn, the usual way. Not after a claim that took a
         // hold over: held domains that always have due work would starve the others.
-        let held_first = !self.took_hold_last.load(Ordering::Relaxed);
+        let held_first = !self.took_hold_last.swap(false, Ordering::Relaxed);
         let rotation = (0..shards).map(|i| (start + i) % shards);
         let held_visits = rotation
             .clone()
@@ -209,8 +209,9 @@ impl RedisQueue {
             // them) take turns whatever the gaps between non-empty shards; a claim of a held domain moves it
             // on too, or the held domains of the first shards would always be looked at first.
             self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
+            // Held-first and index-order claims alternate, whoever the index-order claim went to.
             self.took_hold_last
-                .store(claim.took_hold.is_some(), Ordering::Relaxed);
+                .store(held_first && claim.took_hold.is_some(), Ordering::Relaxed);
             tracing::debug!(owner, domain = %claim.domain, jobs = claim.jobs.len(), shard, "claimed");
             return Ok(ClaimOutcome::Claimed(claim));
         }
