@@ -108,6 +108,8 @@ pub struct RedisQueue {
     library: FunctionLibrary,
     /// The shard the next claim starts at (claims rotate across shards).
     next_shard: AtomicU64,
+    /// The shard the next held-first visit starts at (held-first claims take turns of their own).
+    next_held_shard: AtomicU64,
     /// The last claim took a hold over: the next one looks at held domains in their turn only.
     took_hold_last: AtomicBool,
     /// Waiting for work: the wake lists' listeners, started by the first wait.
@@ -157,6 +159,7 @@ impl RedisQueue {
             opts,
             backend,
             next_shard: AtomicU64::new(0),
+            next_held_shard: AtomicU64::new(0),
             took_hold_last: AtomicBool::new(false),
             wakes,
         })

@@ -155,16 +155,20 @@ impl RedisQueue {
     ) -> Result<ClaimOutcome, QueueError> {
         let shards = self.keys.shards();
         let start = (self.next_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
+        let held_start = (self.next_held_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
         let claim_id = ulid::Ulid::generate().to_string();
         // First the held domains alone (scan 0), shard by shard, so that an idle connection is used before
         // any other domain is taken; then every shard in turn, the usual way. Not after a claim that took a
         // hold over: held domains that always have due work would starve the others.
         let held_first = !self.took_hold_last.swap(false, Ordering::Relaxed);
-        let rotation = (0..shards).map(|i| (start + i) % shards);
-        let held_visits = rotation
-            .clone()
+        // Each kind of visit has its own rotation: with one, shared, the held-first claims in between
+        // could set every index-order claim's start past the same shards, whose domains then never came up
+        // (seen: two domains of ten unclaimed for seconds, in a cycle of eight claims).
+        let held_visits = (0..shards)
+            .map(|i| (held_start + i) % shards)
             .filter(|s| held_first && holds.iter().any(|h| self.keys.shard_of_domain(&h.domain) == *s))
             .map(|s| (s, 0));
+        let rotation = (0..shards).map(|i| (start + i) % shards);
         let visits: Vec<(u16, u32)> = held_visits.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
         let mut next_due_ms: Option<u64> = None;
         for (shard, scan) in visits {
@@ -205,10 +209,15 @@ impl RedisQueue {
             let claim = self
                 .claimed(shard, owner, &claim_id, lease_until_ms, reply)
                 .await?;
-            // The next claim of this node starts at the following shard, so that shards (and the domains in
-            // them) take turns whatever the gaps between non-empty shards; a claim of a held domain moves it
-            // on too, or the held domains of the first shards would always be looked at first.
-            self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
+            // The next claim of this node (of the same kind) starts at the following shard, so that shards
+            // (and the domains in them) take turns whatever the gaps between non-empty shards; held-first
+            // claims take turns among the held domains' shards the same way.
+            let next = if scan == 0 {
+                &self.next_held_shard
+            } else {
+                &self.next_shard
+            };
+            next.store(u64::from(shard) + 1, Ordering::Relaxed);
             // Held-first and index-order claims alternate, whoever the index-order claim went to.
             self.took_hold_last
                 .store(held_first && claim.took_hold.is_some(), Ordering::Relaxed);
