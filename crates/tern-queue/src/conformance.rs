@@ -92,6 +92,7 @@ cases!(
     new_work_for_a_held_domain_wakes_its_holder,
     held_domains_that_always_have_due_work_do_not_starve_the_others,
     a_domain_without_an_idle_connection_comes_up_among_busy_held_ones,
+    an_index_order_claim_that_takes_a_hold_is_followed_by_a_held_first_one,
     a_late_repeat_of_a_finished_enqueue_makes_nothing,
     a_held_job_is_never_claimed_until_unheld,
     hold_leaves_jobs_in_flight_alone_and_unhold_makes_a_tried_job_deferred,
@@ -1885,6 +1886,54 @@ async fn a_domain_without_an_idle_connection_comes_up_among_busy_held_ones(q: Ar
         }
     }
     panic!("q4.test, due first and without a hold, was not claimed in 8 claims");
+}
+
+/// Held-first and index-order claims alternate strictly: an index-order claim that met a held domain first
+/// in the index (and took its hold) is followed by a held-first claim, then by an index-order one again.
+async fn an_index_order_claim_that_takes_a_hold_is_followed_by_a_held_first_one(q: Arc<dyn Queue>) {
+    let minute = Duration::from_secs(60);
+    enqueue(&q, &["r@busy.test"]).await;
+    let first = claim(&q, "w1", 10).await.expect("busy.test is due");
+    let mut hold = q
+        .hold_slot("busy.test", &first.claim_id, minute)
+        .await
+        .expect("hold")
+        .expect("the claim's own slot is kept");
+    deliver(&q, "w1", &first.jobs[0].lease).await;
+    q.enqueue(message(&["r@quiet7.test"]).not_before(now_ms() - 10_000))
+        .await
+        .expect("enqueue");
+    let mut domains = Vec::new();
+    for round in 0..4 {
+        // In the second round busy.test's new job is due before quiet7.test's: the index-order claim
+        // meets busy.test first.
+        let due = if round == 1 { now_ms() - 20_000 } else { now_ms() };
+        q.enqueue(message(&[&format!("r{round}@busy.test")]).not_before(due))
+            .await
+            .expect("enqueue");
+        let c = q
+            .claim_holding("w1", 10, minute, std::slice::from_ref(&hold))
+            .await
+            .expect("claim")
+            .expect("busy.test has due work");
+        domains.push(c.domain.clone());
+        if c.domain == "busy.test" {
+            assert_eq!(c.took_hold.as_deref(), Some(hold.id.as_str()));
+            hold = q
+                .hold_slot("busy.test", &c.claim_id, minute)
+                .await
+                .expect("hold")
+                .expect("the claim's own slot is kept");
+        }
+        for job in &c.jobs {
+            deliver(&q, "w1", &job.lease).await;
+        }
+    }
+    assert_eq!(
+        domains,
+        ["busy.test", "busy.test", "busy.test", "quiet7.test"],
+        "held-first, index order (busy.test due first), held-first, index order"
+    );
 }
 
 /// Every slot of a domain is held by an idle connection: new work for the domain wakes the holder's waiter

@@ -147,7 +147,8 @@ pub(crate) struct State {
     pub slots: HashMap<String, HashMap<String, u64>>,
     /// Claim id → jobs of the claim still in flight (its slot is freed at 0).
     pub claims: HashMap<String, u64>,
-    /// The last claim took a hold over: the next one follows the domain index first (see `claim.rs`).
+    /// The last claim was held-first and took a hold over: the next one follows the domain index first (see
+    /// `claim.rs`).
     pub took_hold_last: bool,
     /// Domain → concurrency override.
     pub concurrency: HashMap<String, u32>,

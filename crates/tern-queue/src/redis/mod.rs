@@ -106,11 +106,13 @@ pub struct RedisQueue {
     keys: Keys,
     backend: Backend,
     library: FunctionLibrary,
-    /// The shard the next claim starts at (claims rotate across shards).
+    /// The shard the next index-order visit starts at (a claim's scan of the domain indexes, shard by shard;
+    /// moved on by the claims it finds work for).
     next_shard: AtomicU64,
     /// The shard the next held-first visit starts at (held-first claims take turns of their own).
     next_held_shard: AtomicU64,
-    /// The last claim took a hold over: the next one looks at held domains in their turn only.
+    /// The last claim was held-first and took a hold over: the next one looks at held domains in their turn
+    /// only (and clears this).
     took_hold_last: AtomicBool,
     /// Waiting for work: the wake lists' listeners, started by the first wait.
     wakes: Wakes,

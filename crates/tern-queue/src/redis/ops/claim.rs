@@ -144,8 +144,9 @@ impl RedisQueue {
     /// [`crate::Queue::claim_next`]: tries the shards in turn (held domains' shards first) until one has
     /// due work; when none has, the earliest time any shard's domain index names. After a claim that looked
     /// at held domains first and took a hold over, the next one goes by the shards' domain indexes alone (a
-    /// held domain met there still takes its hold): an idle connection is used soon, but domains without
-    /// one get every other claim at least, however busy the held ones are.
+    /// held domain met there still takes its hold): an idle connection is used soon, and every domain gets
+    /// its turn in the index-order claims, which are at least every other claim, however busy the held
+    /// domains are.
     pub(crate) async fn claim_jobs(
         &self,
         owner: &str,
@@ -158,8 +159,8 @@ impl RedisQueue {
         let held_start = (self.next_held_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
         let claim_id = ulid::Ulid::generate().to_string();
         // First the held domains alone (scan 0), shard by shard, so that an idle connection is used before
-        // any other domain is taken; then every shard in turn, the usual way. Not after a claim that took a
-        // hold over: held domains that always have due work would starve the others.
+        // any other domain is taken; then every shard in turn, the usual way. Not after a held-first claim
+        // that took a hold over: held domains that always have due work would starve the others.
         let held_first = !self.took_hold_last.swap(false, Ordering::Relaxed);
         // Each kind of visit has its own rotation: with one, shared, the held-first claims in between
         // could set every index-order claim's start past the same shards, whose domains then never came up
@@ -193,9 +194,15 @@ impl RedisQueue {
                 Ok(v) => v,
                 Err(e) => {
                     // Fail fast (a dead server would otherwise cost one timeout per shard), but start the
-                    // next claim at the following shard, so that one dead cluster node does not stop work
-                    // on the shards the other nodes hold.
-                    self.next_shard.store(u64::from(shard) + 1, Ordering::Relaxed);
+                    // next visit of this kind at the following shard, so that one dead cluster node does not
+                    // stop work on the shards the other nodes hold (a held visit too: the failed claim left
+                    // the next one held-first, which would otherwise start at the dead shard again).
+                    let next = if scan == 0 {
+                        &self.next_held_shard
+                    } else {
+                        &self.next_shard
+                    };
+                    next.store(u64::from(shard) + 1, Ordering::Relaxed);
                     return Err(e);
                 }
             };
