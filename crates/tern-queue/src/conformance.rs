@@ -1787,47 +1787,70 @@ async fn a_freed_slot_wakes_a_waiter(q: Arc<dyn Queue>) {
     assert!(claim(&q, "w4", 1).await.is_some());
 }
 
+/// `c`'s connection goes idle as a worker's does: the claim's slot becomes a hold before its jobs are
+/// completed (delivered, by `w1`). Returns the hold.
+async fn goes_idle(q: &Arc<dyn Queue>, c: &Claim) -> SlotHold {
+    let hold = q
+        .hold_slot(&c.domain, &c.claim_id, Duration::from_secs(60))
+        .await
+        .expect("hold")
+        .expect("the claim's own slot is kept");
+    deliver_all(q, c).await;
+    hold
+}
+
+/// Completes every job of `c` (claimed by `w1`) as delivered.
+async fn deliver_all(q: &Arc<dyn Queue>, c: &Claim) {
+    for job in &c.jobs {
+        deliver(q, "w1", &job.lease).await;
+    }
+}
+
+/// Enqueues a message to `rcpt`, due at `due_ms`.
+async fn enqueue_due(q: &Arc<dyn Queue>, rcpt: &str, due_ms: u64) {
+    q.enqueue(message(&[rcpt]).not_before(due_ms))
+        .await
+        .expect("enqueue");
+}
+
+/// `w1` claims with its holds `holds`, and finds work.
+async fn claim_with(q: &Arc<dyn Queue>, holds: &[SlotHold]) -> Claim {
+    q.claim_holding("w1", 10, Duration::from_secs(60), holds)
+        .await
+        .expect("claim")
+        .expect("due work")
+}
+
+/// One claim of `w1`, which keeps busy.test's idle connection under `hold`: a claim of busy.test takes the
+/// hold over, and the connection goes idle again under a new one; any other domain has no hold and is
+/// delivered. Returns the domain claimed.
+async fn claim_keeping_busy_idle(q: &Arc<dyn Queue>, hold: &mut SlotHold) -> String {
+    let c = claim_with(q, std::slice::from_ref(hold)).await;
+    if c.domain == "busy.test" {
+        assert_eq!(c.took_hold.as_deref(), Some(hold.id.as_str()));
+        *hold = goes_idle(q, &c).await;
+    } else {
+        assert!(c.took_hold.is_none(), "{} has no hold", c.domain);
+        deliver_all(q, &c).await;
+    }
+    c.domain
+}
+
 /// Held domains come first, but not twice in a row: after a claim that took a hold over that way, the next one
 /// goes by the domain index, so that a domain without an idle connection gets its turn even while a held
 /// domain keeps having due work (a worker whose idle connection always finds new mail); then held domains
 /// come first again. (`quiet7.test` shares `busy.test`'s shard in the Redis backend's 16 shards, so that the
 /// order inside one claim call is what is checked there, not the rotation across shards.)
 async fn held_domains_that_always_have_due_work_do_not_starve_the_others(q: Arc<dyn Queue>) {
-    let minute = Duration::from_secs(60);
     enqueue(&q, &["r@busy.test"]).await;
     let first = claim(&q, "w1", 10).await.expect("busy.test is due");
-    let mut hold = q
-        .hold_slot("busy.test", &first.claim_id, minute)
-        .await
-        .expect("hold")
-        .expect("the claim's own slot is kept");
-    deliver(&q, "w1", &first.jobs[0].lease).await;
+    let mut hold = goes_idle(&q, &first).await;
     // Due before any of busy.test's jobs below.
-    q.enqueue(message(&["r@quiet7.test"]).not_before(now_ms() - 10_000))
-        .await
-        .expect("enqueue");
+    enqueue_due(&q, "r@quiet7.test", now_ms() - 10_000).await;
     let mut domains = Vec::new();
     for round in 0..3 {
         enqueue(&q, &[&format!("r{round}@busy.test")]).await;
-        let c = q
-            .claim_holding("w1", 10, minute, std::slice::from_ref(&hold))
-            .await
-            .expect("claim")
-            .expect("busy.test has due work");
-        domains.push(c.domain.clone());
-        if c.domain == "busy.test" {
-            assert_eq!(c.took_hold.as_deref(), Some(hold.id.as_str()));
-            hold = q
-                .hold_slot("busy.test", &c.claim_id, minute)
-                .await
-                .expect("hold")
-                .expect("the claim's own slot is kept");
-        } else {
-            assert!(c.took_hold.is_none(), "quiet7.test has no hold");
-        }
-        for job in &c.jobs {
-            deliver(&q, "w1", &job.lease).await;
-        }
+        domains.push(claim_keeping_busy_idle(&q, &mut hold).await);
     }
     assert_eq!(
         domains,
@@ -1841,7 +1864,6 @@ async fn held_domains_that_always_have_due_work_do_not_starve_the_others(q: Arc<
 /// index-order claims sharing one shard rotation fell into a cycle that never started an index-order claim
 /// before shard 2 (the benchmark saw two domains of ten unclaimed for seconds that way).
 async fn a_domain_without_an_idle_connection_comes_up_among_busy_held_ones(q: Arc<dyn Queue>) {
-    let minute = Duration::from_secs(60);
     let held_domains = ["h51.test", "h48.test"];
     let mut holds: Vec<SlotHold> = Vec::new();
     for domain in held_domains {
@@ -1849,41 +1871,19 @@ async fn a_domain_without_an_idle_connection_comes_up_among_busy_held_ones(q: Ar
     }
     for _ in held_domains {
         let c = claim(&q, "w1", 10).await.expect("a held domain to be");
-        let hold = q
-            .hold_slot(&c.domain, &c.claim_id, minute)
-            .await
-            .expect("hold")
-            .expect("the claim's own slot is kept");
-        for job in &c.jobs {
-            deliver(&q, "w1", &job.lease).await;
-        }
-        holds.push(hold);
+        holds.push(goes_idle(&q, &c).await);
     }
-    q.enqueue(message(&["r@q4.test"]).not_before(now_ms() - 10_000))
-        .await
-        .expect("enqueue");
+    enqueue_due(&q, "r@q4.test", now_ms() - 10_000).await;
     for round in 0..8 {
         for domain in held_domains {
             enqueue(&q, &[&format!("r{round}@{domain}")]).await;
         }
-        let c = q
-            .claim_holding("w1", 10, minute, &holds)
-            .await
-            .expect("claim")
-            .expect("every domain has due work");
+        let c = claim_with(&q, &holds).await;
         if c.domain == "q4.test" {
             return;
         }
-        let hold = q
-            .hold_slot(&c.domain, &c.claim_id, minute)
-            .await
-            .expect("hold")
-            .expect("the claim's own slot is kept");
         holds.retain(|h| h.domain != c.domain);
-        holds.push(hold);
-        for job in &c.jobs {
-            deliver(&q, "w1", &job.lease).await;
-        }
+        holds.push(goes_idle(&q, &c).await);
     }
     panic!("q4.test, due first and without a hold, was not claimed in 8 claims");
 }
@@ -1891,43 +1891,17 @@ async fn a_domain_without_an_idle_connection_comes_up_among_busy_held_ones(q: Ar
 /// Held-first and index-order claims alternate strictly: an index-order claim that met a held domain first
 /// in the index (and took its hold) is followed by a held-first claim, then by an index-order one again.
 async fn an_index_order_claim_that_takes_a_hold_is_followed_by_a_held_first_one(q: Arc<dyn Queue>) {
-    let minute = Duration::from_secs(60);
     enqueue(&q, &["r@busy.test"]).await;
     let first = claim(&q, "w1", 10).await.expect("busy.test is due");
-    let mut hold = q
-        .hold_slot("busy.test", &first.claim_id, minute)
-        .await
-        .expect("hold")
-        .expect("the claim's own slot is kept");
-    deliver(&q, "w1", &first.jobs[0].lease).await;
-    q.enqueue(message(&["r@quiet7.test"]).not_before(now_ms() - 10_000))
-        .await
-        .expect("enqueue");
+    let mut hold = goes_idle(&q, &first).await;
+    enqueue_due(&q, "r@quiet7.test", now_ms() - 10_000).await;
     let mut domains = Vec::new();
     for round in 0..4 {
         // In the second round busy.test's new job is due before quiet7.test's: the index-order claim
         // meets busy.test first.
         let due = if round == 1 { now_ms() - 20_000 } else { now_ms() };
-        q.enqueue(message(&[&format!("r{round}@busy.test")]).not_before(due))
-            .await
-            .expect("enqueue");
-        let c = q
-            .claim_holding("w1", 10, minute, std::slice::from_ref(&hold))
-            .await
-            .expect("claim")
-            .expect("busy.test has due work");
-        domains.push(c.domain.clone());
-        if c.domain == "busy.test" {
-            assert_eq!(c.took_hold.as_deref(), Some(hold.id.as_str()));
-            hold = q
-                .hold_slot("busy.test", &c.claim_id, minute)
-                .await
-                .expect("hold")
-                .expect("the claim's own slot is kept");
-        }
-        for job in &c.jobs {
-            deliver(&q, "w1", &job.lease).await;
-        }
+        enqueue_due(&q, &format!("r{round}@busy.test"), due).await;
+        domains.push(claim_keeping_busy_idle(&q, &mut hold).await);
     }
     assert_eq!(
         domains,
