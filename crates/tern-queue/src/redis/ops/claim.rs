@@ -197,12 +197,7 @@ impl RedisQueue {
                     // next visit of this kind at the following shard, so that one dead cluster node does not
                     // stop work on the shards the other nodes hold (a held visit too: the failed claim left
                     // the next one held-first, which would otherwise start at the dead shard again).
-                    let next = if scan == 0 {
-                        &self.next_held_shard
-                    } else {
-                        &self.next_shard
-                    };
-                    next.store(u64::from(shard) + 1, Ordering::Relaxed);
+                    self.move_rotation_past(shard, scan);
                     return Err(e);
                 }
             };
@@ -219,12 +214,7 @@ impl RedisQueue {
             // The next claim of this node (of the same kind) starts at the following shard, so that shards
             // (and the domains in them) take turns whatever the gaps between non-empty shards; held-first
             // claims take turns among the held domains' shards the same way.
-            let next = if scan == 0 {
-                &self.next_held_shard
-            } else {
-                &self.next_shard
-            };
-            next.store(u64::from(shard) + 1, Ordering::Relaxed);
+            self.move_rotation_past(shard, scan);
             // Held-first and index-order claims alternate, whoever the index-order claim went to.
             self.took_hold_last
                 .store(held_first && claim.took_hold.is_some(), Ordering::Relaxed);
@@ -232,6 +222,17 @@ impl RedisQueue {
             return Ok(ClaimOutcome::Claimed(claim));
         }
         Ok(ClaimOutcome::Nothing { next_due_ms })
+    }
+
+    /// The next visit of the kind that went to `shard` (held-first when `scan` is 0, index-order otherwise)
+    /// starts at the shard after it.
+    fn move_rotation_past(&self, shard: u16, scan: u32) {
+        let rotation = if scan == 0 {
+            &self.next_held_shard
+        } else {
+            &self.next_shard
+        };
+        rotation.store(u64::from(shard) + 1, Ordering::Relaxed);
     }
 
     /// The claim of `reply`, with each job read from its record.
