@@ -12,8 +12,8 @@ use common::fake_mx::{Behaviour, FakeMx};
 use common::{envelope, ip, sa};
 use tern_core::Recipient;
 use tern_delivery::smtp::{
-    ClientOptions, ConnectError, NotStarted, SmtpClient, Timeouts, TlsClients, TranscriptEntry,
-    TranscriptHook,
+    ClientOptions, ConnectError, HeldMessage, MessageReplies, NotStarted, Sent, SmtpClient, Timeouts,
+    TlsClients, TranscriptEntry, TranscriptHook,
 };
 use tern_testkit::{SmtpSink, TestCa, free_port};
 
@@ -317,4 +317,205 @@ async fn auth_without_tls_sends_nothing_and_ends_the_session() {
     let commands = with_prefix(&lines, "C: ");
     assert!(!commands.iter().any(|c| c.starts_with("AUTH")), "{lines:#?}");
     assert_eq!(commands.last(), Some(&"QUIT"), "{lines:#?}");
+}
+
+/// The codes of a message's replies, with who gave them.
+fn codes(replies: &MessageReplies) -> Vec<(u32, u16, bool)> {
+    replies
+        .replies
+        .iter()
+        .map(|(i, r)| (*i, r.reply().code, r.is_remote()))
+        .collect()
+}
+
+/// The replies of a message sent to the end, or a panic saying how it was left.
+fn done(sent: Result<Sent, NotStarted>) -> MessageReplies {
+    match sent {
+        Ok(Sent::Done(replies)) => replies,
+        other => panic!("not sent to the end: {other:?}"),
+    }
+}
+
+/// The held message of a send, or a panic saying how it was left.
+fn held(sent: Result<Sent, NotStarted>) -> HeldMessage {
+    match sent {
+        Ok(Sent::Held(message)) => message,
+        other => panic!("its end of data was not held: {other:?}"),
+    }
+}
+
+/// Three messages on one pipelining session, the first two holding their end of data: each end of data
+/// reaches the server in the same write as the next message's commands (RFC 2920 §3.1), and each message
+/// still gets its own reply: the second's refusal is not taken for the first's or the third's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_end_of_data_goes_out_with_the_next_message_and_each_message_gets_its_own_reply() {
+    let port = free_port().unwrap();
+    let mx = FakeMx::start(
+        sa(165, port),
+        Behaviour {
+            pipelining: true,
+            data_replies: vec![
+                "250 2.0.0 first".into(),
+                "554 5.6.0 content refused".into(),
+                "250 2.0.0 third".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (hook, lines) = recorder();
+    let mut client = session("held.test", mx.addr, hook).await;
+    let first = envelope("s@a.test", &["r1@b.test", "r2@b.test"]);
+    let second = envelope("s@a.test", &["r3@b.test"]);
+    let third = envelope("s@a.test", &["r4@b.test"]);
+
+    let (settled, sent) = client
+        .send_message_after(None, &first, &keyed(&first.recipients), FIRST, true)
+        .await;
+    assert!(settled.is_none());
+    let first_held = held(sent);
+    assert_eq!(first_held.transactions(), 1);
+    assert_eq!(
+        mx.seen.lock().unwrap().data_ends,
+        0,
+        "the data waits for the next message"
+    );
+
+    let (settled, sent) = client
+        .send_message_after(
+            Some(first_held),
+            &second,
+            &keyed(&second.recipients),
+            SECOND,
+            true,
+        )
+        .await;
+    let first_replies = settled.expect("the first message's replies");
+    assert_eq!(codes(&first_replies), [(0, 250, true), (1, 250, true)]);
+    let second_held = held(sent);
+
+    let (settled, sent) = client
+        .send_message_after(Some(second_held), &third, &keyed(&third.recipients), FIRST, false)
+        .await;
+    let second_replies = settled.expect("the second message's replies");
+    assert_eq!(codes(&second_replies), [(0, 554, true)]);
+    assert_eq!(codes(&done(sent)), [(0, 250, true)]);
+    assert!(client.is_usable());
+    client.quit().await;
+
+    let seen = mx.seen.lock().unwrap();
+    assert_eq!(seen.data_ends, 3);
+    assert_eq!(
+        seen.data_ends_with_next_command, 2,
+        "the first two ends of data came with the next message's commands"
+    );
+    assert_eq!(seen.messages.len(), 2, "the refused one is not kept");
+    assert!(String::from_utf8_lossy(&seen.messages[1].data).contains("The first body."));
+    // The transcript still reads in the order things happened on the wire.
+    let lines = lines.lock().unwrap().clone();
+    assert_eq!(
+        reply_codes(&lines),
+        [
+            "220", "250", "250", "250", "250", "354", "250", "250", "250", "354", "554", "250", "250", "354",
+            "250", "221"
+        ],
+        "{lines:#?}"
+    );
+}
+
+/// A server gone before it answered a held end of data (the connection closed once the data was read):
+/// that message gets tern's own 451 (its data may have arrived: tried again later, never taken as
+/// delivered), and the next message, whose commands went with it, was not started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_before_answering_a_held_end_of_data_defers_that_message_and_the_next_is_not_started() {
+    let port = free_port().unwrap();
+    let mx = FakeMx::start(
+        sa(166, port),
+        Behaviour {
+            pipelining: true,
+            close_at_data_end: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (hook, _lines) = recorder();
+    let mut client = session("gone.test", mx.addr, hook).await;
+    let env = envelope("s@a.test", &["r1@b.test", "r2@b.test"]);
+    let (_, sent) = client
+        .send_message_after(None, &env, &keyed(&env.recipients), FIRST, true)
+        .await;
+    let first = held(sent);
+    let (settled, sent) = client
+        .send_message_after(Some(first), &env, &keyed(&env.recipients), SECOND, true)
+        .await;
+    let first = settled.expect("the first message's replies");
+    assert_eq!(codes(&first), [(0, 451, false), (1, 451, false)]);
+    assert_eq!(sent.unwrap_err(), NotStarted);
+    assert!(!client.is_usable());
+    assert_eq!(mx.seen.lock().unwrap().data_ends, 1);
+}
+
+/// A held message with nothing to follow it is settled: its data goes out alone and its reply is read.
+/// Without PIPELINING nothing is held: each message's reply is read before the next is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_is_settled_on_its_own_and_nothing_is_held_without_pipelining() {
+    for pipelining in [true, false] {
+        let port = free_port().unwrap();
+        let mx = FakeMx::start(
+            sa(167, port),
+            Behaviour {
+                pipelining,
+                ..Default::default()
+            },
+        )
+        .await;
+        let (hook, _lines) = recorder();
+        let mut client = session("settle.test", mx.addr, hook).await;
+        let env = envelope("s@a.test", &["r1@b.test"]);
+        let (_, sent) = client
+            .send_message_after(None, &env, &keyed(&env.recipients), FIRST, true)
+            .await;
+        let replies = match sent {
+            Ok(Sent::Held(message)) if pipelining => client.settle(message).await,
+            Ok(Sent::Done(replies)) if !pipelining => replies,
+            other => panic!("pipelining {pipelining}: {other:?}"),
+        };
+        assert_eq!(codes(&replies), [(0, 250, true)], "pipelining {pipelining}");
+        assert!(client.is_usable());
+        client.quit().await;
+        let seen = mx.seen.lock().unwrap();
+        assert_eq!(
+            (seen.data_ends, seen.messages.len()),
+            (1, 1),
+            "pipelining {pipelining}"
+        );
+        assert_eq!(seen.data_ends_with_next_command, 0, "pipelining {pipelining}");
+    }
+}
+
+/// A held message dropped instead of passed on or settled leaves a reply nobody will read for it: the next
+/// message is not started and the session is unusable, so that reply is never taken for another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_held_message_was_dropped_takes_no_further_message() {
+    let port = free_port().unwrap();
+    let mx = FakeMx::start(
+        sa(172, port),
+        Behaviour {
+            pipelining: true,
+            data_replies: vec!["554 5.6.0 refused".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (hook, _lines) = recorder();
+    let mut client = session("dropped.test", mx.addr, hook).await;
+    let env = envelope("s@a.test", &["r1@b.test"]);
+    let (_, sent) = client
+        .send_message_after(None, &env, &keyed(&env.recipients), FIRST, true)
+        .await;
+    drop(held(sent));
+    let second = client.send_message(&env, &keyed(&env.recipients), SECOND).await;
+    assert_eq!(second, Err(NotStarted));
+    assert!(!client.is_usable());
+    assert_eq!(mx.seen.lock().unwrap().data_ends, 0, "nothing more was written");
 }

@@ -731,3 +731,164 @@ async fn content_the_server_cannot_take_bounces_without_being_sent() {
     );
     w.stop().await;
 }
+
+/// Three messages to one domain in one claim, over one pipelining connection: each message's end of data
+/// goes out with the next one's commands (RFC 2920 §3.1), and each gets its own outcome: the one whose
+/// data the server refused fails (and bounces), the others are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_of_one_connection_send_each_end_of_data_with_the_next_message_and_keep_their_own_outcome() {
+    let port = free_port().unwrap();
+    let dns = dns_for("held.test", 168);
+    let mx = FakeMx::start(
+        sa(168, port),
+        Behaviour {
+            pipelining: true,
+            data_replies: vec![
+                "250 2.0.0 ok".into(),
+                "554 5.6.0 content refused".into(),
+                "250 2.0.0 ok".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "heldend", Duration::from_secs(30)).await;
+    for n in 1..=3 {
+        send(&q, "s@a.test", &[&format!("r{n}@held.test")]).await;
+    }
+    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    // The bounce's DSN stays queued (the sender's MX is not running): wait for the three outcomes.
+    let deadline = std::time::Instant::now() + WAIT;
+    let events = loop {
+        let events = events(&q).await;
+        let ended = events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Delivered | EventKind::Failed))
+            .count();
+        if ended >= 3 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    w.stop().await;
+    let count = |kind: EventKind| events.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count(EventKind::Delivered), 2, "{events:?}");
+    assert_eq!(count(EventKind::Failed), 1, "{events:?}");
+    let failed = events.iter().find(|e| e.kind == EventKind::Failed).unwrap();
+    assert!(
+        failed.reply.as_deref().unwrap_or("").starts_with("554 5.6.0"),
+        "{failed:?}"
+    );
+    let seen = mx.seen.lock().unwrap();
+    assert_eq!(seen.sessions, 1);
+    assert_eq!(seen.data_ends_with_next_command, 2, "{:?}", seen.commands);
+}
+
+/// The server goes away after reading the second message's data, which went out with the third's
+/// commands: the second is deferred with tern's own 451 (its data may have arrived, so it is tried again
+/// later, not taken as delivered), the first keeps its delivery, and the third goes on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_gone_before_answering_a_held_end_of_data_defers_only_that_message() {
+    let port = free_port().unwrap();
+    let dns = dns_for("gone.test", 169);
+    let mx = FakeMx::start(
+        sa(169, port),
+        Behaviour {
+            pipelining: true,
+            close_at_data_end: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "heldgone", Duration::from_secs(30)).await;
+    for n in 1..=3 {
+        send(&q, "s@a.test", &[&format!("r{n}@gone.test")]).await;
+    }
+    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    let deferred = wait_event(&q, EventKind::Deferred).await;
+    assert!(
+        deferred.reply.as_deref().unwrap_or("").starts_with("451 4.4.2"),
+        "{deferred:?}"
+    );
+    // The server said nothing about it: the event names none, but says whether MTA-STS applied.
+    assert_eq!(deferred.remote_mx.as_deref(), None, "{deferred:?}");
+    assert_eq!(
+        deferred.tls.as_deref(),
+        Some("mta-sts=not-applied (disabled)"),
+        "{deferred:?}"
+    );
+    // Tried again a second later (the test's retry schedule): all three delivered in the end.
+    wait_queue_empty(&q, WAIT).await;
+    w.stop().await;
+    let events = events(&q).await;
+    let delivered: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Delivered).collect();
+    assert_eq!(delivered.len(), 3, "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| e.kind == EventKind::Deferred).count(),
+        1,
+        "{events:?}"
+    );
+    let delivered_late = delivered
+        .iter()
+        .find(|e| e.message == deferred.message)
+        .expect("the deferred message delivered");
+    assert_eq!(delivered_late.attempt, 2, "{delivered_late:?}");
+    assert_eq!(mx.messages().len(), 3);
+    assert!(mx.seen.lock().unwrap().sessions >= 2);
+}
+
+/// The primary MX goes away after reading the first message's data, which was held and went out with the
+/// second message's commands: the first is deferred (its reply never came), and the second, not started
+/// there, goes to the next host with the rest of the batch, as after any host failure, instead of back
+/// to the host that just went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_gone_after_a_held_end_of_data_sends_the_next_message_to_the_next_host() {
+    let port = free_port().unwrap();
+    let dns = Dnsmasq::builder()
+        .mx("a.test", "mx.a.test", 10)
+        .host("mx.a.test", ip(30))
+        .mx("flaky.test", "mx1.flaky.test", 10)
+        .mx("flaky.test", "mx2.flaky.test", 20)
+        .host("mx1.flaky.test", ip(170))
+        .host("mx2.flaky.test", ip(171))
+        .start()
+        .unwrap();
+    let primary = FakeMx::start(
+        sa(170, port),
+        Behaviour {
+            pipelining: true,
+            close_at_data_end: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let secondary = SmtpSink::start(ip(171), port).unwrap();
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, "flaky", Duration::from_secs(30)).await;
+    let mut cfg = config(&dns, port);
+    cfg.retry_schedule = vec![HumanDuration(Duration::from_secs(3600))];
+    for n in 1..=3 {
+        send(&q, "s@a.test", &[&format!("r{n}@flaky.test")]).await;
+    }
+    let w = start_worker(&cfg, q.clone(), "w1", Duration::from_secs(30));
+    wait_for("two messages at the secondary", WAIT, || {
+        secondary.message_count() >= 2
+    })
+    .await;
+    let deferred = wait_event(&q, EventKind::Deferred).await;
+    assert!(
+        deferred.reply.as_deref().unwrap_or("").starts_with("451 4.4.2"),
+        "{deferred:?}"
+    );
+    w.stop().await;
+    let events = events(&q).await;
+    let delivered: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Delivered).collect();
+    assert_eq!(delivered.len(), 2, "{events:?}");
+    for e in delivered {
+        assert_eq!(e.remote_mx.as_deref(), Some("mx2.flaky.test"), "{e:?}");
+        assert_eq!(e.attempt, 1, "{e:?}");
+    }
+    assert_eq!(primary.seen.lock().unwrap().sessions, 1);
+}

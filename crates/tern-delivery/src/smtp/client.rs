@@ -90,6 +90,9 @@ pub struct SmtpClient {
     /// A transaction was started on this session: the next message's first transaction may find the
     /// session over (see [`super::NotStarted`]).
     pub(super) carried_mail: bool,
+    /// A message's end of data was held ([`super::HeldMessage`]) and its reply is still to be read: the
+    /// next reply read is that one.
+    pub(super) reply_owed: bool,
 }
 
 impl SmtpClient {

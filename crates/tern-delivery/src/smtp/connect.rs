@@ -116,6 +116,7 @@ impl SmtpClient {
             tls,
             needs_reset: false,
             carried_mail: false,
+            reply_owed: false,
         };
         let greeting = client
             .wire

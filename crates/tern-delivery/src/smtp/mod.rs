@@ -6,6 +6,7 @@
 //!   .starttls(&tls, verify)           tls.rs          STARTTLS, handshake, EHLO again
 //!   .auth_plain / auth_login / auth_xoauth2   auth.rs  AUTH PLAIN, LOGIN or XOAUTH2, over TLS only
 //!   .send_message(env, rcpts, body)   transaction.rs  content checks, MAIL..DATA, RSET, 452 continuation
+//!   .send_message_after(held, ..)     transaction.rs  the same, the previous message's end of data first
 //!                                     pipeline.rs     the MAIL/RCPT/DATA group, pipelined when offered
 //!                                     chunking.rs     BDAT instead of DATA when CHUNKING is offered
 //!   .quit()                           client.rs       QUIT and close
@@ -30,6 +31,6 @@ pub mod wire;
 pub use client::{ClientOptions, SmtpClient, Timeouts};
 pub use connect::ConnectError;
 pub use tls::{CertificateProblem, StartTls, TlsClients, TlsSession};
-pub use transaction::{MessageReplies, NotStarted, RecipientReply};
+pub use transaction::{HeldMessage, MessageReplies, NotStarted, RecipientReply, Sent};
 pub use transcript::{Transcript, TranscriptEntry, TranscriptHook, command_line, tracing_transcript};
 pub use wire::{WireError, reply_line};

@@ -9,6 +9,11 @@
 //!
 //! A message that goes by BDAT (RFC 3030) has no DATA in the group: the chunks follow once a recipient
 //! was accepted (`chunking.rs`).
+//!
+//! On a session carrying one message after another, the previous message's data and terminating dot can
+//! lead the group too (RFC 2920 §3.1 lets the next transaction's commands follow the end of data without
+//! waiting for its reply): one write and one read per message instead of two of each. The reply to that
+//! end of data is then the first one read.
 
 use tern_smtp::{Command, Reply};
 
@@ -46,19 +51,48 @@ async fn mail_reply(wire: &mut Wire, stale_check: bool, t: &Timeouts) -> Result<
     }
 }
 
+/// A transaction's command group, and what its sending has to know.
+#[derive(Clone, Copy)]
+pub(crate) struct CommandGroup<'a> {
+    /// RSET leads the group (pipelined only; sent on its own before a lock-step group).
+    pub(crate) reset: bool,
+    /// The session carried mail before: it may turn out to be over ([`GroupFailure::Stale`]).
+    pub(crate) stale_check: bool,
+    /// The previous message's end of data is held on the wire ([`Wire::hold_data`]), to go first
+    /// (pipelined only).
+    pub(crate) held_end: bool,
+    /// MAIL FROM.
+    pub(crate) mail: &'a Command,
+    /// One RCPT TO per recipient.
+    pub(crate) rcpts: &'a [Command],
+    /// DATA ends the group (not when BDAT follows).
+    pub(crate) with_data: bool,
+}
+
+/// The replies of a pipelined group, and the reply to the end of data held back before it (when one was).
+pub(crate) struct Pipelined {
+    /// The reply to the previous message's end of data, which went out in the group's write
+    /// ([`Wire::hold_data`]) and is answered first; `None` when nothing was held.
+    pub(crate) held_end: Option<Result<Reply, WireError>>,
+    /// The group's own replies.
+    pub(crate) exchange: Result<Exchange, GroupFailure>,
+}
+
 /// RSET (when `reset`), MAIL, every RCPT and DATA (unless `with_data` is false: BDAT follows) in one write;
 /// then the replies, matched by count (RFC 2920). With `stale_check` (a session that carried mail before),
-/// a session found over before MAIL was accepted is [`GroupFailure::Stale`].
-pub(crate) async fn pipelined(
-    wire: &mut Wire,
-    reset: bool,
-    stale_check: bool,
-    mail: &Command,
-    rcpts: &[Command],
-    with_data: bool,
-    t: &Timeouts,
-) -> Result<Exchange, GroupFailure> {
-    let stale_check = stale_check || reset;
+/// a session found over before MAIL was accepted is [`GroupFailure::Stale`]. With `held_end`, the previous
+/// message's data went out first in the same write, and its reply comes before the group's: a failure
+/// there (no reply, a 421) leaves the group [`GroupFailure::Stale`], since none of it was taken.
+pub(crate) async fn pipelined(wire: &mut Wire, group: &CommandGroup<'_>, t: &Timeouts) -> Pipelined {
+    let CommandGroup {
+        reset,
+        stale_check,
+        held_end,
+        mail,
+        rcpts,
+        with_data,
+    } = *group;
+    let stale_check = stale_check || reset || held_end;
     let rset = reset.then_some(&Command::Rset);
     let data = with_data.then_some(&Command::Data);
     let group: Vec<&Command> = rset
@@ -68,13 +102,31 @@ pub(crate) async fn pipelined(
         .chain(data)
         .collect();
     let first = if reset { "RSET" } else { "MAIL" };
-    if let Err(e) = wire.send_group(&group, t.mail, first).await {
-        return Err(if stale_check {
-            GroupFailure::Stale
-        } else {
-            e.into()
-        });
-    }
+    let sent = wire.send_group(&group, t.mail, first).await;
+    let held_end = match (&sent, held_end) {
+        (_, false) => None,
+        (Err(e), true) => Some(Err(e.during("end of data"))),
+        (Ok(()), true) => Some(wire.read_reply(t.data_done, "end of data").await),
+    };
+    let exchange = match sent {
+        Err(e) if !stale_check => Err(e.into()),
+        Err(_) => Err(GroupFailure::Stale),
+        // The held end of data failed, or its reply closed the session: the group was not taken.
+        Ok(()) if !wire.is_usable() => Err(GroupFailure::Stale),
+        Ok(()) => group_replies(wire, reset, stale_check, rcpts.len(), with_data, t).await,
+    };
+    Pipelined { held_end, exchange }
+}
+
+/// The replies to a pipelined group already sent: RSET's (when `reset`), MAIL's, one per RCPT, and DATA's.
+async fn group_replies(
+    wire: &mut Wire,
+    reset: bool,
+    stale_check: bool,
+    rcpts: usize,
+    with_data: bool,
+    t: &Timeouts,
+) -> Result<Exchange, GroupFailure> {
     if reset {
         match wire.read_reply(t.command, "RSET").await {
             Ok(r) if r.is_positive() => {}
@@ -82,8 +134,8 @@ pub(crate) async fn pipelined(
         }
     }
     let mail_reply = mail_reply(wire, stale_check, t).await?;
-    let mut replies = Vec::with_capacity(rcpts.len());
-    for _ in rcpts {
+    let mut replies = Vec::with_capacity(rcpts);
+    for _ in 0..rcpts {
         replies.push(wire.read_reply(t.rcpt, "RCPT").await?);
     }
     if !with_data {
@@ -94,15 +146,20 @@ pub(crate) async fn pipelined(
 }
 
 /// One command at a time, stopping at the first failure that makes the rest pointless; DATA last unless
-/// `with_data` is false. `stale_check` as for [`pipelined`] (an RSET was sent before, on its own).
+/// `with_data` is false. `stale_check` as for [`pipelined`] (an RSET was sent before, on its own); `reset`
+/// and `held_end` do not apply (nothing is held without pipelining).
 pub(crate) async fn lockstep(
     wire: &mut Wire,
-    stale_check: bool,
-    mail: &Command,
-    rcpts: &[Command],
-    with_data: bool,
+    group: &CommandGroup<'_>,
     t: &Timeouts,
 ) -> Result<Exchange, GroupFailure> {
+    let CommandGroup {
+        stale_check,
+        mail,
+        rcpts,
+        with_data,
+        ..
+    } = *group;
     if let Err(e) = wire.send(mail, t.mail).await {
         return Err(if stale_check {
             GroupFailure::Stale

@@ -39,6 +39,17 @@ impl WireError {
     pub fn as_reply(&self) -> Reply {
         Reply::new(451, "4.4.2", self.to_string())
     }
+
+    /// The same failure, said of `what`: a write that carried several things failed for each of them.
+    pub(crate) fn during(&self, what: &'static str) -> WireError {
+        match self {
+            WireError::Timeout(_) => WireError::Timeout(what),
+            WireError::Dropped(_) => WireError::Dropped(what),
+            WireError::Io(_, e) => WireError::Io(what, e.clone()),
+            WireError::Protocol(_, e) => WireError::Protocol(what, e.clone()),
+            WireError::Tls(_, e) => WireError::Tls(what, e.clone()),
+        }
+    }
 }
 
 /// A plain or TLS stream.
@@ -59,6 +70,9 @@ pub(crate) struct Wire {
     transcript: Option<TranscriptHook>,
     /// A 421 was read, or the connection failed: nothing more can be done on it.
     broken: bool,
+    /// A message's data and terminating dot, encoded but not written yet ([`Wire::hold_data`]): they go
+    /// out in the same write as whatever is sent next, or before the next reply is read.
+    held: Vec<u8>,
 }
 
 impl Wire {
@@ -70,6 +84,7 @@ impl Wire {
             buf: vec![0u8; 16 * 1024].into_boxed_slice(),
             transcript,
             broken: false,
+            held: Vec::new(),
         }
     }
 
@@ -99,8 +114,23 @@ impl Wire {
         self.broken = true;
     }
 
-    /// Writes all of `data` within `timeout`.
+    /// Writes the held data ([`Wire::hold_data`]) and then all of `data`, in one write, within `timeout`.
     async fn write(&mut self, data: &[u8], timeout: Duration, what: &'static str) -> Result<(), WireError> {
+        if self.held.is_empty() {
+            return self.write_now(data, timeout, what).await;
+        }
+        let mut out = std::mem::take(&mut self.held);
+        out.extend_from_slice(data);
+        self.write_now(&out, timeout, what).await
+    }
+
+    /// Writes all of `data` within `timeout`.
+    async fn write_now(
+        &mut self,
+        data: &[u8],
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<(), WireError> {
         let fut = async {
             match &mut self.stream {
                 Stream::Plain(s) => {
@@ -177,6 +207,24 @@ impl Wire {
         Ok(())
     }
 
+    /// Encodes a message after a 354 as [`Wire::send_data`] does, terminating dot included, without writing
+    /// it: it goes out with the next command group (RFC 2920 §3.1 lets a client send the next transaction's
+    /// commands right after the end of data), so that a connection carrying one message after another
+    /// writes once per message, and the server answers the end of data and the next group in one reply
+    /// packet. Anything else written, or a reply read, writes it first. `false` (nothing held) when the
+    /// message is larger than one data block: it is sent with [`Wire::send_data`] instead.
+    pub(crate) fn hold_data(&mut self, body: &[u8]) -> bool {
+        if body.len() > DATA_BLOCK {
+            return false;
+        }
+        self.note(TranscriptEntry::Body { octets: body.len() });
+        let mut enc = tern_smtp::DataEncoder::new();
+        self.held.reserve(body.len() + body.len() / 16 + 8);
+        enc.encode(body, &mut self.held);
+        enc.finish(&mut self.held);
+        true
+    }
+
     /// Sends one BDAT chunk (RFC 3030): the command line and the chunk's octets as they are (no
     /// dot-stuffing, no terminator), in one write bounded by `block_timeout`. The transcript sees
     /// `BDAT <n> [LAST]` and the chunk's size, never its bytes.
@@ -229,7 +277,15 @@ impl Wire {
         timeout: Duration,
         what: &'static str,
     ) -> Result<Reply, WireError> {
-        let result = self.read_reply_inner(timeout, what).await;
+        let result = if self.held.is_empty() {
+            self.read_reply_inner(timeout, what).await
+        } else {
+            // The reply waited for cannot come before the held data went out.
+            match self.write(&[], timeout, what).await {
+                Ok(()) => self.read_reply_inner(timeout, what).await,
+                Err(e) => Err(e),
+            }
+        };
         match &result {
             Ok(reply) => {
                 self.note(TranscriptEntry::Reply(reply));
@@ -320,6 +376,7 @@ impl Wire {
             }
         };
         let _ = tokio::time::timeout(timeout, close).await;
+        self.held.clear();
         self.stream = Stream::Closed;
         self.broken = true;
     }

@@ -8,7 +8,11 @@
 //! `messages_per_connection`; otherwise a new one, to the **next host** when the current one broke, the
 //! domain routed on first need), **send** the message, and **record** the outcome (in the background while
 //! the connection carries the next message; the last job's after every other, so that its completion
-//! still frees the claim's slot). A host that fails
+//! still frees the claim's slot). When another job follows on the connection, a message's **end of data is
+//! held** and goes out in one write with the next job's commands (RFC 2920 §3.1): its reply comes first
+//! among theirs, and its outcome is recorded then; a held message whose reply never comes (a 421, a
+//! dropped connection) is deferred, not sent on to the next host, since its data may have reached the
+//! server. A host that fails
 //! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
 //! next host, once per host. A reused connection found stale (its RSET fails, or the server closed it
 //! after the last message) is replaced, once. After the last job, **keep or close**: the connection goes
@@ -33,7 +37,7 @@ use super::mta_sts::{NotApplied, StsApplied};
 use super::pool::Connection;
 use crate::route::{Host, RouteFailure};
 use crate::sandbox::Sandbox;
-use crate::smtp::{NotStarted, RecipientReply, reply_line};
+use crate::smtp::{HeldMessage, NotStarted, RecipientReply, Sent, reply_line};
 
 /// The pool key of every connection when everything goes to the relay.
 const RELAY_POOL_KEY: &str = "#relay";
@@ -70,6 +74,19 @@ pub(super) struct DomainDelivery<'a> {
     /// off the SMTP session's path. Drained before the batch's last job, or any job not sent, is recorded,
     /// so that the claim's last completion (which frees its slot) is still the last.
     finishing: JoinSet<()>,
+    /// The job sent last on the connection, whose end of data went out (or waits to go out) with the next
+    /// job's commands: its outcome is recorded once the reply to it is read, with the next job's replies
+    /// or, when nothing follows on the connection, by [`DomainDelivery::settle_held`].
+    held: Option<(HeldMessage, AwaitingReply)>,
+}
+
+/// What recording a job's outcome needs besides its replies, kept while the replies are still to come.
+struct AwaitingReply {
+    job: ClaimedJob,
+    attempt: Option<DeliveryAttempt>,
+    dsn_passed_on: bool,
+    /// The job's delivery span, which its record belongs to.
+    span: tracing::Span,
 }
 
 impl<'a> DomainDelivery<'a> {
@@ -97,6 +114,7 @@ impl<'a> DomainDelivery<'a> {
             may_keep: true,
             policy_failed: false,
             finishing: JoinSet::new(),
+            held: None,
         }
     }
 
@@ -112,6 +130,34 @@ impl<'a> DomainDelivery<'a> {
     pub(super) fn closing_at_end(mut self) -> Self {
         self.may_keep = false;
         self
+    }
+
+    /// Reads the reply to the held job's end of data, when one is held, and records its outcome (in the
+    /// background, as for every job but a batch's last). Called before anything but the next job's
+    /// commands would use the connection, and before the connection is given up.
+    async fn settle_held(&mut self) {
+        let Some((message, awaiting)) = self.held.take() else {
+            return;
+        };
+        let replies = match self.connection.as_mut() {
+            Some(connection) => connection.client.settle(message).await,
+            None => message.lost(),
+        };
+        self.record_in_background(awaiting, replies.replies);
+    }
+
+    /// Records a job's outcome while the connection goes on with the next one.
+    fn record_in_background(&mut self, awaiting: AwaitingReply, replies: Vec<(u32, RecipientReply)>) {
+        let inner = Arc::clone(self.inner);
+        let AwaitingReply {
+            job,
+            attempt,
+            dsn_passed_on,
+            span,
+        } = awaiting;
+        self.finishing.spawn(
+            async move { inner.finish(&job, &replies, attempt, dsn_passed_on).await }.instrument(span),
+        );
     }
 
     /// Waits for the outcomes still being recorded.
@@ -153,6 +199,7 @@ impl<'a> DomainDelivery<'a> {
         let mut jobs = jobs.into_iter();
         while let Some(job) = jobs.next() {
             if self.shutdown.is_cancelled() {
+                self.settle_held().await;
                 self.drain_finishing().await;
                 self.release(job, jobs).await;
                 break;
@@ -165,6 +212,7 @@ impl<'a> DomainDelivery<'a> {
             }
             if let Err(reply) = result {
                 // No route, or no host took a connection: the rest of the batch would fare no better.
+                self.settle_held().await;
                 self.drain_finishing().await;
                 let attempt = self.sts.batch_attempt();
                 self.inner.fail_all(job, jobs, &reply, Some(attempt)).await;
@@ -232,6 +280,11 @@ impl<'a> DomainDelivery<'a> {
     async fn deliver_job(&mut self, job: &ClaimedJob, last: bool) -> Result<(), Reply> {
         let pending: Vec<(u32, &Recipient)> = job.job.pending().map(|(i, r)| (i, &r.recipient)).collect();
         if pending.is_empty() {
+            if last {
+                // Every other completion comes first: the batch's last one frees its slot.
+                self.settle_held().await;
+                self.drain_finishing().await;
+            }
             self.inner.complete(job, Outcome::delivered()).await;
             return Ok(());
         }
@@ -240,8 +293,10 @@ impl<'a> DomainDelivery<'a> {
         loop {
             tries += 1;
             self.open_or_reuse().await?;
-            match self.send(job, &pending).await {
-                Ok(replies) => {
+            match self.send(job, &pending, last).await {
+                // Its outcome is recorded once the reply to its end of data is read.
+                Ok(None) => return Ok(()),
+                Ok(Some(replies)) => {
                     if self.host_failed(&replies) && self.another_host_left(other_hosts_tried).await {
                         other_hosts_tried += 1;
                         let mx = self.connection.as_ref().map_or("-", |c| c.client.server());
@@ -264,6 +319,9 @@ impl<'a> DomainDelivery<'a> {
                     // host failure and send the next connection to the next MX.
                     self.connection = None;
                     if tries >= 2 {
+                        if last {
+                            self.drain_finishing().await;
+                        }
                         let (replies, attempt) = lost_before_start(&self.sts, &pending);
                         self.inner.finish(job, &replies, attempt, false).await;
                         return Ok(());
@@ -281,6 +339,7 @@ impl<'a> DomainDelivery<'a> {
             tern_telemetry::metrics().connection(ConnectionKind::Reused);
             return Ok(());
         }
+        self.settle_held().await;
         if let Some(old) = self.connection.take() {
             if old.client.is_usable() {
                 old.quit().await;
@@ -361,24 +420,76 @@ impl<'a> DomainDelivery<'a> {
     }
 
     /// Sends the job's message to its pending recipients on the current connection, counting the
-    /// transactions it took against the connection's reuse limit.
+    /// transactions it took against the connection's reuse limit. The held job's end of data goes first,
+    /// with this job's commands, and its outcome is recorded once its reply is read. Unless this job is
+    /// the batch's `last` or the connection's, its own end of data is held in turn: `None`.
     async fn send(
         &mut self,
         job: &ClaimedJob,
         pending: &[(u32, &Recipient)],
-    ) -> Result<Vec<(u32, RecipientReply)>, NotStarted> {
-        let connection = self.connection.as_mut().ok_or(NotStarted)?;
+        last: bool,
+    ) -> Result<Option<Vec<(u32, RecipientReply)>>, NotStarted> {
+        let (previous, awaiting) = self.held.take().unzip();
+        let Some(connection) = self.connection.as_mut() else {
+            if let (Some(message), Some(awaiting)) = (previous, awaiting) {
+                self.record_in_background(awaiting, message.lost().replies);
+            }
+            return Err(NotStarted);
+        };
         if let Some(trace) = &connection.trace {
             trace.set_domain(self.domain);
         }
-        let sent = crate::telemetry::transaction(connection.client.send_message(
+        let limit = self.inner.cfg.messages_per_connection;
+        let hold_end = !last && connection.transactions + 1 < limit && !self.shutdown.is_cancelled();
+        let (settled, sent) = crate::telemetry::transaction(connection.client.send_message_after(
+            previous,
             &job.job.envelope,
             pending,
             &job.body,
+            hold_end,
         ))
-        .await?;
-        connection.transactions += sent.transactions;
-        Ok(sent.replies)
+        .await;
+        if let Ok(sent) = &sent {
+            connection.transactions += sent.transactions();
+        }
+        if let (Some(replies), Some(awaiting)) = (settled, awaiting) {
+            if self.host_failed(&replies.replies) {
+                // The host went away after the previous message's data (a 421, a dropped connection):
+                // this message, not started, goes to the next host, as a message the host failed would.
+                self.next_host();
+            }
+            self.record_in_background(awaiting, replies.replies);
+        }
+        match sent? {
+            Sent::Done(replies) => Ok(Some(replies.replies)),
+            Sent::Held(message) => {
+                let (attempt, dsn_passed_on) = self.attempt();
+                let awaiting = AwaitingReply {
+                    job: job.clone(),
+                    attempt,
+                    dsn_passed_on,
+                    span: tracing::Span::current(),
+                };
+                self.held = Some((message, awaiting));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The attempt on the current connection, as its events name it, and whether the server reports
+    /// successes itself (it offered DSN, so NOTIFY went on with each RCPT, RFC 3461).
+    fn attempt(&self) -> (Option<DeliveryAttempt>, bool) {
+        let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
+            remote_mx: Some(c.client.server().to_string()),
+            remote_ip: Some(c.client.addr().ip().to_string()),
+            tls: Some(self.sts.event_tls(&c.client)),
+            dsn: None,
+        });
+        let dsn_passed_on = self
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.client.capabilities().dsn);
+        (attempt, dsn_passed_on)
     }
 
     /// The host went away (421, dropped connection) before any recipient had a final answer.
@@ -410,25 +521,18 @@ impl<'a> DomainDelivery<'a> {
     /// be kept (or cannot keep the slot) is closed first, so that connections never outnumber the domain's
     /// slots (`connections_per_domain`).
     async fn record(&mut self, job: &ClaimedJob, replies: &[(u32, RecipientReply)], last: bool) {
-        let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
-            remote_mx: Some(c.client.server().to_string()),
-            remote_ip: Some(c.client.addr().ip().to_string()),
-            tls: Some(self.sts.event_tls(&c.client)),
-            dsn: None,
-        });
-        // NOTIFY went on with each RCPT (RFC 3461): the server reports successes from here on.
-        let dsn_passed_on = self
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.client.capabilities().dsn);
+        let (attempt, dsn_passed_on) = self.attempt();
         if !last {
-            let (inner, job, replies) = (Arc::clone(self.inner), job.clone(), replies.to_vec());
-            self.finishing.spawn(
-                async move { inner.finish(&job, &replies, attempt, dsn_passed_on).await }
-                    .instrument(tracing::Span::current()),
-            );
+            let awaiting = AwaitingReply {
+                job: job.clone(),
+                attempt,
+                dsn_passed_on,
+                span: tracing::Span::current(),
+            };
+            self.record_in_background(awaiting, replies.to_vec());
             return;
         }
+        self.settle_held().await;
         self.drain_finishing().await;
         if self.keepable() {
             self.hold = self.inner.hold_for_idle(job).await;
@@ -443,6 +547,8 @@ impl<'a> DomainDelivery<'a> {
 
     /// After the batch: the connection goes idle with its hold, or it is closed and the hold given back.
     async fn keep_or_close(mut self) {
+        self.settle_held().await;
+        self.drain_finishing().await;
         if self.hold.is_some()
             && self.keepable()
             && let Some(connection) = self.connection.take()

@@ -62,6 +62,12 @@ pub struct Behaviour {
     /// After this many accepted messages (counted over every session of the server), send `421 4.4.2 idle
     /// timeout` unasked and close, as a server whose idle timer ran out while the client kept the session.
     pub close_after_messages: Option<usize>,
+    /// The reply to each end of data in turn (counted over every session), `250 2.0.0 queued` after the
+    /// list; a message refused there is not kept.
+    pub data_replies: Vec<String>,
+    /// Close the connection without a reply after reading the end of data of this message (1 for the
+    /// first, counted over every session): a server gone while the client waits for that reply.
+    pub close_at_data_end: Option<usize>,
 }
 
 /// A message the server accepted.
@@ -78,6 +84,11 @@ pub struct Received {
 #[derive(Default)]
 pub struct Seen {
     pub messages: Vec<Received>,
+    /// Ends of data read, refused ones included.
+    pub data_ends: usize,
+    /// Ends of data whose next command had arrived with them, in the same read: the client wrote the data
+    /// and the next transaction's commands together.
+    pub data_ends_with_next_command: usize,
     pub commands: Vec<String>,
     pub sessions: usize,
     pub empty_data: usize,
@@ -300,9 +311,23 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     data.extend_from_slice(&l);
                 }
+                let data_end = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.data_ends += 1;
+                    if !r.buffer().is_empty() {
+                        seen.data_ends_with_next_command += 1;
+                    }
+                    seen.data_ends
+                };
+                if b.close_at_data_end == Some(data_end) {
+                    return None;
+                }
                 if rcpts.is_empty() {
                     seen.lock().unwrap().empty_data += 1;
                     "554 5.5.1 no valid recipients\r\n".into()
+                } else if let Some(refusal) = b.data_replies.get(data_end - 1).filter(|r| !r.starts_with('2'))
+                {
+                    format!("{refusal}\r\n")
                 } else {
                     let accepted = {
                         let mut seen = seen.lock().unwrap();
