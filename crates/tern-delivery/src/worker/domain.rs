@@ -12,9 +12,9 @@
 //! held** and goes out in one write with the next job's commands (RFC 2920 §3.1): its reply comes first
 //! among theirs, and its outcome is recorded then; a held message whose reply never comes (a 421, a
 //! dropped connection) is deferred, not sent on to the next host, since its data may have reached the
-//! server. A host that fails
-//! mid-session (421, dropped connection) before any recipient had a final answer leaves the message to the
-//! next host, once per host. A reused connection found stale (its RSET fails, or the server closed it
+//! server, and the job whose commands went with it goes to the next host. A host that fails mid-session
+//! (421, dropped connection) before any recipient had a final answer leaves the message to the next host,
+//! once per host. A reused connection found stale (its RSET fails, or the server closed it
 //! after the last message) is replaced, once. After the last job, **keep or close**: the connection goes
 //! idle keeping the domain's slot as a hold, or is closed.
 //! A batch about to be deferred for the policy's sake while a message reaches its `max_age` has the policy
