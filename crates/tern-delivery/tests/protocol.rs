@@ -732,32 +732,57 @@ async fn content_the_server_cannot_take_bounces_without_being_sent() {
     w.stop().await;
 }
 
+/// A scriptable MX for `domain` at 127.0.0.`last`, three messages to it queued before a worker starts (so
+/// that one claim takes them all), and the worker.
+/// Bind every field by name: DNS and Redis stop when theirs is dropped.
+struct ThreeMessages {
+    _dns: Dnsmasq,
+    mx: FakeMx,
+    _redis: RedisServer,
+    q: std::sync::Arc<dyn tern_queue::Queue>,
+    w: RunningWorker,
+}
+
+async fn three_messages_in_one_claim(domain: &str, last: u8, behaviour: Behaviour) -> ThreeMessages {
+    let port = free_port().unwrap();
+    let dns = dns_for(domain, last);
+    let mx = FakeMx::start(sa(last, port), behaviour).await;
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis, domain, Duration::from_secs(30)).await;
+    for n in 1..=3 {
+        send(&q, "s@a.test", &[&format!("r{n}@{domain}")]).await;
+    }
+    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    ThreeMessages {
+        _dns: dns,
+        mx,
+        _redis: redis,
+        q,
+        w,
+    }
+}
+
 /// Three messages to one domain in one claim, over one pipelining connection: each message's end of data
 /// goes out with the next one's commands (RFC 2920 §3.1), and each gets its own outcome: the one whose
 /// data the server refused fails (and bounces), the others are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_of_one_connection_send_each_end_of_data_with_the_next_message_and_keep_their_own_outcome() {
-    let port = free_port().unwrap();
-    let dns = dns_for("held.test", 168);
-    let mx = FakeMx::start(
-        sa(168, port),
-        Behaviour {
-            pipelining: true,
-            data_replies: vec![
-                "250 2.0.0 ok".into(),
-                "554 5.6.0 content refused".into(),
-                "250 2.0.0 ok".into(),
-            ],
-            ..Default::default()
-        },
-    )
-    .await;
-    let redis = RedisServer::start().unwrap();
-    let q = queue(&redis, "heldend", Duration::from_secs(30)).await;
-    for n in 1..=3 {
-        send(&q, "s@a.test", &[&format!("r{n}@held.test")]).await;
-    }
-    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    let behaviour = Behaviour {
+        pipelining: true,
+        data_replies: vec![
+            "250 2.0.0 ok".into(),
+            "554 5.6.0 content refused".into(),
+            "250 2.0.0 ok".into(),
+        ],
+        ..Default::default()
+    };
+    let ThreeMessages {
+        q,
+        w,
+        mx,
+        _dns,
+        _redis,
+    } = three_messages_in_one_claim("held.test", 168, behaviour).await;
     // The bounce's DSN stays queued (the sender's MX is not running): wait for the three outcomes.
     let deadline = std::time::Instant::now() + WAIT;
     let events = loop {
@@ -790,23 +815,18 @@ async fn messages_of_one_connection_send_each_end_of_data_with_the_next_message_
 /// later, not taken as delivered), the first keeps its delivery, and the third goes on a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_gone_before_answering_a_held_end_of_data_defers_only_that_message() {
-    let port = free_port().unwrap();
-    let dns = dns_for("gone.test", 169);
-    let mx = FakeMx::start(
-        sa(169, port),
-        Behaviour {
-            pipelining: true,
-            close_at_data_end: Some(2),
-            ..Default::default()
-        },
-    )
-    .await;
-    let redis = RedisServer::start().unwrap();
-    let q = queue(&redis, "heldgone", Duration::from_secs(30)).await;
-    for n in 1..=3 {
-        send(&q, "s@a.test", &[&format!("r{n}@gone.test")]).await;
-    }
-    let w = start_worker(&config(&dns, port), q.clone(), "w1", Duration::from_secs(30));
+    let behaviour = Behaviour {
+        pipelining: true,
+        close_at_data_end: Some(2),
+        ..Default::default()
+    };
+    let ThreeMessages {
+        q,
+        w,
+        mx,
+        _dns,
+        _redis,
+    } = three_messages_in_one_claim("gone.test", 169, behaviour).await;
     let deferred = wait_event(&q, EventKind::Deferred).await;
     assert!(
         deferred.reply.as_deref().unwrap_or("").starts_with("451 4.4.2"),
