@@ -434,6 +434,8 @@ def check_dockerfile(path: Path) -> int | None:
     build = " ".join(c.value[0] for c in commands[:commands.index(stages[-1])] if c.cmd == "RUN")
     if "cargo build --release --locked -p tern -p ternctl" not in build:
         problem(where, "the builder does not run 'cargo build --release --locked -p tern -p ternctl'")
+    if "--features tern/jemalloc" not in build:
+        problem(where, "the builder does not build tern with its jemalloc feature (--features tern/jemalloc)")
     if "protobuf-compiler" in build:
         problem(where, "the builder installs protobuf-compiler, which the build no longer needs (protox)")
     copies = " ".join(" ".join(c.value) for c in runtime if c.cmd == "COPY")

@@ -75,7 +75,11 @@ pub enum Command {
         command: DkimCommand,
     },
     /// Print the version.
-    Version,
+    Version {
+        /// Also print how the binary was built (its memory allocator: `jemalloc` or `system`).
+        #[arg(long)]
+        verbose: bool,
+    },
 }
 
 /// `tern dkim` subcommands.

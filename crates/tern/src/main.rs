@@ -15,6 +15,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// With the `jemalloc` feature, jemalloc allocates for every role (see `Cargo.toml` for why it is optional).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The allocator this binary was built with, as `tern version --verbose` names it.
+pub(crate) const ALLOCATOR_NAME: &str = if cfg!(feature = "jemalloc") {
+    "jemalloc"
+} else {
+    "system"
+};
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match commands::run(cli) {

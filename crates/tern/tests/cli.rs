@@ -262,6 +262,21 @@ fn version_prints_the_package_version() {
 }
 
 #[test]
+fn version_verbose_names_the_allocator_the_binary_was_built_with() {
+    let out = tern(&["version", "--verbose"], None, &[]);
+    assert!(out.status.success());
+    let expected = if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "system"
+    };
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("tern {}\nallocator: {expected}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
 fn unknown_subcommand_is_a_usage_error() {
     let out = tern(&["frobnicate"], None, &[]);
     assert_eq!(out.status.code(), Some(2));

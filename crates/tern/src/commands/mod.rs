@@ -24,8 +24,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Passwd => passwd::run(),
         Command::Apikey { name, domains } => apikey::run(&name, &domains),
         Command::Dkim { command } => dkim::run(command),
-        Command::Version => {
+        Command::Version { verbose } => {
             println!("tern {}", env!("CARGO_PKG_VERSION"));
+            if verbose {
+                println!("allocator: {}", crate::ALLOCATOR_NAME);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
