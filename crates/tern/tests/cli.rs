@@ -195,8 +195,8 @@ fn a_bare_address_in_relay_networks_is_answered_with_its_cidr_form() {
     assert!(err.contains("\"127.0.0.1/32\""), "{err}");
 }
 
-#[test]
-fn a_port_in_use_is_reported_with_the_os_error_once() {
+/// `tern control` started with its gRPC port already taken, so that it stops at once: its output.
+fn control_on_a_taken_port() -> Output {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
@@ -212,8 +212,12 @@ fn a_port_in_use_is_reported_with_the_os_error_once() {
         cmd.env_remove(k);
     }
     cmd.env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0");
-    let out =
-        tern_testkit::run_with_timeout("tern-control", cmd, std::time::Duration::from_secs(30)).unwrap();
+    tern_testkit::run_with_timeout("tern-control", cmd, std::time::Duration::from_secs(30)).unwrap()
+}
+
+#[test]
+fn a_port_in_use_is_reported_with_the_os_error_once() {
+    let out = control_on_a_taken_port();
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     let last = err.trim_end().lines().last().unwrap_or_default().to_string();
@@ -274,6 +278,22 @@ fn version_verbose_names_the_allocator_the_binary_was_built_with() {
         text(&out.stdout).trim(),
         format!("tern {}\nallocator: {expected}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn a_role_logs_its_version_allocator_and_roles_when_it_starts() {
+    let out = control_on_a_taken_port();
+    let err = text(&out.stderr);
+    let allocator = if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "system"
+    };
+    let expected = format!(
+        "starting version={} allocator={allocator} roles=control",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(err.contains(&expected), "{err}");
 }
 
 #[test]

@@ -120,6 +120,13 @@ async fn run_roles(
     telemetry: &tern_telemetry::Telemetry,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = crate::signals::shutdown_on_signals()?;
+    // Which build runs is part of what an operator reads first: the allocator moves CPU per message.
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        allocator = %crate::ALLOCATOR_NAME,
+        roles = %roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
+        "starting"
+    );
     // The embedded store is opened first: a second process on its directory is refused with the holder's
     // pid, not with the port the first one's metrics listener already has. Redis is opened after the
     // listener, so that `/healthz` answers while a slow Redis is tried.
