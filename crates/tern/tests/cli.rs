@@ -265,18 +265,26 @@ fn version_prints_the_package_version() {
     );
 }
 
+/// The allocator the tern binary under test was built with (the tests are built with the same features).
+fn built_allocator() -> &'static str {
+    if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "system"
+    }
+}
+
 #[test]
 fn version_verbose_names_the_allocator_the_binary_was_built_with() {
     let out = tern(&["version", "--verbose"], None, &[]);
     assert!(out.status.success());
-    let expected = if cfg!(feature = "jemalloc") {
-        "jemalloc"
-    } else {
-        "system"
-    };
     assert_eq!(
         text(&out.stdout).trim(),
-        format!("tern {}\nallocator: {expected}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "tern {}\nallocator: {}",
+            env!("CARGO_PKG_VERSION"),
+            built_allocator()
+        )
     );
 }
 
@@ -284,14 +292,10 @@ fn version_verbose_names_the_allocator_the_binary_was_built_with() {
 fn a_role_logs_its_version_allocator_and_roles_when_it_starts() {
     let out = control_on_a_taken_port();
     let err = text(&out.stderr);
-    let allocator = if cfg!(feature = "jemalloc") {
-        "jemalloc"
-    } else {
-        "system"
-    };
     let expected = format!(
-        "starting version={} allocator={allocator} roles=control",
-        env!("CARGO_PKG_VERSION")
+        "starting version={} allocator={} roles=control",
+        env!("CARGO_PKG_VERSION"),
+        built_allocator()
     );
     assert!(err.contains(&expected), "{err}");
 }
