@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::Instant;
 
+use futures::FutureExt;
 use hickory_resolver::net::NetError;
 use tern_queue::{Job, Outcome, OutcomeKind, RecipientStatus};
 use tern_telemetry::metrics::{DeliveryOutcome, DnsKind, DnsOutcome, ReplyClass};
@@ -31,11 +32,16 @@ pub(crate) async fn dns<T>(
 }
 
 /// Runs one message's SMTP transaction(s) in an `smtp_transaction` span and records its duration.
-pub(crate) async fn transaction<F: Future>(send: F) -> F::Output {
+///
+/// A wrapper around `send` rather than an `async fn`: an `async fn` would hold `send` twice in its state
+/// (the argument and the future it awaits), and this runs once per message with a future of kilobytes.
+pub(crate) fn transaction<F: Future>(send: F) -> impl Future<Output = F::Output> {
     let started = Instant::now();
-    let output = send.instrument(tracing::info_span!("smtp_transaction")).await;
-    tern_telemetry::metrics().smtp_transaction(started.elapsed().as_secs_f64());
-    output
+    send.instrument(tracing::info_span!("smtp_transaction"))
+        .map(move |output| {
+            tern_telemetry::metrics().smtp_transaction(started.elapsed().as_secs_f64());
+            output
+        })
 }
 
 /// Counts an attempt's recipients by outcome and reply class, and the queued-to-delivered time of those

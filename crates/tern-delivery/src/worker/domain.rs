@@ -78,11 +78,15 @@ pub(super) struct DomainDelivery<'a> {
     /// job's commands: its outcome is recorded once the reply to it is read, with the next job's replies
     /// or, when nothing follows on the connection, by [`DomainDelivery::settle_held`].
     held: Option<(HeldMessage, AwaitingReply)>,
+    /// The attempt as the events name it, for the connection of this id under the current policy: the same
+    /// for every job the connection carries, and a few formatted strings to make.
+    attempt_memo: Option<(u64, Option<DeliveryAttempt>, bool)>,
 }
 
 /// What recording a job's outcome needs besides its replies, kept while the replies are still to come.
 struct AwaitingReply {
-    job: ClaimedJob,
+    /// Shared with the delivery loop rather than cloned: a job's clone is a dozen allocations.
+    job: Arc<ClaimedJob>,
     attempt: Option<DeliveryAttempt>,
     dsn_passed_on: bool,
     /// The job's delivery span, which its record belongs to.
@@ -115,6 +119,7 @@ impl<'a> DomainDelivery<'a> {
             policy_failed: false,
             finishing: JoinSet::new(),
             held: None,
+            attempt_memo: None,
         }
     }
 
@@ -155,9 +160,11 @@ impl<'a> DomainDelivery<'a> {
             dsn_passed_on,
             span,
         } = awaiting;
-        self.finishing.spawn(
+        // Boxed: the recording is a future of about 2 KB, which the runtime would otherwise copy as it
+        // creates, runs and ends the task, once per message.
+        self.finishing.spawn(Box::pin(
             async move { inner.finish(&job, &replies, attempt, dsn_passed_on).await }.instrument(span),
-        );
+        ));
     }
 
     /// Waits for the outcomes still being recorded.
@@ -206,6 +213,7 @@ impl<'a> DomainDelivery<'a> {
             }
             let last = jobs.as_slice().is_empty();
             let span = tern_telemetry::trace::delivery_span(&job.job);
+            let job = Arc::new(job);
             let mut result = self.deliver_job(&job, last).instrument(span.clone()).await;
             if result.is_err() && self.recheck_policy(&job, jobs.as_slice()).await {
                 result = self.deliver_job(&job, last).instrument(span).await;
@@ -215,6 +223,7 @@ impl<'a> DomainDelivery<'a> {
                 self.settle_held().await;
                 self.drain_finishing().await;
                 let attempt = self.sts.batch_attempt();
+                let job = Arc::unwrap_or_clone(job);
                 self.inner.fail_all(job, jobs, &reply, Some(attempt)).await;
                 return;
             }
@@ -226,15 +235,16 @@ impl<'a> DomainDelivery<'a> {
     /// After the batch failed for the MTA-STS policy's sake: when that failure would be final for one of
     /// its jobs (`job`, `rest`), the policy is re-checked (RFC 8461 §5.1), and when it changed, the new
     /// one applies and the caller tries again (`true`).
-    async fn recheck_policy(&mut self, job: &ClaimedJob, rest: &[ClaimedJob]) -> bool {
+    async fn recheck_policy(&mut self, job: &Arc<ClaimedJob>, rest: &[ClaimedJob]) -> bool {
         if !std::mem::take(&mut self.policy_failed) {
             return false;
         }
-        let jobs: Vec<&ClaimedJob> = std::iter::once(job).chain(rest).collect();
+        let jobs: Vec<&ClaimedJob> = std::iter::once(&**job).chain(rest).collect();
         let Some(sts) = self.inner.sts_recheck(&self.sts, &jobs).await else {
             return false;
         };
         self.sts = sts;
+        self.attempt_memo = None;
         self.hosts = None;
         self.host_index = 0;
         true
@@ -277,7 +287,7 @@ impl<'a> DomainDelivery<'a> {
 
     /// One job, to its recorded outcome. `Err` is the reply the whole batch takes: the domain has no
     /// route, or no host took a connection.
-    async fn deliver_job(&mut self, job: &ClaimedJob, last: bool) -> Result<(), Reply> {
+    async fn deliver_job(&mut self, job: &Arc<ClaimedJob>, last: bool) -> Result<(), Reply> {
         let pending: Vec<(u32, &Recipient)> = job.job.pending().map(|(i, r)| (i, &r.recipient)).collect();
         if pending.is_empty() {
             if last {
@@ -342,17 +352,21 @@ impl<'a> DomainDelivery<'a> {
         self.settle_held().await;
         if let Some(old) = self.connection.take() {
             if old.client.is_usable() {
-                old.quit().await;
+                // Boxed, as connecting below: a job's future would otherwise carry the QUIT's state.
+                Box::pin(old.quit()).await;
             } else {
                 self.next_host();
             }
         }
         self.route().await?;
         let hosts = self.hosts.as_deref().unwrap_or_default();
-        match self
-            .inner
-            .connect_any(self.domain, hosts, self.host_index, &self.sts)
-            .await
+        // Boxed: connecting (DNS, TCP, TLS, EHLO) is the largest state of a job's future, and only a new
+        // connection needs it; unboxed, every job's future would carry and copy it.
+        match Box::pin(
+            self.inner
+                .connect_any(self.domain, hosts, self.host_index, &self.sts),
+        )
+        .await
         {
             Ok((connection, index)) => {
                 self.host_index = index;
@@ -425,7 +439,7 @@ impl<'a> DomainDelivery<'a> {
     /// the batch's `last` or the connection's, its own end of data is held in turn: `None`.
     async fn send(
         &mut self,
-        job: &ClaimedJob,
+        job: &Arc<ClaimedJob>,
         pending: &[(u32, &Recipient)],
         last: bool,
     ) -> Result<Option<Vec<(u32, RecipientReply)>>, NotStarted> {
@@ -465,7 +479,7 @@ impl<'a> DomainDelivery<'a> {
             Sent::Held(message) => {
                 let (attempt, dsn_passed_on) = self.attempt();
                 let awaiting = AwaitingReply {
-                    job: job.clone(),
+                    job: Arc::clone(job),
                     attempt,
                     dsn_passed_on,
                     span: tracing::Span::current(),
@@ -477,8 +491,25 @@ impl<'a> DomainDelivery<'a> {
     }
 
     /// The attempt on the current connection, as its events name it, and whether the server reports
-    /// successes itself (it offered DSN, so NOTIFY went on with each RCPT, RFC 3461).
-    fn attempt(&self) -> (Option<DeliveryAttempt>, bool) {
+    /// successes itself (it offered DSN, so NOTIFY went on with each RCPT, RFC 3461). Made once per
+    /// connection and policy.
+    fn attempt(&mut self) -> (Option<DeliveryAttempt>, bool) {
+        let id = self.connection.as_ref().map(|c| c.id);
+        if let Some(id) = id
+            && let Some((memo_id, attempt, dsn_passed_on)) = &self.attempt_memo
+            && *memo_id == id
+        {
+            return (attempt.clone(), *dsn_passed_on);
+        }
+        let made = self.make_attempt();
+        if let Some(id) = id {
+            self.attempt_memo = Some((id, made.0.clone(), made.1));
+        }
+        made
+    }
+
+    /// [`Self::attempt`], made anew.
+    fn make_attempt(&self) -> (Option<DeliveryAttempt>, bool) {
         let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
             remote_mx: Some(c.client.server().to_string()),
             remote_ip: Some(c.client.addr().ip().to_string()),
@@ -520,11 +551,11 @@ impl<'a> DomainDelivery<'a> {
     /// another worker: a connection that stays open keeps the slot as a hold first, and one that will not
     /// be kept (or cannot keep the slot) is closed first, so that connections never outnumber the domain's
     /// slots (`connections_per_domain`).
-    async fn record(&mut self, job: &ClaimedJob, replies: &[(u32, RecipientReply)], last: bool) {
+    async fn record(&mut self, job: &Arc<ClaimedJob>, replies: &[(u32, RecipientReply)], last: bool) {
         let (attempt, dsn_passed_on) = self.attempt();
         if !last {
             let awaiting = AwaitingReply {
-                job: job.clone(),
+                job: Arc::clone(job),
                 attempt,
                 dsn_passed_on,
                 span: tracing::Span::current(),
@@ -540,7 +571,7 @@ impl<'a> DomainDelivery<'a> {
         if self.hold.is_none()
             && let Some(connection) = self.connection.take()
         {
-            connection.quit().await;
+            Box::pin(connection.quit()).await;
         }
         self.inner.finish(job, replies, attempt, dsn_passed_on).await;
     }

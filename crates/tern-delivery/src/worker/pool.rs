@@ -2,6 +2,7 @@
 //! idle connections' domain slots, and the reaper that closes idle connections in time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tern_core::Shutdown;
@@ -32,7 +33,12 @@ pub(super) struct Connection {
     pub(super) transactions: u32,
     /// Its live SMTP trace session (when the worker has a trace bus); says `close` when dropped.
     pub(super) trace: Option<Arc<TraceSession>>,
+    /// Unique in the process: tells a connection apart from the one before it in the same place.
+    pub(super) id: u64,
 }
+
+/// The source of [`Connection::id`].
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Connection {
     /// A new connection holding `slot`, traced by `trace`.
@@ -46,6 +52,7 @@ impl Connection {
             _slot: slot,
             transactions: 0,
             trace,
+            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
