@@ -165,9 +165,17 @@ impl Command {
 
     /// The wire form with the CRLF.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = self.to_string();
-        s.push_str("\r\n");
-        s.into_bytes()
+        let mut out = Vec::with_capacity(64);
+        self.write_wire(&mut out);
+        out
+    }
+
+    /// Appends the wire form with the CRLF to `out`: a pipelined group is written into one buffer, with
+    /// no string per command.
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{self}\r\n");
     }
 }
 

@@ -447,6 +447,18 @@ fn commands_display_in_wire_form_and_parse_back() {
 }
 
 #[test]
+fn commands_written_into_one_buffer_follow_what_it_held() {
+    let mut group = b"held data\r\n.\r\n".to_vec();
+    for line in ["MAIL FROM:<a@b.test>", "RCPT TO:<c@d.test>", "DATA"] {
+        ok(line).write_wire(&mut group);
+    }
+    assert_eq!(
+        group,
+        b"held data\r\n.\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"
+    );
+}
+
+#[test]
 fn every_error_reply_is_a_valid_single_line_reply() {
     let bad: [&[u8]; 8] = [
         b"FROB",

@@ -16,8 +16,8 @@ pub const MASK: &str = "<masked>";
 /// One event of a session, as a transcript hook sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TranscriptEntry<'a> {
-    /// A command line as sent, without its CRLF; an AUTH payload is masked ([`command_line`]).
-    Command(&'a str),
+    /// A command as sent; shown without its CRLF and with an AUTH payload masked ([`CommandLine`]).
+    Command(CommandLine<'a>),
     /// Message data went out; only its size (the octets given, before dot-stuffing) is passed on.
     Body {
         /// The size of the message.
@@ -64,16 +64,47 @@ where
 /// A hook shared by the clients that use it.
 pub type TranscriptHook = Arc<dyn Transcript>;
 
-/// The command as a transcript shows it: its wire form without the CRLF, with an AUTH payload (the initial
-/// response, which carries the credentials) replaced by [`MASK`].
-pub fn command_line(command: &Command) -> String {
-    match command {
-        Command::Auth {
-            mechanism,
-            initial_response: Some(_),
-        } => format!("AUTH {mechanism} {MASK}"),
-        other => other.to_string(),
+/// A command line as a transcript shows it: a command's wire form without the CRLF, with an AUTH payload
+/// (the initial response, which carries the credentials) replaced by [`MASK`], or a line given as shown.
+/// Formatted only when shown: every command of every session passes through the hook, and mostly no one
+/// is looking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandLine<'a>(Shown<'a>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shown<'a> {
+    Command(&'a Command),
+    Text(&'a str),
+}
+
+impl<'a> CommandLine<'a> {
+    /// `command`, formatted when shown.
+    pub fn command(command: &'a Command) -> Self {
+        CommandLine(Shown::Command(command))
     }
+
+    /// A line that is no command (a SASL response, masked; the lone terminating dot), as given.
+    pub fn text(line: &'a str) -> Self {
+        CommandLine(Shown::Text(line))
+    }
+}
+
+impl fmt::Display for CommandLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Shown::Command(Command::Auth {
+                mechanism,
+                initial_response: Some(_),
+            }) => write!(f, "AUTH {mechanism} {MASK}"),
+            Shown::Command(other) => other.fmt(f),
+            Shown::Text(line) => f.write_str(line),
+        }
+    }
+}
+
+/// The command as a transcript shows it ([`CommandLine`]), as a string.
+pub fn command_line(command: &Command) -> String {
+    CommandLine::command(command).to_string()
 }
 
 /// A hook that logs every entry through `tracing` at TRACE level, with the server's name and address.
@@ -106,7 +137,8 @@ mod tests {
         let line = command_line(&auth(Some(&token)));
         assert_eq!(line, "AUTH PLAIN <masked>");
         assert!(!line.contains(&token));
-        let shown = TranscriptEntry::Command(&line).to_string();
+        let auth = auth(Some(&token));
+        let shown = TranscriptEntry::Command(CommandLine::command(&auth)).to_string();
         assert_eq!(shown, "C: AUTH PLAIN <masked>");
         assert!(!shown.contains("s3cret"));
     }
@@ -141,6 +173,16 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_is_no_command_is_shown_as_given() {
+        let entry = TranscriptEntry::Command(CommandLine::text("AHVzZXI= <masked>"));
+        assert_eq!(entry.to_string(), "C: AHVzZXI= <masked>");
+        assert_eq!(
+            TranscriptEntry::Command(CommandLine::text(".")).to_string(),
+            "C: ."
+        );
+    }
+
+    #[test]
     fn body_is_summarised_by_size() {
         assert_eq!(
             TranscriptEntry::Body { octets: 1234 }.to_string(),
@@ -164,7 +206,7 @@ mod tests {
         let hook: TranscriptHook = Arc::new(move |entry: TranscriptEntry<'_>| {
             sink.lock().unwrap().push(entry.to_string());
         });
-        hook.record(TranscriptEntry::Command("NOOP"));
+        hook.record(TranscriptEntry::Command(CommandLine::text("NOOP")));
         assert_eq!(*seen.lock().unwrap(), vec!["C: NOOP".to_string()]);
     }
 }

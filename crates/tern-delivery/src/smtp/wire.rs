@@ -9,10 +9,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::transcript::{TranscriptEntry, TranscriptHook, command_line};
+use super::transcript::{CommandLine, TranscriptEntry, TranscriptHook};
 
 /// Size of each write of message data (each bounded by the data block timeout).
 const DATA_BLOCK: usize = 64 * 1024;
+
+/// Room for a pipelined group's commands (RSET, MAIL, a few RCPT, DATA) in the buffer they are written
+/// into, so that it seldom grows while they are.
+const GROUP_ROOM: usize = 512;
 
 /// Why a session broke. Every variant is a transient failure of the host, never of a recipient.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -157,9 +161,7 @@ impl Wire {
 
     /// Sends one command.
     pub(crate) async fn send(&mut self, cmd: &Command, timeout: Duration) -> Result<(), WireError> {
-        if self.transcript.is_some() {
-            self.note(TranscriptEntry::Command(&command_line(cmd)));
-        }
+        self.note(TranscriptEntry::Command(CommandLine::command(cmd)));
         self.write(&cmd.to_bytes(), timeout, cmd.verb()).await
     }
 
@@ -170,14 +172,14 @@ impl Wire {
         timeout: Duration,
         what: &'static str,
     ) -> Result<(), WireError> {
-        let mut buf = Vec::new();
+        // After the held data, when there is some: one buffer, one write.
+        let mut buf = std::mem::take(&mut self.held);
+        buf.reserve(GROUP_ROOM);
         for cmd in cmds {
-            if self.transcript.is_some() {
-                self.note(TranscriptEntry::Command(&command_line(cmd)));
-            }
-            buf.extend_from_slice(&cmd.to_bytes());
+            self.note(TranscriptEntry::Command(CommandLine::command(cmd)));
+            cmd.write_wire(&mut buf);
         }
-        self.write(&buf, timeout, what).await
+        self.write_now(&buf, timeout, what).await
     }
 
     /// Sends a message after a 354: dot-stuffed, CRLF-normalised, then the terminating dot. Each block
@@ -219,7 +221,8 @@ impl Wire {
         }
         self.note(TranscriptEntry::Body { octets: body.len() });
         let mut enc = tern_smtp::DataEncoder::new();
-        self.held.reserve(body.len() + body.len() / 16 + 8);
+        // With room for the next group's commands, which are written after it into the same buffer.
+        self.held.reserve(body.len() + body.len() / 16 + 8 + GROUP_ROOM);
         enc.encode(body, &mut self.held);
         enc.finish(&mut self.held);
         true
@@ -239,7 +242,7 @@ impl Wire {
             last,
         };
         if self.transcript.is_some() {
-            self.note(TranscriptEntry::Command(&command_line(&cmd)));
+            self.note(TranscriptEntry::Command(CommandLine::command(&cmd)));
             self.note(TranscriptEntry::Body { octets: chunk.len() });
         }
         let line = cmd.to_bytes();
@@ -258,7 +261,7 @@ impl Wire {
         timeout: Duration,
         what: &'static str,
     ) -> Result<(), WireError> {
-        self.note(TranscriptEntry::Command(shown));
+        self.note(TranscriptEntry::Command(CommandLine::text(shown)));
         let mut out = Vec::with_capacity(line.len() + 2);
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -267,7 +270,7 @@ impl Wire {
 
     /// Sends the terminating dot alone (after a 354 when no recipient was accepted, RFC 2920 3.1).
     pub(crate) async fn send_dot(&mut self, timeout: Duration) -> Result<(), WireError> {
-        self.note(TranscriptEntry::Command("."));
+        self.note(TranscriptEntry::Command(CommandLine::text(".")));
         self.write(b".\r\n", timeout, "DATA").await
     }
 

@@ -355,6 +355,8 @@ async fn secure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::CommandLine;
+    use tern_smtp::Command;
 
     fn reply(code: u16, lines: &[&str]) -> Reply {
         Reply {
@@ -370,7 +372,9 @@ mod tests {
         assert_eq!(facts.helo(), None);
         facts.note(TranscriptEntry::Reply(&reply(220, &["greet.b.test ESMTP ready"])));
         assert_eq!(facts.helo(), Some("greet.b.test"));
-        facts.note(TranscriptEntry::Command("EHLO tern.a.test"));
+        facts.note(TranscriptEntry::Command(CommandLine::command(&Command::Ehlo(
+            "tern.a.test".into(),
+        ))));
         // EHLO refused, HELO answered.
         facts.note(TranscriptEntry::Reply(&reply(502, &["5.5.2 no"])));
         assert_eq!(facts.helo(), Some("greet.b.test"));

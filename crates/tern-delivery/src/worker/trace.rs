@@ -298,6 +298,7 @@ impl Drop for TraceSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::CommandLine;
 
     #[derive(Debug, Default)]
     struct NoBus;
@@ -334,7 +335,8 @@ mod tests {
         let addr = "192.0.2.1:25".parse().unwrap();
         let session = tracer.session("b.test", "mx.b.test", addr);
         session.connect("");
-        session.record(TranscriptEntry::Command("EHLO tern"));
+        let ehlo = tern_smtp::Command::Ehlo("tern".into());
+        session.record(TranscriptEntry::Command(CommandLine::command(&ehlo)));
         assert!(drain(&tracer).is_empty());
 
         tracer.set_filters(vec![TraceFilter {
@@ -342,7 +344,7 @@ mod tests {
             mx: None,
         }]);
         let other = tracer.session("c.test", "mx.c.test", addr);
-        other.record(TranscriptEntry::Command("EHLO tern"));
+        other.record(TranscriptEntry::Command(CommandLine::command(&ehlo)));
         session.connect("");
         session.record(TranscriptEntry::Body { octets: 12 });
         let reply = tern_smtp::Reply::new(250, None, "mx.b.test").line("PIPELINING");
