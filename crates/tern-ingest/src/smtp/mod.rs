@@ -292,7 +292,9 @@ impl BoundSmtpServer {
                     let Some((stream, peer, implicit)) = accepted else { break };
                     let shared = Arc::clone(&self.shared);
                     let token = shutdown.clone();
-                    sessions.spawn(handle_connection(shared, stream, peer, implicit, token));
+                    // Boxed: a session's future is large, and the runtime would otherwise copy it as it
+                    // creates, runs and ends the task, once per connection.
+                    sessions.spawn(Box::pin(handle_connection(shared, stream, peer, implicit, token)));
                 }
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }

@@ -238,7 +238,7 @@ impl Session {
                     Flow::Close
                 }
                 Err(CommandError::UnknownAuthMechanism(m)) if self.offers_oauth(&m) => {
-                    self.oauth_auth(&line).await
+                    Box::pin(self.oauth_auth(&line)).await
                 }
                 Err(e) => self.reply(e.reply()),
             };
@@ -399,15 +399,17 @@ impl Session {
             Command::Helo(name) => self.ehlo(name, false),
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),
+            // The message, STARTTLS and AUTH are boxed: each is far larger than the other commands' state,
+            // and unboxed every command's future (seven per message) would carry and copy it.
             Command::Data => {
                 let span = message_span(self.listener, None);
-                self.data().instrument(span).await
+                Box::pin(self.data()).instrument(span).await
             }
             Command::Bdat { size, last: true } => {
                 let span = message_span(self.listener, None);
-                self.bdat(size, true).instrument(span).await
+                Box::pin(self.bdat(size, true)).instrument(span).await
             }
-            Command::Bdat { size, last } => self.bdat(size, last).await,
+            Command::Bdat { size, last } => Box::pin(self.bdat(size, last)).await,
             Command::Rset => {
                 self.tx = None;
                 self.reply(Reply::new(250, "2.0.0", "Ok"))
@@ -419,11 +421,11 @@ impl Session {
             }
             Command::Vrfy(_) => self.reply(Reply::new(252, "2.5.0", "Cannot VRFY user")),
             Command::Help(_) => self.reply(Reply::new(214, "2.0.0", "See RFC 5321 and RFC 6409")),
-            Command::StartTls => self.starttls().await,
+            Command::StartTls => Box::pin(self.starttls()).await,
             Command::Auth {
                 mechanism,
                 initial_response,
-            } => self.auth(mechanism, initial_response).await,
+            } => Box::pin(self.auth(mechanism, initial_response)).await,
         }
     }
 
