@@ -226,6 +226,28 @@ fn a_port_in_use_is_reported_with_the_os_error_once() {
 }
 
 #[test]
+fn a_bad_runtime_thread_count_is_a_one_line_error_not_a_panic() {
+    // tokio itself panics on these; tern must answer before it builds the runtime.
+    for (bad, command) in [("0", "control"), ("two", "control"), ("0", "check-config")] {
+        let out = tern(
+            &[command, "--config", &example()],
+            None,
+            &[("TOKIO_WORKER_THREADS", bad)],
+        );
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "TOKIO_WORKER_THREADS must be a whole number of at least 1, not \"{bad}\""
+            )),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn missing_config_file_exits_1() {
     let out = tern(&["check-config", "--config", "/nonexistent/tern.toml"], None, &[]);
     assert_eq!(out.status.code(), Some(1));

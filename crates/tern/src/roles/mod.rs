@@ -6,6 +6,7 @@
 
 mod control;
 mod ingest;
+mod threads;
 mod worker;
 
 use std::path::Path;
@@ -42,6 +43,7 @@ impl Role {
 /// Runs every check that starting `roles` would make, without binding a port or touching the queue: the
 /// queue URL, and each role's files and settings. Each failure names its key.
 pub fn check(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()> {
+    runtime_threads()?;
     crate::queue::check(config)?;
     check_store_fits_roles(config, roles)?;
     for &role in roles {
@@ -53,6 +55,11 @@ pub fn check(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()>
         checked.with_context(|| role.name())?;
     }
     Ok(())
+}
+
+/// The runtime's worker threads as the environment asks (`TOKIO_WORKER_THREADS`), checked.
+fn runtime_threads() -> anyhow::Result<Option<usize>> {
+    threads::worker_threads(std::env::var_os(threads::WORKER_THREADS_VAR).as_deref())
 }
 
 /// The embedded store belongs to one process, so a process running only ingest or only workers on it would
@@ -85,10 +92,12 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
     let config = crate::commands::load_config(path)?;
     check_store_fits_roles(&config, roles)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start tokio")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = runtime_threads()? {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.build().context("cannot start tokio")?;
     runtime.block_on(async move {
         // On the runtime: the OTLP exporters' channels live on it.
         let process = match roles {
