@@ -32,7 +32,5 @@ pub use client::{ClientOptions, SmtpClient, Timeouts};
 pub use connect::ConnectError;
 pub use tls::{CertificateProblem, StartTls, TlsClients, TlsSession};
 pub use transaction::{HeldMessage, MessageReplies, NotStarted, RecipientReply, Sent};
-pub use transcript::{
-    CommandLine, Transcript, TranscriptEntry, TranscriptHook, command_line, tracing_transcript,
-};
+pub use transcript::{CommandLine, Transcript, TranscriptEntry, TranscriptHook, tracing_transcript};
 pub use wire::{WireError, reply_line};

@@ -67,11 +67,11 @@ pub type TranscriptHook = Arc<dyn Transcript>;
 /// A command line as a transcript shows it: a command's wire form without the CRLF, with an AUTH payload
 /// (the initial response, which carries the credentials) replaced by [`MASK`], or a line given as shown.
 /// Formatted only when shown: every command of every session passes through the hook, and mostly no one
-/// is looking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// is looking. Its `Debug` form is its masked line too.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CommandLine<'a>(Shown<'a>);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Shown<'a> {
     Command(&'a Command),
     Text(&'a str),
@@ -83,7 +83,8 @@ impl<'a> CommandLine<'a> {
         CommandLine(Shown::Command(command))
     }
 
-    /// A line that is no command (a SASL response, masked; the lone terminating dot), as given.
+    /// A line shown as given: one already masked (a SASL response, an `AUTH XOAUTH2` line), the lone
+    /// terminating dot.
     pub fn text(line: &'a str) -> Self {
         CommandLine(Shown::Text(line))
     }
@@ -102,9 +103,11 @@ impl fmt::Display for CommandLine<'_> {
     }
 }
 
-/// The command as a transcript shows it ([`CommandLine`]), as a string.
-pub fn command_line(command: &Command) -> String {
-    CommandLine::command(command).to_string()
+impl fmt::Debug for CommandLine<'_> {
+    /// The masked line, quoted: a derived form would show an AUTH payload.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommandLine({:?})", self.to_string())
+    }
 }
 
 /// A hook that logs every entry through `tracing` at TRACE level, with the server's name and address.
@@ -124,6 +127,10 @@ mod tests {
 
     use super::*;
 
+    fn command_line(command: &Command) -> String {
+        CommandLine::command(command).to_string()
+    }
+
     fn auth(initial_response: Option<&str>) -> Command {
         Command::Auth {
             mechanism: AuthMechanism::Plain,
@@ -141,6 +148,15 @@ mod tests {
         let shown = TranscriptEntry::Command(CommandLine::command(&auth)).to_string();
         assert_eq!(shown, "C: AUTH PLAIN <masked>");
         assert!(!shown.contains("s3cret"));
+    }
+
+    #[test]
+    fn the_debug_form_of_an_auth_command_is_masked_too() {
+        let token = base64::engine::general_purpose::STANDARD.encode("\0tern\0s3cret");
+        let auth = auth(Some(&token));
+        let shown = format!("{:?}", TranscriptEntry::Command(CommandLine::command(&auth)));
+        assert!(shown.contains("AUTH PLAIN <masked>"), "{shown}");
+        assert!(!shown.contains(&token), "{shown}");
     }
 
     #[test]

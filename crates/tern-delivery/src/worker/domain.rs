@@ -80,7 +80,7 @@ pub(super) struct DomainDelivery<'a> {
     held: Option<(HeldMessage, AwaitingReply)>,
     /// The attempt as the events name it, for the connection of this id under the current policy: the same
     /// for every job the connection carries, and a few formatted strings to make.
-    attempt_memo: Option<(u64, Option<DeliveryAttempt>, bool)>,
+    attempt_memo: Option<(u64, DeliveryAttempt, bool)>,
 }
 
 /// What recording a job's outcome needs besides its replies, kept while the replies are still to come.
@@ -492,35 +492,26 @@ impl<'a> DomainDelivery<'a> {
 
     /// The attempt on the current connection, as its events name it, and whether the server reports
     /// successes itself (it offered DSN, so NOTIFY went on with each RCPT, RFC 3461). Made once per
-    /// connection and policy.
+    /// connection and policy; none without a connection.
     fn attempt(&mut self) -> (Option<DeliveryAttempt>, bool) {
-        let id = self.connection.as_ref().map(|c| c.id);
-        if let Some(id) = id
-            && let Some((memo_id, attempt, dsn_passed_on)) = &self.attempt_memo
-            && *memo_id == id
+        let Some(connection) = self.connection.as_ref() else {
+            return (None, false);
+        };
+        if let Some((id, attempt, dsn_passed_on)) = &self.attempt_memo
+            && *id == connection.id
         {
-            return (attempt.clone(), *dsn_passed_on);
+            return (Some(attempt.clone()), *dsn_passed_on);
         }
-        let made = self.make_attempt();
-        if let Some(id) = id {
-            self.attempt_memo = Some((id, made.0.clone(), made.1));
-        }
-        made
-    }
-
-    /// [`Self::attempt`], made anew.
-    fn make_attempt(&self) -> (Option<DeliveryAttempt>, bool) {
-        let attempt = self.connection.as_ref().map(|c| DeliveryAttempt {
-            remote_mx: Some(c.client.server().to_string()),
-            remote_ip: Some(c.client.addr().ip().to_string()),
-            tls: Some(self.sts.event_tls(&c.client)),
+        let client = &connection.client;
+        let attempt = DeliveryAttempt {
+            remote_mx: Some(client.server().to_string()),
+            remote_ip: Some(client.addr().ip().to_string()),
+            tls: Some(self.sts.event_tls(client)),
             dsn: None,
-        });
-        let dsn_passed_on = self
-            .connection
-            .as_ref()
-            .is_some_and(|c| c.client.capabilities().dsn);
-        (attempt, dsn_passed_on)
+        };
+        let dsn_passed_on = client.capabilities().dsn;
+        self.attempt_memo = Some((connection.id, attempt.clone(), dsn_passed_on));
+        (Some(attempt), dsn_passed_on)
     }
 
     /// The host went away (421, dropped connection) before any recipient had a final answer.

@@ -400,7 +400,8 @@ impl Session {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),
             // The message, STARTTLS and AUTH are boxed: each is far larger than the other commands' state,
-            // and unboxed every command's future (seven per message) would carry and copy it.
+            // and unboxed every command's future (five per message on a new connection) would carry and copy
+            // it.
             Command::Data => {
                 let span = message_span(self.listener, None);
                 Box::pin(self.data()).instrument(span).await

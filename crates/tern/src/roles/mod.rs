@@ -41,7 +41,8 @@ impl Role {
 }
 
 /// Runs every check that starting `roles` would make, without binding a port or touching the queue: the
-/// queue URL, and each role's files and settings. Each failure names its key.
+/// runtime's thread count (`TOKIO_WORKER_THREADS`), the queue URL, and each role's files and settings. Each
+/// failure names its key or variable.
 pub fn check(config: &tern_config::Config, roles: &[Role]) -> anyhow::Result<()> {
     runtime_threads()?;
     crate::queue::check(config)?;
