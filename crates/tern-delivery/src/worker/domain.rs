@@ -235,11 +235,11 @@ impl<'a> DomainDelivery<'a> {
     /// After the batch failed for the MTA-STS policy's sake: when that failure would be final for one of
     /// its jobs (`job`, `rest`), the policy is re-checked (RFC 8461 §5.1), and when it changed, the new
     /// one applies and the caller tries again (`true`).
-    async fn recheck_policy(&mut self, job: &Arc<ClaimedJob>, rest: &[ClaimedJob]) -> bool {
+    async fn recheck_policy(&mut self, job: &ClaimedJob, rest: &[ClaimedJob]) -> bool {
         if !std::mem::take(&mut self.policy_failed) {
             return false;
         }
-        let jobs: Vec<&ClaimedJob> = std::iter::once(&**job).chain(rest).collect();
+        let jobs: Vec<&ClaimedJob> = std::iter::once(job).chain(rest).collect();
         let Some(sts) = self.inner.sts_recheck(&self.sts, &jobs).await else {
             return false;
         };

@@ -1,7 +1,7 @@
 //! `tern check-config`: load and validate the configuration, run every check that starting each role would
-//! run (files readable, keys files valid, a keyless gRPC listener on loopback, the queue
-//! URL, `TOKIO_WORKER_THREADS`), and print the effective configuration. It binds nothing and does not contact Redis, so it can gate
-//! a deployment. `--role` limits the role checks to the roles a host runs.
+//! run (files readable, keys files valid, a keyless gRPC listener on loopback, the queue URL,
+//! `TOKIO_WORKER_THREADS`), and print the effective configuration. It binds nothing and does not contact
+//! Redis, so it can gate a deployment. `--role` limits the role checks to the roles a host runs.
 
 use std::path::Path;
 use std::process::ExitCode;
