@@ -1,8 +1,7 @@
 //! The Redis backend's wakes against real servers: every shard's wake list reaches a waiter (one server, and
 //! a 3-master Cluster where each shard is waited on over its own connection to its master), an idle shard
 //! keeps few tokens, a token that reaches a handle no one waits on goes on to another, and a wait returns by
-//! its deadline while Redis is down. Also the claims' skip of shards found empty, which a token or a write of
-//! the shard ends. The backend-neutral semantics are in the conformance suite.
+//! its deadline while Redis is down. The backend-neutral semantics are in the conformance suite.
 #![allow(clippy::expect_used)]
 
 mod common;
@@ -11,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_queue::conformance::message;
-use tern_queue::{ClaimOutcome, Outcome, Queue, RedisQueue, RedisQueueOptions, Wakeup};
+use tern_queue::{Outcome, Queue, RedisQueue, RedisQueueOptions, Wakeup};
 use tern_testkit::redis::{RedisCluster, RedisServer};
 
 /// Far below the waits' own deadlines: a waiter that was woken is told from one that timed out.
@@ -138,79 +137,4 @@ async fn a_wait_returns_by_its_deadline_while_redis_is_down() {
             started.elapsed()
         );
     }
-}
-
-/// The `FCALL`s the server has run so far.
-fn function_calls(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]).expect("INFO");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().expect("a count"))
-}
-
-const LEASE: Duration = Duration::from_secs(60);
-
-async fn claim_next(q: &RedisQueue) -> ClaimOutcome {
-    q.claim_next("w", 10, LEASE, &[]).await.expect("claim")
-}
-
-fn claimed_jobs(outcome: ClaimOutcome) -> usize {
-    match outcome {
-        ClaimOutcome::Claimed(claim) => claim.jobs.len(),
-        ClaimOutcome::Nothing { next_due_ms } => panic!("nothing claimed (next due {next_due_ms:?})"),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_pass_over_shards_found_empty_until_a_token_of_theirs_comes() {
-    let server = RedisServer::start().expect("redis-server");
-    let opts = common::single(&server.url(), "empty");
-    let worker = common::redis_queue(opts.clone()).await;
-    let ingest = common::redis_queue(opts).await;
-    // Twenty claims of an empty queue of 16 shards: each shard is asked once, then passed over (again after
-    // a quarter of a second, which a slow machine may reach).
-    let before = function_calls(&server);
-    for _ in 0..20 {
-        assert!(matches!(claim_next(&worker).await, ClaimOutcome::Nothing { .. }));
-    }
-    let calls = function_calls(&server) - before;
-    assert!(
-        calls < 20 * 16 / 2,
-        "{calls} claim calls for 20 claims of 16 empty shards"
-    );
-    // Another process enqueues: its token wakes the worker and ends the skip of the shard it names.
-    let waiter = {
-        let q = worker.clone();
-        tokio::spawn(async move { q.wait_for_work(Duration::from_secs(20)).await })
-    };
-    ingest
-        .enqueue(message(&["r@skipped.test"]))
-        .await
-        .expect("enqueue");
-    assert_eq!(waiter.await.expect("waiter"), Wakeup::Woken);
-    assert_eq!(claimed_jobs(claim_next(&worker).await), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_finds_what_its_own_handle_wrote_to_a_shard_found_empty() {
-    let server = RedisServer::start().expect("redis-server");
-    let q = common::redis_queue(common::single(&server.url(), "own")).await;
-    assert!(matches!(claim_next(&q).await, ClaimOutcome::Nothing { .. }));
-    q.enqueue(message(&["r@own.test"])).await.expect("enqueue");
-    assert_eq!(claimed_jobs(claim_next(&q).await), 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_passed_over_is_asked_again_within_a_moment_without_a_token() {
-    let server = RedisServer::start().expect("redis-server");
-    let opts = common::single(&server.url(), "lapse");
-    let worker = common::redis_queue(opts.clone()).await;
-    let ingest = common::redis_queue(opts).await;
-    assert!(matches!(claim_next(&worker).await, ClaimOutcome::Nothing { .. }));
-    // No one waits: the token stays in its list, and the worker, not waiting, does not see it.
-    ingest.enqueue(message(&["r@lapse.test"])).await.expect("enqueue");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(claimed_jobs(claim_next(&worker).await), 1);
 }

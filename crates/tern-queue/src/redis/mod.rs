@@ -8,7 +8,6 @@
 //! - `codec.rs` reads and writes job records; `conn.rs` makes connections and maps Redis errors.
 //! - `wake.rs` waits for work: idle workers block on the shards' wake lists (dedicated connections), which
 //!   the functions signal.
-//! - `empty_shards.rs` keeps the shards a claim found empty, which the next claims pass over for a moment.
 //!
 //! This file keeps what every operation shares: the options, the connections, function calls and
 //! pipelines with their timeouts, and the [`Queue`] implementation, which hands each method to its
@@ -17,13 +16,11 @@
 
 pub(crate) mod codec;
 pub(crate) mod conn;
-pub(crate) mod empty_shards;
 pub(crate) mod keys;
 pub(crate) mod library;
 pub(crate) mod ops;
 pub(crate) mod wake;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
@@ -36,7 +33,6 @@ use tern_core::MessageId;
 use crate::model::*;
 use crate::{Queue, QueueError};
 use conn::{Backend, redis_error};
-use empty_shards::EmptyShards;
 use keys::Keys;
 use library::{Function, FunctionLibrary};
 use ops::Arg;
@@ -118,9 +114,6 @@ pub struct RedisQueue {
     /// The last claim was held-first and took a hold over: the next one looks at held domains in their turn
     /// only (and clears this).
     took_hold_last: AtomicBool,
-    /// The shards a claim found empty, passed over by index-order claims until a wake or a write of theirs,
-    /// or a moment (shared with the wake listeners, which end a shard's skip when its token comes).
-    empty_shards: Arc<EmptyShards>,
     /// Waiting for work: the wake lists' listeners, started by the first wait.
     wakes: Wakes,
 }
@@ -161,8 +154,7 @@ impl RedisQueue {
             opts.response_timeout,
         )?;
         let keys = Keys::new(&opts.key_prefix, opts.shards);
-        let empty_shards = Arc::new(EmptyShards::new(opts.shards));
-        let wakes = Wakes::new(&opts, &keys, empty_shards.clone())?;
+        let wakes = Wakes::new(&opts, &keys)?;
         Ok(RedisQueue {
             keys,
             library: FunctionLibrary::new(opts.shards),
@@ -171,7 +163,6 @@ impl RedisQueue {
             next_shard: AtomicU64::new(0),
             next_held_shard: AtomicU64::new(0),
             took_hold_last: AtomicBool::new(false),
-            empty_shards,
             wakes,
         })
     }
@@ -278,10 +269,6 @@ impl RedisQueue {
         calls: Vec<Vec<Arg>>,
         wait: bool,
     ) -> Vec<Result<Value, QueueError>> {
-        if function != Function::Claim {
-            // Before the call is sent, so that a claim reply that crosses it cannot skip the shard after.
-            self.empty_shards.may_have_work(shard);
-        }
         let n = calls.len();
         let res = self
             .timed(async {

@@ -28,15 +28,11 @@
 //! lost; and a token pushed while no one waited stays in the list, so work that arrives just before a wait
 //! ends the wait at once.
 //!
-//! **Empty shards.** A token names its shard (its list's hash tag): the listener ends that shard's skip
-//! (`empty_shards.rs`) before it wakes a waiter, so that the claim that follows visits it.
-//!
 //! **Timeouts.** A `BLPOP` blocks at most the longest waiter's time left (at most [`MAX_BLOCK`]) and is given
 //! `response_timeout` on top of that to answer; a connection that does not answer in time, or fails, is
 //! dropped (which also ends its block on the server) and made again after a pause. While Redis cannot be
 //! reached, waits simply run their course: the next claim reports the outage.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -48,7 +44,6 @@ use tokio::time::Instant;
 
 use super::RedisQueueOptions;
 use super::codec;
-use super::empty_shards::EmptyShards;
 use super::keys::Keys;
 use crate::QueueError;
 use crate::model::Wakeup;
@@ -98,26 +93,15 @@ pub(crate) struct Wakes {
     timeouts: Timeouts,
     /// This handle's waiter id, naming its own wake lists (`wake:<waiter>`) and its slot holds.
     waiter: String,
-    /// The shard of each wake list, and the shards' skips, which a token from the shard ends.
-    shard_of_list: Arc<HashMap<String, u16>>,
-    empty_shards: Arc<EmptyShards>,
 }
 
 impl Wakes {
     /// The waiting of a queue with these options and keys; nothing is connected until the first wait.
-    pub(crate) fn new(
-        opts: &RedisQueueOptions,
-        keys: &Keys,
-        empty_shards: Arc<EmptyShards>,
-    ) -> Result<Wakes, QueueError> {
+    pub(crate) fn new(opts: &RedisQueueOptions, keys: &Keys) -> Result<Wakes, QueueError> {
         let waiter = ulid::Ulid::generate().to_string();
         // Per shard: the shared wake list, and this handle's own.
         let lists: Vec<[String; 2]> = (0..keys.shards())
             .map(|s| [keys.key(s, "wake"), keys.key(s, &format!("wake:{waiter}"))])
-            .collect();
-        let shard_of_list = (0..keys.shards())
-            .zip(&lists)
-            .flat_map(|(shard, pair)| pair.iter().map(move |list| (list.clone(), shard)))
             .collect();
         let bad_url = |e: redis::RedisError| QueueError::Config(format!("queue url: {e}"));
         let (place, keys) = if opts.cluster {
@@ -149,8 +133,6 @@ impl Wakes {
                 response: opts.response_timeout,
             },
             waiter,
-            shard_of_list: Arc::new(shard_of_list),
-            empty_shards,
         })
     }
 
@@ -190,8 +172,6 @@ impl Wakes {
                 place: self.place.clone(),
                 seed: index,
                 timeouts: self.timeouts,
-                shard_of_list: self.shard_of_list.clone(),
-                empty_shards: self.empty_shards.clone(),
             };
             tokio::spawn(listener.run());
         }
@@ -233,8 +213,6 @@ struct Listener {
     /// Which seed a cluster listener starts at (they spread over the seeds).
     seed: usize,
     timeouts: Timeouts,
-    shard_of_list: Arc<HashMap<String, u16>>,
-    empty_shards: Arc<EmptyShards>,
 }
 
 /// What one `BLPOP` brought.
@@ -285,10 +263,6 @@ impl Listener {
                 Popped::Nothing => pause = FIRST_PAUSE,
                 Popped::Token(list, token) => {
                     pause = FIRST_PAUSE;
-                    // Whoever claims next (here or, for a token given back, elsewhere) visits the shard.
-                    if let Some(shard) = self.shard_of_list.get(&list) {
-                        self.empty_shards.may_have_work(*shard);
-                    }
                     let waiting = self.demand.borrow().waiting;
                     if waiting > self.wakes.available_permits() {
                         self.wakes.add_permits(1);
@@ -437,10 +411,6 @@ async fn give_back(conn: &mut MultiplexedConnection, list: &str, token: Vec<u8>,
 mod tests {
     use super::*;
 
-    fn skips(shards: u16) -> Arc<EmptyShards> {
-        Arc::new(EmptyShards::new(shards))
-    }
-
     fn opts(url: &str, cluster: bool) -> RedisQueueOptions {
         RedisQueueOptions {
             url: url.into(),
@@ -453,7 +423,7 @@ mod tests {
     #[test]
     fn one_server_blocks_on_every_shard_at_once_and_a_cluster_per_shard() {
         let keys = Keys::new("t", 3);
-        let single = Wakes::new(&opts("redis://127.0.0.1:1", false), &keys, skips(3)).expect("wakes");
+        let single = Wakes::new(&opts("redis://127.0.0.1:1", false), &keys).expect("wakes");
         let own = |s: u16| format!("{{t:s{s:02}}}:wake:{}", single.waiter());
         assert_eq!(
             single.keys,
@@ -469,7 +439,6 @@ mod tests {
         let cluster = Wakes::new(
             &opts("redis://u:p@127.0.0.1:1, rediss://127.0.0.1:2", true),
             &keys,
-            skips(3),
         )
         .expect("wakes");
         let own = |s: u16| format!("{{t:s{s:02}}}:wake:{}", cluster.waiter());
@@ -482,15 +451,12 @@ mod tests {
             ]
         );
         assert_ne!(single.waiter(), cluster.waiter(), "every handle has its own");
-        for (list, shard) in [("{t:s01}:wake".to_string(), 1), (own(2), 2)] {
-            assert_eq!(cluster.shard_of_list.get(&list), Some(&shard), "{list}");
-        }
     }
 
     #[test]
     fn a_moved_answer_is_followed_with_the_seeds_credentials_and_tls() {
         let keys = Keys::new("t", 1);
-        let wakes = Wakes::new(&opts("rediss://u:p@seed.test:7000", true), &keys, skips(1)).expect("wakes");
+        let wakes = Wakes::new(&opts("rediss://u:p@seed.test:7000", true), &keys).expect("wakes");
         let listener = Listener {
             demand: wakes.demand.subscribe(),
             wakes: wakes.wakes.clone(),
@@ -498,8 +464,6 @@ mod tests {
             place: wakes.place.clone(),
             seed: 0,
             timeouts: wakes.timeouts,
-            shard_of_list: wakes.shard_of_list.clone(),
-            empty_shards: wakes.empty_shards.clone(),
         };
         let node = listener.at("10.0.0.7:7001").expect("an address");
         match node.addr() {

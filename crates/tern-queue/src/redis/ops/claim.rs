@@ -132,13 +132,6 @@ pub(crate) fn decode_next_due(v: &Value) -> Option<u64> {
     })
 }
 
-/// Whether `claim` answered that the shard's domain index is empty (Lua's `false`: nil in RESP2, a boolean
-/// in RESP3). It answers the same to a visit of held domains only and to a repeated call, whose callers do
-/// not take it for an empty index.
-fn is_empty_index(v: &Value) -> bool {
-    matches!(v, Value::Nil | Value::Boolean(false))
-}
-
 /// Splits `data` at its first newline (the rest is empty when there is none).
 fn split_line(data: Bytes) -> (Bytes, Bytes) {
     match data.iter().position(|c| *c == b'\n') {
@@ -149,8 +142,7 @@ fn split_line(data: Bytes) -> (Bytes, Bytes) {
 
 impl RedisQueue {
     /// [`crate::Queue::claim_next`]: tries the shards in turn (held domains' shards first) until one has
-    /// due work; when none has, the earliest time any shard's domain index names. Index-order visits pass
-    /// over the shards found empty a moment ago (see `empty_shards.rs`). After a claim that looked
+    /// due work; when none has, the earliest time any shard's domain index names. After a claim that looked
     /// at held domains first and took a hold over, the next one goes by the shards' domain indexes alone (a
     /// held domain met there still takes its hold): an idle connection is used soon, and every domain gets
     /// its turn in the index-order claims, which are at least every other claim, however busy the held
@@ -182,14 +174,6 @@ impl RedisQueue {
         let mut next_due_ms: Option<u64> = None;
         for (shard, scan) in visits {
             let now = now_ms();
-            let generation = if scan == 0 {
-                None
-            } else {
-                match self.empty_shards.visit(shard, now) {
-                    Some(generation) => Some(generation),
-                    None => continue,
-                }
-            };
             let lease_until_ms = now.saturating_add(duration_ms(lease).max(1));
             let args = ClaimArgs {
                 now,
@@ -219,12 +203,6 @@ impl RedisQueue {
             };
             if let Some(due) = decode_next_due(&v) {
                 next_due_ms = Some(next_due_ms.map_or(due, |d| d.min(due)));
-                continue;
-            }
-            if is_empty_index(&v) {
-                if let Some(generation) = generation {
-                    self.empty_shards.found_empty(shard, generation, now);
-                }
                 continue;
             }
             let Some(reply) = ClaimReply::decode(v) else {
