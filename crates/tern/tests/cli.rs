@@ -212,6 +212,7 @@ fn control_on_a_taken_port() -> Output {
         cmd.env_remove(k);
     }
     cmd.env("TERN_TELEMETRY__METRICS_LISTEN", "127.0.0.1:0");
+    cmd.env_remove("TOKIO_WORKER_THREADS");
     tern_testkit::run_with_timeout("tern-control", cmd, std::time::Duration::from_secs(30)).unwrap()
 }
 
@@ -311,11 +312,12 @@ fn version_verbose_names_the_allocator_the_binary_was_built_with() {
 }
 
 #[test]
-fn a_role_logs_its_version_allocator_and_roles_when_it_starts() {
+fn a_role_logs_its_version_allocator_threads_and_roles_when_it_starts() {
     let out = control_on_a_taken_port();
     let err = text(&out.stderr);
+    // One role: one runtime thread, whatever the machine (runtime_threads.rs checks the rest).
     let expected = format!(
-        "starting version={} allocator={} roles=control",
+        "starting version={} allocator={} threads=1 roles=control",
         env!("CARGO_PKG_VERSION"),
         built_allocator()
     );

@@ -95,7 +95,7 @@ pub fn run(path: Option<&Path>, roles: &[Role]) -> anyhow::Result<ExitCode> {
     check_store_fits_roles(&config, roles)?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some(threads) = runtime_threads()? {
+    if let Some(threads) = threads::for_roles(runtime_threads()?, roles.len()) {
         builder.worker_threads(threads);
     }
     let runtime = builder.build().context("cannot start tokio")?;
@@ -130,10 +130,12 @@ async fn run_roles(
     telemetry: &tern_telemetry::Telemetry,
 ) -> anyhow::Result<ExitCode> {
     let shutdown = crate::signals::shutdown_on_signals()?;
-    // Which build runs is part of what an operator reads first: the allocator moves CPU per message.
+    // Which build runs, and on how many threads, is part of what an operator reads first: both move CPU per
+    // message.
     tracing::info!(
         version = %env!("CARGO_PKG_VERSION"),
         allocator = %crate::ALLOCATOR_NAME,
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         roles = %roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(","),
         "starting"
     );
