@@ -20,6 +20,31 @@ pub enum SignError {
     /// A key failed to sign.
     #[error("DKIM signing failed: {0}")]
     Failed(#[from] tern_dkim::DkimError),
+    /// The blocking thread that signed ended without an answer (the runtime shutting down).
+    #[error("DKIM signing was interrupted")]
+    Interrupted,
+}
+
+/// [`sign`], on tokio's blocking threads when a key may apply. A signature is a private-key operation (an
+/// RSA one takes milliseconds, and the message is hashed whole): on the runtime's thread, the only one of
+/// `tern ingest` by default, it would hold up every other SMTP session, the rest of a gRPC batch and the
+/// health probes meanwhile. Without keys the message comes back at once, with no thread hop.
+pub async fn sign_off_runtime(
+    signers: Option<&Arc<SharedSigners>>,
+    message: Vec<u8>,
+    sign_request: Option<bool>,
+    sender_domains: Option<&[String]>,
+) -> Result<Vec<u8>, SignError> {
+    let Some(signers) = signers.filter(|s| !s.current().is_empty()) else {
+        return Ok(message);
+    };
+    let signers = Arc::clone(signers);
+    let sender_domains = sender_domains.map(<[String]>::to_vec);
+    tokio::task::spawn_blocking(move || {
+        sign(Some(&signers), message, sign_request, sender_domains.as_deref())
+    })
+    .await
+    .map_err(|_| SignError::Interrupted)?
 }
 
 /// Signs `message` with the keys of `signers` (nothing to do without any); `sign == Some(false)` leaves out
@@ -113,5 +138,51 @@ mod tests {
             matches!(refused, SignError::Required(ref d) if d == "bank.test"),
             "{refused}"
         );
+    }
+
+    /// The signing future gives the runtime's thread back while the key signs: on a one-thread runtime a
+    /// task beside it is polled before the signature is done. Signed inline, the signature would be done in
+    /// the future's first poll, before the other task ever ran.
+    #[tokio::test(flavor = "current_thread")]
+    async fn signing_leaves_the_runtime_thread_free_for_other_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = signers(dir.path());
+        // A large body, so that the signature (its body hash) takes a while.
+        let mut message = MESSAGE.to_vec();
+        message.extend(
+            std::iter::repeat_n(
+                b"0123456789abcdef0123456789abcdef0123456789abcdef\r\n".as_slice(),
+                200_000,
+            )
+            .flatten(),
+        );
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let signing = async {
+            let signed = sign_off_runtime(Some(&keys), message, None, None).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            signed
+        };
+        let beside = async {
+            let mut polls_while_signing = 0u32;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                polls_while_signing += 1;
+                tokio::task::yield_now().await;
+            }
+            polls_while_signing
+        };
+        let (signed, polls_while_signing) = tokio::join!(signing, beside);
+        assert!(signed.unwrap().starts_with(b"DKIM-Signature:"));
+        assert!(
+            polls_while_signing > 0,
+            "the signature held the runtime's only thread"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_keys_the_message_comes_back_unchanged() {
+        let out = sign_off_runtime(None, MESSAGE.to_vec(), None, None)
+            .await
+            .unwrap();
+        assert_eq!(out, MESSAGE);
     }
 }

@@ -176,7 +176,7 @@ impl SubmissionService {
     }
 
     /// Checks one request and builds its message; nothing is enqueued here.
-    fn prepare(
+    async fn prepare(
         &self,
         req: &SendRequest,
         principal: &Principal,
@@ -277,15 +277,16 @@ impl SubmissionService {
         if built.body.iter().any(|b| *b >= 0x80) {
             envelope.body = Some(tern_core::Body::EightBitMime);
         }
-        let body = crate::dkim::sign(
+        let body = crate::dkim::sign_off_runtime(
             self.dkim.as_ref(),
             built.body,
             req.sign,
             principal.domains.as_deref(),
         )
+        .await
         .map_err(|e| match e {
             crate::dkim::SignError::Required(_) => Status::failed_precondition(format!("sign: {e}")),
-            crate::dkim::SignError::Failed(_) => {
+            crate::dkim::SignError::Failed(_) | crate::dkim::SignError::Interrupted => {
                 tracing::warn!(message_id = %id, error = %e, "message refused: DKIM signing failed");
                 Status::unavailable(format!("{e}; nothing was queued"))
             }
@@ -445,7 +446,9 @@ impl SubmissionService {
         let principal = self.principal(&request)?;
         let trace = trace_of(&request);
         let bounds = call_bounds(&request, &self.stop);
-        let prepared = self.prepare(request.get_ref(), &principal, trace.as_deref())?;
+        let prepared = self
+            .prepare(request.get_ref(), &principal, trace.as_deref())
+            .await?;
         let receipt = enqueue::enqueue(
             self.queue.as_ref(),
             prepared.message.clone(),
@@ -477,7 +480,7 @@ impl SubmissionService {
         let mut results: Vec<Option<send_result::Result>> = Vec::with_capacity(messages.len());
         let mut ready: Vec<(usize, Prepared)> = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            match self.prepare(m, &principal, trace.as_deref()) {
+            match self.prepare(m, &principal, trace.as_deref()).await {
                 Ok(p) => {
                     ready.push((i, p));
                     results.push(None);

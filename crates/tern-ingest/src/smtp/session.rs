@@ -663,13 +663,16 @@ impl Session {
         });
         let message = received::prepare_message(&body, &scan, &header, &id, &self.shared.hostname, now);
         drop(body);
-        let Ok(message) = crate::dkim::sign(
+        let signed = crate::dkim::sign_off_runtime(
             self.shared.dkim.as_ref(),
             message,
             None,
             self.user.as_ref().and_then(|u| u.domains.as_deref()),
         )
-        .inspect_err(|e| warn!(message_id = %id, error = %e, "message refused: DKIM signing failed")) else {
+        .await;
+        let Ok(message) = signed
+            .inspect_err(|e| warn!(message_id = %id, error = %e, "message refused: DKIM signing failed"))
+        else {
             return self.message_reply(Reply::new(
                 451,
                 "4.3.0",
