@@ -223,6 +223,33 @@ async fn wait_replicas_covers_every_message_of_a_shared_call() {
     }
 }
 
+/// An enqueue over several shards sends one pipeline per shard, each ending in `WAIT`. Redis reads nothing
+/// more from a client blocked in `WAIT`, so on one connection the shards' replica waits would run one after
+/// the other, and all but the first would run out of time before Redis even read them; each goes on a
+/// connection of its own, and each message gets the replicas' answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shards_replica_wait_runs_on_its_own_connection() {
+    let master = RedisServer::start().expect("start redis-server");
+    let mut opts = common::single(&master.url(), "waitshards");
+    opts.wait_replicas = 1;
+    opts.response_timeout = Duration::from_millis(500);
+    let q = common::queue(opts).await;
+    // Sixteen domains: several of the 16 shards. No replica, so every WAIT answers 0 after its timeout.
+    let batch: Vec<NewMessage> = (0..16).map(|i| named(&format!("r@d{i}.test")).1).collect();
+    let answers = tokio::spawn(async move { q.enqueue_batch(batch).await })
+        .await
+        .expect("the enqueue task");
+    for answer in answers {
+        match answer {
+            Err(QueueError::Unavailable(reason)) => assert!(
+                reason.contains("replicas acknowledged"),
+                "a shard's call did not get its replicas' answer: {reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_shared_writes_survive_sigkill() {
     const WRITERS: usize = 16;

@@ -3,12 +3,15 @@
 //!
 //! Single server: deadpool makes the connections (with its create timeout), but the queue keeps `pool_size`
 //! of them checked out and shares them out by task: every call a task makes goes on the same connection
-//! (tasks are spread over them; a call outside any task takes them in turn). Each is a multiplexed
+//! (tasks are hashed over them; a call outside any task takes them in turn). Each is a multiplexed
 //! connection that serves many concurrent calls (pipelining them on the socket), so the calls one operation
 //! makes at once, one per shard (an enqueue or a completion over several domains), leave in one write and
-//! their answers come back in one read, instead of a round trip on each of several connections. Keeping the
-//! connections out of the pool spares the PING that deadpool sends on every checkout (one extra round trip
-//! per queue call). A connection that fails with an
+//! their answers come back together, instead of a round trip on each of several connections. The price: a
+//! task's calls, and those of the tasks that hash to the same connection, queue behind a large one (a big
+//! message's body) on the socket. A call that ends in `WAIT` (`queue.wait_replicas`) takes the connections in
+//! turn instead ([`Backend::get_next`]), since Redis holds a client's next commands until the replicas
+//! answer. Keeping the connections out of the pool spares the PING that deadpool sends on every checkout (one
+//! extra round trip per queue call). A connection that fails with an
 //! I/O error, a timeout or a dropped connection is marked broken and replaced on next use.
 
 use std::sync::Arc;
@@ -225,14 +228,22 @@ impl Backend {
         }
     }
 
-    /// A connection.
+    /// The calling task's connection (on one server; outside a task, the next in turn).
     pub(crate) async fn get(&self) -> Result<Conn, QueueError> {
+        self.connection(tokio::task::try_id().map(task_slot)).await
+    }
+
+    /// The next connection in turn, whichever task calls: for a call that holds its connection a long
+    /// time (a pipeline ending in `WAIT`), so that the caller's other calls do not queue behind it.
+    pub(crate) async fn get_next(&self) -> Result<Conn, QueueError> {
+        self.connection(None).await
+    }
+
+    /// The connection of slot `turn` (modulo the pool), or of the next slot in turn.
+    async fn connection(&self, turn: Option<usize>) -> Result<Conn, QueueError> {
         match self {
             Backend::Single { pool, slots, next } => {
-                let turn = match tokio::task::try_id() {
-                    Some(task) => task_slot(task),
-                    None => next.fetch_add(1, Ordering::Relaxed),
-                };
+                let turn = turn.unwrap_or_else(|| next.fetch_add(1, Ordering::Relaxed));
                 let slot = &slots[turn % slots.len()];
                 let mut guard = slot.lock().await;
                 if let Some(s) = guard.as_ref()

@@ -272,10 +272,17 @@ impl RedisQueue {
         let n = calls.len();
         let res = self
             .timed(async {
-                let mut conn = self.backend.get().await?;
+                let waiting = wait && self.opts.wait_replicas > 0;
+                // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
+                // nothing more from a client blocked in `WAIT`): on the task's own connection, the task's
+                // other shards' calls would wait for the replicas one after another.
+                let mut conn = if waiting {
+                    self.backend.get_next().await?
+                } else {
+                    self.backend.get().await?
+                };
                 let shard_key = self.keys.key(shard, "domains");
                 let tag = self.keys.tag(shard);
-                let waiting = wait && self.opts.wait_replicas > 0;
                 let mut results: Vec<Option<Result<Value, QueueError>>> = vec![None; n];
                 let mut todo: Vec<usize> = (0..n).collect();
                 let mut pre = Some(pre);
@@ -304,9 +311,12 @@ impl RedisQueue {
                         }
                     }
                     if waiting {
+                        // Half the reply timeout: Redis says how many replicas acknowledged before the client
+                        // gives up on the reply, so a missing replica is reported as such, not as a timeout
+                        // (which would also mark the connection broken).
                         pipe.cmd("WAIT")
                             .arg(self.opts.wait_replicas)
-                            .arg(duration_ms(self.opts.response_timeout));
+                            .arg(duration_ms(self.opts.response_timeout / 2));
                     }
                     let values: Vec<Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
                     let mut values = values.into_iter();
