@@ -2,16 +2,9 @@
 //! type that implements [`redis::aio::ConnectionLike`]; and the mapping of Redis errors to [`QueueError`].
 //!
 //! Single server: deadpool makes the connections (with its create timeout), but the queue keeps `pool_size`
-//! of them checked out and shares them out by task: every call a task makes goes on the same connection
-//! (tasks are hashed over them; a call outside any task takes them in turn). Each is a multiplexed
-//! connection that serves many concurrent calls (pipelining them on the socket), so the calls one operation
-//! makes at once, one per shard (an enqueue or a completion over several domains), leave in one write and
-//! their answers come back together, instead of a round trip on each of several connections. The price: a
-//! task's calls, and those of the tasks that hash to the same connection, queue behind a large one (a big
-//! message's body) on the socket. A call that ends in `WAIT` (`queue.wait_replicas`) takes the connections in
-//! turn instead ([`Backend::get_next`]), since Redis holds a client's next commands until the replicas
-//! answer. Keeping the connections out of the pool spares the PING that deadpool sends on every checkout (one
-//! extra round trip per queue call). A connection that fails with an
+//! of them checked out and shares them round-robin. Each is a multiplexed connection that serves many
+//! concurrent calls (pipelining them on the socket), and keeping them out of the pool spares the PING that
+//! deadpool sends on every checkout (one extra round trip per queue call). A connection that fails with an
 //! I/O error, a timeout or a dropped connection is marked broken and replaced on next use.
 
 use std::sync::Arc;
@@ -31,7 +24,7 @@ use crate::QueueError;
 
 /// Where connections come from.
 pub(crate) enum Backend {
-    /// One server: multiplexed connections made by a deadpool pool, a task's calls on one of them.
+    /// One server: multiplexed connections made by a deadpool pool and shared round-robin.
     Single {
         pool: Pool,
         slots: Vec<Mutex<Option<Shared>>>,
@@ -56,16 +49,6 @@ pub(crate) struct Shared {
 pub(crate) enum Conn {
     Single(Shared),
     Cluster(ClusterConnection),
-}
-
-/// A task's connection slot (before the modulo): its id hashed, since ids count up and tasks that call the
-/// queue are a few of many.
-fn task_slot(task: tokio::task::Id) -> usize {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    // A fixed hasher: the same task always gets the same slot.
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(task);
-    // Only the low bits matter after the modulo; dropping the high ones on a 32-bit target is fine.
-    hash as usize
 }
 
 fn breaks_connection(e: &RedisError) -> bool {
@@ -228,23 +211,11 @@ impl Backend {
         }
     }
 
-    /// The calling task's connection (on one server; outside a task, the next in turn).
+    /// A connection.
     pub(crate) async fn get(&self) -> Result<Conn, QueueError> {
-        self.connection(tokio::task::try_id().map(task_slot)).await
-    }
-
-    /// The next connection in turn, whichever task calls: for a call that holds its connection a long
-    /// time (a pipeline ending in `WAIT`), so that the caller's other calls do not queue behind it.
-    pub(crate) async fn get_next(&self) -> Result<Conn, QueueError> {
-        self.connection(None).await
-    }
-
-    /// The connection of slot `turn` (modulo the pool), or of the next slot in turn.
-    async fn connection(&self, turn: Option<usize>) -> Result<Conn, QueueError> {
         match self {
             Backend::Single { pool, slots, next } => {
-                let turn = turn.unwrap_or_else(|| next.fetch_add(1, Ordering::Relaxed));
-                let slot = &slots[turn % slots.len()];
+                let slot = &slots[next.fetch_add(1, Ordering::Relaxed) % slots.len()];
                 let mut guard = slot.lock().await;
                 if let Some(s) = guard.as_ref()
                     && !s.broken.load(Ordering::Relaxed)
@@ -370,41 +341,6 @@ mod tests {
         }
         let timeout = pool_error(PoolError::Timeout(deadpool_redis::TimeoutType::Wait));
         assert!(matches!(timeout, QueueError::NotSent(_)), "{timeout:?}");
-    }
-
-    /// The Redis connection id a connection of `backend` has, asked on it.
-    async fn client_id(backend: &Backend) -> i64 {
-        let mut conn = backend.get().await.expect("a connection");
-        redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .expect("CLIENT ID")
-    }
-
-    #[tokio::test]
-    async fn a_tasks_calls_share_one_connection_and_tasks_spread_over_the_pool() {
-        let server = tern_testkit::redis::RedisServer::start().expect("redis-server");
-        let (connect, respond) = (Duration::from_secs(2), Duration::from_secs(5));
-        let backend = Arc::new(Backend::new(&server.url(), false, 16, connect, respond).expect("backend"));
-        // Calls one task makes at once (as an enqueue's per-shard calls) go on one connection. (The test's
-        // own future is not a task: its calls take the connections in turn.)
-        let shared = Arc::clone(&backend);
-        let ids =
-            tokio::spawn(async move { futures::future::join_all((0..8).map(|_| client_id(&shared))).await })
-                .await
-                .expect("task");
-        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-        // Different tasks get different connections (16 tasks over 16 connections: several in use).
-        let mut per_task = std::collections::BTreeSet::new();
-        for _ in 0..16 {
-            let backend = Arc::clone(&backend);
-            let id = tokio::spawn(async move { client_id(&backend).await })
-                .await
-                .expect("task");
-            per_task.insert(id);
-        }
-        assert!(per_task.len() > 1, "{per_task:?}");
     }
 
     #[test]

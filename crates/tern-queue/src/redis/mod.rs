@@ -272,17 +272,13 @@ impl RedisQueue {
         let n = calls.len();
         let res = self
             .timed(async {
-                let waiting = wait && self.opts.wait_replicas > 0;
                 // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
-                // nothing more from a client blocked in `WAIT`): on the task's own connection, the task's
-                // other shards' calls would wait for the replicas one after another.
-                let mut conn = if waiting {
-                    self.backend.get_next().await?
-                } else {
-                    self.backend.get().await?
-                };
+                // nothing more from a client blocked in `WAIT`): the connections taken in turn keep one
+                // operation's shards from waiting for the replicas one after another.
+                let mut conn = self.backend.get().await?;
                 let shard_key = self.keys.key(shard, "domains");
                 let tag = self.keys.tag(shard);
+                let waiting = wait && self.opts.wait_replicas > 0;
                 let mut results: Vec<Option<Result<Value, QueueError>>> = vec![None; n];
                 let mut todo: Vec<usize> = (0..n).collect();
                 let mut pre = Some(pre);
