@@ -7,7 +7,7 @@
 //! Why one: a role's work is many small I/O steps (an SMTP reply, a Redis answer), and with two or more
 //! threads an idle thread is woken to take a task from a busy one and parks again, once or more per step. On
 //! 2 cores shared with Redis, one thread per role process took the CPU per message (ingest + worker + Redis)
-//! from 0.355 to 0.299 ms and the rate up 7% (docs/performance.md, "Runtime threads").
+//! from 0.355 to 0.299 ms and the rate up 7% (docs/operations.md, "Runtime threads").
 
 /// The environment variable tokio's runtime reads for its number of worker threads.
 pub const WORKER_THREADS_VAR: &str = "TOKIO_WORKER_THREADS";
