@@ -133,6 +133,13 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `WAIT`'s timeout for a reply timeout of `response_timeout`: half of it, so that Redis says how many
+/// replicas acknowledged before the client gives up on the reply (a missing replica is then reported as such,
+/// not as a timeout that also marks the connection broken); at least 1 ms, since 0 makes `WAIT` block forever.
+fn wait_timeout_ms(response_timeout: Duration) -> u64 {
+    duration_ms(response_timeout / 2).max(1)
+}
+
 impl RedisQueue {
     /// Builds the queue. Nothing is connected yet, so this succeeds while Redis is down (calls then return
     /// [`QueueError::Unavailable`] until it is back, and load the function library where it is missing);
@@ -307,12 +314,9 @@ impl RedisQueue {
                         }
                     }
                     if waiting {
-                        // Half the reply timeout: Redis says how many replicas acknowledged before the client
-                        // gives up on the reply, so a missing replica is reported as such, not as a timeout
-                        // (which would also mark the connection broken).
                         pipe.cmd("WAIT")
                             .arg(self.opts.wait_replicas)
-                            .arg(duration_ms(self.opts.response_timeout / 2));
+                            .arg(wait_timeout_ms(self.opts.response_timeout));
                     }
                     let values: Vec<Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
                     let mut values = values.into_iter();
@@ -597,5 +601,18 @@ impl Queue for RedisQueue {
 
     async fn recent_stats(&self, window: Duration) -> Result<Stats, QueueError> {
         self.read_recent_stats(window).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_answers_within_half_the_reply_timeout_and_never_blocks_forever() {
+        assert_eq!(wait_timeout_ms(Duration::from_secs(5)), 2_500);
+        // 0 would make WAIT block until the replicas answer, however long that takes.
+        assert_eq!(wait_timeout_ms(Duration::from_millis(1)), 1);
+        assert_eq!(wait_timeout_ms(Duration::ZERO), 1);
     }
 }
