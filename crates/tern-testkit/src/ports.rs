@@ -1,20 +1,88 @@
 //! Free loopback ports and readiness waits.
 //!
-//! Ports come from the kernel (bind `127.0.0.1:0` and read the port back). A process-wide set remembers every
-//! port handed out, so two tests in the same test binary never get the same one even though the probe socket is
-//! closed before the peer binds it. Another process can still take the port in that short window; peers that fail
-//! to bind say so in their logs.
+//! Ports are picked at random from outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, the
+//! ports it gives to outgoing connections and to a bind of port 0), at or above [`LOWEST_PORT`], and checked
+//! free by binding them. Between that check and the peer's own bind the port is unowned: a kernel-chosen port
+//! (as this module once used) could meanwhile become the local port of any outgoing connection on the machine,
+//! and the tests make many (a `tern` the tests started once failed in CI with "Address already in use"); a port
+//! outside the range is never chosen by the kernel. A process-wide set remembers every port handed
+//! out, so two tests in the same test binary never get the same one. Another process picking the same port in
+//! that short window is still possible; peers that fail to bind say so in their logs.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// How many kernel-chosen ports to try before giving up.
+/// How many candidate ports to try before giving up.
 const ATTEMPTS: usize = 200;
+/// The lowest port handed out: below it sit the well-known and most registered services' ports.
+pub const LOWEST_PORT: u16 = 20000;
+/// The kernel's ephemeral range when `/proc/sys/net/ipv4/ip_local_port_range` cannot be read (Linux's default).
+const DEFAULT_EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
+
+/// The ports the kernel picks by itself (for outgoing connections and binds of port 0).
+pub fn ephemeral_range() -> RangeInclusive<u16> {
+    let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+            match (bounds.next(), bounds.next()) {
+                (Some(Ok(low)), Some(Ok(high))) if low <= high => Some(low..=high),
+                _ => None,
+            }
+        });
+    parsed.unwrap_or(DEFAULT_EPHEMERAL)
+}
+
+/// Ports at or above [`LOWEST_PORT`] outside `ephemeral`, as ranges (empty when the ephemeral range covers
+/// them all).
+fn candidate_ranges(ephemeral: &RangeInclusive<u16>) -> Vec<RangeInclusive<u16>> {
+    let mut ranges = Vec::new();
+    if *ephemeral.start() > LOWEST_PORT {
+        ranges.push(LOWEST_PORT..=ephemeral.start() - 1);
+    }
+    if *ephemeral.end() < u16::MAX {
+        ranges.push((ephemeral.end() + 1).max(LOWEST_PORT)..=u16::MAX);
+    }
+    ranges.retain(|r| !r.is_empty());
+    ranges
+}
+
+/// A random 64-bit number (std's per-instance random hash keys over a counter; no need for a crate).
+fn random() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A candidate port: at random from outside the kernel's ephemeral range, or, when nothing is outside it, one
+/// the kernel picks.
+fn candidate_port() -> Result<u16> {
+    let ranges = candidate_ranges(&ephemeral_range());
+    let total: u64 = ranges
+        .iter()
+        .map(|r| u64::from(*r.end()) - u64::from(*r.start()) + 1)
+        .sum();
+    if total == 0 {
+        return kernel_tcp_port();
+    }
+    let mut pick = random() % total;
+    for range in &ranges {
+        let size = u64::from(*range.end()) - u64::from(*range.start()) + 1;
+        if pick < size {
+            // `pick` < `size` <= 65536 - start, so the sum fits.
+            return Ok(range.start() + u16::try_from(pick).unwrap_or(0));
+        }
+        pick -= size;
+    }
+    kernel_tcp_port()
+}
 
 fn handed_out() -> &'static Mutex<HashSet<u16>> {
     static PORTS: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
@@ -49,8 +117,8 @@ fn udp_free(port: u16) -> bool {
 /// serves the per-behaviour addresses such as `127.0.0.22`.
 pub fn free_port() -> Result<u16> {
     for _ in 0..ATTEMPTS {
-        let port = kernel_tcp_port()?;
-        if claim(port) {
+        let port = candidate_port()?;
+        if tcp_free(port) && claim(port) {
             return Ok(port);
         }
     }
@@ -60,8 +128,8 @@ pub fn free_port() -> Result<u16> {
 /// A port free for both UDP and TCP on 127.0.0.1 (for DNS servers, which answer on both).
 pub fn free_udp_tcp_port() -> Result<u16> {
     for _ in 0..ATTEMPTS {
-        let port = kernel_tcp_port()?;
-        if udp_free(port) && claim(port) {
+        let port = candidate_port()?;
+        if tcp_free(port) && udp_free(port) && claim(port) {
             return Ok(port);
         }
     }
@@ -72,13 +140,18 @@ pub fn free_udp_tcp_port() -> Result<u16> {
 ///
 /// Redis Cluster uses `p + 10000` for its cluster bus, so [`crate::RedisCluster`] asks for `offset = 10000`.
 pub fn free_port_pair(offset: u16) -> Result<u16> {
+    let ephemeral = ephemeral_range();
     for _ in 0..ATTEMPTS {
-        let port = kernel_tcp_port()?;
+        let port = candidate_port()?;
         let Some(other) = port.checked_add(offset) else {
             continue;
         };
+        // `other` is bound by the peer as well, so it too must be one the kernel never picks by itself.
+        if ephemeral.contains(&other) && !ephemeral.contains(&port) {
+            continue;
+        }
         // If `other` was handed out earlier, `port` stays claimed (harmless) and the loop tries again.
-        if tcp_free(other) && claim(port) && claim(other) {
+        if tcp_free(port) && tcp_free(other) && claim(port) && claim(other) {
             return Ok(port);
         }
     }
@@ -174,6 +247,40 @@ mod tests {
         let p = free_port_pair(10000).unwrap();
         assert!(u32::from(p) + 10000 <= 65535);
         TcpListener::bind((Ipv4Addr::LOCALHOST, p + 10000)).unwrap();
+    }
+
+    #[test]
+    fn free_ports_are_never_ones_the_kernel_picks_for_outgoing_connections() {
+        let ephemeral = ephemeral_range();
+        for _ in 0..200 {
+            let port = free_port().unwrap();
+            assert!(port >= LOWEST_PORT, "{port}");
+            assert!(
+                !ephemeral.contains(&port),
+                "{port} is in the ephemeral range {ephemeral:?}"
+            );
+        }
+        let dns = free_udp_tcp_port().unwrap();
+        assert!(!ephemeral.contains(&dns), "{dns}");
+        let pair = free_port_pair(10000).unwrap();
+        assert!(
+            !ephemeral.contains(&pair) && !ephemeral.contains(&(pair + 10000)),
+            "{pair}"
+        );
+    }
+
+    #[test]
+    fn candidate_ranges_leave_out_the_ephemeral_range_and_low_ports() {
+        assert_eq!(
+            candidate_ranges(&(32768..=60999)),
+            vec![20000..=32767, 61000..=65535]
+        );
+        assert_eq!(
+            candidate_ranges(&(1024..=65535)),
+            Vec::<RangeInclusive<u16>>::new()
+        );
+        assert_eq!(candidate_ranges(&(10000..=30000)), vec![30001..=65535]);
+        assert_eq!(candidate_ranges(&(40000..=65535)), vec![20000..=39999]);
     }
 
     #[test]
