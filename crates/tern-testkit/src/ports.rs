@@ -61,27 +61,50 @@ fn random() -> u64 {
     RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The ports `p` such that both `p` and `p + offset` are candidates (see [`candidate_ranges`]), as ranges.
+fn pair_ranges(ephemeral: &RangeInclusive<u16>, offset: u16) -> Vec<RangeInclusive<u16>> {
+    let candidates = candidate_ranges(ephemeral);
+    let mut pairs = Vec::new();
+    for low in &candidates {
+        for high in &candidates {
+            // p in `low` and p + offset in `high`.
+            let start = (*low.start()).max(high.start().saturating_sub(offset));
+            let Some(end) = high.end().checked_sub(offset).map(|e| e.min(*low.end())) else {
+                continue;
+            };
+            if start <= end {
+                pairs.push(start..=end);
+            }
+        }
+    }
+    pairs
+}
+
+/// A port at random from `ranges`; `None` when they are empty.
+fn pick_from(ranges: &[RangeInclusive<u16>]) -> Option<u16> {
+    let size = |r: &RangeInclusive<u16>| u64::from(*r.end()) - u64::from(*r.start()) + 1;
+    let total: u64 = ranges.iter().map(size).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut pick = random() % total;
+    for range in ranges {
+        if pick < size(range) {
+            // `pick` is below the range's size, so the sum stays within the range.
+            return u16::try_from(pick).ok().map(|p| range.start() + p);
+        }
+        pick -= size(range);
+    }
+    None
+}
+
 /// A candidate port: at random from outside the kernel's ephemeral range, or, when nothing is outside it, one
 /// the kernel picks.
 fn candidate_port() -> Result<u16> {
-    let ranges = candidate_ranges(&ephemeral_range());
-    let total: u64 = ranges
-        .iter()
-        .map(|r| u64::from(*r.end()) - u64::from(*r.start()) + 1)
-        .sum();
-    if total == 0 {
-        return kernel_tcp_port();
+    match pick_from(&candidate_ranges(&ephemeral_range())) {
+        Some(port) => Ok(port),
+        None => kernel_tcp_port(),
     }
-    let mut pick = random() % total;
-    for range in &ranges {
-        let size = u64::from(*range.end()) - u64::from(*range.start()) + 1;
-        if pick < size {
-            // `pick` < `size` <= 65536 - start, so the sum fits.
-            return Ok(range.start() + u16::try_from(pick).unwrap_or(0));
-        }
-        pick -= size;
-    }
-    kernel_tcp_port()
 }
 
 fn handed_out() -> &'static Mutex<HashSet<u16>> {
@@ -139,17 +162,20 @@ pub fn free_udp_tcp_port() -> Result<u16> {
 /// A TCP port `p` such that `p + offset` is free as well and fits in a `u16`; both are marked as handed out.
 ///
 /// Redis Cluster uses `p + 10000` for its cluster bus, so [`crate::RedisCluster`] asks for `offset = 10000`.
+/// Both ports lie outside the kernel's ephemeral range when some pair does (with Linux's default range, `p` in
+/// 20000..=22767); otherwise the kernel picks `p`, as it did before ports were chosen outside the range.
 pub fn free_port_pair(offset: u16) -> Result<u16> {
-    let ephemeral = ephemeral_range();
+    // Both ports are bound by the peer, so both come from outside the ephemeral range; when no such pair
+    // exists (a range that leaves little outside it), the kernel picks `p` as it would any port.
+    let pairs = pair_ranges(&ephemeral_range(), offset);
     for _ in 0..ATTEMPTS {
-        let port = candidate_port()?;
+        let port = match pick_from(&pairs) {
+            Some(port) => port,
+            None => kernel_tcp_port()?,
+        };
         let Some(other) = port.checked_add(offset) else {
             continue;
         };
-        // `other` is bound by the peer as well, so it too must be one the kernel never picks by itself.
-        if ephemeral.contains(&other) && !ephemeral.contains(&port) {
-            continue;
-        }
         // If `other` was handed out earlier, `port` stays claimed (harmless) and the loop tries again.
         if tcp_free(port) && tcp_free(other) && claim(port) && claim(other) {
             return Ok(port);
@@ -252,6 +278,11 @@ mod tests {
     #[test]
     fn free_ports_are_never_ones_the_kernel_picks_for_outgoing_connections() {
         let ephemeral = ephemeral_range();
+        if candidate_ranges(&ephemeral).is_empty() || pair_ranges(&ephemeral, 10000).is_empty() {
+            // Nothing (or no pair) outside this machine's range: the kernel picks, as the functions say.
+            eprintln!("the ephemeral range {ephemeral:?} leaves no candidates; nothing to check");
+            return;
+        }
         for _ in 0..200 {
             let port = free_port().unwrap();
             assert!(port >= LOWEST_PORT, "{port}");
@@ -281,6 +312,34 @@ mod tests {
         );
         assert_eq!(candidate_ranges(&(10000..=30000)), vec![30001..=65535]);
         assert_eq!(candidate_ranges(&(40000..=65535)), vec![20000..=39999]);
+    }
+
+    #[test]
+    fn pair_ranges_keep_both_ports_outside_the_ephemeral_range() {
+        // Only p in 20000..=22767 has p + 10000 below the default range; above it, p + 10000 overflows.
+        assert_eq!(pair_ranges(&(32768..=60999), 10000), vec![20000..=22767]);
+        // A range that leaves only 65001..=65535: no pair, the caller falls back to the kernel.
+        assert_eq!(
+            pair_ranges(&(1024..=65000), 10000),
+            Vec::<RangeInclusive<u16>>::new()
+        );
+        assert_eq!(pair_ranges(&(10000..=30000), 10000), vec![30001..=55535]);
+        // p below the range with p + offset above it, or both above it.
+        assert_eq!(
+            pair_ranges(&(30000..=35000), 10000),
+            vec![25001..=29999, 35001..=55535]
+        );
+        for (ephemeral, offset) in [(32768..=60999, 10000), (30000..=35000, 10000), (40000..=50000, 1)] {
+            for range in pair_ranges(&ephemeral, offset) {
+                for p in [*range.start(), *range.end()] {
+                    assert!(!ephemeral.contains(&p) && p >= LOWEST_PORT, "{p}");
+                    let other = p.checked_add(offset).expect("fits");
+                    assert!(!ephemeral.contains(&other), "{p} + {offset}");
+                }
+            }
+        }
+        assert_eq!(pick_from(&[]), None);
+        assert_eq!(pick_from(&[7..=7]), Some(7));
     }
 
     #[test]
