@@ -175,3 +175,30 @@ async fn a_redis_out_of_memory_still_claims_and_completes_queued_mail() {
         .cli(&["CONFIG", "SET", "maxmemory", "0"])
         .expect("maxmemory");
 }
+
+/// After a restart of the server every pooled connection is stale. The first call that fails on one learns of
+/// it for them all: the rest are made anew on their next use, so one call fails, not one per connection (each
+/// such failure costs ingest a repeat after a back-off, and a worker a claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_one_failed_call_renews_every_pooled_connection() {
+    let mut server = RedisServer::start_durable().expect("start redis-server");
+    let mut options = common::single(&server.url(), "renew");
+    options.pool_size = 4;
+    let q = common::queue(options).await;
+    // Calls take the connections in turn, one each: every connection of the pool is made.
+    for n in 0..8 {
+        q.enqueue(message(&[&format!("warm{n}@renew.test")]))
+            .await
+            .expect("enqueue");
+    }
+    server.restart().expect("restart redis on the same port");
+    let mut failed = 0;
+    for n in 0..4 {
+        match q.enqueue(message(&[&format!("after{n}@renew.test")])).await {
+            Ok(_) => {}
+            Err(e) if e.is_unavailable() => failed += 1,
+            Err(e) => panic!("enqueue after the restart: {e:?}"),
+        }
+    }
+    assert_eq!(failed, 1, "calls that failed on a stale connection");
+}

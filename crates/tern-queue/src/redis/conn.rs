@@ -5,10 +5,13 @@
 //! of them checked out and shares them round-robin. Each is a multiplexed connection that serves many
 //! concurrent calls (pipelining them on the socket), and keeping them out of the pool spares the PING that
 //! deadpool sends on every checkout (one extra round trip per queue call). A connection that fails with an
-//! I/O error, a timeout or a dropped connection is marked broken and replaced on next use.
+//! I/O error, a timeout or a dropped connection is marked broken and replaced on next use, and so is every
+//! connection made before it: such a failure most often means the server went away (a restart, a failover),
+//! which leaves every older connection stale, and on a quiet process each would otherwise fail a call of its
+//! own before it was replaced.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Pool, PoolError, Runtime};
@@ -29,6 +32,8 @@ pub(crate) enum Backend {
         pool: Pool,
         slots: Vec<Mutex<Option<Shared>>>,
         next: AtomicUsize,
+        /// Connections made in an earlier generation are replaced on their next use (see the module doc).
+        generation: Arc<AtomicU64>,
     },
     /// A cluster: one multiplexed cluster connection (it routes by key and reconnects by itself), made on
     /// first use so that a queue can be built while the cluster is down.
@@ -38,11 +43,41 @@ pub(crate) enum Backend {
     },
 }
 
-/// A shared multiplexed connection and whether it broke.
+/// A shared multiplexed connection and what tells whether it may still serve.
 #[derive(Clone)]
 pub(crate) struct Shared {
     conn: MultiplexedConnection,
+    state: ConnState,
+}
+
+/// Whether a connection broke, and the generation it was made in.
+#[derive(Clone)]
+struct ConnState {
     broken: Arc<AtomicBool>,
+    born: u64,
+    generation: Arc<AtomicU64>,
+}
+
+impl ConnState {
+    /// Marks this connection broken, and every connection made before it stale.
+    fn break_off(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+        self.generation.fetch_max(self.born + 1, Ordering::Relaxed);
+    }
+
+    /// Whether the connection may serve another call.
+    fn usable(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed) && self.born >= self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Marks the connection broken when `reply` is an error of the connection itself.
+    fn note<T>(&self, reply: &Result<T, RedisError>) {
+        if let Err(e) = reply
+            && breaks_connection(e)
+        {
+            self.break_off();
+        }
+    }
 }
 
 /// One connection, single-server or cluster.
@@ -59,15 +94,11 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => {
-                let broken = c.broken.clone();
+                let state = c.state.clone();
                 let fut = c.conn.req_packed_command(cmd);
                 Box::pin(async move {
                     let r = fut.await;
-                    if let Err(e) = &r
-                        && breaks_connection(e)
-                    {
-                        broken.store(true, Ordering::Relaxed);
-                    }
+                    state.note(&r);
                     r
                 })
             }
@@ -83,15 +114,11 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => {
-                let broken = c.broken.clone();
+                let state = c.state.clone();
                 let fut = c.conn.req_packed_commands(cmd, offset, count);
                 Box::pin(async move {
                     let r = fut.await;
-                    if let Err(e) = &r
-                        && breaks_connection(e)
-                    {
-                        broken.store(true, Ordering::Relaxed);
-                    }
+                    state.note(&r);
                     r
                 })
             }
@@ -207,6 +234,7 @@ impl Backend {
                 pool,
                 slots,
                 next: AtomicUsize::new(0),
+                generation: Arc::new(AtomicU64::new(0)),
             })
         }
     }
@@ -214,19 +242,30 @@ impl Backend {
     /// A connection.
     pub(crate) async fn get(&self) -> Result<Conn, QueueError> {
         match self {
-            Backend::Single { pool, slots, next } => {
+            Backend::Single {
+                pool,
+                slots,
+                next,
+                generation,
+            } => {
                 let slot = &slots[next.fetch_add(1, Ordering::Relaxed) % slots.len()];
                 let mut guard = slot.lock().await;
                 if let Some(s) = guard.as_ref()
-                    && !s.broken.load(Ordering::Relaxed)
+                    && s.state.usable()
                 {
                     return Ok(Conn::Single(s.clone()));
                 }
                 *guard = None;
+                // Read before the connection is made: a failure meanwhile marks it stale as well.
+                let born = generation.load(Ordering::Relaxed);
                 let obj = pool.get().await.map_err(pool_error)?;
                 let shared = Shared {
                     conn: deadpool_redis::Connection::take(obj),
-                    broken: Arc::new(AtomicBool::new(false)),
+                    state: ConnState {
+                        broken: Arc::new(AtomicBool::new(false)),
+                        born,
+                        generation: generation.clone(),
+                    },
                 };
                 *guard = Some(shared.clone());
                 Ok(Conn::Single(shared))
