@@ -5,10 +5,11 @@
 //! of them checked out and shares them round-robin. Each is a multiplexed connection that serves many
 //! concurrent calls (pipelining them on the socket), and keeping them out of the pool spares the PING that
 //! deadpool sends on every checkout (one extra round trip per queue call). A connection that fails with an
-//! I/O error, a timeout or a dropped connection is marked broken and replaced on next use, and so is every
-//! connection made before it: such a failure most often means the server went away (a restart, a failover),
-//! which leaves every older connection stale, and on a quiet process each would otherwise fail a call of its
-//! own before it was replaced.
+//! I/O error, a timeout or a dropped connection is marked broken and replaced on next use. A connection the
+//! server dropped (closed, reset: not a timeout, which a slow call on a healthy server also gives) also marks
+//! stale every connection of its generation or older, i.e. made before the failure: the server went away (a
+//! restart), which leaves them all dead, and on a quiet process each would otherwise fail a call of its own
+//! before it was replaced.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -59,10 +60,13 @@ struct ConnState {
 }
 
 impl ConnState {
-    /// Marks this connection broken, and every connection made before it stale.
-    fn break_off(&self) {
+    /// Marks this connection broken, and, when the server dropped it, every connection of its generation or
+    /// older stale.
+    fn break_off(&self, server_gone: bool) {
         self.broken.store(true, Ordering::Relaxed);
-        self.generation.fetch_max(self.born + 1, Ordering::Relaxed);
+        if server_gone {
+            self.generation.fetch_max(self.born + 1, Ordering::Relaxed);
+        }
     }
 
     /// Whether the connection may serve another call.
@@ -75,7 +79,7 @@ impl ConnState {
         if let Err(e) = reply
             && breaks_connection(e)
         {
-            self.break_off();
+            self.break_off(server_gone(e));
         }
     }
 }
@@ -88,6 +92,12 @@ pub(crate) enum Conn {
 
 fn breaks_connection(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// Whether `e` says the server dropped the connection (closed or reset it), as a restart does; a timeout does
+/// not (redis-rs reports a timeout as an I/O error too).
+fn server_gone(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal())
 }
 
 impl ConnectionLike for Conn {
@@ -380,6 +390,15 @@ mod tests {
         }
         let timeout = pool_error(PoolError::Timeout(deadpool_redis::TimeoutType::Wait));
         assert!(matches!(timeout, QueueError::NotSent(_)), "{timeout:?}");
+    }
+
+    #[test]
+    fn a_dropped_connection_means_the_server_went_away_and_a_timeout_does_not() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert!(server_gone(&io(std::io::ErrorKind::BrokenPipe)));
+        assert!(server_gone(&io(std::io::ErrorKind::ConnectionReset)));
+        let timeout = io(std::io::ErrorKind::TimedOut);
+        assert!(breaks_connection(&timeout) && !server_gone(&timeout));
     }
 
     #[test]
