@@ -1,7 +1,7 @@
 //! Free loopback ports and readiness waits.
 //!
 //! Ports are picked at random from outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, the
-//! ports it gives to outgoing connections and to a bind of port 0), at or above [`LOWEST_PORT`], and checked
+//! ports it gives to outgoing connections and to a bind of port 0), at or above port 20000, and checked
 //! free by binding them. Between that check and the peer's own bind the port is unowned: a kernel-chosen port
 //! (as this module once used) could meanwhile become the local port of any outgoing connection on the machine,
 //! and the tests make many (a `tern` the tests started once failed in CI with "Address already in use"); a port
@@ -23,12 +23,12 @@ use anyhow::{Context, Result, bail};
 /// How many candidate ports to try before giving up.
 const ATTEMPTS: usize = 200;
 /// The lowest port handed out: below it sit the well-known and most registered services' ports.
-pub const LOWEST_PORT: u16 = 20000;
+const LOWEST_PORT: u16 = 20000;
 /// The kernel's ephemeral range when `/proc/sys/net/ipv4/ip_local_port_range` cannot be read (Linux's default).
 const DEFAULT_EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
 
 /// The ports the kernel picks by itself (for outgoing connections and binds of port 0).
-pub fn ephemeral_range() -> RangeInclusive<u16> {
+fn ephemeral_range() -> RangeInclusive<u16> {
     let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|text| {
@@ -51,7 +51,6 @@ fn candidate_ranges(ephemeral: &RangeInclusive<u16>) -> Vec<RangeInclusive<u16>>
     if *ephemeral.end() < u16::MAX {
         ranges.push((ephemeral.end() + 1).max(LOWEST_PORT)..=u16::MAX);
     }
-    ranges.retain(|r| !r.is_empty());
     ranges
 }
 
