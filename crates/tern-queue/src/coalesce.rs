@@ -11,17 +11,26 @@
 //! # When a lane sends
 //!
 //! Leader and followers, as a database's group commit: a caller that finds its lane idle sends its request
-//! at once, alone; callers that arrive while a call is in flight wait, and when it returns, everything
-//! that gathered meanwhile goes in the next call (up to [`CoalescingOptions::max_batch`] messages or jobs
-//! and [`CoalescingOptions::max_batch_bytes`] of bodies; a request as big as that on its own, such as a
-//! large gRPC batch, goes straight to the backend). There is no timer:
+//! at once, alone (the completion lane after its linger, below); callers that arrive while a call is in
+//! flight wait, and when it returns, everything that gathered meanwhile goes in the next call (up to
+//! [`CoalescingOptions::max_batch`] messages or jobs and [`CoalescingOptions::max_batch_bytes`] of bodies;
+//! a request as big as that on its own, such as a large gRPC batch, goes straight to the backend). The
+//! enqueue lane has no timer:
 //!
-//! - a lone call is never delayed (a fixed wait of 1 ms would add 1 ms to every message on a quiet
-//!   system, several times a loopback Redis round trip, for nothing to batch);
+//! - a lone enqueue is never delayed (a fixed wait of 1 ms would add 1 ms to every message's 250 on a
+//!   quiet system, several times a loopback Redis round trip, for nothing to batch);
 //! - under load the batch grows with the load by itself: it holds what arrived during one backend call,
 //!   so the backend does less work per message exactly when it is busy, with no wait to tune;
 //! - a caller waits at most for the call in flight to end, then for its own (more when more than
 //!   `max_batch` wait: then the backend is the bottleneck anyway).
+//!
+//! The completion lane may wait a little before each call ([`CoalescingOptions::completion_linger`]): no
+//! client waits on a completion (the message is delivered already; the wait only delays its record and
+//! the freeing of its claim's slot), and with one busy domain the outcomes of its deliveries arrive one at
+//! a time, so the calls that gather by themselves are small. Waiting 1 ms (with the worker's
+//! `delivery.claim_linger`) let Redis spend a fifth less per message (`docs/performance.md`). The wait
+//! ends early when a full call's worth waits. Code that records outcomes one after another would wait once
+//! per outcome, so the worker records the outcomes of a failed batch side by side.
 //!
 //! The backend call runs in a task of its own, so a caller that gives up (a deadline, a closed session)
 //! cannot cancel its neighbours' write; a request whose caller gave up before it was sent is dropped.
@@ -56,7 +65,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use tern_core::MessageId;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::model::*;
 use crate::{Queue, QueueError};
@@ -78,6 +87,9 @@ pub struct CoalescingOptions {
     /// More lets the next gathered call start before the previous one returns, at the cost of smaller
     /// batches.
     pub max_in_flight: usize,
+    /// How long the completion lane waits before each shared call, for more outcomes to join it (default
+    /// none: at once, as the enqueue lane always does). The wait ends when `max_batch` jobs wait.
+    pub completion_linger: Duration,
 }
 
 impl Default for CoalescingOptions {
@@ -87,6 +99,7 @@ impl Default for CoalescingOptions {
             max_batch_bytes: 4 << 20,
             max_pending: 4096,
             max_in_flight: 1,
+            completion_linger: Duration::ZERO,
         }
     }
 }
@@ -116,11 +129,12 @@ impl Coalescing {
             max_batch_bytes: options.max_batch_bytes.max(1),
             max_pending: options.max_pending.clamp(1, Semaphore::MAX_PERMITS),
             max_in_flight: options.max_in_flight.max(1),
+            completion_linger: options.completion_linger,
         };
         Coalescing {
             inner,
-            enqueues: Arc::new(Lane::new(limits.clone())),
-            completions: Arc::new(Lane::new(limits)),
+            enqueues: Arc::new(Lane::new(limits.clone(), Duration::ZERO)),
+            completions: Arc::new(Lane::new(limits.clone(), limits.completion_linger)),
         }
     }
 
@@ -283,6 +297,10 @@ struct LaneState<R: Request> {
 /// One kind of request (enqueues or completions) on its way to shared calls.
 struct Lane<R: Request> {
     limits: CoalescingOptions,
+    /// The wait before each shared call (zero: none).
+    linger: Duration,
+    /// Signalled when a whole call's worth waits: a lingering sender goes at once.
+    filled: Notify,
     /// Room for `max_pending` items, waiting or in flight.
     room: Arc<Semaphore>,
     state: Mutex<LaneState<R>>,
@@ -290,10 +308,12 @@ struct Lane<R: Request> {
 }
 
 impl<R: Request> Lane<R> {
-    fn new(limits: CoalescingOptions) -> Lane<R> {
+    fn new(limits: CoalescingOptions, linger: Duration) -> Lane<R> {
         Lane {
             room: Arc::new(Semaphore::new(limits.max_pending)),
             limits,
+            linger,
+            filled: Notify::new(),
             state: Mutex::new(LaneState {
                 waiting: VecDeque::new(),
                 senders: 0,
@@ -308,7 +328,8 @@ impl<R: Request> Lane<R> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `request` in the next shared call (at once when the lane is idle) and returns its own results.
+    /// Sends `request` in the next shared call (when the lane is idle: at once, or after the lane's linger)
+    /// and returns its own results.
     async fn submit(
         self: &Arc<Self>,
         inner: &Arc<dyn Queue>,
@@ -328,15 +349,18 @@ impl<R: Request> Lane<R> {
             return failed(items, "the queue's group commit lane is closed");
         };
         let (reply, answer) = oneshot::channel();
-        let start_sender = {
+        let (start_sender, full) = {
             let mut state = self.state();
             state.waiting.push_back(Waiting { request, reply, room });
             let start = state.senders < self.limits.max_in_flight;
             if start {
                 state.senders += 1;
             }
-            start
+            (start, !self.linger.is_zero() && self.full_call_waits(&state))
         };
+        if full {
+            self.filled.notify_waiters();
+        }
         if start_sender {
             tokio::spawn(Arc::clone(self).send_while_waiting(Arc::clone(inner)));
         }
@@ -356,6 +380,17 @@ impl<R: Request> Lane<R> {
     /// A sender: sends what waits, one shared call after another, until nothing does.
     async fn send_while_waiting(self: Arc<Self>, inner: Arc<dyn Queue>) {
         loop {
+            if !self.linger.is_zero() {
+                {
+                    // Nothing left after a call: no linger on an empty lane.
+                    let mut state = self.state();
+                    if state.waiting.is_empty() {
+                        state.senders -= 1;
+                        return;
+                    }
+                }
+                self.wait_for_more().await;
+            }
             let batch = {
                 let mut state = self.state();
                 let batch = self.take(&mut state);
@@ -367,6 +402,34 @@ impl<R: Request> Lane<R> {
             };
             self.send(&inner, batch).await;
         }
+    }
+
+    /// Waits the linger, or until a whole call's worth waits.
+    async fn wait_for_more(&self) {
+        // Listening before looking, so that a call filled in between is not missed.
+        let filled = self.filled.notified();
+        tokio::pin!(filled);
+        filled.as_mut().enable();
+        if self.full_call_waits(&self.state()) {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(self.linger) => {}
+            _ = filled => {}
+        }
+    }
+
+    /// Whether a whole shared call's worth of items waits already (no reason to linger). Looks at no more
+    /// than `max_batch` requests.
+    fn full_call_waits(&self, state: &LaneState<R>) -> bool {
+        let mut items = 0usize;
+        for waiting in &state.waiting {
+            items = items.saturating_add(waiting.request.items());
+            if items >= self.limits.max_batch {
+                return true;
+            }
+        }
+        false
     }
 
     /// The next shared call's requests, oldest first: while they fit its limits (the first always does),

@@ -11,6 +11,14 @@ use tern_queue::conformance;
 use tern_queue::{Coalescing, CoalescingOptions, HistoryStore, Queue, RedisQueueOptions};
 use tern_testkit::redis::RedisServer;
 
+/// The wrapper as tern runs it: completions wait `queue.completion_linger`'s default before each call.
+fn production_options() -> CoalescingOptions {
+    CoalescingOptions {
+        completion_linger: Duration::from_millis(1),
+        ..CoalescingOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_coalesced_single_redis() {
     let server = RedisServer::start().expect("start redis-server");
@@ -19,7 +27,7 @@ async fn conformance_coalesced_single_redis() {
         let url = url.clone();
         Box::pin(async move {
             let inner = common::queue(common::single(&url, &name)).await;
-            Arc::new(Coalescing::new(inner, CoalescingOptions::default())) as Arc<dyn Queue>
+            Arc::new(Coalescing::new(inner, production_options())) as Arc<dyn Queue>
         })
     });
     conformance::run_all(factory).await;
@@ -40,7 +48,7 @@ async fn history_conformance_coalesced_single_redis() {
             let store = common::redis_queue(opts).await;
             let queue = Arc::new(Coalescing::new(
                 Arc::clone(&store) as Arc<dyn Queue>,
-                CoalescingOptions::default(),
+                production_options(),
             ));
             conformance::history::Stores {
                 queue,

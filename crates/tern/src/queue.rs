@@ -59,6 +59,7 @@ pub fn group_commit_options(config: &Config) -> Option<CoalescingOptions> {
     let cfg = &config.queue;
     cfg.group_commit.then(|| CoalescingOptions {
         max_batch: usize::try_from(cfg.group_commit_max).unwrap_or(usize::MAX),
+        completion_linger: cfg.completion_linger.get(),
         ..CoalescingOptions::default()
     })
 }
@@ -227,6 +228,7 @@ mod tests {
             wait_replicas: 1,
             group_commit: true,
             group_commit_max: 32,
+            completion_linger: tern_core::HumanDuration(std::time::Duration::from_millis(3)),
             history: tern_core::HumanDuration::from_secs(3600),
         };
         let o = redis_options(&config);
@@ -240,6 +242,7 @@ mod tests {
         assert!(!o.cluster);
         let group = group_commit_options(&config).expect("group commit on");
         assert_eq!(group.max_batch, 32);
+        assert_eq!(group.completion_linger, std::time::Duration::from_millis(3));
         assert_eq!(group.max_pending, CoalescingOptions::default().max_pending);
         config.queue.group_commit = false;
         assert_eq!(group_commit_options(&config), None);

@@ -258,6 +258,11 @@ pub struct DeliveryConfig {
     pub shutdown_grace: HumanDuration,
     /// How long an idle worker waits before asking the queue for work again.
     pub poll_interval: HumanDuration,
+    /// How long a worker waits before its next claim after two claims in a row of one domain, the second
+    /// of which took all the domain's due jobs (fewer than a connection's worth): no other domain had due
+    /// work, and the next claim then carries what arrived meanwhile instead of a job or two. `0s`: claim
+    /// again at once.
+    pub claim_linger: HumanDuration,
     /// Sandbox delivery, for development and tests: when set, no MX is looked up and no connection made;
     /// every message is written to `<dir>/<message id>.eml` (a message's further jobs, one per further
     /// recipient domain, to `<dir>/<message id>.<domain>.eml`) with `Return-Path` and `Delivered-To`
@@ -305,6 +310,7 @@ impl Default for DeliveryConfig {
             delay_notice_after: None,
             shutdown_grace: HumanDuration::from_secs(30),
             poll_interval: HumanDuration::from_secs(1),
+            claim_linger: HumanDuration(Duration::from_millis(2)),
             sandbox_dir: None,
             mta_sts: MtaStsConfig::default(),
             tls_rpt: TlsRptConfig::default(),
@@ -383,6 +389,9 @@ impl DeliveryConfig {
                 return err(key, format!("{d} is shorter than 10ms"));
             }
         }
+        if self.claim_linger.get() > Duration::from_secs(1) {
+            return err("claim_linger", format!("{} is longer than 1s", self.claim_linger));
+        }
         if self.max_age.get().is_zero() {
             return err("max_age", "must not be 0".into());
         }
@@ -447,6 +456,19 @@ mod tests {
         assert_eq!(c.retry().unwrap(), RetrySchedule::default());
         assert_eq!(c.delay_notice_after, None);
         assert_eq!(c.sandbox_dir, None, "sandbox delivery is off by default");
+        assert_eq!(c.claim_linger, HumanDuration(Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn claim_linger_may_be_off_and_is_at_most_a_second() {
+        let c: DeliveryConfig = toml::from_str(r#"claim_linger = "0s""#).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.claim_linger.get().is_zero());
+        let c = DeliveryConfig {
+            claim_linger: HumanDuration(Duration::from_millis(1001)),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "claim_linger");
     }
 
     #[test]

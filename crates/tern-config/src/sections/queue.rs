@@ -25,11 +25,15 @@ pub struct QueueConfig {
     pub wait_replicas: u32,
     /// Group commit: concurrent enqueues (SMTP sessions, gRPC calls, DSNs) and concurrent completions of one
     /// process go to the queue together, one call for many, each still acknowledged only once its own write
-    /// is durable (and replicated, with `wait_replicas`). A lone call goes at once; calls that arrive while
-    /// one is in flight go together in the next.
+    /// is durable (and replicated, with `wait_replicas`). A lone enqueue goes at once (completions after
+    /// `completion_linger`); calls that arrive while one is in flight go together in the next.
     pub group_commit: bool,
     /// The most messages (or job outcomes) one group-commit call carries.
     pub group_commit_max: u32,
+    /// How long a worker's group commit of job outcomes waits for more before it goes (`0s`: at once, as
+    /// enqueues always go). Nobody waits on an outcome's record, and a wait of a millisecond makes the calls
+    /// carry several times as many outcomes under load.
+    pub completion_linger: HumanDuration,
     /// How long a message's history (envelope, tags, every attempt, how it ended) stays readable after its
     /// last event, for `ternctl msg show` and `msg find`; `0s` keeps none.
     pub history: HumanDuration,
@@ -46,6 +50,7 @@ impl Default for QueueConfig {
             wait_replicas: 0,
             group_commit: true,
             group_commit_max: 64,
+            completion_linger: HumanDuration(std::time::Duration::from_millis(1)),
             history: HumanDuration::from_secs(7 * 24 * 3600),
         }
     }
@@ -123,6 +128,12 @@ impl QueueConfig {
                 "must be non-empty, without braces or spaces".into(),
             ));
         }
+        if self.completion_linger.get() > MAX_COMPLETION_LINGER {
+            return Err((
+                "completion_linger".into(),
+                format!("{} is longer than 100ms", self.completion_linger),
+            ));
+        }
         if !(1..=MAX_GROUP_COMMIT).contains(&self.group_commit_max) {
             return Err((
                 "group_commit_max".into(),
@@ -141,6 +152,10 @@ pub enum QueueBackend {
     /// Redis or Redis Cluster: any number of processes share it.
     Redis,
 }
+
+/// The longest `completion_linger`: a claim's slot stays taken while its last outcome waits, and code that
+/// records outcomes one after another waits once per outcome.
+const MAX_COMPLETION_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The largest `group_commit_max`: beyond it one call would hold Redis (and every caller of it) for long.
 const MAX_GROUP_COMMIT: u32 = 1024;
@@ -201,5 +216,19 @@ mod tests {
             };
             assert!(matches!(q.validate(), Err((key, _)) if key == "group_commit_max"));
         }
+    }
+
+    #[test]
+    fn completions_linger_a_millisecond_by_default_and_at_most_a_second() {
+        let q = QueueConfig::default();
+        assert_eq!(q.completion_linger.get(), std::time::Duration::from_millis(1));
+        let q: QueueConfig = toml::from_str(r#"completion_linger = "0s""#).unwrap();
+        assert_eq!(q.validate(), Ok(()));
+        assert!(q.completion_linger.get().is_zero());
+        let q = QueueConfig {
+            completion_linger: HumanDuration(MAX_COMPLETION_LINGER + std::time::Duration::from_millis(1)),
+            ..QueueConfig::default()
+        };
+        assert!(matches!(q.validate(), Err((key, _)) if key == "completion_linger"));
     }
 }

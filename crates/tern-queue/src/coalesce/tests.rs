@@ -509,6 +509,91 @@ async fn completions_share_one_call_per_owner_and_get_their_own_answers() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn completions_wait_the_linger_then_go_in_one_call() {
+    let inner = Recorder::open();
+    // The clock stands still while tasks can run (it moves only when all of them wait).
+    let linger = Duration::from_millis(300);
+    let options = CoalescingOptions {
+        completion_linger: linger,
+        ..CoalescingOptions::default()
+    };
+    let queue = wrap(&inner, options);
+    let complete = |lease: JobLease| {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.complete("w1", &lease, Outcome::delivered()).await })
+    };
+    let started = tokio::time::Instant::now();
+    let (a, b) = (lease("t1"), lease("t2"));
+    let ids = vec![a.job, b.job];
+    let first = complete(a);
+    until("the first completion waits", || waiting(&queue.completions) == 1).await;
+    let second = complete(b);
+    until("both wait", || waiting(&queue.completions) == 2).await;
+    assert!(
+        inner.calls().is_empty(),
+        "nothing is sent before the linger is over"
+    );
+    assert_eq!(first.await.unwrap(), Ok(Completion::Finished));
+    assert_eq!(second.await.unwrap(), Ok(Completion::Finished));
+    assert!(started.elapsed() >= linger, "the call waited the linger");
+    assert_eq!(inner.calls(), [Call::Complete("w1".into(), ids)]);
+}
+
+#[test]
+fn enqueues_never_wait_the_completion_linger() {
+    // A runtime with no time driver: a linger (a sleep) would panic.
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(async {
+        let inner = Recorder::open();
+        let options = CoalescingOptions {
+            completion_linger: Duration::from_secs(3600),
+            ..CoalescingOptions::default()
+        };
+        let queue = wrap(&inner, options);
+        let m = message(1);
+        let id = m.id.unwrap();
+        queue.enqueue(m).await.expect("queued");
+        assert_eq!(inner.calls(), [Call::Enqueue(vec![id])]);
+    });
+}
+
+#[tokio::test]
+async fn a_full_call_of_completions_ends_the_linger() {
+    let inner = Recorder::open();
+    let options = CoalescingOptions {
+        max_batch: 2,
+        completion_linger: Duration::from_secs(3600),
+        ..CoalescingOptions::default()
+    };
+    let queue = wrap(&inner, options);
+    let complete = |lease: JobLease| {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.complete("w1", &lease, Outcome::delivered()).await })
+    };
+    let (a, b) = (lease("t1"), lease("t2"));
+    let ids = vec![a.job, b.job];
+    let first = complete(a);
+    until("the first completion waits", || waiting(&queue.completions) == 1).await;
+    let second = complete(b);
+    let (first, second) = tokio::time::timeout(Duration::from_secs(30), async {
+        (first.await.unwrap(), second.await.unwrap())
+    })
+    .await
+    .expect("the full call went without waiting the hour's linger");
+    assert_eq!(first, Ok(Completion::Finished));
+    assert_eq!(second, Ok(Completion::Finished));
+    assert_eq!(inner.calls(), [Call::Complete("w1".into(), ids)]);
+    // A request of max_batch jobs on its own goes straight to the backend.
+    let jobs = vec![
+        (lease("t3"), Outcome::delivered()),
+        (lease("t4"), Outcome::delivered()),
+    ];
+    let results = queue.complete_batch("w1", jobs).await;
+    assert_eq!(results, [Ok(Completion::Finished), Ok(Completion::Finished)]);
+    assert_eq!(inner.calls().len(), 2);
+}
+
 #[tokio::test]
 async fn a_caller_that_gives_up_cancels_nobody_else() {
     let inner = Recorder::closed();
