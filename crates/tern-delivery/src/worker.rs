@@ -312,10 +312,7 @@ impl Worker {
             {
                 Ok(ClaimOutcome::Claimed(claim)) => {
                     failures = 0;
-                    // Not after a claim that took an idle connection's hold over: held domains are looked
-                    // at before the others (see `linger_before_next_claim`).
                     linger = !claim_linger.is_zero()
-                        && claim.took_hold.is_none()
                         && linger_before_next_claim(
                             last_domain.as_deref(),
                             &claim.domain,
@@ -511,9 +508,11 @@ fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
 /// claim before it (`previous`). A claimed domain goes behind every other due domain of its shard, and
 /// claims visit the shards in turn, so two claims in a row of one domain mean that no other domain had due
 /// work: the wait delays no one else's mail, and the next claim carries what arrived meanwhile instead of a
-/// job or two (fewer claims and completions per message). A claim that took an idle connection's hold over
-/// is no such sign (held domains are looked at before the others), so the caller does not linger after
-/// one. A single message on a quiet system is claimed after a claim that found nothing, so it never waits.
+/// job or two (fewer claims and completions per message). One exception: every other claim of a worker
+/// with an idle connection looks at the held domains first, so after such a claim another domain's due
+/// work may wait up to the linger more (the claim after it goes in index order). Not lingering after
+/// claims that took a hold over left only a third of the gain (seven A/B rounds, `docs/performance.md`).
+/// A single message on a quiet system is claimed after a claim that found nothing, so it never waits.
 fn linger_before_next_claim(previous: Option<&str>, domain: &str, jobs: usize, asked: usize) -> bool {
     jobs < asked && previous == Some(domain)
 }
