@@ -219,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn completions_linger_a_millisecond_by_default_and_at_most_a_second() {
+    fn completions_linger_a_millisecond_by_default_and_at_most_100ms() {
         let q = QueueConfig::default();
         assert_eq!(q.completion_linger.get(), std::time::Duration::from_millis(1));
         let q: QueueConfig = toml::from_str(r#"completion_linger = "0s""#).unwrap();
