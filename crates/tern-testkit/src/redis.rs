@@ -34,21 +34,39 @@ pub struct RedisServer {
     child: Option<ChildGuard>,
 }
 
+/// How many ports [`RedisServer::start`] tries before it gives up.
+const PORT_ATTEMPTS: u32 = 5;
+/// What redis-server logs when its port is taken.
+const PORT_TAKEN: &str = "Address already in use";
+
 impl RedisServer {
     /// Starts a throw-away server: no RDB snapshots, no AOF (`--save "" --appendonly no`).
     pub fn start() -> Result<Self> {
-        Self::launch(free_port()?, &["--appendonly", "no"])
+        Self::launch_on_a_free_port(free_port, &["--appendonly", "no"])
     }
 
     /// Starts a server that fsyncs every write to its AOF (`--appendonly yes --appendfsync always`), so a write
     /// that was acknowledged survives [`RedisServer::kill_hard`] and is there again after [`RedisServer::restart`].
     pub fn start_durable() -> Result<Self> {
-        Self::launch(free_port()?, &["--appendonly", "yes", "--appendfsync", "always"])
+        Self::launch_on_a_free_port(free_port, &["--appendonly", "yes", "--appendfsync", "always"])
     }
 
     /// Starts a server on `port` with extra `redis-server` arguments (after the defaults, so they win).
     pub fn start_with_args(port: u16, extra: &[&str]) -> Result<Self> {
         Self::launch(port, extra)
+    }
+
+    /// Launches on a port from `pick`, and on another one when the server could not bind it: a port free when
+    /// it was picked can be taken by another test process before the server binds it (seen in CI: `bind:
+    /// Address already in use`, the test failing before it began).
+    fn launch_on_a_free_port(mut pick: impl FnMut() -> Result<u16>, extra: &[&str]) -> Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::launch(pick()?, extra) {
+                Err(e) if attempt < PORT_ATTEMPTS && format!("{e:#}").contains(PORT_TAKEN) => attempt += 1,
+                launched => return launched,
+            }
+        }
     }
 
     fn launch(port: u16, extra: &[&str]) -> Result<Self> {
@@ -336,5 +354,25 @@ impl RedisCluster {
         let mut all = vec!["-c"];
         all.extend_from_slice(args);
         redis_cli(self.nodes[0].port, &all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_before_the_server_binds_it_is_exchanged_for_another() -> Result<()> {
+        // The first port picked is held by this listener, as another test process could hold it.
+        let holder = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let taken = holder.local_addr()?.port();
+        let mut picks = vec![free_port()?, taken];
+        let server = RedisServer::launch_on_a_free_port(
+            || picks.pop().context("no port left to pick"),
+            &["--appendonly", "no"],
+        )?;
+        assert_ne!(server.port(), taken);
+        assert_eq!(resp_call(server.addr(), &["PING"])?, "PONG");
+        Ok(())
     }
 }
