@@ -512,8 +512,8 @@ fn claim_backoff(poll: Duration, failures: u32, unit: f64) -> Duration {
 /// with an idle connection looks at the held domains first, so after such a claim another domain's due
 /// work may wait up to the linger more (the claim after it goes in index order). Not lingering after
 /// claims that took a hold over kept about half of the CPU saved and a seventh of the rate gained (seven
-/// A/B rounds, `docs/performance.md`).
-/// A single message on a quiet system is claimed after a claim that found nothing, so it never waits.
+/// A/B rounds, `docs/performance.md`). A single message on a quiet system is claimed after a claim that
+/// found nothing, so it never waits.
 fn linger_before_next_claim(previous: Option<&str>, domain: &str, jobs: usize, asked: usize) -> bool {
     jobs < asked && previous == Some(domain)
 }

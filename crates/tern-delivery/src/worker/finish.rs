@@ -5,9 +5,9 @@
 //! and the server and reply where known (`crate::log_fields`).
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use std::time::{Duration, SystemTime};
 
 use tern_core::MessageId;
 use tern_core::time::{from_unix_ms, now_ms};
