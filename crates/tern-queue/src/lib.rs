@@ -102,6 +102,12 @@ pub trait Queue: Send + Sync {
     /// that finds nothing calls [`Queue::wait_for_work`] with the time left until then (at most its poll
     /// interval).
     ///
+    /// Made for that loop, it may skip for a few tens of milliseconds the parts of the store where this
+    /// handle's previous calls found nothing, until a signal from there reaches this handle's
+    /// [`Queue::wait_for_work`] or this handle enqueues there (Redis: its shards, see `redis/quiet.rs`), so
+    /// that a worker at a moderate rate does not look through every empty shard after each wake. Work due
+    /// later that another handle queued meanwhile is then named by a later call.
+    ///
     /// The default calls `claim_holding` and knows no time (`None`); a backend that sees its domain index
     /// while it claims should override it.
     async fn claim_next(

@@ -91,6 +91,72 @@ async fn a_shard_where_no_one_waits_keeps_a_few_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_drops_the_shards_old_tokens_once_nothing_there_is_due() {
+    // A worker busy with a batch claims again when it ends, without waiting: the tokens that announced the
+    // work it took stay behind, and each would wake a worker to find nothing.
+    let server = RedisServer::start().expect("redis-server");
+    let q = one_shard(&server, "old").await;
+    let tokens = || -> u32 {
+        server
+            .cli(&["LLEN", "{old:s00}:wake"])
+            .expect("LLEN")
+            .trim()
+            .parse()
+            .expect("a length")
+    };
+    for domain in ["a", "b", "c"] {
+        q.enqueue(message(&[&format!("r@{domain}.old.test")]))
+            .await
+            .expect("enqueue");
+    }
+    assert_eq!(tokens(), 3, "one per domain made due");
+    let first = q
+        .claim("w", 10, Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("a domain");
+    assert_eq!(
+        tokens(),
+        3,
+        "two domains still due: their tokens may wake other workers"
+    );
+    q.claim("w", 10, Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("a domain");
+    q.claim("w", 10, Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("a domain");
+    assert_eq!(tokens(), 0, "nothing due: the tokens were old");
+
+    // New work pushes a token again; a claim that finds nothing due drops an old one too.
+    q.enqueue(message(&["r@d.old.test"])).await.expect("enqueue");
+    assert_eq!(tokens(), 1);
+    server
+        .cli(&["RPUSH", "{old:s00}:wake", "1"])
+        .expect("an old token");
+    q.claim("w", 10, Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("d.old.test");
+    assert_eq!(tokens(), 0);
+    server
+        .cli(&["RPUSH", "{old:s00}:wake", "1"])
+        .expect("an old token");
+    assert!(
+        q.claim("w", 10, Duration::from_secs(60))
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(tokens(), 0, "a claim that found nothing due");
+    q.complete("w", &first.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_reaches_a_handle_no_one_waits_on_goes_on_to_another() {
     let server = RedisServer::start().expect("redis-server");
     let first = one_shard(&server, "handoff").await;

@@ -8,6 +8,8 @@
 //! - `codec.rs` reads and writes job records; `conn.rs` makes connections and maps Redis errors.
 //! - `wake.rs` waits for work: idle workers block on the shards' wake lists (dedicated connections), which
 //!   the functions signal.
+//! - `quiet.rs` remembers the shards where the worker's claims found nothing, which its next claims skip
+//!   until a wake token from the shard, an enqueue there through this handle, or a short bound.
 //!
 //! This file keeps what every operation shares: the options, the connections, function calls and
 //! pipelines with their timeouts, and the [`Queue`] implementation, which hands each method to its
@@ -19,8 +21,10 @@ pub(crate) mod conn;
 pub(crate) mod keys;
 pub(crate) mod library;
 pub(crate) mod ops;
+pub(crate) mod quiet;
 pub(crate) mod wake;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
@@ -36,6 +40,7 @@ use conn::{Backend, redis_error};
 use keys::Keys;
 use library::{Function, FunctionLibrary};
 use ops::Arg;
+use quiet::QuietShards;
 use wake::Wakes;
 
 /// Options of the Redis queue (the `[queue]` configuration section).
@@ -78,6 +83,11 @@ pub struct RedisQueueOptions {
     /// How long a message's history ([`crate::HistoryStore`]) is kept after its last event: `queue.history`
     /// (default 7 days; zero keeps none).
     pub history: Duration,
+    /// How long at most the worker's claims ([`Queue::claim_next`]) skip a shard where this handle last
+    /// found nothing, while no wake token from it reached this handle (default 50 ms; `redis/quiet.rs`):
+    /// the longest that new work there waits for a worker busy with other shards, and that work due later,
+    /// queued by another process, goes unnamed.
+    pub quiet_shard_bound: Duration,
 }
 
 impl Default for RedisQueueOptions {
@@ -96,6 +106,7 @@ impl Default for RedisQueueOptions {
             response_timeout: Duration::from_secs(5),
             repeat_window: Duration::from_secs(60),
             history: crate::history::DEFAULT_RETENTION,
+            quiet_shard_bound: Duration::from_millis(50),
         }
     }
 }
@@ -114,6 +125,8 @@ pub struct RedisQueue {
     /// The last claim was held-first and took a hold over: the next one looks at held domains in their turn
     /// only (and clears this).
     took_hold_last: AtomicBool,
+    /// The shards claims skip for now (their last index-order claim found nothing).
+    quiet: Arc<QuietShards>,
     /// Waiting for work: the wake lists' listeners, started by the first wait.
     wakes: Wakes,
 }
@@ -161,7 +174,8 @@ impl RedisQueue {
             opts.response_timeout,
         )?;
         let keys = Keys::new(&opts.key_prefix, opts.shards);
-        let wakes = Wakes::new(&opts, &keys)?;
+        let quiet = Arc::new(QuietShards::new(opts.shards, duration_ms(opts.quiet_shard_bound)));
+        let wakes = Wakes::new(&opts, &keys, quiet.clone())?;
         Ok(RedisQueue {
             keys,
             library: FunctionLibrary::new(opts.shards),
@@ -170,6 +184,7 @@ impl RedisQueue {
             next_shard: AtomicU64::new(0),
             next_held_shard: AtomicU64::new(0),
             took_hold_last: AtomicBool::new(false),
+            quiet,
             wakes,
         })
     }
@@ -451,10 +466,12 @@ impl Queue for RedisQueue {
         lease: Duration,
         holds: &[SlotHold],
     ) -> Result<Option<Claim>, QueueError> {
-        Ok(match self.claim_jobs(owner, max_batch, lease, holds).await? {
-            ClaimOutcome::Claimed(claim) => Some(claim),
-            ClaimOutcome::Nothing { .. } => None,
-        })
+        Ok(
+            match self.claim_jobs(owner, max_batch, lease, holds, false).await? {
+                ClaimOutcome::Claimed(claim) => Some(claim),
+                ClaimOutcome::Nothing { .. } => None,
+            },
+        )
     }
 
     async fn claim_next(
@@ -464,7 +481,7 @@ impl Queue for RedisQueue {
         lease: Duration,
         holds: &[SlotHold],
     ) -> Result<ClaimOutcome, QueueError> {
-        self.claim_jobs(owner, max_batch, lease, holds).await
+        self.claim_jobs(owner, max_batch, lease, holds, true).await
     }
 
     async fn wait_for_work(&self, max_wait: Duration) -> Wakeup {

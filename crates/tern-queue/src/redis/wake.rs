@@ -6,8 +6,10 @@
 //! due and has a free slot (one token per such domain), a slot freed in a domain with due jobs (the last job
 //! of a claim completed, released or deleted, a hold dropped), a release, the reaper's returned jobs, an
 //! operator's retry or bounce, a resume. A token is pushed only while the list holds fewer than 8, so a
-//! shard where no one waits keeps at most 8 (old tokens only cost the woken worker a claim that finds
-//! nothing); a signal costs an `LLEN`, and an `RPUSH` when there is room.
+//! shard where no one waits keeps at most 8; a signal costs an `LLEN`, and an `RPUSH` when there is room.
+//! A claim that leaves nothing due in its shard drops the shard's tokens (`drop_old_wakes` in
+//! `ops/shared.lua`): they announced work that claims took without waiting for them, and would each wake a
+//! worker to find nothing.
 //!
 //! **The holder.** Every handle has a waiter id (a ULID) and its own wake list per shard, `wake:<waiter>`;
 //! the holds it takes for idle connections name it (`h:<claim>/<waiter>`). An enqueue that makes a domain
@@ -28,6 +30,9 @@
 //! lost; and a token pushed while no one waited stays in the list, so work that arrives just before a wait
 //! ends the wait at once.
 //!
+//! **Quiet shards.** Each token taken also tells the handle's claims to visit its shard again (`quiet.rs`:
+//! claims skip the shards where they last found nothing, until a token from the shard or a time).
+//!
 //! **Timeouts.** A `BLPOP` blocks at most the longest waiter's time left (at most [`MAX_BLOCK`]) and is given
 //! `response_timeout` on top of that to answer; a connection that does not answer in time, or fails, is
 //! dropped (which also ends its block on the server) and made again after a pause. While Redis cannot be
@@ -45,6 +50,7 @@ use tokio::time::Instant;
 use super::RedisQueueOptions;
 use super::codec;
 use super::keys::Keys;
+use super::quiet::QuietShards;
 use crate::QueueError;
 use crate::model::Wakeup;
 
@@ -82,6 +88,8 @@ struct Timeouts {
 
 /// A queue handle's waiting: its waiters, the wakes its listeners hand out, and what the listeners need.
 pub(crate) struct Wakes {
+    /// The shards this handle's claims skip; a token taken from a shard's list ends its quiet.
+    quiet: Arc<QuietShards>,
     demand: watch::Sender<Demand>,
     /// One permit per token a listener took for a waiter.
     wakes: Arc<Semaphore>,
@@ -90,6 +98,8 @@ pub(crate) struct Wakes {
     /// The keys each listener blocks on: one list of every shard's wake lists on one server, one list per
     /// shard on a cluster (the shared wake list and this handle's own).
     keys: Vec<Vec<String>>,
+    /// The shard of each of `keys`, in the same places.
+    key_shards: Vec<Vec<u16>>,
     timeouts: Timeouts,
     /// This handle's waiter id, naming its own wake lists (`wake:<waiter>`) and its slot holds.
     waiter: String,
@@ -97,14 +107,19 @@ pub(crate) struct Wakes {
 
 impl Wakes {
     /// The waiting of a queue with these options and keys; nothing is connected until the first wait.
-    pub(crate) fn new(opts: &RedisQueueOptions, keys: &Keys) -> Result<Wakes, QueueError> {
+    pub(crate) fn new(
+        opts: &RedisQueueOptions,
+        keys: &Keys,
+        quiet: Arc<QuietShards>,
+    ) -> Result<Wakes, QueueError> {
         let waiter = ulid::Ulid::generate().to_string();
         // Per shard: the shared wake list, and this handle's own.
         let lists: Vec<[String; 2]> = (0..keys.shards())
             .map(|s| [keys.key(s, "wake"), keys.key(s, &format!("wake:{waiter}"))])
             .collect();
         let bad_url = |e: redis::RedisError| QueueError::Config(format!("queue url: {e}"));
-        let (place, keys) = if opts.cluster {
+        let shards: Vec<u16> = (0..keys.shards()).collect();
+        let (place, keys, key_shards) = if opts.cluster {
             let seeds = opts
                 .url
                 .split(',')
@@ -115,19 +130,30 @@ impl Wakes {
             if seeds.is_empty() {
                 return Err(QueueError::Config("queue url has no cluster seed".into()));
             }
-            (Place::Cluster(seeds), lists.into_iter().map(Vec::from).collect())
+            let key_shards = shards.iter().map(|&s| vec![s, s]).collect();
+            (
+                Place::Cluster(seeds),
+                lists.into_iter().map(Vec::from).collect(),
+                key_shards,
+            )
         } else {
             let info = opts.url.as_str().into_connection_info().map_err(bad_url)?;
             let (shared, own): (Vec<String>, Vec<String>) =
                 lists.into_iter().map(|[shared, own]| (shared, own)).unzip();
-            (Place::Single(Box::new(info)), vec![[shared, own].concat()])
+            (
+                Place::Single(Box::new(info)),
+                vec![[shared, own].concat()],
+                vec![[shards.clone(), shards].concat()],
+            )
         };
         Ok(Wakes {
+            quiet,
             demand: watch::Sender::new(Demand::default()),
             wakes: Arc::new(Semaphore::new(0)),
             started: AtomicBool::new(false),
             place,
             keys,
+            key_shards,
             timeouts: Timeouts {
                 connect: opts.connect_timeout,
                 response: opts.response_timeout,
@@ -164,11 +190,13 @@ impl Wakes {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        for (index, keys) in self.keys.iter().enumerate() {
+        for (index, (keys, shards)) in self.keys.iter().zip(&self.key_shards).enumerate() {
             let listener = Listener {
                 demand: self.demand.subscribe(),
                 wakes: self.wakes.clone(),
+                quiet: self.quiet.clone(),
                 keys: keys.clone(),
+                shards: shards.clone(),
                 place: self.place.clone(),
                 seed: index,
                 timeouts: self.timeouts,
@@ -208,7 +236,10 @@ impl Drop for Waiting<'_> {
 struct Listener {
     demand: watch::Receiver<Demand>,
     wakes: Arc<Semaphore>,
+    quiet: Arc<QuietShards>,
     keys: Vec<String>,
+    /// The shard of each of `keys`.
+    shards: Vec<u16>,
     place: Place,
     /// Which seed a cluster listener starts at (they spread over the seeds).
     seed: usize,
@@ -263,6 +294,10 @@ impl Listener {
                 Popped::Nothing => pause = FIRST_PAUSE,
                 Popped::Token(list, token) => {
                     pause = FIRST_PAUSE;
+                    // Whoever claims next, here or (given back) elsewhere, this handle looks there again.
+                    if let Some(shard) = self.shard_of(&list) {
+                        self.quiet.token(shard);
+                    }
                     let waiting = self.demand.borrow().waiting;
                     if waiting > self.wakes.available_permits() {
                         self.wakes.add_permits(1);
@@ -285,6 +320,12 @@ impl Listener {
                 }
             }
         }
+    }
+
+    /// The shard of the wake list `list`, one of this listener's keys.
+    fn shard_of(&self, list: &str) -> Option<u16> {
+        let place = self.keys.iter().position(|k| k == list)?;
+        self.shards.get(place).copied()
     }
 
     /// Waits `pause` (doubling it for next time); false when the queue was dropped meanwhile.
@@ -411,6 +452,10 @@ async fn give_back(conn: &mut MultiplexedConnection, list: &str, token: Vec<u8>,
 mod tests {
     use super::*;
 
+    fn quiet(shards: u16) -> Arc<QuietShards> {
+        Arc::new(QuietShards::new(shards, 50))
+    }
+
     fn opts(url: &str, cluster: bool) -> RedisQueueOptions {
         RedisQueueOptions {
             url: url.into(),
@@ -423,7 +468,7 @@ mod tests {
     #[test]
     fn one_server_blocks_on_every_shard_at_once_and_a_cluster_per_shard() {
         let keys = Keys::new("t", 3);
-        let single = Wakes::new(&opts("redis://127.0.0.1:1", false), &keys).expect("wakes");
+        let single = Wakes::new(&opts("redis://127.0.0.1:1", false), &keys, quiet(3)).expect("wakes");
         let own = |s: u16| format!("{{t:s{s:02}}}:wake:{}", single.waiter());
         assert_eq!(
             single.keys,
@@ -439,6 +484,7 @@ mod tests {
         let cluster = Wakes::new(
             &opts("redis://u:p@127.0.0.1:1, rediss://127.0.0.1:2", true),
             &keys,
+            quiet(3),
         )
         .expect("wakes");
         let own = |s: u16| format!("{{t:s{s:02}}}:wake:{}", cluster.waiter());
@@ -450,17 +496,21 @@ mod tests {
                 vec!["{t:s02}:wake".into(), own(2)]
             ]
         );
+        assert_eq!(single.key_shards, [vec![0, 1, 2, 0, 1, 2]]);
+        assert_eq!(cluster.key_shards, [vec![0, 0], vec![1, 1], vec![2, 2]]);
         assert_ne!(single.waiter(), cluster.waiter(), "every handle has its own");
     }
 
     #[test]
     fn a_moved_answer_is_followed_with_the_seeds_credentials_and_tls() {
         let keys = Keys::new("t", 1);
-        let wakes = Wakes::new(&opts("rediss://u:p@seed.test:7000", true), &keys).expect("wakes");
+        let wakes = Wakes::new(&opts("rediss://u:p@seed.test:7000", true), &keys, quiet(1)).expect("wakes");
         let listener = Listener {
             demand: wakes.demand.subscribe(),
             wakes: wakes.wakes.clone(),
+            quiet: wakes.quiet.clone(),
             keys: vec![],
+            shards: vec![],
             place: wakes.place.clone(),
             seed: 0,
             timeouts: wakes.timeouts,

@@ -12,6 +12,7 @@ use super::{Arg, arg, codec};
 use crate::QueueError;
 use crate::model::{Claim, ClaimOutcome, ClaimedJob, JobLease, SlotHold};
 use crate::redis::library::Function;
+use crate::redis::quiet::Visit;
 use crate::redis::{RedisQueue, duration_ms};
 
 /// How long a domain at its concurrency limit stays out of the claim order at most (it comes back sooner
@@ -146,13 +147,15 @@ impl RedisQueue {
     /// at held domains first and took a hold over, the next one goes by the shards' domain indexes alone (a
     /// held domain met there still takes its hold): an idle connection is used soon, and every domain gets
     /// its turn in the index-order claims, which are at least every other claim, however busy the held
-    /// domains are.
+    /// domains are. With `skip_quiet` (the worker's `claim_next`) shards this handle found empty are
+    /// skipped for a while (`quiet.rs`); `claim` and `claim_holding` look at every shard.
     pub(crate) async fn claim_jobs(
         &self,
         owner: &str,
         max_batch: usize,
         lease: Duration,
         holds: &[SlotHold],
+        skip_quiet: bool,
     ) -> Result<ClaimOutcome, QueueError> {
         let shards = self.keys.shards();
         let start = (self.next_shard.load(Ordering::Relaxed) % u64::from(shards)) as u16;
@@ -172,8 +175,35 @@ impl RedisQueue {
         let rotation = (0..shards).map(|i| (start + i) % shards);
         let visits: Vec<(u16, u32)> = held_visits.chain(rotation.map(|s| (s, CLAIM_SCAN))).collect();
         let mut next_due_ms: Option<u64> = None;
-        for (shard, scan) in visits {
+        let mut earliest = |due: u64| next_due_ms = Some(next_due_ms.map_or(due, |d| d.min(due)));
+        // Where this handle's last index-order claim found nothing, and nothing touched the shard since,
+        // there is nothing to take (`quiet.rs`): skipped, unless this claim follows a wake token and finds
+        // nothing where it looks (the token was an old one, or its shard's list was full when the new work
+        // came): then a second pass visits the shards skipped.
+        let woken = skip_quiet && self.quiet.take_woken();
+        let mut skipping = skip_quiet;
+        let mut skipped = Vec::new();
+        let mut pass = visits.into_iter();
+        loop {
+            let Some((shard, scan)) = pass.next() else {
+                if !(woken && skipping) || skipped.is_empty() {
+                    break;
+                }
+                skipping = false;
+                pass = std::mem::take(&mut skipped).into_iter();
+                continue;
+            };
             let now = now_ms();
+            // Index-order claims of the worker mark the shards where they find nothing.
+            let touches = match skip_quiet.then(|| self.quiet.visit(shard, now)) {
+                Some(Visit::Skip { next_due_ms, .. }) if skipping => {
+                    next_due_ms.map(&mut earliest);
+                    skipped.push((shard, scan));
+                    continue;
+                }
+                Some(Visit::Skip { touches, .. } | Visit::Claim { touches }) if scan > 0 => Some(touches),
+                _ => None,
+            };
             let lease_until_ms = now.saturating_add(duration_ms(lease).max(1));
             let args = ClaimArgs {
                 now,
@@ -202,10 +232,16 @@ impl RedisQueue {
                 }
             };
             if let Some(due) = decode_next_due(&v) {
-                next_due_ms = Some(next_due_ms.map_or(due, |d| d.min(due)));
+                earliest(due);
+                if let Some(touches) = touches {
+                    self.quiet.found_nothing(shard, touches, Some(due), now);
+                }
                 continue;
             }
             let Some(reply) = ClaimReply::decode(v) else {
+                if let Some(touches) = touches {
+                    self.quiet.found_nothing(shard, touches, None, now);
+                }
                 continue;
             };
             let claim = self

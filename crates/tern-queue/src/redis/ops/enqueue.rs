@@ -332,6 +332,8 @@ impl RedisQueue {
         let replies = self
             .call_many(pre, Function::Materialise, shard, now, args, wait)
             .await;
+        // Whatever the replies say (a call that timed out may have run), this handle's claims look there again.
+        self.quiet.touched(shard);
         members.into_iter().zip(replies).collect()
     }
 

@@ -351,8 +351,8 @@ end
 -- Wakes. Idle workers block on the shard's wake list `wake` (BLPOP, see `redis/wake.rs`), and each token in
 -- it wakes one of them. A function that makes work claimable (jobs due now, or a slot freed in a domain
 -- with due jobs) pushes tokens, but only while the list holds fewer than WAKE_CAP: a shard where no one
--- waits keeps at most WAKE_CAP tokens, and a worker woken by an old one claims, finds nothing, and waits
--- again. A signal costs an LLEN, and an RPUSH when there is room.
+-- waits keeps at most WAKE_CAP tokens; a claim that leaves nothing due in the shard drops them
+-- (drop_old_wakes), so that few are old. A signal costs an LLEN, and an RPUSH when there is room.
 local WAKE_CAP = 8
 local WAKE_TOKENS = {'1', '1', '1', '1', '1', '1', '1', '1'}
 
@@ -366,6 +366,20 @@ local function wake(count, room)
   if not room then room = wake_room() end
   if count > room then count = room end
   if count > 0 then redis_call('RPUSH', PREFIX .. 'wake', table_unpack(WAKE_TOKENS, 1, count)) end
+end
+
+-- Drops the shard's waiting tokens (the shared list, and `waiter`'s own when given) when no domain of the
+-- shard is due by `claimable_by` (a decimal string: now, or the next turn of a domain just claimed): they
+-- announce work that is gone (taken by claims that did not wait for them) and would each wake a worker to
+-- find nothing, whose claim, finding nothing where the token pointed, then visits every shard. Work made
+-- claimable later pushes new ones.
+local function drop_old_wakes(claimable_by, waiter)
+  local shared = PREFIX .. 'wake'
+  local own = waiter and (PREFIX .. 'wake:' .. waiter)
+  if redis_call('EXISTS', shared) == 0 and (not own or redis_call('EXISTS', own) == 0) then return end
+  if #redis_call('ZRANGEBYSCORE', PREFIX .. 'domains', '-inf', claimable_by, 'LIMIT', '0', '1') > 0 then return end
+  redis_call('DEL', shared)
+  if own then redis_call('DEL', own) end
 end
 
 -- Who can claim `schedule` now (`default_limit`: the limit of a domain without its own, a decimal string):
