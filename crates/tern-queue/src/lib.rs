@@ -106,7 +106,8 @@ pub trait Queue: Send + Sync {
     /// handle's previous calls found nothing, until a signal from there reaches this handle's
     /// [`Queue::wait_for_work`] or this handle enqueues there (Redis: its shards, see `redis/quiet.rs`), so
     /// that a worker at a moderate rate does not look through every empty shard after each wake. Work due
-    /// later that another handle queued meanwhile is then named by a later call.
+    /// later that another handle queued meanwhile is then named by a later call (a worker asleep learns it
+    /// when its poll interval ends, as before).
     ///
     /// The default calls `claim_holding` and knows no time (`None`); a backend that sees its domain index
     /// while it claims should override it.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tern_core::time::now_ms;
 use tern_queue::conformance::message;
-use tern_queue::{ClaimOutcome, Queue, RedisQueue, RedisQueueOptions, Wakeup};
+use tern_queue::{ClaimOutcome, Outcome, Queue, RedisQueue, RedisQueueOptions, Wakeup};
 use tern_testkit::redis::RedisServer;
 
 /// Longer than any of these tests: a shard marked quiet stays so unless something ends it.
@@ -183,4 +183,76 @@ async fn claims_other_than_the_workers_look_at_every_shard() {
         .expect("claim")
         .expect("the job, whatever the marks");
     assert_eq!(claim.domain, "plain.test");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_taken_makes_the_worker_look_at_the_held_domain_again() {
+    // A domain at its limit is pushed back, and its shard left quiet; the batch's connection goes idle and
+    // keeps the slot as a hold, which sends no token: the held domain's next job is this worker's to take.
+    let server = RedisServer::start().expect("redis-server");
+    let (worker, ingest) = worker_and_ingest(&server, LONG_BOUND).await;
+    worker
+        .set_domain_concurrency("held.test", Some(1))
+        .await
+        .expect("limit");
+    for i in 0..2 {
+        ingest
+            .enqueue(message(&[&format!("r{i}@held.test")]))
+            .await
+            .expect("enqueue");
+    }
+    let ClaimOutcome::Claimed(first) = worker.claim_next("w", 1, LEASE, &[]).await.expect("claim") else {
+        panic!("the first job");
+    };
+    assert!(
+        is_nothing(&worker.claim_next("w", 1, LEASE, &[]).await.expect("claim")),
+        "at its limit"
+    );
+    let hold = worker
+        .hold_slot("held.test", &first.claim_id, LEASE)
+        .await
+        .expect("hold")
+        .expect("the claim's slot kept");
+    worker
+        .complete("w", &first.jobs[0].lease, Outcome::delivered())
+        .await
+        .expect("complete");
+    match worker
+        .claim_next("w", 1, LEASE, std::slice::from_ref(&hold))
+        .await
+        .expect("claim")
+    {
+        ClaimOutcome::Claimed(c) => {
+            assert_eq!(c.domain, "held.test");
+            assert!(c.took_hold.is_some(), "over the hold");
+        }
+        ClaimOutcome::Nothing { .. } => panic!("the held domain's shard was skipped"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferral_recorded_by_the_worker_names_its_retry_time() {
+    // The retry sends no token; the worker, which recorded it, learns its time at its next claim.
+    let server = RedisServer::start().expect("redis-server");
+    let (worker, ingest) = worker_and_ingest(&server, LONG_BOUND).await;
+    ingest.enqueue(message(&["r@retry.test"])).await.expect("enqueue");
+    let ClaimOutcome::Claimed(claim) = claim_next(&worker).await else {
+        panic!("the job");
+    };
+    assert!(is_nothing(&claim_next(&worker).await), "drained: the shard quiet");
+    let retry_at = now_ms() + 60_000;
+    worker
+        .complete(
+            "w",
+            &claim.jobs[0].lease,
+            Outcome::defer(retry_at, "451 4.3.0 try later"),
+        )
+        .await
+        .expect("complete");
+    match claim_next(&worker).await {
+        ClaimOutcome::Nothing { next_due_ms } => {
+            assert_eq!(next_due_ms, Some(retry_at), "the retry's time")
+        }
+        ClaimOutcome::Claimed(c) => panic!("claimed before its retry time: {c:?}"),
+    }
 }

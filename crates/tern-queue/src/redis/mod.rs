@@ -86,7 +86,7 @@ pub struct RedisQueueOptions {
     /// How long at most the worker's claims ([`Queue::claim_next`]) skip a shard where this handle last
     /// found nothing, while no wake token from it reached this handle (default 50 ms; `redis/quiet.rs`):
     /// the longest that new work there waits for a worker busy with other shards, and that work due later,
-    /// queued by another process, goes unnamed.
+    /// queued by another process, goes unnamed. A library option, not a configuration key.
     pub quiet_shard_bound: Duration,
 }
 

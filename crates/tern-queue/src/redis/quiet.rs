@@ -1,8 +1,8 @@
 //! Shards a worker's claim skips: those where its handle's last index-order claim found nothing to take.
 //!
 //! A claim visits the shards in turn, one call each, until one has work. With fewer busy domains than shards
-//! most visits find nothing: at 1,000 messages per second over ten domains a worker made 9 to 15 claim calls
-//! per message, most of them to shards with nothing due, and tern and Redis spent four times the CPU per
+//! most visits find nothing: at 1,000 messages per second over ten domains a worker made 9 to 19 function
+//! calls per message, most of them to shards with nothing due, and tern and Redis spent four times the CPU per
 //! message they spend when saturated. So a handle remembers, per shard, that its last index-order claim
 //! there found nothing, and skips the shard until one of these comes first:
 //!
@@ -11,10 +11,13 @@
 //! - a wake token from the shard's lists, taken by this handle's listener (`wake.rs`): the queue pushes one
 //!   whenever work there becomes claimable without a due time to wait for (an enqueue of a domain that was
 //!   not due, a freed slot, a release, the reaper, an operator's retry or bounce, a resume);
-//! - an enqueue to the shard through this handle (`tern all`, where ingest and the worker share it);
+//! - something this handle did that makes work claimable there and sends no token: an enqueue (`tern all`,
+//!   where ingest and the worker share the handle), a slot kept as a hold for an idle connection (the held
+//!   domain's due work is its holder's), a completion that puts a job back for a later attempt (its time);
 //! - the bound after the claim ([`crate::RedisQueueOptions::quiet_shard_bound`], 50 ms). It finds the work
 //!   of a worker that keeps claiming elsewhere and so never waits for tokens (they stay in Redis until it
-//!   does), and work that sends none (a message with a later delivery time queued by another process).
+//!   does), and work that sends none (a message with a later delivery time queued by another process: a
+//!   worker asleep learns its time when it wakes, at most its poll interval later, as before).
 //!
 //! Tokens do not always name the shard with the work: a shard's list takes at most 8, and a claim that did
 //! not wait for a token leaves it behind, old. So a claim that follows a token and finds nothing where it

@@ -157,7 +157,7 @@ local function take(schedule, scanning)
   redis_call('ZADD', slots_key, deadline, claim_id)
   redis_call('HSET', PREFIX .. 'claims', claim_id, SMALL_DECIMALS[taken] or decimal(taken))
   redis_call('HSET', PREFIX .. 'cinfo', claim_id, owner .. '\t' .. schedule)
-  drop_old_wakes(next_turn, hold and string_match(hold, '^h:[^/]*/(.+)$'))
+  drop_old_wakes(next_turn)
   return out
 end
 
@@ -210,7 +210,7 @@ register('claim', function(args)
     scan = scan - page
   end
   if scan_text == '0' then return false end
-  drop_old_wakes(NOW_TEXT, nil)
+  drop_old_wakes(NOW_TEXT)
   -- Nothing claimable: the earliest time in the domain index (a domain skipped at its limit counts from
   -- when it is looked at again), up to which an idle worker may sleep unless woken.
   return redis_call('ZRANGE', domains_key, '0', '0', 'WITHSCORES')[2] or false

@@ -196,8 +196,10 @@ impl RedisQueue {
             let now = now_ms();
             // Index-order claims of the worker mark the shards where they find nothing.
             let touches = match skip_quiet.then(|| self.quiet.visit(shard, now)) {
-                Some(Visit::Skip { next_due_ms, .. }) if skipping => {
-                    next_due_ms.map(&mut earliest);
+                Some(Visit::Skip { next_due_ms: due, .. }) if skipping => {
+                    if let Some(due) = due {
+                        earliest(due);
+                    }
                     skipped.push((shard, scan));
                     continue;
                 }

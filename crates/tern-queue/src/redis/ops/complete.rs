@@ -1,6 +1,6 @@
 //! Completion: records the outcomes of attempts (`complete.lua`), many jobs per call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::join_all;
 use redis::Value;
@@ -81,6 +81,15 @@ impl JobOutcome {
     }
 }
 
+/// Whether `outcome` may leave the job for a later attempt (deferred, or a recipient still pending).
+fn reschedules(outcome: &Outcome) -> bool {
+    matches!(outcome.kind, OutcomeKind::Deferred { .. })
+        || outcome
+            .recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Pending)
+}
+
 /// The arguments of one `complete` call: the owner, the history retention (ms, 0: none kept), then each
 /// job. A job whose attempt details are the previous job's sends `=` for them (the jobs of one claim usually
 /// share them).
@@ -135,19 +144,24 @@ impl RedisQueue {
         let mut results: Vec<Option<Result<Completion, QueueError>>> = vec![None; n];
         // Per shard: the jobs' positions and their arguments.
         let mut per_shard: BTreeMap<u16, Vec<(usize, JobOutcome)>> = BTreeMap::new();
+        // Shards where a job goes back to its schedule for a later attempt: the worker's claims should learn
+        // its time, which no wake token announces (`quiet.rs`).
+        let mut rescheduling = BTreeSet::new();
         let mut ids = Vec::with_capacity(n);
         for (i, (lease, outcome)) in jobs.into_iter().enumerate() {
+            let shard = self.keys.shard_of_domain(&lease.domain);
+            if reschedules(&outcome) {
+                rescheduling.insert(shard);
+            }
             match JobOutcome::new(&lease, outcome) {
-                Ok(job) => per_shard
-                    .entry(self.keys.shard_of_domain(&lease.domain))
-                    .or_default()
-                    .push((i, job)),
+                Ok(job) => per_shard.entry(shard).or_default().push((i, job)),
                 Err(e) => results[i] = Some(Err(e)),
             }
             ids.push(lease.job);
         }
         let now = now_ms();
         let history_ms = self.history_ms();
+        let rescheduling = &rescheduling;
         let runs = per_shard.into_iter().map(|(shard, list)| async move {
             let mut members = Vec::new();
             let mut calls = Vec::new();
@@ -159,6 +173,9 @@ impl RedisQueue {
             let replies = self
                 .call_many(Vec::new(), Function::Complete, shard, now, calls, false)
                 .await;
+            if rescheduling.contains(&shard) {
+                self.quiet.touched(shard);
+            }
             members.into_iter().zip(replies).collect::<Vec<_>>()
         });
         for (members, reply) in join_all(runs).await.into_iter().flatten() {

@@ -69,11 +69,17 @@ impl RedisQueue {
             waiter: self.wakes.waiter(),
         };
         let v = self.call(Function::Hold, shard, now, args.into_args()).await?;
-        Ok(decode_hold(&v).map(|(id, until_ms)| SlotHold {
+        let hold = decode_hold(&v).map(|(id, until_ms)| SlotHold {
             domain: domain.to_string(),
             id,
             until_ms,
-        }))
+        });
+        if hold.is_some() {
+            // The held domain's due work is this worker's to take now (a claim that found the domain at its
+            // limit before the hold existed may have left the shard quiet), and no token says so.
+            self.quiet.touched(shard);
+        }
+        Ok(hold)
     }
 
     /// [`crate::Queue::drop_slot`].

@@ -368,18 +368,17 @@ local function wake(count, room)
   if count > 0 then redis_call('RPUSH', PREFIX .. 'wake', table_unpack(WAKE_TOKENS, 1, count)) end
 end
 
--- Drops the shard's waiting tokens (the shared list, and `waiter`'s own when given) when no domain of the
--- shard is due by `claimable_by` (a decimal string: now, or the next turn of a domain just claimed): they
--- announce work that is gone (taken by claims that did not wait for them) and would each wake a worker to
--- find nothing, whose claim, finding nothing where the token pointed, then visits every shard. Work made
--- claimable later pushes new ones.
-local function drop_old_wakes(claimable_by, waiter)
+-- Drops the shard's shared wake list when no domain of the shard is due by `claimable_by` (a decimal
+-- string: now, or the next turn of a domain just claimed): its tokens announce work that is gone (taken by
+-- claims that did not wait for them) and would each wake a worker to find nothing, whose claim, finding
+-- nothing where the token pointed, then visits every shard. Work made claimable later pushes new ones. The
+-- holders' own lists are left alone: a held domain can be claimable by its holder while out of the due part
+-- of the index (other workers' claims push it back, the hold counting against its limit for them).
+local function drop_old_wakes(claimable_by)
   local shared = PREFIX .. 'wake'
-  local own = waiter and (PREFIX .. 'wake:' .. waiter)
-  if redis_call('EXISTS', shared) == 0 and (not own or redis_call('EXISTS', own) == 0) then return end
+  if redis_call('EXISTS', shared) == 0 then return end
   if #redis_call('ZRANGEBYSCORE', PREFIX .. 'domains', '-inf', claimable_by, 'LIMIT', '0', '1') > 0 then return end
   redis_call('DEL', shared)
-  if own then redis_call('DEL', own) end
 end
 
 -- Who can claim `schedule` now (`default_limit`: the limit of a domain without its own, a decimal string):
