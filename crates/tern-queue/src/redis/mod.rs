@@ -84,7 +84,7 @@ pub struct RedisQueueOptions {
     /// (default 7 days; zero keeps none).
     pub history: Duration,
     /// How long at most the worker's claims ([`Queue::claim_next`]) skip a shard where this handle last
-    /// found nothing, while no wake token from it reached this handle (default 50 ms; `redis/quiet.rs`):
+    /// found nothing, while no wake token from it reached this handle (default 20 ms; `redis/quiet.rs`):
     /// the longest that new work there waits for a worker busy with other shards, and that work due later,
     /// queued by another process, goes unnamed. A library option, not a configuration key.
     pub quiet_shard_bound: Duration,
@@ -106,7 +106,7 @@ impl Default for RedisQueueOptions {
             response_timeout: Duration::from_secs(5),
             repeat_window: Duration::from_secs(60),
             history: crate::history::DEFAULT_RETENTION,
-            quiet_shard_bound: Duration::from_millis(50),
+            quiet_shard_bound: Duration::from_millis(20),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! - something this handle did that makes work claimable there and sends no token: an enqueue (`tern all`,
 //!   where ingest and the worker share the handle), a slot kept as a hold for an idle connection (the held
 //!   domain's due work is its holder's), a completion that puts a job back for a later attempt (its time);
-//! - the bound after the claim ([`crate::RedisQueueOptions::quiet_shard_bound`], 50 ms). It finds the work
+//! - the bound after the claim ([`crate::RedisQueueOptions::quiet_shard_bound`], 20 ms). It finds the work
 //!   of a worker that keeps claiming elsewhere and so never waits for tokens (they stay in Redis until it
 //!   does), and work that sends none (a message with a later delivery time queued by another process: a
 //!   worker asleep learns its time when it wakes, at most its poll interval later, as before).
