@@ -7,9 +7,9 @@
 //! of a claim completed, released or deleted, a hold dropped), a release, the reaper's returned jobs, an
 //! operator's retry or bounce, a resume. A token is pushed only while the list holds fewer than 8, so a
 //! shard where no one waits keeps at most 8; a signal costs an `LLEN`, and an `RPUSH` when there is room.
-//! A claim that leaves nothing due in its shard drops the shard's tokens (`drop_old_wakes` in
-//! `ops/shared.lua`): they announced work that claims took without waiting for them, and would each wake a
-//! worker to find nothing.
+//! A claim that leaves nothing due in its shard drops the shard's shared list (`drop_old_wakes` in
+//! `ops/shared.lua`): its tokens announced work that claims took without waiting for them, and would each
+//! wake a worker to find nothing. Holders' own lists are left alone.
 //!
 //! **The holder.** Every handle has a waiter id (a ULID) and its own wake list per shard, `wake:<waiter>`;
 //! the holds it takes for idle connections name it (`h:<claim>/<waiter>`). An enqueue that makes a domain
