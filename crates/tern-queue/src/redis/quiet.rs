@@ -39,7 +39,8 @@ struct Shard {
     quiet_until_ms: u64,
     /// The due time the shard's index named, when it named one (what a worker may sleep until).
     next_due_ms: Option<u64>,
-    /// What touched the shard: wake tokens taken from its lists, this handle's enqueues there.
+    /// What touched the shard: wake tokens taken from its lists, and what this handle did there that sends
+    /// none (an enqueue, a hold kept, a completion that puts a job back).
     touches: u64,
 }
 
@@ -112,7 +113,8 @@ impl QuietShards {
         s.next_due_ms = next_due_ms;
     }
 
-    /// This handle enqueued to `shard`: claims visit it again.
+    /// This handle did something in `shard` that makes work claimable and sends no token (an enqueue, a hold
+    /// kept for an idle connection, a completion that puts a job back): claims visit it again.
     pub(crate) fn touched(&self, shard: u16) {
         Self::touch(&mut self.lock(), shard);
     }
