@@ -223,11 +223,9 @@ async fn wait_replicas_covers_every_message_of_a_shared_call() {
     }
 }
 
-/// An enqueue over several shards sends one pipeline per shard, each ending in `WAIT`. Every message gets
-/// the replicas' answer ("only 0 of 1 replicas acknowledged"), not a timeout: `WAIT` waits half the reply
-/// timeout, so Redis answers before the client gives up; and the shards' pipelines go on different
-/// connections, since Redis reads nothing more from a client blocked in `WAIT` (on one connection, the later
-/// shards' waits would start only when the earlier ones ended, and run out of time).
+/// An enqueue over several shards sends every shard's calls in one pipeline ending in one `WAIT`
+/// (`shard_pipelines.rs`). Every message gets the replicas' answer ("only 0 of 1 replicas acknowledged"), not
+/// a timeout: `WAIT` waits half the reply timeout, so Redis answers before the client gives up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_replica_is_reported_as_such_for_every_shard_of_an_enqueue() {
     let master = RedisServer::start().expect("start redis-server");

@@ -558,3 +558,41 @@ fn error_result(status: &Status) -> send_result::Result {
         message: status.message().to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(error: QueueError, maybe_queued: bool) -> EnqueueFailure {
+        EnqueueFailure {
+            error,
+            maybe_queued,
+            attempts: 1,
+        }
+    }
+
+    /// In a cluster a batch's shards go to different nodes, so its messages can fail differently: the
+    /// answer must not say "nothing was queued" when any part may have been.
+    #[test]
+    fn a_batch_that_failed_whole_says_it_may_have_been_queued_when_any_part_may_have_been() {
+        let failures = [
+            failure(QueueError::NotSent("connection refused".into()), false),
+            failure(QueueError::Unavailable("connection reset".into()), true),
+        ];
+        let status = batch_failure_status(&failures);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("may have been queued"), "{status:?}");
+        assert!(status.message().contains("connection reset"), "{status:?}");
+    }
+
+    #[test]
+    fn a_batch_none_of_which_was_sent_says_nothing_was_queued() {
+        let failures = [
+            failure(QueueError::NotSent("connection refused".into()), false),
+            failure(QueueError::NotSent("connection refused".into()), false),
+        ];
+        let status = batch_failure_status(&failures);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("nothing was queued"), "{status:?}");
+    }
+}

@@ -249,6 +249,11 @@ impl Backend {
         }
     }
 
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster { .. })
+    }
+
     /// A connection.
     pub(crate) async fn get(&self) -> Result<Conn, QueueError> {
         match self {

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::future::join_all;
 use redis::Value;
 use tern_core::JobId;
 use tern_core::time::now_ms;
@@ -10,8 +9,8 @@ use tern_core::time::now_ms;
 use super::{Arg, arg, codec, count, status};
 use crate::QueueError;
 use crate::model::{Completion, JobLease, Outcome, OutcomeKind, RecipientStatus};
-use crate::redis::RedisQueue;
 use crate::redis::library::Function;
+use crate::redis::{RedisQueue, ShardCalls};
 
 /// The most jobs one `complete` call records.
 const COMPLETE_MAX_JOBS: usize = 200;
@@ -134,7 +133,7 @@ pub(crate) fn decode_completion(v: &Value, job: JobId) -> Result<Completion, Que
 
 impl RedisQueue {
     /// [`crate::Queue::complete_batch`]: one `complete` call per shard and up to [`COMPLETE_MAX_JOBS`]
-    /// jobs, the calls of a shard in one pipeline.
+    /// jobs, every shard's calls in one pipeline on one server ([`RedisQueue::call_shards`]).
     pub(crate) async fn complete_jobs(
         &self,
         owner: &str,
@@ -161,24 +160,37 @@ impl RedisQueue {
         }
         let now = now_ms();
         let history_ms = self.history_ms();
-        let rescheduling = &rescheduling;
-        let runs = per_shard.into_iter().map(|(shard, list)| async move {
-            let mut members = Vec::new();
+        let mut shards = Vec::with_capacity(per_shard.len());
+        let mut parts = Vec::with_capacity(per_shard.len());
+        let mut members = Vec::with_capacity(per_shard.len());
+        for (shard, list) in per_shard {
+            let mut of_calls = Vec::new();
             let mut calls = Vec::new();
             for chunk in list.chunks(COMPLETE_MAX_JOBS) {
                 let jobs: Vec<&JobOutcome> = chunk.iter().map(|(_, j)| j).collect();
                 calls.push(complete_args(owner, history_ms, &jobs));
-                members.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
+                of_calls.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
             }
-            let replies = self
-                .call_many(Vec::new(), Function::Complete, shard, now, calls, false)
-                .await;
+            shards.push(shard);
+            parts.push(ShardCalls {
+                shard,
+                pre: Vec::new(),
+                function: Function::Complete,
+                calls,
+            });
+            members.push(of_calls);
+        }
+        let replies = self.call_shards(parts, now, false).await;
+        for shard in shards {
             if rescheduling.contains(&shard) {
                 self.quiet.touched(shard);
             }
-            members.into_iter().zip(replies).collect::<Vec<_>>()
-        });
-        for (members, reply) in join_all(runs).await.into_iter().flatten() {
+        }
+        for (members, reply) in members
+            .into_iter()
+            .zip(replies)
+            .flat_map(|(m, r)| m.into_iter().zip(r))
+        {
             match reply {
                 Ok(v) => {
                     let replies = codec::items(&v);

@@ -16,7 +16,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use futures::future::join_all;
 use redis::Value;
 use tern_core::time::now_ms;
 use tern_core::{JobId, MessageId};
@@ -24,9 +23,9 @@ use tern_core::{JobId, MessageId};
 use super::{Arg, arg, codec, unexpected};
 use crate::QueueError;
 use crate::model::{EnqueueReceipt, NewMessage};
-use crate::redis::RedisQueue;
 use crate::redis::codec::{IntakePayload, JobSpec};
 use crate::redis::library::Function;
+use crate::redis::{RedisQueue, ShardCalls};
 
 /// How long an idempotency key is remembered.
 const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
@@ -303,16 +302,10 @@ impl RedisQueue {
         }
     }
 
-    /// Runs `materialise` calls on one shard: first, in the same pipeline, one plain
+    /// One shard's `materialise` calls as a part of [`RedisQueue::call_shards`]: first one plain
     /// `SET jd:<id> <record> NX PX <ttl>` per job, then the calls, which keep (`PERSIST`) the records of the
-    /// jobs they create. One result per call, with the call's members.
-    pub(crate) async fn materialise(
-        &self,
-        shard: u16,
-        now: u64,
-        calls: Vec<MaterialiseCall>,
-        wait: bool,
-    ) -> Vec<(Vec<usize>, Result<Value, QueueError>)> {
+    /// jobs they create. Also each call's members.
+    fn materialise_part(&self, shard: u16, calls: Vec<MaterialiseCall>) -> (ShardCalls, Vec<Vec<usize>>) {
         let mut pre = Vec::new();
         let mut members = Vec::with_capacity(calls.len());
         let mut args = Vec::with_capacity(calls.len());
@@ -329,12 +322,42 @@ impl RedisQueue {
             members.push(call.members);
             args.push(call.args);
         }
-        let replies = self
-            .call_many(pre, Function::Materialise, shard, now, args, wait)
-            .await;
+        let part = ShardCalls {
+            shard,
+            pre,
+            function: Function::Materialise,
+            calls: args,
+        };
+        (part, members)
+    }
+
+    /// Runs `materialise` calls on each shard given (see [`Self::materialise_part`]), all in one pipeline
+    /// on one server. Per shard, in the order given: one result per call, with the call's members.
+    pub(crate) async fn materialise(
+        &self,
+        now: u64,
+        per_shard: Vec<(u16, Vec<MaterialiseCall>)>,
+        wait: bool,
+    ) -> Vec<Vec<(Vec<usize>, Result<Value, QueueError>)>> {
+        let mut shards = Vec::with_capacity(per_shard.len());
+        let mut parts = Vec::with_capacity(per_shard.len());
+        let mut members = Vec::with_capacity(per_shard.len());
+        for (shard, calls) in per_shard {
+            let (part, of_calls) = self.materialise_part(shard, calls);
+            shards.push(shard);
+            parts.push(part);
+            members.push(of_calls);
+        }
+        let replies = self.call_shards(parts, now, wait).await;
         // Whatever the replies say (a call that timed out may have run), this handle's claims look there again.
-        self.quiet.touched(shard);
-        members.into_iter().zip(replies).collect()
+        for &shard in &shards {
+            self.quiet.touched(shard);
+        }
+        members
+            .into_iter()
+            .zip(replies)
+            .map(|(members, replies)| members.into_iter().zip(replies).collect())
+            .collect()
     }
 
     /// [`crate::Queue::enqueue_batch`].
@@ -370,7 +393,10 @@ impl RedisQueue {
                 intake.entry(self.intake_shard(p)).or_default().push(i);
             }
         }
-        let fast_runs = fast.into_iter().map(|(shard, idx)| {
+        // Every shard's fast-path calls, then every shard's intake calls, in one `call_shards`.
+        let mut parts = Vec::with_capacity(fast.len() + intake.len());
+        let mut fast_members = Vec::with_capacity(fast.len());
+        for (shard, idx) in &fast {
             let msgs: Vec<(&Prepared, Vec<&JobSpec>)> = idx
                 .iter()
                 .filter_map(|&i| prepared[i].as_ref())
@@ -384,50 +410,58 @@ impl RedisQueue {
                 self.opts.default_domain_concurrency,
                 self.history_ms(),
             );
-            async move {
-                let res = self.materialise(shard, now, calls, true).await;
-                // One result per call, for every message of the call (a call is all or nothing).
-                let mut out = Vec::with_capacity(idx.len());
-                for (members, r) in res {
-                    for k in members {
-                        out.push((idx[k], r.clone()));
-                    }
-                }
-                out
-            }
-        });
-        let intake_runs = intake.into_iter().map(|(shard, idx)| {
+            let (part, members) = self.materialise_part(*shard, calls);
+            parts.push(part);
+            fast_members.push(members);
+        }
+        let mut intake_members = Vec::with_capacity(intake.len());
+        let mut fast_done: Vec<(usize, Result<Value, QueueError>)> = Vec::new();
+        let mut intake_done: Vec<(usize, Result<Value, QueueError>)> = Vec::new();
+        for (&shard, idx) in &intake {
             let mut calls = Vec::new();
             let mut members = Vec::new();
-            let mut refused = Vec::new();
-            for &i in &idx {
+            for &i in idx {
                 let Some(p) = prepared[i].as_ref() else { continue };
                 match intake_args(p) {
                     Ok(args) => {
                         calls.push(args);
                         members.push(i);
                     }
-                    Err(e) => refused.push((i, Err(e))),
+                    Err(e) => intake_done.push((i, Err(e))),
                 }
             }
-            async move {
-                let replies = self
-                    .call_many(Vec::new(), Function::Intake, shard, now, calls, true)
-                    .await;
-                let mut out: Vec<(usize, Result<Value, QueueError>)> =
-                    members.into_iter().zip(replies).collect();
-                out.extend(refused);
-                out
+            parts.push(ShardCalls {
+                shard,
+                pre: Vec::new(),
+                function: Function::Intake,
+                calls,
+            });
+            intake_members.push(members);
+        }
+        let mut replies = self.call_shards(parts, now, true).await.into_iter();
+        for ((shard, idx), members) in fast.iter().zip(fast_members) {
+            let shard_replies = replies.next().unwrap_or_default();
+            // Whatever the replies say (a call that timed out may have run), this handle's claims look there
+            // again.
+            self.quiet.touched(*shard);
+            // One result per call, for every message of the call (a call is all or none).
+            for (members, r) in members.into_iter().zip(shard_replies) {
+                for k in members {
+                    fast_done.push((idx[k], r.clone()));
+                }
             }
-        });
-        let (fast_done, intake_done) = futures::join!(join_all(fast_runs), join_all(intake_runs));
-        for (i, r) in fast_done.into_iter().flatten() {
+        }
+        for members in intake_members {
+            let shard_replies = replies.next().unwrap_or_default();
+            intake_done.extend(members.into_iter().zip(shard_replies));
+        }
+        for (i, r) in fast_done {
             let receipt = prepared[i].as_ref().map(Prepared::receipt);
             results[i] =
                 Some(r.and_then(|_| receipt.ok_or_else(|| QueueError::Backend("lost message".into()))));
         }
         let mut to_materialise = Vec::new();
-        for (i, r) in intake_done.into_iter().flatten() {
+        for (i, r) in intake_done {
             let Some(p) = prepared[i].as_ref() else { continue };
             results[i] = Some(r.and_then(|v| match IntakeReply::decode(&v)? {
                 IntakeReply::Duplicate(first) => Ok(EnqueueReceipt {
@@ -462,16 +496,19 @@ impl RedisQueue {
                 per_shard.entry(shard).or_default().push((p, jobs));
             }
         }
-        let results = join_all(per_shard.into_iter().map(|(shard, msgs)| async move {
-            let calls = MaterialiseCall::split(
-                &msgs,
-                Remember::Intake,
-                self.opts.default_domain_concurrency,
-                self.history_ms(),
-            );
-            self.materialise(shard, now, calls, false).await
-        }))
-        .await;
+        let calls = per_shard
+            .into_iter()
+            .map(|(shard, msgs)| {
+                let calls = MaterialiseCall::split(
+                    &msgs,
+                    Remember::Intake,
+                    self.opts.default_domain_concurrency,
+                    self.history_ms(),
+                );
+                (shard, calls)
+            })
+            .collect();
+        let results = self.materialise(now, calls, false).await;
         if let Some(e) = results.iter().flatten().find_map(|(_, r)| r.as_ref().err()) {
             tracing::warn!(error = %e, "materialising queued messages failed; the reaper will finish them");
             return;
@@ -482,11 +519,16 @@ impl RedisQueue {
                 .or_default()
                 .push(intake_done_args(p.payload.id));
         }
-        let results = join_all(done.into_iter().map(|(shard, calls)| async move {
-            self.call_many(Vec::new(), Function::IntakeDone, shard, now, calls, false)
-                .await
-        }))
-        .await;
+        let parts = done
+            .into_iter()
+            .map(|(shard, calls)| ShardCalls {
+                shard,
+                pre: Vec::new(),
+                function: Function::IntakeDone,
+                calls,
+            })
+            .collect();
+        let results = self.call_shards(parts, now, false).await;
         if let Some(e) = results.iter().flatten().find_map(|r| r.as_ref().err()) {
             tracing::warn!(error = %e, "dropping intake records failed; the reaper will drop them");
         }

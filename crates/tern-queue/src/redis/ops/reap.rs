@@ -133,16 +133,26 @@ impl RedisQueue {
             return Ok(false);
         };
         let p = Prepared::from_intake(payload, Bytes::from(body))?;
-        for (job_shard, jobs) in self.by_shard(&p.specs) {
-            let calls = MaterialiseCall::split(
-                &[(&p, jobs)],
-                Remember::Intake,
-                self.opts.default_domain_concurrency,
-                self.history_ms(),
-            );
-            for (_, r) in self.materialise(job_shard, now, calls, false).await {
-                r?;
-            }
+        let per_shard = self
+            .by_shard(&p.specs)
+            .into_iter()
+            .map(|(job_shard, jobs)| {
+                let calls = MaterialiseCall::split(
+                    &[(&p, jobs)],
+                    Remember::Intake,
+                    self.opts.default_domain_concurrency,
+                    self.history_ms(),
+                );
+                (job_shard, calls)
+            })
+            .collect();
+        for (_, r) in self
+            .materialise(now, per_shard, false)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            r?;
         }
         // The record's own name: the listed id.
         self.call(Function::IntakeDone, shard, now, vec![arg(id)]).await?;

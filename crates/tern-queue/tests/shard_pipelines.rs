@@ -1,0 +1,165 @@
+//! On one Redis server, an operation that spans shards (an enqueue of messages to many domains, a batch of
+//! completions) sends every shard's calls in ONE pipeline on one connection, with one `WAIT` for the
+//! replicas: one round trip, not one per shard. Checked against a real redis-server, with its own `MONITOR`
+//! (which client sent each call) and `INFO commandstats` (how many `WAIT`s ran).
+#![allow(clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_queue::conformance::message;
+use tern_queue::{Completion, Outcome, QueueError};
+use tern_testkit::redis::RedisServer;
+
+/// Sixteen domains: with the default 16 shards, most shards get one (FNV-1a spreads them).
+fn domains() -> Vec<String> {
+    (0..16).map(|i| format!("d{i}.test")).collect()
+}
+
+/// The server's `MONITOR` in a child `redis-cli`, read by a thread.
+struct Monitor {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Monitor {
+    /// Starts monitoring and returns once Redis confirmed it (`OK`).
+    fn start(server: &RedisServer) -> Monitor {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &server.port().to_string(), "MONITOR"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli MONITOR");
+        let stdout = child.stdout.take().expect("redis-cli's output");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line == "OK" {
+                    let _ = ready_tx.send(());
+                    continue;
+                }
+                sink.lock().expect("lines").push(line);
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("MONITOR answered OK");
+        Monitor { child, lines }
+    }
+
+    /// The clients (address:port) that sent a call of the function named `function` (a suffix of the
+    /// library's versioned name), once `expected` calls were seen (or 5 s passed).
+    fn clients_calling(&self, function: &str, expected: usize) -> (usize, BTreeSet<String>) {
+        let marker = format!("_{function}\"");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (calls, clients) = {
+                let lines = self.lines.lock().expect("lines");
+                let calls: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| l.contains("\"FCALL\"") && l.contains(&marker))
+                    .collect();
+                // `1733456789.123456 [0 127.0.0.1:54321] "FCALL" ...`
+                let clients = calls
+                    .iter()
+                    .filter_map(|l| l.split_once('[').and_then(|(_, rest)| rest.split_once(']')))
+                    .map(|(inside, _)| inside.to_string())
+                    .collect();
+                (calls.len(), clients)
+            };
+            if calls >= expected || Instant::now() > deadline {
+                return (calls, clients);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_over_many_shards_sends_every_shards_call_on_one_connection() {
+    let server = RedisServer::start().expect("redis-server");
+    let opts = common::single(&server.url(), "pipes");
+    assert!(
+        opts.pool_size > 1,
+        "connections to spread over, were the calls split"
+    );
+    let q = common::queue(opts).await;
+    // Every connection of the pool made and used, as on a busy process.
+    for d in domains() {
+        q.enqueue(message(&[&format!("warm@{d}")]))
+            .await
+            .expect("warm-up");
+    }
+    let monitor = Monitor::start(&server);
+    let batch = domains().iter().map(|d| message(&[&format!("r@{d}")])).collect();
+    for answer in q.enqueue_batch(batch).await {
+        answer.expect("queued");
+    }
+    let (calls, clients) = monitor.clients_calling("materialise", 8);
+    assert!(calls >= 8, "one call per shard of the batch: {calls}");
+    assert_eq!(clients.len(), 1, "the shards' calls came from {clients:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_over_many_shards_go_on_one_connection() {
+    let server = RedisServer::start().expect("redis-server");
+    let q = common::queue(common::single(&server.url(), "pipes")).await;
+    for d in domains() {
+        q.enqueue(message(&[&format!("r@{d}")])).await.expect("enqueue");
+    }
+    let mut leases = Vec::new();
+    while let Some(claim) = q.claim("w1", 10, Duration::from_secs(60)).await.expect("claim") {
+        leases.extend(claim.jobs.into_iter().map(|j| (j.lease, Outcome::delivered())));
+    }
+    assert_eq!(leases.len(), 16, "every domain's job claimed");
+    let monitor = Monitor::start(&server);
+    for answer in q.complete_batch("w1", leases).await {
+        assert_eq!(answer, Ok(Completion::Finished));
+    }
+    let (calls, clients) = monitor.clients_calling("complete", 8);
+    assert!(calls >= 8, "one call per shard of the batch: {calls}");
+    assert_eq!(clients.len(), 1, "the shards' calls came from {clients:?}");
+}
+
+/// Every shard's part of an enqueue waits for the replicas with one `WAIT` (before, one per shard), and each
+/// message still gets the replicas' answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_over_many_shards_waits_for_the_replicas_once() {
+    let server = RedisServer::start().expect("redis-server");
+    let mut opts = common::single(&server.url(), "pipes");
+    opts.wait_replicas = 1;
+    opts.response_timeout = Duration::from_millis(500);
+    let q = common::queue(opts).await;
+    server.cli(&["CONFIG", "RESETSTAT"]).expect("reset stats");
+    let batch = domains().iter().map(|d| message(&[&format!("r@{d}")])).collect();
+    for answer in q.enqueue_batch(batch).await {
+        match answer {
+            Err(QueueError::Unavailable(reason)) => {
+                assert!(reason.contains("replicas acknowledged"), "{reason}")
+            }
+            other => panic!("no replica, so no acknowledgement: {other:?}"),
+        }
+    }
+    let stats = server.cli(&["INFO", "commandstats"]).expect("INFO");
+    let waits: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"));
+    assert_eq!(waits, 1, "{stats}");
+}
