@@ -439,8 +439,8 @@ fn shard_of(domain: &str, shards: u32) -> u32 {
 
 /// On one server a batch's shards go out together, in one pipeline on one connection: when that connection
 /// cannot be made, nothing of the batch was sent, and the answer says so. (In a cluster the shards go to
-/// different nodes and can fail differently: `batch_failure_status`'s unit tests, and the cluster case
-/// above.)
+/// different nodes, so a batch's messages can fail differently: the answer then follows the unit tests of
+/// `batch_failure_status` in `grpc/service.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_two_shards_on_a_refused_connection_answers_that_nothing_was_queued() {
     // Two connections, no repeats, two shards: the messages of the batch below (no idempotency keys, so each

@@ -136,6 +136,37 @@ async fn completions_over_many_shards_go_on_one_connection() {
     assert_eq!(clients.len(), 1, "the shards' calls came from {clients:?}");
 }
 
+/// A server that lost the library (`FUNCTION FLUSH`, as a restart without persistence does) gets it loaded
+/// once for the whole operation, and the calls that found it missing are sent once more: every message
+/// queued. (Before, each shard's calls went again on their own, and each shard loaded the library.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_over_many_shards_loads_a_missing_library_once() {
+    let server = RedisServer::start().expect("redis-server");
+    let q = common::queue(common::single(&server.url(), "pipes")).await;
+    server.cli(&["FUNCTION", "FLUSH"]).expect("flush the library");
+    server.cli(&["CONFIG", "RESETSTAT"]).expect("reset stats");
+    let batch = domains().iter().map(|d| message(&[&format!("r@{d}")])).collect();
+    for answer in q.enqueue_batch(batch).await {
+        answer.expect("queued once the library is back");
+    }
+    let stats = server.cli(&["INFO", "commandstats"]).expect("INFO");
+    assert_eq!(calls_of(&stats, "function|load"), 1, "{stats}");
+    let shards = calls_of(&stats, "fcall") / 2;
+    assert!(shards >= 8, "each shard's call sent twice, and no more: {stats}");
+    assert_eq!(calls_of(&stats, "fcall"), 2 * shards, "{stats}");
+    assert_eq!(q.counts().await.expect("counts").total, 16);
+}
+
+/// How many times `command` ran, from `INFO commandstats`.
+fn calls_of(stats: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
 /// Every shard's part of an enqueue waits for the replicas with one `WAIT` (before, one per shard), and each
 /// message still gets the replicas' answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,10 +187,5 @@ async fn an_enqueue_over_many_shards_waits_for_the_replicas_once() {
         }
     }
     let stats = server.cli(&["INFO", "commandstats"]).expect("INFO");
-    let waits: u64 = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("a count"));
-    assert_eq!(waits, 1, "{stats}");
+    assert_eq!(calls_of(&stats, "wait"), 1, "{stats}");
 }

@@ -291,83 +291,16 @@ impl RedisQueue {
         calls: Vec<Vec<Arg>>,
         wait: bool,
     ) -> Vec<Result<Value, QueueError>> {
-        let n = calls.len();
-        let res = self
-            .timed(async {
-                // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
-                // nothing more from a client blocked in `WAIT`): the connections taken in turn keep the
-                // calls of a cluster's shards from waiting for the replicas one after another.
-                let mut conn = self.backend.get().await?;
-                let shard_key = self.keys.key(shard, "domains");
-                let waiting = wait && self.opts.wait_replicas > 0;
-                let mut results: Vec<Option<Result<Value, QueueError>>> = vec![None; n];
-                let mut todo: Vec<usize> = (0..n).collect();
-                let mut pre = Some(pre);
-                let mut pre_outage: Option<QueueError> = None;
-                for round in 0..2 {
-                    let reloads_seen = self.library.reloads(shard);
-                    let mut pipe = redis::pipe();
-                    pipe.ignore_errors();
-                    let pre = pre.take().unwrap_or_default();
-                    let skip = pre.len();
-                    for c in pre {
-                        pipe.add_command(c);
-                    }
-                    for &i in &todo {
-                        self.push_call(&mut pipe, function, shard, now, &calls[i]);
-                    }
-                    if waiting {
-                        self.push_wait(&mut pipe);
-                    }
-                    let values: Vec<Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
-                    let mut values = values.into_iter();
-                    let outage = outage_among(values.by_ref().take(skip));
-                    if pre_outage.is_none() {
-                        pre_outage = outage;
-                    }
-                    let mut missing = Vec::new();
-                    for &i in &todo {
-                        match call_result(&pre_outage, values.next()) {
-                            Some(r) => results[i] = Some(r),
-                            None => missing.push(i),
-                        }
-                    }
-                    if waiting {
-                        self.check_replicas(values.next(), results.iter_mut().flatten());
-                    }
-                    if missing.is_empty() {
-                        break;
-                    }
-                    let reload = if round == 0 {
-                        self.library
-                            .reload(&mut conn, shard, &shard_key, reloads_seen)
-                            .await
-                    } else {
-                        // Loaded a moment ago, and missing again: the shard moved to another node meanwhile
-                        // (a failover), or the library was removed again. The next call loads it again.
-                        Err(QueueError::Unavailable(format!(
-                            "redis: function {} still missing after loading the library",
-                            function.name()
-                        )))
-                    };
-                    if let Err(e) = reload {
-                        for i in missing {
-                            results[i] = Some(Err(e.clone()));
-                        }
-                        break;
-                    }
-                    todo = missing;
-                }
-                Ok(results
-                    .into_iter()
-                    .map(|r| r.unwrap_or_else(|| Err(QueueError::Backend("no reply".into()))))
-                    .collect::<Vec<_>>())
-            })
-            .await;
-        match res {
-            Ok(v) => v,
-            Err(e) => vec![Err(e); n],
-        }
+        let part = ShardCalls {
+            shard,
+            pre,
+            function,
+            calls,
+        };
+        self.call_parts(vec![part], now, wait)
+            .await
+            .pop()
+            .unwrap_or_default()
     }
 
     /// [`Self::call_many`] for several shards at once: one list of results per part, in order.
@@ -375,92 +308,146 @@ impl RedisQueue {
     /// On one server every part goes out in ONE pipeline, on one connection, ending in one `WAIT`: one
     /// write and one read for an operation that spans shards (a group commit of messages to ten domains
     /// touches most of the 16 shards) instead of one round trip per shard, each of which costs the caller
-    /// and Redis a system call or two and a wakeup. A call that finds the function missing is sent again
-    /// with its shard's [`Self::call_many`], which loads the library. In a cluster each part is its own
-    /// pipeline to its shard's master, all at once.
+    /// and Redis a system call or two and a wakeup. In a cluster each part is its own pipeline, routed to
+    /// its shard's master, all at once (on the cluster connection's one connection per node).
     async fn call_shards(
+        &self,
+        parts: Vec<ShardCalls>,
+        now: u64,
+        wait: bool,
+    ) -> Vec<Vec<Result<Value, QueueError>>> {
+        if self.backend.is_cluster() {
+            return join_all(parts.into_iter().map(|p| async move {
+                self.call_parts(vec![p], now, wait)
+                    .await
+                    .pop()
+                    .unwrap_or_default()
+            }))
+            .await;
+        }
+        self.call_parts(parts, now, wait).await
+    }
+
+    /// Sends `parts` in one pipeline on one connection (so on one server, or one part in a cluster), within
+    /// the queue's timeout; calls that found the function missing are sent once more after the library is
+    /// loaded, the outage among a part's `pre` replies still standing for them.
+    async fn call_parts(
         &self,
         mut parts: Vec<ShardCalls>,
         now: u64,
         wait: bool,
     ) -> Vec<Vec<Result<Value, QueueError>>> {
-        if parts.len() <= 1 || self.backend.is_cluster() {
-            return join_all(
-                parts
-                    .into_iter()
-                    .map(|p| self.call_many(p.pre, p.function, p.shard, now, p.calls, wait)),
-            )
+        let sizes: Vec<usize> = parts.iter().map(|p| p.calls.len()).collect();
+        let res = self
+            .timed(async {
+                // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
+                // nothing more from a client blocked in `WAIT`). On one server the connections taken in turn
+                // keep one operation from waiting behind another's; a cluster connection keeps one connection
+                // per node, so there the pipelines of shards on one master wait in turn.
+                let mut conn = self.backend.get().await?;
+                // A reload since these counts means another call loaded the library meanwhile.
+                let reloads_seen: Vec<u64> = parts.iter().map(|p| self.library.reloads(p.shard)).collect();
+                let mut results: Vec<Vec<Option<Result<Value, QueueError>>>> =
+                    sizes.iter().map(|&n| vec![None; n]).collect();
+                let mut todo: Vec<Vec<usize>> = sizes.iter().map(|&n| (0..n).collect()).collect();
+                let mut outages: Vec<Option<QueueError>> = vec![None; parts.len()];
+                for round in 0..2 {
+                    let replies = self
+                        .pipeline_parts(&mut conn, &mut parts, &todo, &mut outages, now, wait)
+                        .await?;
+                    let mut first_missing = None;
+                    for (p, (todo, replies)) in todo.iter_mut().zip(replies).enumerate() {
+                        let mut missing = Vec::new();
+                        for (&i, reply) in todo.iter().zip(replies) {
+                            match reply {
+                                Some(r) => results[p][i] = Some(r),
+                                None => missing.push(i),
+                            }
+                        }
+                        if !missing.is_empty() && first_missing.is_none() {
+                            first_missing = Some(p);
+                        }
+                        *todo = missing;
+                    }
+                    let Some(p) = first_missing else { break };
+                    let shard = parts[p].shard;
+                    let reload = if round == 0 {
+                        let shard_key = self.keys.key(shard, "domains");
+                        self.library
+                            .reload(&mut conn, shard, &shard_key, reloads_seen[p])
+                            .await
+                    } else {
+                        // Loaded a moment ago, and missing again: the shard moved to another node meanwhile
+                        // (a failover), or the library was removed again. The next call loads it again.
+                        Err(QueueError::Unavailable(format!(
+                            "redis: function {} still missing after loading the library",
+                            parts[p].function.name()
+                        )))
+                    };
+                    if let Err(e) = reload {
+                        for (p, todo) in todo.iter().enumerate() {
+                            for &i in todo {
+                                results[p][i] = Some(Err(e.clone()));
+                            }
+                        }
+                        break;
+                    }
+                }
+                Ok(results)
+            })
             .await;
-        }
-        let sent = self.timed(self.pipeline_shards(&mut parts, now, wait)).await;
-        let replies = match sent {
-            Ok(replies) => replies,
-            Err(e) => {
-                return parts
-                    .iter()
-                    .map(|p| vec![Err(e.clone()); p.calls.len()])
-                    .collect();
-            }
-        };
-        join_all(parts.iter().zip(replies).map(|(part, replies)| async move {
-            let missing: Vec<usize> = (0..replies.len()).filter(|&i| replies[i].is_none()).collect();
-            let mut again = if missing.is_empty() {
-                Vec::new()
-            } else {
-                let calls = missing.iter().map(|&i| part.calls[i].clone()).collect();
-                self.call_many(Vec::new(), part.function, part.shard, now, calls, wait)
-                    .await
-            }
-            .into_iter();
-            replies
+        match res {
+            Ok(results) => results
                 .into_iter()
-                .map(|r| match r {
-                    Some(r) => r,
-                    None => again
-                        .next()
-                        .unwrap_or_else(|| Err(QueueError::Backend("no reply".into()))),
+                .map(|r| {
+                    r.into_iter()
+                        .map(|r| r.unwrap_or_else(|| Err(QueueError::Backend("no reply".into()))))
+                        .collect()
                 })
-                .collect()
-        }))
-        .await
+                .collect(),
+            Err(e) => sizes.iter().map(|&n| vec![Err(e.clone()); n]).collect(),
+        }
     }
 
-    /// The one pipeline of [`Self::call_shards`] on one server: each part's result per call, `None` where
-    /// the function was missing. Takes the parts' `pre` commands.
-    async fn pipeline_shards(
+    /// One pipeline of [`Self::call_parts`]: each part's `pre` commands (taken: they are sent once) and its
+    /// calls at `todo[part]`, then `WAIT` when asked. Per part, in `todo`'s order: the call's result, `None`
+    /// where the function was missing. `outages[part]` is set from the part's `pre` replies and stands for
+    /// the part's failed calls, in this round and the next.
+    async fn pipeline_parts(
         &self,
+        conn: &mut conn::Conn,
         parts: &mut [ShardCalls],
+        todo: &[Vec<usize>],
+        outages: &mut [Option<QueueError>],
         now: u64,
         wait: bool,
     ) -> Result<Vec<Vec<Option<Result<Value, QueueError>>>>, QueueError> {
-        let mut conn = self.backend.get().await?;
         let waiting = wait && self.opts.wait_replicas > 0;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut skips = Vec::with_capacity(parts.len());
-        for part in parts.iter_mut() {
+        for (part, todo) in parts.iter_mut().zip(todo) {
             let pre = std::mem::take(&mut part.pre);
             skips.push(pre.len());
             for c in pre {
                 pipe.add_command(c);
             }
-            for args in &part.calls {
-                self.push_call(&mut pipe, part.function, part.shard, now, args);
+            for &i in todo {
+                self.push_call(&mut pipe, part.function, part.shard, now, &part.calls[i]);
             }
         }
         if waiting {
             self.push_wait(&mut pipe);
         }
-        let values: Vec<Value> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        let values: Vec<Value> = pipe.query_async(conn).await.map_err(redis_error)?;
         let mut values = values.into_iter();
         let mut out: Vec<Vec<Option<Result<Value, QueueError>>>> = Vec::with_capacity(parts.len());
-        for (part, skip) in parts.iter().zip(skips) {
-            let outage = outage_among(values.by_ref().take(skip));
-            out.push(
-                (0..part.calls.len())
-                    .map(|_| call_result(&outage, values.next()))
-                    .collect(),
-            );
+        for ((todo, skip), outage) in todo.iter().zip(skips).zip(outages.iter_mut()) {
+            let found = outage_among(values.by_ref().take(skip));
+            if outage.is_none() {
+                *outage = found;
+            }
+            out.push(todo.iter().map(|_| call_result(outage, values.next())).collect());
         }
         if waiting {
             self.check_replicas(values.next(), out.iter_mut().flatten().flatten());
