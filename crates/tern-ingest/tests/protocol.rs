@@ -675,3 +675,30 @@ fn large_messages_arrive_whole_by_data_and_bdat() {
     assert!(stored.ends_with(&body), "BDAT: the stored message differs");
     c.expect("NOOP", 250);
 }
+
+/// After `221` the server closes its side: a plain client reads the end of the stream, and a TLS client gets
+/// TLS's `close_notify` first (a clean end, not a truncation: rustls reports a close without it as an error).
+#[test]
+fn quit_ends_the_connection_cleanly_over_plain_tcp_and_tls() {
+    use std::io::Read;
+    let h = Harness::start(true, &[], |_| {});
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("QUIT", 221);
+    let mut rest = Vec::new();
+    let read = c.stream.read_to_end(&mut rest).expect("the end of the stream");
+    assert_eq!(read, 0, "nothing after 221: {rest:?}");
+
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("STARTTLS", 220);
+    let mut t = Client::new(common::tls_client(&h.ca, c.stream));
+    t.expect("EHLO client.test", 250);
+    t.expect("QUIT", 221);
+    let mut rest = Vec::new();
+    let read = t
+        .stream
+        .read_to_end(&mut rest)
+        .expect("close_notify, then the end of the stream");
+    assert_eq!(read, 0, "nothing after 221: {rest:?}");
+}

@@ -250,7 +250,7 @@ impl Session {
             }
         }
         let _ = self.flush().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.finish()).await;
         debug!("closed");
     }
 
