@@ -128,6 +128,8 @@ pub(crate) struct Session {
     line_clock: LineClock,
     /// The kind of listener the session came through, for the metrics.
     listener: Listener,
+    /// The client said `QUIT` (answered `221`): the session ends cleanly (see [`Stream::finish`]).
+    quit: bool,
 }
 
 /// The `421 4.3.2` of a server that shuts down: to sessions waiting for a command, and to connections
@@ -179,6 +181,7 @@ impl Session {
             junk: 0,
             line_clock: LineClock::default(),
             listener: if tls { Listener::Smtps } else { Listener::Smtp },
+            quit: false,
         }
     }
 
@@ -250,7 +253,7 @@ impl Session {
             }
         }
         let _ = self.flush().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.finish()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.finish(self.quit)).await;
         debug!("closed");
     }
 
@@ -417,6 +420,7 @@ impl Session {
             }
             Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
             Command::Quit => {
+                self.quit = true;
                 self.reply(Reply::new(221, "2.0.0", "Bye"));
                 Flow::Close
             }

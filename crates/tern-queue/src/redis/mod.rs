@@ -338,6 +338,10 @@ impl RedisQueue {
         wait: bool,
     ) -> Vec<Vec<Result<Value, QueueError>>> {
         let sizes: Vec<usize> = parts.iter().map(|p| p.calls.len()).collect();
+        if parts.iter().all(|p| p.pre.is_empty() && p.calls.is_empty()) {
+            // Nothing to send (a batch whose every message was refused before): no connection, no wait.
+            return sizes.iter().map(|_| Vec::new()).collect();
+        }
         let res = self
             .timed(async {
                 // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
