@@ -23,6 +23,7 @@ use tern_proto::v1::{Envelope, SendBatchRequest, SendRequest, SendResponse, send
 use tern_queue::{ClaimedJob, Queue, RedisQueue, RedisQueueOptions};
 use tern_server::auth::Authenticator;
 use tern_testkit::RedisServer;
+use tern_testkit::redis::queue_shard_of;
 use tonic::transport::{Channel, Server};
 use tonic::{Code, Request, Status};
 
@@ -428,15 +429,6 @@ async fn a_refused_connection_in_cluster_mode_answers_that_the_message_may_have_
     assert!(failed > 0, "no message went to the dead node");
 }
 
-/// The queue's shard of a destination domain (32-bit FNV-1a of the lower-cased domain, as tern-queue's
-/// `keys.rs` computes it).
-fn shard_of(domain: &str, shards: u32) -> u32 {
-    let hash = domain.to_ascii_lowercase().bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash % shards
-}
-
 /// On one server a batch's shards go out together, in one pipeline on one connection: when that connection
 /// cannot be made, nothing of the batch was sent, and the answer says so. (In a cluster the shards go to
 /// different nodes, so a batch's messages can fail differently: the answer then follows the unit tests of
@@ -458,7 +450,10 @@ async fn a_batch_over_two_shards_on_a_refused_connection_answers_that_nothing_wa
     // The batch takes the pool's second place, whose connection is made now and refused: nothing sent.
     // Before the shards' calls went out together, shard 1's call took the first connection, still thought
     // good, and failed on it (may have been written).
-    assert_eq!((shard_of("a.test", 2), shard_of("one.test", 2)), (0, 1));
+    assert_eq!(
+        (queue_shard_of("a.test", 2), queue_shard_of("one.test", 2)),
+        (0, 1)
+    );
     let batch = SendBatchRequest {
         messages: vec![to(&["bob@a.test"], ""), to(&["ann@one.test"], "")],
     };

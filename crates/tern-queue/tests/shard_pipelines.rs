@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tern_queue::conformance::message;
 use tern_queue::{Completion, Outcome, QueueError};
-use tern_testkit::redis::RedisServer;
+use tern_testkit::redis::{RedisServer, queue_shard_of};
 
 /// Sixteen domains: with the default 16 shards, most shards get one (FNV-1a spreads them).
 fn domains() -> Vec<String> {
@@ -153,7 +153,7 @@ async fn an_enqueue_over_many_shards_loads_a_missing_library_once() {
     assert_eq!(calls_of(&stats, "function|load"), 1, "{stats}");
     let shards = domains()
         .iter()
-        .map(|d| shard_of(d, 16))
+        .map(|d| queue_shard_of(d, 16))
         .collect::<BTreeSet<_>>()
         .len() as u64;
     assert!(shards >= 8, "{shards} shards");
@@ -163,15 +163,6 @@ async fn an_enqueue_over_many_shards_loads_a_missing_library_once() {
         "each shard's call sent twice, and no more: {stats}"
     );
     assert_eq!(q.counts().await.expect("counts").total, 16);
-}
-
-/// The queue's shard of a destination domain (32-bit FNV-1a of the lower-cased domain, as `keys.rs` computes
-/// it).
-fn shard_of(domain: &str, shards: u32) -> u32 {
-    let hash = domain.to_ascii_lowercase().bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash % shards
 }
 
 /// A batch whose every message is refused before anything is sent (here: a recipient named twice) is

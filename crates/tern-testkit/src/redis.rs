@@ -357,6 +357,16 @@ impl RedisCluster {
     }
 }
 
+/// The tern queue's shard of a destination domain: 32-bit FNV-1a of the lower-cased domain, modulo `shards`.
+/// Written out here again, apart from `tern-queue`'s `keys.rs`, so that tests that place domains on shards
+/// check the queue's layout rather than repeat it.
+pub fn queue_shard_of(domain: &str, shards: u32) -> u32 {
+    let hash = domain.to_ascii_lowercase().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % shards
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
