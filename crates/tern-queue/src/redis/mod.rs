@@ -436,12 +436,28 @@ impl RedisQueue {
             for c in pre {
                 pipe.add_command(c);
             }
+            // The calling convention's arguments, made once per part.
+            let shard_key = self.keys.key(part.shard, "domains");
+            let tag = self.keys.tag(part.shard);
             for &i in todo {
-                self.push_call(&mut pipe, part.function, part.shard, now, &part.calls[i]);
+                let cmd = pipe
+                    .cmd("FCALL")
+                    .arg(part.function.name())
+                    .arg(1)
+                    .arg(&shard_key)
+                    .arg(&tag)
+                    .arg(now)
+                    .arg(self.opts.events_max_len)
+                    .arg(now / 60_000);
+                for a in &part.calls[i] {
+                    cmd.arg(a.as_slice());
+                }
             }
         }
         if waiting {
-            self.push_wait(&mut pipe);
+            pipe.cmd("WAIT")
+                .arg(self.opts.wait_replicas)
+                .arg(wait_timeout_ms(self.opts.response_timeout));
         }
         let values: Vec<Value> = pipe.query_async(conn).await.map_err(redis_error)?;
         let mut values = values.into_iter();
@@ -457,30 +473,6 @@ impl RedisQueue {
             self.check_replicas(values.next(), out.iter_mut().flatten().flatten());
         }
         Ok(out)
-    }
-
-    /// Adds one `FCALL` of `function` on `shard` to `pipe`, with the calling convention's arguments (see
-    /// [`Self::call_many`]) and then `args`.
-    fn push_call(&self, pipe: &mut redis::Pipeline, function: Function, shard: u16, now: u64, args: &[Arg]) {
-        let cmd = pipe
-            .cmd("FCALL")
-            .arg(function.name())
-            .arg(1)
-            .arg(self.keys.key(shard, "domains"))
-            .arg(self.keys.tag(shard))
-            .arg(now)
-            .arg(self.opts.events_max_len)
-            .arg(now / 60_000);
-        for a in args {
-            cmd.arg(a.as_slice());
-        }
-    }
-
-    /// Adds the `WAIT` for `wait_replicas` to `pipe`.
-    fn push_wait(&self, pipe: &mut redis::Pipeline) {
-        pipe.cmd("WAIT")
-            .arg(self.opts.wait_replicas)
-            .arg(wait_timeout_ms(self.opts.response_timeout));
     }
 
     /// Turns the successful `results` into errors when `WAIT`'s answer says too few replicas acknowledged.
@@ -547,7 +539,8 @@ fn value_result(v: Value) -> Result<Value, QueueError> {
 }
 
 /// The outage among the replies of a pipeline's plain commands (a server out of memory refusing the
-/// writes), if any: what a function call that failed for want of those writes reports. Reads every reply (the caller's replies that follow stay in place).
+/// writes), if any: what a function call that failed for want of those writes reports. Reads every reply,
+/// so that the replies after them stay in step.
 fn outage_among(replies: impl Iterator<Item = Value>) -> Option<QueueError> {
     let mut outage = None;
     for reply in replies {

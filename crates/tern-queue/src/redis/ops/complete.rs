@@ -160,7 +160,6 @@ impl RedisQueue {
         }
         let now = now_ms();
         let history_ms = self.history_ms();
-        let mut shards = Vec::with_capacity(per_shard.len());
         let mut parts = Vec::with_capacity(per_shard.len());
         let mut members = Vec::with_capacity(per_shard.len());
         for (shard, list) in per_shard {
@@ -171,7 +170,6 @@ impl RedisQueue {
                 calls.push(complete_args(owner, history_ms, &jobs));
                 of_calls.push(chunk.iter().map(|(i, _)| *i).collect::<Vec<_>>());
             }
-            shards.push(shard);
             parts.push(ShardCalls {
                 shard,
                 pre: Vec::new(),
@@ -181,10 +179,8 @@ impl RedisQueue {
             members.push(of_calls);
         }
         let replies = self.call_shards(parts, now, false).await;
-        for shard in shards {
-            if rescheduling.contains(&shard) {
-                self.quiet.touched(shard);
-            }
+        for &shard in &rescheduling {
+            self.quiet.touched(shard);
         }
         for (members, reply) in members
             .into_iter()

@@ -349,7 +349,8 @@ impl RedisQueue {
             members.push(of_calls);
         }
         let replies = self.call_shards(parts, now, wait).await;
-        // Whatever the replies say (a call that timed out may have run), this handle's claims look there again.
+        // Whatever the replies say (a call that timed out may have run), this handle's claims look there
+        // again.
         for &shard in &shards {
             self.quiet.touched(shard);
         }
