@@ -1,7 +1,8 @@
 //! On one Redis server, an operation that spans shards (an enqueue of messages to many domains, a batch of
 //! completions) sends every shard's calls in ONE pipeline on one connection, with one `WAIT` for the
 //! replicas: one round trip, not one per shard. Checked against a real redis-server, with its own `MONITOR`
-//! (which client sent each call) and `INFO commandstats` (how many `WAIT`s ran).
+//! (which client sent each call) and `INFO commandstats` (how many `WAIT`s ran). In a Redis Cluster each shard's
+//! pipeline goes to its master on a connection of its own, so the shards of one master wait at once.
 #![allow(clippy::expect_used)]
 
 mod common;
@@ -222,4 +223,33 @@ async fn an_enqueue_over_many_shards_waits_for_the_replicas_once() {
     }
     let stats = server.cli(&["INFO", "commandstats"]).expect("INFO");
     assert_eq!(calls_of(&stats, "wait"), 1, "{stats}");
+}
+
+/// In a cluster the shards' calls go to their masters, and those of one master share the master's one
+/// connection: an enqueue over many shards must wait for the replicas once per master, or its `WAIT`s queue
+/// behind each other on that connection (Redis reads nothing more from a client blocked in `WAIT`), each
+/// waiting half the reply timeout, and all but the first run out of time. Every message gets the replicas'
+/// answer ("only 0 of 1 replicas acknowledged"), not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_a_missing_replica_is_reported_as_such_for_every_shard_of_an_enqueue() {
+    let cluster = tern_testkit::redis::RedisCluster::start(3).expect("start a 3-master cluster");
+    let mut opts = common::cluster(&cluster.urls_comma(), "clusterwait");
+    opts.wait_replicas = 1;
+    opts.response_timeout = Duration::from_millis(500);
+    let q = common::queue(opts).await;
+    // Sixteen domains over the 16 shards, about five shards per master. No replicas: every WAIT answers 0
+    // after its timeout.
+    let batch = domains().iter().map(|d| message(&[&format!("r@{d}")])).collect();
+    let started = Instant::now();
+    let answers = q.enqueue_batch(batch).await;
+    for answer in answers {
+        match answer {
+            Err(QueueError::Unavailable(reason)) => assert!(
+                reason.contains("replicas acknowledged"),
+                "a shard's call did not get its replicas' answer: {reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    eprintln!("the enqueue answered after {:?}", started.elapsed());
 }

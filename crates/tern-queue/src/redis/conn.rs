@@ -1,4 +1,4 @@
-//! Connections: a deadpool pool for one Redis server, or a cluster connection for Redis Cluster, behind one
+//! Connections: a deadpool pool for one Redis server, or cluster connections for Redis Cluster, behind one
 //! type that implements [`redis::aio::ConnectionLike`]; and the mapping of Redis errors to [`QueueError`].
 //!
 //! Single server: deadpool makes the connections (with its create timeout), but the queue keeps `pool_size`
@@ -36,11 +36,15 @@ pub(crate) enum Backend {
         /// Connections made in an earlier generation are replaced on their next use (see the module doc).
         generation: Arc<AtomicU64>,
     },
-    /// A cluster: one multiplexed cluster connection (it routes by key and reconnects by itself), made on
-    /// first use so that a queue can be built while the cluster is down.
+    /// A cluster: `pool_size` multiplexed cluster connections (each routes by key, keeps one connection per
+    /// node and reconnects by itself), shared round-robin like the single server's, each made on first use so
+    /// that a queue can be built while the cluster is down. More than one because a pipeline ending in `WAIT`
+    /// holds its node's connection until the replicas answer: the shards of one operation that live on one
+    /// master must each have a connection of their own to wait at once (see `RedisQueue::call_shards`).
     Cluster {
         client: Box<redis::cluster::ClusterClient>,
-        conn: Mutex<Option<ClusterConnection>>,
+        conns: Vec<Mutex<Option<ClusterConnection>>>,
+        next: AtomicUsize,
     },
 }
 
@@ -218,7 +222,8 @@ impl Backend {
                 .map_err(|e| QueueError::Config(format!("queue url: {e}")))?;
             Ok(Backend::Cluster {
                 client: Box::new(client),
-                conn: Mutex::new(None),
+                conns: (0..pool_size.max(1)).map(|_| Mutex::new(None)).collect(),
+                next: AtomicUsize::new(0),
             })
         } else {
             if url.contains(',') {
@@ -254,16 +259,32 @@ impl Backend {
         matches!(self, Backend::Cluster { .. })
     }
 
-    /// A connection.
+    /// A connection: the next one in turn.
     pub(crate) async fn get(&self) -> Result<Conn, QueueError> {
+        self.get_at(self.reserve(1)).await
+    }
+
+    /// Takes the next `count` connections in turn at once (for calls that must not share a connection, as far
+    /// as there are connections enough): the number to give [`Self::get_at`] for the first; the others follow.
+    pub(crate) fn reserve(&self, count: usize) -> usize {
+        match self {
+            Backend::Single { next, .. } | Backend::Cluster { next, .. } => {
+                next.fetch_add(count, Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Connection number `number` (modulo their count), made when it has none (or, on a single server, when
+    /// it broke).
+    pub(crate) async fn get_at(&self, number: usize) -> Result<Conn, QueueError> {
         match self {
             Backend::Single {
                 pool,
                 slots,
-                next,
                 generation,
+                ..
             } => {
-                let slot = &slots[next.fetch_add(1, Ordering::Relaxed) % slots.len()];
+                let slot = &slots[number % slots.len()];
                 let mut guard = slot.lock().await;
                 if let Some(s) = guard.as_ref()
                     && s.state.usable()
@@ -285,8 +306,8 @@ impl Backend {
                 *guard = Some(shared.clone());
                 Ok(Conn::Single(shared))
             }
-            Backend::Cluster { client, conn } => {
-                let mut guard = conn.lock().await;
+            Backend::Cluster { client, conns, .. } => {
+                let mut guard = conns[number % conns.len()].lock().await;
                 if let Some(c) = guard.as_ref() {
                     return Ok(Conn::Cluster(c.clone()));
                 }

@@ -64,7 +64,8 @@ pub struct RedisQueueOptions {
     /// Approximate cap of each shard's event stream, in stream entries (default 1,000,000); an entry holds
     /// one event, or the events of one batched call.
     pub events_max_len: u64,
-    /// Pooled connections (single-server mode; default 16).
+    /// Connections shared round-robin (default 16): multiplexed connections to the server, or cluster
+    /// connections (each with one connection per node).
     pub pool_size: usize,
     /// Connect timeout (default 2 s).
     pub connect_timeout: Duration,
@@ -309,7 +310,10 @@ impl RedisQueue {
     /// write and one read for an operation that spans shards (a group commit of messages to ten domains
     /// touches most of the 16 shards) instead of one round trip per shard, each of which costs the caller
     /// and Redis a system call or two and a wakeup. In a cluster each part is its own pipeline, routed to
-    /// its shard's master, all at once (on the cluster connection's one connection per node).
+    /// its shard's master, all at once, each on a cluster connection of its own: a cluster connection has
+    /// one connection per node, and a pipeline ending in `WAIT` holds it until the replicas answer (Redis
+    /// reads nothing more from a client blocked in `WAIT`), so the shards of one master sharing one would
+    /// wait in turn, each up to half the reply timeout, and all but the first run out of time.
     async fn call_shards(
         &self,
         parts: Vec<ShardCalls>,
@@ -317,8 +321,9 @@ impl RedisQueue {
         wait: bool,
     ) -> Vec<Vec<Result<Value, QueueError>>> {
         if self.backend.is_cluster() {
-            return join_all(parts.into_iter().map(|p| async move {
-                self.call_parts(vec![p], now, wait)
+            let first = self.backend.reserve(parts.len());
+            return join_all(parts.into_iter().enumerate().map(|(n, p)| async move {
+                self.call_parts_on(Some(first.wrapping_add(n)), vec![p], now, wait)
                     .await
                     .pop()
                     .unwrap_or_default()
@@ -333,6 +338,18 @@ impl RedisQueue {
     /// loaded, the outage among a part's `pre` replies still standing for them.
     async fn call_parts(
         &self,
+        parts: Vec<ShardCalls>,
+        now: u64,
+        wait: bool,
+    ) -> Vec<Vec<Result<Value, QueueError>>> {
+        self.call_parts_on(None, parts, now, wait).await
+    }
+
+    /// [`Self::call_parts`] on connection number `connection` (see [`Backend::get_at`]), or on the next one
+    /// in turn (`None`).
+    async fn call_parts_on(
+        &self,
+        connection: Option<usize>,
         mut parts: Vec<ShardCalls>,
         now: u64,
         wait: bool,
@@ -345,10 +362,12 @@ impl RedisQueue {
         let res = self
             .timed(async {
                 // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
-                // nothing more from a client blocked in `WAIT`). On one server the connections taken in turn
-                // keep one operation from waiting behind another's; a cluster connection keeps one connection
-                // per node, so there the pipelines of shards on one master wait in turn.
-                let mut conn = self.backend.get().await?;
+                // nothing more from a client blocked in `WAIT`): the connections taken in turn keep one
+                // operation from waiting behind another's (as long as fewer are under way than `pool_size`).
+                let mut conn = match connection {
+                    Some(number) => self.backend.get_at(number).await?,
+                    None => self.backend.get().await?,
+                };
                 // A reload since these counts means another call loaded the library meanwhile.
                 let reloads_seen: Vec<u64> = parts.iter().map(|p| self.library.reloads(p.shard)).collect();
                 let mut results: Vec<Vec<Option<Result<Value, QueueError>>>> =
