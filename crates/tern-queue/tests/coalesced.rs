@@ -223,32 +223,6 @@ async fn wait_replicas_covers_every_message_of_a_shared_call() {
     }
 }
 
-/// An enqueue over several shards sends every shard's calls in one pipeline ending in one `WAIT`
-/// (`shard_pipelines.rs`). Every message gets the replicas' answer ("only 0 of 1 replicas acknowledged"), not
-/// a timeout: `WAIT` waits half the reply timeout, so Redis answers before the client gives up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_replica_is_reported_as_such_for_every_shard_of_an_enqueue() {
-    let master = RedisServer::start().expect("start redis-server");
-    let mut opts = common::single(&master.url(), "waitshards");
-    opts.wait_replicas = 1;
-    opts.response_timeout = Duration::from_millis(500);
-    let q = common::queue(opts).await;
-    // Sixteen domains: several of the 16 shards. No replica, so every WAIT answers 0 after its timeout.
-    let batch: Vec<NewMessage> = (0..16).map(|i| named(&format!("r@d{i}.test")).1).collect();
-    let answers = tokio::spawn(async move { q.enqueue_batch(batch).await })
-        .await
-        .expect("the enqueue task");
-    for answer in answers {
-        match answer {
-            Err(QueueError::Unavailable(reason)) => assert!(
-                reason.contains("replicas acknowledged"),
-                "a shard's call did not get its replicas' answer: {reason}"
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_shared_writes_survive_sigkill() {
     const WRITERS: usize = 16;
