@@ -10,6 +10,9 @@
 //! stale every connection of its generation or older, i.e. made before the failure: the server went away (a
 //! restart), which leaves them all dead, and on a quiet process each would otherwise fail a call of its own
 //! before it was replaced.
+//!
+//! Cluster: `pool_size` cluster connections, each made on first use and shared round-robin the same way; each
+//! routes by key, keeps a connection to every node and follows the cluster's changes by itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -309,31 +309,53 @@ impl RedisQueue {
     /// On one server every part goes out in ONE pipeline, on one connection, ending in one `WAIT`: one
     /// write and one read for an operation that spans shards (a group commit of messages to ten domains
     /// touches most of the 16 shards) instead of one round trip per shard, each of which costs the caller
-    /// and Redis a system call or two and a wakeup. In a cluster each part is its own pipeline, routed to
-    /// its shard's master, all at once, each on a cluster connection of its own: a cluster connection has
-    /// one connection per node, and a pipeline ending in `WAIT` holds it until the replicas answer (Redis
-    /// reads nothing more from a client blocked in `WAIT`), so the shards of one master sharing one would
-    /// wait in turn, each up to half the reply timeout, and all but the first run out of time.
+    /// and Redis a system call or two and a wakeup. In a cluster each shard's parts (an enqueue's fast-path
+    /// and intake calls) are one pipeline, routed to the shard's master, all shards at once, each on a
+    /// cluster connection of its own: a cluster connection has one connection per node, and a pipeline
+    /// ending in `WAIT` holds it until the replicas answer (Redis reads nothing more from a client blocked in
+    /// `WAIT`), so the shards of one master sharing one would wait in turn, each up to half the reply
+    /// timeout, and all but the first run out of time. (With more shards than connections, `pool_size`,
+    /// some share one.)
     async fn call_shards(
         &self,
         parts: Vec<ShardCalls>,
         now: u64,
         wait: bool,
     ) -> Vec<Vec<Result<Value, QueueError>>> {
-        if self.backend.is_cluster() {
-            let first = self.backend.reserve(parts.len());
-            return join_all(parts.into_iter().enumerate().map(|(n, p)| async move {
-                self.call_parts_on(Some(first.wrapping_add(n)), vec![p], now, wait)
-                    .await
-                    .pop()
-                    .unwrap_or_default()
-            }))
-            .await;
+        if !self.backend.is_cluster() {
+            return self.call_parts(parts, now, wait).await;
         }
-        self.call_parts(parts, now, wait).await
+        let count = parts.len();
+        // Each shard's parts with their places in `parts`, in order.
+        let mut shards: Vec<(u16, Vec<(usize, ShardCalls)>)> = Vec::new();
+        for (place, part) in parts.into_iter().enumerate() {
+            match shards.iter_mut().find(|(shard, _)| *shard == part.shard) {
+                Some((_, members)) => members.push((place, part)),
+                None => shards.push((part.shard, vec![(place, part)])),
+            }
+        }
+        let first = self.backend.reserve(shards.len());
+        let answers = join_all(
+            shards
+                .into_iter()
+                .enumerate()
+                .map(|(n, (_, members))| async move {
+                    let (places, parts): (Vec<usize>, Vec<ShardCalls>) = members.into_iter().unzip();
+                    let results = self
+                        .call_parts_on(Some(first.wrapping_add(n)), parts, now, wait)
+                        .await;
+                    places.into_iter().zip(results).collect::<Vec<_>>()
+                }),
+        )
+        .await;
+        let mut results: Vec<Vec<Result<Value, QueueError>>> = (0..count).map(|_| Vec::new()).collect();
+        for (place, part_results) in answers.into_iter().flatten() {
+            results[place] = part_results;
+        }
+        results
     }
 
-    /// Sends `parts` in one pipeline on one connection (so on one server, or one part in a cluster), within
+    /// Sends `parts` in one pipeline on one connection (so on one server, or one shard's in a cluster), within
     /// the queue's timeout; calls that found the function missing are sent once more after the library is
     /// loaded, the outage among a part's `pre` replies still standing for them.
     async fn call_parts(
