@@ -25,12 +25,10 @@ impl Stream {
     /// the benchmark most of them failed: the client had closed first). A close for an error still shuts
     /// down first, so that the FIN leaves before the client's unread commands make the close a reset.
     pub(crate) async fn finish(&mut self, after_quit: bool) -> io::Result<()> {
-        match self {
-            Stream::Plain(_) if after_quit => Ok(()),
-            Stream::Plain(s) => tokio::io::AsyncWriteExt::shutdown(s).await,
-            Stream::Closed => Ok(()),
-            Stream::Tls(s) => tokio::io::AsyncWriteExt::shutdown(s.as_mut()).await,
+        if after_quit && matches!(self, Stream::Plain(_)) {
+            return Ok(());
         }
+        tokio::io::AsyncWriteExt::shutdown(self).await
     }
 }
 

@@ -298,7 +298,7 @@ impl RedisQueue {
             function,
             calls,
         };
-        self.call_parts(vec![part], now, wait)
+        self.call_parts(self.backend.reserve(1), vec![part], now, wait)
             .await
             .pop()
             .unwrap_or_default()
@@ -323,7 +323,7 @@ impl RedisQueue {
         wait: bool,
     ) -> Vec<Vec<Result<Value, QueueError>>> {
         if !self.backend.is_cluster() {
-            return self.call_parts(parts, now, wait).await;
+            return self.call_parts(self.backend.reserve(1), parts, now, wait).await;
         }
         let count = parts.len();
         // Each shard's parts with their places in `parts`, in order.
@@ -341,9 +341,7 @@ impl RedisQueue {
                 .enumerate()
                 .map(|(n, (_, members))| async move {
                     let (places, parts): (Vec<usize>, Vec<ShardCalls>) = members.into_iter().unzip();
-                    let results = self
-                        .call_parts_on(Some(first.wrapping_add(n)), parts, now, wait)
-                        .await;
+                    let results = self.call_parts(first.wrapping_add(n), parts, now, wait).await;
                     places.into_iter().zip(results).collect::<Vec<_>>()
                 }),
         )
@@ -355,23 +353,13 @@ impl RedisQueue {
         results
     }
 
-    /// Sends `parts` in one pipeline on one connection (so on one server, or one shard's in a cluster), within
-    /// the queue's timeout; calls that found the function missing are sent once more after the library is
-    /// loaded, the outage among a part's `pre` replies still standing for them.
+    /// Sends `parts` in one pipeline on connection number `connection` (see [`Backend::reserve`]; so on one
+    /// server, or one shard's parts in a cluster), within the queue's timeout; calls that found the function
+    /// missing are sent once more after the library is loaded, the outage among a part's `pre` replies still
+    /// standing for them.
     async fn call_parts(
         &self,
-        parts: Vec<ShardCalls>,
-        now: u64,
-        wait: bool,
-    ) -> Vec<Vec<Result<Value, QueueError>>> {
-        self.call_parts_on(None, parts, now, wait).await
-    }
-
-    /// [`Self::call_parts`] on connection number `connection` (see [`Backend::get_at`]), or on the next one
-    /// in turn (`None`).
-    async fn call_parts_on(
-        &self,
-        connection: Option<usize>,
+        connection: usize,
         mut parts: Vec<ShardCalls>,
         now: u64,
         wait: bool,
@@ -386,10 +374,7 @@ impl RedisQueue {
                 // A pipeline that ends in `WAIT` holds its connection until the replicas answer (Redis reads
                 // nothing more from a client blocked in `WAIT`): the connections taken in turn keep one
                 // operation from waiting behind another's (as long as fewer are under way than `pool_size`).
-                let mut conn = match connection {
-                    Some(number) => self.backend.get_at(number).await?,
-                    None => self.backend.get().await?,
-                };
+                let mut conn = self.backend.get_at(connection).await?;
                 // A reload since these counts means another call loaded the library meanwhile.
                 let reloads_seen: Vec<u64> = parts.iter().map(|p| self.library.reloads(p.shard)).collect();
                 let mut results: Vec<Vec<Option<Result<Value, QueueError>>>> =
@@ -415,20 +400,26 @@ impl RedisQueue {
                         *todo = missing;
                     }
                     let Some(p) = first_missing else { break };
-                    let shard = parts[p].shard;
-                    let reload = if round == 0 {
-                        let shard_key = self.keys.key(shard, "domains");
-                        self.library
-                            .reload(&mut conn, shard, &shard_key, reloads_seen[p])
-                            .await
-                    } else {
+                    if round == 1 {
                         // Loaded a moment ago, and missing again: the shard moved to another node meanwhile
                         // (a failover), or the library was removed again. The next call loads it again.
-                        Err(QueueError::Unavailable(format!(
-                            "redis: function {} still missing after loading the library",
-                            parts[p].function.name()
-                        )))
-                    };
+                        for ((part, todo), results) in parts.iter().zip(&todo).zip(results.iter_mut()) {
+                            let e = QueueError::Unavailable(format!(
+                                "redis: function {} still missing after loading the library",
+                                part.function.name()
+                            ));
+                            for &i in todo {
+                                results[i] = Some(Err(e.clone()));
+                            }
+                        }
+                        break;
+                    }
+                    let shard = parts[p].shard;
+                    let shard_key = self.keys.key(shard, "domains");
+                    let reload = self
+                        .library
+                        .reload(&mut conn, shard, &shard_key, reloads_seen[p])
+                        .await;
                     if let Err(e) = reload {
                         for (p, todo) in todo.iter().enumerate() {
                             for &i in todo {
