@@ -331,6 +331,44 @@ impl RedisQueue {
         (part, members)
     }
 
+    /// One shard's `materialise` replies, each with its call's members (see [`Self::materialise_part`]).
+    fn materialise_replies(
+        &self,
+        shard: u16,
+        members: Vec<Vec<usize>>,
+        replies: Vec<Result<Value, QueueError>>,
+    ) -> Vec<(Vec<usize>, Result<Value, QueueError>)> {
+        // Whatever the replies say (a call that timed out may have run), this handle's claims look there again.
+        self.quiet.touched(shard);
+        members.into_iter().zip(replies).collect()
+    }
+
+    /// The `materialise` calls of intake-path messages (kept in their intake records meanwhile), per shard of
+    /// their jobs.
+    pub(crate) fn intake_materialise_calls(
+        &self,
+        prepared: &[&Prepared],
+    ) -> Vec<(u16, Vec<MaterialiseCall>)> {
+        let mut per_shard: BTreeMap<u16, Vec<(&Prepared, Vec<&JobSpec>)>> = BTreeMap::new();
+        for p in prepared {
+            for (shard, jobs) in self.by_shard(&p.specs) {
+                per_shard.entry(shard).or_default().push((p, jobs));
+            }
+        }
+        per_shard
+            .into_iter()
+            .map(|(shard, msgs)| {
+                let calls = MaterialiseCall::split(
+                    &msgs,
+                    Remember::Intake,
+                    self.opts.default_domain_concurrency,
+                    self.history_ms(),
+                );
+                (shard, calls)
+            })
+            .collect()
+    }
+
     /// Runs `materialise` calls on each shard given (see [`Self::materialise_part`]), all in one pipeline
     /// on one server. Per shard, in the order given: one result per call, with the call's members.
     pub(crate) async fn materialise(
@@ -349,15 +387,11 @@ impl RedisQueue {
             members.push(of_calls);
         }
         let replies = self.call_shards(parts, now, wait).await;
-        // Whatever the replies say (a call that timed out may have run), this handle's claims look there
-        // again.
-        for &shard in &shards {
-            self.quiet.touched(shard);
-        }
-        members
+        shards
             .into_iter()
+            .zip(members)
             .zip(replies)
-            .map(|(members, replies)| members.into_iter().zip(replies).collect())
+            .map(|((shard, members), replies)| self.materialise_replies(shard, members, replies))
             .collect()
     }
 
@@ -416,7 +450,6 @@ impl RedisQueue {
             fast_members.push(members);
         }
         let mut intake_members = Vec::with_capacity(intake.len());
-        let mut fast_done: Vec<(usize, Result<Value, QueueError>)> = Vec::new();
         let mut intake_done: Vec<(usize, Result<Value, QueueError>)> = Vec::new();
         for (&shard, idx) in &intake {
             let mut calls = Vec::new();
@@ -442,24 +475,21 @@ impl RedisQueue {
         let mut replies = self.call_shards(parts, now, true).await.into_iter();
         for ((shard, idx), members) in fast.iter().zip(fast_members) {
             let shard_replies = replies.next().unwrap_or_default();
-            // Whatever the replies say (a call that timed out may have run), this handle's claims look there
-            // again.
-            self.quiet.touched(*shard);
             // One result per call, for every message of the call (a call is all or none).
-            for (members, r) in members.into_iter().zip(shard_replies) {
+            for (members, r) in self.materialise_replies(*shard, members, shard_replies) {
                 for k in members {
-                    fast_done.push((idx[k], r.clone()));
+                    let i = idx[k];
+                    let receipt = prepared[i].as_ref().map(Prepared::receipt);
+                    results[i] = Some(
+                        r.clone()
+                            .and_then(|_| receipt.ok_or_else(|| QueueError::Backend("lost message".into()))),
+                    );
                 }
             }
         }
         for members in intake_members {
             let shard_replies = replies.next().unwrap_or_default();
             intake_done.extend(members.into_iter().zip(shard_replies));
-        }
-        for (i, r) in fast_done {
-            let receipt = prepared[i].as_ref().map(Prepared::receipt);
-            results[i] =
-                Some(r.and_then(|_| receipt.ok_or_else(|| QueueError::Backend("lost message".into()))));
         }
         let mut to_materialise = Vec::new();
         for (i, r) in intake_done {
@@ -491,24 +521,7 @@ impl RedisQueue {
     /// Materialises every shard's jobs of intake-path messages, then drops their intake records. Failures
     /// are logged only: the intake records stay and the reaper drives them again.
     async fn materialise_intakes(&self, prepared: &[&Prepared], now: u64) {
-        let mut per_shard: BTreeMap<u16, Vec<(&Prepared, Vec<&JobSpec>)>> = BTreeMap::new();
-        for p in prepared {
-            for (shard, jobs) in self.by_shard(&p.specs) {
-                per_shard.entry(shard).or_default().push((p, jobs));
-            }
-        }
-        let calls = per_shard
-            .into_iter()
-            .map(|(shard, msgs)| {
-                let calls = MaterialiseCall::split(
-                    &msgs,
-                    Remember::Intake,
-                    self.opts.default_domain_concurrency,
-                    self.history_ms(),
-                );
-                (shard, calls)
-            })
-            .collect();
+        let calls = self.intake_materialise_calls(prepared);
         let results = self.materialise(now, calls, false).await;
         if let Some(e) = results.iter().flatten().find_map(|(_, r)| r.as_ref().err()) {
             tracing::warn!(error = %e, "materialising queued messages failed; the reaper will finish them");

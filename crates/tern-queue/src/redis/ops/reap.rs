@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use redis::Value;
 
-use super::enqueue::{MaterialiseCall, Prepared, Remember};
+use super::enqueue::Prepared;
 use super::{Arg, arg, codec, count};
 use crate::QueueError;
 use crate::redis::RedisQueue;
@@ -133,19 +133,7 @@ impl RedisQueue {
             return Ok(false);
         };
         let p = Prepared::from_intake(payload, Bytes::from(body))?;
-        let per_shard = self
-            .by_shard(&p.specs)
-            .into_iter()
-            .map(|(job_shard, jobs)| {
-                let calls = MaterialiseCall::split(
-                    &[(&p, jobs)],
-                    Remember::Intake,
-                    self.opts.default_domain_concurrency,
-                    self.history_ms(),
-                );
-                (job_shard, calls)
-            })
-            .collect();
+        let per_shard = self.intake_materialise_calls(&[&p]);
         for (_, r) in self
             .materialise(now, per_shard, false)
             .await
