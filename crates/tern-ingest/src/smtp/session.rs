@@ -252,6 +252,11 @@ impl Session {
                 break;
             }
         }
+        if self.quit {
+            // The `221` goes with the FIN of the close that follows (see `Stream::write_before_close`).
+            let taken = self.stream.write_before_close(&self.out);
+            self.out.drain(..taken);
+        }
         let _ = self.flush().await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.finish(self.quit)).await;
         debug!("closed");
