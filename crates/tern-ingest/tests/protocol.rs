@@ -676,6 +676,34 @@ fn large_messages_arrive_whole_by_data_and_bdat() {
     c.expect("NOOP", 250);
 }
 
+/// A client that pipelines QUIT behind its message's end and then sends more than the server reads (still
+/// unread when the server closes, so the close is a reset) still gets the message's `250` and the `221`:
+/// the server holds back only a lone `221` for the close's FIN, never a reply to a message, which a reset
+/// would drop (the client would not learn that its message was queued, and would send it again).
+#[test]
+fn a_message_pipelined_before_quit_gets_its_reply_even_when_the_close_is_a_reset() {
+    let h = Harness::start(false, &[], |_| {});
+    let mut c = h.client();
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@example.test>", 250);
+    c.expect("RCPT TO:<r@dest.test>", 250);
+    c.expect("DATA", 354);
+    let mut wire = b"Subject: pipelined\r\n\r\nbody\r\n.\r\nQUIT\r\n".to_vec();
+    // Far more than one read takes, without a line end: unread at the close.
+    wire.resize(wire.len() + 512 * 1024, b'x');
+    let mut writer = c.stream.try_clone().expect("a second handle");
+    // Its own thread: the write blocks once the server stops reading, and fails when the reset comes.
+    let sending = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut writer, &wire);
+    });
+    let queued = c.read_reply();
+    assert_eq!(queued.code, 250, "{queued}");
+    assert!(queued_id(&queued.text()).is_some(), "{queued}");
+    let bye = c.read_reply();
+    assert_eq!(bye.code, 221, "{bye}");
+    sending.join().expect("the writer thread");
+}
+
 /// After `221` the server closes its side: a plain client reads the end of the stream, and a TLS client gets
 /// TLS's `close_notify` first (a clean end, not a truncation: rustls reports a close without it as an error).
 #[test]

@@ -24,7 +24,7 @@ use tern_config::IngestConfig;
 use tern_core::Shutdown;
 use tern_queue::Queue;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -199,13 +199,11 @@ impl SmtpServer {
             (&self.smtps_listen, true, &mut smtps_addrs),
         ] {
             for addr in addrs {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| IngestError::Bind { addr: *addr, source })?;
+                let (l, nodelay_inherited) =
+                    bind_listener(*addr).map_err(|source| IngestError::Bind { addr: *addr, source })?;
                 let local = l
                     .local_addr()
                     .map_err(|source| IngestError::Bind { addr: *addr, source })?;
-                let nodelay_inherited = set_nodelay_for_accepted(&l);
                 out.push(local);
                 listeners.push(Listening {
                     listener: l,
@@ -365,21 +363,25 @@ struct Listening {
     nodelay_inherited: bool,
 }
 
-/// Sets `TCP_NODELAY` on a listener whose accepted connections inherit it (Linux copies the listener's
-/// options into each connection it accepts), so that no connection needs a `setsockopt` of its own: one
-/// system call fewer per session. Returns whether they inherit it; elsewhere, or if setting it failed, each
-/// accepted connection sets it.
-fn set_nodelay_for_accepted(listener: &TcpListener) -> bool {
-    if !cfg!(target_os = "linux") {
-        return false;
-    }
-    match socket2::SockRef::from(listener).set_tcp_nodelay(true) {
-        Ok(()) => true,
-        Err(e) => {
-            debug!(error = %e, "TCP_NODELAY on the listener failed; set per connection");
-            false
-        }
-    }
+/// The backlog of a listener, as `TcpListener::bind` (and the standard library) set it.
+const LISTEN_BACKLOG: u32 = 128;
+
+/// Binds a listener as `TcpListener::bind` does (`SO_REUSEADDR`, [`LISTEN_BACKLOG`]), on Linux with
+/// `TCP_NODELAY` set before it listens: Linux copies that option into every connection the listener
+/// accepts, so no connection needs a `setsockopt` of its own (one system call fewer per session), and none
+/// is accepted without it. Returns the listener and whether its connections get the option from it;
+/// elsewhere, or if setting it failed, each accepted connection sets it.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<(TcpListener, bool)> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    let nodelay_inherited = cfg!(target_os = "linux") && socket.set_nodelay(true).is_ok();
+    socket.bind(addr)?;
+    Ok((socket.listen(LISTEN_BACKLOG)?, nodelay_inherited))
 }
 
 /// Addresses as a log value: comma-joined, `-` for none.
@@ -486,12 +488,13 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn connections_accepted_on_a_listener_with_nodelay_set_have_it_without_a_call_of_their_own() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let inherited = set_nodelay_for_accepted(&listener);
-        assert_eq!(inherited, cfg!(target_os = "linux"));
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        assert_eq!(accepted.nodelay().unwrap(), inherited);
+    async fn connections_accepted_on_a_listener_bound_with_nodelay_have_it_without_a_call_of_their_own() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let (listener, inherited) = bind_listener(addr.parse().unwrap()).unwrap();
+            assert_eq!(inherited, cfg!(target_os = "linux"), "{addr}");
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert_eq!(accepted.nodelay().unwrap(), inherited, "{addr}");
+        }
     }
 }

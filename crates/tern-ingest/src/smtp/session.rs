@@ -252,8 +252,10 @@ impl Session {
                 break;
             }
         }
-        if self.quit {
-            // The `221` goes with the FIN of the close that follows (see `Stream::write_before_close`).
+        // The `221` goes with the FIN of the close that follows (see `Stream::write_before_close`), when it
+        // is the only reply left: a client that pipelined QUIT behind its message gets that message's reply
+        // the usual way, so that nothing it sent after QUIT can make the close a reset that drops the reply.
+        if self.quit && self.out.iter().position(|&b| b == b'\n').map(|end| end + 1) == Some(self.out.len()) {
             let taken = self.stream.write_before_close(&self.out);
             self.out.drain(..taken);
         }
