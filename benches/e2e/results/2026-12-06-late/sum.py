@@ -5,7 +5,7 @@ for f in sorted(glob.glob(d + "/*.json")):
     name = re.sub(r"-r\d+\.json$", "", f.split("/")[-1])
     j = json.load(open(f))
     for sc in j["scenarios"]:
-        for r in sc.get("runs", []):
+        for r in [x for x in sc.get("runs", []) if "cpu_ms_per_msg" in x]:
             c = r["cpu_ms_per_msg"]
             ing = sum(v for k, v in c.items() if "ingest" in k or k.startswith("tern all"))
             wk = sum(v for k, v in c.items() if "worker" in k)
