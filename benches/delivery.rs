@@ -11,7 +11,9 @@
 //! to 10 x 10 x 100 = 10,000 messages are in flight at once. It reports messages/s (first to last delivery),
 //! the worker's CPU milliseconds per message, and its peak RSS (VmHWM).
 //!
-//! The worker binary is built in release mode by the benchmark (`cargo build --release -p tern`).
+//! The worker binary is built in release mode by the benchmark (`cargo build --release -p tern --features
+//! tern/jemalloc`: the container image's build, and the binary `benches/e2e/run` takes by default, which a
+//! build without the feature would silently replace).
 #![allow(clippy::expect_used, clippy::unwrap_used, missing_docs)]
 
 use std::net::Ipv4Addr;
@@ -37,7 +39,17 @@ fn main() {
     // The worker binary, optimised, exactly as operators run it.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let built = Command::new(cargo)
-        .args(["build", "--release", "-q", "-p", "tern", "--bin", "tern"])
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "tern",
+            "--bin",
+            "tern",
+            "--features",
+            "tern/jemalloc",
+        ])
         .status()
         .unwrap();
     assert!(built.success(), "cannot build the tern binary");
