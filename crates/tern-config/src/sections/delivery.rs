@@ -256,7 +256,9 @@ pub struct DeliveryConfig {
     pub delay_notice_after: Option<HumanDuration>,
     /// On shutdown, how long transactions under way may take to finish before their claims are released.
     pub shutdown_grace: HumanDuration,
-    /// How long an idle worker waits before asking the queue for work again.
+    /// The longest an idle worker waits before asking the queue for work again. The queue wakes an idle
+    /// worker when work becomes claimable, and the worker otherwise sleeps until the next due time the
+    /// queue named: this bounds only how late a missed wake (or a raised concurrency limit) is noticed.
     pub poll_interval: HumanDuration,
     /// How long a worker waits before its next claim after two claims in a row of one domain, the second
     /// of which took all the domain's due jobs (fewer than a connection's worth): no other domain had due
